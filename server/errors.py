@@ -1,0 +1,127 @@
+"""The one exception family of headlessly: every refusal carries a CONTRACT error code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HeadlesslyError(Exception):
+    """A refusal the caller can understand and act on: `code`, `message` and `hint`."""
+
+    code = "error"
+
+    def __init__(self, message: str, hint: str = "", **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.hint:
+            out["hint"] = self.hint
+        out.update(self.details)
+        return out
+
+
+class NotFound(HeadlesslyError):
+    """No entity, event, tenant or version answers to what was asked."""
+
+    code = "not_found"
+
+
+class InvalidType(HeadlesslyError):
+    """`type` names no noun."""
+
+    code = "invalid_type"
+
+
+class InvalidId(HeadlesslyError):
+    """An id of the wrong shape or of another noun."""
+
+    code = "invalid_id"
+
+
+class ValidationFailed(HeadlesslyError):
+    """Data, arguments or a hook refused the write."""
+
+    code = "validation_error"
+
+
+class InvalidFilter(HeadlesslyError):
+    """A search filter names an unknown field or misuses an operator."""
+
+    code = "invalid_filter"
+
+
+class InvalidSort(HeadlesslyError):
+    """A sort names an unknown or unsortable field."""
+
+    code = "invalid_sort"
+
+
+class InvalidCursor(HeadlesslyError):
+    """A cursor this server did not issue for this search."""
+
+    code = "invalid_cursor"
+
+
+class InvalidAsOf(HeadlesslyError):
+    """A time that cannot be read, or before the entity existed."""
+
+    code = "invalid_as_of"
+
+
+class VersionConflict(HeadlesslyError):
+    """`ifVersion` does not match the entity's current version."""
+
+    code = "version_conflict"
+
+
+class UnknownVerb(HeadlesslyError):
+    """An action the noun does not declare."""
+
+    code = "unknown_verb"
+
+
+class Forbidden(HeadlesslyError):
+    """The connection may not do this (e.g. a read-only token writing)."""
+
+    code = "forbidden"
+
+
+class LimitExceeded(HeadlesslyError):
+    """A size or count above what is allowed."""
+
+    code = "limit_exceeded"
+
+
+class InvalidTenant(HeadlesslyError):
+    """A tenant name outside the allowed pattern."""
+
+    code = "invalid_tenant"
+
+
+class InvalidActor(HeadlesslyError):
+    """An actor name outside the allowed pattern."""
+
+    code = "invalid_actor"
+
+
+class StorageError(HeadlesslyError):
+    """The database refused a write for a reason outside the caller's control."""
+
+    code = "storage_error"
+
+
+class SchemaError(Exception):
+    """A malformed schema file: raised at start-up, naming file, noun, field and problem."""
+
+    def __init__(self, file: str, noun: str | None, field: str | None, problem: str) -> None:
+        where = file
+        if noun:
+            where += f": {noun}"
+            if field:
+                where += f".{field}"
+        super().__init__(f"{where}: {problem}")
+        self.file, self.noun, self.field, self.problem = file, noun, field, problem

@@ -1,0 +1,251 @@
+"""Typed noun definitions, loaded from the schema folders and checked against each other."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ..errors import SchemaError
+from .notation import NOUN_NAME, FieldSpec, NotationError, ReverseSpec, VerbSpec, parse_entry
+
+log = logging.getLogger(__name__)
+
+RESERVED_NOUNS = ("Event", "Schema")
+TEXT_TYPES = ("string", "text", "email", "url")
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str
+    required: bool = False
+    array: bool = False
+    indexed: bool = False
+    unique: bool = False
+    default: Any = None
+    enum: tuple[str, ...] | None = None
+    relation: str | None = None
+    reverse_name: str | None = None
+
+    @property
+    def searchable(self) -> bool:
+        """Part of the noun's full-text body."""
+        return self.type in TEXT_TYPES and self.enum is None and self.relation is None
+
+    def describe(self) -> str:
+        if self.relation:
+            kind = f"-> {self.relation}"
+        elif self.enum:
+            kind = " | ".join(self.enum)
+        else:
+            kind = self.type
+        kind += "[]" if self.array else ""
+        flags = [
+            f
+            for f, on in (
+                ("required", self.required),
+                ("unique", self.unique),
+                ("indexed", self.indexed and not self.unique),
+            )
+            if on
+        ]
+        if self.default is not None:
+            flags.append(f"default {json.dumps(self.default)}")
+        return kind + (f" ({', '.join(flags)})" if flags else "")
+
+
+@dataclass(frozen=True)
+class Reverse:
+    name: str
+    noun: str
+    field: str
+
+
+@dataclass(frozen=True)
+class Verb:
+    name: str
+    past: str
+    sets: str | None  # the first enum field that contains `past`
+
+
+@dataclass
+class Noun:
+    name: str
+    domain: str
+    source: str
+    fields: dict[str, Field] = field(default_factory=dict)
+    reverses: dict[str, Reverse] = field(default_factory=dict)
+    verbs: dict[str, Verb] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        return self.name.lower() + "_"
+
+    @cached_property
+    def text_fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields.values() if f.searchable)
+
+    @cached_property
+    def indexed_fields(self) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields.values() if f.indexed or f.unique)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The noun as `fetch {"type": "Schema"}` shows it."""
+        return {
+            "name": self.name,
+            "domain": self.domain,
+            "idPrefix": self.prefix,
+            "fields": {
+                f.name: {
+                    "type": f.type,
+                    **({"enum": list(f.enum)} if f.enum else {}),
+                    **({"relationship": f.relation, "reverse": f.reverse_name} if f.relation else {}),
+                    "required": f.required,
+                    "array": f.array,
+                    "indexed": f.indexed,
+                    "unique": f.unique,
+                    **({"default": f.default} if f.default is not None else {}),
+                    "notation": f.describe(),
+                }
+                for f in self.fields.values()
+            },
+            "relationships": {
+                **{
+                    f.name: {"noun": f.relation, "kind": "forward", "reverse": f.reverse_name}
+                    for f in self.fields.values()
+                    if f.relation
+                },
+                **{r.name: {"noun": r.noun, "kind": "reverse", "field": r.field} for r in self.reverses.values()},
+            },
+            "verbs": {
+                v.name: {"event": f"{self.name}.{v.past}", "sets": ({v.sets: v.past} if v.sets else {})}
+                for v in self.verbs.values()
+            },
+        }
+
+
+class SchemaSet:
+    """All nouns known to a server, by name."""
+
+    def __init__(self, nouns: dict[str, Noun]) -> None:
+        self.nouns = nouns
+        self.by_prefix = {n.prefix: n for n in nouns.values()}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.nouns
+
+    def __getitem__(self, name: str) -> Noun:
+        return self.nouns[name]
+
+    def names(self) -> list[str]:
+        return sorted(self.nouns)
+
+
+def builtin_schema_dir() -> Path:
+    """`schemas/` of the source tree, or its copy inside an installed wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_schemas", here.parent / "schemas"):
+        if candidate.is_dir():
+            return candidate
+    raise SchemaError(str(here), None, None, "the built-in schemas folder is missing from this installation")
+
+
+def load_schemas(extra_dirs: list[Path] | tuple[Path, ...] = (), include_builtin: bool = True) -> SchemaSet:
+    """Read every `*.json` in the built-in folder and each extra folder, in order.
+
+    A later folder may redefine a noun of an earlier one (it replaces it whole);
+    the same noun twice in one folder is an error."""
+    dirs = ([builtin_schema_dir()] if include_builtin else []) + [Path(d) for d in extra_dirs]
+    raw: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    for folder in dirs:
+        if not folder.is_dir():
+            raise SchemaError(str(folder), None, None, "schema folder does not exist")
+        seen_here: dict[str, str] = {}
+        for path in sorted(folder.glob("*.json")):
+            for noun_name, domain, body in _read_file(path):
+                if noun_name in seen_here:
+                    raise SchemaError(str(path), noun_name, None, f"noun already defined in {seen_here[noun_name]}")
+                seen_here[noun_name] = str(path)
+                if noun_name in raw:
+                    log.info("schema %s redefines %s from %s", path, noun_name, raw[noun_name][0])
+                raw[noun_name] = (str(path), domain, body)
+    nouns = {name: _build_noun(name, src, domain, body) for name, (src, domain, body) in raw.items()}
+    _check_links(nouns)
+    return SchemaSet(nouns)
+
+
+def _read_file(path: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SchemaError(str(path), None, None, f"not readable as JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise SchemaError(str(path), None, None, "expected a JSON object of nouns")
+    domain = doc.get("$domain", path.stem)
+    if not isinstance(domain, str):
+        raise SchemaError(str(path), None, None, "$domain must be a string")
+    out = []
+    for name, body in doc.items():
+        if name.startswith("$"):
+            continue
+        if not NOUN_NAME.match(name):
+            raise SchemaError(str(path), name, None, f"noun names are PascalCase ({NOUN_NAME.pattern})")
+        if name in RESERVED_NOUNS:
+            raise SchemaError(str(path), name, None, f"{name} is reserved ({', '.join(RESERVED_NOUNS)})")
+        if not isinstance(body, dict) or not body:
+            raise SchemaError(str(path), name, None, "expected a non-empty object of fields and verbs")
+        out.append((name, domain, body))
+    return out
+
+
+def _build_noun(name: str, source: str, domain: str, body: dict[str, Any]) -> Noun:
+    noun = Noun(name=name, domain=domain, source=source)
+    verbs: list[tuple[str, str]] = []
+    for key, value in body.items():
+        try:
+            spec = parse_entry(key, value)
+        except NotationError as exc:
+            raise SchemaError(source, name, key, str(exc)) from None
+        if isinstance(spec, VerbSpec):
+            verbs.append((key, spec.past))
+        elif isinstance(spec, ReverseSpec):
+            noun.reverses[key] = Reverse(name=key, noun=spec.noun, field=spec.field)
+        else:
+            assert isinstance(spec, FieldSpec)
+            noun.fields[key] = Field(name=key, **spec.__dict__)
+    for verb, past in verbs:
+        sets = next((f.name for f in noun.fields.values() if f.enum and past in f.enum), None)
+        noun.verbs[verb] = Verb(name=verb, past=past, sets=sets)
+    if not noun.fields:
+        raise SchemaError(source, name, None, "a noun needs at least one stored field")
+    return noun
+
+
+def _check_links(nouns: dict[str, Noun]) -> None:
+    for noun in nouns.values():
+        for f in noun.fields.values():
+            if f.relation and f.relation not in nouns:
+                raise SchemaError(
+                    noun.source, noun.name, f.name, f"relationship target {f.relation!r} is not a known noun"
+                )
+        for r in noun.reverses.values():
+            other = nouns.get(r.noun)
+            if other is None:
+                raise SchemaError(noun.source, noun.name, r.name, f"reverse relationship names unknown noun {r.noun!r}")
+            target = other.fields.get(r.field)
+            if target is None or target.relation != noun.name:
+                raise SchemaError(
+                    noun.source, noun.name, r.name, f"{r.noun}.{r.field} is not a '-> {noun.name}' relationship"
+                )
+        pasts = [v.past for v in noun.verbs.values()]
+        if len(set(pasts)) != len(pasts):
+            raise SchemaError(noun.source, noun.name, None, "two verbs share one past tense")
+        clash = {"Created", "Updated", "Deleted"} & set(pasts)
+        if clash:
+            raise SchemaError(
+                noun.source, noun.name, None, f"verb past tense {sorted(clash)} clashes with a CRUD event"
+            )

@@ -1,0 +1,164 @@
+"""Pydantic validators built from nouns: one TypeAdapter per noun over its whole field set."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Annotated, Any, Literal, NotRequired, Required
+
+from pydantic import (
+    AfterValidator,
+    AnyUrl,
+    ConfigDict,
+    EmailStr,
+    JsonValue,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic.types import AllowInfNan
+from typing_extensions import TypedDict
+
+from ..errors import ValidationFailed
+from ..timeutil import normalize_time
+from .nouns import Field, Noun
+
+ID_PATTERN = re.compile(r"^[a-z][a-z0-9]*_[A-Za-z0-9]{9,64}$")
+_URL = TypeAdapter(AnyUrl)
+
+
+def _check_date(value: str) -> str:
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise ValueError(f"{value!r} is not a date; use YYYY-MM-DD") from None
+
+
+def _check_datetime(value: str) -> str:
+    return normalize_time(value)
+
+
+def _check_url(value: str) -> str:
+    _URL.validate_python(value)
+    return value
+
+
+_BASE: dict[str, Any] = {
+    "string": StrictStr,
+    "text": StrictStr,
+    "number": StrictInt | Annotated[StrictFloat, AllowInfNan(False)],
+    "int": StrictInt,
+    "boolean": StrictBool,
+    "date": Annotated[StrictStr, AfterValidator(_check_date)],
+    "datetime": Annotated[StrictStr, AfterValidator(_check_datetime)],
+    "email": EmailStr,
+    "url": Annotated[StrictStr, AfterValidator(_check_url)],
+    "json": JsonValue,
+    "id": Annotated[StrictStr, StringConstraints(pattern=ID_PATTERN.pattern)],
+}
+
+
+def _field_type(f: Field) -> Any:
+    if f.enum:
+        base: Any = Literal[f.enum]  # type: ignore[valid-type]
+    elif f.relation:
+        base = Annotated[StrictStr, StringConstraints(pattern=rf"^{f.relation.lower()}_[A-Za-z0-9]{{9,64}}$")]
+    else:
+        base = _BASE[f.type]
+    return list[base] if f.array else base  # type: ignore[valid-type]
+
+
+def _adapter(name: str, annotations: dict[str, Any]) -> TypeAdapter[dict[str, Any]]:
+    make: Any = TypedDict  # built at run time from the noun: no static type to give
+    td = make(name, annotations)
+    td.__pydantic_config__ = ConfigDict(extra="forbid")
+    adapter: TypeAdapter[dict[str, Any]] = TypeAdapter(td)
+    return adapter
+
+
+class NounValidator:
+    """Validates the whole field set of one entity of a noun (meta fields excluded)."""
+
+    def __init__(self, noun: Noun) -> None:
+        self.noun = noun
+        annotations = {
+            name: (Required if f.required else NotRequired)[_field_type(f)] for name, f in noun.fields.items()
+        }
+        partial = {name: NotRequired[_field_type(f)] for name, f in noun.fields.items()}
+        self._adapter = _adapter(noun.name, annotations)
+        self._partial = _adapter(noun.name, partial)
+        self._required = [name for name, f in noun.fields.items() if f.required]
+
+    def validate(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Normalized fields, or ValidationFailed naming each bad field and what is valid."""
+        return self._run(self._adapter, fields)
+
+    def validate_changed(self, merged: dict[str, Any], changed: list[str]) -> dict[str, Any]:
+        """Like `validate`, for a merge of valid fields: only `changed` are checked (and required)."""
+        missing = [name for name in self._required if name not in merged]
+        if missing:
+            raise ValidationFailed(
+                f"{self.noun.name}: " + "; ".join(f"'{name}' is required and cannot be removed" for name in missing),
+                hint=f"{self.noun.name} requires: {', '.join(self._required)}.",
+            )
+        subset = {k: merged[k] for k in changed if k in merged}
+        if not subset:
+            return merged
+        return {**merged, **self._run(self._partial, subset)}
+
+    def _run(self, adapter: TypeAdapter[dict[str, Any]], fields: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return dict(adapter.validate_python(fields))
+        except ValidationError as exc:
+            raise ValidationFailed(
+                f"{self.noun.name}: " + "; ".join(self._explain(err) for err in _first_per_field(exc)),
+                hint=f"{self.noun.name} fields: "
+                + ", ".join(f"{n} ({f.describe()})" for n, f in self.noun.fields.items()),
+            ) from None
+
+    def _explain(self, err: Any) -> str:
+        loc = ".".join(str(p) for p in err["loc"][:1]) or "(entity)"
+        name = str(err["loc"][0]) if err["loc"] else ""
+        f = self.noun.fields.get(name)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            return f"unknown field '{name}' (known fields: {', '.join(self.noun.fields)})"
+        if kind == "missing":
+            return f"'{name}' is required"
+        got = err.get("input")
+        shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        expected = f.describe() if f else ""
+        msg = err["msg"]
+        if f and f.enum and kind == "literal_error":
+            msg = f"must be one of {', '.join(f.enum)}"
+        elif f and f.relation and kind == "string_pattern_mismatch":
+            msg = f"must be the $id of a {f.relation} ({f.relation.lower()}_...)"
+        elif f and kind.endswith("_type") and len(err["loc"]) == 1:
+            msg = f"must be {'an' if f.type[0] in 'aeiou' else 'a'} {f.type}" + (" array" if f.array else "")
+        elif kind.startswith("value_error"):
+            msg = msg.removeprefix("Value error, ")
+        return f"'{loc}' {msg} (got {shown}; expected {expected})"
+
+
+def _first_per_field(exc: ValidationError) -> list[Any]:
+    """One error per field: a union type reports each of its arms, which only repeats itself."""
+    seen: dict[object, Any] = {}
+    for err in exc.errors(include_url=False):
+        seen.setdefault(err["loc"][:1], err)
+    return list(seen.values())
+
+
+class Validators:
+    """Validators for every noun of a schema set, built once."""
+
+    def __init__(self, nouns: dict[str, Noun]) -> None:
+        self._by_noun = {name: NounValidator(noun) for name, noun in nouns.items()}
+
+    def __getitem__(self, noun: str) -> NounValidator:
+        return self._by_noun[noun]

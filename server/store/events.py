@@ -1,0 +1,112 @@
+"""The event record: ids, canonical JSON, `old -> new` rendering and the hash chain."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+GENESIS_HASH = "0" * 64
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+ID_LENGTH = 12
+
+
+_ID_TABLE = bytes((_ALPHABET[b % 62].encode()[0]) for b in range(256))
+
+
+def new_id(prefix: str) -> str:
+    """`prefix` + 12 random base62 characters (about 71 bits)."""
+    return prefix + secrets.token_bytes(ID_LENGTH).translate(_ID_TABLE).decode()
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def dumps(value: Any) -> str:
+    """The one JSON encoding stored in the database (compact, UTF-8, key order as given)."""
+    return _ENCODE(value)
+
+
+def render(value: Any) -> str:
+    """A value as it appears in `data`: strings bare, everything else as JSON, absent as null."""
+    return value if isinstance(value, str) else _ENCODE(value)
+
+
+def render_change(old: Any, new: Any) -> str:
+    return f"{render(old)} -> {render(new)}"
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One event as stored (JSON columns kept as their exact stored text)."""
+
+    seq: int
+    id: str
+    type: str
+    entity_type: str
+    action: str
+    target: str
+    actor: str
+    ts: str
+    version: int
+    data: str
+    changes: str
+    state: str
+    reason: str | None
+    caused_by: str | None
+    prev_hash: str
+    hash: str
+
+    COLUMNS = "seq, id, type, entity_type, action, target, actor, ts, version, data, changes, state, reason, caused_by, prev_hash, hash"
+
+    def to_dict(self, data: dict[str, Any] | None = None, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The event as the API shows it (`data`/`changes` may be passed when already decoded)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "seq": self.seq,
+            "type": self.type,
+            "target": self.target,
+            "actor": self.actor,
+            "timestamp": self.ts,
+            "version": self.version,
+            "data": json.loads(self.data) if data is None else data,
+            "changes": json.loads(self.changes) if changes is None else changes,
+        }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        if self.caused_by is not None:
+            out["causedBy"] = self.caused_by
+        out["hash"] = self.hash
+        return out
+
+
+def chain_hash(
+    prev_hash: str,
+    seq: int,
+    event_id: str,
+    type_: str,
+    target: str,
+    actor: str,
+    ts: str,
+    version: int,
+    data: str,
+    changes: str,
+    state: str,
+    reason: str | None,
+    caused_by: str | None,
+) -> str:
+    """sha256 over the previous hash and every stored field of the event, unit-separated."""
+    parts = (
+        prev_hash, str(seq), event_id, type_, target, actor, ts, str(version),
+        data, changes, state, reason if reason is not None else "\x00", caused_by if caused_by is not None else "\x00",
+    )  # fmt: skip
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def row_hash(row: EventRow) -> str:
+    return chain_hash(
+        row.prev_hash, row.seq, row.id, row.type, row.target, row.actor, row.ts, row.version,
+        row.data, row.changes, row.state, row.reason, row.caused_by,
+    )  # fmt: skip

@@ -1,0 +1,257 @@
+"""Filters and sorts → SQL. Field names are checked against the noun; values are always bound."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from ..errors import InvalidFilter, InvalidSort
+from ..schema import Noun
+from ..timeutil import format_us, parse_time
+from .sqlite import json_path
+
+OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$regex", "$not")
+LOGICAL = ("$and", "$or")
+MAX_IN = 500
+MAX_DEPTH = 8
+MAX_TERMS = 64
+MAX_REGEX = 256
+_ORDERABLE = {"number", "int", "date", "datetime", "string", "text", "email", "url", "id"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """A filterable, sortable field: its SQL expression over the source row and its value type."""
+
+    name: str
+    sql: str
+    kind: str
+    array: bool = False
+    enum: tuple[str, ...] | None = None
+    json_path: str | None = None  # for arrays: json_each(state, path)
+
+
+def _meta(name: str, sql: str, kind: str) -> Column:
+    return Column(name, sql, kind)
+
+
+ENTITY_META = {
+    "$id": _meta("$id", "id", "id"),
+    "$type": _meta("$type", "type", "string"),
+    "$version": _meta("$version", "version", "int"),
+    "$createdAt": _meta("$createdAt", "created_at", "datetime"),
+    "$updatedAt": _meta("$updatedAt", "updated_at", "datetime"),
+    "$deletedAt": _meta("$deletedAt", "deleted_at", "datetime"),
+    "$createdBy": _meta("$createdBy", json_path("$createdBy"), "string"),
+    "$updatedBy": _meta("$updatedBy", json_path("$updatedBy"), "string"),
+    "$deletedBy": _meta("$deletedBy", json_path("$deletedBy"), "string"),
+}
+
+EVENT_COLUMNS = {
+    "type": Column("type", "type", "string"),
+    "target": Column("target", "target", "id"),
+    "actor": Column("actor", "actor", "string"),
+    "timestamp": Column("timestamp", "ts", "datetime"),
+    "version": Column("version", "version", "int"),
+    "seq": Column("seq", "seq", "int"),
+    "id": Column("id", "id", "string"),
+    "causedBy": Column("causedBy", "caused_by", "string"),
+}
+
+
+def entity_columns(noun: Noun) -> dict[str, Column]:
+    cols = dict(ENTITY_META)
+    for f in noun.fields.values():
+        kind = "id" if f.relation else f.type
+        path = f'$."{f.name}"'
+        cols[f.name] = Column(f.name, json_path(f.name), kind, f.array, f.enum, path)
+    return cols
+
+
+class FilterCompiler:
+    """Compiles one filter document into a WHERE clause and its parameters."""
+
+    def __init__(self, columns: dict[str, Column], what: str, glob_type: bool = False) -> None:
+        self.columns = columns
+        self.what = what
+        self.glob_type = glob_type
+        self.params: list[Any] = []
+        self.terms = 0
+
+    def compile(self, doc: Any) -> str:
+        if doc is None:
+            return "1"
+        return self._doc(doc, 0)
+
+    def _fail(self, message: str) -> InvalidFilter:
+        return InvalidFilter(
+            message,
+            hint=f"Filter fields of {self.what}: {', '.join(self.columns)}. Operators: {', '.join(OPERATORS + LOGICAL)}; "
+            'a bare value means $eq. Example: {"stage": "Lead", "value": {"$gte": 1000}}.',
+        )
+
+    def _doc(self, doc: Any, depth: int) -> str:
+        if depth > MAX_DEPTH:
+            raise self._fail(f"filter nests deeper than {MAX_DEPTH} levels")
+        if not isinstance(doc, dict):
+            raise self._fail(f"a filter must be an object of field conditions, got {type(doc).__name__}")
+        parts = []
+        for key, value in doc.items():
+            if key in LOGICAL:
+                if not isinstance(value, list) or not value:
+                    raise self._fail(f"{key} takes a non-empty list of filters")
+                joiner = " AND " if key == "$and" else " OR "
+                parts.append("(" + joiner.join(self._doc(v, depth + 1) for v in value) + ")")
+            elif key.startswith("$") and key not in self.columns:
+                raise self._fail(f"unknown operator or field {key!r} at the top of a filter")
+            else:
+                col = self.columns.get(key)
+                if col is None:
+                    raise self._fail(f"unknown field {key!r} for {self.what}")
+                parts.append(self._field(col, value))
+        return "(" + " AND ".join(parts) + ")" if parts else "1"
+
+    def _field(self, col: Column, cond: Any) -> str:
+        if isinstance(cond, dict) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond):
+            return "(" + " AND ".join(self._op(col, op, arg) for op, arg in cond.items()) + ")"
+        if cond is None:
+            return self._op(col, "$exists", False)
+        return self._op(col, "$eq", cond)
+
+    def _op(self, col: Column, op: str, arg: Any) -> str:
+        self.terms += 1
+        if self.terms > MAX_TERMS:
+            raise self._fail(f"a filter may have at most {MAX_TERMS} conditions")
+        if op == "$not":
+            if not isinstance(arg, dict) or not arg:
+                raise self._fail(f'{col.name}: $not takes an operator object such as {{"$eq": 1}}')
+            return f"NOT coalesce({self._field(col, arg)}, 0)"
+        if op == "$exists":
+            if not isinstance(arg, bool):
+                raise self._fail(f"{col.name}: $exists takes true or false")
+            return f"({col.sql} IS {'NOT ' if arg else ''}NULL)"
+        if op not in OPERATORS:
+            raise self._fail(f"{col.name}: unknown operator {op!r}")
+        if op == "$regex":
+            if (
+                not isinstance(arg, str)
+                or len(arg) > MAX_REGEX
+                or col.kind not in ("string", "text", "email", "url", "id")
+            ):
+                raise self._fail(
+                    f"{col.name}: $regex takes a pattern string of at most {MAX_REGEX} characters, on text fields"
+                )
+            try:
+                re.compile(arg)
+            except re.error as exc:
+                raise self._fail(f"{col.name}: invalid regular expression: {exc}") from None
+            self.params.append(arg)
+            return self._scalar(col, "regexp(?, {x})")
+        if op in ("$in", "$nin"):
+            if not isinstance(arg, list) or not arg or len(arg) > MAX_IN:
+                raise self._fail(f"{col.name}: {op} takes a non-empty list of at most {MAX_IN} values")
+            values = [self._value(col, v, op) for v in arg]
+            self.params.extend(values)
+            marks = ",".join("?" * len(values))
+            inner = self._scalar(col, f"{{x}} IN ({marks})")
+            return f"NOT coalesce({inner}, 0)" if op == "$nin" else inner
+        if (
+            self.glob_type
+            and col.name == "type"
+            and isinstance(arg, str)
+            and op in ("$eq", "$ne")
+            and any(c in arg for c in "*?[")
+        ):
+            sql = self._glob(arg)
+            return sql if op == "$eq" else f"NOT ({sql})"
+        value = self._value(col, arg, op)
+        if op in ("$gt", "$gte", "$lt", "$lte") and (col.kind not in _ORDERABLE or isinstance(value, bool)):
+            raise self._fail(f"{col.name}: {op} needs an orderable field (numbers, dates, times, text)")
+        sql_op = {"$eq": "=", "$ne": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[op]
+        self.params.append(value)
+        inner = self._scalar(col, f"{{x}} {sql_op} ?")
+        return f"NOT coalesce({inner}, 0)" if op == "$ne" else inner
+
+    def _scalar(self, col: Column, template: str) -> str:
+        """Apply a condition to the field, or to any element of an array field."""
+        if col.array and col.json_path:
+            return f"EXISTS (SELECT 1 FROM json_each(state, '{col.json_path}') WHERE {template.format(x='value')})"
+        return "(" + template.format(x=col.sql) + ")"
+
+    def _glob(self, pattern: str) -> str:
+        m = re.fullmatch(r"([A-Z][A-Za-z0-9]*)\.\*", pattern)
+        if m:
+            self.params.append(m.group(1))
+            return "(entity_type = ?)"
+        m = re.fullmatch(r"\*\.([A-Z][A-Za-z0-9]*)", pattern)
+        if m:
+            self.params.append(m.group(1))
+            return "(action = ?)"
+        self.params.append(pattern)
+        return "(type GLOB ?)"
+
+    def _value(self, col: Column, value: Any, op: str) -> Any:
+        kind = col.kind
+        bad = False
+        if isinstance(value, (dict, list)):
+            bad = True
+        elif kind in ("number",):
+            bad = not isinstance(value, (int, float)) or isinstance(value, bool)
+        elif kind == "int":
+            bad = not isinstance(value, int) or isinstance(value, bool)
+        elif kind == "boolean":
+            bad = not isinstance(value, bool)
+        elif kind == "datetime":
+            try:
+                return format_us(parse_time(value))
+            except ValueError as exc:
+                raise self._fail(f"{col.name}: {exc}") from None
+        elif kind == "date":
+            try:
+                return date.fromisoformat(value).isoformat() if isinstance(value, str) else parse_time(value)
+            except ValueError:
+                raise self._fail(f"{col.name}: {value!r} is not a date (YYYY-MM-DD)") from None
+        elif kind == "json":
+            bad = value is None
+        else:
+            bad = not isinstance(value, str)
+        if bad:
+            raise self._fail(f"{col.name}: {op} got {value!r}, which is not a valid {kind} value")
+        if col.enum and op in ("$eq", "$ne", "$in", "$nin") and value not in col.enum:
+            raise self._fail(f"{col.name}: {value!r} is not one of {', '.join(col.enum)}")
+        return value
+
+
+@dataclass(frozen=True)
+class SortKey:
+    column: Column
+    descending: bool
+
+
+def parse_sort(sort: Any, columns: dict[str, Column], what: str, default: str) -> list[SortKey]:
+    text = default if sort is None else sort
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidSort('sort must be a string such as "-$updatedAt" or "name,-value"', hint=_sort_hint(columns))
+    keys = []
+    for part in text.split(","):
+        part = part.strip()
+        desc = part.startswith("-")
+        name = part.lstrip("-+")
+        col = columns.get(name)
+        if col is None:
+            raise InvalidSort(f"cannot sort {what} by {name!r}: unknown field", hint=_sort_hint(columns))
+        if col.array or col.kind in ("json",):
+            raise InvalidSort(
+                f"cannot sort by {name!r}: arrays and json fields have no order", hint=_sort_hint(columns)
+            )
+        keys.append(SortKey(col, desc))
+    if len(keys) > 4:
+        raise InvalidSort("sort takes at most 4 fields", hint=_sort_hint(columns))
+    return keys
+
+
+def _sort_hint(columns: dict[str, Column]) -> str:
+    names = [n for n, c in columns.items() if not c.array and c.kind != "json"]
+    return f"Sortable fields: {', '.join(names)}; prefix '-' for descending, separate several with ','."

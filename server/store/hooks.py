@@ -1,0 +1,104 @@
+"""BEFORE and AFTER hooks (CONTRACT §10), registered by `Noun.action` or a glob pattern."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class HookRejected(Exception):
+    """Raise from a BEFORE hook to refuse a write; the agent sees the message."""
+
+
+@dataclass
+class BeforeContext:
+    """What a BEFORE hook sees. Change `data` in place, or return a new dict to replace it."""
+
+    noun: str
+    action: str
+    id: str | None
+    actor: str
+    data: dict[str, Any]
+    current: dict[str, Any] | None
+    reason: str | None
+
+
+@dataclass
+class AfterContext:
+    """What an AFTER hook sees: the committed event and entity, and `do` to write in reaction.
+
+    Writes made through `do` are recorded with `causedBy` set to this event's id."""
+
+    event: dict[str, Any]
+    entity: dict[str, Any] | None
+    tenant: str
+    actor: str
+    do: Callable[[dict[str, Any]], dict[str, Any]]
+
+
+BeforeHook = Callable[[BeforeContext], dict[str, Any] | None]
+AfterHook = Callable[[AfterContext], None]
+
+
+def _key(noun: str, action: str) -> str:
+    return f"{noun}.{action}"
+
+
+@dataclass
+class Hooks:
+    """The registry. Patterns match `Noun.action` or `Noun.PastTense`: `Deal.win`, `Deal.Won`, `Deal.*`, `*`."""
+
+    before_hooks: list[tuple[str, BeforeHook]] = field(default_factory=list)
+    after_hooks: list[tuple[str, AfterHook]] = field(default_factory=list)
+
+    def before(self, pattern: str) -> Callable[[BeforeHook], BeforeHook]:
+        def register(fn: BeforeHook) -> BeforeHook:
+            self.before_hooks.append((pattern, fn))
+            return fn
+
+        return register
+
+    def after(self, pattern: str) -> Callable[[AfterHook], AfterHook]:
+        def register(fn: AfterHook) -> AfterHook:
+            self.after_hooks.append((pattern, fn))
+            return fn
+
+        return register
+
+    def __bool__(self) -> bool:
+        return bool(self.before_hooks or self.after_hooks)
+
+    def matching_before(self, noun: str, action: str, past: str) -> list[BeforeHook]:
+        return [fn for pattern, fn in self.before_hooks if _matches(pattern, noun, action, past)]
+
+    def matching_after(self, noun: str, action: str, past: str) -> list[AfterHook]:
+        return [fn for pattern, fn in self.after_hooks if _matches(pattern, noun, action, past)]
+
+    def load_module(self, name: str) -> None:
+        """Import `name` and call its `register(hooks)`."""
+        module = importlib.import_module(name)
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise ImportError(f"hooks module {name!r} has no register(hooks) function")
+        register(self)
+
+
+def _matches(pattern: str, noun: str, action: str, past: str) -> bool:
+    return fnmatch.fnmatchcase(_key(noun, action), pattern) or fnmatch.fnmatchcase(_key(noun, past), pattern)
+
+
+def hook_name(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def run_after(fn: AfterHook, ctx: AfterContext) -> None:
+    try:
+        fn(ctx)
+    except Exception:
+        log.exception("AFTER hook %s failed on event %s; the write stands", hook_name(fn), ctx.event.get("id"))

@@ -1,0 +1,644 @@
+"""Writes: create, update, delete, verbs, rollback, revert and batches, inside one writer transaction."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from ..errors import (
+    HeadlesslyError,
+    InvalidAsOf,
+    InvalidId,
+    InvalidType,
+    LimitExceeded,
+    NotFound,
+    StorageError,
+    UnknownVerb,
+    ValidationFailed,
+    VersionConflict,
+)
+from ..schema import Noun, SchemaSet
+from ..schema.validation import Validators
+from ..timeutil import format_us, parse_as_of
+from .events import dumps, new_id, render_change
+from .hooks import BeforeContext, HookRejected, Hooks, hook_name
+from .operations import CRUD_ACTIONS, Operation, check_actor
+from .writer import Txn
+
+MAX_STATE_BYTES = 1_000_000
+_MISSING = object()
+_REF = re.compile(r"^\$ref:(\d+)$")
+ID_SHAPE = re.compile(r"^([a-z][a-z0-9]*)_[A-Za-z0-9]{9,64}$")
+
+
+@dataclass(frozen=True)
+class Env:
+    """What every write needs besides the transaction: the nouns, their validators, the hooks."""
+
+    schemas: SchemaSet
+    validators: Validators
+    hooks: Hooks
+
+
+@dataclass
+class Loaded:
+    rowid: int
+    state: dict[str, Any]
+
+    @cached_property
+    def fields(self) -> dict[str, Any]:
+        return {k: v for k, v in self.state.items() if not k.startswith("$")}
+
+    @property
+    def deleted(self) -> bool:
+        return self.state.get("$deletedAt") is not None
+
+
+def meta_of(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if k.startswith("$")}
+
+
+def fields_of(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if not k.startswith("$")}
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality that tells 1, 1.0 and True apart, as JSON does."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (dict, list)):
+        return dumps(a) == dumps(b)
+    return bool(a == b)
+
+
+def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`{field: {"from", "to"}}` for every field that differs (absent shows as null)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in list(old) + [k for k in new if k not in old]:
+        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        if a is _MISSING and b is _MISSING:
+            continue
+        if a is _MISSING or b is _MISSING or not same(a, b):
+            out[key] = {"from": None if a is _MISSING else a, "to": None if b is _MISSING else b}
+    return out
+
+
+def rendered(changes: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {k: render_change(c["from"], c["to"]) for k, c in changes.items()}
+
+
+@dataclass(frozen=True)
+class Written:
+    """One appended event (as the API shows it) and the entity state right after it."""
+
+    state: dict[str, Any]
+    event: dict[str, Any]
+
+    def result(self) -> dict[str, Any]:
+        return {"entity": self.state, "events": [self.event]}
+
+
+class Mutator:
+    """Applies operations for one actor inside one writer transaction."""
+
+    def __init__(self, txn: Txn, env: Env, actor: str, caused_by: str | None = None) -> None:
+        self.txn = txn
+        self.conn = txn.conn
+        self.env = env
+        self.actor = actor  # checked by the caller
+        self.caused_by = caused_by
+        self.refs: list[str | None] = []
+
+    # ---- entry points -------------------------------------------------------------------
+
+    def run(self, ops: list[Operation], batch: bool) -> list[dict[str, Any]]:
+        results = []
+        for i, op in enumerate(ops):
+            try:
+                result = self.apply(op)
+            except HeadlesslyError as exc:
+                if batch:
+                    exc.message = f"operations[{i}] ({op.action}): {exc.message} (the whole batch was refused; nothing was written)"
+                    exc.args = (exc.message,)
+                    exc.details.setdefault("index", i)
+                raise
+            entity = result.get("entity")
+            self.refs.append(entity.get("$id") if isinstance(entity, dict) else None)
+            results.append(result)
+        return results
+
+    def apply(self, op: Operation) -> dict[str, Any]:
+        if op.idempotencyKey is not None:
+            row = self.conn.execute(
+                "SELECT result FROM idempotency WHERE actor = ? AND key = ?", (self.actor, op.idempotencyKey)
+            ).fetchone()
+            if row is not None:
+                replay: dict[str, Any] = json.loads(row[0])
+                replay["replayed"] = True
+                return replay
+        result = self._dispatch(op)
+        if op.idempotencyKey is not None:
+            self.conn.execute(
+                "INSERT INTO idempotency (actor, key, result, seq) VALUES (?, ?, ?, ?)",
+                (self.actor, op.idempotencyKey, dumps(result), self.txn.head.seq),
+            )
+        return result
+
+    def _dispatch(self, op: Operation) -> dict[str, Any]:
+        if op.action == "revert":
+            return self.revert(op)
+        noun = self.noun(op.type)
+        if op.action == "create":
+            if op.id is not None:
+                raise ValidationFailed("create does not take an id: ids are assigned by the store", hint="Remove 'id'.")
+            return self.create(noun, op)
+        verb = noun.verbs.get(op.action)
+        if op.action not in CRUD_ACTIONS and verb is None:
+            raise UnknownVerb(
+                f"{noun.name} has no action {op.action!r}",
+                hint=f"Valid actions for {noun.name}: {', '.join([a for a in CRUD_ACTIONS] + list(noun.verbs))}.",
+            )
+        target = self.resolve_id(noun, op.id)
+        if op.action == "update":
+            return self.update(noun, target, op)
+        if op.action == "delete":
+            return self.delete(noun, target, op)
+        if op.action == "rollback":
+            return self.rollback(noun, target, op)
+        assert verb is not None
+        return self.verb(noun, target, op, verb.past, verb.sets)
+
+    # ---- lookups ------------------------------------------------------------------------
+
+    def noun(self, name: str | None) -> Noun:
+        if name is None or name not in self.env.schemas:
+            raise InvalidType(
+                f"unknown type {name!r}" if name is not None else "'type' is required for this action",
+                hint=f"Valid types: {', '.join(self.env.schemas.names())}.",
+            )
+        return self.env.schemas[name]
+
+    def resolve_id(self, noun: Noun, raw: str | None) -> str:
+        if raw is None:
+            raise InvalidId(f"'id' is required to {noun.name}", hint=f"Pass the entity's $id ({noun.prefix}...).")
+        return check_id(noun, self._ref(raw))
+
+    def _ref(self, value: str) -> str:
+        m = _REF.match(value)
+        if not m:
+            return value
+        index = int(m.group(1))
+        if index >= len(self.refs) or self.refs[index] is None:
+            raise ValidationFailed(
+                f"{value} does not name an entity created earlier in this batch",
+                hint=f"$ref:N refers to operations[N]; here N must be below {len(self.refs)}.",
+            )
+        return self.refs[index]  # type: ignore[return-value]
+
+    def _resolve_refs(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._ref(value)
+        if isinstance(value, list):
+            return [self._resolve_refs(v) for v in value]
+        return value
+
+    def load(self, noun: Noun, entity_id: str) -> Loaded:
+        row = self.conn.execute("SELECT rowid, state FROM entities WHERE id = ?", (entity_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"{noun.name} {entity_id} does not exist", hint=f"Search {noun.name} to find existing ids.")
+        return Loaded(rowid=row[0], state=json.loads(row[1]))
+
+    def load_live(self, noun: Noun, entity_id: str, op: Operation) -> Loaded:
+        current = self.load(noun, entity_id)
+        if current.deleted:
+            raise NotFound(
+                f"{noun.name} {entity_id} was deleted at {current.state['$deletedAt']} by {current.state.get('$deletedBy')}",
+                hint="Roll it back to a time before the deletion to restore it.",
+            )
+        self.check_version(current, op)
+        return current
+
+    @staticmethod
+    def check_version(current: Loaded, op: Operation) -> None:
+        if op.ifVersion is not None and current.state["$version"] != op.ifVersion:
+            raise VersionConflict(
+                f"{current.state['$id']} is at version {current.state['$version']}, not {op.ifVersion}",
+                hint="Fetch it again, re-apply your change to the current state, and retry with the new ifVersion.",
+                currentVersion=current.state["$version"],
+            )
+
+    # ---- the operations -----------------------------------------------------------------
+
+    def patch_of(self, op: Operation) -> dict[str, Any]:
+        data = op.data or {}
+        bad = [k for k in data if k.startswith("$")]
+        if bad:
+            raise ValidationFailed(
+                f"{', '.join(repr(k) for k in bad)}: fields starting with '$' are set by the store and cannot be written",
+                hint="Remove the $ keys from data; $id, $version and the other meta fields are managed for you.",
+            )
+        return {k: self._resolve_refs(v) for k, v in data.items()}
+
+    def create(self, noun: Noun, op: Operation) -> dict[str, Any]:
+        patch = self.before_hooks(noun, "create", "Created", None, self.patch_of(op), None, op)
+        fields = {f.name: f.default for f in noun.fields.values() if f.default is not None and f.name not in patch}
+        fields.update({k: v for k, v in patch.items() if v is not None})
+        fields = self.validate(noun, fields, None)
+        entity_id = new_id(noun.prefix)
+        event = self.write(noun, entity_id, "Created", None, fields, fields, op, extra_data=None)
+        return event.result()
+
+    def update(self, noun: Noun, entity_id: str, op: Operation) -> dict[str, Any]:
+        current = self.load_live(noun, entity_id, op)
+        patch = self.before_hooks(noun, "update", "Updated", entity_id, self.patch_of(op), current.state, op)
+        merged = merge(current.fields, patch)
+        merged = self.validate(noun, merged, list(patch))
+        if not diff(current.fields, merged):
+            return {"entity": current.state, "events": [], "unchanged": True}
+        event = self.write(noun, entity_id, "Updated", current, merged, None, op)
+        return event.result()
+
+    def verb(self, noun: Noun, entity_id: str, op: Operation, past: str, sets: str | None) -> dict[str, Any]:
+        current = self.load_live(noun, entity_id, op)
+        patch = self.patch_of(op)
+        if sets is not None:
+            patch[sets] = past
+        patch = self.before_hooks(noun, op.action, past, entity_id, patch, current.state, op)
+        merged = merge(current.fields, patch)
+        merged = self.validate(noun, merged, list(patch))
+        event = self.write(noun, entity_id, past, current, merged, None, op)
+        return event.result()
+
+    def delete(self, noun: Noun, entity_id: str, op: Operation) -> dict[str, Any]:
+        if op.data:
+            raise ValidationFailed("delete takes no data", hint="Remove 'data', or update first and then delete.")
+        current = self.load_live(noun, entity_id, op)
+        self.before_hooks(noun, "delete", "Deleted", entity_id, {}, current.state, op)
+        event = self.write(noun, entity_id, "Deleted", current, current.fields, None, op, deleted="now")
+        return event.result()
+
+    def rollback(self, noun: Noun, entity_id: str, op: Operation) -> dict[str, Any]:
+        if (op.asOf is None) == (op.toVersion is None):
+            raise ValidationFailed(
+                "rollback needs exactly one of 'asOf' or 'toVersion'",
+                hint='e.g. {"asOf": "2026-01-15T15:00:00Z"} or {"toVersion": 2}.',
+            )
+        if op.data:
+            raise ValidationFailed("rollback takes no data", hint="Roll back first, then update.")
+        current = self.load(noun, entity_id)
+        self.check_version(current, op)
+        if op.asOf is not None:
+            as_of_us = parse_as_of(op.asOf)
+            row = self.conn.execute(
+                "SELECT state FROM events WHERE target = ? AND ts <= ? ORDER BY seq DESC LIMIT 1",
+                (entity_id, format_us(as_of_us)),
+            ).fetchone()
+            if row is None:
+                raise InvalidAsOf(
+                    f"{entity_id} did not exist at {format_us(as_of_us)}: it was created at {current.state['$createdAt']}",
+                    hint="Roll back to a time at or after its creation, or delete it instead.",
+                )
+            rollback_to: Any = format_us(as_of_us)
+        else:
+            row = self.conn.execute(
+                "SELECT state FROM events WHERE target = ? AND version = ?", (entity_id, op.toVersion)
+            ).fetchone()
+            if row is None:
+                raise ValidationFailed(
+                    f"{entity_id} has no version {op.toVersion}; its versions are 1 to {current.state['$version']}",
+                    hint="Pick a toVersion within that range.",
+                )
+            rollback_to = op.toVersion
+        past_state = json.loads(row[0])
+        target_fields = fields_of(past_state)
+        patch = {k: target_fields.get(k) for k in set(current.fields) | set(target_fields)}
+        self.before_hooks(noun, "rollback", "Updated", entity_id, patch, current.state, op)
+        target_fields = self.validate(noun, target_fields, list(diff(current.fields, target_fields)))
+        event = self.write(
+            noun, entity_id, "Updated", current, target_fields, None, op,
+            extra_data={"rollbackTo": rollback_to}, deleted=deletion_of(past_state),
+        )  # fmt: skip
+        return event.result()
+
+    def revert(self, op: Operation) -> dict[str, Any]:
+        if op.actor is None or op.since is None:
+            raise ValidationFailed(
+                "revert needs 'actor' and 'since'",
+                hint='e.g. {"action": "revert", "actor": "agent_x", "since": "2026-01-16T00:00:00Z"}.',
+            )
+        victim = check_actor(op.actor)
+        since = format_us(parse_as_of(op.since, "since"))
+        until = format_us(parse_as_of(op.until, "until")) if op.until is not None else None
+        rows = self.conn.execute(
+            "SELECT target, entity_type, min(version), group_concat(id) FROM events "
+            "WHERE actor = ? AND ts >= ? AND (? IS NULL OR ts <= ?) GROUP BY target, entity_type ORDER BY min(seq)",
+            (victim, since, until, until),
+        ).fetchall()
+        reverted: list[dict[str, Any]] = []
+        conflicts: list[dict[str, Any]] = []
+        unchanged: list[str] = []
+        events: list[dict[str, Any]] = []
+        for target, entity_type, first_version, ids in rows:
+            noun = self.env.schemas.nouns.get(entity_type)
+            if noun is None:
+                conflicts.append(
+                    {"id": target, "type": entity_type, "message": f"{entity_type} is no longer a known noun"}
+                )
+                continue
+            others = [
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT DISTINCT actor FROM events WHERE target = ? AND version > ? AND actor != ?",
+                    (target, first_version, victim),
+                )
+            ]
+            if others and not op.force:
+                conflicts.append({
+                    "id": target, "type": entity_type, "changedBy": others,
+                    "message": f"{target} was changed afterwards by {', '.join(others)}; pass force: true to revert it anyway",
+                })  # fmt: skip
+                continue
+            current = self.load(noun, target)
+            revert_of = {"revertOf": ids.split(",")}
+            if first_version == 1:
+                if current.deleted:
+                    unchanged.append(target)
+                    continue
+                self.before_hooks(noun, "revert", "Deleted", target, {}, current.state, op)
+                event = self.write(
+                    noun, target, "Deleted", current, current.fields, None, op, extra_data=revert_of, deleted="now"
+                )
+            else:
+                (before_text,) = self.conn.execute(
+                    "SELECT state FROM events WHERE target = ? AND version = ?", (target, first_version - 1)
+                ).fetchone()
+                before = json.loads(before_text)
+                target_fields = fields_of(before)
+                if not diff(current.fields, target_fields) and current.deleted == (deletion_of(before) is not None):
+                    unchanged.append(target)
+                    continue
+                self.before_hooks(noun, "revert", "Updated", target, dict(target_fields), current.state, op)
+                target_fields = self.validate(noun, target_fields, list(diff(current.fields, target_fields)))
+                event = self.write(
+                    noun,
+                    target,
+                    "Updated",
+                    current,
+                    target_fields,
+                    None,
+                    op,
+                    extra_data=revert_of,
+                    deleted=deletion_of(before),
+                )
+            reverted.append(event.state)
+            events.append(event.event)
+        return {
+            "entity": None,
+            "events": events,
+            "reverted": reverted,
+            "conflicts": conflicts,
+            "unchanged": unchanged,
+            "revertOf": {"actor": victim, "since": since, "until": until},
+        }
+
+    # ---- shared machinery ---------------------------------------------------------------
+
+    def before_hooks(
+        self, noun: Noun, action: str, past: str, entity_id: str | None, patch: dict[str, Any],
+        current: dict[str, Any] | None, op: Operation,
+    ) -> dict[str, Any]:  # fmt: skip
+        hooks = self.env.hooks.matching_before(noun.name, action, past) if self.env.hooks else []
+        for fn in hooks:
+            ctx = BeforeContext(
+                noun=noun.name,
+                action=action,
+                id=entity_id,
+                actor=self.actor,
+                data=patch,
+                current=current,
+                reason=op.reason,
+            )
+            try:
+                replaced = fn(ctx)
+            except HookRejected as exc:
+                raise ValidationFailed(
+                    f"rejected by hook {hook_name(fn)}: {exc}", hint="Change the data so the hook accepts it."
+                ) from None
+            except HeadlesslyError:
+                raise
+            except Exception as exc:
+                raise ValidationFailed(
+                    f"hook {hook_name(fn)} failed: {type(exc).__name__}: {exc}", hint="Nothing was written."
+                ) from None
+            patch = replaced if isinstance(replaced, dict) else ctx.data
+            if any(k.startswith("$") for k in patch):
+                raise ValidationFailed(
+                    f"hook {hook_name(fn)} tried to set a '$' field", hint="Hooks may change fields, not meta fields."
+                )
+        return patch
+
+    def validate(self, noun: Noun, fields: dict[str, Any], changed: list[str] | None) -> dict[str, Any]:
+        """Check types and formats (all fields, or only `changed` of an already valid entity),
+        and that every changed relationship points at a live entity of the right noun."""
+        validator = self.env.validators[noun.name]
+        fields = validator.validate(fields) if changed is None else validator.validate_changed(fields, changed)
+        for name in fields if changed is None else changed:
+            f = noun.fields.get(name)
+            value = fields.get(name)
+            if f is None or f.relation is None or value is None:
+                continue
+            for ref in value if isinstance(value, list) else [value]:
+                row = self.conn.execute("SELECT type, deleted_at FROM entities WHERE id = ?", (ref,)).fetchone()
+                if row is None or row[0] != f.relation:
+                    raise ValidationFailed(
+                        f"{noun.name}.{name}: {f.relation} {ref} does not exist in this tenant",
+                        hint=f'Create the {f.relation} first (in a batch, refer to it as "$ref:N"), or search {f.relation} for an existing id.',
+                    )
+                if row[1] is not None:
+                    raise ValidationFailed(
+                        f"{noun.name}.{name}: {f.relation} {ref} was deleted at {row[1]}",
+                        hint=f"Point {name} at a live {f.relation}.",
+                    )
+        return fields
+
+    def write(
+        self,
+        noun: Noun,
+        entity_id: str,
+        past: str,
+        current: Loaded | None,
+        fields: dict[str, Any],
+        created_data: dict[str, Any] | None,
+        op: Operation,
+        extra_data: dict[str, Any] | None = None,
+        deleted: str | tuple[str, str | None] | None = None,
+    ) -> Written:
+        """Append one event and bring the materialized row to the state right after it.
+
+        `deleted` is the entity's deletion after the event: None (live), "now" (this event
+        deletes it) or the `($deletedAt, $deletedBy)` of a past state being restored."""
+        ts_us = self.txn.next_ts_us()
+        ts = format_us(ts_us)
+        old_state = current.state if current else {}
+        version = (old_state.get("$version", 0)) + 1
+        meta: dict[str, Any] = {
+            "$id": entity_id,
+            "$type": noun.name,
+            "$version": version,
+            "$createdAt": old_state.get("$createdAt", ts),
+            "$createdBy": old_state.get("$createdBy", self.actor),
+            "$updatedAt": ts,
+            "$updatedBy": self.actor,
+        }
+        if deleted == "now":
+            meta["$deletedAt"], meta["$deletedBy"] = ts, self.actor
+        elif isinstance(deleted, tuple):
+            meta["$deletedAt"], meta["$deletedBy"] = deleted
+        state = {**meta, **fields}
+        changes = diff(fields_of(old_state), fields)
+        for key in ("$deletedAt", "$deletedBy"):
+            a, b = old_state.get(key), meta.get(key)
+            if a != b:
+                changes[key] = {"from": a, "to": b}
+        if created_data is not None:
+            data: dict[str, Any] = dict(created_data)
+        else:
+            data = rendered(changes)
+        if extra_data:
+            data = {**extra_data, **data}
+        state_text = dumps(state)
+        if len(state_text) > MAX_STATE_BYTES:
+            raise LimitExceeded(
+                f"{noun.name} {entity_id} would be {len(state_text)} bytes; an entity may be at most {MAX_STATE_BYTES}",
+                hint="Store large content elsewhere and keep a url here.",
+            )
+        event = self.txn.append({
+            "id": new_id("evt_"), "type": f"{noun.name}.{past}", "entity_type": noun.name, "action": past,
+            "target": entity_id, "actor": self.actor, "version": version, "data": dumps(data),
+            "changes": dumps(changes), "state": state_text, "reason": op.reason, "caused_by": self.caused_by,
+        }, ts_us, ts)  # fmt: skip
+        self._materialize(noun, entity_id, current, state, state_text)
+        return Written(state, event.to_dict(data=data, changes=changes))
+
+    def _materialize(
+        self, noun: Noun, entity_id: str, current: Loaded | None, state: dict[str, Any], state_text: str
+    ) -> None:
+        try:
+            if current is None:
+                cur = self.conn.execute(
+                    "INSERT INTO entities (id, type, version, created_at, updated_at, deleted_at, state) VALUES (?,?,?,?,?,?,?)",
+                    (
+                        entity_id,
+                        noun.name,
+                        state["$version"],
+                        state["$createdAt"],
+                        state["$updatedAt"],
+                        state.get("$deletedAt"),
+                        state_text,
+                    ),
+                )
+                rowid = cur.lastrowid
+            else:
+                rowid = current.rowid
+                self.conn.execute(
+                    "UPDATE entities SET version = ?, updated_at = ?, deleted_at = ?, state = ? WHERE rowid = ?",
+                    (state["$version"], state["$updatedAt"], state.get("$deletedAt"), state_text, rowid),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise StorageError(f"could not write {entity_id}: {exc}") from None
+        self._keys(noun, entity_id, current.state if current else None, state)
+        if noun.text_fields:
+            body = search_body(noun, state)
+            if current is None:
+                self.conn.execute("INSERT INTO entities_fts (rowid, body) VALUES (?, ?)", (rowid, body))
+            elif body != search_body(noun, current.state):
+                self.conn.execute("DELETE FROM entities_fts WHERE rowid = ?", (rowid,))
+                self.conn.execute("INSERT INTO entities_fts (rowid, body) VALUES (?, ?)", (rowid, body))
+
+    def _keys(self, noun: Noun, entity_id: str, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+        """Keep `entity_keys` (the lookup rows of indexed fields) equal to the new state."""
+        old_keys = index_keys(noun, old) if old is not None else set()
+        new_keys = index_keys(noun, new)
+        live = new.get("$deletedAt") is None
+        if old_keys == new_keys and (old is None or (old.get("$deletedAt") is None) == live):
+            return
+        if live:
+            for field_name, value in sorted(
+                new_keys - (old_keys if old is not None and old.get("$deletedAt") is None else set())
+            ):
+                if noun.fields[field_name].unique:
+                    row = self.conn.execute(
+                        "SELECT id FROM entity_keys WHERE type = ? AND field = ? AND value = ? AND uniq = 1 AND live = 1 AND id != ?",
+                        (noun.name, field_name, value, entity_id),
+                    ).fetchone()
+                    if row is not None:
+                        raise ValidationFailed(
+                            f"{noun.name}.{field_name} must be unique: {value!r} is already used by {row[0]}",
+                            hint=f"Update {row[0]} instead, or use a different {field_name}.",
+                            field=field_name,
+                            existing=row[0],
+                        )
+        if old is not None:
+            self.conn.execute("DELETE FROM entity_keys WHERE id = ?", (entity_id,))
+        self.conn.executemany(
+            "INSERT INTO entity_keys (type, field, value, id, uniq, live) VALUES (?, ?, ?, ?, ?, ?)",
+            [(noun.name, f, v, entity_id, int(noun.fields[f].unique), int(live)) for f, v in new_keys],
+        )
+
+
+def index_keys(noun: Noun, state: dict[str, Any]) -> set[tuple[str, Any]]:
+    """`(field, value)` for every indexed field of the state (each element of an array)."""
+    out: set[tuple[str, Any]] = set()
+    for f in noun.indexed_fields:
+        value = state.get(f.name)
+        if value is None:
+            continue
+        for v in value if isinstance(value, list) else (value,):
+            if isinstance(v, (str, int, float)):
+                out.add((f.name, v))
+    return out
+
+
+def deletion_of(state: dict[str, Any]) -> tuple[str, str | None] | None:
+    at = state.get("$deletedAt")
+    return None if at is None else (at, state.get("$deletedBy"))
+
+
+def merge(fields: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Merge-patch: keys in `patch` replace, `None` removes."""
+    out = dict(fields)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+def search_body(noun: Noun, state: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for name in noun.text_fields:
+        value = state.get(name)
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list):
+            parts.extend(v for v in value if isinstance(v, str))
+    return "\n".join(parts)
+
+
+def check_id(noun: Noun, raw: object) -> str:
+    if not isinstance(raw, str) or not ID_SHAPE.match(raw):
+        raise InvalidId(f"{raw!r} is not an entity id", hint=f"{noun.name} ids look like {noun.prefix}fX9bL5nRd.")
+    if not raw.startswith(noun.prefix):
+        other = raw.split("_", 1)[0]
+        raise InvalidId(
+            f"{raw} is not a {noun.name} id (it starts with '{other}_')",
+            hint=f"{noun.name} ids start with '{noun.prefix}'.",
+        )
+    return raw

@@ -1,0 +1,70 @@
+"""The write request (`do`) as a typed model, parsed once at the edge of the store."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import ValidationFailed
+
+ACTOR = re.compile(r"^(agent|user|system)_[A-Za-z0-9_-]{1,64}$")
+CRUD_ACTIONS = ("create", "update", "delete", "rollback", "revert")
+MAX_BATCH = 1000
+
+
+class Operation(BaseModel):
+    """One write. `action` is create, update, delete, rollback, revert or a verb of the noun."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: str = Field(min_length=1, max_length=64)
+    type: str | None = Field(default=None, max_length=64)
+    id: str | None = Field(default=None, max_length=100)
+    data: dict[str, Any] | None = None
+    ifVersion: int | None = Field(default=None, ge=1)
+    asOf: str | None = Field(default=None, max_length=64)
+    toVersion: int | None = Field(default=None, ge=1)
+    actor: str | None = Field(default=None, max_length=80)
+    since: str | None = Field(default=None, max_length=64)
+    until: str | None = Field(default=None, max_length=64)
+    force: bool = False
+    idempotencyKey: str | None = Field(default=None, min_length=1, max_length=200)
+    reason: str | None = Field(default=None, max_length=2000)
+    dryRun: bool = False
+
+
+OPERATION_KEYS = tuple(Operation.model_fields)
+
+
+def parse_operation(raw: Operation | dict[str, Any], where: str = "") -> Operation:
+    if isinstance(raw, Operation):
+        return raw
+    if not isinstance(raw, dict):
+        raise ValidationFailed(
+            f"{where}an operation must be an object, got {type(raw).__name__}",
+            hint=f"Keys: {', '.join(OPERATION_KEYS)}.",
+        )
+    try:
+        return Operation.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'")
+            else:
+                problems.append(f"'{key}': {err['msg']}")
+        raise ValidationFailed(where + "; ".join(problems), hint=f"Valid keys: {', '.join(OPERATION_KEYS)}.") from None
+
+
+def check_actor(actor: str) -> str:
+    from ..errors import InvalidActor
+
+    if not isinstance(actor, str) or not ACTOR.match(actor):
+        raise InvalidActor(
+            f"invalid actor {actor!r}: actors match {ACTOR.pattern}",
+            hint="Use agent_<name>, user_<name> or system_<name> with letters, digits, '_' or '-'.",
+        )
+    return actor

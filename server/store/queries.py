@@ -1,0 +1,412 @@
+"""Reads: current, asOf and versioned entities, searches with filters and cursors, and the event log."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from typing import Any
+
+from ..errors import InvalidFilter, LimitExceeded, NotFound, ValidationFailed
+from ..schema import Noun, SchemaSet
+from ..timeutil import format_us, parse_as_of
+from . import cursors
+from .events import EventRow
+from .filters import EVENT_COLUMNS, Column, FilterCompiler, SortKey, entity_columns, parse_sort
+from .mutations import check_id
+from .sqlite import json_path, noun_literal
+
+DEFAULT_LIMIT = 25
+MAX_LIMIT = 100
+COUNT_CAP = 10_000
+MAX_INCLUDE = 100
+
+
+def check_limit(limit: Any) -> int:
+    if limit is None:
+        return DEFAULT_LIMIT
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValidationFailed(
+            f"limit must be a whole number from 1 to {MAX_LIMIT}, got {limit!r}", hint=f"Default {DEFAULT_LIMIT}."
+        )
+    if limit > MAX_LIMIT:
+        raise LimitExceeded(
+            f"limit {limit} is above the maximum of {MAX_LIMIT}", hint="Page through with the cursor instead."
+        )
+    return limit
+
+
+def seq_at(conn: sqlite3.Connection, as_of_us: int) -> int:
+    """The last seq whose timestamp is <= asOf (timestamps grow with seq)."""
+    row = conn.execute("SELECT max(seq) FROM events WHERE ts <= ?", (format_us(as_of_us),)).fetchone()
+    return row[0] or 0
+
+
+def head_seq(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+
+
+# ---- single entities -------------------------------------------------------------------------
+
+
+def state_at(conn: sqlite3.Connection, entity_id: str, seq: int | None) -> dict[str, Any] | None:
+    if seq is None:
+        row = conn.execute("SELECT state FROM entities WHERE id = ?", (entity_id,)).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT state FROM events WHERE target = ? AND seq <= ? ORDER BY seq DESC LIMIT 1", (entity_id, seq)
+        ).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def get_entity(
+    conn: sqlite3.Connection,
+    schemas: SchemaSet,
+    noun: Noun,
+    entity_id: str,
+    as_of: str | None = None,
+    version: int | None = None,
+    include: list[str] | None = None,
+    fields: list[str] | None = None,
+) -> dict[str, Any]:
+    check_id(noun, entity_id)
+    if as_of is not None and version is not None:
+        raise ValidationFailed(
+            "pass asOf or version, not both",
+            hint="asOf reads a time; version reads the state right after that version.",
+        )
+    seq: int | None = None
+    if version is not None:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ValidationFailed(f"version must be a whole number from 1, got {version!r}")
+        row = conn.execute(
+            "SELECT state, seq FROM events WHERE target = ? AND version = ?", (entity_id, version)
+        ).fetchone()
+        if row is None:
+            latest = conn.execute("SELECT max(version) FROM events WHERE target = ?", (entity_id,)).fetchone()[0]
+            if latest is None:
+                raise NotFound(
+                    f"{noun.name} {entity_id} does not exist", hint=f"Search {noun.name} to find existing ids."
+                )
+            raise NotFound(
+                f"{entity_id} has no version {version}; its versions are 1 to {latest}",
+                hint="Pick a version in that range.",
+            )
+        state, seq = json.loads(row[0]), row[1]
+    else:
+        if as_of is not None:
+            seq = seq_at(conn, parse_as_of(as_of))
+        state = state_at(conn, entity_id, seq)
+        if state is None:
+            if as_of is not None and state_at(conn, entity_id, None) is not None:
+                created = state_at(conn, entity_id, None)
+                raise NotFound(
+                    f"{noun.name} {entity_id} did not exist at {format_us(parse_as_of(as_of))}; it was created at {created['$createdAt']}",  # type: ignore[index]
+                    hint="Use an asOf at or after its creation.",
+                )
+            raise NotFound(f"{noun.name} {entity_id} does not exist", hint=f"Search {noun.name} to find existing ids.")
+        if state.get("$deletedAt") is not None:
+            raise NotFound(
+                f"{noun.name} {entity_id} was deleted at {state['$deletedAt']} by {state.get('$deletedBy')}",
+                hint="Fetch it with an asOf before the deletion to see it, or roll it back to restore it.",
+                deletedAt=state["$deletedAt"],
+                deletedBy=state.get("$deletedBy"),
+            )
+    if state.get("$type") != noun.name:
+        raise NotFound(f"{entity_id} is not a {noun.name}")
+    if include:
+        expand(conn, schemas, noun, state, include, seq)
+    if fields is not None:
+        state = project(noun, state, fields)
+    return state
+
+
+def project(noun: Noun, state: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    unknown = [f for f in fields if f not in noun.fields and f not in noun.reverses and not f.startswith("$")]
+    if unknown:
+        raise ValidationFailed(
+            f"unknown fields {unknown} for {noun.name}", hint=f"{noun.name} fields: {', '.join(noun.fields)}."
+        )
+    keep = {"$id", "$type", "$version", *fields}
+    return {k: v for k, v in state.items() if k in keep}
+
+
+def expand(
+    conn: sqlite3.Connection, schemas: SchemaSet, noun: Noun, state: dict[str, Any], include: list[str], seq: int | None
+) -> None:
+    """Replace forward relationship ids by their entities; add reverse relationships as lists."""
+    for name in include:
+        f = noun.fields.get(name)
+        if f is not None and f.relation:
+            value = state.get(name)
+            if isinstance(value, list):
+                state[name] = [_live(state_at(conn, v, seq)) for v in value]
+            elif isinstance(value, str):
+                state[name] = _live(state_at(conn, value, seq))
+            continue
+        rev = noun.reverses.get(name)
+        if rev is None:
+            names = [n for n, fd in noun.fields.items() if fd.relation] + list(noun.reverses)
+            raise ValidationFailed(
+                f"{noun.name} has no relationship {name!r}",
+                hint=f"{noun.name} relationships: {', '.join(names) or 'none'}.",
+            )
+        other = schemas[rev.noun]
+        result = find(conn, schemas, other, {rev.field: state["$id"]}, limit=MAX_LIMIT, sort="$createdAt", _seq=seq)
+        state[name] = result["results"]
+
+
+def _live(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    return state if state is not None and state.get("$deletedAt") is None else None
+
+
+# ---- search -------------------------------------------------------------------------------------
+
+
+def _fts_query(text: str) -> list[str]:
+    tokens = re.findall(r"\w+", text, re.UNICODE)
+    if not tokens:
+        raise InvalidFilter(
+            f"query {text!r} has no words to search for", hint="Pass one or more words; all must appear."
+        )
+    if len(tokens) > 32:
+        raise InvalidFilter("query has more than 32 words", hint="Shorten the query.")
+    return tokens
+
+
+def _source(noun: Noun, seq: int | None) -> tuple[str, list[Any]]:
+    """The rows to search: the materialized table, or every entity's last state at `seq`."""
+    if seq is None:
+        return "entities", []
+    lit = noun_literal(noun.name)
+    sql = (
+        "(SELECT e.rowid AS rowid, e.target AS id, e.entity_type AS type, e.version AS version, "
+        f"{json_path('$createdAt').replace('state', 'e.state')} AS created_at, e.ts AS updated_at, "
+        f"{json_path('$deletedAt').replace('state', 'e.state')} AS deleted_at, e.state AS state FROM events e "
+        f"WHERE e.seq IN (SELECT max(seq) FROM events WHERE entity_type = {lit} AND seq <= ? GROUP BY target))"
+    )
+    return sql, [seq]
+
+
+def _order(keys: list[SortKey]) -> str:
+    parts = []
+    for k in keys:
+        parts.append(f"({k.column.sql} IS NULL)")
+        parts.append(f"{k.column.sql} {'DESC' if k.descending else 'ASC'}")
+    return ", ".join([*parts, "id ASC"])
+
+
+def _after(keys: list[SortKey], values: list[Any], last_id: str) -> tuple[str, list[Any]]:
+    """Keyset condition: rows strictly after (values, last_id) in the sort order, nulls last."""
+    params: list[Any] = []
+    sql = "(id > ?)"
+    tail_params: list[Any] = [last_id]
+    for key, value in reversed(list(zip(keys, values, strict=True))):
+        col = key.column.sql
+        if value is None:
+            sql = f"(({col} IS NULL) AND {sql})"
+            params_here: list[Any] = []
+        else:
+            cmp = "<" if key.descending else ">"
+            sql = f"(({col} IS NULL) OR ({col} {cmp} ?) OR (({col} = ?) AND {sql}))"
+            params_here = [value, value]
+        tail_params = params_here + tail_params
+    params.extend(tail_params)
+    return sql, params
+
+
+def find(
+    conn: sqlite3.Connection,
+    schemas: SchemaSet,
+    noun: Noun,
+    filter: Any = None,
+    query: str | None = None,
+    sort: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+    as_of: str | None = None,
+    include_deleted: bool = False,
+    _seq: int | None = None,
+) -> dict[str, Any]:
+    n = check_limit(limit)
+    columns = entity_columns(noun)
+    keys = parse_sort(sort, columns, noun.name, "-$updatedAt")
+    identity = {
+        "type": noun.name,
+        "filter": filter,
+        "query": query,
+        "sort": sort,
+        "asOf": as_of,
+        "includeDeleted": include_deleted,
+    }
+    compiler = FilterCompiler(columns, noun.name)
+    where = [f"type = {noun_literal(noun.name)}", compiler.compile(filter)]
+    params = compiler.params
+    if not include_deleted:
+        where.insert(1, "deleted_at IS NULL")
+    head = head_seq(conn)
+    pinned: int | None
+    if cursor is not None:
+        page = cursors.decode(cursor, identity)
+        pinned = page.seq
+    elif _seq is not None:
+        pinned = _seq
+    elif as_of is not None:
+        pinned = seq_at(conn, parse_as_of(as_of))
+    else:
+        pinned = head
+    seq_bound: int | None = pinned
+    if as_of is None and _seq is None and pinned >= _noun_head(conn, noun, head):
+        seq_bound = None  # nothing of this noun changed since: the materialized table is that state
+    source, source_params = _source(noun, seq_bound)
+    if query is not None:
+        tokens = _fts_query(query)
+        if seq_bound is None:
+            where.append("rowid IN (SELECT rowid FROM entities_fts WHERE entities_fts MATCH ?)")
+            params.append(" ".join('"' + t.replace('"', '""') + '"*' for t in tokens))
+        else:
+            body = " || ' ' || ".join(f"coalesce({json_path(f)}, '')" for f in noun.text_fields) or "''"
+            for t in tokens:
+                where.append(f"instr(lower({body}), lower(?)) > 0")
+                params.append(t)
+    base_where = " AND ".join(where)
+    base_params = source_params + params
+    total = conn.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {base_where} LIMIT {COUNT_CAP + 1})", base_params
+    ).fetchone()[0]
+    page_where, page_params = base_where, list(base_params)
+    if cursor is not None:
+        after_sql, after_params = _after(keys, page.keys[:-1], page.keys[-1])
+        page_where += " AND " + after_sql
+        page_params += after_params
+    select_keys = ", ".join(f"{k.column.sql}" for k in keys)
+    rows = conn.execute(
+        f"SELECT id, state, {select_keys} FROM {source} WHERE {page_where} ORDER BY {_order(keys)} LIMIT {n + 1}",
+        page_params,
+    ).fetchall()
+    has_more = len(rows) > n
+    rows = rows[:n]
+    next_cursor = None
+    if has_more:
+        last = rows[-1]
+        next_cursor = cursors.encode(cursors.Cursor(keys=[*last[2:], last[0]], seq=pinned), identity)
+    result: dict[str, Any] = {
+        "results": [json.loads(r[1]) for r in rows],
+        "total": min(total, COUNT_CAP),
+        "hasMore": has_more,
+        "cursor": next_cursor,
+    }
+    if total > COUNT_CAP:
+        result["totalIsLowerBound"] = True
+    return result
+
+
+def _noun_head(conn: sqlite3.Connection, noun: Noun, head: int) -> int:
+    row = conn.execute(
+        "SELECT seq FROM events WHERE entity_type = ? ORDER BY seq DESC LIMIT 1", (noun.name,)
+    ).fetchone()
+    return row[0] if row else 0
+
+
+# ---- the event log ------------------------------------------------------------------------------
+
+_EVENT_SORTS = {"seq": False, "-seq": True, "timestamp": False, "-timestamp": True}
+
+
+class _EventFilter(FilterCompiler):
+    """Event filters: `type` globs, and timestamp ranges answered through seq (they grow together)."""
+
+    def _op(self, col: Column, op: str, arg: Any) -> str:
+        if col.name == "timestamp" and op in ("$gt", "$gte", "$lt", "$lte"):
+            self.terms += 1
+            value = self._value(col, arg, op)
+            self.params.append(value)
+            if op in ("$gt", "$gte"):
+                cmp = ">" if op == "$gt" else ">="
+                return f"(seq >= coalesce((SELECT min(seq) FROM events WHERE ts {cmp} ?), 9223372036854775807))"
+            cmp = "<" if op == "$lt" else "<="
+            return f"(seq <= coalesce((SELECT max(seq) FROM events WHERE ts {cmp} ?), 0))"
+        return super()._op(col, op, arg)
+
+
+def find_events(
+    conn: sqlite3.Connection,
+    filter: Any = None,
+    sort: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    n = check_limit(limit)
+    sort_key = sort if sort is not None else "seq"
+    if sort_key not in _EVENT_SORTS:
+        from ..errors import InvalidSort
+
+        raise InvalidSort(
+            f"events sort by {sort!r} is not supported",
+            hint="Sort events by 'seq' (oldest first) or '-seq' (newest first).",
+        )
+    descending = _EVENT_SORTS[sort_key]
+    identity = {"type": "Event", "filter": filter, "sort": sort_key}
+    compiler = _EventFilter(EVENT_COLUMNS, "Event", glob_type=True)
+    where = compiler.compile(filter)
+    params = list(compiler.params)
+    pinned = head_seq(conn)
+    if cursor is not None:
+        page = cursors.decode(cursor, identity)
+        pinned = page.seq
+    where += " AND seq <= ?"
+    params.append(pinned)
+    total = conn.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM events WHERE {where} LIMIT {COUNT_CAP + 1})", params
+    ).fetchone()[0]
+    page_where, page_params = where, list(params)
+    if cursor is not None:
+        last = page.keys[0] if page.keys else None
+        if not isinstance(last, int):
+            from ..errors import InvalidCursor
+
+            raise InvalidCursor(
+                "the cursor is not one this server issued", hint="Pass back the previous page's cursor unchanged."
+            )
+        page_where += f" AND seq {'<' if descending else '>'} ?"
+        page_params.append(last)
+    rows = conn.execute(
+        f"SELECT {EventRow.COLUMNS} FROM events WHERE {page_where} ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT {n + 1}",
+        page_params,
+    ).fetchall()
+    has_more = len(rows) > n
+    events = [EventRow(*r) for r in rows[:n]]
+    result: dict[str, Any] = {
+        "results": [e.to_dict() for e in events],
+        "total": min(total, COUNT_CAP),
+        "hasMore": has_more,
+        "cursor": cursors.encode(cursors.Cursor(keys=[events[-1].seq], seq=pinned), identity) if has_more else None,
+    }
+    if total > COUNT_CAP:
+        result["totalIsLowerBound"] = True
+    return result
+
+
+def get_event(conn: sqlite3.Connection, event_id: str) -> dict[str, Any]:
+    if not isinstance(event_id, str) or not re.fullmatch(r"evt_[A-Za-z0-9]{9,64}", event_id):
+        from ..errors import InvalidId
+
+        raise InvalidId(f"{event_id!r} is not an event id", hint="Event ids look like evt_tR8kJmNxPq.")
+    row = conn.execute(f"SELECT {EventRow.COLUMNS} FROM events WHERE id = ?", (event_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"event {event_id} does not exist", hint='Search {"type": "Event"} to list events.')
+    return EventRow(*row).to_dict()
+
+
+def iter_events(conn: sqlite3.Connection, after_seq: int = 0, batch: int = 5000) -> Any:
+    """Every event after `after_seq`, in seq order, as stored rows."""
+    last = after_seq
+    while True:
+        rows = conn.execute(
+            f"SELECT {EventRow.COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (last, batch)
+        ).fetchall()
+        if not rows:
+            return
+        for r in rows:
+            yield EventRow(*r)
+        last = rows[-1][0]

@@ -1,0 +1,177 @@
+"""The store's public API: writes, reads and verification for any tenant, safe from many threads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidType, LimitExceeded, ValidationFailed
+from ..schema import Noun, SchemaSet, load_schemas
+from ..schema.validation import Validators
+from . import queries
+from .hooks import AfterContext, Hooks, run_after
+from .mutations import Env, Mutator
+from .operations import MAX_BATCH, Operation, check_actor, parse_operation
+from .tenants import TenantPool, check_tenant
+from .verify import verify_tenant
+
+log = logging.getLogger(__name__)
+MAX_HOOK_DEPTH = 8
+
+
+class Store:
+    """Every tenant under one data directory, validated against one set of nouns."""
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        schemas: SchemaSet | None = None,
+        *,
+        durability: str = "normal",
+        hooks: Hooks | None = None,
+        clock: Any = None,
+        max_open_tenants: int = 64,
+        max_readers: int = 4,
+    ) -> None:
+        if durability not in ("normal", "full"):
+            raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
+        self.data_dir = Path(data_dir)
+        self.schemas = schemas or load_schemas()
+        self.hooks = hooks or Hooks()
+        self.env = Env(self.schemas, Validators(self.schemas.nouns), self.hooks)
+        self.pool = TenantPool(self.data_dir, self.schemas, durability, clock, max_open_tenants, max_readers)
+        self._local = threading.local()
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writes -------------------------------------------------------------------------------
+
+    def do(
+        self, tenant: str, actor: str, request: dict[str, Any] | Operation, caused_by: str | None = None
+    ) -> dict[str, Any]:
+        """One operation, or `{"operations": [...], "dryRun"?}` as one atomic batch."""
+        check_tenant(tenant)
+        check_actor(actor)
+        if isinstance(request, dict) and "operations" in request:
+            extra = set(request) - {"operations", "dryRun"}
+            if extra:
+                raise ValidationFailed(
+                    f"a batch takes only 'operations' and 'dryRun', not {sorted(extra)}",
+                    hint="Put the other keys inside each operation.",
+                )
+            raw_ops = request["operations"]
+            if not isinstance(raw_ops, list) or not raw_ops:
+                raise ValidationFailed("'operations' must be a non-empty list of operations")
+            if len(raw_ops) > MAX_BATCH:
+                raise LimitExceeded(
+                    f"a batch holds at most {MAX_BATCH} operations, got {len(raw_ops)}",
+                    hint="Split it into several batches.",
+                )
+            dry_run = request.get("dryRun", False)
+            if not isinstance(dry_run, bool):
+                raise ValidationFailed("'dryRun' must be true or false")
+            ops = [parse_operation(op, f"operations[{i}]: ") for i, op in enumerate(raw_ops)]
+            if any(op.dryRun for op in ops):
+                raise ValidationFailed("dryRun applies to a whole batch: set it beside 'operations', not inside one")
+            results = self._write(tenant, actor, ops, True, dry_run, caused_by)
+            out: dict[str, Any] = {"results": results}
+            if dry_run:
+                out["dryRun"] = True
+            return out
+        op = parse_operation(request)  # type: ignore[arg-type]
+        (result,) = self._write(tenant, actor, [op], False, op.dryRun, caused_by)
+        if op.dryRun:
+            result["dryRun"] = True
+        return result
+
+    def _write(
+        self, tenant: str, actor: str, ops: list[Operation], batch: bool, dry_run: bool, caused_by: str | None
+    ) -> list[dict[str, Any]]:
+        with self.pool.lease(tenant) as t:
+            results = t.writer.run(
+                lambda txn: Mutator(txn, self.env, actor, caused_by).run(ops, batch), dry_run=dry_run
+            )
+        if not dry_run and self.hooks.after_hooks:
+            for op, result in zip(ops, results, strict=True):
+                if not result.get("replayed"):
+                    self._after(tenant, actor, op, result)
+        return results
+
+    def _after(self, tenant: str, actor: str, op: Operation, result: dict[str, Any]) -> None:
+        depth = getattr(self._local, "depth", 0)
+        for event in result.get("events", []):
+            noun, _, past = event["type"].partition(".")
+            hooks = self.hooks.matching_after(noun, op.action, past)
+            if not hooks:
+                continue
+            entity = (
+                result.get("entity")
+                if result.get("entity", {}) and result["entity"].get("$id") == event["target"]
+                else None
+            )
+
+            def do(request: dict[str, Any], _event: str = event["id"]) -> dict[str, Any]:
+                if depth + 1 > MAX_HOOK_DEPTH:
+                    raise LimitExceeded(f"AFTER hooks nest deeper than {MAX_HOOK_DEPTH} writes; stopping here")
+                self._local.depth = depth + 1
+                try:
+                    return self.do(tenant, actor, request, caused_by=_event)
+                finally:
+                    self._local.depth = depth
+
+            for fn in hooks:
+                run_after(fn, AfterContext(event=event, entity=entity, tenant=tenant, actor=actor, do=do))
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    def noun(self, name: Any) -> Noun:
+        if not isinstance(name, str) or name not in self.schemas:
+            raise InvalidType(
+                f"unknown type {name!r}", hint=f"Valid types: {', '.join(self.schemas.names())}, Event, Schema."
+            )
+        return self.schemas[name]
+
+    def get(self, tenant: str, type: str, id: str, as_of: str | None = None, version: int | None = None,
+            include: list[str] | None = None, fields: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+        noun = self.noun(type)
+        with self.pool.lease(tenant) as t, t.snapshot() as conn:
+            return queries.get_entity(conn, self.schemas, noun, id, as_of, version, include, fields)
+
+    def find(self, tenant: str, type: str, filter: Any = None, query: str | None = None, sort: str | None = None,
+             limit: int | None = None, cursor: str | None = None, as_of: str | None = None,
+             include_deleted: bool = False) -> dict[str, Any]:  # fmt: skip
+        noun = self.noun(type)
+        with self.pool.lease(tenant) as t, t.snapshot() as conn:
+            return queries.find(conn, self.schemas, noun, filter, query, sort, limit, cursor, as_of, include_deleted)
+
+    def events(self, tenant: str, filter: Any = None, sort: str | None = None, limit: int | None = None,
+               cursor: str | None = None) -> dict[str, Any]:  # fmt: skip
+        with self.pool.lease(tenant) as t, t.snapshot() as conn:
+            return queries.find_events(conn, filter, sort, limit, cursor)
+
+    def event(self, tenant: str, id: str) -> dict[str, Any]:
+        with self.pool.lease(tenant) as t, t.reader() as conn:
+            return queries.get_event(conn, id)
+
+    def schema(self, name: str | None = None) -> dict[str, Any]:
+        if name is None:
+            return {"nouns": {n: self.schemas[n].to_dict() for n in self.schemas.names()}}
+        return self.noun(name).to_dict()
+
+    def verify(self, tenant: str, progress: Any = None) -> dict[str, Any]:
+        with self.pool.lease(tenant, create=False) as t, t.snapshot() as conn:
+            report = verify_tenant(conn, progress)
+        report["tenant"] = tenant
+        return report
+
+    def tenants(self) -> list[str]:
+        return self.pool.names()

@@ -1,0 +1,166 @@
+"""The tenant database file: connections, pragmas, migrations, triggers and per-noun indexes."""
+
+from __future__ import annotations
+
+import functools
+import re
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+DURABILITY = {"normal": "NORMAL", "full": "FULL"}
+PAGE_SIZE = 1024
+
+_MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "events, entities, full text, idempotency",
+        """
+        CREATE TABLE events (
+            seq         INTEGER PRIMARY KEY,
+            id          TEXT NOT NULL UNIQUE,
+            type        TEXT NOT NULL,
+            entity_type TEXT NOT NULL,
+            action      TEXT NOT NULL,
+            target      TEXT NOT NULL,
+            actor       TEXT NOT NULL,
+            ts          TEXT NOT NULL UNIQUE,
+            version     INTEGER NOT NULL CHECK (version >= 1),
+            data        TEXT NOT NULL,
+            changes     TEXT NOT NULL,
+            state       TEXT NOT NULL,
+            reason      TEXT,
+            caused_by   TEXT,
+            prev_hash   TEXT NOT NULL,
+            hash        TEXT NOT NULL,
+            UNIQUE (target, version)
+        );
+        CREATE INDEX events_by_target ON events (target, seq);
+        CREATE INDEX events_by_actor ON events (actor, seq);
+        CREATE INDEX events_by_entity_type ON events (entity_type, seq);
+        CREATE INDEX events_by_action ON events (action, seq);
+
+        CREATE TRIGGER events_refuse_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are immutable: UPDATE on events is refused'); END;
+        CREATE TRIGGER events_refuse_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are immutable: DELETE on events is refused'); END;
+        CREATE TRIGGER events_time_moves_forward BEFORE INSERT ON events
+        WHEN NEW.ts <= (SELECT max(ts) FROM events)
+        BEGIN SELECT RAISE(ABORT, 'event timestamps must strictly increase'); END;
+
+        CREATE TABLE entities (
+            rowid       INTEGER PRIMARY KEY,
+            id          TEXT NOT NULL UNIQUE,
+            type        TEXT NOT NULL,
+            version     INTEGER NOT NULL,
+            created_at  TEXT NOT NULL,
+            updated_at  TEXT NOT NULL,
+            deleted_at  TEXT,
+            state       TEXT NOT NULL
+        );
+        CREATE INDEX entities_by_type_updated ON entities (type, updated_at);
+
+        CREATE VIRTUAL TABLE entities_fts USING fts5 (body, tokenize = 'unicode61 remove_diacritics 2');
+
+        CREATE TABLE entity_keys (
+            type    TEXT NOT NULL,
+            field   TEXT NOT NULL,
+            value   ANY NOT NULL,
+            id      TEXT NOT NULL,
+            uniq    INTEGER NOT NULL,
+            live    INTEGER NOT NULL
+        );
+        CREATE INDEX entity_keys_lookup ON entity_keys (type, field, value);
+        CREATE INDEX entity_keys_by_id ON entity_keys (id);
+        CREATE UNIQUE INDEX entity_keys_unique ON entity_keys (type, field, value) WHERE uniq = 1 AND live = 1;
+
+        CREATE TABLE idempotency (
+            actor   TEXT NOT NULL,
+            key     TEXT NOT NULL,
+            result  TEXT NOT NULL,
+            seq     INTEGER,
+            PRIMARY KEY (actor, key)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        """,
+    ),
+]
+
+_SAFE_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def connect(path: Path, durability: str = "normal", readonly: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, foreign-free, with `regexp`."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        # Small pages: a commit writes whole pages to the WAL, and a write touches ~10 of them
+        # (the event, its indexes, the entity row); 1 KiB pages made commits ~40% faster than
+        # 4 KiB here. Only takes effect on a new file.
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA wal_autocheckpoint = 4000")
+    conn.execute(f"PRAGMA synchronous = {DURABILITY[durability]}")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA cache_size = -16000")
+    conn.create_function("regexp", 2, _regexp, deterministic=True)
+    return conn
+
+
+_REGEX_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def _regexp(pattern: str, value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    compiled = _REGEX_CACHE.get(pattern)
+    if compiled is None:
+        if len(_REGEX_CACHE) > 256:
+            _REGEX_CACHE.clear()
+        compiled = _REGEX_CACHE[pattern] = re.compile(pattern)
+    return compiled.search(value) is not None
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply every migration not yet recorded in `migrations`, each in its own transaction."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))"
+    )
+    done = {row[0] for row in conn.execute("SELECT version FROM migrations")}
+    for version, (name, ddl) in enumerate(_MIGRATIONS, start=1):
+        if version in done:
+            continue
+        in_tx(conn, functools.partial(_apply, conn, version, name, ddl))
+
+
+def _apply(conn: sqlite3.Connection, version: int, name: str, ddl: str) -> None:
+    for statement in ddl.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("INSERT INTO migrations (version, name) VALUES (?, ?)", (version, name))
+
+
+def in_tx(conn: sqlite3.Connection, fn: Callable[[], None]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        fn()
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def json_path(field: str) -> str:
+    """The SQL text `json_extract(state, '$."field"')` for a schema field name (never caller text)."""
+    if not _SAFE_IDENT.match(field.lstrip("$")):
+        raise ValueError(f"unsafe field name {field!r}")
+    return f"json_extract(state, '$.\"{field}\"')"
+
+
+def noun_literal(name: str) -> str:
+    if not _SAFE_IDENT.match(name):
+        raise ValueError(f"unsafe noun name {name!r}")
+    return f"'{name}'"

@@ -1,0 +1,172 @@
+"""Tenants: name checks, file paths, and a bounded pool of open tenant databases."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import InvalidTenant, LimitExceeded, NotFound
+from ..schema import SchemaSet
+from .sqlite import connect, migrate
+from .writer import Writer
+
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_DEVICE_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+def check_tenant(name: object) -> str:
+    """The tenant name, or InvalidTenant before anything touches the file system."""
+    if not isinstance(name, str) or not TENANT_NAME.match(name) or name in _DEVICE_NAMES:
+        shown = repr(name)[:80]
+        raise InvalidTenant(
+            f"invalid tenant name {shown}: tenant names match {TENANT_NAME.pattern} and are not a reserved device name",
+            hint="Use lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters.",
+        )
+    return name
+
+
+def tenant_path(data_dir: Path, name: str) -> Path:
+    return data_dir / "tenants" / f"{check_tenant(name)}.db"
+
+
+class Tenant:
+    """One open tenant database: its writer connection and a small pool of reader connections."""
+
+    def __init__(
+        self, name: str, path: Path, schemas: SchemaSet, durability: str, clock: Callable[[], int], max_readers: int
+    ) -> None:
+        self.name = name
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(path, durability)
+        migrate(conn)
+        self.writer = Writer(conn, clock)
+        self._durability = durability
+        self._readers: list[sqlite3.Connection] = []
+        self._reader_count = 0
+        self._max_readers = max_readers
+        self._cv = threading.Condition()
+        self.leases = 0
+
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """A reader connection (WAL: readers never block the writer nor each other)."""
+        with self._cv:
+            while not self._readers and self._reader_count >= self._max_readers:
+                self._cv.wait()
+            if self._readers:
+                conn = self._readers.pop()
+            else:
+                conn = connect(self.path, self._durability)
+                self._reader_count += 1
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            with self._cv:
+                self._readers.append(conn)
+                self._cv.notify()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A reader inside one read transaction: every statement sees the same state."""
+        with self.reader() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.writer.close()
+        with self._cv:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+
+class TenantPool:
+    """At most `max_open` tenants open at once; idle ones are closed, least recently used first."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        schemas: SchemaSet,
+        durability: str = "normal",
+        clock: Callable[[], int] | None = None,
+        max_open: int = 64,
+        max_readers: int = 4,
+        wait_seconds: float = 30.0,
+    ) -> None:
+        from ..timeutil import now_us
+
+        self.data_dir = Path(data_dir)
+        self.schemas = schemas
+        self.durability = durability
+        self.clock = clock or now_us
+        self.max_open = max_open
+        self.max_readers = max_readers
+        self.wait_seconds = wait_seconds
+        self._open: OrderedDict[str, Tenant] = OrderedDict()
+        self._cv = threading.Condition()
+
+    def exists(self, name: str) -> bool:
+        return tenant_path(self.data_dir, name).exists()
+
+    def names(self) -> list[str]:
+        folder = self.data_dir / "tenants"
+        if not folder.is_dir():
+            return []
+        return sorted(p.stem for p in folder.glob("*.db") if TENANT_NAME.match(p.stem))
+
+    @contextmanager
+    def lease(self, name: str, create: bool = True) -> Iterator[Tenant]:
+        tenant = self._acquire(name, create)
+        try:
+            yield tenant
+        finally:
+            with self._cv:
+                tenant.leases -= 1
+                self._cv.notify_all()
+
+    def _acquire(self, name: str, create: bool) -> Tenant:
+        with self._cv:
+            tenant = self._open.get(name)
+            if tenant is None:
+                path = tenant_path(self.data_dir, name)
+                if not create and not path.exists():
+                    raise NotFound(
+                        f"tenant {name!r} does not exist in {self.data_dir}",
+                        hint="Check --data-dir and the tenant name.",
+                    )
+                if not self._cv.wait_for(self._make_room, timeout=self.wait_seconds):
+                    raise LimitExceeded(
+                        f"all {self.max_open} open tenants are busy",
+                        hint="Retry shortly, or raise the open-tenant limit.",
+                    )
+                tenant = Tenant(name, path, self.schemas, self.durability, self.clock, self.max_readers)
+                self._open[name] = tenant
+            self._open.move_to_end(name)
+            tenant.leases += 1
+            return tenant
+
+    def _make_room(self) -> bool:
+        while len(self._open) >= self.max_open:
+            idle = next((n for n, t in self._open.items() if t.leases == 0), None)
+            if idle is None:
+                return False
+            self._open.pop(idle).close()
+        return True
+
+    def close(self) -> None:
+        with self._cv:
+            for tenant in self._open.values():
+                tenant.close()
+            self._open.clear()

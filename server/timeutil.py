@@ -1,0 +1,72 @@
+"""Time in headlessly: integer microseconds since the epoch, shown as RFC 3339 UTC with a `Z`."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, date, datetime, timedelta
+
+from .errors import InvalidAsOf
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:?\d{2})$")
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def format_us(us: int) -> str:
+    """`1768555800000000` → `2026-01-16T09:30:00.000000Z`."""
+    global _second_cache
+    seconds, micros = divmod(us, 1_000_000)
+    cached = _second_cache  # one read: safe across threads
+    if cached[0] != seconds:  # the date-time part changes once a second: format it once
+        cached = _second_cache = (seconds, (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{micros:06d}Z"
+
+
+def parse_time(value: object) -> int:
+    """An RFC 3339 time with an offset, or a date (start of that day, UTC), as microseconds.
+
+    Raises ValueError saying what is accepted."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a time string, got {type(value).__name__}")
+    text = value.strip()
+    if _DATE.match(text):
+        d = date.fromisoformat(text)
+        dt = datetime(d.year, d.month, d.day, tzinfo=UTC)
+    elif _DATETIME.match(text):
+        frac = re.search(r"\.(\d+)", text)
+        if frac and len(frac.group(1)) > 6:  # fromisoformat takes at most microseconds
+            text = text.replace(frac.group(0), "." + frac.group(1)[:6], 1)
+        try:
+            dt = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a valid time: {exc}") from None
+    else:
+        raise ValueError(
+            f"{value!r} is not an RFC 3339 time with an offset (2026-01-16T09:30:00Z, "
+            "2026-01-16T10:30:00+01:00) or a date (2026-01-16)"
+        )
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def normalize_time(value: object) -> str:
+    """Any accepted time input as the canonical string (UTC, microseconds, `Z`)."""
+    return format_us(parse_time(value))
+
+
+def parse_as_of(value: object, name: str = "asOf") -> int:
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise InvalidAsOf(
+            f"{name}: {exc}",
+            hint="Use an RFC 3339 time such as 2026-01-16T09:30:00Z, or a date such as 2026-01-16.",
+        ) from None
