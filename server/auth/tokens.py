@@ -1,0 +1,115 @@
+"""Bearer tokens: issued once, stored only as salted SHA-256 hashes, listed and revoked.
+
+A token reads `hly_<id>_<secret>`: the id finds the row, the secret is checked against
+`sha256(salt + secret)` in constant time. Tokens are random (256 bits), so a fast hash is
+enough: there is nothing to guess that a slow hash would protect."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import NotFound
+from ..store.operations import check_actor
+from ..store.tenants import check_tenant
+from ..timeutil import format_us, now_us
+
+PREFIX = "hly_"
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: str
+    tenant: str
+    actor: str
+    read_only: bool
+    created_at: str
+    revoked_at: str | None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id, "tenant": self.tenant, "actor": self.actor, "readOnly": self.read_only,
+            "createdAt": self.created_at, "revokedAt": self.revoked_at, "note": self.note,
+        }  # fmt: skip
+
+
+class TokenStore:
+    """The token table in `<data-dir>/tokens.db`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "tokens.db"
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA busy_timeout = 5000")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, salt BLOB NOT NULL, digest BLOB NOT NULL, "
+            "tenant TEXT NOT NULL, actor TEXT NOT NULL, read_only INTEGER NOT NULL, created_at TEXT NOT NULL, "
+            "revoked_at TEXT, note TEXT)"
+        )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def create(
+        self, tenant: str, actor: str, read_only: bool = False, note: str | None = None
+    ) -> tuple[str, TokenInfo]:
+        """A new token: the secret string (shown once, never stored) and its record."""
+        check_tenant(tenant)
+        check_actor(actor)
+        token_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        salt = secrets.token_bytes(16)
+        info = TokenInfo(token_id, tenant, actor, read_only, format_us(now_us()), None, note)
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO tokens (id, salt, digest, tenant, actor, read_only, created_at, note) VALUES (?,?,?,?,?,?,?,?)",
+                (token_id, salt, _digest(salt, secret), tenant, actor, int(read_only), info.created_at, note),
+            )
+        return f"{PREFIX}{token_id}_{secret}", info
+
+    def list(self, tenant: str | None = None, include_revoked: bool = False) -> list[TokenInfo]:
+        sql = "SELECT id, tenant, actor, read_only, created_at, revoked_at, note FROM tokens WHERE (? IS NULL OR tenant = ?)"
+        if not include_revoked:
+            sql += " AND revoked_at IS NULL"
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY created_at", (tenant, tenant)).fetchall()
+        return [TokenInfo(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows]
+
+    def revoke(self, token_id: str) -> TokenInfo:
+        with self._lock:
+            cur = self._conn.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (format_us(now_us()), token_id)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no active token with id {token_id!r}", hint="`headlessly token list` shows the ids.")
+        return next(t for t in self.list(include_revoked=True) if t.id == token_id)
+
+    def verify(self, token: str) -> TokenInfo | None:
+        """The token's record if it is genuine and not revoked, else None."""
+        if not token.startswith(PREFIX):
+            return None
+        token_id, sep, secret = token[len(PREFIX) :].partition("_")
+        if not sep or not token_id or not secret:
+            return None
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT salt, digest, tenant, actor, read_only, created_at, revoked_at, note FROM tokens WHERE id = ?",
+                (token_id,),
+            ).fetchone()
+        if row is None or row[6] is not None:
+            return None
+        if not hmac.compare_digest(row[1], _digest(row[0], secret)):
+            return None
+        return TokenInfo(token_id, row[2], row[3], bool(row[4]), row[5], row[6], row[7])
+
+
+def _digest(salt: bytes, secret: str) -> bytes:
+    return hashlib.sha256(salt + secret.encode()).digest()

@@ -1,0 +1,388 @@
+"""The `headlessly` command: serve, token, events, verify."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import ENV_ACTOR, ENV_DATA_DIR, ENV_DURABILITY, ENV_TENANT, Config
+
+log = logging.getLogger("headlessly")
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=ENV_DATA_DIR,
+    default=Path("./.headlessly"),
+    show_default=True,
+    help=f"Where tenant databases, tokens and the lakehouse live (env {ENV_DATA_DIR}).",
+)
+schemas_option = click.option(
+    "--schemas", "schema_dirs", multiple=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="An extra folder of noun definitions (repeatable); may add or redefine nouns.",
+)  # fmt: skip
+
+
+def _fail(message: str) -> None:
+    click.echo(f"headlessly: {message}", err=True)
+    sys.exit(2)
+
+
+def _open_store(config: Config) -> Any:
+    from .errors import SchemaError
+    from .schema import load_schemas
+    from .store import Hooks, Store
+
+    try:
+        schemas = load_schemas(config.schema_dirs)
+    except SchemaError as exc:
+        _fail(f"bad schema: {exc}")
+    hooks = Hooks()
+    for module in config.hook_modules:
+        try:
+            hooks.load_module(module)
+        except Exception as exc:  # an operator's module: say what failed and stop
+            _fail(f"cannot load hooks module {module!r}: {type(exc).__name__}: {exc}")
+    return Store(config.data_dir, schemas, durability=config.durability, hooks=hooks)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="headlessly")
+def main() -> None:
+    """headlessly: an MCP server that gives AI agents a typed business database with an immutable event log."""
+
+
+@main.command()
+@click.option(
+    "--transport",
+    type=click.Choice(["stdio", "http", "sse"]),
+    default="stdio",
+    show_default=True,
+    help="stdio for local clients; http (streamable HTTP at /mcp) or sse (at /sse) to serve over the network.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind for http/sse.")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port for http/sse (0 picks a free one).",
+)
+@click.option(
+    "--no-auth", is_flag=True, help="http/sse without tokens, tenant and actor from flags. Only on a loopback address."
+)
+@data_dir_option
+@click.option(
+    "--tenant",
+    envvar=ENV_TENANT,
+    default="default",
+    show_default=True,
+    help=f"Tenant for stdio and --no-auth (env {ENV_TENANT}).",
+)
+@click.option(
+    "--actor",
+    envvar=ENV_ACTOR,
+    default=None,
+    help=f"Actor for stdio and --no-auth (env {ENV_ACTOR}); default agent_<client name>.",
+)
+@schemas_option
+@click.option(
+    "--hooks",
+    "hook_modules",
+    multiple=True,
+    help="A Python module whose register(hooks) adds BEFORE/AFTER hooks (repeatable).",
+)
+@click.option(
+    "--durability",
+    type=click.Choice(["normal", "full"]),
+    envvar=ENV_DURABILITY,
+    default="normal",
+    show_default=True,
+    help="SQLite synchronous mode: normal survives a process crash, full also a power cut.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+)
+def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, tenant: str, actor: str | None,
+          schema_dirs: tuple[Path, ...], hook_modules: tuple[str, ...], durability: str, log_level: str) -> None:  # fmt: skip
+    """Run the MCP server (logs go to stderr)."""
+    logging.basicConfig(
+        stream=sys.stderr, level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from .errors import HeadlesslyError
+    from .store.operations import check_actor
+    from .store.tenants import check_tenant
+
+    try:
+        check_tenant(tenant)
+        if actor is not None:
+            check_actor(actor)
+    except HeadlesslyError as exc:
+        _fail(exc.message)
+    if transport != "stdio" and no_auth and not _is_loopback(host):
+        _fail(
+            f"--no-auth is refused on {host}: without tokens the server may only listen on a loopback address (127.0.0.1, ::1, localhost)"
+        )
+    config = Config(
+        data_dir=data_dir,
+        durability=durability,
+        schema_dirs=list(schema_dirs),
+        hook_modules=list(hook_modules),
+        tenant=tenant,
+        actor=actor,
+    )
+    store = _open_store(config)
+    try:
+        if transport == "stdio":
+            _serve_stdio(store, config)
+        else:
+            _serve_http(store, config, transport, host, port, no_auth)
+    finally:
+        store.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve_stdio(store: Any, config: Config) -> None:
+    from .auth.identity import LocalIdentity
+    from .tools.app import build_server
+
+    server = build_server(store, LocalIdentity(config.tenant, config.actor))
+    log.info("headlessly serving MCP over stdio (data dir %s, tenant %s)", config.data_dir, config.tenant)
+    server.run("stdio")
+
+
+def _serve_http(store: Any, config: Config, transport: str, host: str, port: int, no_auth: bool) -> None:
+    import anyio
+    import uvicorn
+
+    from .auth.identity import LocalIdentity
+    from .auth.tokens import TokenStore
+    from .tools.app import build_server
+
+    tokens = None if no_auth else TokenStore(config.data_dir)
+    shown_host = f"[{host}]" if ":" in host else host
+    base_url = f"http://{shown_host}:{port}"
+    server = build_server(store, LocalIdentity(config.tenant, config.actor) if no_auth else None, tokens, base_url)
+    app = server.streamable_http_app(host=host) if transport == "http" else server.sse_app(host=host)
+    path = "/mcp" if transport == "http" else "/sse"
+    uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(uv.serve)
+            while not uv.started:
+                await anyio.sleep(0.01)
+            bound = uv.servers[0].sockets[0].getsockname()[1] if uv.servers else port
+            auth = "no auth (loopback only)" if no_auth else "bearer tokens required"
+            # The first line on stderr that a supervisor (or a test) can wait for.
+            print(
+                f"headlessly listening on http://{shown_host}:{bound}{path} ({transport}, {auth})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    try:
+        anyio.run(run)
+    finally:
+        if tokens is not None:
+            tokens.close()
+
+
+# ---- tokens ---------------------------------------------------------------------------------------
+
+
+@main.group()
+def token() -> None:
+    """Create, list and revoke bearer tokens for http/sse (stored only as hashes)."""
+
+
+@token.command("create")
+@click.option("--tenant", required=True, help="The tenant this token reaches (and no other).")
+@click.option("--actor", required=True, help="The actor recorded on every event written with this token.")
+@click.option("--read-only", is_flag=True, help="fetch and search only; do is forbidden.")
+@click.option("--note", default=None, help="A label to recognise the token by in `token list`.")
+@data_dir_option
+def token_create(tenant: str, actor: str, read_only: bool, note: str | None, data_dir: Path) -> None:
+    """Create a token and print it once: it cannot be shown again."""
+    from .auth.tokens import TokenStore
+    from .errors import HeadlesslyError
+
+    tokens = TokenStore(data_dir)
+    try:
+        secret, info = tokens.create(tenant, actor, read_only, note)
+    except HeadlesslyError as exc:
+        _fail(exc.message)
+    finally:
+        tokens.close()
+    click.echo(secret)
+    click.echo(
+        f"token {info.id} for tenant {info.tenant}, actor {info.actor}{' (read-only)' if read_only else ''}: "
+        "store it now, it is not shown again",
+        err=True,
+    )
+
+
+@token.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's tokens.")
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked tokens.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@data_dir_option
+def token_list(tenant: str | None, include_revoked: bool, as_json: bool, data_dir: Path) -> None:
+    """List tokens (ids and who they stand for; never the secrets)."""
+    from .auth.tokens import TokenStore
+
+    tokens = TokenStore(data_dir)
+    rows = tokens.list(tenant, include_revoked)
+    tokens.close()
+    if as_json:
+        for t in rows:
+            click.echo(json.dumps(t.to_dict()))
+        return
+    _table(["id", "tenant", "actor", "access", "created", "revoked", "note"],
+           [[t.id, t.tenant, t.actor, "read-only" if t.read_only else "read-write", t.created_at, t.revoked_at or "", t.note or ""] for t in rows])  # fmt: skip
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@data_dir_option
+def token_revoke(token_id: str, data_dir: Path) -> None:
+    """Revoke a token by its id: every later request with it gets HTTP 401."""
+    from .auth.tokens import TokenStore
+    from .errors import HeadlesslyError
+
+    tokens = TokenStore(data_dir)
+    try:
+        info = tokens.revoke(token_id)
+    except HeadlesslyError as exc:
+        _fail(exc.message)
+    finally:
+        tokens.close()
+    click.echo(f"revoked token {info.id} (tenant {info.tenant}, actor {info.actor})")
+
+
+# ---- audit and verification ----------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--tenant", envvar=ENV_TENANT, default="default", show_default=True)
+@click.option(
+    "--type", "type_", default=None, help="Event type, exact or a glob: Contact.Qualified, Deal.*, *.Deleted."
+)
+@click.option("--target", default=None, help="An entity's $id: its whole history.")
+@click.option("--actor", default=None, help="Only events by this actor.")
+@click.option("--since", default=None, help="From this time (RFC 3339 or a date), inclusive.")
+@click.option("--until", default=None, help="Up to this time, inclusive.")
+@click.option(
+    "--filter",
+    "filter_json",
+    default=None,
+    help='A search filter as JSON, as in the search tool: {"version": {"$gt": 3}}.',
+)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1), help="At most this many events.")
+@click.option("--newest-first", is_flag=True, help="Newest first (default: oldest first).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line instead of a table.")
+@data_dir_option
+@schemas_option
+def events(tenant: str, type_: str | None, target: str | None, actor: str | None, since: str | None, until: str | None,
+           filter_json: str | None, limit: int, newest_first: bool, as_json: bool, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:  # fmt: skip
+    """Audit from the shell: a tenant's events, filtered as in search."""
+    from .errors import HeadlesslyError
+
+    flt: dict[str, Any] = {}
+    if filter_json:
+        try:
+            flt = json.loads(filter_json)
+        except json.JSONDecodeError as exc:
+            _fail(f"--filter is not JSON: {exc}")
+    for key, value in (("type", type_), ("target", target), ("actor", actor)):
+        if value is not None:
+            flt[key] = value
+    if since or until:
+        flt["timestamp"] = {**({"$gte": since} if since else {}), **({"$lte": until} if until else {})}
+    store = _open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
+    rows: list[dict[str, Any]] = []
+    try:
+        if not store.pool.exists(tenant):
+            _fail(f"tenant {tenant!r} does not exist in {data_dir}")
+        cursor = None
+        while len(rows) < limit:
+            page = store.events(
+                tenant, flt or None, "-seq" if newest_first else "seq", min(100, limit - len(rows)), cursor
+            )
+            rows.extend(page["results"])
+            cursor = page["cursor"]
+            if not cursor:
+                break
+    except HeadlesslyError as exc:
+        _fail(f"{exc.code}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+    finally:
+        store.close()
+    if as_json:
+        for e in rows:
+            click.echo(json.dumps(e, ensure_ascii=False))
+        return
+    _table(["seq", "timestamp", "type", "target", "v", "actor", "data"],
+           [[str(e["seq"]), e["timestamp"], e["type"], e["target"], str(e["version"]), e["actor"], _short(e["data"])] for e in rows])  # fmt: skip
+
+
+@main.command()
+@click.option("--tenant", default=None, help="One tenant (default: every tenant in the data dir).")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@data_dir_option
+@schemas_option
+def verify(tenant: str | None, as_json: bool, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
+    """Recompute every hash chain and re-derive every entity from its events; exit 1 on any problem."""
+    from .errors import HeadlesslyError
+
+    store = _open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
+    ok = True
+    try:
+        names = [tenant] if tenant else store.tenants()
+        if not names:
+            click.echo(f"no tenants in {data_dir}", err=True)
+        for name in names:
+            try:
+                report = store.verify(
+                    name, progress=lambda n, t=name: click.echo(f"  {t}: {n} events checked", err=True)
+                )
+            except HeadlesslyError as exc:
+                _fail(exc.message)
+            ok = ok and report["ok"]
+            if as_json:
+                click.echo(json.dumps(report))
+                continue
+            status = "ok" if report["ok"] else "FAILED"
+            click.echo(
+                f"{name}: {status}: {report['events']} events, {report['entities']} entities, head {report['headHash'][:16]}"
+            )
+            for problem in report["problems"]:
+                click.echo(f"  - {problem}")
+    finally:
+        store.close()
+    sys.exit(0 if ok else 1)
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

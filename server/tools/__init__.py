@@ -1,0 +1,1 @@
+"""The MCP surface: the `fetch`, `search` and `do` tools, resources and instructions."""

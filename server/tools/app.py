@@ -1,0 +1,398 @@
+"""The MCPServer: `fetch`, `search` and `do`, the resources, and the server instructions.
+
+No `from __future__ import annotations` here: the SDK reads these annotations at run time,
+and some of them (the noun enum) are built from the loaded schemas."""
+
+import json
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated, Any, TypeVar
+
+import anyio.to_thread
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import AnyHttpUrl, Field, ValidationError
+
+from ..auth.identity import Caller, LocalIdentity, TokenVerifier, resolve_caller
+from ..auth.tokens import TokenStore
+from ..errors import Forbidden, HeadlesslyError, InvalidId, InvalidType, NotFound, ValidationFailed
+from ..store import Store
+from ..store.filters import LOGICAL, OPERATORS
+from .models import INSTRUCTIONS, DoOutput, FetchOutput, SearchOutput
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def error_text(err: HeadlesslyError) -> str:
+    return json.dumps(err.to_dict(), ensure_ascii=False)
+
+
+class HeadlesslyMCP(MCPServer):
+    """MCPServer whose argument-validation failures read like every other headlessly error."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, ValidationError):
+                raise
+            problems = []
+            for err in cause.errors(include_url=False):
+                where = ".".join(str(p) for p in err["loc"]) or "(arguments)"
+                problems.append(f"'{where}': {err['msg']}")
+            tool = self._tool_manager.get_tool(name)
+            keys = sorted((tool.parameters.get("properties") or {}).keys()) if tool else []
+            raise ToolError(
+                json.dumps(
+                    {
+                        "error": "validation_error",
+                        "message": f"{name}: invalid arguments: " + "; ".join(problems),
+                        "hint": f"{name} takes: {', '.join(keys)}. See the tool's input schema for each one's type.",
+                    }
+                )
+            ) from None
+
+
+def build_server(
+    store: Store,
+    local: LocalIdentity | None,
+    tokens: TokenStore | None = None,
+    base_url: str | None = None,
+) -> MCPServer:
+    """The server for one data directory. `local` is the identity of stdio / --no-auth HTTP;
+    with `tokens`, every request must bear a token and the token decides the caller."""
+    nouns = store.schemas.names()
+    auth_kwargs: dict[str, Any] = {}
+    if tokens is not None:
+        auth_kwargs = {
+            "token_verifier": TokenVerifier(tokens),
+            "auth": AuthSettings(issuer_url=AnyHttpUrl(base_url or "http://127.0.0.1"), resource_server_url=None),
+        }
+    mcp = HeadlesslyMCP(
+        name="headlessly",
+        title="headlessly: a typed business database with an immutable event log",
+        instructions=INSTRUCTIONS,
+        version=_version(),
+        **auth_kwargs,
+    )
+
+    async def run(ctx: Context | None, fn: Callable[[Caller], T], write: bool = False) -> T:
+        """Resolve the caller, refuse writes on read-only connections, run `fn` off the event loop.
+
+        Raises HeadlesslyError for anything the agent can fix."""
+        caller = resolve_caller(local, _client_name(ctx))
+        if caller is None:  # unreachable behind the auth middleware; kept as a refusal, not a default
+            raise Forbidden("no credentials on this connection", hint="Send a bearer token.")
+        if write and caller.read_only:
+            raise Forbidden(
+                f"this connection is read-only (token of {caller.actor} on tenant {caller.tenant})",
+                hint="Use a token created without --read-only to write.",
+            )
+        return await anyio.to_thread.run_sync(partial(fn, caller))
+
+    async def respond(ctx: Context | None, fn: Callable[[Caller], dict[str, Any]], write: bool = False) -> Any:
+        """The tool result: structured content plus its JSON text, or a tool error whose text is
+        the CONTRACT error JSON. Nothing leaks a traceback."""
+        try:
+            out = await run(ctx, fn, write)
+        except HeadlesslyError as err:
+            return _error_result(err.to_dict())
+        except Exception:
+            log.exception("unexpected failure in a tool call")
+            return _error_result({
+                "error": "internal_error",
+                "message": "the server failed unexpectedly; nothing was written if this was a write",
+                "hint": "Retry; if it persists, report it with the server's log.",
+            })  # fmt: skip
+        return CallToolResult(
+            content=[TextContent(type="text", text=json.dumps(out, ensure_ascii=False))], structured_content=out
+        )
+
+    all_types = [*nouns, "Event", "Schema"]
+    TypeArg = Annotated[str, Field(
+        description="What to read: a noun (entity type), 'Event' for the event log, or 'Schema' for the nouns' definitions.",
+        json_schema_extra={"enum": all_types},
+    )]  # fmt: skip
+    NounArg = Annotated[str | None, Field(
+        description="The noun (entity type) to write. Required for every action except revert.",
+        json_schema_extra={"enum": [*nouns, None]},
+    )]  # fmt: skip
+    AsOf = Annotated[str | None, Field(
+        description="Read the past: an RFC 3339 time with offset ('2026-01-16T09:30:00Z') or a date ('2026-01-16' = start of day UTC).",
+    )]  # fmt: skip
+
+    @mcp.tool(
+        title="Fetch an entity, an event or the schema",
+        annotations=ToolAnnotations(
+            read_only_hint=True, idempotent_hint=True, destructive_hint=False, open_world_hint=False
+        ),
+    )
+    async def fetch(
+        type: TypeArg,
+        id: Annotated[
+            str | None,
+            Field(
+                description="The entity's $id ('contact_fX9bL5nRd'), an event id ('evt_...'), or a noun name with type 'Schema'. Omit with 'Schema' to list every noun."
+            ),
+        ] = None,
+        asOf: AsOf = None,
+        version: Annotated[
+            int | None, Field(description="Return the state right after this $version (1 = as created).", ge=1)
+        ] = None,
+        include: Annotated[
+            list[str] | None,
+            Field(
+                description="Relationships to expand: forward ones ('organization') become the related entity, reverse ones ('deals') a list."
+            ),
+        ] = None,
+        fields: Annotated[list[str] | None, Field(description="Only these fields (plus $id, $type, $version).")] = None,
+        ctx: Context | None = None,
+    ) -> FetchOutput:
+        """Read one entity by type and $id (current, asOf a time, or at a version), one event by id, or the schema.
+
+        Examples: {"type": "Contact", "id": "contact_fX9bL5nRd"}; {"type": "Contact", "id": "contact_fX9bL5nRd",
+        "asOf": "2026-01-15T10:00:00Z"}; {"type": "Event", "id": "evt_tR8kJmNxPq"}; {"type": "Schema", "id": "Deal"}.
+        A deleted entity is not_found; its message says when and by whom it was deleted."""
+
+        def go(caller: Caller) -> dict[str, Any]:
+            if type == "Schema":
+                return store.schema(id)
+            if type == "Event":
+                if id is None:
+                    raise NotFound("fetch of an Event needs its id", hint='Search {"type": "Event"} to list events.')
+                return store.event(caller.tenant, id)
+            if id is None:
+                store.noun(type)
+                raise NotFound(f"fetch of a {type} needs its id", hint=f"Search {type} to find ids.")
+            return store.get(caller.tenant, type, id, as_of=asOf, version=version, include=include, fields=fields)
+
+        return await respond(ctx, go)  # type: ignore[no-any-return]
+
+    @mcp.tool(
+        title="Search entities or the event log",
+        annotations=ToolAnnotations(
+            read_only_hint=True, idempotent_hint=True, destructive_hint=False, open_world_hint=False
+        ),
+    )
+    async def search(
+        type: TypeArg,
+        filter: Annotated[
+            dict[str, Any] | None,
+            Field(
+                description=(
+                    "Conditions on fields (the noun's fields and $ meta fields such as $createdAt, $updatedBy). A bare value means $eq. "
+                    f"Operators: {', '.join(OPERATORS + LOGICAL)}. Dates and datetimes compare as times. "
+                    'Examples: {"stage": "Lead"}; {"value": {"$gte": 1000}, "stage": {"$in": ["Proposal", "Negotiation"]}}; '
+                    '{"$or": [{"title": {"$regex": "^VP"}}, {"title": {"$exists": false}}]}. '
+                    "For type Event the fields are type (exact or a glob like 'Deal.*' or '*.Qualified'), target, actor, timestamp, version, seq."
+                )
+            ),
+        ] = None,
+        query: Annotated[
+            str | None,
+            Field(
+                description="Full-text search over the noun's text fields: every word must match (prefixes match too)."
+            ),
+        ] = None,
+        sort: Annotated[
+            str | None,
+            Field(
+                description="'field' ascending or '-field' descending, comma-separated ('-value,name'). Default '-$updatedAt'; events default 'seq' ('-seq' for newest first)."
+            ),
+        ] = None,
+        limit: Annotated[int | None, Field(description="Page size, 1 to 100 (default 25).")] = None,
+        cursor: Annotated[
+            str | None, Field(description="The cursor of the previous page, unchanged, to get the next page.")
+        ] = None,
+        asOf: AsOf = None,
+        includeDeleted: Annotated[
+            bool, Field(description="Also return deleted entities (they carry $deletedAt).")
+        ] = False,
+        ctx: Context | None = None,
+    ) -> SearchOutput:
+        """Find entities of a noun by filter, full-text query and sort, page by page; or query the event log with type 'Event'.
+
+        Returns {"results", "total", "hasMore", "cursor"}. With asOf, searches every entity as it was at that time."""
+
+        def go(caller: Caller) -> dict[str, Any]:
+            if type == "Event":
+                if query is not None or asOf is not None or includeDeleted:
+                    raise ValidationFailed(
+                        "query, asOf and includeDeleted do not apply to events: the log is immutable and complete",
+                        hint="Filter events by type, target, actor, timestamp, version or seq.",
+                    )
+                return store.events(caller.tenant, filter, sort, limit, cursor)
+            if type == "Schema":
+                return {
+                    "results": [store.schema(n) for n in nouns],
+                    "total": len(nouns),
+                    "hasMore": False,
+                    "cursor": None,
+                }
+            return store.find(caller.tenant, type, filter, query, sort, limit, cursor, asOf, includeDeleted)
+
+        return await respond(ctx, go)  # type: ignore[no-any-return]
+
+    @mcp.tool(
+        name="do",
+        title="Write: create, update, delete, verbs, rollback, revert",
+        annotations=ToolAnnotations(
+            read_only_hint=False, idempotent_hint=False, destructive_hint=True, open_world_hint=False
+        ),
+    )
+    async def do_(
+        action: Annotated[
+            str | None,
+            Field(
+                description="create, update, delete, rollback, revert, or a verb of the noun (see fetch Schema), e.g. 'qualify'. Omit when passing operations."
+            ),
+        ] = None,
+        type: NounArg = None,
+        id: Annotated[
+            str | None,
+            Field(
+                description="The entity's $id, for every action but create and revert. In a batch, '$ref:N' is the entity of operation N."
+            ),
+        ] = None,
+        data: Annotated[
+            dict[str, Any] | None,
+            Field(
+                description="Fields to set (create, update, verbs). update merges; null removes a field. '$' fields cannot be set."
+            ),
+        ] = None,
+        ifVersion: Annotated[
+            int | None,
+            Field(
+                description="Only write if the entity is at this $version, else version_conflict (optimistic concurrency).",
+                ge=1,
+            ),
+        ] = None,
+        asOf: Annotated[str | None, Field(description="rollback: the time to go back to (RFC 3339 or a date).")] = None,
+        toVersion: Annotated[int | None, Field(description="rollback: the $version to go back to.", ge=1)] = None,
+        actor: Annotated[
+            str | None,
+            Field(
+                description="revert: the actor whose writes to undo (e.g. 'agent_mR4nVkTw'). It is never who writes: that is always the caller."
+            ),
+        ] = None,
+        since: Annotated[str | None, Field(description="revert: start of the window (RFC 3339 or a date).")] = None,
+        until: Annotated[str | None, Field(description="revert: end of the window (default: now).")] = None,
+        force: Annotated[
+            bool, Field(description="revert: also revert entities someone else changed afterwards.")
+        ] = False,
+        idempotencyKey: Annotated[
+            str | None,
+            Field(
+                description="Retry-safe key: the same key from the same caller returns the first result and writes nothing new."
+            ),
+        ] = None,
+        reason: Annotated[str | None, Field(description="Why: stored on the event.")] = None,
+        dryRun: Annotated[bool, Field(description="Validate and show the result and events, write nothing.")] = False,
+        operations: Annotated[
+            list[dict[str, Any]] | None,
+            Field(
+                description="An atomic batch: a list of operations (objects with the keys above). All are written or none."
+            ),
+        ] = None,
+        ctx: Context | None = None,
+    ) -> DoOutput:
+        """Change data. Every write appends events (nothing is overwritten or erased) as the calling actor.
+
+        Examples: {"action": "create", "type": "Contact", "data": {"name": "Alice", "email": "alice@startup.io"}};
+        {"action": "qualify", "type": "Contact", "id": "contact_fX9bL5nRd", "reason": "replied"};
+        {"action": "rollback", "type": "Contact", "id": "contact_fX9bL5nRd", "toVersion": 1};
+        {"action": "revert", "actor": "agent_x", "since": "2026-01-16T00:00:00Z", "dryRun": true};
+        {"operations": [{"action": "create", "type": "Organization", "data": {"name": "Acme"}},
+        {"action": "create", "type": "Contact", "data": {"name": "Bob", "organization": "$ref:0"}}]}."""
+        single = {
+            "action": action, "type": type, "id": id, "data": data, "ifVersion": ifVersion, "asOf": asOf,
+            "toVersion": toVersion, "actor": actor, "since": since, "until": until, "force": force,
+            "idempotencyKey": idempotencyKey, "reason": reason, "dryRun": dryRun,
+        }  # fmt: skip
+        request: dict[str, Any]
+        if operations is not None:
+            extra = [k for k, v in single.items() if v not in (None, False) and k != "dryRun"]
+            if extra:
+                return _error_result(ValidationFailed(  # type: ignore[return-value]
+                    f"pass either operations or a single operation, not both (also got {', '.join(extra)})",
+                    hint="Move those keys into the objects of operations.",
+                ).to_dict())  # fmt: skip
+            request = {"operations": operations, "dryRun": dryRun}
+        else:
+            request = {
+                k: v for k, v in single.items() if v is not None and not (v is False and k in ("force", "dryRun"))
+            }
+
+        def go(caller: Caller) -> dict[str, Any]:
+            return store.do(caller.tenant, caller.actor, request)
+
+        return await respond(ctx, go, write=True)  # type: ignore[no-any-return]
+
+    @mcp.resource(
+        "headlessly://schema",
+        name="schema",
+        mime_type="application/json",
+        description="Every noun: fields, enums, relationships, verbs.",
+    )
+    def schema_all() -> str:
+        return json.dumps(store.schema())
+
+    @mcp.resource(
+        "headlessly://schema/{noun}",
+        name="noun-schema",
+        mime_type="application/json",
+        description="One noun's definition.",
+    )
+    def schema_one(noun: str) -> str:
+        try:
+            return json.dumps(store.schema(noun))
+        except HeadlesslyError as err:
+            raise ResourceNotFoundError(error_text(err)) from None
+
+    @mcp.resource(
+        "headlessly://{noun}/{id}",
+        name="entity",
+        mime_type="application/json",
+        description="The current state of one entity of the caller's tenant.",
+    )
+    async def entity(noun: str, id: str, ctx: Context) -> str:
+        if noun == "schema":
+            return schema_one(id)
+        try:
+            state = await run(ctx, lambda caller: store.get(caller.tenant, noun, id))
+        except (NotFound, InvalidType, InvalidId) as err:
+            raise ResourceNotFoundError(error_text(err)) from None
+        except HeadlesslyError as err:
+            raise ResourceError(error_text(err)) from None
+        return json.dumps(state)
+
+    return mcp
+
+
+def _error_result(error: dict[str, Any]) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=json.dumps(error, ensure_ascii=False))], is_error=True)
+
+
+def _client_name(ctx: Context | None) -> str | None:
+    if ctx is None:
+        return None
+    try:
+        params = ctx.session.client_params
+    except (AttributeError, ValueError, LookupError):
+        return None
+    info = getattr(params, "client_info", None) if params is not None else None
+    return getattr(info, "name", None)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("headlessly")
+    except PackageNotFoundError:
+        return "0"

@@ -1,0 +1,45 @@
+"""Structured outputs of the tools (their output schemas) and the text agents read about them."""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FetchOutput(BaseModel):
+    """An entity (with `$` meta fields), an event, or schema information."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class SearchOutput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    results: list[dict[str, Any]] = Field(description="Entities (or events for type Event), one page.")
+    total: int = Field(description="How many match (counted up to 10,000; see totalIsLowerBound).")
+    hasMore: bool = Field(description="True when another page follows: pass `cursor` back to get it.")
+    cursor: str | None = Field(description="Opaque cursor for the next page, or null on the last page.")
+    totalIsLowerBound: bool | None = Field(default=None, description="True when more than 10,000 match.")
+
+
+class DoOutput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    entity: dict[str, Any] | None = Field(default=None, description="The entity after the write.")
+    events: list[dict[str, Any]] | None = Field(default=None, description="The events appended (none for a no-op).")
+    results: list[dict[str, Any]] | None = Field(default=None, description="For a batch: one result per operation.")
+
+
+INSTRUCTIONS = """\
+headlessly is a typed business database (CRM, billing, projects, support, ...) where every write is an
+event in an immutable log.
+- Nouns are entity types (Contact, Deal, Organization, ...): fetch {"type": "Schema"} lists them, with
+  their fields, enums, relationships and verbs. Entities carry $id, $type, $version and who/when meta.
+- Write with `do`: create, update (merge; null removes a field), delete, or a noun's verb such as
+  {"action": "qualify", "type": "Contact", "id": "contact_..."}. Pass ifVersion to avoid lost updates,
+  reason to say why, dryRun to preview. {"operations": [...]} is one atomic batch ("$ref:N" = entity of op N).
+- Every change is an event (search {"type": "Event", "filter": {"target": id}} is the history). Read the
+  past with asOf (a time) or version on fetch and search.
+- Undo with do rollback {"type", "id", "asOf" | "toVersion"}, or revert everything one actor did since a
+  time with do revert {"actor", "since"}. Nothing is ever erased: undo appends new events.
+- Errors come back as JSON {"error", "message", "hint"}: read the hint and retry.
+"""
