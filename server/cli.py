@@ -21,6 +21,7 @@ data_dir_option = click.option(
     envvar=ENV_DATA_DIR,
     default=Path("./.headlessly"),
     show_default=True,
+    callback=lambda _ctx, _param, value: Path(value).expanduser(),
     help=f"Where tenant databases, tokens and the lakehouse live (env {ENV_DATA_DIR}).",
 )
 schemas_option = click.option(

@@ -155,10 +155,14 @@ def _first_per_field(exc: ValidationError) -> list[Any]:
 
 
 class Validators:
-    """Validators for every noun of a schema set, built once."""
+    """Validators for every noun of a schema set, each built on first use (keeps start-up light)."""
 
     def __init__(self, nouns: dict[str, Noun]) -> None:
-        self._by_noun = {name: NounValidator(noun) for name, noun in nouns.items()}
+        self._nouns = nouns
+        self._by_noun: dict[str, NounValidator] = {}
 
     def __getitem__(self, noun: str) -> NounValidator:
-        return self._by_noun[noun]
+        validator = self._by_noun.get(noun)
+        if validator is None:  # two threads may both build it: same result, last one kept
+            validator = self._by_noun[noun] = NounValidator(self._nouns[noun])
+        return validator

@@ -31,6 +31,7 @@ class Column:
     array: bool = False
     enum: tuple[str, ...] | None = None
     json_path: str | None = None  # for arrays: json_each(state, path)
+    indexed: bool = False  # has rows in entity_keys
 
 
 def _meta(name: str, sql: str, kind: str) -> Column:
@@ -66,19 +67,21 @@ def entity_columns(noun: Noun) -> dict[str, Column]:
     for f in noun.fields.values():
         kind = "id" if f.relation else f.type
         path = f'$."{f.name}"'
-        cols[f.name] = Column(f.name, json_path(f.name), kind, f.array, f.enum, path)
+        cols[f.name] = Column(f.name, json_path(f.name), kind, f.array, f.enum, path, f.indexed or f.unique)
     return cols
 
 
 class FilterCompiler:
     """Compiles one filter document into a WHERE clause and its parameters."""
 
-    def __init__(self, columns: dict[str, Column], what: str, glob_type: bool = False) -> None:
+    def __init__(self, columns: dict[str, Column], what: str, glob_type: bool = False, keys_noun: str | None = None) -> None:
         self.columns = columns
         self.what = what
         self.glob_type = glob_type
+        self.keys_noun = keys_noun  # set when filtering the materialized table: indexed fields use entity_keys
         self.params: list[Any] = []
         self.terms = 0
+        self.uses_keys = False
 
     def compile(self, doc: Any) -> str:
         if doc is None:
@@ -153,8 +156,10 @@ class FilterCompiler:
             if not isinstance(arg, list) or not arg or len(arg) > MAX_IN:
                 raise self._fail(f"{col.name}: {op} takes a non-empty list of at most {MAX_IN} values")
             values = [self._value(col, v, op) for v in arg]
-            self.params.extend(values)
             marks = ",".join("?" * len(values))
+            if op == "$in" and col.indexed and self.keys_noun:
+                return self._keyed(col, f"IN ({marks})", values)
+            self.params.extend(values)
             inner = self._scalar(col, f"{{x}} IN ({marks})")
             return f"NOT coalesce({inner}, 0)" if op == "$nin" else inner
         if (
@@ -170,9 +175,17 @@ class FilterCompiler:
         if op in ("$gt", "$gte", "$lt", "$lte") and (col.kind not in _ORDERABLE or isinstance(value, bool)):
             raise self._fail(f"{col.name}: {op} needs an orderable field (numbers, dates, times, text)")
         sql_op = {"$eq": "=", "$ne": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[op]
+        if op != "$ne" and col.indexed and self.keys_noun:
+            return self._keyed(col, f"{sql_op} ?", [value])
         self.params.append(value)
         inner = self._scalar(col, f"{{x}} {sql_op} ?")
         return f"NOT coalesce({inner}, 0)" if op == "$ne" else inner
+
+    def _keyed(self, col: Column, condition: str, values: list[Any]) -> str:
+        """An indexed field's condition answered from `entity_keys` (one index range, not a scan)."""
+        self.uses_keys = True
+        self.params.extend([self.keys_noun, col.name, *values])
+        return f"(id IN (SELECT id FROM entity_keys WHERE type = ? AND field = ? AND value {condition}))"
 
     def _scalar(self, col: Column, template: str) -> str:
         """Apply a condition to the field, or to any element of an array field."""

@@ -239,11 +239,6 @@ def find(
         "asOf": as_of,
         "includeDeleted": include_deleted,
     }
-    compiler = FilterCompiler(columns, noun.name)
-    where = [f"type = {noun_literal(noun.name)}", compiler.compile(filter)]
-    params = compiler.params
-    if not include_deleted:
-        where.insert(1, "deleted_at IS NULL")
     head = head_seq(conn)
     pinned: int | None
     if cursor is not None:
@@ -256,8 +251,16 @@ def find(
     else:
         pinned = head
     seq_bound: int | None = pinned
-    if as_of is None and _seq is None and pinned >= _noun_head(conn, noun, head):
+    if as_of is None and _seq is None and pinned >= _noun_head(conn, noun):
         seq_bound = None  # nothing of this noun changed since: the materialized table is that state
+    compiler = FilterCompiler(columns, noun.name, keys_noun=noun.name if seq_bound is None else None)
+    condition = compiler.compile(filter)
+    # With an indexed condition, keep the planner off the (type, updated_at) index: the keys are selective.
+    type_term = ("+type" if compiler.uses_keys else "type") + f" = {noun_literal(noun.name)}"
+    where = [type_term, condition]
+    params = compiler.params
+    if not include_deleted:
+        where.insert(1, "deleted_at IS NULL")
     source, source_params = _source(noun, seq_bound)
     if query is not None:
         tokens = _fts_query(query)
@@ -301,7 +304,7 @@ def find(
     return result
 
 
-def _noun_head(conn: sqlite3.Connection, noun: Noun, head: int) -> int:
+def _noun_head(conn: sqlite3.Connection, noun: Noun) -> int:
     row = conn.execute(
         "SELECT seq FROM events WHERE entity_type = ? ORDER BY seq DESC LIMIT 1", (noun.name,)
     ).fetchone()
