@@ -37,10 +37,10 @@ def parse_time(value: object) -> int:
     if not isinstance(value, str):
         raise ValueError(f"expected a time string, got {type(value).__name__}")
     text = value.strip()
-    if _DATE.match(text):
+    if _DATE.fullmatch(text):
         d = date.fromisoformat(text)
         dt = datetime(d.year, d.month, d.day, tzinfo=UTC)
-    elif _DATETIME.match(text):
+    elif _DATETIME.fullmatch(text):
         frac = re.search(r"\.(\d+)", text)
         if frac and len(frac.group(1)) > 6:  # fromisoformat takes at most microseconds
             text = text.replace(frac.group(0), "." + frac.group(1)[:6], 1)

@@ -61,16 +61,16 @@ def parse_entry(key: str, value: object) -> Spec:
         raise NotationError(
             "empty notation; expected a type such as 'string!', an enum 'A | B', '-> Noun', '<- Noun.field' or a verb's past tense"
         )
-    if VERB_NAME.match(key) and PAST_TENSE.match(text) and "|" not in text:
+    if VERB_NAME.fullmatch(key) and PAST_TENSE.fullmatch(text) and "|" not in text:
         if key in CRUD:
             raise NotationError(f"'{key}' is a built-in action and cannot be declared as a verb")
         return VerbSpec(past=text)
-    if not FIELD_NAME.match(key):
+    if not FIELD_NAME.fullmatch(key):
         raise NotationError(f"invalid field name; field names match {FIELD_NAME.pattern}")
     if text.startswith("->"):
         return _relation(text)
     if text.startswith("<-"):
-        m = _REVERSE.match(text)
+        m = _REVERSE.fullmatch(text)
         if not m:
             raise NotationError(f"invalid reverse relationship {text!r}; expected '<- Noun.field[]'")
         return ReverseSpec(noun=m["noun"], field=m["field"])
@@ -80,10 +80,10 @@ def parse_entry(key: str, value: object) -> Spec:
 
 
 def _relation(text: str) -> FieldSpec:
-    m = _RELATION.match(text)
+    m = _RELATION.fullmatch(text)
     if not m:
         raise NotationError(f"invalid relationship {text!r}; expected '-> Noun.reverseName'")
-    if not NOUN_NAME.match(m["noun"]):
+    if not NOUN_NAME.fullmatch(m["noun"]):
         raise NotationError(f"relationship target {m['noun']!r} is not a PascalCase noun name")
     return FieldSpec(
         type="id",
@@ -103,7 +103,7 @@ def _enum(text: str) -> FieldSpec:
         required, body = True, body[:-1].strip()
     members = tuple(m.strip() for m in body.split("|"))
     for member in members:
-        if not ENUM_MEMBER.match(member):
+        if not ENUM_MEMBER.fullmatch(member):
             raise NotationError(f"invalid enum member {member!r} in {text!r}; members match {ENUM_MEMBER.pattern}")
     if len(set(members)) != len(members):
         raise NotationError(f"enum {text!r} repeats a member")
@@ -116,7 +116,7 @@ def _enum(text: str) -> FieldSpec:
 
 
 def _typed(text: str) -> FieldSpec:
-    m = _TYPED.match(text)
+    m = _TYPED.fullmatch(text)
     if not m:
         raise NotationError(
             f"cannot read {text!r}; expected TYPE[[]][!|?][#|##][ = default] with TYPE one of {', '.join(TYPES)}"

@@ -192,7 +192,7 @@ def _read_file(path: Path) -> list[tuple[str, str, dict[str, Any]]]:
     for name, body in doc.items():
         if name.startswith("$"):
             continue
-        if not NOUN_NAME.match(name):
+        if not NOUN_NAME.fullmatch(name):
             raise SchemaError(str(path), name, None, f"noun names are PascalCase ({NOUN_NAME.pattern})")
         if name in RESERVED_NOUNS:
             raise SchemaError(str(path), name, None, f"{name} is reserved ({', '.join(RESERVED_NOUNS)})")

@@ -354,7 +354,9 @@ class Mutator:
             others = [
                 r[0]
                 for r in self.conn.execute(
-                    "SELECT DISTINCT actor FROM events WHERE target = ? AND version > ? AND actor != ?",
+                    # An earlier revert of this actor is not "someone else's change": repeating a revert is a no-op.
+                    "SELECT DISTINCT actor FROM events WHERE target = ? AND version > ? AND actor != ? "
+                    "AND json_extract(data, '$.revertOf') IS NULL",
                     (target, first_version, victim),
                 )
             ]
@@ -633,7 +635,7 @@ def search_body(noun: Noun, state: dict[str, Any]) -> str:
 
 
 def check_id(noun: Noun, raw: object) -> str:
-    if not isinstance(raw, str) or not ID_SHAPE.match(raw):
+    if not isinstance(raw, str) or not ID_SHAPE.fullmatch(raw):
         raise InvalidId(f"{raw!r} is not an entity id", hint=f"{noun.name} ids look like {noun.prefix}fX9bL5nRd.")
     if not raw.startswith(noun.prefix):
         other = raw.split("_", 1)[0]

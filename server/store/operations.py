@@ -62,7 +62,7 @@ def parse_operation(raw: Operation | dict[str, Any], where: str = "") -> Operati
 def check_actor(actor: str) -> str:
     from ..errors import InvalidActor
 
-    if not isinstance(actor, str) or not ACTOR.match(actor):
+    if not isinstance(actor, str) or not ACTOR.fullmatch(actor):
         raise InvalidActor(
             f"invalid actor {actor!r}: actors match {ACTOR.pattern}",
             hint="Use agent_<name>, user_<name> or system_<name> with letters, digits, '_' or '-'.",

@@ -39,7 +39,7 @@ class Store:
             raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
         self.data_dir = Path(data_dir)
         self.schemas = schemas or load_schemas()
-        self.hooks = hooks or Hooks()
+        self.hooks = hooks if hooks is not None else Hooks()
         self.env = Env(self.schemas, Validators(self.schemas.nouns), self.hooks)
         self.pool = TenantPool(self.data_dir, self.schemas, durability, clock, max_open_tenants, max_readers)
         self._local = threading.local()

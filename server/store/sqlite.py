@@ -155,12 +155,12 @@ def in_tx(conn: sqlite3.Connection, fn: Callable[[], None]) -> None:
 
 def json_path(field: str) -> str:
     """The SQL text `json_extract(state, '$."field"')` for a schema field name (never caller text)."""
-    if not _SAFE_IDENT.match(field.lstrip("$")):
+    if not _SAFE_IDENT.fullmatch(field.lstrip("$")):
         raise ValueError(f"unsafe field name {field!r}")
     return f"json_extract(state, '$.\"{field}\"')"
 
 
 def noun_literal(name: str) -> str:
-    if not _SAFE_IDENT.match(name):
+    if not _SAFE_IDENT.fullmatch(name):
         raise ValueError(f"unsafe noun name {name!r}")
     return f"'{name}'"

@@ -21,7 +21,7 @@ _DEVICE_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(
 
 def check_tenant(name: object) -> str:
     """The tenant name, or InvalidTenant before anything touches the file system."""
-    if not isinstance(name, str) or not TENANT_NAME.match(name) or name in _DEVICE_NAMES:
+    if not isinstance(name, str) or not TENANT_NAME.fullmatch(name) or name in _DEVICE_NAMES:
         shown = repr(name)[:80]
         raise InvalidTenant(
             f"invalid tenant name {shown}: tenant names match {TENANT_NAME.pattern} and are not a reserved device name",
@@ -124,7 +124,7 @@ class TenantPool:
         folder = self.data_dir / "tenants"
         if not folder.is_dir():
             return []
-        return sorted(p.stem for p in folder.glob("*.db") if TENANT_NAME.match(p.stem))
+        return sorted(p.stem for p in folder.glob("*.db") if TENANT_NAME.fullmatch(p.stem))
 
     @contextmanager
     def lease(self, name: str, create: bool = True) -> Iterator[Tenant]:

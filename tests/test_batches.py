@@ -1,0 +1,237 @@
+"""Batches: `{"operations": [...]}` is atomic, may refer to earlier results with `$ref:N`, and can be dry-run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from server.errors import HeadlesslyError, NotFound, ValidationFailed
+from server.store import Store
+
+TENANT = "acme"
+AGENT = "agent_mR4nVkTw"
+
+
+def batch(store: Store, *ops: dict[str, Any], dry_run: bool | None = None) -> dict[str, Any]:
+    request: dict[str, Any] = {"operations": list(ops)}
+    if dry_run is not None:
+        request["dryRun"] = dry_run
+    return store.do(TENANT, AGENT, request)
+
+
+def nothing_written(store: Store) -> None:
+    assert store.events(TENANT)["total"] == 0
+    for noun in ("Organization", "Contact", "Deal"):
+        assert store.find(TENANT, noun, include_deleted=True)["total"] == 0
+    report = store.verify(TENANT)
+    assert report["ok"] is True, report["problems"]
+    assert report["events"] == 0
+    assert report["entities"] == 0
+
+
+def test_a_batch_writes_every_operation_and_links_them_with_refs(store: Store) -> None:
+    result = batch(
+        store,
+        {"action": "create", "type": "Organization", "data": {"name": "Startup Inc", "domain": "startup.io"}},
+        {"action": "create", "type": "Contact", "data": {"name": "Alice", "organization": "$ref:0"}},
+        {
+            "action": "create",
+            "type": "Deal",
+            "data": {"name": "Pilot", "value": 5000, "organization": "$ref:0", "contact": "$ref:1"},
+        },
+    )
+    org, alice, deal = (r["entity"] for r in result["results"])
+    assert alice["organization"] == org["$id"]
+    assert deal["organization"] == org["$id"]
+    assert deal["contact"] == alice["$id"]
+    assert store.get(TENANT, "Deal", deal["$id"]) == deal
+    assert store.get(TENANT, "Contact", alice["$id"])["organization"] == org["$id"]
+    events = store.events(TENANT)["results"]
+    assert [e["type"] for e in events] == ["Organization.Created", "Contact.Created", "Deal.Created"]
+    assert [e["seq"] for e in events] == [1, 2, 3]
+    assert [r["events"][0]["id"] for r in result["results"]] == [e["id"] for e in events]
+    assert events[1]["data"]["organization"] == org["$id"]
+
+
+def test_a_ref_can_name_the_id_of_a_later_operation(store: Store) -> None:
+    result = batch(
+        store,
+        {"action": "create", "type": "Contact", "data": {"name": "Alice"}},
+        {"action": "qualify", "type": "Contact", "id": "$ref:0", "reason": "hot"},
+        {"action": "update", "type": "Contact", "id": "$ref:0", "data": {"title": "CTO"}},
+    )
+    created, qualified, updated = result["results"]
+    alice = created["entity"]["$id"]
+    assert qualified["entity"]["$id"] == alice
+    assert qualified["events"][0]["type"] == "Contact.Qualified"
+    assert updated["entity"]["$version"] == 3
+    current = store.get(TENANT, "Contact", alice)
+    assert current["stage"] == "Qualified"
+    assert current["title"] == "CTO"
+    assert current["$version"] == 3
+
+
+def test_a_batch_whose_last_operation_fails_leaves_nothing_behind(store: Store) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        batch(
+            store,
+            {"action": "create", "type": "Organization", "data": {"name": "Startup Inc", "domain": "startup.io"}},
+            {"action": "create", "type": "Contact", "data": {"name": "Alice", "email": "a@startup.io"}},
+            {"action": "qualify", "type": "Contact", "id": "$ref:1"},
+            {"action": "create", "type": "Deal", "data": {"name": "No value"}},
+        )
+    assert "operations[3]" in exc.value.message
+    nothing_written(store)
+    # the unique values the refused batch wanted are still free
+    batch(
+        store,
+        {"action": "create", "type": "Organization", "data": {"name": "Startup Inc", "domain": "startup.io"}},
+        {"action": "create", "type": "Contact", "data": {"name": "Alice", "email": "a@startup.io"}},
+    )
+    assert store.events(TENANT)["total"] == 2
+
+
+def test_a_failed_batch_leaves_existing_entities_as_they_were(store: Store) -> None:
+    alice = store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}})["entity"]
+    with pytest.raises(HeadlesslyError):
+        batch(
+            store,
+            {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "CTO"}},
+            {"action": "qualify", "type": "Contact", "id": alice["$id"]},
+            {"action": "delete", "type": "Contact", "id": alice["$id"]},
+            {"action": "update", "type": "Contact", "id": "contact_aaaaaaaaaaaa", "data": {"title": "x"}},
+        )
+    assert store.get(TENANT, "Contact", alice["$id"]) == alice
+    assert store.events(TENANT)["total"] == 1
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_the_error_names_the_failing_operation_index(store: Store) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        batch(
+            store,
+            {"action": "create", "type": "Contact", "data": {"name": "Alice"}},
+            {"action": "create", "type": "Contact", "data": {"name": "Bob"}},
+            {"action": "create", "type": "Contact", "data": {"name": "Carol", "stage": "Boss"}},
+            {"action": "create", "type": "Contact", "data": {"name": "Dave"}},
+        )
+    assert "operations[2]" in exc.value.message
+    assert "operations[0]" not in exc.value.message
+    assert "stage" in exc.value.message
+    nothing_written(store)
+
+
+def test_a_malformed_operation_in_a_batch_is_named_by_its_index(store: Store) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        batch(
+            store,
+            {"action": "create", "type": "Contact", "data": {"name": "Alice"}},
+            {"action": "create", "type": "Contact", "data": {"name": "Bob"}, "colour": "red"},
+        )
+    assert "operations[1]" in exc.value.message
+    assert "colour" in exc.value.message
+    nothing_written(store)
+
+
+def test_unique_values_collide_inside_one_batch(store: Store) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        batch(
+            store,
+            {"action": "create", "type": "Contact", "data": {"name": "Alice", "email": "a@startup.io"}},
+            {"action": "create", "type": "Contact", "data": {"name": "Alice 2", "email": "a@startup.io"}},
+        )
+    assert "operations[1]" in exc.value.message
+    nothing_written(store)
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [
+            {"action": "create", "type": "Contact", "data": {"name": "Alice", "organization": "$ref:1"}},
+            {"action": "create", "type": "Organization", "data": {"name": "Startup Inc"}},
+        ],
+        [
+            {"action": "create", "type": "Organization", "data": {"name": "Startup Inc"}},
+            {"action": "create", "type": "Contact", "data": {"name": "Alice", "organization": "$ref:7"}},
+        ],
+        [
+            {"action": "create", "type": "Contact", "data": {"name": "Alice"}},
+            {"action": "qualify", "type": "Contact", "id": "$ref:1"},
+        ],
+    ],
+    ids=["later-index-in-data", "out-of-range-in-data", "own-index-as-id"],
+)
+def test_a_ref_to_a_later_or_missing_index_is_refused(store: Store, ops: list[dict[str, Any]]) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        batch(store, *ops)
+    assert "$ref:" in exc.value.message
+    nothing_written(store)
+
+
+def test_a_ref_to_an_operation_of_the_wrong_noun_is_refused(store: Store) -> None:
+    with pytest.raises(HeadlesslyError):
+        batch(
+            store,
+            {"action": "create", "type": "Deal", "data": {"name": "D", "value": 1}},
+            {"action": "create", "type": "Contact", "data": {"name": "Alice", "organization": "$ref:0"}},
+        )
+    nothing_written(store)
+
+
+def test_a_dry_run_batch_shows_every_result_and_writes_nothing(store: Store) -> None:
+    result = batch(
+        store,
+        {"action": "create", "type": "Organization", "data": {"name": "Startup Inc"}},
+        {"action": "create", "type": "Contact", "data": {"name": "Alice", "organization": "$ref:0"}},
+        {"action": "qualify", "type": "Contact", "id": "$ref:1"},
+        dry_run=True,
+    )
+    assert result["dryRun"] is True
+    org, alice, qualified = result["results"]
+    assert alice["entity"]["organization"] == org["entity"]["$id"]
+    assert qualified["entity"]["stage"] == "Qualified"
+    assert qualified["entity"]["$version"] == 2
+    assert [r["events"][0]["type"] for r in result["results"]] == [
+        "Organization.Created",
+        "Contact.Created",
+        "Contact.Qualified",
+    ]
+    nothing_written(store)
+    with pytest.raises(NotFound):
+        store.get(TENANT, "Contact", alice["entity"]["$id"])
+
+
+def test_a_dry_run_batch_still_refuses_what_would_fail(store: Store) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        batch(
+            store,
+            {"action": "create", "type": "Contact", "data": {"name": "Alice"}},
+            {"action": "create", "type": "Deal", "data": {"name": "D"}},
+            dry_run=True,
+        )
+    assert "operations[1]" in exc.value.message
+    nothing_written(store)
+
+
+def test_a_batch_is_refused_when_empty_or_with_stray_keys(store: Store) -> None:
+    with pytest.raises(ValidationFailed):
+        store.do(TENANT, AGENT, {"operations": []})
+    with pytest.raises(ValidationFailed):
+        store.do(
+            TENANT,
+            AGENT,
+            {"operations": [{"action": "create", "type": "Contact", "data": {"name": "A"}}], "reason": "x"},
+        )
+    nothing_written(store)
+
+
+def test_batch_results_keep_the_order_of_the_operations(store: Store) -> None:
+    names = [f"Contact {i}" for i in range(30)]
+    result = batch(store, *({"action": "create", "type": "Contact", "data": {"name": n}} for n in names))
+    assert [r["entity"]["name"] for r in result["results"]] == names
+    assert [r["events"][0]["seq"] for r in result["results"]] == list(range(1, 31))
+    stamps = [r["events"][0]["timestamp"] for r in result["results"]]
+    assert stamps == sorted(stamps)
+    assert len(set(stamps)) == 30

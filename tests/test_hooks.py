@@ -1,0 +1,403 @@
+"""BEFORE and AFTER hooks: changing and rejecting writes, patterns, reactions with causedBy, loading modules."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.errors import ValidationFailed
+from server.schema import SchemaSet
+from server.store import AfterContext, BeforeContext, HookRejected, Hooks, Store
+
+TENANT = "acme"
+AGENT = "agent_mR4nVkTw"
+
+
+@pytest.fixture
+def hooks() -> Hooks:
+    return Hooks()
+
+
+@pytest.fixture
+def open_store(tmp_path: Path, schemas: SchemaSet, clock: Any) -> Iterator[Callable[[Hooks], Store]]:
+    """Opens a store on real SQLite with the hooks a test registered; closed after the test."""
+    opened: list[Store] = []
+
+    def make(hooks: Hooks) -> Store:
+        store = Store(tmp_path / "hooked", schemas, hooks=hooks, clock=clock)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def create(store: Store, type_: str, data: dict[str, Any]) -> dict[str, Any]:
+    return store.do(TENANT, AGENT, {"action": "create", "type": type_, "data": data})
+
+
+def event_count(store: Store) -> int:
+    total: int = store.events(TENANT)["total"]
+    return total
+
+
+# ---- BEFORE ---------------------------------------------------------------------------------------
+
+
+def test_a_before_hook_can_change_the_data_in_place(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:
+    @hooks.before("Contact.create")
+    def default_title(ctx: BeforeContext) -> None:
+        ctx.data.setdefault("title", "Founder")
+
+    hooked = open_store(hooks)
+    result = create(hooked, "Contact", {"name": "Alice"})
+    assert result["entity"]["title"] == "Founder"
+    assert result["events"][0]["data"]["title"] == "Founder"
+    assert hooked.get(TENANT, "Contact", result["entity"]["$id"])["title"] == "Founder"
+
+
+def test_a_before_hook_can_return_new_data(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:
+    @hooks.before("Contact.update")
+    def shout(ctx: BeforeContext) -> dict[str, Any]:
+        return {k: v.upper() if isinstance(v, str) else v for k, v in ctx.data.items()}
+
+    hooked = open_store(hooks)
+    alice = create(hooked, "Contact", {"name": "Alice"})["entity"]
+    result = hooked.do(
+        TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "cto"}}
+    )
+    assert result["entity"]["title"] == "CTO"
+    assert result["events"][0]["data"] == {"title": "null -> CTO"}
+
+
+def test_before_hooks_run_in_registration_order(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:
+    @hooks.before("Contact.create")
+    def first(ctx: BeforeContext) -> None:
+        ctx.data["title"] = "A"
+
+    @hooks.before("Contact.*")
+    def second(ctx: BeforeContext) -> None:
+        ctx.data["title"] = ctx.data.get("title", "") + "B"
+
+    hooked = open_store(hooks)
+    assert create(hooked, "Contact", {"name": "Alice"})["entity"]["title"] == "AB"
+
+
+def test_a_before_hook_sees_the_current_state_actor_and_reason(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    seen: list[BeforeContext] = []
+
+    @hooks.before("Contact.qualify")
+    def look(ctx: BeforeContext) -> None:
+        seen.append(ctx)
+
+    hooked = open_store(hooks)
+    alice = create(hooked, "Contact", {"name": "Alice"})["entity"]
+    hooked.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["$id"], "reason": "hot lead"})
+    (ctx,) = seen
+    assert ctx.noun == "Contact"
+    assert ctx.action == "qualify"
+    assert ctx.id == alice["$id"]
+    assert ctx.actor == AGENT
+    assert ctx.reason == "hot lead"
+    assert ctx.current is not None
+    assert ctx.current["stage"] == "Lead"
+    assert ctx.current["$version"] == 1
+    assert ctx.data["stage"] == "Qualified"
+
+
+def test_a_before_hook_can_reject_with_its_message_and_nothing_is_written(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    @hooks.before("Deal.create")
+    def approval(ctx: BeforeContext) -> None:
+        if ctx.data.get("value", 0) > 1_000_000:
+            raise HookRejected("deals above 1M need a human approval")
+
+    hooked = open_store(hooks)
+    with pytest.raises(ValidationFailed) as exc:
+        create(hooked, "Deal", {"name": "Whale", "value": 5_000_000})
+    assert exc.value.code == "validation_error"
+    assert "deals above 1M need a human approval" in exc.value.message
+    assert event_count(hooked) == 0
+    assert hooked.find(TENANT, "Deal")["total"] == 0
+    small = create(hooked, "Deal", {"name": "Minnow", "value": 500})
+    assert small["entity"]["value"] == 500
+    assert event_count(hooked) == 1
+
+
+def test_a_rejected_update_leaves_the_entity_alone(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:
+    @hooks.before("Deal.update")
+    def no_discounts(ctx: BeforeContext) -> None:
+        assert ctx.current is not None
+        if ctx.data.get("value", ctx.current["value"]) < ctx.current["value"]:
+            raise HookRejected("no discounts")
+
+    hooked = open_store(hooks)
+    deal = create(hooked, "Deal", {"name": "D", "value": 100})["entity"]
+    with pytest.raises(ValidationFailed) as exc:
+        hooked.do(TENANT, AGENT, {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": 50}})
+    assert "no discounts" in exc.value.message
+    assert hooked.get(TENANT, "Deal", deal["$id"]) == deal
+    assert event_count(hooked) == 1
+
+
+def test_a_rejection_refuses_the_whole_batch(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:
+    @hooks.before("Deal.win")
+    def never(ctx: BeforeContext) -> None:
+        raise HookRejected("wins need a signed contract")
+
+    hooked = open_store(hooks)
+    with pytest.raises(ValidationFailed) as exc:
+        hooked.do(
+            TENANT,
+            AGENT,
+            {
+                "operations": [
+                    {"action": "create", "type": "Organization", "data": {"name": "Acme"}},
+                    {"action": "create", "type": "Deal", "data": {"name": "D", "value": 1, "organization": "$ref:0"}},
+                    {"action": "win", "type": "Deal", "id": "$ref:1"},
+                ]
+            },
+        )
+    assert "wins need a signed contract" in exc.value.message
+    assert event_count(hooked) == 0
+
+
+def test_a_before_hook_cannot_set_meta_fields(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:
+    @hooks.before("Contact.create")
+    def sneaky(ctx: BeforeContext) -> None:
+        ctx.data["$createdBy"] = "user_root"
+
+    hooked = open_store(hooks)
+    with pytest.raises(ValidationFailed):
+        create(hooked, "Contact", {"name": "Alice"})
+    assert event_count(hooked) == 0
+
+
+def test_data_changed_by_a_before_hook_is_still_validated(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:
+    @hooks.before("Contact.create")
+    def bad(ctx: BeforeContext) -> None:
+        ctx.data["stage"] = "Boss"
+
+    hooked = open_store(hooks)
+    with pytest.raises(ValidationFailed) as exc:
+        create(hooked, "Contact", {"name": "Alice"})
+    assert "stage" in exc.value.message
+    assert event_count(hooked) == 0
+
+
+def test_patterns_match_noun_action_past_tense_and_globs(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:
+    calls: dict[str, list[str]] = {"Deal.*": [], "Deal.win": [], "Deal.Won": [], "*.create": [], "Contact.*": []}
+    for pattern, log in calls.items():
+
+        def record(ctx: BeforeContext, log: list[str] = log) -> None:
+            log.append(f"{ctx.noun}.{ctx.action}")
+
+        hooks.before(pattern)(record)
+
+    hooked = open_store(hooks)
+    deal = create(hooked, "Deal", {"name": "D", "value": 1})["entity"]
+    hooked.do(TENANT, AGENT, {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": 2}})
+    hooked.do(TENANT, AGENT, {"action": "win", "type": "Deal", "id": deal["$id"]})
+    create(hooked, "Organization", {"name": "Acme"})
+
+    assert calls["Deal.*"] == ["Deal.create", "Deal.update", "Deal.win"]
+    assert calls["Deal.win"] == ["Deal.win"]
+    assert calls["Deal.Won"] == ["Deal.win"]
+    assert calls["*.create"] == ["Deal.create", "Organization.create"]
+    assert calls["Contact.*"] == []
+
+
+# ---- AFTER ----------------------------------------------------------------------------------------
+
+
+def test_an_after_hook_sees_the_committed_event_and_entity(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:
+    seen: list[AfterContext] = []
+    committed: list[int] = []
+
+    @hooks.after("Contact.Qualified")
+    def look(ctx: AfterContext) -> None:
+        seen.append(ctx)
+        committed.append(hooked.events(ctx.tenant)["total"])
+
+    hooked = open_store(hooks)
+    alice = create(hooked, "Contact", {"name": "Alice"})["entity"]
+    result = hooked.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["$id"]})
+    (ctx,) = seen
+    assert ctx.event == result["events"][0]
+    assert ctx.event["type"] == "Contact.Qualified"
+    assert ctx.entity is not None
+    assert ctx.entity["stage"] == "Qualified"
+    assert ctx.entity["$version"] == ctx.event["version"] == 2
+    assert ctx.tenant == TENANT
+    assert ctx.actor == AGENT
+    assert committed == [2]  # the event was already in the log when the hook ran
+
+
+def test_after_hook_patterns_match_the_verb_and_its_past_tense(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    seen: list[tuple[str, str]] = []
+    for pattern in ("Deal.win", "Deal.Won", "*.Won", "Contact.*"):
+
+        def record(ctx: AfterContext, pattern: str = pattern) -> None:
+            seen.append((pattern, ctx.event["type"]))
+
+        hooks.after(pattern)(record)
+
+    hooked = open_store(hooks)
+    deal = create(hooked, "Deal", {"name": "D", "value": 1})["entity"]
+    hooked.do(TENANT, AGENT, {"action": "win", "type": "Deal", "id": deal["$id"]})
+    assert sorted(seen) == [("*.Won", "Deal.Won"), ("Deal.Won", "Deal.Won"), ("Deal.win", "Deal.Won")]
+
+
+def test_after_hooks_do_not_run_for_refused_or_dry_run_writes(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    seen: list[str] = []
+
+    @hooks.after("Deal.*")
+    def look(ctx: AfterContext) -> None:
+        seen.append(ctx.event["type"])
+
+    hooked = open_store(hooks)
+    with pytest.raises(ValidationFailed):
+        create(hooked, "Deal", {"name": "D"})
+    hooked.do(TENANT, AGENT, {"action": "create", "type": "Deal", "data": {"name": "D", "value": 1}, "dryRun": True})
+    assert seen == []
+    create(hooked, "Deal", {"name": "D", "value": 1})
+    assert seen == ["Deal.Created"]
+
+
+def test_a_failing_after_hook_is_logged_and_the_write_stands(
+    hooks: Hooks, open_store: Callable[[Hooks], Store], caplog: pytest.LogCaptureFixture
+) -> None:
+    @hooks.after("Contact.Created")
+    def explode(ctx: AfterContext) -> None:
+        raise RuntimeError("crm sync is down")
+
+    hooked = open_store(hooks)
+    with caplog.at_level(logging.WARNING):
+        result = create(hooked, "Contact", {"name": "Alice"})
+    alice = result["entity"]
+    assert hooked.get(TENANT, "Contact", alice["$id"]) == alice
+    assert event_count(hooked) == 1
+    failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert failures
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in failures) + caplog.text
+    assert "explode" in logged
+    assert "crm sync is down" in logged
+
+
+def test_writes_made_by_an_after_hook_carry_caused_by(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:
+    @hooks.after("Contact.Qualified")
+    def open_deal(ctx: AfterContext) -> None:
+        assert ctx.entity is not None
+        ctx.do(
+            {
+                "action": "create",
+                "type": "Deal",
+                "data": {"name": f"Deal for {ctx.entity['name']}", "value": 0, "contact": ctx.entity["$id"]},
+            }
+        )
+
+    hooked = open_store(hooks)
+    alice = create(hooked, "Contact", {"name": "Alice"})["entity"]
+    qualified = hooked.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["$id"]})
+    trigger = qualified["events"][0]
+    (deal_event,) = hooked.events(TENANT, filter={"type": "Deal.Created"})["results"]
+    assert deal_event["causedBy"] == trigger["id"]
+    assert deal_event["actor"] == AGENT
+    assert deal_event["seq"] == trigger["seq"] + 1
+    assert hooked.event(TENANT, deal_event["id"])["causedBy"] == trigger["id"]
+    deals = hooked.find(TENANT, "Deal", {"contact": alice["$id"]})
+    assert [d["name"] for d in deals["results"]] == ["Deal for Alice"]
+    # the triggering write itself was not caused by anything
+    assert "causedBy" not in trigger
+    assert hooked.verify(TENANT)["ok"] is True
+
+
+def test_a_refused_write_by_an_after_hook_is_logged_and_the_trigger_stands(
+    hooks: Hooks, open_store: Callable[[Hooks], Store], caplog: pytest.LogCaptureFixture
+) -> None:
+    @hooks.after("Contact.Created")
+    def bad_reaction(ctx: AfterContext) -> None:
+        ctx.do({"action": "create", "type": "Deal", "data": {"name": "no value"}})
+
+    hooked = open_store(hooks)
+    with caplog.at_level(logging.WARNING):
+        alice = create(hooked, "Contact", {"name": "Alice"})["entity"]
+    assert hooked.get(TENANT, "Contact", alice["$id"]) == alice
+    assert event_count(hooked) == 1
+    assert "bad_reaction" in caplog.text
+
+
+def test_hooks_registered_after_the_store_is_built_still_run(tmp_path: Path, schemas: SchemaSet, clock: Any) -> None:
+    hooks = Hooks()  # handed over empty, filled afterwards (e.g. by load_module once the store is up)
+    with Store(tmp_path / "late", schemas, hooks=hooks, clock=clock) as store:
+
+        @hooks.before("Contact.create")
+        def tag(ctx: BeforeContext) -> None:
+            ctx.data["title"] = "Late"
+
+        result = store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+        assert result["entity"].get("title") == "Late"
+
+
+# ---- loading hooks from a module ------------------------------------------------------------------
+
+
+def test_load_module_imports_a_module_and_calls_its_register(
+    tmp_path: Path, schemas: SchemaSet, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = f"site_hooks_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(
+            """
+            from server.store import HookRejected
+
+            def register(hooks):
+                @hooks.before("Contact.create")
+                def tag(ctx):
+                    ctx.data.setdefault("title", "Imported")
+
+                @hooks.before("Deal.*")
+                def guard(ctx):
+                    if ctx.data.get("name") == "forbidden":
+                        raise HookRejected("that name is forbidden by the site hooks")
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hooks = Hooks()
+    hooks.load_module(name)
+    with Store(tmp_path / "data", schemas, hooks=hooks, clock=clock) as store:
+        alice = store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+        assert alice["entity"]["title"] == "Imported"
+        with pytest.raises(ValidationFailed) as exc:
+            store.do(TENANT, AGENT, {"action": "create", "type": "Deal", "data": {"name": "forbidden", "value": 1}})
+        assert "forbidden by the site hooks" in exc.value.message
+
+
+def test_load_module_refuses_a_module_without_register(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"not_hooks_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hooks = Hooks()
+    with pytest.raises(ImportError):
+        hooks.load_module(name)
+    assert not hooks
+
+
+def test_load_module_of_a_missing_module_fails() -> None:
+    with pytest.raises(ImportError):
+        Hooks().load_module(f"no_such_module_{uuid.uuid4().hex[:8]}")

@@ -1,0 +1,515 @@
+"""The log's integrity: immutable in SQL, tamper-evident, equal to its replay, ordered in time, safe under threads."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.errors import HeadlesslyError, NotFound, VersionConflict
+from server.schema import SchemaSet
+from server.store import Store
+
+TENANT = "acme"
+AGENT = "agent_mR4nVkTw"
+OTHER = "user_bob"
+
+
+def create(store: Store, type_: str, data: dict[str, Any], actor: str = AGENT) -> dict[str, Any]:
+    entity: dict[str, Any] = store.do(TENANT, actor, {"action": "create", "type": type_, "data": data})["entity"]
+    return entity
+
+
+def tenant_file(store: Store) -> Path:
+    with store.pool.lease(TENANT) as t:
+        return Path(t.path)
+
+
+@contextmanager
+def raw_sql(store: Store) -> Iterator[sqlite3.Connection]:
+    """Our own connection to the tenant file, as someone with shell access would open it."""
+    conn = sqlite3.connect(tenant_file(store), isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def drop_event_triggers(conn: sqlite3.Connection) -> None:
+    names = [
+        r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'")
+    ]
+    assert names, "the events table should be guarded by triggers"
+    for name in names:
+        conn.execute(f'DROP TRIGGER "{name}"')
+
+
+def small_history(store: Store, clock: Any) -> dict[str, Any]:
+    org = create(store, "Organization", {"name": "Acme", "domain": "acme.com"})
+    clock.advance(1)
+    alice = create(store, "Contact", {"name": "Alice", "email": "alice@acme.com", "organization": org["$id"]})
+    clock.advance(1)
+    store.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["$id"], "reason": "hot"})
+    clock.advance(1)
+    store.do(TENANT, OTHER, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "CTO"}})
+    return {"org": org, "alice": alice}
+
+
+def all_events(store: Store, tenant: str = TENANT) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = store.events(tenant, limit=100, cursor=cursor)
+        events.extend(page["results"])
+        if not page["hasMore"]:
+            return events
+        cursor = page["cursor"]
+
+
+# ---- immutability in SQL --------------------------------------------------------------------------
+
+
+def test_a_direct_sql_update_of_an_event_is_refused_by_the_database(store: Store, clock: Any) -> None:
+    small_history(store, clock)
+    before = store.events(TENANT)["results"]
+    with raw_sql(store) as conn:
+        with pytest.raises(sqlite3.DatabaseError):
+            conn.execute("UPDATE events SET data = '{}' WHERE seq = 2")
+        with pytest.raises(sqlite3.DatabaseError):
+            conn.execute("UPDATE events SET actor = 'agent_evil'")
+    assert store.events(TENANT)["results"] == before
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_a_direct_sql_delete_of_an_event_is_refused_by_the_database(store: Store, clock: Any) -> None:
+    small_history(store, clock)
+    with raw_sql(store) as conn:
+        with pytest.raises(sqlite3.DatabaseError):
+            conn.execute("DELETE FROM events WHERE seq = 4")
+        with pytest.raises(sqlite3.DatabaseError):
+            conn.execute("DELETE FROM events")
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 4
+    assert store.events(TENANT)["total"] == 4
+
+
+# ---- tamper evidence ------------------------------------------------------------------------------
+
+
+def test_altering_an_event_in_the_file_makes_verify_fail_naming_the_event(store: Store, clock: Any) -> None:
+    small_history(store, clock)
+    victim = store.events(TENANT)["results"][2]
+    assert store.verify(TENANT)["ok"] is True
+    with raw_sql(store) as conn:
+        drop_event_triggers(conn)
+        conn.execute(
+            "UPDATE events SET data = ? WHERE id = ?", (json.dumps({"stage": "Lead -> Customer"}), victim["id"])
+        )
+    report = store.verify(TENANT)
+    assert report["ok"] is False
+    assert any(victim["id"] in p for p in report["problems"]), report["problems"]
+
+
+def test_altering_an_event_actor_and_rehashing_nothing_is_detected(store: Store, clock: Any) -> None:
+    small_history(store, clock)
+    victim = store.events(TENANT)["results"][3]
+    with raw_sql(store) as conn:
+        drop_event_triggers(conn)
+        conn.execute("UPDATE events SET actor = 'agent_scapegoat' WHERE id = ?", (victim["id"],))
+    report = store.verify(TENANT)
+    assert report["ok"] is False
+    assert any(victim["id"] in p for p in report["problems"]), report["problems"]
+
+
+def test_removing_an_event_from_the_file_makes_verify_fail(store: Store, clock: Any) -> None:
+    small_history(store, clock)
+    with raw_sql(store) as conn:
+        drop_event_triggers(conn)
+        conn.execute("DELETE FROM events WHERE seq = 3")
+    report = store.verify(TENANT)
+    assert report["ok"] is False
+    assert report["problems"]
+
+
+def test_altering_an_entities_row_makes_verify_fail(store: Store, clock: Any) -> None:
+    e = small_history(store, clock)
+    with raw_sql(store) as conn:
+        conn.execute(
+            "UPDATE entities SET state = json_set(state, '$.name', 'Mallory') WHERE id = ?", (e["alice"]["$id"],)
+        )
+    report = store.verify(TENANT)
+    assert report["ok"] is False
+    assert any(e["alice"]["$id"] in p for p in report["problems"]), report["problems"]
+
+
+def test_a_stale_entity_version_makes_verify_fail(store: Store, clock: Any) -> None:
+    e = small_history(store, clock)
+    with raw_sql(store) as conn:
+        conn.execute("UPDATE entities SET version = 1 WHERE id = ?", (e["alice"]["$id"],))
+    report = store.verify(TENANT)
+    assert report["ok"] is False
+    assert any(e["alice"]["$id"] in p for p in report["problems"]), report["problems"]
+
+
+def test_a_deleted_entities_row_makes_verify_fail(store: Store, clock: Any) -> None:
+    e = small_history(store, clock)
+    with raw_sql(store) as conn:
+        conn.execute("DELETE FROM entities WHERE id = ?", (e["org"]["$id"],))
+    report = store.verify(TENANT)
+    assert report["ok"] is False
+    assert any(e["org"]["$id"] in p for p in report["problems"]), report["problems"]
+
+
+def test_verify_is_ok_on_a_healthy_tenant_with_many_kinds_of_operation(store: Store, clock: Any) -> None:
+    e = small_history(store, clock)
+    alice = e["alice"]["$id"]
+    deal = create(store, "Deal", {"name": "Pilot", "value": 100, "contact": alice})["$id"]
+    for i in range(20):
+        clock.advance(0.5)
+        store.do(TENANT, AGENT, {"action": "update", "type": "Deal", "id": deal, "data": {"value": 100 + i}})
+    store.do(TENANT, AGENT, {"action": "win", "type": "Deal", "id": deal})
+    store.do(TENANT, AGENT, {"action": "rollback", "type": "Deal", "id": deal, "toVersion": 3})
+    store.do(TENANT, OTHER, {"action": "delete", "type": "Contact", "id": alice})
+    store.do(TENANT, AGENT, {"action": "rollback", "type": "Contact", "id": alice, "toVersion": 2})
+    store.do(
+        TENANT,
+        AGENT,
+        {"operations": [{"action": "create", "type": "Contact", "data": {"name": f"C{i}"}} for i in range(10)]},
+    )
+    store.do(TENANT, "user_admin", {"action": "revert", "actor": OTHER, "since": "2026-01-15", "force": True})
+    with pytest.raises(HeadlesslyError):
+        store.do(TENANT, AGENT, {"action": "create", "type": "Deal", "data": {"name": "broken"}})
+    total = store.events(TENANT)["total"]
+    report = store.verify(TENANT)
+    assert report["ok"] is True, report["problems"]
+    assert report["problems"] == []
+    assert report["events"] == total
+    assert report["entities"] == 3 + 10
+    assert report["headHash"] == store.events(TENANT, sort="-seq", limit=1)["results"][0]["hash"]
+
+
+def test_verify_of_a_tenant_that_does_not_exist_is_not_found(tmp_path: Path, store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.verify("nobody")
+    assert not (tmp_path / "data" / "tenants" / "nobody.db").exists()
+
+
+# ---- state equals replay --------------------------------------------------------------------------
+
+
+def random_operations(store: Store, clock: Any, rng: random.Random, steps: int) -> int:
+    """Create, update, verb, delete, rollback and batch at random, with some refused writes; returns refusals."""
+    ids: dict[str, list[str]] = {"Contact": [], "Organization": [], "Deal": []}
+    refused = 0
+    actors = [AGENT, OTHER, "system_sync"]
+    for step in range(steps):
+        clock.advance(rng.choice([0, 0, 0.000001, 0.5, 3, -2]))
+        actor = rng.choice(actors)
+        kind = rng.random()
+        try:
+            if kind < 0.25 or not any(ids.values()):
+                noun = rng.choice(list(ids))
+                data: dict[str, Any] = {"name": f"{noun} {step}"}
+                if noun == "Deal":
+                    data["value"] = rng.randint(0, 10_000)
+                    if ids["Contact"] and rng.random() < 0.5:
+                        data["contact"] = rng.choice(ids["Contact"])
+                if noun == "Contact" and rng.random() < 0.5:
+                    data["email"] = f"person{rng.randint(0, 30)}@example.com"
+                ids[noun].append(
+                    store.do(TENANT, actor, {"action": "create", "type": noun, "data": data})["entity"]["$id"]
+                )
+                continue
+            noun = rng.choice([n for n in ids if ids[n]])
+            target = rng.choice(ids[noun])
+            if kind < 0.55:
+                patch: dict[str, Any] = {
+                    "Contact": {"title": rng.choice(["CEO", "CTO", None]), "phone": rng.choice(["+1", None])},
+                    "Organization": {
+                        "industry": rng.choice(["SaaS", "Retail", None]),
+                        "employeeCount": rng.randint(1, 9),
+                    },
+                    "Deal": {
+                        "value": rng.choice([1, 2.5, 1000]),
+                        "closedAt": rng.choice(["2026-02-01T00:00:00Z", None]),
+                    },
+                }[noun]
+                store.do(TENANT, actor, {"action": "update", "type": noun, "id": target, "data": patch})
+            elif kind < 0.7:
+                verb = {"Contact": ["qualify", "capture", "enrich"], "Organization": ["enrich", "churn"], "Deal": ["win", "lose", "advance", "reopen"]}[noun]  # fmt: skip
+                store.do(TENANT, actor, {"action": rng.choice(verb), "type": noun, "id": target})
+            elif kind < 0.8:
+                store.do(TENANT, actor, {"action": "delete", "type": noun, "id": target})
+            elif kind < 0.92:
+                version = store.events(TENANT, filter={"target": target}, sort="-seq", limit=1)["results"][0]["version"]
+                store.do(
+                    TENANT,
+                    actor,
+                    {"action": "rollback", "type": noun, "id": target, "toVersion": rng.randint(1, version)},
+                )
+            else:
+                ops = [
+                    {"action": "create", "type": "Organization", "data": {"name": f"Batch {step}"}},
+                    {"action": "update", "type": noun, "id": target, "data": {"name": f"Renamed {step}"}},
+                ]
+                if rng.random() < 0.4:
+                    ops.append({"action": "create", "type": "Deal", "data": {"name": "no value"}})
+                result = store.do(TENANT, actor, {"operations": ops})
+                ids["Organization"].append(result["results"][0]["entity"]["$id"])
+        except HeadlesslyError:
+            refused += 1
+    return refused
+
+
+def fold(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each entity's fields and meta rebuilt from its events alone (our own replay, not the store's)."""
+    out: dict[str, dict[str, Any]] = {}
+    for event in events:
+        target = event["target"]
+        entity = out.setdefault(target, {"fields": {}, "createdAt": event["timestamp"], "createdBy": event["actor"]})
+        for key, change in event["changes"].items():
+            if key.startswith("$"):
+                continue
+            if change["to"] is None:
+                entity["fields"].pop(key, None)
+            else:
+                entity["fields"][key] = change["to"]
+        entity.update(version=event["version"], updatedAt=event["timestamp"], updatedBy=event["actor"])
+        entity["type"] = event["type"].split(".")[0]
+        entity["deleted"] = event["type"].endswith(".Deleted")
+        entity.setdefault("history", []).append((event["version"], dict(entity["fields"])))
+    return out
+
+
+def test_state_always_equals_the_replay_of_the_log(store: Store, clock: Any) -> None:
+    refused = random_operations(store, clock, random.Random(20260115), 250)
+    assert refused > 0  # the sequence did include refused writes, which must leave no trace
+    events = all_events(store)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    replayed = fold(events)
+    for noun in ("Contact", "Organization", "Deal"):
+        found: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = store.find(TENANT, noun, include_deleted=True, limit=100, cursor=cursor)
+            found.extend(page["results"])
+            if not page["hasMore"]:
+                break
+            cursor = page["cursor"]
+        assert {e["$id"] for e in found} == {i for i, r in replayed.items() if r["type"] == noun}
+        for entity in found:
+            r = replayed[entity["$id"]]
+            assert {k: v for k, v in entity.items() if not k.startswith("$")} == r["fields"]
+            assert entity["$version"] == r["version"]
+            assert entity["$createdAt"] == r["createdAt"]
+            assert entity["$createdBy"] == r["createdBy"]
+            assert entity["$updatedAt"] == r["updatedAt"]
+            assert entity["$updatedBy"] == r["updatedBy"]
+            if r["deleted"]:
+                assert entity["$deletedAt"] == r["updatedAt"]
+            for version, fields in r["history"]:
+                past = store.get(TENANT, noun, entity["$id"], version=version)
+                assert {k: v for k, v in past.items() if not k.startswith("$")} == fields
+    report = store.verify(TENANT)
+    assert report["ok"] is True, report["problems"]
+    assert report["events"] == len(events)
+    assert report["entities"] == len(replayed)
+
+
+# ---- time -----------------------------------------------------------------------------------------
+
+
+def test_timestamps_strictly_increase_when_the_clock_stands_still(store: Store, clock: Any) -> None:
+    alice = create(store, "Contact", {"name": "Alice"})
+    for i in range(5):
+        store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": f"T{i}"}})
+    stamps = [e["timestamp"] for e in all_events(store)]
+    assert len(stamps) == 6
+    assert all(a < b for a, b in itertools.pairwise(stamps))
+    assert stamps[0] == "2026-01-15T10:00:00.000000Z"
+
+
+def test_timestamps_strictly_increase_when_the_clock_goes_backwards(store: Store, clock: Any) -> None:
+    alice = create(store, "Contact", {"name": "Alice"})
+    clock.advance(-3600)
+    store.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["$id"]})
+    clock.advance(-86400)
+    create(store, "Organization", {"name": "Acme"})
+    stamps = [e["timestamp"] for e in all_events(store)]
+    assert all(a < b for a, b in itertools.pairwise(stamps))
+    assert stamps[0] == "2026-01-15T10:00:00.000000Z"
+    # every event's own timestamp is still a precise asOf point
+    assert store.get(TENANT, "Contact", alice["$id"], as_of=stamps[0])["stage"] == "Lead"
+    assert store.get(TENANT, "Contact", alice["$id"], as_of=stamps[1])["stage"] == "Qualified"
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_timestamps_keep_increasing_across_a_restart_with_a_clock_behind(
+    tmp_path: Path, store: Store, schemas: SchemaSet, clock: Any
+) -> None:
+    create(store, "Contact", {"name": "Alice"})
+    clock.advance(60)
+    create(store, "Contact", {"name": "Bob"})
+    last = all_events(store)[-1]["timestamp"]
+    store.close()
+    behind = clock.now - 3_600_000_000
+    with Store(tmp_path / "data", schemas, clock=lambda: behind) as reopened:
+        carol = create(reopened, "Contact", {"name": "Carol"})
+        assert carol["$createdAt"] > last
+        assert reopened.verify(TENANT)["ok"] is True
+
+
+# ---- concurrency ----------------------------------------------------------------------------------
+
+
+def run_threads(n: int, work: Callable[[int], None]) -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def run(k: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            work(k)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a writer thread hung"
+    assert errors == []
+
+
+def test_concurrent_read_modify_write_increments_with_if_version_lose_no_update(store: Store) -> None:
+    deal = create(store, "Deal", {"name": "Counter", "value": 0})["$id"]
+    threads, per_thread = 8, 15
+    conflicts: list[int] = []
+
+    def work(k: int) -> None:
+        actor = f"agent_worker{k}"
+        for _ in range(per_thread):
+            for _attempt in range(10_000):
+                current = store.get(TENANT, "Deal", deal)
+                try:
+                    store.do(
+                        TENANT,
+                        actor,
+                        {
+                            "action": "update",
+                            "type": "Deal",
+                            "id": deal,
+                            "data": {"value": current["value"] + 1},
+                            "ifVersion": current["$version"],
+                        },
+                    )
+                    break
+                except VersionConflict as exc:
+                    assert exc.details["currentVersion"] > current["$version"]
+                    conflicts.append(k)
+            else:
+                raise AssertionError("no progress after 10000 attempts")
+
+    run_threads(threads, work)
+    total = threads * per_thread
+    final = store.get(TENANT, "Deal", deal)
+    assert final["value"] == total
+    assert final["$version"] == total + 1
+    history = [e for e in all_events(store) if e["target"] == deal]
+    assert [e["version"] for e in history] == list(range(1, total + 2))
+    assert [e["changes"]["value"]["to"] for e in history[1:]] == list(range(1, total + 1))
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_concurrent_writers_on_distinct_entities_all_succeed(store: Store) -> None:
+    threads, updates = 8, 10
+    made: dict[int, str] = {}
+
+    def work(k: int) -> None:
+        actor = f"agent_worker{k}"
+        entity = store.do(TENANT, actor, {"action": "create", "type": "Contact", "data": {"name": f"W{k}"}})["entity"]
+        made[k] = entity["$id"]
+        for i in range(updates):
+            store.do(
+                TENANT,
+                actor,
+                {
+                    "action": "update",
+                    "type": "Contact",
+                    "id": entity["$id"],
+                    "data": {"title": f"v{i}"},
+                    "ifVersion": i + 1,
+                },
+            )
+
+    run_threads(threads, work)
+    assert len(made) == threads
+    for k, entity_id in made.items():
+        entity = store.get(TENANT, "Contact", entity_id)
+        assert entity["$version"] == updates + 1
+        assert entity["title"] == f"v{updates - 1}"
+        assert entity["$updatedBy"] == f"agent_worker{k}"
+    events = all_events(store)
+    assert [e["seq"] for e in events] == list(range(1, threads * (updates + 1) + 1))
+    stamps = [e["timestamp"] for e in events]
+    assert all(a < b for a, b in itertools.pairwise(stamps))
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_concurrent_writers_to_different_tenants_all_succeed(store: Store) -> None:
+    def work(k: int) -> None:
+        for i in range(5):
+            store.do(f"tenant-{k}", AGENT, {"action": "create", "type": "Contact", "data": {"name": f"C{i}"}})
+
+    run_threads(8, work)
+    assert store.tenants() == sorted(f"tenant-{k}" for k in range(8))
+    for k in range(8):
+        assert store.events(f"tenant-{k}")["total"] == 5
+        assert store.verify(f"tenant-{k}")["ok"] is True
+
+
+# ---- durability -----------------------------------------------------------------------------------
+
+
+def test_durability_full_writes_and_survives_a_reopen(tmp_path: Path, schemas: SchemaSet, clock: Any) -> None:
+    with Store(tmp_path / "full", schemas, durability="full", clock=clock) as store:
+        alice = create(store, "Contact", {"name": "Alice"})
+        store.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["$id"]})
+        with store.pool.lease(TENANT) as t, t.reader() as conn:
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with Store(tmp_path / "full", schemas, durability="full", clock=clock) as reopened:
+        again = reopened.get(TENANT, "Contact", alice["$id"])
+        assert again["stage"] == "Qualified"
+        assert again["$version"] == 2
+        assert reopened.verify(TENANT)["ok"] is True
+
+
+def test_an_unknown_durability_is_refused(tmp_path: Path, schemas: SchemaSet) -> None:
+    with pytest.raises(ValueError):
+        Store(tmp_path / "x", schemas, durability="sometimes")
+
+
+def test_everything_survives_closing_and_reopening_the_store(
+    tmp_path: Path, store: Store, schemas: SchemaSet, clock: Any
+) -> None:
+    e = small_history(store, clock)
+    before = all_events(store)
+    alice = store.get(TENANT, "Contact", e["alice"]["$id"])
+    store.close()
+    with Store(tmp_path / "data", schemas, clock=clock) as reopened:
+        assert all_events(reopened) == before
+        assert reopened.get(TENANT, "Contact", alice["$id"]) == alice
+        clock.advance(1)
+        more = reopened.do(
+            TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"phone": "1"}}
+        )
+        assert more["events"][0]["seq"] == len(before) + 1
+        assert reopened.verify(TENANT)["ok"] is True

@@ -1,0 +1,345 @@
+"""Rollback of one entity (by version or time) and revert of everything one actor did in a window."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from server.errors import HeadlesslyError, InvalidAsOf, NotFound, ValidationFailed, VersionConflict
+from server.store import Store
+
+TENANT = "acme"
+AGENT = "agent_mR4nVkTw"
+ROGUE = "agent_rogue"
+GOOD = "user_bob"
+ADMIN = "user_admin"
+
+
+def do(store: Store, who: str, /, **request: Any) -> dict[str, Any]:
+    return store.do(TENANT, who, request)
+
+
+def fields(entity: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entity.items() if not k.startswith("$")}
+
+
+def event_count(store: Store) -> int:
+    total: int = store.events(TENANT)["total"]
+    return total
+
+
+def alice_history(store: Store, clock: Any) -> str:
+    """Alice: v1 Lead at 10:00, v2 Qualified at 11:00, v3 +title at 12:00."""
+    alice: str = do(store, AGENT, action="create", type="Contact", data={"name": "Alice", "email": "alice@startup.io"})[
+        "entity"
+    ]["$id"]
+    clock.advance(3600)
+    do(store, AGENT, action="qualify", type="Contact", id=alice)
+    clock.advance(3600)
+    do(store, AGENT, action="update", type="Contact", id=alice, data={"title": "CTO"})
+    clock.advance(3600)
+    return alice
+
+
+# ---- rollback -------------------------------------------------------------------------------------
+
+
+def test_rollback_to_a_version_restores_its_fields_and_appends_an_updated_event(store: Store, clock: Any) -> None:
+    alice = alice_history(store, clock)
+    result = do(store, GOOD, action="rollback", type="Contact", id=alice, toVersion=1)
+    entity = result["entity"]
+    assert fields(entity) == {"name": "Alice", "email": "alice@startup.io", "stage": "Lead"}
+    assert entity["$version"] == 4
+    assert entity["$updatedBy"] == GOOD
+    assert entity["$createdBy"] == AGENT
+    (event,) = result["events"]
+    assert event["type"] == "Contact.Updated"
+    assert event["version"] == 4
+    assert event["actor"] == GOOD
+    assert event["data"] == {"rollbackTo": 1, "stage": "Qualified -> Lead", "title": "CTO -> null"}
+    assert store.get(TENANT, "Contact", alice) == entity
+    assert event_count(store) == 4
+
+
+def test_rollback_to_an_as_of_restores_the_state_at_that_time(store: Store, clock: Any) -> None:
+    alice = alice_history(store, clock)
+    result = do(store, AGENT, action="rollback", type="Contact", id=alice, asOf="2026-01-15T11:30:00.000000Z")
+    assert fields(result["entity"]) == {"name": "Alice", "email": "alice@startup.io", "stage": "Qualified"}
+    (event,) = result["events"]
+    assert event["data"] == {"rollbackTo": "2026-01-15T11:30:00.000000Z", "title": "CTO -> null"}
+    assert event["changes"]["title"] == {"from": "CTO", "to": None}
+    assert result["entity"]["$version"] == 4
+
+
+def test_rollback_accepts_an_as_of_with_an_offset(store: Store, clock: Any) -> None:
+    alice = alice_history(store, clock)
+    result = do(store, AGENT, action="rollback", type="Contact", id=alice, asOf="2026-01-15T11:00:00+01:00")
+    assert fields(result["entity"])["stage"] == "Lead"
+    assert "title" not in result["entity"]
+
+
+def test_rollback_never_moves_the_version_back(store: Store, clock: Any) -> None:
+    alice = alice_history(store, clock)
+    versions = []
+    for target in (1, 2, 4, 1):
+        versions.append(do(store, AGENT, action="rollback", type="Contact", id=alice, toVersion=target)["entity"])
+    assert [v["$version"] for v in versions] == [4, 5, 6, 7]
+    assert [v["stage"] for v in versions] == ["Lead", "Qualified", "Lead", "Lead"]
+    history = store.events(TENANT, filter={"target": alice})["results"]
+    assert [e["version"] for e in history] == [1, 2, 3, 4, 5, 6, 7]
+    assert [e["type"] for e in history[3:]] == ["Contact.Updated"] * 4
+
+
+def test_rollback_of_a_deleted_entity_to_when_it_existed_restores_it(store: Store, clock: Any) -> None:
+    alice = alice_history(store, clock)
+    do(store, GOOD, action="delete", type="Contact", id=alice)
+    clock.advance(60)
+    result = do(store, AGENT, action="rollback", type="Contact", id=alice, asOf="2026-01-15T12:30:00Z")
+    entity = result["entity"]
+    assert "$deletedAt" not in entity
+    assert "$deletedBy" not in entity
+    assert entity["$version"] == 5
+    assert entity["title"] == "CTO"
+    assert store.get(TENANT, "Contact", alice) == entity
+    assert [c["$id"] for c in store.find(TENANT, "Contact")["results"]] == [alice]
+    (event,) = result["events"]
+    assert event["type"] == "Contact.Updated"
+    assert event["data"]["rollbackTo"] == "2026-01-15T12:30:00.000000Z"
+    # restored, it can be written again and keeps its unique email
+    do(store, AGENT, action="update", type="Contact", id=alice, data={"phone": "+1"})
+    with pytest.raises(ValidationFailed):
+        do(store, AGENT, action="create", type="Contact", data={"name": "Copy", "email": "alice@startup.io"})
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_rollback_of_a_deleted_entity_to_its_deleted_version_keeps_it_deleted(store: Store, clock: Any) -> None:
+    alice = alice_history(store, clock)
+    do(store, GOOD, action="delete", type="Contact", id=alice)
+    do(store, AGENT, action="rollback", type="Contact", id=alice, toVersion=2)
+    do(store, AGENT, action="rollback", type="Contact", id=alice, toVersion=4)
+    with pytest.raises(NotFound):
+        store.get(TENANT, "Contact", alice)
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_rollback_to_before_creation_is_refused(store: Store, clock: Any) -> None:
+    alice = alice_history(store, clock)
+    for as_of in ("2026-01-15T09:59:59.999999Z", "2026-01-14"):
+        with pytest.raises(InvalidAsOf) as exc:
+            do(store, AGENT, action="rollback", type="Contact", id=alice, asOf=as_of)
+        assert exc.value.code == "invalid_as_of"
+    assert event_count(store) == 3
+    assert store.get(TENANT, "Contact", alice)["$version"] == 3
+
+
+def test_rollback_needs_exactly_one_target_and_a_known_version(store: Store, clock: Any) -> None:
+    alice = alice_history(store, clock)
+    with pytest.raises(HeadlesslyError):
+        do(store, AGENT, action="rollback", type="Contact", id=alice)
+    with pytest.raises(HeadlesslyError):
+        do(store, AGENT, action="rollback", type="Contact", id=alice, toVersion=1, asOf="2026-01-15T11:00:00Z")
+    with pytest.raises(HeadlesslyError):
+        do(store, AGENT, action="rollback", type="Contact", id=alice, toVersion=9)
+    with pytest.raises(InvalidAsOf):
+        do(store, AGENT, action="rollback", type="Contact", id=alice, asOf="yesterday")
+    assert event_count(store) == 3
+
+
+def test_rollback_respects_if_version(store: Store, clock: Any) -> None:
+    alice = alice_history(store, clock)
+    with pytest.raises(VersionConflict) as exc:
+        do(store, AGENT, action="rollback", type="Contact", id=alice, toVersion=1, ifVersion=2)
+    assert exc.value.details["currentVersion"] == 3
+    ok = do(store, AGENT, action="rollback", type="Contact", id=alice, toVersion=1, ifVersion=3)
+    assert ok["entity"]["$version"] == 4
+
+
+def test_rollback_is_refused_when_its_unique_value_is_taken_now(store: Store, clock: Any) -> None:
+    alice = alice_history(store, clock)
+    do(store, AGENT, action="update", type="Contact", id=alice, data={"email": "alice@new.io"})
+    other = do(store, GOOD, action="create", type="Contact", data={"name": "Al", "email": "alice@startup.io"})
+    with pytest.raises(ValidationFailed) as exc:
+        do(store, AGENT, action="rollback", type="Contact", id=alice, toVersion=1)
+    assert other["entity"]["$id"] in exc.value.message
+    assert store.get(TENANT, "Contact", alice)["email"] == "alice@new.io"
+
+
+def test_rollback_dry_run_writes_nothing(store: Store, clock: Any) -> None:
+    alice = alice_history(store, clock)
+    result = do(store, AGENT, action="rollback", type="Contact", id=alice, toVersion=1, dryRun=True)
+    assert result["dryRun"] is True
+    assert result["entity"]["stage"] == "Lead"
+    assert result["events"][0]["data"]["rollbackTo"] == 1
+    assert store.get(TENANT, "Contact", alice)["$version"] == 3
+    assert event_count(store) == 3
+
+
+# ---- revert ---------------------------------------------------------------------------------------
+
+
+def setup_rogue(store: Store, clock: Any) -> dict[str, Any]:
+    """Before the window GOOD creates two organizations; in it ROGUE creates, updates and deletes."""
+    acme = do(store, GOOD, action="create", type="Organization", data={"name": "Acme", "domain": "acme.com"})
+    globex = do(store, GOOD, action="create", type="Organization", data={"name": "Globex"})
+    initech = do(store, GOOD, action="create", type="Organization", data={"name": "Initech"})
+    clock.advance(3600)  # 11:00: the window starts
+    spam = do(
+        store, ROGUE, action="create", type="Contact", data={"name": "Spam", "organization": acme["entity"]["$id"]}
+    )
+    clock.advance(60)
+    do(store, ROGUE, action="update", type="Organization", id=acme["entity"]["$id"], data={"industry": "Spam"})
+    clock.advance(60)
+    do(store, ROGUE, action="update", type="Organization", id=acme["entity"]["$id"], data={"employeeCount": 1})
+    clock.advance(60)
+    do(store, ROGUE, action="delete", type="Organization", id=initech["entity"]["$id"])
+    clock.advance(3600)
+    return {
+        "acme": acme["entity"],
+        "globex": globex["entity"],
+        "initech": initech["entity"],
+        "spam": spam["entity"],
+    }
+
+
+def test_revert_undoes_everything_an_actor_did_in_the_window(store: Store, clock: Any) -> None:
+    e = setup_rogue(store, clock)
+    before = event_count(store)
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T11:00:00Z")
+    assert result["conflicts"] == []
+    assert result["revertOf"]["actor"] == ROGUE
+
+    with pytest.raises(NotFound):
+        store.get(TENANT, "Contact", e["spam"]["$id"])
+    (spam,) = store.find(TENANT, "Contact", include_deleted=True)["results"]
+    assert spam["$deletedBy"] == ADMIN
+    acme = store.get(TENANT, "Organization", e["acme"]["$id"])
+    assert fields(acme) == fields(e["acme"])
+    assert acme["$version"] == 4
+    initech = store.get(TENANT, "Organization", e["initech"]["$id"])
+    assert fields(initech) == fields(e["initech"])
+    assert "$deletedAt" not in initech
+    assert store.get(TENANT, "Organization", e["globex"]["$id"]) == e["globex"]
+
+    assert len(result["events"]) == 3
+    assert event_count(store) == before + 3
+    by_target = {ev["target"]: ev for ev in result["events"]}
+    assert by_target[e["spam"]["$id"]]["type"] == "Contact.Deleted"
+    assert by_target[e["acme"]["$id"]]["type"] == "Organization.Updated"
+    assert by_target[e["initech"]["$id"]]["type"] == "Organization.Updated"
+    for ev in result["events"]:
+        assert ev["actor"] == ADMIN
+        assert ev["data"].get("revertOf")
+    assert {r["$id"] for r in result["reverted"]} == set(by_target)
+    assert all(r["$updatedBy"] == ADMIN for r in result["reverted"])
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_revert_records_the_reverted_fields_in_the_event(store: Store, clock: Any) -> None:
+    e = setup_rogue(store, clock)
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T11:00:00Z")
+    (acme_event,) = [ev for ev in result["events"] if ev["target"] == e["acme"]["$id"]]
+    assert acme_event["changes"] == {
+        "industry": {"from": "Spam", "to": None},
+        "employeeCount": {"from": 1, "to": None},
+    }
+    assert acme_event["data"]["industry"] == "Spam -> null"
+    assert acme_event["data"]["employeeCount"] == "1 -> null"
+
+
+def test_revert_reports_an_entity_changed_afterwards_by_someone_else_and_leaves_it(store: Store, clock: Any) -> None:
+    e = setup_rogue(store, clock)
+    acme_id = e["acme"]["$id"]
+    later = do(store, GOOD, action="update", type="Organization", id=acme_id, data={"website": "https://acme.com"})
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T11:00:00Z")
+    (conflict,) = result["conflicts"]
+    assert conflict["id"] == acme_id
+    assert conflict["type"] == "Organization"
+    assert GOOD in conflict["changedBy"]
+    assert conflict["message"]
+    assert store.get(TENANT, "Organization", acme_id) == later["entity"]
+    assert acme_id not in {ev["target"] for ev in result["events"]}
+    # the entities nobody else touched were still reverted
+    with pytest.raises(NotFound):
+        store.get(TENANT, "Contact", e["spam"]["$id"])
+    assert "$deletedAt" not in store.get(TENANT, "Organization", e["initech"]["$id"])
+
+
+def test_revert_with_force_reverts_a_conflicting_entity_too(store: Store, clock: Any) -> None:
+    e = setup_rogue(store, clock)
+    acme_id = e["acme"]["$id"]
+    do(store, GOOD, action="update", type="Organization", id=acme_id, data={"website": "https://acme.com"})
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T11:00:00Z", force=True)
+    assert result["conflicts"] == []
+    acme = store.get(TENANT, "Organization", acme_id)
+    assert fields(acme) == fields(e["acme"])
+    assert acme["$updatedBy"] == ADMIN
+
+
+def test_revert_dry_run_shows_the_plan_and_writes_nothing(store: Store, clock: Any) -> None:
+    e = setup_rogue(store, clock)
+    before = event_count(store)
+    acme_now = store.get(TENANT, "Organization", e["acme"]["$id"])
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T11:00:00Z", dryRun=True)
+    assert result["dryRun"] is True
+    assert {ev["target"] for ev in result["events"]} == {e["spam"]["$id"], e["acme"]["$id"], e["initech"]["$id"]}
+    assert {r["$id"] for r in result["reverted"]} == {e["spam"]["$id"], e["acme"]["$id"], e["initech"]["$id"]}
+    assert event_count(store) == before
+    assert store.get(TENANT, "Organization", e["acme"]["$id"]) == acme_now
+    assert store.get(TENANT, "Contact", e["spam"]["$id"])["$version"] == 1
+
+
+def test_until_bounds_the_window(store: Store, clock: Any) -> None:
+    e = setup_rogue(store, clock)  # ROGUE acted 11:00 .. 11:03
+    late = do(store, ROGUE, action="update", type="Organization", id=e["globex"]["$id"], data={"industry": "Late"})
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T11:00:00Z", until="2026-01-15T11:01:30Z")
+    assert {ev["target"] for ev in result["events"]} == {e["spam"]["$id"], e["acme"]["$id"]}
+    assert result["revertOf"]["until"] is not None
+    assert store.get(TENANT, "Organization", e["globex"]["$id"]) == late["entity"]
+    # acme goes back to before ROGUE's first event in the window, though ROGUE's later change was outside it
+    assert "industry" not in store.get(TENANT, "Organization", e["acme"]["$id"])
+    assert "$deletedAt" in store.find(TENANT, "Organization", {"name": "Initech"}, include_deleted=True)["results"][0]
+
+
+def test_since_bounds_the_window(store: Store, clock: Any) -> None:
+    e = setup_rogue(store, clock)
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T11:01:30Z")
+    assert {ev["target"] for ev in result["events"]} == {e["acme"]["$id"], e["initech"]["$id"]}
+    acme = store.get(TENANT, "Organization", e["acme"]["$id"])
+    assert acme["industry"] == "Spam"  # set before the window
+    assert "employeeCount" not in acme
+    assert store.get(TENANT, "Contact", e["spam"]["$id"])["$version"] == 1
+
+
+def test_revert_of_an_actor_with_nothing_in_the_window_writes_nothing(store: Store, clock: Any) -> None:
+    setup_rogue(store, clock)
+    before = event_count(store)
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-16")
+    assert result["events"] == []
+    assert result["reverted"] == []
+    assert result["conflicts"] == []
+    assert event_count(store) == before
+
+
+def test_revert_needs_an_actor_and_a_since(store: Store, clock: Any) -> None:
+    setup_rogue(store, clock)
+    before = event_count(store)
+    with pytest.raises(HeadlesslyError):
+        do(store, ADMIN, action="revert", actor=ROGUE)
+    with pytest.raises(HeadlesslyError):
+        do(store, ADMIN, action="revert", since="2026-01-15")
+    with pytest.raises(HeadlesslyError):
+        do(store, ADMIN, action="revert", actor="rogue", since="2026-01-15")
+    with pytest.raises(InvalidAsOf):
+        do(store, ADMIN, action="revert", actor=ROGUE, since="last week")
+    assert event_count(store) == before
+
+
+def test_reverting_twice_changes_nothing_the_second_time(store: Store, clock: Any) -> None:
+    setup_rogue(store, clock)
+    do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T11:00:00Z")
+    before = event_count(store)
+    again = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T11:00:00Z")
+    assert again["events"] == []
+    assert again["reverted"] == []
+    assert event_count(store) == before

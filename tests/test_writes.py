@@ -1,0 +1,658 @@
+"""Single writes through `Store.do`: create, update, verbs, delete, guards and refusals."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.errors import (
+    HeadlesslyError,
+    InvalidActor,
+    InvalidId,
+    InvalidTenant,
+    InvalidType,
+    NotFound,
+    UnknownVerb,
+    ValidationFailed,
+    VersionConflict,
+)
+from server.store import Store
+
+TENANT = "acme"
+AGENT = "agent_mR4nVkTw"
+OTHER = "user_bob"
+RFC3339_US = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+
+
+def create(store: Store, type_: str, data: dict[str, Any], actor: str = AGENT, **extra: Any) -> dict[str, Any]:
+    return store.do(TENANT, actor, {"action": "create", "type": type_, "data": data, **extra})
+
+
+def contact(store: Store, **data: Any) -> dict[str, Any]:
+    entity: dict[str, Any] = create(store, "Contact", {"name": "Alice", **data})["entity"]
+    return entity
+
+
+def event_count(store: Store) -> int:
+    total: int = store.events(TENANT)["total"]
+    return total
+
+
+def fields(entity: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entity.items() if not k.startswith("$")}
+
+
+# ---- create ---------------------------------------------------------------------------------------
+
+
+def test_create_applies_defaults_and_sets_every_meta_field(store: Store, clock: Any) -> None:
+    result = create(store, "Contact", {"name": "Alice", "email": "alice@startup.io"})
+    entity = result["entity"]
+    assert re.fullmatch(r"contact_[A-Za-z0-9]{9,}", entity["$id"])
+    assert entity["$type"] == "Contact"
+    assert entity["$version"] == 1
+    assert entity["$createdAt"] == entity["$updatedAt"] == "2026-01-15T10:00:00.000000Z"
+    assert entity["$createdBy"] == entity["$updatedBy"] == AGENT
+    assert "$deletedAt" not in entity and "$deletedBy" not in entity
+    assert fields(entity) == {"name": "Alice", "email": "alice@startup.io", "stage": "Lead"}
+    (event,) = result["events"]
+    assert event["type"] == "Contact.Created"
+    assert event["version"] == 1
+    assert event["target"] == entity["$id"]
+    assert store.get(TENANT, "Contact", entity["$id"]) == entity
+
+    deal = create(store, "Deal", {"name": "Big one", "value": 1000})["entity"]
+    assert deal["stage"] == "Prospecting"
+
+
+def test_a_given_value_wins_over_the_default(store: Store) -> None:
+    entity = contact(store, stage="Customer")
+    assert entity["stage"] == "Customer"
+
+
+def test_ids_are_the_noun_lowercased_and_base62_and_never_repeat(store: Store) -> None:
+    ids = [contact(store)["$id"] for _ in range(20)]
+    assert len(set(ids)) == 20
+    assert all(re.fullmatch(r"contact_[A-Za-z0-9]{9,}", i) for i in ids)
+    org = create(store, "Organization", {"name": "Acme"})["entity"]["$id"]
+    assert re.fullmatch(r"organization_[A-Za-z0-9]{9,}", org)
+
+
+def test_create_refuses_an_id(store: Store) -> None:
+    with pytest.raises(HeadlesslyError):
+        store.do(
+            TENANT, AGENT, {"action": "create", "type": "Contact", "id": "contact_aaaaaaaaaaaa", "data": {"name": "A"}}
+        )
+    assert event_count(store) == 0
+
+
+def test_create_without_a_required_field_is_refused_naming_it(store: Store) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create(store, "Deal", {"name": "No value"})
+    assert exc.value.code == "validation_error"
+    assert "value" in exc.value.message
+    assert event_count(store) == 0
+
+
+def test_values_of_the_wrong_type_or_outside_the_enum_are_refused(store: Store) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create(store, "Deal", {"name": "D", "value": "lots"})
+    assert "value" in exc.value.message
+    with pytest.raises(ValidationFailed) as exc:
+        contact(store, stage="Prospect")
+    assert "stage" in exc.value.message
+    with pytest.raises(ValidationFailed) as exc:
+        contact(store, email="not an email")
+    assert "email" in exc.value.message
+    with pytest.raises(ValidationFailed) as exc:
+        contact(store, nickname="Al")
+    assert "nickname" in exc.value.message
+    assert event_count(store) == 0
+
+
+# ---- update ---------------------------------------------------------------------------------------
+
+
+def test_update_merges_data_into_the_entity(store: Store, clock: Any) -> None:
+    alice = contact(store, email="alice@startup.io", phone="+1 555 0100")
+    clock.advance(60)
+    result = store.do(
+        TENANT, OTHER, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "CTO"}}
+    )
+    entity = result["entity"]
+    assert fields(entity) == {
+        "name": "Alice",
+        "email": "alice@startup.io",
+        "phone": "+1 555 0100",
+        "stage": "Lead",
+        "title": "CTO",
+    }
+    assert entity["$version"] == 2
+    assert entity["$createdBy"] == AGENT
+    assert entity["$updatedBy"] == OTHER
+    assert entity["$createdAt"] == "2026-01-15T10:00:00.000000Z"
+    assert entity["$updatedAt"] == "2026-01-15T10:01:00.000000Z"
+    (event,) = result["events"]
+    assert event["type"] == "Contact.Updated"
+    assert event["actor"] == OTHER
+    assert event["version"] == 2
+    assert event["data"] == {"title": "null -> CTO"}
+    assert event["changes"] == {"title": {"from": None, "to": "CTO"}}
+    assert store.get(TENANT, "Contact", alice["$id"]) == entity
+
+
+def test_update_renders_non_string_values_as_json_in_data(store: Store) -> None:
+    deal = create(store, "Deal", {"name": "D", "value": 1000})["entity"]
+    result = store.do(TENANT, AGENT, {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": 2500.5}})
+    (event,) = result["events"]
+    assert event["data"] == {"value": "1000 -> 2500.5"}
+    assert event["changes"] == {"value": {"from": 1000, "to": 2500.5}}
+
+
+def test_update_with_null_removes_the_field(store: Store) -> None:
+    alice = contact(store, phone="+1 555 0100")
+    result = store.do(
+        TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"phone": None}}
+    )
+    assert "phone" not in result["entity"]
+    assert "phone" not in store.get(TENANT, "Contact", alice["$id"])
+    (event,) = result["events"]
+    assert event["data"] == {"phone": "+1 555 0100 -> null"}
+    assert event["changes"] == {"phone": {"from": "+1 555 0100", "to": None}}
+
+
+def test_an_update_that_changes_nothing_appends_nothing_and_says_unchanged(store: Store) -> None:
+    alice = contact(store, title="CTO")
+    before = event_count(store)
+    for data in ({"title": "CTO"}, {"name": "Alice", "stage": "Lead"}, {"phone": None}, {}):
+        result = store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": data})
+        assert result["unchanged"] is True
+        assert result["events"] == []
+        assert result["entity"]["$version"] == 1
+    assert event_count(store) == before
+    assert store.get(TENANT, "Contact", alice["$id"]) == alice
+
+
+def test_removing_a_required_field_is_refused(store: Store) -> None:
+    alice = contact(store)
+    with pytest.raises(ValidationFailed) as exc:
+        store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"name": None}})
+    assert "name" in exc.value.message
+    assert store.get(TENANT, "Contact", alice["$id"]) == alice
+    assert event_count(store) == 1
+
+
+def test_dollar_keys_in_data_are_refused_naming_the_key(store: Store) -> None:
+    alice = contact(store)
+    for key in ("$version", "$createdBy", "$id", "$deletedAt"):
+        with pytest.raises(ValidationFailed) as exc:
+            create(store, "Contact", {"name": "Alice", key: "x"})
+        assert key in exc.value.message
+        with pytest.raises(ValidationFailed) as exc:
+            store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {key: "x"}})
+        assert key in exc.value.message
+    assert store.get(TENANT, "Contact", alice["$id"]) == alice
+    assert event_count(store) == 1
+
+
+# ---- verbs ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("verb", "past"), [("close", "Closed"), ("win", "Won"), ("lose", "Lost")])
+def test_a_deal_verb_sets_the_stage_to_its_past_tense(store: Store, verb: str, past: str) -> None:
+    deal = create(store, "Deal", {"name": "D", "value": 10})["entity"]
+    result = store.do(TENANT, AGENT, {"action": verb, "type": "Deal", "id": deal["$id"]})
+    assert result["entity"]["stage"] == past
+    assert result["entity"]["$version"] == 2
+    (event,) = result["events"]
+    assert event["type"] == f"Deal.{past}"
+    assert event["data"] == {"stage": f"Prospecting -> {past}"}
+    assert event["changes"] == {"stage": {"from": "Prospecting", "to": past}}
+
+
+def test_qualify_sets_the_contact_stage(store: Store) -> None:
+    alice = contact(store)
+    result = store.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["$id"]})
+    assert result["entity"]["stage"] == "Qualified"
+    assert store.get(TENANT, "Contact", alice["$id"])["stage"] == "Qualified"
+    assert [e["type"] for e in result["events"]] == ["Contact.Qualified"]
+
+
+def test_a_verb_always_appends_its_event_even_when_nothing_changes(store: Store) -> None:
+    alice = contact(store, stage="Qualified")
+    result = store.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["$id"]})
+    assert "unchanged" not in result
+    (event,) = result["events"]
+    assert event["type"] == "Contact.Qualified"
+    assert event["version"] == 2
+    assert event["data"] == {}
+    assert result["entity"]["$version"] == 2
+    again = store.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["$id"]})
+    assert again["events"][0]["version"] == 3
+    assert event_count(store) == 3
+
+
+def test_a_verb_with_data_applies_it_in_the_same_event(store: Store) -> None:
+    alice = contact(store)
+    result = store.do(
+        TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["$id"], "data": {"title": "CTO"}}
+    )
+    assert result["entity"]["stage"] == "Qualified"
+    assert result["entity"]["title"] == "CTO"
+    assert result["entity"]["$version"] == 2
+    (event,) = result["events"]
+    assert event["type"] == "Contact.Qualified"
+    assert event["data"] == {"stage": "Lead -> Qualified", "title": "null -> CTO"}
+    assert event_count(store) == 2
+
+
+def test_a_verb_whose_past_tense_is_in_no_enum_appends_its_own_event_type(store: Store) -> None:
+    alice = contact(store)
+    result = store.do(TENANT, AGENT, {"action": "capture", "type": "Contact", "id": alice["$id"]})
+    (event,) = result["events"]
+    assert event["type"] == "Contact.Captured"
+    assert event["version"] == 2
+    assert fields(result["entity"]) == fields(alice)
+    deal = create(store, "Deal", {"name": "D", "value": 1})["entity"]
+    advanced = store.do(TENANT, AGENT, {"action": "advance", "type": "Deal", "id": deal["$id"]})
+    assert advanced["events"][0]["type"] == "Deal.Advanced"
+    assert advanced["entity"]["stage"] == "Prospecting"
+
+
+def test_a_verb_with_invalid_data_is_refused_and_writes_nothing(store: Store) -> None:
+    alice = contact(store)
+    with pytest.raises(ValidationFailed):
+        store.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["$id"], "data": {"email": "nope"}})
+    assert store.get(TENANT, "Contact", alice["$id"]) == alice
+
+
+# ---- delete ---------------------------------------------------------------------------------------
+
+
+def test_delete_is_soft_it_appends_an_event_and_marks_the_entity(store: Store, clock: Any) -> None:
+    alice = contact(store)
+    clock.advance(30)
+    result = store.do(TENANT, OTHER, {"action": "delete", "type": "Contact", "id": alice["$id"]})
+    (event,) = result["events"]
+    assert event["type"] == "Contact.Deleted"
+    assert event["actor"] == OTHER
+    assert event["version"] == 2
+    entity = result["entity"]
+    assert entity["$deletedAt"] == "2026-01-15T10:00:30.000000Z"
+    assert entity["$deletedBy"] == OTHER
+    assert entity["$version"] == 2
+    assert fields(entity) == fields(alice)
+
+    with pytest.raises(NotFound) as exc:
+        store.get(TENANT, "Contact", alice["$id"])
+    assert "2026-01-15T10:00:30.000000Z" in exc.value.message
+    assert OTHER in exc.value.message
+
+    history = store.events(TENANT, filter={"target": alice["$id"]})
+    assert [e["type"] for e in history["results"]] == ["Contact.Created", "Contact.Deleted"]
+    assert store.find(TENANT, "Contact")["total"] == 0
+    with_deleted = store.find(TENANT, "Contact", include_deleted=True)
+    assert [e["$id"] for e in with_deleted["results"]] == [alice["$id"]]
+    assert store.get(TENANT, "Contact", alice["$id"], as_of="2026-01-15T10:00:10Z") == alice
+
+
+@pytest.mark.parametrize("action", ["update", "delete", "qualify"])
+def test_writes_to_a_deleted_entity_are_not_found(store: Store, action: str) -> None:
+    alice = contact(store)
+    store.do(TENANT, AGENT, {"action": "delete", "type": "Contact", "id": alice["$id"]})
+    request: dict[str, Any] = {"action": action, "type": "Contact", "id": alice["$id"]}
+    if action == "update":
+        request["data"] = {"title": "CTO"}
+    with pytest.raises(NotFound) as exc:
+        store.do(TENANT, AGENT, request)
+    assert exc.value.code == "not_found"
+    assert event_count(store) == 2
+
+
+def test_writes_to_an_entity_that_never_existed_are_not_found(store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": "contact_aaaaaaaaaaaa", "data": {"x": 1}})
+    with pytest.raises(NotFound):
+        store.get(TENANT, "Contact", "contact_aaaaaaaaaaaa")
+
+
+# ---- ifVersion ------------------------------------------------------------------------------------
+
+
+def test_if_version_mismatch_is_a_version_conflict_giving_the_current_version(store: Store) -> None:
+    alice = contact(store)
+    store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "CTO"}})
+    with pytest.raises(VersionConflict) as exc:
+        store.do(
+            TENANT,
+            AGENT,
+            {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "CEO"}, "ifVersion": 1},
+        )
+    assert exc.value.code == "version_conflict"
+    assert exc.value.details["currentVersion"] == 2
+    assert store.get(TENANT, "Contact", alice["$id"])["title"] == "CTO"
+
+    for action in ("qualify", "delete"):
+        with pytest.raises(VersionConflict):
+            store.do(TENANT, AGENT, {"action": action, "type": "Contact", "id": alice["$id"], "ifVersion": 3})
+    assert event_count(store) == 2
+
+
+def test_a_matching_if_version_lets_the_write_through(store: Store) -> None:
+    alice = contact(store)
+    result = store.do(
+        TENANT,
+        AGENT,
+        {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "CEO"}, "ifVersion": 1},
+    )
+    assert result["entity"]["$version"] == 2
+    assert result["entity"]["title"] == "CEO"
+
+
+# ---- idempotency ----------------------------------------------------------------------------------
+
+
+def test_the_same_idempotency_key_from_the_same_actor_returns_the_first_result_and_writes_nothing(
+    store: Store,
+) -> None:
+    request = {"action": "create", "type": "Contact", "data": {"name": "Alice"}, "idempotencyKey": "k-1"}
+    first = store.do(TENANT, AGENT, request)
+    second = store.do(TENANT, AGENT, request)
+    assert second.get("replayed") is True
+    assert second["entity"] == first["entity"]
+    assert second["events"] == first["events"]
+    assert event_count(store) == 1
+    assert store.find(TENANT, "Contact")["total"] == 1
+
+
+def test_an_idempotent_update_is_not_applied_twice(store: Store) -> None:
+    deal = create(store, "Deal", {"name": "D", "value": 1})["entity"]
+    request = {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": 2}, "idempotencyKey": "bump"}
+    store.do(TENANT, AGENT, request)
+    store.do(TENANT, AGENT, {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": 3}})
+    replay = store.do(TENANT, AGENT, request)
+    assert replay["replayed"] is True
+    assert replay["entity"]["value"] == 2
+    assert store.get(TENANT, "Deal", deal["$id"])["value"] == 3
+    assert event_count(store) == 3
+
+
+def test_the_same_idempotency_key_from_another_actor_writes(store: Store) -> None:
+    request = {"action": "create", "type": "Contact", "data": {"name": "Alice"}, "idempotencyKey": "k-1"}
+    first = store.do(TENANT, AGENT, request)
+    second = store.do(TENANT, OTHER, request)
+    assert "replayed" not in second
+    assert second["entity"]["$id"] != first["entity"]["$id"]
+    assert second["entity"]["$createdBy"] == OTHER
+    assert event_count(store) == 2
+
+
+def test_a_refused_write_does_not_burn_its_idempotency_key(store: Store) -> None:
+    request: dict[str, Any] = {"action": "create", "type": "Deal", "data": {"name": "D"}, "idempotencyKey": "k"}
+    with pytest.raises(ValidationFailed):
+        store.do(TENANT, AGENT, request)
+    request["data"] = {"name": "D", "value": 5}
+    result = store.do(TENANT, AGENT, request)
+    assert "replayed" not in result
+    assert result["entity"]["value"] == 5
+
+
+# ---- reason, dryRun -------------------------------------------------------------------------------
+
+
+def test_the_reason_is_stored_on_the_event(store: Store) -> None:
+    alice = contact(store)
+    result = store.do(
+        TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["$id"], "reason": "replied to pricing"}
+    )
+    event_id = result["events"][0]["id"]
+    assert result["events"][0]["reason"] == "replied to pricing"
+    assert store.event(TENANT, event_id)["reason"] == "replied to pricing"
+    assert store.events(TENANT, filter={"target": alice["$id"]})["results"][1]["reason"] == "replied to pricing"
+
+
+def test_dry_run_create_returns_the_would_be_entity_and_events_and_writes_nothing(store: Store) -> None:
+    result = store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}, "dryRun": True})
+    assert result["dryRun"] is True
+    entity = result["entity"]
+    assert re.fullmatch(r"contact_[A-Za-z0-9]{9,}", entity["$id"])
+    assert entity["stage"] == "Lead"
+    assert entity["$version"] == 1
+    assert [e["type"] for e in result["events"]] == ["Contact.Created"]
+    assert event_count(store) == 0
+    assert store.find(TENANT, "Contact")["total"] == 0
+    with pytest.raises(NotFound):
+        store.get(TENANT, "Contact", entity["$id"])
+
+
+def test_dry_run_update_shows_the_change_and_leaves_the_entity_alone(store: Store) -> None:
+    alice = contact(store)
+    result = store.do(
+        TENANT,
+        AGENT,
+        {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "CTO"}, "dryRun": True},
+    )
+    assert result["dryRun"] is True
+    assert result["entity"]["title"] == "CTO"
+    assert result["entity"]["$version"] == 2
+    assert result["events"][0]["data"] == {"title": "null -> CTO"}
+    assert store.get(TENANT, "Contact", alice["$id"]) == alice
+    assert event_count(store) == 1
+    real = store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "X"}})
+    assert real["events"][0]["seq"] == 2
+
+
+def test_dry_run_is_still_validated(store: Store) -> None:
+    with pytest.raises(ValidationFailed):
+        store.do(TENANT, AGENT, {"action": "create", "type": "Deal", "data": {"name": "D"}, "dryRun": True})
+
+
+# ---- unique fields --------------------------------------------------------------------------------
+
+
+def test_a_unique_field_is_refused_when_taken_naming_the_other_entity(store: Store) -> None:
+    alice = contact(store, email="alice@startup.io")
+    with pytest.raises(ValidationFailed) as exc:
+        create(store, "Contact", {"name": "Alice 2", "email": "alice@startup.io"})
+    assert alice["$id"] in exc.value.message
+    bob = contact(store, email="bob@startup.io")
+    with pytest.raises(ValidationFailed) as exc:
+        store.do(
+            TENANT,
+            AGENT,
+            {"action": "update", "type": "Contact", "id": bob["$id"], "data": {"email": "alice@startup.io"}},
+        )
+    assert alice["$id"] in exc.value.message
+    assert store.get(TENANT, "Contact", bob["$id"])["email"] == "bob@startup.io"
+    assert event_count(store) == 2
+
+
+def test_a_unique_value_is_freed_when_its_entity_is_deleted_or_changes(store: Store) -> None:
+    alice = contact(store, email="alice@startup.io")
+    store.do(TENANT, AGENT, {"action": "delete", "type": "Contact", "id": alice["$id"]})
+    again = contact(store, email="alice@startup.io")
+    assert again["$id"] != alice["$id"]
+    store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": again["$id"], "data": {"email": "a2@x.io"}})
+    third = contact(store, email="alice@startup.io")
+    assert third["email"] == "alice@startup.io"
+
+
+def test_an_organization_domain_is_unique_too(store: Store) -> None:
+    first = create(store, "Organization", {"name": "Acme", "domain": "acme.com"})["entity"]
+    with pytest.raises(ValidationFailed) as exc:
+        create(store, "Organization", {"name": "Acme 2", "domain": "acme.com"})
+    assert first["$id"] in exc.value.message
+
+
+# ---- relationships --------------------------------------------------------------------------------
+
+
+def test_a_relationship_to_an_existing_live_entity_of_the_right_noun_is_accepted(store: Store) -> None:
+    org = create(store, "Organization", {"name": "Acme"})["entity"]
+    alice = contact(store, organization=org["$id"])
+    assert alice["organization"] == org["$id"]
+    assert store.get(TENANT, "Contact", alice["$id"], include=["organization"])["organization"]["$id"] == org["$id"]
+
+
+def test_a_relationship_to_a_missing_entity_is_refused(store: Store) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        contact(store, organization="organization_aaaaaaaaaaaa")
+    assert "organization_aaaaaaaaaaaa" in exc.value.message
+    assert event_count(store) == 0
+
+
+def test_a_relationship_to_another_noun_is_refused(store: Store) -> None:
+    deal = create(store, "Deal", {"name": "D", "value": 1})["entity"]
+    with pytest.raises(ValidationFailed) as exc:
+        contact(store, organization=deal["$id"])
+    assert "organization" in exc.value.message
+    assert event_count(store) == 1
+
+
+def test_a_relationship_to_a_deleted_entity_is_refused(store: Store) -> None:
+    org = create(store, "Organization", {"name": "Acme"})["entity"]
+    store.do(TENANT, AGENT, {"action": "delete", "type": "Organization", "id": org["$id"]})
+    with pytest.raises(ValidationFailed) as exc:
+        contact(store, organization=org["$id"])
+    assert org["$id"] in exc.value.message
+    alice = contact(store)
+    with pytest.raises(ValidationFailed):
+        store.do(
+            TENANT,
+            AGENT,
+            {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"organization": org["$id"]}},
+        )
+    assert "organization" not in store.get(TENANT, "Contact", alice["$id"])
+
+
+def test_a_relationship_in_another_tenant_does_not_count(store: Store) -> None:
+    org = store.do("other", AGENT, {"action": "create", "type": "Organization", "data": {"name": "Acme"}})["entity"]
+    with pytest.raises(ValidationFailed):
+        contact(store, organization=org["$id"])
+
+
+# ---- refusals of the request itself ---------------------------------------------------------------
+
+
+def test_an_unknown_type_is_invalid_type_listing_the_nouns(store: Store) -> None:
+    with pytest.raises(InvalidType) as exc:
+        create(store, "Person", {"name": "Alice"})
+    assert exc.value.code == "invalid_type"
+    said = exc.value.message + " " + exc.value.hint
+    assert "Person" in said
+    for noun in ("Contact", "Deal", "Organization"):
+        assert noun in said
+    with pytest.raises(InvalidType):
+        store.get(TENANT, "Person", "person_aaaaaaaaaaaa")
+
+
+def test_an_unknown_action_is_unknown_verb_listing_the_verbs(store: Store) -> None:
+    alice = contact(store)
+    with pytest.raises(UnknownVerb) as exc:
+        store.do(TENANT, AGENT, {"action": "promote", "type": "Contact", "id": alice["$id"]})
+    assert exc.value.code == "unknown_verb"
+    said = exc.value.message + " " + exc.value.hint
+    assert "promote" in said
+    for verb in ("qualify", "capture", "assign", "merge", "enrich"):
+        assert verb in said
+    with pytest.raises(UnknownVerb):
+        store.do(TENANT, AGENT, {"action": "win", "type": "Contact", "id": alice["$id"]})
+    assert event_count(store) == 1
+
+
+def test_a_malformed_id_is_invalid_id(store: Store) -> None:
+    for bad_id in ("nonsense", "contact_", "contact_short", "contact_has space!", "Contact_aaaaaaaaaaaa", ""):
+        with pytest.raises(InvalidId) as exc:
+            store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": bad_id, "data": {"title": "x"}})
+        assert exc.value.code == "invalid_id"
+        with pytest.raises(InvalidId):
+            store.get(TENANT, "Contact", bad_id)
+    assert event_count(store) == 0
+
+
+def test_an_id_with_a_trailing_newline_is_invalid_id(store: Store) -> None:
+    alice = contact(store)
+    with pytest.raises(InvalidId):
+        store.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["$id"] + "\n"})
+    with pytest.raises(InvalidId):
+        store.get(TENANT, "Contact", alice["$id"] + "\n")
+    assert event_count(store) == 1
+
+
+def test_an_id_of_another_noun_is_invalid_id(store: Store) -> None:
+    deal = create(store, "Deal", {"name": "D", "value": 1})["entity"]
+    with pytest.raises(InvalidId) as exc:
+        store.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": deal["$id"]})
+    assert "Contact" in exc.value.message + exc.value.hint
+    with pytest.raises(InvalidId):
+        store.get(TENANT, "Contact", deal["$id"])
+    assert store.get(TENANT, "Deal", deal["$id"])["$version"] == 1
+
+
+def test_an_unknown_key_in_an_operation_is_a_validation_error_naming_it(store: Store) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "A"}, "colour": "red"})
+    assert "colour" in exc.value.message
+    assert event_count(store) == 0
+
+
+BAD_TENANTS = ["../x", "a/b", "CON", "con", "", "a" * 200, "Upper", "-lead", "a.b", "nul", "lpt1", "acme\x00"]
+
+
+def test_a_bad_tenant_name_is_invalid_tenant_and_touches_no_file(tmp_path: Path, store: Store) -> None:
+    for tenant in BAD_TENANTS:
+        with pytest.raises(InvalidTenant) as exc:
+            store.do(tenant, AGENT, {"action": "create", "type": "Contact", "data": {"name": "A"}})
+        assert exc.value.code == "invalid_tenant"
+        with pytest.raises(InvalidTenant):
+            store.get(tenant, "Contact", "contact_aaaaaaaaaaaa")
+        with pytest.raises(InvalidTenant):
+            store.find(tenant, "Contact")
+        with pytest.raises(InvalidTenant):
+            store.events(tenant)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert store.tenants() == []
+
+
+def test_a_tenant_name_with_a_trailing_newline_is_invalid_tenant(tmp_path: Path, store: Store) -> None:
+    with pytest.raises(InvalidTenant):
+        store.do("acme\n", AGENT, {"action": "create", "type": "Contact", "data": {"name": "A"}})
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_a_good_tenant_name_gets_its_own_file(tmp_path: Path, store: Store) -> None:
+    store.do("acme-2", AGENT, {"action": "create", "type": "Contact", "data": {"name": "A"}})
+    assert (tmp_path / "data" / "tenants" / "acme-2.db").is_file()
+    assert store.tenants() == ["acme-2"]
+
+
+def test_a_bad_actor_is_invalid_actor_and_writes_nothing(store: Store) -> None:
+    for actor in ("bob", "agent_", "robot_x", "agent_a b", "", "Agent_x", "agent_" + "x" * 65):
+        with pytest.raises(InvalidActor) as exc:
+            store.do(TENANT, actor, {"action": "create", "type": "Contact", "data": {"name": "A"}})
+        assert exc.value.code == "invalid_actor"
+    assert event_count(store) == 0
+
+
+def test_an_actor_with_a_trailing_newline_is_invalid_actor(store: Store) -> None:
+    with pytest.raises(InvalidActor):
+        store.do(TENANT, "user_bob\n", {"action": "create", "type": "Contact", "data": {"name": "A"}})
+    assert event_count(store) == 0
+
+
+def test_good_actors_are_recorded_on_the_event(store: Store) -> None:
+    for actor in ("agent_mR4nVkTw", "user_bob", "system_cron", "agent_a-b_c", "agent_" + "x" * 64):
+        result = store.do(TENANT, actor, {"action": "create", "type": "Contact", "data": {"name": "A"}})
+        assert result["events"][0]["actor"] == actor
+        assert result["entity"]["$createdBy"] == actor
+    assert event_count(store) == 5
+
+
+def test_timestamps_are_rfc3339_utc_with_microseconds(store: Store, clock: Any) -> None:
+    clock.advance(0.000123)
+    alice = contact(store)
+    assert RFC3339_US.match(alice["$createdAt"])
+    assert alice["$createdAt"] == "2026-01-15T10:00:00.000123Z"
