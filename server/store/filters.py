@@ -74,7 +74,9 @@ def entity_columns(noun: Noun) -> dict[str, Column]:
 class FilterCompiler:
     """Compiles one filter document into a WHERE clause and its parameters."""
 
-    def __init__(self, columns: dict[str, Column], what: str, glob_type: bool = False, keys_noun: str | None = None) -> None:
+    def __init__(
+        self, columns: dict[str, Column], what: str, glob_type: bool = False, keys_noun: str | None = None
+    ) -> None:
         self.columns = columns
         self.what = what
         self.glob_type = glob_type
@@ -108,11 +110,15 @@ class FilterCompiler:
                 joiner = " AND " if key == "$and" else " OR "
                 parts.append("(" + joiner.join(self._doc(v, depth + 1) for v in value) + ")")
             elif key.startswith("$") and key not in self.columns:
-                raise self._fail(f"unknown operator or field {key!r} at the top of a filter")
+                raise self._fail(
+                    f"unknown operator or field {key!r} at the top of a filter; fields of {self.what}: {', '.join(self.columns)}; combine with {', '.join(LOGICAL)}"
+                )
             else:
                 col = self.columns.get(key)
                 if col is None:
-                    raise self._fail(f"unknown field {key!r} for {self.what}")
+                    raise self._fail(
+                        f"unknown field {key!r} for {self.what}; its fields are: {', '.join(self.columns)}"
+                    )
                 parts.append(self._field(col, value))
         return "(" + " AND ".join(parts) + ")" if parts else "1"
 
@@ -136,7 +142,7 @@ class FilterCompiler:
                 raise self._fail(f"{col.name}: $exists takes true or false")
             return f"({col.sql} IS {'NOT ' if arg else ''}NULL)"
         if op not in OPERATORS:
-            raise self._fail(f"{col.name}: unknown operator {op!r}")
+            raise self._fail(f"{col.name}: unknown operator {op!r}; operators are: {', '.join(OPERATORS)}")
         if op == "$regex":
             if (
                 not isinstance(arg, str)
@@ -254,7 +260,9 @@ def parse_sort(sort: Any, columns: dict[str, Column], what: str, default: str) -
         name = part.lstrip("-+")
         col = columns.get(name)
         if col is None:
-            raise InvalidSort(f"cannot sort {what} by {name!r}: unknown field", hint=_sort_hint(columns))
+            raise InvalidSort(
+                f"cannot sort {what} by {name!r}: unknown field. {_sort_hint(columns)}", hint=_sort_hint(columns)
+            )
         if col.array or col.kind in ("json",):
             raise InvalidSort(
                 f"cannot sort by {name!r}: arrays and json fields have no order", hint=_sort_hint(columns)

@@ -160,9 +160,10 @@ class Mutator:
             return self.create(noun, op)
         verb = noun.verbs.get(op.action)
         if op.action not in CRUD_ACTIONS and verb is None:
+            valid = ", ".join([*CRUD_ACTIONS, *noun.verbs])
             raise UnknownVerb(
-                f"{noun.name} has no action {op.action!r}",
-                hint=f"Valid actions for {noun.name}: {', '.join([a for a in CRUD_ACTIONS] + list(noun.verbs))}.",
+                f"{noun.name} has no action {op.action!r}; its actions are: {valid}",
+                hint=f'Use one of: {valid}. fetch {{"type": "Schema", "id": "{noun.name}"}} shows what each verb sets.',
             )
         target = self.resolve_id(noun, op.id)
         if op.action == "update":
@@ -178,9 +179,11 @@ class Mutator:
 
     def noun(self, name: str | None) -> Noun:
         if name is None or name not in self.env.schemas:
+            valid = ", ".join(self.env.schemas.names())
             raise InvalidType(
-                f"unknown type {name!r}" if name is not None else "'type' is required for this action",
-                hint=f"Valid types: {', '.join(self.env.schemas.names())}.",
+                (f"unknown type {name!r}" if name is not None else "'type' is required for this action")
+                + f"; valid types: {valid}",
+                hint='Pass one of the nouns as type; fetch {"type": "Schema"} describes them.',
             )
         return self.env.schemas[name]
 

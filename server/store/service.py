@@ -135,8 +135,9 @@ class Store:
 
     def noun(self, name: Any) -> Noun:
         if not isinstance(name, str) or name not in self.schemas:
+            valid = ", ".join([*self.schemas.names(), "Event", "Schema"])
             raise InvalidType(
-                f"unknown type {name!r}", hint=f"Valid types: {', '.join(self.schemas.names())}, Event, Schema."
+                f"unknown type {name!r}; valid types: {valid}", hint='fetch {"type": "Schema"} describes every noun.'
             )
         return self.schemas[name]
 

@@ -35,6 +35,24 @@ class HeadlesslyMCP(MCPServer):
     """MCPServer whose argument-validation failures read like every other headlessly error."""
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        tool = self._tool_manager.get_tool(name)
+        known = set((tool.parameters.get("properties") or {}).keys()) if tool else set()
+        unknown = sorted(set(arguments or {}) - known) if tool else []
+        if unknown:
+            hint = (
+                "The tenant and the writing actor come from the connection, never from arguments."
+                if "tenant" in unknown
+                else ""
+            )
+            raise ToolError(
+                json.dumps(
+                    {
+                        "error": "validation_error",
+                        "message": f"{name}: unknown argument(s) {', '.join(repr(k) for k in unknown)}; valid arguments: {', '.join(sorted(known))}",
+                        "hint": hint or f"Remove {', '.join(unknown)}.",
+                    }
+                )
+            )
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
@@ -45,8 +63,7 @@ class HeadlesslyMCP(MCPServer):
             for err in cause.errors(include_url=False):
                 where = ".".join(str(p) for p in err["loc"]) or "(arguments)"
                 problems.append(f"'{where}': {err['msg']}")
-            tool = self._tool_manager.get_tool(name)
-            keys = sorted((tool.parameters.get("properties") or {}).keys()) if tool else []
+            keys = sorted(known)
             raise ToolError(
                 json.dumps(
                     {
@@ -371,6 +388,8 @@ def build_server(
             raise ResourceError(error_text(err)) from None
         return json.dumps(state)
 
+    for tool in mcp._tool_manager.list_tools():  # advertise what call_tool enforces: no unknown arguments
+        tool.parameters["additionalProperties"] = False
     return mcp
 
 

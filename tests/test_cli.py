@@ -1,0 +1,347 @@
+"""The `headlessly` console command, run as a real subprocess: token, events, verify and serve's refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.schema import SchemaSet
+from server.store import Store
+
+TENANT = "acme"
+AGENT = "agent_mR4nVkTw"
+BOB = "user_bob"
+
+
+def headlessly_command() -> str:
+    beside = Path(sys.executable).parent / "headlessly"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("headlessly")
+    assert found is not None, "the headlessly console script is not installed"
+    return found
+
+
+HEADLESSLY = headlessly_command()
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def lines(self) -> list[str]:
+        return [line for line in self.out.splitlines() if line.strip()]
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines()]
+
+
+def run(*args: str | Path, cwd: Path, data_dir: Path | None = None) -> Run:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADLESSLY_")}
+    argv = [HEADLESSLY, *map(str, args)]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+@dataclass
+class History:
+    alice: str
+    deal: str
+    events: list[dict[str, Any]]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def history(data_dir: Path, schemas: SchemaSet, clock: Any) -> History:
+    """Five events in tenant acme at known times, written and closed before the CLI opens the files."""
+    with Store(data_dir, schemas, clock=clock) as store:  # clock starts at 2026-01-15T10:00:00Z
+        alice = store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+        clock.advance(3600)
+        store.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["entity"]["$id"]})
+        clock.advance(86400)  # 2026-01-16T11:00:00Z
+        deal = store.do(TENANT, BOB, {"action": "create", "type": "Deal", "data": {"name": "Big", "value": 5000}})
+        clock.advance(60)
+        store.do(TENANT, BOB, {"action": "win", "type": "Deal", "id": deal["entity"]["$id"]})
+        clock.advance(60)
+        store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["entity"]["$id"], "data": {"title": "CTO"}})  # fmt: skip
+        events = store.events(TENANT)["results"]
+    return History(alice["entity"]["$id"], deal["entity"]["$id"], events)
+
+
+# ---- help ---------------------------------------------------------------------------------------
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    result = run("--help", cwd=tmp_path)
+    assert result.code == 0
+    commands = result.out.split("Commands:", 1)[1]
+    for command in ("serve", "token", "events", "verify"):
+        assert re.search(rf"^\s+{command}\s", commands, re.MULTILINE), command
+
+
+def test_serve_help_documents_the_transports_and_no_auth(tmp_path: Path) -> None:
+    result = run("serve", "--help", cwd=tmp_path)
+    assert result.code == 0
+    for option in ("--transport", "--host", "--port", "--no-auth", "--data-dir", "--tenant", "--actor", "--schemas"):
+        assert option in result.out
+    assert "stdio" in result.out and "http" in result.out and "sse" in result.out
+
+
+# ---- token --------------------------------------------------------------------------------------
+
+
+def test_token_create_list_and_revoke_round_trip(tmp_path: Path, data_dir: Path) -> None:
+    created = run("token", "create", "--tenant", TENANT, "--actor", AGENT, "--note", "laptop", cwd=tmp_path, data_dir=data_dir)  # fmt: skip
+    assert created.code == 0, created.err
+    (token,) = created.lines()
+    match = re.fullmatch(r"hly_([A-Za-z0-9]+)_([A-Za-z0-9_-]+)", token)
+    assert match is not None
+    token_id, secret = match.groups()
+    assert "not shown again" in created.err
+    assert secret not in created.err
+
+    reader = run("token", "create", "--tenant", TENANT, "--actor", "agent_reader", "--read-only", cwd=tmp_path, data_dir=data_dir)  # fmt: skip
+    assert reader.code == 0, reader.err
+    assert "read-only" in reader.err
+
+    listed = run("token", "list", "--json", cwd=tmp_path, data_dir=data_dir)
+    assert listed.code == 0, listed.err
+    rows = {row["id"]: row for row in listed.json_lines()}
+    assert len(rows) == 2
+    assert rows[token_id]["tenant"] == TENANT
+    assert rows[token_id]["actor"] == AGENT
+    assert rows[token_id]["readOnly"] is False
+    assert rows[token_id]["note"] == "laptop"
+    assert rows[token_id]["revokedAt"] is None
+    assert [r["readOnly"] for r in rows.values() if r["id"] != token_id] == [True]
+    assert secret not in listed.out
+
+    revoked = run("token", "revoke", token_id, cwd=tmp_path, data_dir=data_dir)
+    assert revoked.code == 0, revoked.err
+    assert token_id in revoked.out
+
+    after = run("token", "list", "--json", cwd=tmp_path, data_dir=data_dir)
+    assert token_id not in {row["id"] for row in after.json_lines()}
+    assert len(after.json_lines()) == 1
+    everything = {row["id"]: row for row in run("token", "list", "--all", "--json", cwd=tmp_path, data_dir=data_dir).json_lines()}  # fmt: skip
+    assert everything[token_id]["revokedAt"] is not None
+
+    assert secret.encode() not in (data_dir / "tokens.db").read_bytes()
+
+
+def test_token_list_as_a_table_and_per_tenant(tmp_path: Path, data_dir: Path) -> None:
+    run("token", "create", "--tenant", "acme", "--actor", AGENT, cwd=tmp_path, data_dir=data_dir)
+    run("token", "create", "--tenant", "globex", "--actor", "agent_other", cwd=tmp_path, data_dir=data_dir)
+    table = run("token", "list", cwd=tmp_path, data_dir=data_dir)
+    assert table.code == 0
+    header, *rows = table.lines()
+    assert header.split()[:3] == ["id", "tenant", "actor"]
+    assert len(rows) == 2
+    only_acme = run("token", "list", "--tenant", "acme", "--json", cwd=tmp_path, data_dir=data_dir).json_lines()
+    assert [row["tenant"] for row in only_acme] == ["acme"]
+
+
+def test_a_created_token_is_accepted_by_the_token_store(tmp_path: Path, data_dir: Path) -> None:
+    from server.auth.tokens import TokenStore
+
+    created = run("token", "create", "--tenant", TENANT, "--actor", AGENT, "--read-only", cwd=tmp_path, data_dir=data_dir)  # fmt: skip
+    tokens = TokenStore(data_dir)
+    try:
+        info = tokens.verify(created.lines()[0])
+    finally:
+        tokens.close()
+    assert info is not None
+    assert (info.tenant, info.actor, info.read_only) == (TENANT, AGENT, True)
+
+
+def test_revoking_an_unknown_token_fails_with_a_message(tmp_path: Path, data_dir: Path) -> None:
+    result = run("token", "revoke", "nosuchtoken", cwd=tmp_path, data_dir=data_dir)
+    assert result.code != 0
+    assert "nosuchtoken" in result.err
+    assert "Traceback" not in result.err
+
+
+@pytest.mark.parametrize(
+    ("tenant", "actor"), [("Bad_Tenant", AGENT), ("../etc", AGENT), (TENANT, "alice"), (TENANT, "agent_a b")]
+)
+def test_token_create_refuses_a_bad_tenant_or_actor(tmp_path: Path, data_dir: Path, tenant: str, actor: str) -> None:
+    result = run("token", "create", "--tenant", tenant, "--actor", actor, cwd=tmp_path, data_dir=data_dir)
+    assert result.code == 2
+    assert result.out == ""
+    assert "Traceback" not in result.err
+    assert "invalid" in result.err
+    listed = run("token", "list", "--all", "--json", cwd=tmp_path, data_dir=data_dir)
+    assert listed.json_lines() == []
+
+
+# ---- events -------------------------------------------------------------------------------------
+
+
+def test_events_json_prints_every_event_of_the_tenant_in_order(
+    tmp_path: Path, data_dir: Path, history: History
+) -> None:
+    result = run("events", "--tenant", TENANT, "--json", cwd=tmp_path, data_dir=data_dir)
+    assert result.code == 0, result.err
+    assert result.json_lines() == history.events
+    assert [e["seq"] for e in result.json_lines()] == [1, 2, 3, 4, 5]
+
+
+def test_events_table_shows_one_row_per_event(tmp_path: Path, data_dir: Path, history: History) -> None:
+    result = run("events", "--tenant", TENANT, cwd=tmp_path, data_dir=data_dir)
+    assert result.code == 0, result.err
+    header, *rows = result.lines()
+    assert header.split() == ["seq", "timestamp", "type", "target", "v", "actor", "data"]
+    assert len(rows) == 5
+    assert rows[0].split()[:6] == ["1", "2026-01-15T10:00:00.000000Z", "Contact.Created", history.alice, "1", AGENT]
+    assert rows[3].split()[:6] == ["4", "2026-01-16T11:01:00.000000Z", "Deal.Won", history.deal, "2", BOB]
+
+
+def test_events_filter_by_type_glob(tmp_path: Path, data_dir: Path, history: History) -> None:
+    deals = run("events", "--tenant", TENANT, "--type", "Deal.*", "--json", cwd=tmp_path, data_dir=data_dir)
+    assert [e["type"] for e in deals.json_lines()] == ["Deal.Created", "Deal.Won"]
+    qualified = run("events", "--tenant", TENANT, "--type", "*.Qualified", "--json", cwd=tmp_path, data_dir=data_dir)
+    assert [e["target"] for e in qualified.json_lines()] == [history.alice]
+    exact = run("events", "--tenant", TENANT, "--type", "Contact.Updated", "--json", cwd=tmp_path, data_dir=data_dir)
+    assert [e["seq"] for e in exact.json_lines()] == [5]
+
+
+def test_events_filter_by_actor_and_target(tmp_path: Path, data_dir: Path, history: History) -> None:
+    by_bob = run("events", "--tenant", TENANT, "--actor", BOB, "--json", cwd=tmp_path, data_dir=data_dir)
+    assert [e["seq"] for e in by_bob.json_lines()] == [3, 4]
+    assert {e["actor"] for e in by_bob.json_lines()} == {BOB}
+    alice = run("events", "--tenant", TENANT, "--target", history.alice, "--json", cwd=tmp_path, data_dir=data_dir)
+    assert [e["version"] for e in alice.json_lines()] == [1, 2, 3]
+
+
+def test_events_filter_by_time_window(tmp_path: Path, data_dir: Path, history: History) -> None:
+    since = run("events", "--tenant", TENANT, "--since", "2026-01-16", "--json", cwd=tmp_path, data_dir=data_dir)
+    assert [e["seq"] for e in since.json_lines()] == [3, 4, 5]
+    window = run(
+        "events", "--tenant", TENANT, "--since", "2026-01-15T10:30:00Z", "--until", "2026-01-16T11:00:00Z", "--json",
+        cwd=tmp_path, data_dir=data_dir,
+    )  # fmt: skip
+    assert [e["seq"] for e in window.json_lines()] == [2, 3]
+
+
+def test_events_newest_first_limit_and_filter_json(tmp_path: Path, data_dir: Path, history: History) -> None:
+    newest = run("events", "--tenant", TENANT, "--newest-first", "--limit", "2", "--json", cwd=tmp_path, data_dir=data_dir)  # fmt: skip
+    assert [e["seq"] for e in newest.json_lines()] == [5, 4]
+    later_versions = run(
+        "events", "--tenant", TENANT, "--filter", '{"version": {"$gt": 1}}', "--json", cwd=tmp_path, data_dir=data_dir
+    )
+    assert [e["seq"] for e in later_versions.json_lines()] == [2, 4, 5]
+
+
+def test_events_of_a_missing_tenant_or_with_a_bad_filter_fail_cleanly(
+    tmp_path: Path, data_dir: Path, history: History
+) -> None:
+    missing = run("events", "--tenant", "nobody", cwd=tmp_path, data_dir=data_dir)
+    assert missing.code == 2
+    assert "nobody" in missing.err
+    bad_json = run("events", "--tenant", TENANT, "--filter", "{not json", cwd=tmp_path, data_dir=data_dir)
+    assert bad_json.code == 2
+    assert "--filter" in bad_json.err
+    bad_field = run("events", "--tenant", TENANT, "--filter", '{"name": "x"}', cwd=tmp_path, data_dir=data_dir)
+    assert bad_field.code == 2
+    assert "invalid_filter" in bad_field.err
+    for result in (missing, bad_json, bad_field):
+        assert "Traceback" not in result.err
+    assert not (data_dir / "tenants" / "nobody.db").exists()
+
+
+# ---- verify -------------------------------------------------------------------------------------
+
+
+def test_verify_exits_0_on_a_healthy_tenant(tmp_path: Path, data_dir: Path, history: History) -> None:
+    result = run("verify", "--tenant", TENANT, cwd=tmp_path, data_dir=data_dir)
+    assert result.code == 0, result.out + result.err
+    assert f"{TENANT}: ok" in result.out
+    as_json = run("verify", "--tenant", TENANT, "--json", cwd=tmp_path, data_dir=data_dir)
+    assert as_json.code == 0
+    (report,) = as_json.json_lines()
+    assert report["ok"] is True
+    assert report["events"] == 5
+    assert report["entities"] == 2
+    assert report["problems"] == []
+
+
+def test_verify_exits_1_after_the_event_log_is_tampered_with(tmp_path: Path, data_dir: Path, history: History) -> None:
+    db = data_dir / "tenants" / f"{TENANT}.db"
+    conn = sqlite3.connect(db)
+    try:
+        with pytest.raises(sqlite3.DatabaseError):
+            conn.execute("UPDATE events SET actor = 'user_mallory' WHERE seq = 2")
+        triggers = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'")]  # fmt: skip
+        assert triggers
+        for name in triggers:
+            conn.execute(f'DROP TRIGGER "{name}"')
+        conn.execute("UPDATE events SET actor = 'user_mallory' WHERE seq = 2")
+        conn.commit()
+    finally:
+        conn.close()
+    result = run("verify", "--tenant", TENANT, cwd=tmp_path, data_dir=data_dir)
+    assert result.code == 1, result.out + result.err
+    assert "FAILED" in result.out
+    as_json = run("verify", "--tenant", TENANT, "--json", cwd=tmp_path, data_dir=data_dir)
+    assert as_json.code == 1
+    (report,) = as_json.json_lines()
+    assert report["ok"] is False
+    assert report["problems"]
+
+
+def test_verify_without_a_tenant_checks_every_tenant(
+    tmp_path: Path, data_dir: Path, schemas: SchemaSet, clock: Any
+) -> None:
+    with Store(data_dir, schemas, clock=clock) as store:
+        for tenant in ("acme", "globex"):
+            clock.advance(1)
+            store.do(tenant, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+    result = run("verify", "--json", cwd=tmp_path, data_dir=data_dir)
+    assert result.code == 0, result.err
+    assert sorted(r["tenant"] for r in result.json_lines()) == ["acme", "globex"]
+    assert all(r["ok"] for r in result.json_lines())
+
+
+# ---- serve refusals -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "example.com"])
+def test_serve_refuses_no_auth_on_a_non_loopback_host(tmp_path: Path, data_dir: Path, host: str) -> None:
+    result = run("serve", "--transport", "http", "--no-auth", "--host", host, "--port", "0", cwd=tmp_path, data_dir=data_dir)  # fmt: skip
+    assert result.code == 2
+    assert "loopback" in result.err
+    assert "Traceback" not in result.err
+
+
+@pytest.mark.parametrize("tenant", ["Bad_Tenant", "../etc", "-x"])
+def test_serve_refuses_a_bad_tenant(tmp_path: Path, data_dir: Path, tenant: str) -> None:
+    result = run("serve", f"--tenant={tenant}", cwd=tmp_path, data_dir=data_dir)
+    assert result.code == 2
+    assert "tenant" in result.err
+    assert "Traceback" not in result.err
+    assert not (data_dir / "tenants").exists() or not any((data_dir / "tenants").iterdir())
+
+
+def test_serve_refuses_a_bad_actor(tmp_path: Path, data_dir: Path) -> None:
+    result = run("serve", "--actor", "robot", cwd=tmp_path, data_dir=data_dir)
+    assert result.code == 2
+    assert "actor" in result.err
+    assert "Traceback" not in result.err

@@ -1,0 +1,440 @@
+"""Every CONTRACT error code reaches the agent as a tool error whose text is {"error", "message", "hint"}."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client, Implementation
+from mcp_types import CallToolResult
+
+from server.auth.identity import LocalIdentity, TokenVerifier
+from server.auth.tokens import TokenStore
+from server.store import Store
+from server.tools.app import build_server
+
+TENANT = "acme"
+ACTOR = "agent_tester"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@asynccontextmanager
+async def connect(store: Store) -> AsyncIterator[Client]:
+    server = build_server(store, LocalIdentity(TENANT, ACTOR))
+    async with Client(server, client_info=Implementation(name="error tests", version="1")) as client:
+        yield client
+
+
+def check_error(result: CallToolResult, code: str) -> dict[str, Any]:
+    """The parsed CONTRACT error of a tool error, after checking its shape and code."""
+    assert result.is_error is True, result.structured_content
+    assert len(result.content) >= 1
+    text = result.content[0].text  # type: ignore[union-attr]
+    body: dict[str, Any] = json.loads(text)
+    assert {"error", "message", "hint"} <= body.keys(), body
+    assert body["error"] == code, body
+    assert isinstance(body["message"], str) and body["message"].strip()
+    assert isinstance(body["hint"], str) and body["hint"].strip()
+    assert "Traceback" not in text
+    assert 'File "' not in text
+    return body
+
+
+def create_contact(store: Store, **data: Any) -> dict[str, Any]:
+    return store.do(TENANT, ACTOR, {"action": "create", "type": "Contact", "data": {"name": "Alice", **data}})["entity"]
+
+
+def event_count(store: Store) -> int:
+    return store.events(TENANT)["total"] if TENANT in store.tenants() else 0
+
+
+# ---- not_found ----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_an_unknown_entity_is_not_found(store: Store) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool("fetch", {"type": "Contact", "id": "contact_doesNotExist1"})
+    body = check_error(result, "not_found")
+    assert "contact_doesNotExist1" in body["message"]
+
+
+@pytest.mark.anyio
+async def test_an_unknown_event_is_not_found(store: Store) -> None:
+    create_contact(store)
+    async with connect(store) as client:
+        result = await client.call_tool("fetch", {"type": "Event", "id": "evt_doesNotExist1"})
+    check_error(result, "not_found")
+
+
+@pytest.mark.anyio
+async def test_a_deleted_entity_is_not_found_with_when_and_by_whom(store: Store, clock: Any) -> None:
+    alice = create_contact(store)["$id"]
+    clock.advance(60)
+    deleted = store.do(TENANT, "user_bob", {"action": "delete", "type": "Contact", "id": alice})["entity"]
+    async with connect(store) as client:
+        result = await client.call_tool("fetch", {"type": "Contact", "id": alice})
+    body = check_error(result, "not_found")
+    assert deleted["$deletedAt"] == "2026-01-15T10:01:00.000000Z"
+    assert deleted["$deletedAt"] in body["message"]
+    assert "user_bob" in body["message"]
+
+
+@pytest.mark.anyio
+async def test_updating_an_unknown_entity_is_not_found_and_writes_nothing(store: Store) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool(
+            "do", {"action": "update", "type": "Contact", "id": "contact_doesNotExist1", "data": {"x": 1}}
+        )
+    check_error(result, "not_found")
+    assert event_count(store) == 0
+
+
+# ---- invalid_type -------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        ("fetch", {"type": "Contct", "id": "contact_abcdefghij"}),
+        ("search", {"type": "Contct"}),
+        ("do", {"action": "create", "type": "Contct", "data": {"name": "Alice"}}),
+    ],
+)
+async def test_an_unknown_noun_is_invalid_type_and_the_message_lists_the_nouns(
+    store: Store, tool: str, arguments: dict[str, Any]
+) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool(tool, arguments)
+    body = check_error(result, "invalid_type")
+    assert "Contct" in body["message"]
+    listed = body["message"] + " " + body["hint"]
+    for noun in ("Contact", "Deal", "Organization"):
+        assert noun in listed
+    assert event_count(store) == 0
+
+
+@pytest.mark.anyio
+async def test_an_unknown_noun_in_the_schema_is_invalid_type(store: Store) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool("fetch", {"type": "Schema", "id": "Contct"})
+    body = check_error(result, "invalid_type")
+    assert "Contact" in body["message"] + body["hint"]
+
+
+# ---- invalid_id ---------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bad_id", ["deal_abcdefghij", "not an id", "contact_x"])
+async def test_an_id_of_the_wrong_shape_or_noun_is_invalid_id(store: Store, bad_id: str) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool("fetch", {"type": "Contact", "id": bad_id})
+    check_error(result, "invalid_id")
+
+
+# ---- validation_error ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_missing_required_data_is_a_validation_error_naming_the_field(store: Store) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool("do", {"action": "create", "type": "Contact", "data": {"title": "CTO"}})
+    body = check_error(result, "validation_error")
+    assert "name" in body["message"]
+    assert event_count(store) == 0
+
+
+@pytest.mark.anyio
+async def test_a_value_outside_the_enum_is_a_validation_error_listing_the_values(store: Store) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool(
+            "do", {"action": "create", "type": "Contact", "data": {"name": "Alice", "stage": "Boss"}}
+        )
+    body = check_error(result, "validation_error")
+    assert "Qualified" in body["message"] + body["hint"]
+    assert event_count(store) == 0
+
+
+@pytest.mark.anyio
+async def test_a_dollar_key_in_data_is_a_validation_error_naming_the_key(store: Store) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool(
+            "do",
+            {"action": "create", "type": "Contact", "data": {"name": "Alice", "$createdBy": "user_root"}},
+        )
+    body = check_error(result, "validation_error")
+    assert "$createdBy" in body["message"]
+    assert event_count(store) == 0
+
+
+@pytest.mark.anyio
+async def test_an_unknown_argument_is_a_validation_error(store: Store) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool(
+            "do", {"action": "create", "type": "Contact", "data": {"name": "Alice"}, "bogus": 1}
+        )
+    body = check_error(result, "validation_error")
+    assert "bogus" in body["message"]
+    assert event_count(store) == 0
+
+
+@pytest.mark.anyio
+async def test_an_argument_of_the_wrong_type_is_a_validation_error_naming_it(store: Store) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool("search", {"type": "Contact", "limit": "abc"})
+    body = check_error(result, "validation_error")
+    assert "limit" in body["message"]
+
+
+@pytest.mark.anyio
+async def test_operations_together_with_a_single_operation_is_a_validation_error(store: Store) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool(
+            "do",
+            {"action": "create", "operations": [{"action": "create", "type": "Contact", "data": {"name": "A"}}]},
+        )
+    check_error(result, "validation_error")
+    assert event_count(store) == 0
+
+
+# ---- search errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "bad_filter",
+    [{"nickname": "Al"}, {"name": {"$like": "Al%"}}, {"$or": "not a list"}],
+)
+async def test_a_bad_filter_is_invalid_filter(store: Store, bad_filter: dict[str, Any]) -> None:
+    create_contact(store)
+    async with connect(store) as client:
+        result = await client.call_tool("search", {"type": "Contact", "filter": bad_filter})
+    check_error(result, "invalid_filter")
+
+
+@pytest.mark.anyio
+async def test_an_unknown_filter_field_names_the_valid_fields(store: Store) -> None:
+    create_contact(store)
+    async with connect(store) as client:
+        result = await client.call_tool("search", {"type": "Contact", "filter": {"nickname": "Al"}})
+    body = check_error(result, "invalid_filter")
+    assert "nickname" in body["message"]
+    assert "email" in body["message"] + body["hint"]
+
+
+@pytest.mark.anyio
+async def test_an_unknown_operator_names_the_valid_operators(store: Store) -> None:
+    create_contact(store)
+    async with connect(store) as client:
+        result = await client.call_tool("search", {"type": "Contact", "filter": {"name": {"$like": "A"}}})
+    body = check_error(result, "invalid_filter")
+    assert "$regex" in body["message"] + body["hint"]
+
+
+@pytest.mark.anyio
+async def test_an_unknown_event_filter_field_is_invalid_filter(store: Store) -> None:
+    create_contact(store)
+    async with connect(store) as client:
+        result = await client.call_tool("search", {"type": "Event", "filter": {"name": "Alice"}})
+    check_error(result, "invalid_filter")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bad_sort", ["nickname", "-nickname", "name,,"])
+async def test_a_bad_sort_is_invalid_sort(store: Store, bad_sort: str) -> None:
+    create_contact(store)
+    async with connect(store) as client:
+        result = await client.call_tool("search", {"type": "Contact", "sort": bad_sort})
+    check_error(result, "invalid_sort")
+
+
+@pytest.mark.anyio
+async def test_a_forged_cursor_is_invalid_cursor(store: Store) -> None:
+    create_contact(store)
+    async with connect(store) as client:
+        result = await client.call_tool("search", {"type": "Contact", "cursor": "garbage"})
+    check_error(result, "invalid_cursor")
+
+
+@pytest.mark.anyio
+async def test_a_cursor_of_another_search_is_invalid_cursor(store: Store, clock: Any) -> None:
+    for name in ("Ann", "Ben", "Cy"):
+        clock.advance(1)
+        create_contact(store, name=name)
+    async with connect(store) as client:
+        page = await client.call_tool("search", {"type": "Contact", "limit": 1})
+        cursor = page.structured_content["cursor"]  # type: ignore[index]
+        result = await client.call_tool("search", {"type": "Deal", "limit": 1, "cursor": cursor})
+    assert isinstance(cursor, str)
+    check_error(result, "invalid_cursor")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("limit", [101, 1000])
+async def test_a_limit_above_100_is_limit_exceeded(store: Store, limit: int) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool("search", {"type": "Contact", "limit": limit})
+    body = check_error(result, "limit_exceeded")
+    assert "100" in body["message"] + body["hint"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("limit", [0, -1])
+async def test_a_limit_below_1_is_a_validation_error(store: Store, limit: int) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool("search", {"type": "Contact", "limit": limit})
+    body = check_error(result, "validation_error")
+    assert "limit" in body["message"]
+
+
+@pytest.mark.anyio
+async def test_fetch_without_an_id_is_not_found_with_a_hint_to_search(store: Store) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool("fetch", {"type": "Contact"})
+    body = check_error(result, "not_found")
+    assert "Search" in body["hint"] or "search" in body["hint"]
+
+
+@pytest.mark.anyio
+async def test_a_limit_of_100_is_accepted(store: Store) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool("search", {"type": "Contact", "limit": 100})
+    assert result.is_error is False
+    assert result.structured_content == {"results": [], "total": 0, "hasMore": False, "cursor": None}
+
+
+# ---- time ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("as_of", ["yesterday", "2026-13-45", "16/01/2026"])
+async def test_an_unreadable_time_is_invalid_as_of(store: Store, as_of: str) -> None:
+    alice = create_contact(store)["$id"]
+    async with connect(store) as client:
+        result = await client.call_tool("fetch", {"type": "Contact", "id": alice, "asOf": as_of})
+    check_error(result, "invalid_as_of")
+
+
+@pytest.mark.anyio
+async def test_a_rollback_to_an_unreadable_time_is_invalid_as_of_and_writes_nothing(store: Store) -> None:
+    alice = create_contact(store)["$id"]
+    async with connect(store) as client:
+        result = await client.call_tool(
+            "do", {"action": "rollback", "type": "Contact", "id": alice, "asOf": "last tuesday"}
+        )
+    check_error(result, "invalid_as_of")
+    assert event_count(store) == 1
+
+
+# ---- writes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_stale_if_version_is_version_conflict_giving_the_current_version(store: Store) -> None:
+    alice = create_contact(store)["$id"]
+    store.do(TENANT, "user_bob", {"action": "update", "type": "Contact", "id": alice, "data": {"title": "CTO"}})
+    async with connect(store) as client:
+        result = await client.call_tool(
+            "do",
+            {"action": "update", "type": "Contact", "id": alice, "data": {"title": "CEO"}, "ifVersion": 1},
+        )
+    body = check_error(result, "version_conflict")
+    assert "2" in body["message"]
+    assert body.get("currentVersion", 2) == 2
+    assert store.get(TENANT, "Contact", alice)["title"] == "CTO"
+    assert event_count(store) == 2
+
+
+@pytest.mark.anyio
+async def test_an_unknown_verb_is_unknown_verb_listing_the_nouns_verbs(store: Store) -> None:
+    alice = create_contact(store)["$id"]
+    async with connect(store) as client:
+        result = await client.call_tool("do", {"action": "frobnicate", "type": "Contact", "id": alice})
+    body = check_error(result, "unknown_verb")
+    assert "frobnicate" in body["message"]
+    assert "qualify" in body["message"] + body["hint"]
+    assert event_count(store) == 1
+
+
+@pytest.mark.anyio
+async def test_a_verb_of_another_noun_is_unknown_verb(store: Store) -> None:
+    alice = create_contact(store)["$id"]
+    async with connect(store) as client:
+        result = await client.call_tool("do", {"action": "win", "type": "Contact", "id": alice})
+    check_error(result, "unknown_verb")
+
+
+@pytest.mark.anyio
+async def test_a_unique_field_clash_is_a_validation_error_and_writes_nothing(store: Store) -> None:
+    create_contact(store, email="alice@startup.io")
+    async with connect(store) as client:
+        result = await client.call_tool(
+            "do",
+            {"action": "create", "type": "Contact", "data": {"name": "Other", "email": "alice@startup.io"}},
+        )
+    body = check_error(result, "validation_error")
+    assert "email" in body["message"]
+    assert event_count(store) == 1
+
+
+# ---- read-only tokens (the Forbidden path itself is covered end to end over HTTP) ---------------
+
+
+@pytest.mark.anyio
+async def test_a_read_only_token_verifies_to_read_only_claims(tmp_path: Path) -> None:
+    tokens = TokenStore(tmp_path / "data")
+    try:
+        secret, info = tokens.create(TENANT, "agent_reader", read_only=True)
+        access = await TokenVerifier(tokens).verify_token(secret)
+    finally:
+        tokens.close()
+    assert access is not None
+    assert access.claims is not None
+    assert access.claims["readOnly"] is True
+    assert access.claims["tenant"] == TENANT
+    assert access.claims["actor"] == "agent_reader"
+    assert access.claims["tokenId"] == info.id
+    assert "write" not in access.scopes
+
+
+@pytest.mark.anyio
+async def test_a_read_write_token_verifies_to_writable_claims(tmp_path: Path) -> None:
+    tokens = TokenStore(tmp_path / "data")
+    try:
+        secret, _ = tokens.create(TENANT, "agent_writer")
+        access = await TokenVerifier(tokens).verify_token(secret)
+    finally:
+        tokens.close()
+    assert access is not None
+    assert access.claims is not None
+    assert access.claims["readOnly"] is False
+    assert access.claims["actor"] == "agent_writer"
+    assert "write" in access.scopes
+
+
+@pytest.mark.anyio
+async def test_revoked_and_garbage_tokens_do_not_verify(tmp_path: Path) -> None:
+    tokens = TokenStore(tmp_path / "data")
+    try:
+        secret, info = tokens.create(TENANT, "agent_reader", read_only=True)
+        tokens.revoke(info.id)
+        verifier = TokenVerifier(tokens)
+        revoked = await verifier.verify_token(secret)
+        garbage = [
+            await verifier.verify_token(bad)
+            for bad in ("", "garbage", "hly_", "hly_nothing", f"hly_{info.id}_", secret.replace("hly_", "xyz_"))
+        ]
+    finally:
+        tokens.close()
+    assert revoked is None
+    assert garbage == [None] * 6
