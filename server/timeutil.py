@@ -9,6 +9,8 @@ from datetime import UTC, date, datetime, timedelta
 from .errors import InvalidAsOf
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MIN_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
+MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:?\d{2})$")
 
@@ -26,7 +28,9 @@ def format_us(us: int) -> str:
     seconds, micros = divmod(us, 1_000_000)
     cached = _second_cache  # one read: safe across threads
     if cached[0] != seconds:  # the date-time part changes once a second: format it once
-        cached = _second_cache = (seconds, (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S"))
+        dt = _EPOCH + timedelta(seconds=seconds)  # fixed width (years < 1000 too): strings sort as times
+        text = f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+        cached = _second_cache = (seconds, text)
     return f"{cached[1]}.{micros:06d}Z"
 
 
@@ -53,8 +57,14 @@ def parse_time(value: object) -> int:
             f"{value!r} is not an RFC 3339 time with an offset (2026-01-16T09:30:00Z, "
             "2026-01-16T10:30:00+01:00) or a date (2026-01-16)"
         )
-    delta = dt - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    try:
+        delta = dt - _EPOCH
+    except OverflowError:
+        raise ValueError(f"{value!r} is outside the years 0001 to 9999 in UTC") from None
+    us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if not MIN_US <= us <= MAX_US:
+        raise ValueError(f"{value!r} is outside the years 0001 to 9999 in UTC")
+    return us
 
 
 def normalize_time(value: object) -> str:

@@ -178,11 +178,26 @@ def load_schemas(extra_dirs: list[Path] | tuple[Path, ...] = (), include_builtin
     return SchemaSet(nouns)
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _read_file(path: Path) -> list[tuple[str, str, dict[str, Any]]]:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SchemaError(str(path), None, None, f"not readable as JSON: {exc}") from None
+    except _DuplicateKey as exc:
+        raise SchemaError(str(path), None, None, f"the key {exc.args[0]!r} appears twice in one object") from None
     if not isinstance(doc, dict):
         raise SchemaError(str(path), None, None, "expected a JSON object of nouns")
     domain = doc.get("$domain", path.stem)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import date
 from typing import Annotated, Any, Literal, NotRequired, Required
 
+import annotated_types
 from pydantic import (
     AfterValidator,
     AnyUrl,
@@ -47,17 +49,36 @@ def _check_url(value: str) -> str:
     return value
 
 
+def _finite_json(value: Any) -> Any:
+    """JSON cannot hold NaN or ±Infinity: refuse them anywhere in a json field."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("NaN and Infinity are not JSON values")
+        if isinstance(item, int) and not isinstance(item, bool) and not INT64_MIN <= item <= INT64_MAX:
+            raise ValueError("integers must fit in 64 bits")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+Int64 = Annotated[StrictInt, annotated_types.Interval(ge=INT64_MIN, le=INT64_MAX)]
+
 _BASE: dict[str, Any] = {
     "string": StrictStr,
     "text": StrictStr,
-    "number": StrictInt | Annotated[StrictFloat, AllowInfNan(False)],
-    "int": StrictInt,
+    "number": Int64 | Annotated[StrictFloat, AllowInfNan(False)],
+    "int": Int64,
     "boolean": StrictBool,
     "date": Annotated[StrictStr, AfterValidator(_check_date)],
     "datetime": Annotated[StrictStr, AfterValidator(_check_datetime)],
     "email": EmailStr,
     "url": Annotated[StrictStr, AfterValidator(_check_url)],
-    "json": JsonValue,
+    "json": Annotated[JsonValue, AfterValidator(_finite_json)],
     "id": Annotated[StrictStr, StringConstraints(pattern=ID_PATTERN.pattern)],
 }
 
@@ -139,7 +160,11 @@ class NounValidator:
             msg = f"must be one of {', '.join(f.enum)}"
         elif f and f.relation and kind == "string_pattern_mismatch":
             msg = f"must be the $id of a {f.relation} ({f.relation.lower()}_...)"
-        elif f and kind.endswith("_type") and len(err["loc"]) == 1:
+        elif (
+            f and f.type == "number" and not f.array and (kind.endswith("_type") or kind.startswith(("int_", "float_")))
+        ):
+            msg = "must be a number, such as 12 or 1.5"
+        elif f and kind.endswith("_type") and (len(err["loc"]) == 1 or not f.array):
             msg = f"must be {'an' if f.type[0] in 'aeiou' else 'a'} {f.type}" + (" array" if f.array else "")
         elif kind.startswith("value_error"):
             msg = msg.removeprefix("Value error, ")

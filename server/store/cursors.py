@@ -21,22 +21,43 @@ def fingerprint(query: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(query, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _seal(body: str, query: dict[str, Any]) -> str:
+    return hashlib.sha256(f"{fingerprint(query)}|{body}".encode()).hexdigest()[:16]
+
+
 def encode(cursor: Cursor, query: dict[str, Any]) -> str:
-    body = json.dumps({"k": cursor.keys, "s": cursor.seq, "f": fingerprint(query)}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
+    body = json.dumps({"k": cursor.keys, "s": cursor.seq}, separators=(",", ":"))
+    token = json.dumps({"b": body, "c": _seal(body, query)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
 
 
-def decode(token: object, query: dict[str, Any]) -> Cursor:
+def decode(token: object, query: dict[str, Any], key_count: int, max_seq: int) -> Cursor:
+    """The cursor, if this server made it for this very query; else InvalidCursor.
+
+    `key_count` is how many values a cursor of this query carries; `max_seq` the log's head."""
     hint = "Pass back the cursor of the previous page unchanged, with the same type, filter, query and sort."
-    if not isinstance(token, str) or not token or len(token) > 4096:
-        raise InvalidCursor("the cursor is not one this server issued", hint=hint)
+    foreign = InvalidCursor("the cursor is not one this server issued for this search", hint=hint)
+    if not isinstance(token, str) or not token or len(token) > 8192:
+        raise foreign
     try:
-        body = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        keys, seq, fp = body["k"], body["s"], body["f"]
-        if not isinstance(keys, list) or not isinstance(seq, int) or not isinstance(fp, str):
+        outer = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if set(outer) != {"b", "c"}:
             raise ValueError
+        body, check = outer["b"], outer["c"]
+        inner = json.loads(body)
+        keys, seq = inner["k"], inner["s"]
     except (ValueError, KeyError, TypeError):
-        raise InvalidCursor("the cursor is not one this server issued", hint=hint) from None
-    if fp != fingerprint(query):
-        raise InvalidCursor("the cursor belongs to a different search (type, filter, query or sort changed)", hint=hint)
+        raise foreign from None
+    if not isinstance(body, str) or not isinstance(check, str) or check != _seal(body, query):
+        raise InvalidCursor("the cursor belongs to a different search, or was altered", hint=hint)
+    scalar = (str, int, float, bool, type(None))
+    if (
+        not isinstance(keys, list)
+        or len(keys) != key_count
+        or not all(isinstance(k, scalar) for k in keys)
+        or not isinstance(seq, int)
+        or isinstance(seq, bool)
+        or not 0 <= seq <= max_seq
+    ):
+        raise foreign
     return Cursor(keys=keys, seq=seq)

@@ -21,7 +21,7 @@ def new_id(prefix: str) -> str:
     return prefix + secrets.token_bytes(ID_LENGTH).translate(_ID_TABLE).decode()
 
 
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def dumps(value: Any) -> str:

@@ -236,6 +236,10 @@ class FilterCompiler:
             bad = value is None
         else:
             bad = not isinstance(value, str)
+        if not bad and isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise self._fail(f"{col.name}: {value} is outside the 64-bit integer range")
+        if isinstance(value, float) and value != value:
+            bad = True
         if bad:
             raise self._fail(f"{col.name}: {op} got {value!r}, which is not a valid {kind} value")
         if col.enum and op in ("$eq", "$ne", "$in", "$nin") and value not in col.enum:

@@ -242,7 +242,7 @@ def find(
     head = head_seq(conn)
     pinned: int | None
     if cursor is not None:
-        page = cursors.decode(cursor, identity)
+        page = cursors.decode(cursor, identity, len(keys) + 1, head)
         pinned = page.seq
     elif _seq is not None:
         pinned = _seq
@@ -268,10 +268,10 @@ def find(
             where.append("rowid IN (SELECT rowid FROM entities_fts WHERE entities_fts MATCH ?)")
             params.append(" ".join('"' + t.replace('"', '""') + '"*' for t in tokens))
         else:
+            # Past states are not in the FTS index: match them the way FTS5 does (words, prefixes, no accents).
             body = " || ' ' || ".join(f"coalesce({json_path(f)}, '')" for f in noun.text_fields) or "''"
-            for t in tokens:
-                where.append(f"instr(lower({body}), lower(?)) > 0")
-                params.append(t)
+            where.append(f"words_match({body}, ?)")
+            params.append(" ".join(tokens))
     base_where = " AND ".join(where)
     base_params = source_params + params
     total = conn.execute(
@@ -355,7 +355,7 @@ def find_events(
     params = list(compiler.params)
     pinned = head_seq(conn)
     if cursor is not None:
-        page = cursors.decode(cursor, identity)
+        page = cursors.decode(cursor, identity, 1, pinned)
         pinned = page.seq
     where += " AND seq <= ?"
     params.append(pinned)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,7 +108,22 @@ def connect(path: Path, durability: str = "normal", readonly: bool = False) -> s
     conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA cache_size = -16000")
     conn.create_function("regexp", 2, _regexp, deterministic=True)
+    conn.create_function("words_match", 2, words_match, deterministic=True)
     return conn
+
+
+def fold(text: str) -> list[str]:
+    """Words of `text`, lowercased and without diacritics (as FTS5's unicode61 tokenizer sees them)."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return re.findall(r"\w+", "".join(c for c in decomposed if not unicodedata.combining(c)))
+
+
+def words_match(body: object, query: str) -> bool:
+    """Every query word is a prefix of some word of `body`: the FTS5 query `"a"* "b"*`."""
+    if not isinstance(body, str):
+        return False
+    words = fold(body)
+    return all(any(w.startswith(q) for w in words) for q in fold(query))
 
 
 _REGEX_CACHE: dict[str, re.Pattern[str]] = {}

@@ -1,0 +1,537 @@
+"""Property tests: arbitrary writes and filters never crash the store, and random histories replay exactly."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from server.errors import HeadlesslyError, NotFound, ValidationFailed
+from server.schema import SchemaSet
+from server.store import Store
+
+TENANT = "acme"
+AGENT = "agent_prop"
+START_US = 1_768_471_200_000_000  # 2026-01-15T10:00:00Z
+ORG = "<org>"  # replaced by the id of a real Organization of the example's store
+CONTACT = "<contact>"  # replaced by the id of a real Contact
+
+
+def budget(examples: int) -> settings:
+    """Small enough that the whole file runs in well under 40 s; no deadline (SQLite timing varies)."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+@pytest.fixture(scope="module")
+def crm(schemas: SchemaSet) -> SchemaSet:
+    """The built-in Organization, Contact and Deal nouns only: a fresh store per example stays cheap."""
+    return SchemaSet({name: schemas[name] for name in ("Organization", "Contact", "Deal")})
+
+
+@contextmanager
+def fresh_store(schemas: SchemaSet) -> Iterator[Store]:
+    with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "data", schemas, clock=lambda: START_US) as store:
+        yield store
+
+
+def substitute(value: Any, ids: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return ids.get(value, value)
+    if isinstance(value, list):
+        return [substitute(v, ids) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v, ids) for k, v in value.items()}
+    return value
+
+
+# ---- strategies ------------------------------------------------------------------------------
+
+TIMES = [
+    "2026-01-15T10:00:00Z",
+    "2026-01-15T12:00:00+02:00",
+    "2026-01-15",
+    "2026-02-30",
+    "9999-12-31T23:59:59-01:00",  # 10000-01-01 in UTC
+    "0001-01-01T00:00:00+01:00",  # year 0 in UTC
+]
+INTERESTING_STRINGS = [
+    *TIMES,
+    "",
+    " ",
+    "\x00",
+    "Alice",
+    "a@example.com",
+    "not an email",
+    "x' OR 1=1 --",
+    "https://example.com",
+    "Lead",
+    "Qualified",
+    "Won",
+    "Prospecting",
+    "organization_AAAAAAAAAAAA",
+    "contact_AAAAAAAAAAAA",
+    "deal_AAAAAAAAAAAA",
+    "$ref:0",
+    "x" * 300,
+    ORG,
+    CONTACT,
+]
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**31), max_value=2**31),
+    st.integers(min_value=2**62, max_value=2**80),
+    st.integers(max_value=-(2**62), min_value=-(2**80)),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(INTERESTING_STRINGS),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+FIELD_NAMES = [
+    "name",
+    "email",
+    "phone",
+    "title",
+    "stage",
+    "status",
+    "organization",
+    "contact",
+    "value",
+    "closedAt",
+    "deals",
+    "contacts",
+    "$id",
+    "$version",
+    "unknown",
+    "",
+]
+data_keys = st.one_of(st.sampled_from(FIELD_NAMES), st.text(max_size=8))
+data_dicts = st.dictionaries(data_keys, json_values, max_size=6)
+valid_bases = st.sampled_from([
+    {"name": "Alice", "email": "a@example.com", "stage": "Qualified", "organization": ORG},
+    {"name": "Big", "value": 2.5, "closedAt": "2026-02-01T12:00:00+02:00", "contact": CONTACT},
+])  # fmt: skip
+nearly_valid = st.builds(
+    lambda base, extra: {**base, **extra},
+    valid_bases,
+    st.dictionaries(st.sampled_from(FIELD_NAMES), json_values, max_size=2),
+)
+any_data = st.one_of(data_dicts, nearly_valid)
+
+
+# ---- (1) arbitrary data ----------------------------------------------------------------------
+
+
+@budget(100)
+@given(noun=st.sampled_from(["Contact", "Deal"]), action=st.sampled_from(["create", "update"]), data=any_data)
+@example(noun="Deal", action="create", data={"name": "D", "value": 1, "closedAt": "9999-12-31T23:59:59-01:00"})
+@example(noun="Deal", action="update", data={"closedAt": "0001-01-01T00:00:00+01:00"})
+@example(noun="Deal", action="update", data={"value": 2**70})
+@example(noun="Contact", action="update", data={"organization": ORG, "email": "a@example.com"})
+def test_arbitrary_data_never_crashes_and_a_refused_write_changes_nothing(
+    crm: SchemaSet, noun: str, action: str, data: dict[str, Any]
+) -> None:
+    with fresh_store(crm) as store:
+        org = store.do(TENANT, AGENT, {"action": "create", "type": "Organization", "data": {"name": "Acme"}})
+        base = store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Base"}})["entity"]
+        if noun == "Deal":
+            base = store.do(TENANT, AGENT, {"action": "create", "type": "Deal", "data": {"name": "B", "value": 1}})[
+                "entity"
+            ]
+        contact_id = store.find(TENANT, "Contact")["results"][0]["$id"]
+        data = substitute(data, {ORG: org["entity"]["$id"], CONTACT: contact_id})
+        op: dict[str, Any] = {"action": action, "type": noun, "data": data}
+        if action == "update":
+            op["id"] = base["$id"]
+        events_before = store.events(TENANT)["total"]
+        verify_before = store.verify(TENANT)
+
+        try:
+            result = store.do(TENANT, AGENT, op)
+        except HeadlesslyError:
+            assert store.events(TENANT)["total"] == events_before
+            assert store.verify(TENANT) == verify_before
+            assert store.get(TENANT, noun, base["$id"]) == base
+            return
+
+        written = result["entity"]
+        assert store.get(TENANT, noun, written["$id"]) == written
+        assert store.events(TENANT)["total"] == events_before + len(result["events"])
+        assert store.verify(TENANT)["ok"] is True
+        assert written["$id"] in {e["$id"] for e in store.find(TENANT, noun, limit=100)["results"]}
+        assert store.find(TENANT, noun, filter={"name": {"$exists": True}}, sort="name")["total"] >= 1
+
+
+# ---- (2) arbitrary filters -------------------------------------------------------------------
+
+FILTER_FIELDS = [
+    "name",
+    "email",
+    "title",
+    "stage",
+    "value",
+    "closedAt",
+    "organization",
+    "contact",
+    "$id",
+    "$type",
+    "$version",
+    "$createdAt",
+    "$deletedAt",
+    "$updatedBy",
+    "nope",
+    "$nope",
+    "",
+    "type",
+    "seq",
+    "timestamp",
+    "actor",
+]
+OPERATORS = [
+    "$eq",
+    "$ne",
+    "$gt",
+    "$gte",
+    "$lt",
+    "$lte",
+    "$in",
+    "$nin",
+    "$exists",
+    "$regex",
+    "$not",
+    "$and",
+    "$or",
+    "$bogus",
+    "eq",
+    "$",
+]
+filter_values = st.one_of(scalars, st.lists(scalars, max_size=4), st.dictionaries(st.text(max_size=4), scalars))
+conditions = st.recursive(
+    filter_values,
+    lambda inner: st.dictionaries(st.sampled_from(OPERATORS), inner, min_size=1, max_size=2),
+    max_leaves=4,
+)
+filter_docs = st.recursive(
+    st.dictionaries(st.one_of(st.sampled_from(FILTER_FIELDS), st.text(max_size=5)), conditions, max_size=3),
+    lambda inner: st.one_of(
+        st.dictionaries(st.sampled_from(["$and", "$or"]), st.lists(inner, max_size=3), min_size=1, max_size=2),
+        st.dictionaries(st.sampled_from(FILTER_FIELDS), inner, max_size=2),
+    ),
+    max_leaves=8,
+)
+TYPED_VALUES = {
+    "name": st.one_of(st.text(max_size=8), st.sampled_from(INTERESTING_STRINGS)),
+    "email": st.sampled_from(["a@example.com", "x' OR 1=1 --", ""]),
+    "stage": st.sampled_from(["Lead", "Qualified", "Won", "Prospecting"]),
+    "value": st.one_of(st.integers(), st.integers(min_value=2**63), st.floats(allow_nan=False)),
+    "$version": st.integers(),
+    "closedAt": st.sampled_from(TIMES),
+    "$createdAt": st.sampled_from(TIMES),
+    "seq": st.one_of(st.integers(), st.integers(min_value=2**63)),
+}
+typed_conditions = st.sampled_from(sorted(TYPED_VALUES)).flatmap(
+    lambda name: st.tuples(
+        st.just(name),
+        st.one_of(
+            TYPED_VALUES[name],
+            st.dictionaries(st.sampled_from(OPERATORS[:6]), TYPED_VALUES[name], min_size=1, max_size=2),
+            st.dictionaries(st.sampled_from(["$in", "$nin"]), st.lists(TYPED_VALUES[name], min_size=1, max_size=3)),
+        ),
+    )
+)
+typed_filters = st.lists(typed_conditions, min_size=1, max_size=3).map(dict)
+any_filter = st.one_of(filter_docs, filter_docs, typed_filters, typed_filters, scalars, st.lists(scalars, max_size=2))
+
+
+@budget(100)
+@given(doc=any_filter, noun=st.sampled_from(["Contact", "Deal"]))
+@example(doc={"value": 2**70}, noun="Deal")
+@example(doc={"closedAt": {"$gt": "9999-12-31T23:59:59-01:00"}}, noun="Deal")
+@example(doc={"$createdAt": {"$lt": "0001-01-01T00:00:00+01:00"}}, noun="Contact")
+@example(doc={"seq": {"$in": [2**64]}}, noun="Contact")
+@example(doc={"name": {"$regex": "x' OR 1=1 --"}}, noun="Contact")
+def test_arbitrary_filters_never_crash_and_never_write(crm: SchemaSet, doc: Any, noun: str) -> None:
+    with fresh_store(crm) as store:
+        org = store.do(TENANT, AGENT, {"action": "create", "type": "Organization", "data": {"name": "Acme"}})
+        contact = store.do(
+            TENANT,
+            AGENT,
+            {"action": "create", "type": "Contact", "data": {"name": "Alice", "email": "a@example.com"}},
+        )
+        store.do(
+            TENANT,
+            AGENT,
+            {
+                "action": "create",
+                "type": "Deal",
+                "data": {
+                    "name": "Big",
+                    "value": 2.5,
+                    "closedAt": "2026-02-01T10:00:00Z",
+                    "contact": contact["entity"]["$id"],
+                },
+            },
+        )
+        store.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": contact["entity"]["$id"]})
+        doc = substitute(doc, {ORG: org["entity"]["$id"], CONTACT: contact["entity"]["$id"]})
+        before = store.verify(TENANT)
+
+        for search in (
+            lambda: store.find(TENANT, noun, filter=doc),
+            lambda: store.find(TENANT, noun, filter=doc, as_of="2026-01-15T10:00:00.000001Z", include_deleted=True),
+            lambda: store.events(TENANT, filter=doc),
+        ):
+            try:
+                page = search()
+            except HeadlesslyError:
+                continue
+            assert page["total"] == len(page["results"])
+
+        assert store.verify(TENANT) == before
+        assert before["events"] == 4
+
+
+# ---- (3) random histories --------------------------------------------------------------------
+
+
+def normalize_time(text: str) -> str:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+NAMES = ["Ann", "Bo"]
+EMAILS = ["a@example.com", "b@example.com"]
+contact_create = st.fixed_dictionaries(
+    {"name": st.sampled_from(NAMES)},
+    optional={
+        "email": st.sampled_from(EMAILS),
+        "title": st.sampled_from(["CEO", "CTO"]),
+        "stage": st.sampled_from(["Lead", "Customer"]),
+    },
+)
+deal_create = st.fixed_dictionaries(
+    {"name": st.sampled_from(NAMES), "value": st.sampled_from([0, 7, 2.5])},
+    optional={
+        "stage": st.sampled_from(["Prospecting", "Lost"]),
+        "closedAt": st.sampled_from(["2026-02-01T10:00:00Z", "2026-03-01T00:00:00Z"]),
+    },
+)
+contact_patch = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.sampled_from([*NAMES, None]),
+        "email": st.sampled_from([*EMAILS, None]),
+        "title": st.sampled_from(["CEO", "CTO", None]),
+        "stage": st.sampled_from(["Lead", "Qualified", "Customer", None]),
+    },
+)
+deal_patch = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.sampled_from([*NAMES, None]),
+        "value": st.sampled_from([0, 7, 2.5, 1000.25, None]),
+        "stage": st.sampled_from(["Prospecting", "Won", "Lost", None]),
+        "closedAt": st.sampled_from(["2026-02-01T10:00:00Z", "2026-02-01T12:00:00+02:00", None]),
+    },
+)
+KINDS = ["create_contact", "create_deal", "update", "update", "delete", "verb", "verb", "rollback", "rollback"]
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(KINDS),
+        st.integers(min_value=0, max_value=99),  # which entity
+        st.integers(min_value=0, max_value=99),  # which verb / version
+        st.booleans(),  # rollback by asOf instead of toVersion; verb with data
+        contact_create,
+        deal_create,
+        contact_patch,
+        deal_patch,
+    ),
+    min_size=1,
+    max_size=14,
+)
+VERBS = {"Contact": [("qualify", "stage", "Qualified"), ("capture", None, None)],
+         "Deal": [("win", "stage", "Won"), ("advance", None, None)]}  # fmt: skip
+REQUIRED = {"Contact": ("name",), "Deal": ("name", "value")}
+
+
+@dataclass
+class Model:
+    """What the contract says each entity looks like after each of its versions."""
+
+    noun: str
+    versions: list[dict[str, Any]] = field(default_factory=list)  # {"fields", "deleted", "entity"}
+
+    @property
+    def current(self) -> dict[str, Any]:
+        return self.versions[-1]
+
+
+def normalized(noun: str, data: dict[str, Any]) -> dict[str, Any]:
+    out = dict(data)
+    if noun == "Deal" and isinstance(out.get("closedAt"), str):
+        out["closedAt"] = normalize_time(out["closedAt"])
+    return out
+
+
+def merged(fields: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(fields)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+def email_taken(models: dict[str, Model], me: str | None, fields: dict[str, Any]) -> bool:
+    email = fields.get("email")
+    return email is not None and any(
+        other_id != me and not m.current["deleted"] and m.current["fields"].get("email") == email
+        for other_id, m in models.items()
+        if m.noun == "Contact"
+    )
+
+
+def fields_of(entity: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entity.items() if not k.startswith("$")}
+
+
+def replay(events: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]:
+    """(fields, deleted) after each event, from the events' typed changes alone."""
+    out = []
+    fields: dict[str, Any] = {}
+    deleted = False
+    for event in events:
+        for key, change in event["changes"].items():
+            if key == "$deletedAt":
+                deleted = change["to"] is not None
+            elif key.startswith("$"):
+                continue
+            elif change["to"] is None:
+                fields.pop(key, None)
+            else:
+                fields[key] = change["to"]
+        out.append((dict(fields), deleted))
+    return out
+
+
+@budget(60)
+@given(history=steps)
+def test_random_histories_verify_and_every_version_reads_back_as_replayed(
+    crm: SchemaSet, history: list[tuple[Any, ...]]
+) -> None:
+    with fresh_store(crm) as store:
+        models: dict[str, Model] = {}
+        written = 0
+
+        def attempt(op: dict[str, Any], expect: type[HeadlesslyError] | None) -> dict[str, Any] | None:
+            if expect is not None:
+                with pytest.raises(expect):
+                    store.do(TENANT, AGENT, op)
+                return None
+            return store.do(TENANT, AGENT, op)
+
+        for kind, which, pick, flag, c_new, d_new, c_patch, d_patch in history:
+            if kind.startswith("create") or not models:
+                noun = "Deal" if kind == "create_deal" else "Contact"
+                data = c_new if noun == "Contact" else d_new
+                fields = {"stage": "Lead" if noun == "Contact" else "Prospecting"} | normalized(noun, data)
+                refused = noun == "Contact" and email_taken(models, None, fields)
+                result = attempt(
+                    {"action": "create", "type": noun, "data": data}, ValidationFailed if refused else None
+                )
+                if result is not None:
+                    entity = result["entity"]
+                    models[entity["$id"]] = Model(noun, [{"fields": fields, "deleted": False, "entity": entity}])
+                    written += 1
+                continue
+
+            entity_id = list(models)[which % len(models)]
+            model = models[entity_id]
+            noun, cur = model.noun, model.current
+            patch = normalized(noun, c_patch if noun == "Contact" else d_patch)
+            op: dict[str, Any] = {"type": noun, "id": entity_id}
+            expect: type[HeadlesslyError] | None = None
+            unchanged = False
+            if kind == "update":
+                op |= {"action": "update", "data": c_patch if noun == "Contact" else d_patch}
+                new_fields, new_deleted = merged(cur["fields"], patch), False
+                if cur["deleted"]:
+                    expect = NotFound
+                elif any(r not in new_fields for r in REQUIRED[noun]):
+                    expect = ValidationFailed
+                elif new_fields == cur["fields"]:
+                    unchanged = True
+                elif email_taken(models, entity_id, new_fields):
+                    expect = ValidationFailed
+            elif kind == "verb":
+                verb, sets, past = VERBS[noun][pick % 2]
+                verb_data = (c_patch if noun == "Contact" else d_patch) if flag else {}
+                op |= {"action": verb} | ({"data": verb_data} if verb_data else {})
+                effective = normalized(noun, verb_data) | ({sets: past} if sets else {})
+                new_fields, new_deleted = merged(cur["fields"], effective), False
+                if cur["deleted"]:
+                    expect = NotFound
+                elif any(r not in new_fields for r in REQUIRED[noun]) or email_taken(models, entity_id, new_fields):
+                    expect = ValidationFailed
+            elif kind == "delete":
+                op |= {"action": "delete"}
+                new_fields, new_deleted = cur["fields"], True
+                if cur["deleted"]:
+                    expect = NotFound
+            else:
+                version = 1 + pick % len(model.versions)
+                target = model.versions[version - 1]
+                if flag:
+                    op |= {"action": "rollback", "asOf": target["entity"]["$updatedAt"]}
+                else:
+                    op |= {"action": "rollback", "toVersion": version}
+                new_fields, new_deleted = dict(target["fields"]), target["deleted"]
+                if not new_deleted and email_taken(models, entity_id, new_fields):
+                    expect = ValidationFailed
+
+            result = attempt(op, expect)
+            if result is None:
+                continue
+            entity = result["entity"]
+            if unchanged:
+                assert result.get("unchanged") is True and result["events"] == []
+                assert entity == cur["entity"]
+                continue
+            written += 1
+            assert fields_of(entity) == new_fields, op
+            assert ("$deletedAt" in entity) == new_deleted, op
+            assert entity["$version"] == len(model.versions) + 1
+            model.versions.append({"fields": new_fields, "deleted": new_deleted, "entity": entity})
+
+        report = store.verify(TENANT)
+        assert report["ok"] is True, report["problems"]
+        assert report["events"] == written
+        assert report["entities"] == len(models)
+        for entity_id, model in models.items():
+            events = store.events(TENANT, filter={"target": entity_id}, limit=100)["results"]
+            replayed = replay(events)
+            assert len(replayed) == len(model.versions)
+            for n, (expected, (fields, deleted)) in enumerate(zip(model.versions, replayed, strict=True), start=1):
+                got = store.get(TENANT, model.noun, entity_id, version=n)
+                assert got == expected["entity"]
+                assert fields_of(got) == fields == expected["fields"]
+                assert ("$deletedAt" in got) == deleted == expected["deleted"]
+                assert got["$version"] == n

@@ -1,0 +1,333 @@
+"""Reading entities back: the current state, the state asOf a time or at a version, includes, projections, events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from server.errors import InvalidAsOf, InvalidId, NotFound, ValidationFailed
+from server.store import Store
+
+TENANT = "acme"
+AGENT = "agent_reader"
+BOB = "user_bob"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def us(text: str) -> int:
+    """Microseconds since the epoch of an RFC 3339 time (computed here, independently of the store)."""
+    return (datetime.fromisoformat(text.replace("Z", "+00:00")) - EPOCH) // timedelta(microseconds=1)
+
+
+def iso(micros: int) -> str:
+    return (EPOCH + timedelta(microseconds=micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def advance_to(clock: Any, text: str) -> None:
+    clock.now = us(text)
+
+
+def create(store: Store, noun: str, actor: str = AGENT, **data: Any) -> dict[str, Any]:
+    return store.do(TENANT, actor, {"action": "create", "type": noun, "data": data})["entity"]
+
+
+def write(store: Store, action: str, noun: str, entity_id: str, actor: str = AGENT, **data: Any) -> dict[str, Any]:
+    op: dict[str, Any] = {"action": action, "type": noun, "id": entity_id}
+    if data:
+        op["data"] = data
+    return store.do(TENANT, actor, op)
+
+
+def fields(entity: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entity.items() if not k.startswith("$")}
+
+
+@pytest.fixture
+def history(store: Store, clock: Any) -> dict[str, Any]:
+    """Alice: created 10:00, title CTO at 10:01, title CEO at 10:02 (2026-01-15, UTC)."""
+    advance_to(clock, "2026-01-15T10:00:00Z")
+    alice = create(store, "Contact", name="Alice", email="alice@acme.io", title="Engineer")
+    advance_to(clock, "2026-01-15T10:01:00Z")
+    v2 = write(store, "update", "Contact", alice["$id"], title="CTO")
+    advance_to(clock, "2026-01-15T10:02:00Z")
+    v3 = write(store, "update", "Contact", alice["$id"], title="CEO")
+    return {"id": alice["$id"], "v1": alice, "v2": v2["entity"], "v3": v3["entity"], "v2_event": v2["events"][0]}
+
+
+# ---- current state --------------------------------------------------------------------------
+
+
+def test_get_returns_the_current_state_with_its_meta_fields(store: Store, history: dict[str, Any]) -> None:
+    got = store.get(TENANT, "Contact", history["id"])
+
+    assert got == history["v3"]
+    assert got["title"] == "CEO"
+    assert got["$version"] == 3
+    assert got["$createdAt"] == "2026-01-15T10:00:00.000000Z"
+    assert got["$updatedAt"] == "2026-01-15T10:02:00.000000Z"
+    assert got["$createdBy"] == AGENT and got["$updatedBy"] == AGENT
+
+
+def test_get_of_a_deleted_entity_is_not_found_saying_when_and_by_whom(store: Store, clock: Any) -> None:
+    alice = create(store, "Contact", name="Alice")
+    advance_to(clock, "2026-01-15T11:00:00Z")
+    write(store, "delete", "Contact", alice["$id"], actor=BOB)
+
+    with pytest.raises(NotFound) as err:
+        store.get(TENANT, "Contact", alice["$id"])
+
+    assert "2026-01-15T11:00:00.000000Z" in err.value.message
+    assert BOB in err.value.message
+
+
+def test_get_of_an_id_nobody_created_is_not_found(store: Store) -> None:
+    create(store, "Contact", name="Alice")
+
+    with pytest.raises(NotFound):
+        store.get(TENANT, "Contact", "contact_AAAAAAAAAAAA")
+
+
+def test_get_with_an_id_of_another_noun_is_invalid_id(store: Store) -> None:
+    org = create(store, "Organization", name="Acme")
+
+    with pytest.raises(InvalidId):
+        store.get(TENANT, "Contact", org["$id"])
+
+
+# ---- asOf ------------------------------------------------------------------------------------
+
+
+def test_get_as_of_a_time_between_events_returns_the_state_then(store: Store, history: dict[str, Any]) -> None:
+    at_start = store.get(TENANT, "Contact", history["id"], as_of="2026-01-15T10:00:30Z")
+    in_middle = store.get(TENANT, "Contact", history["id"], as_of="2026-01-15T10:01:59.999999Z")
+    later = store.get(TENANT, "Contact", history["id"], as_of="2026-01-16T00:00:00Z")
+
+    assert at_start == history["v1"]
+    assert in_middle == history["v2"]
+    assert later == history["v3"]
+
+
+def test_get_as_of_an_events_own_timestamp_includes_that_event(store: Store, history: dict[str, Any]) -> None:
+    stamp = history["v2_event"]["timestamp"]
+    just_before = iso(us(stamp) - 1)
+
+    assert store.get(TENANT, "Contact", history["id"], as_of=stamp) == history["v2"]
+    assert store.get(TENANT, "Contact", history["id"], as_of=just_before) == history["v1"]
+
+
+def test_get_as_of_before_creation_is_not_found_saying_when_it_was_created(
+    store: Store, history: dict[str, Any]
+) -> None:
+    with pytest.raises(NotFound) as err:
+        store.get(TENANT, "Contact", history["id"], as_of="2026-01-15T09:59:59.999999Z")
+
+    assert "2026-01-15T10:00:00.000000Z" in err.value.message
+    assert "creat" in err.value.message
+
+
+def test_get_as_of_after_deletion_is_not_found_but_before_it_shows_the_entity(
+    store: Store, clock: Any, history: dict[str, Any]
+) -> None:
+    advance_to(clock, "2026-01-15T10:05:00Z")
+    write(store, "delete", "Contact", history["id"], actor=BOB)
+
+    with pytest.raises(NotFound) as err:
+        store.get(TENANT, "Contact", history["id"], as_of="2026-01-15T10:05:00Z")
+    assert "2026-01-15T10:05:00.000000Z" in err.value.message
+    assert store.get(TENANT, "Contact", history["id"], as_of="2026-01-15T10:04:59Z") == history["v3"]
+
+
+def test_a_date_only_as_of_means_the_start_of_that_day_in_utc(store: Store, clock: Any) -> None:
+    advance_to(clock, "2026-01-15T10:00:00Z")
+    alice = create(store, "Contact", name="Alice", title="Engineer")
+    advance_to(clock, "2026-01-16T00:00:00Z")  # exactly the start of the 16th
+    midnight = write(store, "update", "Contact", alice["$id"], title="CTO")["entity"]
+    advance_to(clock, "2026-01-16T00:00:00.000001Z")
+    write(store, "update", "Contact", alice["$id"], title="CEO")
+
+    assert store.get(TENANT, "Contact", alice["$id"], as_of="2026-01-16") == midnight
+    assert store.get(TENANT, "Contact", alice["$id"], as_of="2026-01-17")["title"] == "CEO"
+    with pytest.raises(NotFound):
+        store.get(TENANT, "Contact", alice["$id"], as_of="2026-01-15")  # 00:00Z, before 10:00Z
+
+
+@pytest.mark.parametrize(
+    ("as_of", "expected"),
+    [
+        ("2026-01-15T12:00:30+02:00", "v1"),  # 10:00:30Z
+        ("2026-01-15T12:01:30+02:00", "v2"),  # 10:01:30Z
+        ("2026-01-15T05:01:30-05:00", "v2"),  # 10:01:30Z
+        ("2026-01-15T10:01:30.000000+00:00", "v2"),
+        ("2026-01-15t10:00:30z", "v1"),
+    ],
+)
+def test_as_of_accepts_any_rfc3339_offset(store: Store, history: dict[str, Any], as_of: str, expected: str) -> None:
+    assert store.get(TENANT, "Contact", history["id"], as_of=as_of) == history[expected]
+
+
+@pytest.mark.parametrize(
+    "as_of",
+    ["yesterday", "2026-13-01", "2026-01-15T10:00:00", "2026-02-30", "15/01/2026", "2026-01-15T25:00:00Z", 12345],
+)
+def test_a_garbage_as_of_is_invalid_as_of(store: Store, history: dict[str, Any], as_of: Any) -> None:
+    with pytest.raises(InvalidAsOf) as err:
+        store.get(TENANT, "Contact", history["id"], as_of=as_of)
+
+    assert err.value.code == "invalid_as_of"
+    assert "2026-01-16" in err.value.hint or "RFC 3339" in err.value.message
+
+
+def test_an_as_of_before_year_one_in_utc_is_refused_not_crashed(store: Store, history: dict[str, Any]) -> None:
+    # 0001-01-01T00:00:00+01:00 is 0000-12-31T23:00:00Z: before anything, and outside the calendar the API shows.
+    with pytest.raises((NotFound, InvalidAsOf)):
+        store.get(TENANT, "Contact", history["id"], as_of="0001-01-01T00:00:00+01:00")
+
+
+def test_an_as_of_after_year_9999_in_utc_is_answered_not_crashed(store: Store, history: dict[str, Any]) -> None:
+    # 9999-12-31T23:59:59-01:00 is 10000-01-01T00:59:59Z: later than every event.
+    try:
+        got = store.get(TENANT, "Contact", history["id"], as_of="9999-12-31T23:59:59-01:00")
+    except InvalidAsOf:
+        return
+    assert got == history["v3"]
+
+
+# ---- versions --------------------------------------------------------------------------------
+
+
+def test_get_version_n_returns_the_state_right_after_that_version(store: Store, history: dict[str, Any]) -> None:
+    for n in (1, 2, 3):
+        assert store.get(TENANT, "Contact", history["id"], version=n) == history[f"v{n}"]
+
+
+def test_get_version_of_a_deleted_entity_still_returns_its_past_versions(store: Store, history: dict[str, Any]) -> None:
+    write(store, "delete", "Contact", history["id"])
+
+    assert store.get(TENANT, "Contact", history["id"], version=2) == history["v2"]
+
+
+def test_a_version_beyond_the_last_is_not_found_naming_the_range(store: Store, history: dict[str, Any]) -> None:
+    with pytest.raises(NotFound) as err:
+        store.get(TENANT, "Contact", history["id"], version=4)
+
+    assert "1 to 3" in err.value.message
+
+
+@pytest.mark.parametrize("version", [0, -1, "2", 1.5, True])
+def test_a_version_that_is_not_a_positive_whole_number_is_refused(
+    store: Store, history: dict[str, Any], version: Any
+) -> None:
+    with pytest.raises(ValidationFailed):
+        store.get(TENANT, "Contact", history["id"], version=version)
+
+
+def test_as_of_and_version_together_are_refused(store: Store, history: dict[str, Any]) -> None:
+    with pytest.raises(ValidationFailed) as err:
+        store.get(TENANT, "Contact", history["id"], as_of="2026-01-15T10:01:30Z", version=1)
+
+    assert "asOf" in err.value.message and "version" in err.value.message
+
+
+# ---- include and fields ----------------------------------------------------------------------
+
+
+def test_include_replaces_a_forward_relationship_id_by_the_entity(store: Store) -> None:
+    org = create(store, "Organization", name="Acme", industry="Software")
+    alice = create(store, "Contact", name="Alice", organization=org["$id"])
+
+    got = store.get(TENANT, "Contact", alice["$id"], include=["organization"])
+
+    assert got["organization"] == org
+    assert store.get(TENANT, "Contact", alice["$id"])["organization"] == org["$id"]
+
+
+def test_include_lists_a_reverse_relationship(store: Store) -> None:
+    acme = create(store, "Organization", name="Acme")
+    globex = create(store, "Organization", name="Globex")
+    alice = create(store, "Contact", name="Alice", organization=acme["$id"])
+    bob = create(store, "Contact", name="Bob", organization=acme["$id"])
+    gone = create(store, "Contact", name="Gone", organization=acme["$id"])
+    create(store, "Contact", name="Carol", organization=globex["$id"])
+    create(store, "Contact", name="Dan")
+    write(store, "delete", "Contact", gone["$id"])
+
+    got = store.get(TENANT, "Organization", acme["$id"], include=["contacts"])
+
+    assert sorted(c["$id"] for c in got["contacts"]) == sorted([alice["$id"], bob["$id"]])
+    assert {c["name"] for c in got["contacts"]} == {"Alice", "Bob"}
+    assert got["name"] == "Acme"
+
+
+def test_include_as_of_shows_related_entities_as_they_were_then(store: Store, clock: Any) -> None:
+    advance_to(clock, "2026-01-15T10:00:00Z")
+    org = create(store, "Organization", name="Acme")
+    alice = create(store, "Contact", name="Alice", organization=org["$id"])
+    advance_to(clock, "2026-01-15T11:00:00Z")
+    write(store, "update", "Organization", org["$id"], name="Acme Corp")
+    create(store, "Contact", name="Bob", organization=org["$id"])
+
+    then = store.get(TENANT, "Contact", alice["$id"], as_of="2026-01-15T10:30:00Z", include=["organization"])
+    org_then = store.get(TENANT, "Organization", org["$id"], as_of="2026-01-15T10:30:00Z", include=["contacts"])
+
+    assert then["organization"]["name"] == "Acme"
+    assert [c["name"] for c in org_then["contacts"]] == ["Alice"]
+
+
+def test_include_of_an_unknown_relationship_is_refused_naming_the_valid_ones(store: Store) -> None:
+    alice = create(store, "Contact", name="Alice")
+
+    with pytest.raises(ValidationFailed) as err:
+        store.get(TENANT, "Contact", alice["$id"], include=["friends"])
+
+    assert "friends" in err.value.message
+    assert "organization" in err.value.hint
+
+
+def test_fields_projection_keeps_id_type_and_version(store: Store, history: dict[str, Any]) -> None:
+    got = store.get(TENANT, "Contact", history["id"], fields=["title", "email"])
+
+    assert got == {
+        "$id": history["id"],
+        "$type": "Contact",
+        "$version": 3,
+        "title": "CEO",
+        "email": "alice@acme.io",
+    }
+
+
+def test_fields_projection_applies_to_past_versions(store: Store, history: dict[str, Any]) -> None:
+    got = store.get(TENANT, "Contact", history["id"], version=2, fields=["title"])
+
+    assert got == {"$id": history["id"], "$type": "Contact", "$version": 2, "title": "CTO"}
+
+
+# ---- single events ---------------------------------------------------------------------------
+
+
+def test_event_by_id_returns_that_event(store: Store, history: dict[str, Any]) -> None:
+    event = history["v2_event"]
+
+    got = store.event(TENANT, event["id"])
+
+    assert got == event
+    assert got["type"] == "Contact.Updated"
+    assert got["changes"] == {"title": {"from": "Engineer", "to": "CTO"}}
+
+
+@pytest.mark.parametrize("bad", ["evt_", "evt_!!!!!!!!!!!", "contact_AAAAAAAAAAAA", "", "evt AAAAAAAAAAAA", 17])
+def test_a_malformed_event_id_is_invalid_id(store: Store, history: dict[str, Any], bad: Any) -> None:
+    with pytest.raises(InvalidId):
+        store.event(TENANT, bad)
+
+
+def test_an_unknown_well_formed_event_id_is_not_found(store: Store, history: dict[str, Any]) -> None:
+    with pytest.raises(NotFound):
+        store.event(TENANT, "evt_AAAAAAAAAAAA")
+
+
+def test_reads_see_the_fields_of_each_version(store: Store, history: dict[str, Any]) -> None:
+    titles = [fields(store.get(TENANT, "Contact", history["id"], version=n))["title"] for n in (1, 2, 3)]
+
+    assert titles == ["Engineer", "CTO", "CEO"]

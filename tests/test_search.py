@@ -1,0 +1,667 @@
+"""Searching entities: filters and operators, full text, sorts, limits, keyset cursors, asOf and deleted entities."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from server.errors import (
+    InvalidCursor,
+    InvalidFilter,
+    InvalidSort,
+    InvalidType,
+    LimitExceeded,
+    ValidationFailed,
+)
+from server.store import Store
+
+TENANT = "acme"
+AGENT = "agent_searcher"
+OTHER = "agent_other"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def us(text: str) -> int:
+    return (datetime.fromisoformat(text.replace("Z", "+00:00")) - EPOCH) // timedelta(microseconds=1)
+
+
+def advance_to(clock: Any, text: str) -> None:
+    clock.now = us(text)
+
+
+def create(store: Store, noun: str, actor: str = AGENT, **data: Any) -> dict[str, Any]:
+    return store.do(TENANT, actor, {"action": "create", "type": noun, "data": data})["entity"]
+
+
+def write(store: Store, action: str, noun: str, entity_id: str, actor: str = AGENT, **data: Any) -> dict[str, Any]:
+    op: dict[str, Any] = {"action": action, "type": noun, "id": entity_id}
+    if data:
+        op["data"] = data
+    return store.do(TENANT, actor, op)["entity"]
+
+
+def names(page: dict[str, Any]) -> list[str]:
+    return [e["name"] for e in page["results"]]
+
+
+def found(store: Store, noun: str, filter: Any = None, **kwargs: Any) -> set[str]:
+    """Names of every match (all on one page)."""
+    page = store.find(TENANT, noun, filter=filter, limit=100, **kwargs)
+    assert page["hasMore"] is False
+    assert page["total"] == len(page["results"])
+    return set(names(page))
+
+
+def walk(store: Store, noun: str, limit: int, **kwargs: Any) -> list[dict[str, Any]]:
+    """Every result of a search, page by page through the cursor."""
+    out: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(1000):
+        page = store.find(TENANT, noun, limit=limit, cursor=cursor, **kwargs)
+        assert len(page["results"]) <= limit
+        out.extend(page["results"])
+        assert page["hasMore"] == (page["cursor"] is not None)
+        if not page["hasMore"]:
+            return out
+        cursor = page["cursor"]
+    raise AssertionError("the cursor never ended")
+
+
+def encode_cursor(body: dict[str, Any]) -> str:
+    """Re-pack a (possibly altered) cursor body with the check value it was issued with."""
+    inner = {k: v for k, v in body.items() if k != "_check"}
+    outer = {"b": json.dumps(inner, separators=(",", ":")), "c": body["_check"]}
+    return base64.urlsafe_b64encode(json.dumps(outer).encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> dict[str, Any]:
+    """The cursor's body (sort keys "k", log position "s") and its check value."""
+    outer = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    return {**json.loads(outer["b"]), "_check": outer["c"]}
+
+
+@pytest.fixture
+def deals(store: Store) -> dict[str, str]:
+    """Five deals with numbers, stages and close times (some given with offsets) to filter on."""
+    rows = [
+        {"name": "Big Bank", "value": 5000, "stage": "Won", "closedAt": "2026-02-01T10:00:00Z"},
+        {"name": "Big Box", "value": 1000, "stage": "Negotiation", "closedAt": "2026-02-01T12:00:00+02:00"},
+        {"name": "Corner Shop", "value": 1000, "stage": "Proposal", "closedAt": "2026-02-02T09:00:00Z"},
+        {"name": "Small Cafe", "value": 250.5, "stage": "Lost"},
+        {"name": "Tiny Stall", "value": 100},
+    ]
+    return {row["name"]: create(store, "Deal", **row)["$id"] for row in rows}
+
+
+# ---- operators -------------------------------------------------------------------------------
+
+
+def test_a_bare_value_means_eq(store: Store, deals: dict[str, str]) -> None:
+    assert found(store, "Deal", {"stage": "Won"}) == {"Big Bank"}
+    assert found(store, "Deal", {"value": 1000}) == {"Big Box", "Corner Shop"}
+    assert found(store, "Deal", {"name": {"$eq": "Tiny Stall"}}) == {"Tiny Stall"}
+    assert found(store, "Deal", {"$id": deals["Corner Shop"]}) == {"Corner Shop"}
+
+
+def test_ne_excludes_only_the_value(store: Store, deals: dict[str, str]) -> None:
+    assert found(store, "Deal", {"value": {"$ne": 1000}}) == {"Big Bank", "Small Cafe", "Tiny Stall"}
+    assert found(store, "Deal", {"stage": {"$ne": "Prospecting"}}) == {
+        "Big Bank",
+        "Big Box",
+        "Corner Shop",
+        "Small Cafe",
+    }
+
+
+def test_range_operators_compare_numbers(store: Store, deals: dict[str, str]) -> None:
+    assert found(store, "Deal", {"value": {"$gt": 250.5}}) == {"Big Bank", "Big Box", "Corner Shop"}
+    assert found(store, "Deal", {"value": {"$gte": 250.5}}) == {"Big Bank", "Big Box", "Corner Shop", "Small Cafe"}
+    assert found(store, "Deal", {"value": {"$lt": 1000}}) == {"Small Cafe", "Tiny Stall"}
+    assert found(store, "Deal", {"value": {"$lte": 1000}}) == {"Big Box", "Corner Shop", "Small Cafe", "Tiny Stall"}
+    assert found(store, "Deal", {"value": {"$gt": 200, "$lt": 2000}}) == {"Big Box", "Corner Shop", "Small Cafe"}
+    assert found(store, "Deal", {"value": {"$gt": 99.99}}) == set(deals)
+
+
+def test_range_operators_compare_datetimes_as_times_whatever_their_offset(store: Store, deals: dict[str, str]) -> None:
+    # Big Bank and Big Box both closed at 10:00Z (Big Box was written as 12:00+02:00); Corner Shop at 09:00Z next day.
+    assert found(store, "Deal", {"closedAt": {"$gte": "2026-02-01T11:00:00+01:00"}}) == {
+        "Big Bank",
+        "Big Box",
+        "Corner Shop",
+    }
+    assert found(store, "Deal", {"closedAt": {"$gt": "2026-02-01T11:00:00+01:00"}}) == {"Corner Shop"}
+    assert found(store, "Deal", {"closedAt": {"$lt": "2026-02-02T10:00:00+01:00"}}) == {"Big Bank", "Big Box"}
+    assert found(store, "Deal", {"closedAt": {"$lte": "2026-02-02T04:00:00-05:00"}}) == {
+        "Big Bank",
+        "Big Box",
+        "Corner Shop",
+    }
+    assert found(store, "Deal", {"closedAt": "2026-02-01T05:00:00-05:00"}) == {"Big Bank", "Big Box"}
+    assert found(store, "Deal", {"closedAt": {"$gte": "2026-02-02"}}) == {"Corner Shop"}
+
+
+def test_meta_datetimes_filter_as_times(store: Store, clock: Any) -> None:
+    advance_to(clock, "2026-01-15T10:00:00Z")
+    create(store, "Contact", name="Early")
+    advance_to(clock, "2026-01-15T12:00:00Z")
+    create(store, "Contact", name="Late")
+
+    assert found(store, "Contact", {"$createdAt": {"$gt": "2026-01-15T12:30:00+01:00"}}) == {"Late"}
+    assert found(store, "Contact", {"$createdAt": {"$lt": "2026-01-15T06:00:00-05:00"}}) == {"Early"}
+    assert found(store, "Contact", {"$updatedAt": {"$gte": "2026-01-15"}}) == {"Early", "Late"}
+
+
+def test_in_and_nin_match_lists_of_values(store: Store, deals: dict[str, str]) -> None:
+    assert found(store, "Deal", {"stage": {"$in": ["Won", "Lost"]}}) == {"Big Bank", "Small Cafe"}
+    assert found(store, "Deal", {"stage": {"$nin": ["Won", "Lost", "Prospecting"]}}) == {"Big Box", "Corner Shop"}
+    assert found(store, "Deal", {"value": {"$in": [100, 5000, 7]}}) == {"Tiny Stall", "Big Bank"}
+
+
+def test_exists_tells_set_fields_from_missing_ones(store: Store, deals: dict[str, str]) -> None:
+    assert found(store, "Deal", {"closedAt": {"$exists": True}}) == {"Big Bank", "Big Box", "Corner Shop"}
+    assert found(store, "Deal", {"closedAt": {"$exists": False}}) == {"Small Cafe", "Tiny Stall"}
+
+
+def test_regex_matches_text_fields(store: Store, deals: dict[str, str]) -> None:
+    assert found(store, "Deal", {"name": {"$regex": "^Big "}}) == {"Big Bank", "Big Box"}
+    assert found(store, "Deal", {"name": {"$regex": "(Cafe|Stall)$"}}) == {"Small Cafe", "Tiny Stall"}
+
+
+def test_not_negates_an_operator(store: Store, deals: dict[str, str]) -> None:
+    assert found(store, "Deal", {"value": {"$not": {"$gte": 1000}}}) == {"Small Cafe", "Tiny Stall"}
+    assert found(store, "Deal", {"name": {"$not": {"$regex": "^Big"}}}) == {"Corner Shop", "Small Cafe", "Tiny Stall"}
+
+
+def test_and_and_or_combine_filters(store: Store, deals: dict[str, str]) -> None:
+    assert found(store, "Deal", {"$or": [{"stage": "Won"}, {"value": {"$lt": 200}}]}) == {"Big Bank", "Tiny Stall"}
+    assert found(store, "Deal", {"$and": [{"value": 1000}, {"stage": "Proposal"}]}) == {"Corner Shop"}
+    assert found(
+        store,
+        "Deal",
+        {"$or": [{"$and": [{"value": {"$gte": 1000}}, {"stage": {"$ne": "Won"}}]}, {"name": "Tiny Stall"}]},
+    ) == {"Big Box", "Corner Shop", "Tiny Stall"}
+    assert found(store, "Deal", {"value": 1000, "stage": "Negotiation"}) == {"Big Box"}
+
+
+# ---- refused filters -------------------------------------------------------------------------
+
+
+def test_an_unknown_field_is_invalid_filter_listing_the_fields(store: Store, deals: dict[str, str]) -> None:
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, "Deal", filter={"amount": 5})
+
+    text = err.value.message + " " + err.value.hint
+    assert "amount" in err.value.message
+    for field in ("name", "value", "stage", "closedAt", "$createdAt"):
+        assert field in text
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"value": {"$between": [1, 2]}},
+        {"$nor": [{"value": 1}]},
+        {"value": {"$gt": 1, "$like": 2}},
+        {"$or": []},
+        {"$and": {"value": 1}},
+        {"value": {"$in": 5}},
+        {"value": {"$exists": "yes"}},
+        {"value": {"$regex": "^1"}},
+        {"name": {"$regex": "("}},
+        {"value": {"$not": 5}},
+        ["value", 1],
+        "value = 1",
+    ],
+)
+def test_a_bad_operator_or_shape_is_invalid_filter(store: Store, deals: dict[str, str], bad: Any) -> None:
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, "Deal", filter=bad)
+
+    assert err.value.code == "invalid_filter"
+    assert "$eq" in err.value.hint  # says which operators exist
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"value": "lots"},
+        {"value": {"$gt": "1000"}},
+        {"value": True},
+        {"name": 5},
+        {"closedAt": {"$gt": "tomorrow"}},
+        {"closedAt": {"$gt": "2026-02-01T10:00:00"}},
+        {"$version": "1"},
+        {"organization": 12},
+        {"name": {"$in": ["a", 1]}},
+    ],
+)
+def test_a_value_of_the_wrong_type_is_invalid_filter(store: Store, deals: dict[str, str], bad: Any) -> None:
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, "Deal", filter=bad)
+
+    assert next(iter(bad)) in err.value.message
+
+
+@pytest.mark.parametrize("bad", [{"stage": "Pending"}, {"stage": {"$in": ["Won", "Nope"]}}, {"stage": {"$ne": "won"}}])
+def test_an_enum_value_that_is_not_a_member_is_invalid_filter_naming_the_members(
+    store: Store, deals: dict[str, str], bad: Any
+) -> None:
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, "Deal", filter=bad)
+
+    assert "Prospecting" in err.value.message and "Won" in err.value.message
+
+
+def test_an_unknown_type_is_invalid_type(store: Store) -> None:
+    with pytest.raises(InvalidType):
+        store.find(TENANT, "Dael")
+
+
+# ---- full text -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def people(store: Store) -> None:
+    create(store, "Contact", name="Alice Smith", title="Head of Sales", email="alice@acme.io")
+    create(store, "Contact", name="Bob Stone", title="Sales Engineer", email="bob@globex.com")
+    create(store, "Contact", name="Carol Smithers", title="CEO", email="carol@acme.io")
+    create(store, "Contact", name="Dan Jackson", title="Founder", email="dan@initech.com")
+
+
+def test_query_matches_words_in_name_title_and_email(store: Store, people: None) -> None:
+    assert found(store, "Contact", query="alice") == {"Alice Smith"}
+    assert found(store, "Contact", query="sales") == {"Alice Smith", "Bob Stone"}
+    assert found(store, "Contact", query="globex") == {"Bob Stone"}
+    assert found(store, "Contact", query="acme") == {"Alice Smith", "Carol Smithers"}
+
+
+def test_query_requires_every_word(store: Store, people: None) -> None:
+    assert found(store, "Contact", query="alice sales") == {"Alice Smith"}
+    assert found(store, "Contact", query="Sales Engineer") == {"Bob Stone"}
+    assert found(store, "Contact", query="alice engineer") == set()
+
+
+def test_query_matches_word_prefixes_not_the_middle_of_words(store: Store, people: None) -> None:
+    assert found(store, "Contact", query="smith") == {"Alice Smith", "Carol Smithers"}
+    assert found(store, "Contact", query="eng") == {"Bob Stone"}
+    assert found(store, "Contact", query="SMI") == {"Alice Smith", "Carol Smithers"}
+    assert found(store, "Contact", query="mith") == set()
+    assert found(store, "Contact", query="son") == set()
+
+
+def test_query_combines_with_a_filter(store: Store, people: None) -> None:
+    assert found(store, "Contact", {"email": {"$regex": "acme"}}, query="sales") == {"Alice Smith"}
+
+
+def test_query_follows_updates_of_the_text(store: Store, people: None) -> None:
+    (dan,) = store.find(TENANT, "Contact", query="dan")["results"]
+    write(store, "update", "Contact", dan["$id"], title="Sales Director")
+
+    assert found(store, "Contact", query="sales") == {"Alice Smith", "Bob Stone", "Dan Jackson"}
+    assert found(store, "Contact", query="founder") == set()
+
+
+def test_query_treats_search_syntax_as_plain_words(store: Store, people: None) -> None:
+    assert found(store, "Contact", query='alice" OR "bob') == set()
+    assert found(store, "Contact", query="NOT alice") == set()
+    assert found(store, "Contact", query="alice*") == {"Alice Smith"}
+
+
+def test_query_as_of_matches_word_prefixes_like_the_current_search(store: Store, clock: Any, people: None) -> None:
+    advance_to(clock, "2026-01-15T11:00:00Z")
+    create(store, "Contact", name="Sonia Lee")
+
+    assert found(store, "Contact", query="son") == {"Sonia Lee"}
+    assert found(store, "Contact", query="son", as_of="2026-01-15T12:00:00Z") == {"Sonia Lee"}
+    assert found(store, "Contact", query="mith", as_of="2026-01-15T12:00:00Z") == set()
+
+
+# ---- sort ------------------------------------------------------------------------------------
+
+
+def test_sort_by_a_field_ascending_and_descending(store: Store, deals: dict[str, str]) -> None:
+    asc = store.find(TENANT, "Deal", sort="name")
+    desc = store.find(TENANT, "Deal", sort="-name")
+
+    assert names(asc) == ["Big Bank", "Big Box", "Corner Shop", "Small Cafe", "Tiny Stall"]
+    assert names(desc) == list(reversed(names(asc)))
+
+
+def test_sort_by_several_fields(store: Store, deals: dict[str, str]) -> None:
+    page = store.find(TENANT, "Deal", sort="-value,name")
+    mixed = store.find(TENANT, "Deal", sort="value,-name")
+
+    assert names(page) == ["Big Bank", "Big Box", "Corner Shop", "Small Cafe", "Tiny Stall"]
+    assert names(mixed) == ["Tiny Stall", "Small Cafe", "Corner Shop", "Big Box", "Big Bank"]
+
+
+def test_default_sort_is_most_recently_updated_first(store: Store, clock: Any) -> None:
+    first = create(store, "Contact", name="First")
+    clock.advance(1)
+    create(store, "Contact", name="Second")
+    clock.advance(1)
+    create(store, "Contact", name="Third")
+    clock.advance(1)
+    write(store, "update", "Contact", first["$id"], title="touched")
+
+    assert names(store.find(TENANT, "Contact")) == ["First", "Third", "Second"]
+    assert names(store.find(TENANT, "Contact")) == names(store.find(TENANT, "Contact", sort="-$updatedAt"))
+
+
+@pytest.mark.parametrize("sort", ["amount", "-amount", "name,nope", "", "--", 5])
+def test_an_unknown_or_malformed_sort_is_invalid_sort(store: Store, deals: dict[str, str], sort: Any) -> None:
+    with pytest.raises(InvalidSort) as err:
+        store.find(TENANT, "Deal", sort=sort)
+
+    assert "name" in err.value.hint and "value" in err.value.hint
+
+
+# ---- limits and totals -----------------------------------------------------------------------
+
+
+def test_limit_defaults_to_25(store: Store) -> None:
+    for i in range(30):
+        create(store, "Contact", name=f"Person {i:02d}")
+
+    page = store.find(TENANT, "Contact")
+
+    assert len(page["results"]) == 25
+    assert page["hasMore"] is True and page["cursor"]
+    assert page["total"] == 30
+
+
+def test_limit_may_be_100_but_not_more(store: Store, deals: dict[str, str]) -> None:
+    assert len(store.find(TENANT, "Deal", limit=100)["results"]) == 5
+    with pytest.raises(LimitExceeded) as err:
+        store.find(TENANT, "Deal", limit=101)
+    assert "100" in err.value.message
+
+
+@pytest.mark.parametrize("limit", [0, -1, "10", 2.5, True])
+def test_a_limit_that_is_not_a_positive_whole_number_is_a_validation_error(
+    store: Store, deals: dict[str, str], limit: Any
+) -> None:
+    with pytest.raises(ValidationFailed):
+        store.find(TENANT, "Deal", limit=limit)
+
+
+def test_total_is_exact_for_small_sets(store: Store) -> None:
+    for i in range(12):
+        create(store, "Contact", name=f"P{i}", stage="Qualified" if i % 12 < 7 else "Lead")
+
+    page = store.find(TENANT, "Contact", filter={"stage": "Qualified"}, limit=3)
+
+    assert len(page["results"]) == 3
+    assert page["total"] == 7
+    assert page["hasMore"] is True
+    assert "totalIsLowerBound" not in page
+    assert store.find(TENANT, "Contact", filter={"stage": "Customer"}) == {
+        "results": [],
+        "total": 0,
+        "hasMore": False,
+        "cursor": None,
+    }
+
+
+# ---- cursors ---------------------------------------------------------------------------------
+
+TITLES = ["CEO", "CTO", None, "VP", "CTO", None, "Engineer"]  # duplicates and missing values
+
+
+@pytest.fixture
+def many(store: Store, clock: Any) -> dict[str, dict[str, Any]]:
+    """57 contacts whose titles repeat and are sometimes missing."""
+    out = {}
+    for i in range(57):
+        clock.advance(1)
+        title = TITLES[i % len(TITLES)]
+        data = {"name": f"Person {i:02d}"} | ({"title": title} if title else {})
+        entity = create(store, "Contact", **data)
+        out[entity["$id"]] = entity
+    return out
+
+
+@pytest.mark.parametrize("sort", ["title", "-title", "title,-name", "-title,name", "-$updatedAt", "name"])
+def test_keyset_cursors_walk_every_result_exactly_once(
+    store: Store, many: dict[str, dict[str, Any]], sort: str
+) -> None:
+    results = walk(store, "Contact", 10, sort=sort)
+
+    ids = [e["$id"] for e in results]
+    assert len(ids) == 57
+    assert set(ids) == set(many)
+    key = sort.split(",")[0].lstrip("-")
+    values = [e.get(key) for e in results]
+    present = [v for v in values if v is not None]
+    missing_at = [i for i, v in enumerate(values) if v is None]
+    assert present == sorted(present, reverse=sort.startswith("-"))
+    # missing values are grouped together at one end
+    assert missing_at in ([], list(range(len(missing_at))), list(range(57 - len(missing_at), 57)))
+
+
+def test_cursor_pages_keep_the_same_total(store: Store, many: dict[str, dict[str, Any]]) -> None:
+    first = store.find(TENANT, "Contact", filter={"title": {"$exists": True}}, sort="title", limit=10)
+    second = store.find(
+        TENANT, "Contact", filter={"title": {"$exists": True}}, sort="title", limit=10, cursor=first["cursor"]
+    )
+
+    assert first["total"] == second["total"] == sum(1 for e in many.values() if "title" in e)
+
+
+def test_a_cursor_stays_stable_while_others_write(store: Store, clock: Any, many: dict[str, dict[str, Any]]) -> None:
+    snapshot = {i: store.get(TENANT, "Contact", i) for i in many}
+    first = store.find(TENANT, "Contact", limit=10)  # default sort: -$updatedAt
+    seen = [e["$id"] for e in first["results"]]
+    unseen = [i for i in many if i not in seen]
+
+    # Others write between pages: touch seen and unseen entities, delete some, create new ones.
+    for entity_id in seen[:3] + unseen[:5]:
+        clock.advance(1)
+        store.do(TENANT, OTHER, {"action": "update", "type": "Contact", "id": entity_id, "data": {"title": "Moved"}})
+    for entity_id in unseen[-4:]:
+        store.do(TENANT, OTHER, {"action": "delete", "type": "Contact", "id": entity_id})
+    for i in range(3):
+        create(store, "Contact", actor=OTHER, name=f"Newcomer {i}")
+
+    rest: list[dict[str, Any]] = []
+    cursor = first["cursor"]
+    while cursor:
+        page = store.find(TENANT, "Contact", limit=10, cursor=cursor)
+        assert page["total"] == 57
+        rest.extend(page["results"])
+        cursor = page["cursor"]
+
+    ids = seen + [e["$id"] for e in rest]
+    assert len(ids) == len(set(ids)) == 57
+    assert set(ids) == set(many)
+    for entity in rest:
+        assert entity == snapshot[entity["$id"]]  # the state as of the first page
+
+
+def test_a_cursor_over_a_full_text_search_stays_stable_while_others_write(store: Store, clock: Any) -> None:
+    for i in range(12):
+        create(store, "Contact", name=f"Sonny {i:02d}")
+    for i in range(12):
+        create(store, "Contact", name=f"Watson {i:02d}")  # "son" is inside the word, not a prefix
+
+    first = store.find(TENANT, "Contact", query="son", sort="name", limit=5)
+    assert first["total"] == 12
+    create(store, "Contact", name="Unrelated Person")
+
+    rest = walk_from(store, first["cursor"], query="son", sort="name", limit=5)
+
+    assert sorted(names(first) + [e["name"] for e in rest]) == [f"Sonny {i:02d}" for i in range(12)]
+
+
+def walk_from(store: Store, cursor: str | None, **kwargs: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    while cursor:
+        page = store.find(TENANT, "Contact", cursor=cursor, **kwargs)
+        out.extend(page["results"])
+        cursor = page["cursor"]
+    return out
+
+
+def test_a_cursor_belongs_to_the_search_that_made_it(store: Store, many: dict[str, dict[str, Any]]) -> None:
+    cursor = store.find(TENANT, "Contact", sort="name", limit=10)["cursor"]
+    create(store, "Deal", name="D", value=1)
+
+    with pytest.raises(InvalidCursor):
+        store.find(TENANT, "Deal", sort="name", limit=10, cursor=cursor)
+    with pytest.raises(InvalidCursor):
+        store.find(TENANT, "Contact", sort="-name", limit=10, cursor=cursor)
+    with pytest.raises(InvalidCursor):
+        store.find(TENANT, "Contact", sort="name", filter={"title": "CEO"}, limit=10, cursor=cursor)
+    with pytest.raises(InvalidCursor):
+        store.find(TENANT, "Contact", sort="name", include_deleted=True, limit=10, cursor=cursor)
+    events_cursor = store.events(TENANT, limit=5)["cursor"]
+    with pytest.raises(InvalidCursor):
+        store.find(TENANT, "Contact", sort="name", limit=10, cursor=events_cursor)
+
+
+@pytest.mark.parametrize("bad", ["not-a-cursor", "!!!!", "x" * 5000, 12, ["a"], "eyJrIjpbXX0"])
+def test_a_garbage_cursor_is_invalid_cursor(store: Store, many: dict[str, dict[str, Any]], bad: Any) -> None:
+    with pytest.raises(InvalidCursor):
+        store.find(TENANT, "Contact", sort="name", limit=10, cursor=bad)
+
+
+def test_a_cursor_with_a_flipped_character_is_invalid_cursor(store: Store, many: dict[str, dict[str, Any]]) -> None:
+    cursor = store.find(TENANT, "Contact", sort="name", limit=10)["cursor"]
+    for position in range(0, len(cursor), 7):
+        flipped = cursor[:position] + ("A" if cursor[position] != "A" else "B") + cursor[position + 1 :]
+        try:
+            page = store.find(TENANT, "Contact", sort="name", limit=10, cursor=flipped)
+        except InvalidCursor:
+            continue
+        raise AssertionError(f"a tampered cursor was accepted: {flipped!r} gave {names(page)}")
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda b: {**b, "k": b["k"][:1]},  # one sort key short
+        lambda b: {**b, "k": [*b["k"], "extra"]},  # one too many
+        lambda b: {**b, "k": [{"$gt": ""}, b["k"][-1]]},  # an object where a value was
+        lambda b: {**b, "k": [b["k"][0], ["contact_x"]]},  # a list where the id was
+        lambda b: {**b, "s": 2**70},  # a log position no integer column can hold
+        lambda b: {**b, "s": "5"},
+    ],
+    ids=["short", "long", "object-key", "list-id", "huge-seq", "string-seq"],
+)
+def test_a_forged_cursor_body_is_invalid_cursor(store: Store, many: dict[str, dict[str, Any]], tamper: Any) -> None:
+    body = decode_cursor(store.find(TENANT, "Contact", sort="name", limit=10)["cursor"])
+
+    with pytest.raises(InvalidCursor):
+        store.find(TENANT, "Contact", sort="name", limit=10, cursor=encode_cursor(tamper(body)))
+
+
+@pytest.mark.parametrize("seq", [-5, 0, 10_000])
+def test_a_cursor_forged_to_read_another_log_position_is_invalid_cursor(
+    store: Store, many: dict[str, dict[str, Any]], seq: int
+) -> None:
+    body = decode_cursor(store.find(TENANT, "Contact", sort="name", limit=10)["cursor"])
+
+    with pytest.raises(InvalidCursor):
+        store.find(TENANT, "Contact", sort="name", limit=10, cursor=encode_cursor({**body, "s": seq}))
+
+
+# ---- deleted entities and the past -----------------------------------------------------------
+
+
+def test_deleted_entities_are_left_out_unless_include_deleted(store: Store, clock: Any) -> None:
+    create(store, "Contact", name="Kept")
+    gone = create(store, "Contact", name="Gone")
+    advance_to(clock, "2026-01-15T11:00:00Z")
+    write(store, "delete", "Contact", gone["$id"])
+
+    assert found(store, "Contact") == {"Kept"}
+    page = store.find(TENANT, "Contact", include_deleted=True, sort="name")
+    assert names(page) == ["Gone", "Kept"]
+    assert page["results"][0]["$deletedAt"] == "2026-01-15T11:00:00.000000Z"
+    assert page["results"][0]["$deletedBy"] == AGENT
+    assert found(store, "Contact", {"$deletedAt": {"$exists": True}}, include_deleted=True) == {"Gone"}
+
+
+def test_find_as_of_a_past_time_returns_the_past_states(store: Store, clock: Any) -> None:
+    advance_to(clock, "2026-01-15T10:00:00Z")
+    alice = create(store, "Contact", name="Alice", title="Engineer")
+    bob = create(store, "Contact", name="Bob", title="Engineer")
+    advance_to(clock, "2026-01-15T11:00:00Z")
+    write(store, "update", "Contact", alice["$id"], title="CTO")
+    advance_to(clock, "2026-01-15T12:00:00Z")
+    write(store, "delete", "Contact", bob["$id"])
+    advance_to(clock, "2026-01-15T13:00:00Z")
+    create(store, "Contact", name="Carol", title="Engineer")
+
+    at_1030 = store.find(TENANT, "Contact", as_of="2026-01-15T10:30:00Z", sort="name")
+    at_1130 = store.find(TENANT, "Contact", as_of="2026-01-15T11:30:00Z", sort="name")
+    at_1230 = store.find(TENANT, "Contact", as_of="2026-01-15T12:30:00Z", sort="name")
+
+    assert at_1030["results"] == [alice, bob]
+    assert [(e["name"], e["title"]) for e in at_1130["results"]] == [("Alice", "CTO"), ("Bob", "Engineer")]
+    assert at_1130["total"] == 2
+    assert names(at_1230) == ["Alice"]
+    assert found(store, "Contact", {"title": "Engineer"}, as_of="2026-01-15T11:30:00Z") == {"Bob"}
+    assert found(store, "Contact", {"title": "Engineer"}, as_of="2026-01-15T10:30:00+00:00") == {"Alice", "Bob"}
+    assert found(store, "Contact", as_of="2026-01-15T09:00:00Z") == set()
+    assert found(store, "Contact", as_of="2026-01-15T12:30:00Z", include_deleted=True) == {"Alice", "Bob"}
+
+
+def test_find_as_of_pages_through_the_past(store: Store, clock: Any, many: dict[str, dict[str, Any]]) -> None:
+    as_of = datetime.fromtimestamp(clock.now / 1_000_000, UTC).isoformat()
+    for entity_id in list(many)[:20]:
+        clock.advance(1)
+        write(store, "update", "Contact", entity_id, title="Later")
+
+    results = walk(store, "Contact", 10, sort="name", as_of=as_of)
+
+    assert [e["$id"] for e in results] == sorted(many, key=lambda i: many[i]["name"])
+    assert all(e == many[e["$id"]] for e in results)
+
+
+# ---- indexed fields and hostile values -------------------------------------------------------
+
+
+def test_find_by_an_indexed_field_treats_sql_looking_values_as_plain_values(store: Store) -> None:
+    create(store, "Organization", name="Acme", industry="Software")
+    create(store, "Organization", name="Globex", industry="Software")
+    create(store, "Organization", name="Initech", industry="Retail")
+    create(store, "Organization", name="Odd", industry="x' OR 1=1 --")
+
+    assert found(store, "Organization", {"industry": "Software"}) == {"Acme", "Globex"}
+    assert found(store, "Organization", {"industry": "x' OR 1=1 --"}) == {"Odd"}
+    assert found(store, "Organization", {"industry": "' OR '1'='1"}) == set()
+    assert found(store, "Organization", {"industry": {"$in": ["Retail", "'); DROP TABLE entities; --"]}}) == {"Initech"}
+    assert found(store, "Organization", {"name": {"$regex": "' OR 1=1"}}) == set()
+    assert len(found(store, "Organization")) == 4
+
+
+def test_find_by_a_unique_email_returns_that_contact(store: Store) -> None:
+    create(store, "Contact", name="Alice", email="alice@acme.io")
+    create(store, "Contact", name="Bob", email="bob@acme.io")
+
+    assert found(store, "Contact", {"email": "alice@acme.io"}) == {"Alice"}
+    assert found(store, "Contact", {"email": "x' OR 1=1 --"}) == set()
+    assert found(store, "Contact", {"email": '" OR ""="'}) == set()
+    assert found(store, "Contact", query="x' OR 1=1 --") == set()
+
+
+def test_a_filter_on_a_relationship_finds_the_related_entities(store: Store) -> None:
+    acme = create(store, "Organization", name="Acme")
+    create(store, "Contact", name="Alice", organization=acme["$id"])
+    create(store, "Contact", name="Bob")
+
+    assert found(store, "Contact", {"organization": acme["$id"]}) == {"Alice"}
+
+
+def test_every_result_has_the_meta_fields(store: Store, deals: dict[str, str]) -> None:
+    for entity in store.find(TENANT, "Deal")["results"]:
+        assert entity["$type"] == "Deal"
+        assert re.fullmatch(r"deal_[A-Za-z0-9]{9,}", entity["$id"])
+        assert entity["$version"] == 1
+        assert {"$createdAt", "$createdBy", "$updatedAt", "$updatedBy"} <= set(entity)
