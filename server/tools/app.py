@@ -13,7 +13,7 @@ import anyio.to_thread
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp_types import CallToolResult, EmptyResult, SetLevelRequestParams, TextContent, ToolAnnotations
 from pydantic import AnyHttpUrl, Field, ValidationError
 
 from ..auth.identity import Caller, LocalIdentity, TokenVerifier, resolve_caller
@@ -387,6 +387,16 @@ def build_server(
         except HeadlesslyError as err:
             raise ResourceError(error_text(err)) from None
         return json.dumps(state)
+
+    async def set_log_level(_ctx: Any, params: SetLevelRequestParams) -> EmptyResult:
+        """logging/setLevel (handshake era): the verbosity of the server's own log (stderr)."""
+        level = {"debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO, "warning": logging.WARNING}
+        logging.getLogger().setLevel(level.get(params.level, logging.ERROR))
+        return EmptyResult()
+
+    # MCPServer has no public hook for this (it is deprecated in the 2026-07-28 era); the low-level
+    # server's add_request_handler is public API, reached through MCPServer's private attribute.
+    mcp._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, set_log_level)
 
     for tool in mcp._tool_manager.list_tools():  # advertise what call_tool enforces: no unknown arguments
         tool.parameters["additionalProperties"] = False
