@@ -513,3 +513,18 @@ def test_everything_survives_closing_and_reopening_the_store(
         )
         assert more["events"][0]["seq"] == len(before) + 1
         assert reopened.verify(TENANT)["ok"] is True
+
+
+def test_two_stores_on_one_tenant_file_both_keep_writing(tmp_path: Path, schemas: SchemaSet, clock: Any) -> None:
+    """Two servers on one data dir (two agent sessions): each sees the other's commits before writing."""
+    with Store(tmp_path / "shared", schemas, clock=clock) as a, Store(tmp_path / "shared", schemas, clock=clock) as b:
+        deal = a.do(TENANT, AGENT, {"action": "create", "type": "Deal", "data": {"name": "D", "value": 1}})["entity"]
+        for value in range(2, 8):
+            writer = a if value % 2 else b
+            clock.advance(1)
+            writer.do(TENANT, AGENT, {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": value}})
+        final = a.get(TENANT, "Deal", deal["$id"])
+        assert (final["value"], final["$version"]) == (7, 7)
+        seqs = [e["seq"] for e in b.events(TENANT, limit=100)["results"]]
+        assert seqs == list(range(1, 8))
+        assert a.verify(TENANT)["ok"] is True

@@ -133,12 +133,17 @@ class Writer:
 
     def _run_group(self, group: list[_Job[Any]]) -> None:
         conn = self._conn
-        start = self._head
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # Another process (a second `headlessly serve` on the same data dir) may have written
+            # since our last commit: the head is read again under the write lock, every time.
+            self._head = read_head(conn)
         except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             _fail_all(group, exc)
             return
+        start = self._head
         single = len(group) == 1
         ok: list[_Job[Any]] = []
         for job in group:
