@@ -11,11 +11,13 @@ from ..errors import InvalidType, LimitExceeded, ValidationFailed
 from ..schema import Noun, SchemaSet, load_schemas
 from ..schema.validation import Validators
 from . import queries
+from .events import EventRow
 from .hooks import AfterContext, Hooks, run_after
-from .mutations import Env, Mutator
+from .mutations import Env, Mutator, import_events
 from .operations import MAX_BATCH, Operation, check_actor, parse_operation
 from .tenants import TenantPool, check_tenant
 from .verify import verify_tenant
+from .writer import read_head
 
 log = logging.getLogger(__name__)
 MAX_HOOK_DEPTH = 8
@@ -176,3 +178,24 @@ class Store:
 
     def tenants(self) -> list[str]:
         return self.pool.names()
+
+    # ---- the raw log (for the lakehouse) ------------------------------------------------------
+
+    def log(self, tenant: str, after_seq: int = 0, limit: int = 10_000) -> list[EventRow]:
+        """Up to `limit` stored events after `after_seq`, in seq order, exactly as recorded."""
+        with self.pool.lease(tenant, create=False) as t, t.reader() as conn:
+            rows = conn.execute(
+                f"SELECT {EventRow.COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            ).fetchall()
+        return [EventRow(*r) for r in rows]
+
+    def head(self, tenant: str) -> tuple[int, str]:
+        """The last seq of the tenant's log and its hash."""
+        with self.pool.lease(tenant, create=False) as t, t.reader() as conn:
+            head = read_head(conn)
+        return head.seq, head.hash
+
+    def import_log(self, tenant: str, events: list[EventRow]) -> None:
+        """Append recorded events verbatim (hash chain checked) and rebuild their state: one transaction."""
+        with self.pool.lease(tenant) as t:
+            t.writer.run(lambda txn: import_events(txn, self.env, events))

@@ -165,6 +165,14 @@ class TenantPool:
             self._open.pop(idle).close()
         return True
 
+    def forget(self, name: str) -> None:
+        """Close a tenant's connections (waiting for it to be idle), e.g. before its file is moved."""
+        with self._cv:
+            self._cv.wait_for(lambda: name not in self._open or self._open[name].leases == 0)
+            tenant = self._open.pop(name, None)
+        if tenant is not None:
+            tenant.close()
+
     def close(self) -> None:
         with self._cv:
             for tenant in self._open.values():

@@ -1,0 +1,114 @@
+"""The Iceberg catalog and the `headlessly.events` table (schema, partitioning, properties)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CATALOG = "headlessly"
+NAMESPACE = "headlessly"
+TABLE = "events"
+WATERMARK_PREFIX = "headlessly.watermark."  # + tenant -> "<seq>:<hash>"
+
+TABLE_PROPERTIES = {
+    # A commit that loses a race must not be re-applied blindly (it would append the rows twice):
+    # the flusher re-reads the watermark and retries itself.
+    "commit.retry.num-retries": "0",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+    "format-version": "2",
+}
+
+
+def catalog_properties(data_dir: Path) -> dict[str, str]:
+    """The local default: a SQL catalog on SQLite with its warehouse beside it, under the data dir."""
+    lake = (data_dir / "lakehouse").resolve()
+    return {"type": "sql", "uri": f"sqlite:///{lake / 'catalog.db'}", "warehouse": f"file://{lake / 'warehouse'}"}
+
+
+def load(data_dir: Path) -> Any:
+    """The `headlessly` catalog: pyiceberg's own configuration (.pyiceberg.yaml,
+    PYICEBERG_CATALOG__HEADLESSLY__*) when it names one, else the local SQL catalog."""
+    from pyiceberg.catalog import load_catalog
+    from pyiceberg.utils.config import Config
+
+    if Config().get_catalog_config(CATALOG):
+        return load_catalog(CATALOG)
+    (data_dir / "lakehouse" / "warehouse").mkdir(parents=True, exist_ok=True)
+    return load_catalog(CATALOG, **catalog_properties(data_dir))
+
+
+def schema() -> Any:
+    from pyiceberg.schema import Schema
+    from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
+
+    cols: list[tuple[str, Any, bool]] = [
+        ("tenant", StringType(), True),
+        ("seq", LongType(), True),
+        ("id", StringType(), True),
+        ("type", StringType(), True),
+        ("entity_type", StringType(), True),
+        ("target", StringType(), True),
+        ("actor", StringType(), True),
+        ("timestamp", TimestamptzType(), True),
+        ("version", LongType(), True),
+        ("data", StringType(), True),
+        ("changes", StringType(), True),
+        ("state", StringType(), True),
+        ("reason", StringType(), False),
+        ("hash", StringType(), True),
+        ("caused_by", StringType(), False),
+        ("prev_hash", StringType(), True),
+    ]
+    return Schema(*(NestedField(i, name, kind, required=req) for i, (name, kind, req) in enumerate(cols, start=1)))
+
+
+def partition_spec(s: Any) -> Any:
+    from pyiceberg.partitioning import PartitionField, PartitionSpec
+    from pyiceberg.transforms import DayTransform, IdentityTransform
+
+    return PartitionSpec(
+        PartitionField(
+            source_id=s.find_field("tenant").field_id, field_id=1000, transform=IdentityTransform(), name="tenant"
+        ),
+        PartitionField(
+            source_id=s.find_field("timestamp").field_id, field_id=1001, transform=DayTransform(), name="timestamp_day"
+        ),
+    )
+
+
+def events_table(catalog: Any) -> Any:
+    """The table, created on first use."""
+    from pyiceberg.table.sorting import SortField, SortOrder
+    from pyiceberg.transforms import IdentityTransform
+
+    catalog.create_namespace_if_not_exists(NAMESPACE)
+    s = schema()
+    order = SortOrder(SortField(source_id=s.find_field("seq").field_id, transform=IdentityTransform()))
+    return catalog.create_table_if_not_exists(
+        f"{NAMESPACE}.{TABLE}",
+        schema=s,
+        partition_spec=partition_spec(s),
+        sort_order=order,
+        properties=TABLE_PROPERTIES,
+    )
+
+
+def watermark(table: Any, tenant: str) -> tuple[int, str]:
+    """The last seq of `tenant` in the table and its hash (0 and the genesis hash when none)."""
+    from ..store.events import GENESIS_HASH
+
+    raw = table.metadata.properties.get(WATERMARK_PREFIX + tenant)
+    if not raw:
+        return 0, GENESIS_HASH
+    seq, _, h = raw.partition(":")
+    return int(seq), h
+
+
+def watermarks(table: Any) -> dict[str, tuple[int, str]]:
+    out = {}
+    for key in table.metadata.properties:
+        if key.startswith(WATERMARK_PREFIX):
+            tenant = key[len(WATERMARK_PREFIX) :]
+            out[tenant] = watermark(table, tenant)
+    return out
