@@ -107,11 +107,15 @@ def main() -> None:
     show_default=True,
     help="SQLite synchronous mode: normal survives a process crash, full also a power cut.",
 )
+@click.option("--flush-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds between background flushes of new events to the Iceberg table (one more at shutdown).")  # fmt: skip
+@click.option("--no-flush", is_flag=True, help="No background flush (run `headlessly flush` yourself).")
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
 def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, tenant: str, actor: str | None,
-          schema_dirs: tuple[Path, ...], hook_modules: tuple[str, ...], durability: str, log_level: str) -> None:  # fmt: skip
+          schema_dirs: tuple[Path, ...], hook_modules: tuple[str, ...], durability: str, flush_interval: float,
+          no_flush: bool, log_level: str) -> None:  # fmt: skip
     """Run the MCP server (logs go to stderr)."""
     logging.basicConfig(
         stream=sys.stderr, level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -139,12 +143,20 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         actor=actor,
     )
     store = _open_store(config)
+    background = None
+    if not no_flush:
+        from .lake.background import BackgroundFlush
+
+        background = BackgroundFlush(store, flush_interval)
+        background.start()
     try:
         if transport == "stdio":
             _serve_stdio(store, config)
         else:
             _serve_http(store, config, transport, host, port, no_auth)
     finally:
+        if background is not None:
+            background.stop()  # and one last flush
         store.close()
 
 
@@ -295,13 +307,36 @@ def token_revoke(token_id: str, data_dir: Path) -> None:
 )
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1), help="At most this many events.")
 @click.option("--newest-first", is_flag=True, help="Newest first (default: oldest first).")
+@click.option(
+    "--from-lake",
+    is_flag=True,
+    help="Read the Iceberg table instead of the live store (flushed events; not with --filter).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line instead of a table.")
 @data_dir_option
 @schemas_option
 def events(tenant: str, type_: str | None, target: str | None, actor: str | None, since: str | None, until: str | None,
-           filter_json: str | None, limit: int, newest_first: bool, as_json: bool, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:  # fmt: skip
+           filter_json: str | None, limit: int, newest_first: bool, from_lake: bool, as_json: bool, data_dir: Path,
+           schema_dirs: tuple[Path, ...]) -> None:  # fmt: skip
     """Audit from the shell: a tenant's events, filtered as in search."""
     from .errors import HeadlesslyError
+
+    if from_lake:
+        if filter_json:
+            _fail(
+                "--filter applies to the live store; with --from-lake use --type, --target, --actor, --since, --until"
+            )
+        from .lake import catalog as cat
+        from .lake.history import lake_events
+
+        try:
+            found = lake_events(
+                cat.events_table(cat.load(data_dir)), tenant, type_, target, actor, since, until, limit, newest_first
+            )
+        except ValueError as exc:
+            _fail(str(exc))
+        _print_events(found, as_json)
+        return
 
     flt: dict[str, Any] = {}
     if filter_json:
@@ -332,6 +367,10 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
         _fail(f"{exc.code}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
     finally:
         store.close()
+    _print_events(rows, as_json)
+
+
+def _print_events(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         for e in rows:
             click.echo(json.dumps(e, ensure_ascii=False))
@@ -343,15 +382,18 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
 @main.command()
 @click.option("--tenant", default=None, help="One tenant (default: every tenant in the data dir).")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.option("--no-lake", is_flag=True, help="Skip comparing the Iceberg table with the log.")
 @data_dir_option
 @schemas_option
-def verify(tenant: str | None, as_json: bool, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
-    """Recompute every hash chain and re-derive every entity from its events; exit 1 on any problem."""
+def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
+    """Recompute every hash chain, re-derive every entity from its events, and compare the Iceberg
+    table with the log (no gaps, no duplicates, same hashes up to the watermark); exit 1 on any problem."""
     from .errors import HeadlesslyError
 
     store = _open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
     ok = True
     try:
+        table = None if no_lake else _lake_table_if_any(data_dir)
         names = [tenant] if tenant else store.tenants()
         if not names:
             click.echo(f"no tenants in {data_dir}", err=True)
@@ -362,19 +404,136 @@ def verify(tenant: str | None, as_json: bool, data_dir: Path, schema_dirs: tuple
                 )
             except HeadlesslyError as exc:
                 _fail(exc.message)
+            if table is not None:
+                from .lake import catalog as cat
+                from .lake.restore import check_tenant as check_lake
+
+                lake_problems = check_lake(store, table, name)
+                report["lake"] = {"watermark": cat.watermark(table, name)[0]}
+                report["problems"].extend(lake_problems)
+                report["ok"] = report["ok"] and not lake_problems
             ok = ok and report["ok"]
             if as_json:
                 click.echo(json.dumps(report))
                 continue
             status = "ok" if report["ok"] else "FAILED"
+            in_lake = f", {report['lake']['watermark']} in the lake" if "lake" in report else ""
             click.echo(
-                f"{name}: {status}: {report['events']} events, {report['entities']} entities, head {report['headHash'][:16]}"
+                f"{name}: {status}: {report['events']} events{in_lake}, {report['entities']} entities, head {report['headHash'][:16]}"
             )
             for problem in report["problems"]:
                 click.echo(f"  - {problem}")
     finally:
         store.close()
     sys.exit(0 if ok else 1)
+
+
+def _lake_table_if_any(data_dir: Path) -> Any:
+    """The events table when a lakehouse is configured or exists locally; None otherwise."""
+    import os
+
+    configured = any(k.startswith("PYICEBERG_CATALOG__HEADLESSLY__") for k in os.environ)
+    if not configured and not (data_dir / "lakehouse" / "catalog.db").exists():
+        return None
+    from .lake import catalog as cat
+
+    return cat.events_table(cat.load(data_dir))
+
+
+# ---- the lakehouse --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable; default: every tenant).")
+@data_dir_option
+@schemas_option
+def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
+    """Send every event not yet in the Iceberg table to it, exactly once, with progress."""
+    from .lake.flusher import Flusher
+
+    store = _open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
+    total = 0
+    try:
+        names = list(tenants) or store.tenants()
+        flusher = Flusher(store)
+        with click.progressbar(names, label="flushing", file=sys.stderr, show_pos=True) as bar:
+            for name in bar:
+                report = flusher.flush([name])
+                total += report.events
+                if report.events:
+                    click.echo(
+                        f"  {name}: {report.events} events (oldest was {max(report.lag_seconds.values()):.1f}s old)",
+                        err=True,
+                    )
+    finally:
+        store.close()
+    click.echo(f"flushed {total} events of {len(names)} tenant(s)")
+
+
+@main.command()
+@click.option("--tenant", required=True, help="The tenant to rebuild from the table.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace a tenant that has events (its file is kept aside as .replaced-<time>)."
+)
+@data_dir_option
+@schemas_option
+def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
+    """Rebuild a tenant's database from the Iceberg table (events, hashes and state), then verify it."""
+    from .errors import HeadlesslyError
+    from .lake.restore import restore_tenant
+
+    store = _open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
+    try:
+        with click.progressbar(length=1, label=f"restoring {tenant}", file=sys.stderr, show_pos=True) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.length = total
+                bar.update(done - bar.pos)
+
+            count = restore_tenant(store, tenant, overwrite, progress)
+        report = store.verify(tenant)
+    except HeadlesslyError as exc:
+        _fail(f"{exc.code}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+    finally:
+        store.close()
+    click.echo(f"restored {count} events into tenant {tenant}; verify: {'ok' if report['ok'] else 'FAILED'}")
+    sys.exit(0 if report["ok"] else 1)
+
+
+@main.group()
+def lake() -> None:
+    """Upkeep of the Iceberg table."""
+
+
+@lake.command("maintain")
+@click.option(
+    "--retain-days",
+    default=7.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Expire snapshots older than this.",
+)
+@click.option("--orphan-hours", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Remove unreferenced data files older than this (younger ones may belong to a commit in flight).")  # fmt: skip
+@data_dir_option
+def lake_maintain(retain_days: float, orphan_hours: float, data_dir: Path) -> None:
+    """Compact closed days, expire old snapshots, prune old metadata, remove orphan files."""
+    from datetime import timedelta
+
+    from .lake import catalog as cat
+    from .lake.maintain import maintain
+
+    table = cat.events_table(cat.load(data_dir))
+    report = maintain(
+        table,
+        timedelta(days=retain_days),
+        timedelta(hours=orphan_hours),
+        progress=lambda t: click.echo(f"  {t}", err=True),
+    )
+    click.echo(
+        f"compacted {len(report.days_compacted)} day(s), expired {report.snapshots_expired} snapshot(s), "
+        f"removed {report.orphans_removed} orphan file(s); data files {report.files_before} -> {report.files_after}"
+    )
 
 
 def _short(value: Any, width: int = 60) -> str:
