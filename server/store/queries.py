@@ -181,8 +181,8 @@ def _source(noun: Noun, seq: int | None) -> tuple[str, list[Any]]:
     lit = noun_literal(noun.name)
     sql = (
         "(SELECT e.rowid AS rowid, e.target AS id, e.entity_type AS type, e.version AS version, "
-        f"{json_path('$createdAt').replace('state', 'e.state')} AS created_at, e.ts AS updated_at, "
-        f"{json_path('$deletedAt').replace('state', 'e.state')} AS deleted_at, e.state AS state FROM events e "
+        """json_extract(e.state, '$."$createdAt"') AS created_at, e.ts AS updated_at, """
+        """json_extract(e.state, '$."$deletedAt"') AS deleted_at, e.state AS state FROM events e """
         f"WHERE e.seq IN (SELECT max(seq) FROM events WHERE entity_type = {lit} AND seq <= ? GROUP BY target))"
     )
     return sql, [seq]

@@ -123,6 +123,7 @@ class Writer:
         self._conn = conn
         self._clock = clock
         self._head = read_head(conn)
+        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         self._cv = threading.Condition()
         self._pending: list[_Job[Any]] = []
         self._busy = False
@@ -158,8 +159,11 @@ class Writer:
         try:
             conn.execute("BEGIN IMMEDIATE")
             # Another process (a second `headlessly serve` on the same data dir) may have written
-            # since our last commit: the head is read again under the write lock, every time.
-            self._head = read_head(conn)
+            # since our last commit. data_version changes exactly when another connection has
+            # committed, so the head is re-read (under the write lock) only then.
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._head, self._data_version = read_head(conn), version
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
