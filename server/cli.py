@@ -331,7 +331,7 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
 
         try:
             found = lake_events(
-                cat.events_table(cat.load(data_dir)), tenant, type_, target, actor, since, until, limit, newest_first
+                cat.open_table(data_dir), tenant, type_, target, actor, since, until, limit, newest_first
             )
         except ValueError as exc:
             _fail(str(exc))
@@ -437,7 +437,7 @@ def _lake_table_if_any(data_dir: Path) -> Any:
         return None
     from .lake import catalog as cat
 
-    return cat.events_table(cat.load(data_dir))
+    return cat.open_table(data_dir)
 
 
 # ---- the lakehouse --------------------------------------------------------------------------------
@@ -523,7 +523,7 @@ def lake_maintain(retain_days: float, orphan_hours: float, data_dir: Path) -> No
     from .lake import catalog as cat
     from .lake.maintain import maintain
 
-    table = cat.events_table(cat.load(data_dir))
+    table = cat.open_table(data_dir)
     report = maintain(
         table,
         timedelta(days=retain_days),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 CATALOG = "headlessly"
 NAMESPACE = "headlessly"
@@ -32,10 +34,37 @@ def load(data_dir: Path) -> Any:
     from pyiceberg.catalog import load_catalog
     from pyiceberg.utils.config import Config
 
+    configured = Config().get_catalog_config(CATALOG)  # read now, not as of pyiceberg's import
+    if configured:
+        return load_catalog(CATALOG, **cast(dict[str, Any], configured))
+    lake = data_dir / "lakehouse"
+    (lake / "warehouse").mkdir(parents=True, exist_ok=True)
+    with _local_lock(lake):  # the SQL catalog creates its tables on first use: one process at a time
+        return load_catalog(CATALOG, **catalog_properties(data_dir))
+
+
+def open_table(data_dir: Path) -> Any:
+    """The events table of this data dir's catalog, created on first use; with the local catalog,
+    first use is serialized across processes by a file lock (its SQL has check-then-create races)."""
+    from pyiceberg.utils.config import Config
+
     if Config().get_catalog_config(CATALOG):
-        return load_catalog(CATALOG)
-    (data_dir / "lakehouse" / "warehouse").mkdir(parents=True, exist_ok=True)
-    return load_catalog(CATALOG, **catalog_properties(data_dir))
+        return events_table(load(data_dir))
+    catalog = load(data_dir)
+    with _local_lock(data_dir / "lakehouse"):
+        return events_table(catalog)
+
+
+@contextmanager
+def _local_lock(folder: Path) -> Iterator[None]:
+    import fcntl
+
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def schema() -> Any:
@@ -78,20 +107,26 @@ def partition_spec(s: Any) -> Any:
 
 
 def events_table(catalog: Any) -> Any:
-    """The table, created on first use."""
+    """The table, created on first use (by whichever process gets there first)."""
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
     from pyiceberg.table.sorting import SortField, SortOrder
     from pyiceberg.transforms import IdentityTransform
 
-    catalog.create_namespace_if_not_exists(NAMESPACE)
+    identifier = f"{NAMESPACE}.{TABLE}"
+    try:
+        return catalog.load_table(identifier)  # the usual case: no create attempt, no stray metadata file
+    except NoSuchTableError:
+        pass
+    with suppress(NamespaceAlreadyExistsError):
+        catalog.create_namespace(NAMESPACE)
     s = schema()
     order = SortOrder(SortField(source_id=s.find_field("seq").field_id, transform=IdentityTransform()))
-    return catalog.create_table_if_not_exists(
-        f"{NAMESPACE}.{TABLE}",
-        schema=s,
-        partition_spec=partition_spec(s),
-        sort_order=order,
-        properties=TABLE_PROPERTIES,
-    )
+    try:
+        return catalog.create_table(
+            identifier, schema=s, partition_spec=partition_spec(s), sort_order=order, properties=TABLE_PROPERTIES
+        )
+    except TableAlreadyExistsError:  # another flusher created it in between
+        return catalog.load_table(identifier)
 
 
 def watermark(table: Any, tenant: str) -> tuple[int, str]:

@@ -93,7 +93,7 @@ class Flusher:
     @property
     def table(self) -> Any:
         if self._table is None:
-            self._table = cat.events_table(cat.load(self.data_dir))
+            self._table = cat.open_table(self.data_dir)
         return self._table
 
     def flush(
@@ -134,6 +134,7 @@ class Flusher:
                 self._table = None  # reload: another flusher moved the table on
                 continue
             self.fault("after_commit")
+            races = 0  # the limit is on races lost in a row, for one batch
             report.commits += 1
             report.tenants[tenant] = report.tenants.get(tenant, 0) + len(events)
             age = (now_us() - parse_time(events[0].ts)) / 1e6

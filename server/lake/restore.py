@@ -36,39 +36,50 @@ def restore_tenant(
 
     Refuses a tenant that already has events unless `overwrite`; the replaced file is kept beside
     the new one as `<tenant>.db.replaced-<time>`."""
-    table = cat.events_table(cat.load(store.data_dir))
-    if store.pool.exists(tenant) and store.head(tenant)[0] > 0:
-        if not overwrite:
-            raise TenantExists(
-                f"tenant {tenant!r} already has events in {store.data_dir}",
-                hint="Restore into another --data-dir, or pass --overwrite (the current file is kept aside).",
-            )
-        _set_aside(store, tenant)
-    rows = read_tenant(table, tenant)
+    table = cat.open_table(store.data_dir)
+    live = store.pool.exists(tenant) and store.head(tenant)[0] > 0
+    if live and not overwrite:
+        raise TenantExists(
+            f"tenant {tenant!r} already has events in {store.data_dir}",
+            hint="Restore into another --data-dir, or pass --overwrite (the current file is kept aside).",
+        )
+    rows = read_tenant(table, tenant)  # read and check everything before touching the live file
     total = rows.num_rows
     if total == 0:
         raise ValidationFailed(
             f"the table has no events for tenant {tenant!r}", hint="Check the tenant name and the catalog."
         )
+    aside = _set_aside(store, tenant, "replaced") if store.pool.exists(tenant) else []
     done = 0
-    for batch in rows.to_batches(max_chunksize=CHUNK):
-        store.import_log(tenant, [_row(tenant, r) for r in batch.to_pylist()])
-        done += batch.num_rows
-        if progress:
-            progress(done, total)
+    try:
+        for batch in rows.to_batches(max_chunksize=CHUNK):
+            store.import_log(tenant, [_row(tenant, r) for r in batch.to_pylist()])
+            done += batch.num_rows
+            if progress:
+                progress(done, total)
+    except BaseException:
+        _set_aside(store, tenant, "failed")  # the partial rebuild, kept for a look
+        for moved, original in aside:
+            moved.rename(original)  # and the tenant as it was, back in place
+        raise
     return done
 
 
-def _set_aside(store: Store, tenant: str) -> None:
+def _set_aside(store: Store, tenant: str, label: str) -> list[tuple[Path, Path]]:
+    """Move the tenant's files to `<tenant>.db.<label>-<time>`; returns (new, old) paths."""
     from ..store.tenants import tenant_path
 
     store.pool.forget(tenant)
     path = tenant_path(store.data_dir, tenant)
     stamp = time.strftime("%Y%m%dT%H%M%S")
+    moved = []
     for suffix in ("", "-wal", "-shm"):
         source = Path(f"{path}{suffix}")
         if source.exists():
-            source.rename(f"{path}.replaced-{stamp}{suffix}")
+            target = Path(f"{path}.{label}-{stamp}{suffix}")
+            source.rename(target)
+            moved.append((target, source))
+    return moved
 
 
 def _row(tenant: str, r: dict[str, Any]) -> EventRow:

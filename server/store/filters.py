@@ -32,10 +32,11 @@ class Column:
     enum: tuple[str, ...] | None = None
     json_path: str | None = None  # for arrays: json_each(state, path)
     indexed: bool = False  # has rows in entity_keys
+    nullable: bool = True  # False for meta columns every row has
 
 
-def _meta(name: str, sql: str, kind: str) -> Column:
-    return Column(name, sql, kind)
+def _meta(name: str, sql: str, kind: str, nullable: bool = False) -> Column:
+    return Column(name, sql, kind, nullable=nullable)
 
 
 ENTITY_META = {
@@ -44,10 +45,10 @@ ENTITY_META = {
     "$version": _meta("$version", "version", "int"),
     "$createdAt": _meta("$createdAt", "created_at", "datetime"),
     "$updatedAt": _meta("$updatedAt", "updated_at", "datetime"),
-    "$deletedAt": _meta("$deletedAt", "deleted_at", "datetime"),
+    "$deletedAt": _meta("$deletedAt", "deleted_at", "datetime", nullable=True),
     "$createdBy": _meta("$createdBy", json_path("$createdBy"), "string"),
     "$updatedBy": _meta("$updatedBy", json_path("$updatedBy"), "string"),
-    "$deletedBy": _meta("$deletedBy", json_path("$deletedBy"), "string"),
+    "$deletedBy": _meta("$deletedBy", json_path("$deletedBy"), "string", nullable=True),
 }
 
 EVENT_COLUMNS = {

@@ -38,8 +38,11 @@ def check_limit(limit: Any) -> int:
 
 def seq_at(conn: sqlite3.Connection, as_of_us: int) -> int:
     """The last seq whose timestamp is <= asOf (timestamps grow with seq)."""
-    row = conn.execute("SELECT max(seq) FROM events WHERE ts <= ?", (format_us(as_of_us),)).fetchone()
-    return row[0] or 0
+    # ORDER BY ts ... LIMIT 1 walks the unique ts index; max(seq) with a ts condition would scan the log.
+    row = conn.execute(
+        "SELECT seq FROM events WHERE ts <= ? ORDER BY ts DESC LIMIT 1", (format_us(as_of_us),)
+    ).fetchone()
+    return row[0] if row else 0
 
 
 def head_seq(conn: sqlite3.Connection) -> int:
@@ -189,29 +192,31 @@ def _source(noun: Noun, seq: int | None) -> tuple[str, list[Any]]:
 
 
 def _order(keys: list[SortKey]) -> str:
+    """Nulls last. Meta columns are never null, so they get no null term and the (type, updated_at)
+    index can give the default order without sorting every row."""
     parts = []
     for k in keys:
-        parts.append(f"({k.column.sql} IS NULL)")
+        if k.column.nullable:
+            parts.append(f"({k.column.sql} IS NULL)")
         parts.append(f"{k.column.sql} {'DESC' if k.descending else 'ASC'}")
     return ", ".join([*parts, "id ASC"])
 
 
 def _after(keys: list[SortKey], values: list[Any], last_id: str) -> tuple[str, list[Any]]:
     """Keyset condition: rows strictly after (values, last_id) in the sort order, nulls last."""
-    params: list[Any] = []
     sql = "(id > ?)"
-    tail_params: list[Any] = [last_id]
+    params: list[Any] = [last_id]
     for key, value in reversed(list(zip(keys, values, strict=True))):
         col = key.column.sql
+        cmp = "<" if key.descending else ">"
         if value is None:
             sql = f"(({col} IS NULL) AND {sql})"
-            params_here: list[Any] = []
-        else:
-            cmp = "<" if key.descending else ">"
+        elif key.column.nullable:
             sql = f"(({col} IS NULL) OR ({col} {cmp} ?) OR (({col} = ?) AND {sql}))"
-            params_here = [value, value]
-        tail_params = params_here + tail_params
-    params.extend(tail_params)
+            params = [value, value, *params]
+        else:
+            sql = f"(({col} {cmp} ?) OR (({col} = ?) AND {sql}))"
+            params = [value, value, *params]
     return sql, params
 
 
@@ -326,9 +331,9 @@ class _EventFilter(FilterCompiler):
             self.params.append(value)
             if op in ("$gt", "$gte"):
                 cmp = ">" if op == "$gt" else ">="
-                return f"(seq >= coalesce((SELECT min(seq) FROM events WHERE ts {cmp} ?), 9223372036854775807))"
+                return f"(seq >= coalesce((SELECT seq FROM events WHERE ts {cmp} ? ORDER BY ts LIMIT 1), 9223372036854775807))"
             cmp = "<" if op == "$lt" else "<="
-            return f"(seq <= coalesce((SELECT max(seq) FROM events WHERE ts {cmp} ?), 0))"
+            return f"(seq <= coalesce((SELECT seq FROM events WHERE ts {cmp} ? ORDER BY ts DESC LIMIT 1), 0))"
         return super()._op(col, op, arg)
 
 

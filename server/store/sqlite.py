@@ -85,6 +85,13 @@ _MIGRATIONS: list[tuple[str, str]] = [
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
         """,
     ),
+    (
+        "live entities by type and update time: the default order and count without table lookups",
+        """
+        DROP INDEX entities_by_type_updated;
+        CREATE INDEX entities_by_type_live_updated ON entities (type, deleted_at, updated_at);
+        """,
+    ),
 ]
 
 _SAFE_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")

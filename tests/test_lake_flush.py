@@ -1,0 +1,438 @@
+"""Flushing the log into the Iceberg table `headlessly.events` (CONTRACT §11): every event exactly once,
+in order, whatever crashes in between and however many flushers run at once.
+
+A real pyiceberg SQL catalog on SQLite under the data dir, isolated from any pyiceberg configuration
+of the machine (~/.pyiceberg.yaml, ./.pyiceberg.yaml, $PYICEBERG_HOME, PYICEBERG_* variables)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyiceberg.catalog
+import pytest
+from pyiceberg.transforms import DayTransform, IdentityTransform
+from pyiceberg.types import LongType, StringType, TimestamptzType
+from pyiceberg.utils.config import Config
+
+from server.lake import catalog as cat
+from server.lake.flusher import Flusher, FlushReport, LakeDiverged
+from server.lake.restore import check_tenant, read_tenant
+from server.schema import SchemaSet
+from server.store import Store
+from server.timeutil import parse_time
+
+TENANT = "acme"
+ACTOR = "agent_lake"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CONTRACT_COLUMNS = [
+    "tenant", "seq", "id", "type", "entity_type", "target", "actor", "timestamp",
+    "version", "data", "changes", "state", "reason", "hash",
+]  # fmt: skip
+LAKE_COLUMNS = (*CONTRACT_COLUMNS, "caused_by", "prev_hash")
+THREAD_TIMEOUT = 60.0
+
+
+@pytest.fixture(autouse=True)
+def no_pyiceberg_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyiceberg reads $PYICEBERG_HOME, ~ and the working directory for .pyiceberg.yaml, plus PYICEBERG_*
+    variables, and caches what it found when pyiceberg.catalog is imported: none of it may reach these tests."""
+    for name in list(os.environ):
+        if name.upper().startswith("PYICEBERG_"):
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    monkeypatch.setattr(pyiceberg.catalog, "_ENV_CONFIG", Config())
+    assert Config().get_catalog_config(cat.CATALOG) is None
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+
+class Crash(Exception):
+    """A simulated crash of the flushing process."""
+
+
+class CrashAt:
+    """A fault that crashes the flusher the `on_call`-th time it reaches `stage`, and never again."""
+
+    def __init__(self, stage: str, on_call: int = 1) -> None:
+        self.stage = stage
+        self.on_call = on_call
+        self.calls = 0
+
+    def __call__(self, stage: str) -> None:
+        if stage == self.stage:
+            self.calls += 1
+            if self.calls == self.on_call:
+                raise Crash(stage)
+
+
+def write_events(store: Store, clock: Any, n: int, tenant: str = TENANT) -> None:
+    """`n` events: a contact created, then updated twice, and so on; odd microseconds between events."""
+    target = ""
+    for i in range(n):
+        clock.advance(0.250001)
+        if i % 3 == 0:
+            request = {"action": "create", "type": "Contact", "data": {"name": f"Person {i}"}}
+            target = store.do(tenant, ACTOR, request)["entity"]["$id"]
+        else:
+            store.do(tenant, ACTOR, {"action": "update", "type": "Contact", "id": target, "data": {"title": f"t{i}"}})
+
+
+def lake_table(data_dir: Path) -> Any:
+    """The table as it is now in the catalog (a fresh load, not a flusher's cached copy)."""
+    return cat.events_table(cat.load(data_dir))
+
+
+def log_rows(store: Store, tenant: str = TENANT) -> list[dict[str, Any]]:
+    """The tenant's log as the rows the table must hold (timestamps in microseconds)."""
+    out = []
+    for e in store.log(tenant, 0, 1_000_000):
+        row: dict[str, Any] = {"tenant": tenant, "timestamp": parse_time(e.ts)}
+        row.update({name: getattr(e, name) for name in LAKE_COLUMNS if name not in row})
+        out.append(row)
+    return out
+
+
+def lake_rows(table: Any, tenant: str = TENANT) -> list[dict[str, Any]]:
+    """The tenant's rows in the table, by seq, with timestamps as exact microseconds since the epoch."""
+    rows: list[dict[str, Any]] = read_tenant(table, tenant).to_pylist()
+    for row in rows:
+        row["timestamp"] = (row["timestamp"] - EPOCH) // timedelta(microseconds=1)
+    return rows
+
+
+def assert_exactly_once(store: Store, tenant: str = TENANT) -> None:
+    """Every event of the log in the table once, in order, identical; the watermark at the log's head."""
+    table = lake_table(store.data_dir)
+    expected = log_rows(store, tenant)
+    rows = lake_rows(table, tenant)
+    assert [r["seq"] for r in rows] == list(range(1, len(expected) + 1))
+    assert [{k: r[k] for k in expected[0]} for r in rows] == expected
+    assert cat.watermark(table, tenant) == store.head(tenant)
+    assert check_tenant(store, table, tenant) == []
+
+
+def snapshot_count(data_dir: Path) -> int:
+    return len(lake_table(data_dir).metadata.snapshots)
+
+
+def in_threads(*jobs: Callable[[], Any]) -> list[Any]:
+    """Run the jobs at the same moment, one thread each; every job's result (or its exception, raised)."""
+    start = threading.Barrier(len(jobs), timeout=THREAD_TIMEOUT)
+
+    def together(job: Callable[[], Any]) -> Any:
+        start.wait()
+        return job()
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(together, job) for job in jobs]
+        return [f.result(timeout=THREAD_TIMEOUT) for f in futures]
+
+
+# ---- flushing -------------------------------------------------------------------------------------
+
+
+def test_flushing_twice_puts_every_event_in_the_table_once_in_log_order(store: Store, clock: Any) -> None:
+    write_events(store, clock, 7)
+    flusher = Flusher(store)
+    first = flusher.flush()
+    write_events(store, clock, 5)
+    second = flusher.flush()
+
+    assert first.tenants == {TENANT: 7} and first.commits == 1
+    assert second.tenants == {TENANT: 5} and second.commits == 1
+    assert_exactly_once(store)
+
+
+def test_a_flush_with_nothing_new_commits_nothing(store: Store, clock: Any) -> None:
+    write_events(store, clock, 4)
+    flusher = Flusher(store)
+    flusher.flush()
+    before = lake_table(store.data_dir)
+
+    report = flusher.flush()
+    again = Flusher(store).flush()
+
+    after = lake_table(store.data_dir)
+    assert report == FlushReport() and again == FlushReport()
+    assert len(after.metadata.snapshots) == len(before.metadata.snapshots) == 1
+    assert after.metadata_location == before.metadata_location
+    assert_exactly_once(store)
+
+
+def test_each_tenant_gets_its_own_watermark_at_its_log_head(store: Store, clock: Any) -> None:
+    counts = {"acme": 5, "beta": 2, "gamma": 9}
+    for tenant, n in counts.items():
+        write_events(store, clock, n, tenant)
+
+    report = Flusher(store).flush()
+
+    table = lake_table(store.data_dir)
+    assert report.tenants == counts
+    assert cat.watermarks(table) == {tenant: store.head(tenant) for tenant in counts}
+    assert {tenant: cat.watermark(table, tenant)[0] for tenant in counts} == counts
+    for tenant in counts:
+        assert_exactly_once(store, tenant)
+
+
+def test_flushing_chosen_tenants_moves_only_their_watermarks(store: Store, clock: Any) -> None:
+    write_events(store, clock, 3, "acme")
+    write_events(store, clock, 4, "beta")
+    Flusher(store).flush()
+    write_events(store, clock, 2, "acme")
+    write_events(store, clock, 2, "beta")
+
+    report = Flusher(store).flush(tenants=["beta"])
+
+    table = lake_table(store.data_dir)
+    assert report.tenants == {"beta": 2}
+    assert cat.watermark(table, "acme")[0] == 3
+    assert cat.watermark(table, "beta") == store.head("beta")
+    assert [r["seq"] for r in lake_rows(table, "acme")] == [1, 2, 3]
+    assert_exactly_once(store, "beta")
+
+
+def test_the_table_has_the_contract_columns_and_is_partitioned_by_tenant_and_day(store: Store, clock: Any) -> None:
+    write_events(store, clock, 2)
+    Flusher(store).flush()
+    table = lake_table(store.data_dir)
+    schema = table.schema()
+
+    names = [f.name for f in schema.fields]
+    assert set(CONTRACT_COLUMNS) <= set(names)
+    assert isinstance(schema.find_field("timestamp").field_type, TimestamptzType)
+    for name in ("seq", "version"):
+        assert isinstance(schema.find_field(name).field_type, LongType)
+    for name in set(CONTRACT_COLUMNS) - {"seq", "version", "timestamp"}:
+        assert isinstance(schema.find_field(name).field_type, StringType), name
+
+    spec = table.spec()
+    by_source = {schema.find_column_name(f.source_id): f.transform for f in spec.fields}
+    assert len(spec.fields) == 2
+    assert isinstance(by_source["tenant"], IdentityTransform)
+    assert isinstance(by_source["timestamp"], DayTransform)
+
+
+def test_the_table_is_headlessly_events_in_a_local_sql_catalog_under_the_data_dir(store: Store, clock: Any) -> None:
+    write_events(store, clock, 1)
+    Flusher(store).flush()
+
+    catalog = cat.load(store.data_dir)
+    lake = (store.data_dir / "lakehouse").resolve()
+    assert catalog.name == "headlessly"
+    assert (lake / "catalog.db").is_file()
+    assert catalog.list_tables("headlessly") == [("headlessly", "events")]
+    table = catalog.load_table("headlessly.events")
+    assert table.location().startswith(f"file://{lake / 'warehouse'}/")
+    assert [r["seq"] for r in lake_rows(table)] == [1]
+
+
+def test_timestamps_round_trip_to_the_microsecond_and_land_in_their_utc_day(store: Store, clock: Any) -> None:
+    clock.now = parse_time("2026-01-15T23:59:59.999997Z")
+    for i in range(5):  # .999997 .999998 .999999 | 00:00:00.000000 .000001 the next day
+        store.do(TENANT, ACTOR, {"action": "create", "type": "Contact", "data": {"name": f"Midnight {i}"}})
+        clock.now += 1
+    clock.now = parse_time("2026-01-16T12:34:56.123457Z")
+    store.do(TENANT, ACTOR, {"action": "create", "type": "Contact", "data": {"name": "Noon"}})
+
+    Flusher(store).flush()
+
+    table = lake_table(store.data_dir)
+    stamps = [r["timestamp"] for r in lake_rows(table)]
+    assert stamps == [parse_time(e.ts) for e in store.log(TENANT)]
+    assert [e.ts for e in store.log(TENANT)][2:4] == ["2026-01-15T23:59:59.999999Z", "2026-01-16T00:00:00.000000Z"]
+    files = table.inspect.data_files().select(["partition", "record_count"]).to_pylist()
+    per_day: dict[date, int] = {}
+    for f in files:
+        day = f["partition"]["timestamp_day"]
+        day = day if isinstance(day, date) else date(1970, 1, 1) + timedelta(days=int(day))
+        assert f["partition"]["tenant"] == TENANT
+        per_day[day] = per_day.get(day, 0) + f["record_count"]
+    assert per_day == {date(2026, 1, 15): 3, date(2026, 1, 16): 3}
+
+
+def test_small_batches_commit_one_batch_at_a_time_and_report_each(store: Store, clock: Any) -> None:
+    write_events(store, clock, 10)
+    seen: list[tuple[str, int]] = []
+
+    report = Flusher(store, batch=4).flush(progress=lambda tenant, n: seen.append((tenant, n)))
+
+    assert report.commits == 3 and report.tenants == {TENANT: 10}
+    assert seen == [(TENANT, 4), (TENANT, 4), (TENANT, 2)]
+    assert snapshot_count(store.data_dir) == 3
+    assert_exactly_once(store)
+
+
+# ---- crashes --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("restart", [True, False], ids=["new-flusher", "same-flusher"])
+@pytest.mark.parametrize(
+    ("stage", "committed_before_retry"), [("before_write", 4), ("before_commit", 4), ("after_commit", 8)]
+)
+def test_a_crash_at_any_stage_then_a_flush_leaves_every_event_exactly_once(
+    store: Store, clock: Any, stage: str, committed_before_retry: int, restart: bool
+) -> None:
+    write_events(store, clock, 10)
+    crashing = Flusher(store, fault=CrashAt(stage, on_call=2), batch=4)  # the second batch crashes
+
+    with pytest.raises(Crash):
+        crashing.flush()
+
+    table = lake_table(store.data_dir)
+    assert [r["seq"] for r in lake_rows(table)] == list(range(1, committed_before_retry + 1))
+    assert cat.watermark(table, TENANT)[0] == committed_before_retry
+    assert check_tenant(store, table, TENANT) == []
+
+    report = (Flusher(store, batch=4) if restart else crashing).flush()
+
+    assert report.tenants == {TENANT: 10 - committed_before_retry}
+    assert_exactly_once(store)
+
+
+def test_a_crash_while_flushing_one_tenant_keeps_the_tenants_already_flushed(store: Store, clock: Any) -> None:
+    for tenant in ("acme", "beta", "gamma"):
+        write_events(store, clock, 3, tenant)
+    with pytest.raises(Crash):
+        Flusher(store, fault=CrashAt("before_commit", on_call=2)).flush()  # acme commits, beta crashes
+
+    table = lake_table(store.data_dir)
+    assert cat.watermarks(table) == {"acme": store.head("acme")}
+
+    report = Flusher(store).flush()
+
+    assert report.tenants == {"beta": 3, "gamma": 3}
+    for tenant in ("acme", "beta", "gamma"):
+        assert_exactly_once(store, tenant)
+
+
+# ---- flushers at once -----------------------------------------------------------------------------
+
+
+def test_two_flushers_in_threads_on_one_store_write_every_event_once(store: Store, clock: Any) -> None:
+    counts = {"acme": 30, "beta": 23, "gamma": 16}
+    for tenant, n in counts.items():
+        write_events(store, clock, n, tenant)
+    lake_table(store.data_dir)  # the table exists: this test is about commit races, not about first use
+    first, second = Flusher(store, batch=7), Flusher(store, batch=7)
+
+    reports = in_threads(first.flush, second.flush)
+
+    for tenant, n in counts.items():
+        assert sum(r.tenants.get(tenant, 0) for r in reports) == n  # each event sent by exactly one of them
+        assert_exactly_once(store, tenant)
+    assert sum(r.commits for r in reports) == snapshot_count(store.data_dir)
+
+
+def test_flushers_of_two_stores_on_one_data_dir_racing_with_writes_send_every_event_once(
+    store: Store, clock: Any, schemas: SchemaSet
+) -> None:
+    write_events(store, clock, 3, "acme")
+    write_events(store, clock, 3, "beta")
+    Flusher(store).flush()  # the table exists: this test is about commit races, not about first use
+    writing = threading.Event()
+    writing.set()
+
+    def writer() -> None:
+        try:
+            for i in range(16):
+                write_events(store, clock, 3, "acme" if i % 2 else "beta")
+        finally:
+            writing.clear()
+
+    def flushing(flusher: Flusher) -> dict[str, int]:
+        sent: dict[str, int] = {}
+        while True:
+            last_round = not writing.is_set()
+            for tenant, n in flusher.flush().tenants.items():
+                sent[tenant] = sent.get(tenant, 0) + n
+            if last_round:
+                return sent
+
+    with Store(store.data_dir, schemas, clock=clock) as other:
+        _, sent_a, sent_b = in_threads(
+            writer, lambda: flushing(Flusher(store, batch=7)), lambda: flushing(Flusher(other, batch=7))
+        )
+
+    for tenant in ("acme", "beta"):
+        assert store.head(tenant)[0] == 27
+        assert sent_a.get(tenant, 0) + sent_b.get(tenant, 0) == 24
+        assert_exactly_once(store, tenant)
+
+
+def test_flushers_starting_together_on_a_fresh_lake_all_succeed(tmp_path: Path, clock: Any, schemas: SchemaSet) -> None:
+    for attempt in range(4):  # the first use (catalog tables, namespace, table) is raced several times over
+        with Store(tmp_path / f"fresh-{attempt}", schemas, clock=clock) as fresh:
+            write_events(fresh, clock, 9)
+            flushers = [Flusher(fresh, batch=3) for _ in range(4)]
+
+            reports = in_threads(*(f.flush for f in flushers))
+
+            assert sum(r.events for r in reports) == 9
+            assert_exactly_once(fresh)
+
+
+def test_a_flusher_that_loses_a_commit_race_rereads_the_watermark_and_sends_only_what_is_missing(
+    store: Store, clock: Any
+) -> None:
+    write_events(store, clock, 6)
+    rival = Flusher(store)
+    rival_reports: list[FlushReport] = []
+
+    def lose_the_race(stage: str) -> None:
+        if stage == "before_commit" and not rival_reports:
+            rival_reports.append(rival.flush())  # commits first, while our transaction is still open
+            write_events(store, clock, 2)
+
+    report = Flusher(store, fault=lose_the_race).flush()
+
+    assert rival_reports[0].tenants == {TENANT: 6}
+    assert report.tenants == {TENANT: 2} and report.commits == 1
+    assert snapshot_count(store.data_dir) == 2
+    assert_exactly_once(store)
+
+
+def test_a_flusher_that_loses_many_races_but_wins_each_retry_finishes_its_flush(store: Store, clock: Any) -> None:
+    write_events(store, clock, 22)  # more batches than MAX_RACES (20)
+    attempts: list[str] = []
+
+    def rival_commits_every_other_time(stage: str) -> None:
+        if stage == "before_commit":
+            attempts.append(stage)
+            if len(attempts) % 2:  # another tenant's commit lands while our transaction is open
+                write_events(store, clock, 1, "beta")
+                Flusher(store).flush(tenants=["beta"])
+
+    report = Flusher(store, fault=rival_commits_every_other_time, batch=1).flush(tenants=[TENANT])
+
+    assert report.tenants == {TENANT: 22} and report.commits == 22
+    assert len(attempts) == 44  # each batch lost one race, then won
+    assert_exactly_once(store)
+    assert_exactly_once(store, "beta")
+
+
+def test_a_log_that_does_not_continue_the_table_is_refused_and_nothing_is_written(
+    tmp_path: Path, store: Store, clock: Any, schemas: SchemaSet
+) -> None:
+    write_events(store, clock, 3)
+    Flusher(store).flush()
+    before = lake_table(store.data_dir)
+
+    with Store(tmp_path / "elsewhere", schemas, clock=clock) as other:
+        write_events(other, clock, 5)  # another history under the same tenant name, longer than the table's
+        with pytest.raises(LakeDiverged):
+            Flusher(other, data_dir=store.data_dir).flush()
+
+    after = lake_table(store.data_dir)
+    assert after.metadata_location == before.metadata_location
+    assert cat.watermark(after, TENANT) == store.head(TENANT)
+    assert_exactly_once(store)

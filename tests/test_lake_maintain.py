@@ -1,0 +1,261 @@
+"""Upkeep of the Iceberg table `headlessly.events`: closed days compacted, old snapshots expired, orphan
+files of crashed commits removed, old metadata pruned; every row and every watermark kept (CONTRACT §11).
+
+Event times come from the fake clock (January 2026); snapshot times and file times are the machine's, so a
+maintenance run that must treat everything as old is given `now` two days after the machine's clock."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyiceberg.catalog
+import pytest
+from pyiceberg.utils.config import Config
+
+from server.lake import catalog as cat
+from server.lake.flusher import Flusher
+from server.lake.maintain import MaintainReport, maintain
+from server.lake.restore import check_tenant, read_tenant
+from server.store import Store
+from server.timeutil import parse_time
+
+TENANT = "acme"
+ACTOR = "agent_lake"
+
+
+@pytest.fixture(autouse=True)
+def no_pyiceberg_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyiceberg reads $PYICEBERG_HOME, ~ and the working directory for .pyiceberg.yaml, plus PYICEBERG_*
+    variables, and caches what it found when pyiceberg.catalog is imported: none of it may reach these tests."""
+    for name in list(os.environ):
+        if name.upper().startswith("PYICEBERG_"):
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    monkeypatch.setattr(pyiceberg.catalog, "_ENV_CONFIG", Config())
+    assert Config().get_catalog_config(cat.CATALOG) is None
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+
+class Crash(Exception):
+    """A simulated crash of the flushing process."""
+
+
+def crash_before_commit(stage: str) -> None:
+    if stage == "before_commit":
+        raise Crash(stage)
+
+
+def later() -> datetime:
+    """A maintenance time after every snapshot and file of the test, and after every event's day."""
+    return datetime.now(UTC) + timedelta(days=2)
+
+
+def write_events(store: Store, clock: Any, n: int, tenant: str = TENANT) -> None:
+    for i in range(n):
+        clock.advance(0.000013)
+        store.do(tenant, ACTOR, {"action": "create", "type": "Contact", "data": {"name": f"Person {i}"}})
+
+
+def lake_table(data_dir: Path) -> Any:
+    """The table as it is now in the catalog (a fresh load, not a flusher's cached copy)."""
+    return cat.load(data_dir).load_table(f"{cat.NAMESPACE}.{cat.TABLE}")
+
+
+def rows(table: Any, tenant: str = TENANT) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = read_tenant(table, tenant).to_pylist()
+    return found
+
+
+def data_files_on_disk(table: Any) -> set[str]:
+    root = Path(urlparse(table.location()).path) / "data"
+    return {os.path.normpath(p) for p in map(str, root.rglob("*")) if Path(p).is_file()}
+
+
+def referenced_files(table: Any) -> set[str]:
+    if not table.metadata.snapshots:
+        return set()
+    paths = table.inspect.all_files().column("file_path").to_pylist()
+    return {os.path.normpath(urlparse(p).path) for p in paths}
+
+
+def files_per_partition(table: Any) -> dict[tuple[str, date], int]:
+    counts: dict[tuple[str, date], int] = {}
+    for p in table.inspect.data_files().column("partition").to_pylist():
+        day = p["timestamp_day"]
+        day = day if isinstance(day, date) else date(1970, 1, 1) + timedelta(days=int(day))
+        counts[(p["tenant"], day)] = counts.get((p["tenant"], day), 0) + 1
+    return counts
+
+
+def assert_exactly_once(store: Store, table: Any, tenant: str = TENANT) -> None:
+    log = store.log(tenant, 0, 1_000_000)
+    found = rows(table, tenant)
+    assert [(r["seq"], r["id"], r["hash"], r["state"]) for r in found] == [(e.seq, e.id, e.hash, e.state) for e in log]
+    assert cat.watermark(table, tenant) == store.head(tenant)
+    assert check_tenant(store, table, tenant) == []
+
+
+def at(text: str) -> int:
+    return parse_time(text)
+
+
+# ---- compaction and expiry ------------------------------------------------------------------------
+
+
+def test_maintenance_compacts_each_closed_day_into_one_file_and_keeps_every_row(store: Store, clock: Any) -> None:
+    flusher = Flusher(store)
+    clock.now = at("2026-01-15T23:59:58Z")
+    for _ in range(3):  # three flushes on the 15th, in both tenants
+        write_events(store, clock, 2, "acme")
+        write_events(store, clock, 2, "beta")
+        flusher.flush()
+    clock.now = at("2026-01-15T23:59:59.999999Z")  # the last microsecond of the 15th
+    store.do(TENANT, ACTOR, {"action": "create", "type": "Contact", "data": {"name": "Last of the 15th"}})
+    flusher.flush()
+    for _ in range(2):  # two flushes on the 16th, from 00:00:00.000013
+        write_events(store, clock, 2, "acme")
+        flusher.flush()
+    table = lake_table(store.data_dir)
+    assert files_per_partition(table) == {
+        ("acme", date(2026, 1, 15)): 4, ("acme", date(2026, 1, 16)): 2, ("beta", date(2026, 1, 15)): 3,
+    }  # fmt: skip
+    before_rows = {t: rows(table, t) for t in ("acme", "beta")}
+    before_marks = cat.watermarks(table)
+    files_before = data_files_on_disk(table)
+
+    report = maintain(table, retain=timedelta(days=1), now=later())
+
+    table = lake_table(store.data_dir)
+    assert report.days_compacted == ["acme/2026-01-15", "acme/2026-01-16", "beta/2026-01-15"]
+    assert (report.files_before, report.files_after) == (9, 3)
+    assert files_per_partition(table) == {
+        ("acme", date(2026, 1, 15)): 1, ("acme", date(2026, 1, 16)): 1, ("beta", date(2026, 1, 15)): 1,
+    }  # fmt: skip
+    assert len(table.metadata.snapshots) == 1 and report.snapshots_expired >= 6
+    assert cat.watermarks(table) == before_marks
+    assert {t: rows(table, t) for t in ("acme", "beta")} == before_rows
+    for tenant in ("acme", "beta"):
+        assert_exactly_once(store, table, tenant)
+    on_disk = data_files_on_disk(table)
+    assert on_disk == referenced_files(table)  # the compacted-away files went with the expired snapshots
+    assert report.orphans_removed == len(files_before - on_disk) == 9
+
+
+def test_maintenance_leaves_an_open_day_and_young_snapshots_alone(store: Store, clock: Any) -> None:
+    flusher = Flusher(store)
+    for _ in range(3):
+        write_events(store, clock, 2)
+        flusher.flush()
+    table = lake_table(store.data_dir)
+    snapshots = [s.snapshot_id for s in table.metadata.snapshots]
+    files = data_files_on_disk(table)
+    today = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=clock.now)  # the events' own day
+
+    report = maintain(table, retain=timedelta(days=7), now=today)
+
+    table = lake_table(store.data_dir)
+    assert report == MaintainReport(files_before=3, files_after=3)
+    assert [s.snapshot_id for s in table.metadata.snapshots] == snapshots
+    assert data_files_on_disk(table) == files
+    assert_exactly_once(store, table)
+
+
+def test_maintenance_of_a_table_with_no_snapshot_does_nothing(store: Store) -> None:
+    table = cat.events_table(cat.load(store.data_dir))
+
+    report = maintain(table, retain=timedelta(0), now=later())
+
+    assert report == MaintainReport()
+    assert lake_table(store.data_dir).metadata.snapshots == []
+
+
+# ---- orphans --------------------------------------------------------------------------------------
+
+
+def test_maintenance_removes_the_orphan_files_of_a_crashed_commit_and_a_later_flush_still_works(
+    store: Store, clock: Any
+) -> None:
+    write_events(store, clock, 4)
+    Flusher(store).flush()
+    write_events(store, clock, 3)
+    with pytest.raises(Crash):
+        Flusher(store, fault=crash_before_commit).flush()  # data files written, never committed
+    table = lake_table(store.data_dir)
+    orphans = data_files_on_disk(table) - referenced_files(table)
+    assert len(orphans) >= 1
+    assert cat.watermark(table, TENANT)[0] == 4
+
+    report = maintain(table, now=later())
+
+    table = lake_table(store.data_dir)
+    assert report.orphans_removed == len(orphans)
+    assert not any(Path(p).exists() for p in orphans)
+    assert data_files_on_disk(table) == referenced_files(table)
+    assert [r["seq"] for r in rows(table)] == [1, 2, 3, 4]
+
+    assert Flusher(store).flush().tenants == {TENANT: 3}
+
+    assert_exactly_once(store, lake_table(store.data_dir))
+
+
+def test_maintenance_keeps_young_orphans_which_may_belong_to_a_commit_in_flight(store: Store, clock: Any) -> None:
+    write_events(store, clock, 2)
+    Flusher(store).flush()
+    write_events(store, clock, 2)
+    with pytest.raises(Crash):
+        Flusher(store, fault=crash_before_commit).flush()
+    table = lake_table(store.data_dir)
+    orphans = data_files_on_disk(table) - referenced_files(table)
+    assert orphans
+
+    report = maintain(table, orphan_age=timedelta(hours=1), now=datetime.now(UTC))
+
+    assert report.orphans_removed == 0
+    assert all(Path(p).exists() for p in orphans)
+
+
+def test_a_flush_racing_maintenance_writes_its_rows_once(store: Store, clock: Any) -> None:
+    flusher = Flusher(store)
+    for _ in range(3):
+        write_events(store, clock, 2)
+        flusher.flush()
+    write_events(store, clock, 3)
+    reports: list[MaintainReport] = []
+
+    def maintain_meanwhile(stage: str) -> None:
+        if stage == "before_commit" and not reports:  # maintenance commits while our transaction is open
+            reports.append(maintain(lake_table(store.data_dir), orphan_age=timedelta(days=3), now=later()))
+
+    report = Flusher(store, fault=maintain_meanwhile).flush()
+
+    assert reports[0].days_compacted == [f"{TENANT}/2026-01-15"]
+    assert report.tenants == {TENANT: 3} and report.commits == 1
+    table = lake_table(store.data_dir)
+    assert files_per_partition(table) == {(TENANT, date(2026, 1, 15)): 2}
+    assert_exactly_once(store, table)
+
+
+# ---- metadata -------------------------------------------------------------------------------------
+
+
+def test_old_metadata_files_are_pruned_as_commits_go_on(store: Store, clock: Any) -> None:
+    flusher = Flusher(store)
+    for _ in range(25):
+        write_events(store, clock, 1)
+        flusher.flush()
+
+    table = lake_table(store.data_dir)
+    metadata = list((Path(urlparse(table.location()).path) / "metadata").glob("*.metadata.json"))
+    assert len(table.metadata.snapshots) == 25
+    assert len(table.metadata.metadata_log) <= 20
+    assert len(metadata) <= 21  # the current file and at most 20 previous ones
+    assert_exactly_once(store, table)

@@ -1,0 +1,365 @@
+"""Restoring a tenant from the Iceberg table `headlessly.events` (CONTRACT §11): the rebuilt database has
+every event, hash and entity of the original, continues its chain, and guards the tenant it would replace.
+
+The restored store lives in a fresh data dir whose pyiceberg configuration (PYICEBERG_CATALOG__HEADLESSLY__*)
+names the original's catalog, as an operator restoring on another machine would configure it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pyiceberg.catalog
+import pytest
+from pyiceberg.utils.config import Config
+
+from server.errors import HeadlesslyError, ValidationFailed
+from server.lake import catalog as cat
+from server.lake.flusher import Flusher
+from server.lake.restore import CHUNK, check_tenant, restore_tenant
+from server.schema import SchemaSet
+from server.store import Store
+
+TENANT = "acme"
+ACTOR = "agent_lake"
+HUMAN = "user_dana"
+NOUNS = ("Organization", "Contact", "Deal")
+
+
+@pytest.fixture(autouse=True)
+def no_pyiceberg_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyiceberg reads $PYICEBERG_HOME, ~ and the working directory for .pyiceberg.yaml, plus PYICEBERG_*
+    variables, and caches what it found when pyiceberg.catalog is imported: none of it may reach these tests."""
+    for name in list(os.environ):
+        if name.upper().startswith("PYICEBERG_"):
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    monkeypatch.setattr(pyiceberg.catalog, "_ENV_CONFIG", Config())
+    assert Config().get_catalog_config(cat.CATALOG) is None
+
+
+def use_the_lake_of(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configure pyiceberg's `headlessly` catalog (environment variables) as the one under `data_dir`."""
+    for key, value in cat.catalog_properties(data_dir).items():
+        monkeypatch.setenv(f"PYICEBERG_CATALOG__HEADLESSLY__{key.upper()}", value)
+    monkeypatch.setattr(pyiceberg.catalog, "_ENV_CONFIG", Config())  # pyiceberg reads its environment at import
+
+
+# ---- a history worth restoring --------------------------------------------------------------------
+
+
+class History:
+    """Writes into one tenant of a store, a little later every time (odd microseconds)."""
+
+    def __init__(self, store: Store, clock: Any, tenant: str = TENANT) -> None:
+        self.store, self.clock, self.tenant = store, clock, tenant
+
+    def do(self, request: dict[str, Any], actor: str = ACTOR, caused_by: str | None = None) -> dict[str, Any]:
+        self.clock.advance(61.000007)
+        result: dict[str, Any] = self.store.do(self.tenant, actor, request, caused_by=caused_by)
+        return result
+
+    def create(self, type_: str, data: dict[str, Any], **extra: Any) -> str:
+        entity_id: str = self.do({"action": "create", "type": type_, "data": data, **extra})["entity"]["$id"]
+        return entity_id
+
+
+def write_history(store: Store, clock: Any) -> dict[str, str]:
+    """Creates, updates with reasons, verbs, a caused event, a rollback and a delete across three nouns."""
+    h = History(store, clock)
+    org = h.create("Organization", {"name": "Acme Corp", "domain": "acme.com", "industry": "Software"})
+    alice = h.create(
+        "Contact", {"name": "Alice Smith", "email": "alice@acme.com", "title": "Head of Sales", "organization": org}
+    )
+    bob = h.create("Contact", {"name": "Bob Stone", "email": "bob@globex.com", "title": "Sales Engineer"})
+    carol = h.create("Contact", {"name": "Carol Jones", "email": "carol@initech.com"}, reason="met at the fair")
+    h.do({"action": "update", "type": "Contact", "id": alice, "data": {"title": "Chief Revenue Officer"}, "reason": "promoted"})  # fmt: skip
+    qualified = h.do({"action": "qualify", "type": "Contact", "id": alice}, actor=HUMAN)["events"][0]["id"]
+    deal = h.create("Deal", {"name": "Acme renewal", "value": 12000.5, "contact": alice, "organization": org})
+    h.do({"action": "update", "type": "Deal", "id": deal, "data": {"stage": "Negotiation"}}, caused_by=qualified)
+    h.do({"action": "win", "type": "Deal", "id": deal}, actor=HUMAN)
+    h.do({"action": "update", "type": "Contact", "id": bob, "data": {"email": "bob@stone.dev", "phone": "+1 555 0100"}})
+    h.do({"action": "update", "type": "Organization", "id": org, "data": {"industry": "Retail", "employeeCount": 120}})
+    h.do({"action": "rollback", "type": "Organization", "id": org, "toVersion": 1})
+    h.do({"action": "delete", "type": "Contact", "id": carol}, actor=HUMAN)
+    return {"org": org, "alice": alice, "bob": bob, "carol": carol, "deal": deal}
+
+
+def entity_ids(store: Store, tenant: str = TENANT) -> dict[str, list[str]]:
+    found = {n: store.find(tenant, n, include_deleted=True, limit=100)["results"] for n in NOUNS}
+    return {n: sorted(e["$id"] for e in results) for n, results in found.items()}
+
+
+def get_or_error(store: Store, noun: str, entity_id: str) -> Any:
+    """A read's entity, or its error's code and message: restored reads must fail the way originals do."""
+    try:
+        return store.get(TENANT, noun, entity_id)
+    except HeadlesslyError as exc:
+        return {"error": exc.code, "message": exc.message}
+
+
+@pytest.fixture
+def original(store: Store, clock: Any) -> dict[str, str]:
+    """The store fixture with a history in `acme` (and a little in `beta`), flushed to the lake."""
+    ids = write_history(store, clock)
+    History(store, clock, "beta").create("Contact", {"name": "Someone Else"})
+    assert Flusher(store).flush().tenants == {TENANT: store.head(TENANT)[0], "beta": 1}
+    return ids
+
+
+@pytest.fixture
+def fresh(
+    tmp_path: Path,
+    store: Store,
+    original: dict[str, str],
+    schemas: SchemaSet,
+    clock: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Store]:
+    """An empty store in another data dir, configured to use the original's lake."""
+    use_the_lake_of(store.data_dir, monkeypatch)
+    with Store(tmp_path / "restored", schemas, clock=clock) as s:
+        yield s
+
+
+def log_of(store: Store, tenant: str = TENANT) -> list[Any]:
+    return store.log(tenant, 0, 1_000_000)
+
+
+# ---- restoring ------------------------------------------------------------------------------------
+
+
+def test_a_restored_tenant_has_every_event_and_hash_of_the_original(store: Store, fresh: Store) -> None:
+    seen: list[tuple[int, int]] = []
+
+    restored = restore_tenant(fresh, TENANT, progress=lambda done, total: seen.append((done, total)))
+
+    n = store.head(TENANT)[0]
+    assert restored == n == 13
+    assert seen[-1] == (n, n)
+    assert log_of(fresh) == log_of(store)  # every column of every event, hashes included, as recorded
+    assert fresh.head(TENANT) == store.head(TENANT)
+    assert fresh.events(TENANT, limit=100)["results"] == store.events(TENANT, limit=100)["results"]
+    report = fresh.verify(TENANT)
+    assert report["ok"] is True and report["problems"] == []
+    assert report["headHash"] == store.verify(TENANT)["headHash"] == store.head(TENANT)[1]
+    assert (report["events"], report["entities"]) == (13, 5)
+    assert fresh.tenants() == [TENANT]  # only the tenant asked for
+    assert not (fresh.data_dir / "lakehouse").exists()  # read from the configured catalog, not a local one
+
+
+def test_a_restored_tenant_has_every_entity_of_the_original_live_deleted_and_past(
+    store: Store, fresh: Store, original: dict[str, str]
+) -> None:
+    restore_tenant(fresh, TENANT)
+
+    ids = entity_ids(store)
+    assert entity_ids(fresh) == ids
+    assert sum(len(v) for v in ids.values()) == 5
+    for noun in NOUNS:
+        assert fresh.find(TENANT, noun, include_deleted=True, limit=100) == store.find(
+            TENANT, noun, include_deleted=True, limit=100
+        )
+        assert fresh.find(TENANT, noun, limit=100) == store.find(TENANT, noun, limit=100)
+        for entity_id in ids[noun]:
+            assert get_or_error(fresh, noun, entity_id) == get_or_error(store, noun, entity_id)
+            assert fresh.get(TENANT, noun, entity_id, version=1) == store.get(TENANT, noun, entity_id, version=1)
+    carol = get_or_error(fresh, "Contact", original["carol"])
+    assert carol["error"] == "not_found"
+    alice = fresh.get(TENANT, "Contact", original["alice"], include=["organization"])
+    assert alice == store.get(TENANT, "Contact", original["alice"], include=["organization"])
+    assert alice["stage"] == "Qualified" and alice["organization"]["$id"] == original["org"]
+    created = next(e for e in log_of(store) if e.target == original["alice"]).ts
+    assert fresh.get(TENANT, "Contact", original["alice"], as_of=created)["title"] == "Head of Sales"
+
+
+def test_writing_after_a_restore_continues_the_hash_chain_and_the_lake(
+    store: Store, fresh: Store, original: dict[str, str], clock: Any
+) -> None:
+    restore_tenant(fresh, TENANT)
+    head_seq, head_hash = store.head(TENANT)
+
+    clock.advance(5)
+    result = fresh.do(TENANT, ACTOR, {"action": "update", "type": "Contact", "id": original["bob"], "data": {"title": "CTO"}})  # fmt: skip
+    fresh.do(TENANT, ACTOR, {"action": "create", "type": "Contact", "data": {"name": "Dan New"}})
+
+    event = result["events"][0]
+    assert event["seq"] == head_seq + 1
+    assert event["version"] == store.get(TENANT, "Contact", original["bob"])["$version"] + 1
+    nxt = log_of(fresh)[head_seq]
+    assert (nxt.seq, nxt.prev_hash) == (head_seq + 1, head_hash)
+    assert fresh.head(TENANT)[0] == head_seq + 2
+    assert fresh.verify(TENANT)["ok"] is True
+
+    report = Flusher(fresh).flush(tenants=[TENANT])  # the restored tenant carries on in the same table
+
+    table = cat.events_table(cat.load(fresh.data_dir))
+    assert report.tenants == {TENANT: 2}
+    assert cat.watermark(table, TENANT) == fresh.head(TENANT)
+    assert check_tenant(fresh, table, TENANT) == []
+
+
+def test_restore_refuses_a_tenant_that_already_has_events(store: Store, original: dict[str, str]) -> None:
+    head = store.head(TENANT)
+
+    with pytest.raises(HeadlesslyError) as exc:
+        restore_tenant(store, TENANT)
+
+    assert exc.value.code == "conflict"
+    assert exc.value.hint
+    assert store.head(TENANT) == head
+    assert sorted(p.name for p in (store.data_dir / "tenants").iterdir() if ".replaced-" in p.name) == []
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_restore_with_overwrite_replaces_the_tenant_and_keeps_the_old_file_aside(
+    store: Store, fresh: Store, clock: Any
+) -> None:
+    other = History(fresh, clock)
+    for i in range(3):  # another history under the same tenant name
+        other.create("Contact", {"name": f"Stranger {i}"})
+    stranger_head = fresh.head(TENANT)
+    with pytest.raises(HeadlesslyError) as exc:
+        restore_tenant(fresh, TENANT)
+    assert exc.value.code == "conflict"
+
+    restored = restore_tenant(fresh, TENANT, overwrite=True)
+
+    assert restored == store.head(TENANT)[0]
+    assert log_of(fresh) == log_of(store)
+    assert fresh.verify(TENANT)["ok"] is True
+    assert fresh.tenants() == [TENANT]
+    kept = [
+        p for p in (fresh.data_dir / "tenants").glob(f"{TENANT}.db.replaced-*") if not p.name.endswith(("-wal", "-shm"))
+    ]
+    assert len(kept) == 1
+    with closing(sqlite3.connect(kept[0])) as old:
+        names = [row[0] for row in old.execute("SELECT json_extract(state, '$.name') FROM events ORDER BY seq")]
+        last = old.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    assert names == ["Stranger 0", "Stranger 1", "Stranger 2"]
+    assert tuple(last) == stranger_head
+
+
+def test_an_overwrite_restore_that_cannot_restore_leaves_the_live_tenant_in_place(fresh: Store, clock: Any) -> None:
+    live = History(fresh, clock, "gamma")  # a tenant the table has never seen
+    live.create("Contact", {"name": "Still Here"})
+    head = fresh.head("gamma")
+
+    with pytest.raises(ValidationFailed):
+        restore_tenant(fresh, "gamma", overwrite=True)
+
+    assert fresh.tenants() == ["gamma"]
+    assert fresh.head("gamma") == head
+    assert [e["name"] for e in fresh.find("gamma", "Contact")["results"]] == ["Still Here"]
+
+
+def test_restore_into_a_tenant_file_with_no_events_needs_no_overwrite(store: Store, fresh: Store) -> None:
+    with fresh.pool.lease(TENANT):  # the tenant's database exists but has no events
+        pass
+    assert fresh.pool.exists(TENANT)
+
+    assert restore_tenant(fresh, TENANT) == store.head(TENANT)[0]
+    assert log_of(fresh) == log_of(store)
+
+
+def test_restored_full_text_search_finds_the_latest_state_only(store: Store, fresh: Store) -> None:
+    restore_tenant(fresh, TENANT)
+
+    def names(s: Store, query: str, include_deleted: bool = False) -> set[str]:
+        found = s.find(TENANT, "Contact", query=query, include_deleted=include_deleted, limit=100)["results"]
+        return {e["name"] for e in found}
+
+    assert names(fresh, "revenue") == {"Alice Smith"}  # her title after the update
+    assert names(fresh, "sales") == {"Bob Stone"}  # not Alice: "Head of Sales" was replaced
+    assert names(fresh, "stone.dev") == {"Bob Stone"}
+    assert names(fresh, "globex") == set()
+    assert names(fresh, "carol") == set()  # deleted
+    assert names(fresh, "acme") == {"Alice Smith"}
+    for query in ("revenue", "sales", "globex", "carol", "acme", "smith"):
+        assert names(fresh, query) == names(store, query), query
+        assert names(fresh, query, True) == names(store, query, True), query
+    orgs = fresh.find(TENANT, "Organization", query="software", limit=100)["results"]
+    assert [o["name"] for o in orgs] == ["Acme Corp"]  # the rollback brought "Software" back
+
+
+def test_restored_unique_fields_are_enforced_and_freed_values_are_free(
+    fresh: Store, original: dict[str, str], clock: Any
+) -> None:
+    restore_tenant(fresh, TENANT)
+    h = History(fresh, clock)
+
+    with pytest.raises(ValidationFailed) as taken:
+        h.create("Contact", {"name": "Alice Again", "email": "alice@acme.com"})
+    assert original["alice"] in taken.value.message
+    with pytest.raises(ValidationFailed) as moved:
+        h.create("Contact", {"name": "Bob Again", "email": "bob@stone.dev"})
+    assert original["bob"] in moved.value.message
+    with pytest.raises(ValidationFailed) as domain:
+        h.create("Organization", {"name": "Acme Again", "domain": "acme.com"})
+    assert original["org"] in domain.value.message
+
+    assert h.create("Contact", {"name": "New Bob", "email": "bob@globex.com"})  # freed by Bob's update
+    assert h.create("Contact", {"name": "New Carol", "email": "carol@initech.com"})  # freed by Carol's delete
+    assert fresh.verify(TENANT)["ok"] is True
+
+
+def test_restoring_a_tenant_the_table_does_not_have_is_refused_and_creates_nothing(
+    fresh: Store,
+) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        restore_tenant(fresh, "nobody")
+
+    assert "nobody" in exc.value.message
+    assert fresh.tenants() == []
+    assert not fresh.pool.exists("nobody")
+
+
+def test_a_restore_larger_than_one_chunk_is_complete(
+    tmp_path: Path, store: Store, schemas: SchemaSet, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for b in range(26):  # 5,200 events: more than one restore chunk (5,000)
+        ops = [
+            {"action": "create", "type": "Contact", "data": {"name": f"P{b}-{i}", "email": f"p{b}-{i}@x.io"}}
+            for i in range(200)
+        ]
+        clock.advance(1)
+        store.do(TENANT, ACTOR, {"operations": ops})
+    Flusher(store).flush()
+    use_the_lake_of(store.data_dir, monkeypatch)
+    seen: list[tuple[int, int]] = []
+
+    with Store(tmp_path / "restored", schemas, clock=clock) as fresh:
+        assert restore_tenant(fresh, TENANT, progress=lambda done, total: seen.append((done, total))) == 5200
+
+        assert CHUNK < 5200 and len(seen) >= 2 and seen[-1] == (5200, 5200)
+        assert fresh.head(TENANT) == store.head(TENANT)
+        assert log_of(fresh) == log_of(store)
+        assert fresh.verify(TENANT)["ok"] is True
+        with pytest.raises(ValidationFailed):
+            fresh.do(TENANT, ACTOR, {"action": "create", "type": "Contact", "data": {"name": "X", "email": "p25-199@x.io"}})  # fmt: skip
+
+
+# ---- the table against the log --------------------------------------------------------------------
+
+
+def test_check_tenant_reports_a_log_that_is_not_the_one_in_the_table(store: Store, fresh: Store, clock: Any) -> None:
+    table = cat.events_table(cat.load(store.data_dir))
+    assert check_tenant(store, table, TENANT) == []
+
+    other = History(fresh, clock)
+    for i in range(20):  # a different history under the same name, longer than the table's
+        other.create("Contact", {"name": f"Stranger {i}"})
+    differs = check_tenant(fresh, table, TENANT)
+    assert differs and any("hash" in p for p in differs)
+
+    with Store(fresh.data_dir.parent / "short", fresh.schemas, clock=clock) as short:
+        History(short, clock).create("Contact", {"name": "Only One"})
+        problems = check_tenant(short, table, TENANT)
+    assert problems and any("log ends at" in p or "hash" in p for p in problems)
