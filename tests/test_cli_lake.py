@@ -1,0 +1,103 @@
+"""The lakehouse from the shell: flush, events --from-lake, verify against the table, restore."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.schema import SchemaSet
+from server.store import Store
+
+HEADLESSLY = str(Path(sys.executable).parent / "headlessly")
+TENANT = "acme"
+
+
+def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real console script, isolated from any pyiceberg configuration of this machine."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYICEBERG_", "HEADLESSLY_"))}
+    env["HOME"] = str(tmp_path)
+    return subprocess.run([HEADLESSLY, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, schemas: SchemaSet) -> Path:
+    d = tmp_path / "data"
+    with Store(d, schemas) as store:
+        deal = store.do(TENANT, "agent_a", {"action": "create", "type": "Deal", "data": {"name": "Big", "value": 5}})
+        store.do(TENANT, "agent_b", {"action": "win", "type": "Deal", "id": deal["entity"]["$id"], "reason": "signed"})
+        store.do(TENANT, "agent_a", {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+    return d
+
+
+def test_flush_sends_every_event_once_and_a_second_flush_sends_nothing(tmp_path: Path, data_dir: Path) -> None:
+    first = run(tmp_path, "flush", "--data-dir", str(data_dir))
+    second = run(tmp_path, "flush", "--data-dir", str(data_dir))
+
+    assert first.returncode == 0, first.stderr
+    assert "flushed 3 events of 1 tenant(s)" in first.stdout
+    assert "flushed 0 events of 1 tenant(s)" in second.stdout
+    assert (data_dir / "lakehouse" / "catalog.db").exists()
+
+
+def test_events_from_the_lake_match_the_live_log(tmp_path: Path, data_dir: Path) -> None:
+    run(tmp_path, "flush", "--data-dir", str(data_dir))
+    live = run(tmp_path, "events", "--tenant", TENANT, "--json", "--data-dir", str(data_dir))
+    lake = run(tmp_path, "events", "--tenant", TENANT, "--json", "--from-lake", "--data-dir", str(data_dir))
+    won = run(
+        tmp_path, "events", "--tenant", TENANT, "--json", "--from-lake", "--type", "*.Won", "--data-dir", str(data_dir)
+    )
+
+    assert lake.returncode == 0, lake.stderr
+    assert [json.loads(x) for x in lake.stdout.splitlines()] == [json.loads(x) for x in live.stdout.splitlines()]
+    (event,) = [json.loads(x) for x in won.stdout.splitlines()]
+    assert (event["type"], event["actor"], event["reason"]) == ("Deal.Won", "agent_b", "signed")
+
+
+def test_verify_compares_the_table_with_the_log(tmp_path: Path, data_dir: Path) -> None:
+    run(tmp_path, "flush", "--data-dir", str(data_dir))
+    healthy = run(tmp_path, "verify", "--data-dir", str(data_dir))
+    with sqlite3.connect(data_dir / "tenants" / f"{TENANT}.db") as conn:
+        conn.execute("DROP TRIGGER events_refuse_update")
+        conn.execute("UPDATE events SET hash = 'f' || substr(hash, 2) WHERE seq = 2")
+    broken = run(tmp_path, "verify", "--data-dir", str(data_dir))
+
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert "3 in the lake" in healthy.stdout
+    assert broken.returncode == 1
+    assert "the table's hash differs from the log's" in broken.stdout
+
+
+def test_restore_rebuilds_a_lost_tenant_and_refuses_a_live_one(tmp_path: Path, data_dir: Path) -> None:
+    run(tmp_path, "flush", "--data-dir", str(data_dir))
+    before = run(tmp_path, "events", "--tenant", TENANT, "--json", "--data-dir", str(data_dir)).stdout
+    refused = run(tmp_path, "restore", "--tenant", TENANT, "--data-dir", str(data_dir))
+    for path in (data_dir / "tenants").glob(f"{TENANT}.db*"):
+        path.unlink()
+    restored = run(tmp_path, "restore", "--tenant", TENANT, "--data-dir", str(data_dir))
+    after = run(tmp_path, "events", "--tenant", TENANT, "--json", "--data-dir", str(data_dir)).stdout
+
+    assert refused.returncode == 2
+    assert "conflict" in refused.stderr and "--overwrite" in refused.stderr
+    assert restored.returncode == 0, restored.stderr
+    assert "restored 3 events into tenant acme; verify: ok" in restored.stdout
+    assert after == before
+
+
+def test_serve_flushes_at_shutdown(tmp_path: Path, data_dir: Path) -> None:
+    """stdio server with a long interval: closing its stdin ends it, and it flushes on the way out."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYICEBERG_", "HEADLESSLY_"))}
+    env["HOME"] = str(tmp_path)
+    proc = subprocess.run(
+        [HEADLESSLY, "serve", "--data-dir", str(data_dir), "--tenant", TENANT, "--flush-interval", "3600"],
+        cwd=tmp_path, env=env, input="", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lake = run(tmp_path, "events", "--tenant", TENANT, "--json", "--from-lake", "--data-dir", str(data_dir))
+
+    assert proc.returncode == 0, proc.stderr
+    assert len(lake.stdout.splitlines()) == 3
