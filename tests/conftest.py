@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,3 +39,23 @@ def clock() -> FakeClock:
 def store(tmp_path: Path, schemas: SchemaSet, clock: FakeClock) -> Iterator[Store]:
     with Store(tmp_path / "data", schemas, clock=clock) as s:
         yield s
+
+
+@pytest.fixture
+def no_pyiceberg_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyiceberg reads $PYICEBERG_HOME, ~ and the working directory for .pyiceberg.yaml, plus PYICEBERG_*
+    variables, and caches what it found when pyiceberg.catalog is imported: none of it may reach lake tests."""
+    import pyiceberg.catalog
+    from pyiceberg.utils.config import Config
+
+    from server.lake import catalog as cat
+
+    for name in list(os.environ):
+        if name.upper().startswith("PYICEBERG_"):
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    monkeypatch.setattr(pyiceberg.catalog, "_ENV_CONFIG", Config())
+    assert Config().get_catalog_config(cat.CATALOG) is None

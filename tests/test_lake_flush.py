@@ -6,7 +6,6 @@ of the machine (~/.pyiceberg.yaml, ./.pyiceberg.yaml, $PYICEBERG_HOME, PYICEBERG
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,11 +13,9 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pyiceberg.catalog
 import pytest
 from pyiceberg.transforms import DayTransform, IdentityTransform
 from pyiceberg.types import LongType, StringType, TimestamptzType
-from pyiceberg.utils.config import Config
 
 from server.lake import catalog as cat
 from server.lake.flusher import Flusher, FlushReport, LakeDiverged
@@ -38,19 +35,7 @@ LAKE_COLUMNS = (*CONTRACT_COLUMNS, "caused_by", "prev_hash")
 THREAD_TIMEOUT = 60.0
 
 
-@pytest.fixture(autouse=True)
-def no_pyiceberg_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pyiceberg reads $PYICEBERG_HOME, ~ and the working directory for .pyiceberg.yaml, plus PYICEBERG_*
-    variables, and caches what it found when pyiceberg.catalog is imported: none of it may reach these tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("PYICEBERG_"):
-            monkeypatch.delenv(name)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(home)
-    monkeypatch.setattr(pyiceberg.catalog, "_ENV_CONFIG", Config())
-    assert Config().get_catalog_config(cat.CATALOG) is None
+pytestmark = pytest.mark.usefixtures("no_pyiceberg_config")
 
 
 # ---- helpers --------------------------------------------------------------------------------------

@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import pyiceberg.catalog
 import pytest
-from pyiceberg.utils.config import Config
 
 from server.lake import catalog as cat
 from server.lake.flusher import Flusher
@@ -27,19 +25,7 @@ TENANT = "acme"
 ACTOR = "agent_lake"
 
 
-@pytest.fixture(autouse=True)
-def no_pyiceberg_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pyiceberg reads $PYICEBERG_HOME, ~ and the working directory for .pyiceberg.yaml, plus PYICEBERG_*
-    variables, and caches what it found when pyiceberg.catalog is imported: none of it may reach these tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("PYICEBERG_"):
-            monkeypatch.delenv(name)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(home)
-    monkeypatch.setattr(pyiceberg.catalog, "_ENV_CONFIG", Config())
-    assert Config().get_catalog_config(cat.CATALOG) is None
+pytestmark = pytest.mark.usefixtures("no_pyiceberg_config")
 
 
 # ---- helpers --------------------------------------------------------------------------------------

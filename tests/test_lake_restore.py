@@ -6,7 +6,6 @@ names the original's catalog, as an operator restoring on another machine would 
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
@@ -30,19 +29,7 @@ HUMAN = "user_dana"
 NOUNS = ("Organization", "Contact", "Deal")
 
 
-@pytest.fixture(autouse=True)
-def no_pyiceberg_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pyiceberg reads $PYICEBERG_HOME, ~ and the working directory for .pyiceberg.yaml, plus PYICEBERG_*
-    variables, and caches what it found when pyiceberg.catalog is imported: none of it may reach these tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("PYICEBERG_"):
-            monkeypatch.delenv(name)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(home)
-    monkeypatch.setattr(pyiceberg.catalog, "_ENV_CONFIG", Config())
-    assert Config().get_catalog_config(cat.CATALOG) is None
+pytestmark = pytest.mark.usefixtures("no_pyiceberg_config")
 
 
 def use_the_lake_of(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
