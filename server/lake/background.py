@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from ..store import Store
 
@@ -18,6 +19,7 @@ class BackgroundFlush:
         self.store = store
         self.interval = interval
         self._stop = threading.Event()
+        self._flusher: Any = None
         self._thread = threading.Thread(target=self._run, name="headlessly-flush", daemon=True)
 
     def start(self) -> None:
@@ -37,9 +39,11 @@ class BackgroundFlush:
         if not self.store.tenants():
             return
         try:
-            from .flusher import Flusher
+            if self._flusher is None:
+                from .flusher import Flusher
 
-            report = Flusher(self.store).flush()
+                self._flusher = Flusher(self.store)  # kept: the catalog and table are loaded once
+            report = self._flusher.flush()
             if report.events:
                 log.info("flushed %d events of %d tenant(s) to the lakehouse", report.events, len(report.tenants))
         except Exception:  # the table may be unreachable for a while: the next round catches up

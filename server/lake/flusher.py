@@ -109,10 +109,15 @@ class Flusher:
         self, tenant: str, report: FlushReport, progress: Callable[[str, int], None] | None = None
     ) -> None:
         races = 0
+        # Only what was written before this round: under a steady stream of writes, chasing the head
+        # would never return and would turn into a commit per handful of events.
+        until = self.store.head(tenant)[0]
         while True:
             table = self.table
             seq, h = cat.watermark(table, tenant)
-            events = self.store.log(tenant, seq, self.batch)
+            if seq >= until:
+                return
+            events = self.store.log(tenant, seq, min(self.batch, until - seq))
             if not events:
                 return  # nothing new: commit nothing
             if events[0].prev_hash != h:
