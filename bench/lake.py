@@ -7,25 +7,34 @@ measured in the same run.
              round: Flusher(store, data_dir=<fresh dir>)), events/s. Baselines on the SAME Arrow data, in the same
              round: `pyarrow.parquet.write_table` of each tenant's `arrow_batch(...)` table to one file (no
              catalog), with pyarrow's default codec (snappy) and with zstd (pyiceberg's default codec). The
-             stages that feed both are timed too: `store.log` (the SQLite read) and `arrow_batch` (the Arrow
-             conversion), so the rows add up: flush ~= log read + Arrow + Parquet + Iceberg (manifests, metadata,
-             catalog commit).
+             stages that feed both are timed too: `store.log` (the SQLite read; and plain sqlite3 `fetchall` of
+             the same rows, without EventRow objects) and `arrow_batch` (the Arrow conversion), so the rows add
+             up: flush ~= log read + Arrow + Parquet + Iceberg (manifests, metadata, catalog commit).
     lag      FlushReport.lag_seconds of the bulk flush (age of the oldest event flushed: for the bulk load this
              is mostly setup time), and a steady run: writes at `--lag-rate` events/s spread over
              `--lag-tenants` tenants while a thread mirrors BackgroundFlush (wait `--lag-interval` s, then
-             `Flusher(store).flush()`, repeat; one more flush after the writes stop). For every event: the time
+             `flusher.flush()` with one kept Flusher, repeat; one more flush after the writes stop); each run's
+             Store has the default max_open_tenants (64). For every event: the time
              from its `timestamp` to the end of the commit that put it in the table (the progress callback,
              called right after that commit), p50 / p99 / max.
 (2) restore  `restore_tenant(store, tenant)` of one `--events`-event tenant (default 1,000,000) into a fresh data
              dir whose pyiceberg configuration (PYICEBERG_CATALOG__HEADLESSLY__TYPE/URI/WAREHOUSE from
              catalog.catalog_properties(original dir)) names the original catalog, events/s. Baseline:
              `store.verify(tenant)` of the original, which reads every event once (run before and after the
-             restore; the mean is the baseline). Context: the same tenant's flush, and `read_tenant` alone
-             (the Iceberg scan + sort the restore starts with).
+             restore; the mean is the baseline). Context: the same tenant's flush, `read_tenant` alone
+             (the Iceberg scan + sort the restore starts with), and a SQLite floor: plain sqlite3
+             `executemany` of the same rows into the events table of our schema (every index and trigger),
+             restore.CHUNK rows per transaction, no entities.
 (3) writes   sequential single-entity updates (`store.do(... "update" ...)`, durability normal) for `--seconds`
              with no flusher, then with a thread running `flusher.flush()` every `--flush-every` s (one
              Flusher, its table cached; the backlog of the previous phase is flushed before the phase starts),
-             alternating the order over `--rounds` rounds; the ratio is taken within each round.
+             alternating the order over `--rounds` rounds; the ratio is taken within each round. With
+             `--experiments`, two more variants as evidence of the cause: the same thread with
+             sys.setswitchinterval(0.0005), and the same loop in a child process (its own Store on the same
+             data dir). The cyclic GC's pauses during the phases are reported too.
+
+Every section ends with a line saying how much CPU other processes used meanwhile (/proc/stat minus this
+process and its children) and which other bench/ processes were running: whether the machine was shared.
 
 The events: per tenant, batches of 1000 operations (`store.do(tenant, actor, {"operations": [...]})`): every
 tenth batch creates 1000 entities (Deals and Contacts, alternating), the nine after it update those (Deal
@@ -37,7 +46,9 @@ directory are set to the run's temp dir before pyiceberg is imported.
 
 Run:  .venv/bin/python bench/lake.py             (defaults: ~10-15 minutes, most of it building 2M events)
       .venv/bin/python bench/lake.py --quick     (smoke run, well under a minute)
-      .venv/bin/python bench/lake.py --only flush,restore --profile   (cProfile of one flush and one restore)
+      .venv/bin/python bench/lake.py --only writes --experiments      (~3 minutes)
+      .venv/bin/python bench/lake.py --only flush,restore --profile --events 200000 --flush-rounds 1
+                                                 (cProfile of one flush and one restore, ~6 minutes)
 """
 
 from __future__ import annotations
@@ -68,8 +79,12 @@ sys.path.insert(0, str(ROOT))
 
 from server.lake import catalog as cat  # noqa: E402  (imports no pyiceberg at module level)
 from server.lake.flusher import BATCH, Flusher, arrow_batch  # noqa: E402
+from server.lake.restore import CHUNK as RESTORE_CHUNK  # noqa: E402
 from server.lake.restore import read_tenant, restore_tenant  # noqa: E402
 from server.store import Store  # noqa: E402
+from server.store.events import EventRow  # noqa: E402
+from server.store.sqlite import connect, migrate  # noqa: E402
+from server.store.tenants import tenant_path  # noqa: E402
 from server.timeutil import now_us, parse_time  # noqa: E402
 
 
@@ -347,6 +362,9 @@ FLUSH_PROBES = [
     ("update/snapshot", "_existing_manifests"),
     ("update/snapshot", "_summary"),
     ("pyiceberg/manifest", "write_manifest_list"),
+    ("table/__init__", "table_metadata"),
+    ("table/update/__init__", "update_table_metadata"),
+    ("copy", "deepcopy"),
     ("table/__init__", "commit_transaction"),
     ("catalog/sql", "commit_table"),
     ("catalog/__init__", "_write_metadata"),
@@ -388,6 +406,42 @@ def arrow_tables(store: Store, tenants: list[str]) -> tuple[dict[str, Any], floa
     return out, t_log, t_arrow
 
 
+def raw_select(data_dir: Path, tenants: list[str]) -> float:
+    """Seconds to read every tenant's events with plain sqlite3 (`SELECT <EventRow columns> ... fetchall`,
+    no EventRow objects): the SQLite part of `store.log`."""
+    t = 0.0
+    for tenant in tenants:
+        conn = connect(tenant_path(data_dir, tenant), readonly=True)
+        t0 = time.perf_counter()
+        rows = conn.execute(f"SELECT {EventRow.COLUMNS} FROM events ORDER BY seq").fetchall()
+        t += time.perf_counter() - t0
+        conn.close()
+        del rows
+    return t
+
+
+def raw_insert(src: Path, dst: Path, chunk: int) -> float:
+    """Seconds to insert the events of the tenant file `src` into a fresh file with our schema
+    (server.store.sqlite connect + migrate: every index and trigger), `executemany` of `chunk` rows per
+    transaction; only the events table, no entities. Reading the rows is not timed."""
+    source, target = connect(src, readonly=True), connect(dst)
+    migrate(target)
+    insert = f"INSERT INTO events ({EventRow.COLUMNS}) VALUES ({', '.join('?' * 16)})"
+    t, seq = 0.0, 0
+    while rows := source.execute(
+        f"SELECT {EventRow.COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, chunk)
+    ).fetchall():
+        seq = rows[-1][0]
+        t0 = time.perf_counter()
+        target.execute("BEGIN IMMEDIATE")
+        target.executemany(insert, rows)
+        target.execute("COMMIT")
+        t += time.perf_counter() - t0
+    source.close()
+    target.close()
+    return t
+
+
 def parquet_write(tables: dict[str, Any], folder: Path, codec: str) -> float:
     import pyarrow.parquet as pq
 
@@ -425,7 +479,7 @@ def bench_flush(base: Path, store_dir: Path, args: argparse.Namespace) -> None:
     tenants = store.tenants()
     n = sum(store.head(t)[0] for t in tenants)
     arrow_batch(tenants[0], store.log(tenants[0], 0, 10))  # imports pyiceberg's schema code before any clock
-    rates: dict[str, list[float]] = {k: [] for k in ("flush", "log", "arrow", "snappy", "zstd")}
+    rates: dict[str, list[float]] = {k: [] for k in ("flush", "log", "raw", "arrow", "snappy", "zstd")}
     ratio_snappy, ratio_zstd, ratio_pipeline, lags, commits, per_commit_all = [], [], [], [], [], []
     first_last: list[tuple[float, float]] = []  # median ms of the first and the last tenth of the commits
     meta_info: tuple[int, int] = (0, 0)
@@ -433,6 +487,7 @@ def bench_flush(base: Path, store_dir: Path, args: argparse.Namespace) -> None:
     for r in range(args.flush_rounds):
         log(f"(1) flush round {r + 1}/{args.flush_rounds}: {n:,} events in {len(tenants)} tenants")
         tables, t_log, t_arrow = arrow_tables(store, tenants)
+        t_raw = raw_select(store_dir, tenants)
         steps = ["ours", "parquet"] if r % 2 == 0 else ["parquet", "ours"]
         for step in steps:
             if step == "ours":
@@ -458,7 +513,8 @@ def bench_flush(base: Path, store_dir: Path, args: argparse.Namespace) -> None:
                 shutil.rmtree(base / f"pq-snappy-{r}")
                 shutil.rmtree(base / f"pq-zstd-{r}")
         del tables
-        for k, t in (("flush", took), ("log", t_log), ("arrow", t_arrow), ("snappy", t_snappy), ("zstd", t_zstd)):
+        for k, t in (("flush", took), ("log", t_log), ("raw", t_raw), ("arrow", t_arrow), ("snappy", t_snappy),
+                     ("zstd", t_zstd)):  # fmt: skip
             rates[k].append(n / t)
         ratio_snappy.append(t_snappy / took)
         ratio_zstd.append(t_zstd / took)
@@ -481,6 +537,7 @@ def bench_flush(base: Path, store_dir: Path, args: argparse.Namespace) -> None:
             [
                 row("Flusher.flush() (ours)", "flush", None, f"{mib('ours')} (+{mib('ours metadata')} metadata)"),
                 row("  stage: store.log (SQLite read)", "log", None, "-"),
+                row("    of which plain sqlite3 fetchall", "raw", None, "-"),
                 row("  stage: arrow_batch (to Arrow)", "arrow", None, "-"),
                 row("baseline: pq.write_table snappy", "snappy", ratio_snappy, mib("snappy")),
                 row("baseline: pq.write_table zstd", "zstd", ratio_zstd, mib("zstd")),
@@ -547,9 +604,11 @@ def lag_run(base: Path, n_tenants: int, args: argparse.Namespace) -> list[str]:
         commits.append((tenant, flushed[tenant], flushed[tenant] + k, end))
         flushed[tenant] += k
 
+    flusher = Flusher(store)  # one Flusher kept across rounds, as BackgroundFlush keeps it
+
     def cycle() -> None:
         t0 = time.perf_counter()
-        report = Flusher(store).flush(progress=progress)  # a new Flusher each time, as BackgroundFlush does
+        report = flusher.flush(progress=progress)
         cycles.append((time.perf_counter() - t0, report.events, report.commits))
         if report.lag_seconds:
             lag_report.append(max(report.lag_seconds.values()))
@@ -602,7 +661,7 @@ def bench_lag(base: Path, args: argparse.Namespace) -> None:
     rows = [lag_run(base, n_tenants, args) for n_tenants in args.lag_tenants]
     print()
     print(f"(1b) steady lag: single-op updates at {args.lag_rate:,} events/s (target) round-robin over the tenants for "
-          f"{args.lag_seconds} s; a thread waits {args.lag_interval} s, then runs Flusher(store).flush(), repeat")  # fmt: skip
+          f"{args.lag_seconds} s; a thread waits {args.lag_interval} s, then runs flusher.flush() (one Flusher), repeat")  # fmt: skip
     print(
         table(
             ["tenants", "written/s", "flushes", "commits/flush", "flush s med / max", "lag p50 s", "lag p99 s",
@@ -660,6 +719,8 @@ def bench_restore(base: Path, src_dir: Path, tenant: str, args: argparse.Namespa
         del rows
     log("(2) verify again (baseline)")
     verify_s.append(verify())
+    log("(2) plain sqlite3 executemany of the events into our schema (context)")
+    floor_s = raw_insert(tenant_path(src_dir, tenant), base / "raw-insert.db", RESTORE_CHUNK)
     verify_mean = statistics.fmean(verify_s)
     print()
     print(f"(2) restore of one {n:,}-event tenant into a fresh data dir (catalog by PYICEBERG_CATALOG__HEADLESSLY__*)")
@@ -670,7 +731,9 @@ def bench_restore(base: Path, src_dir: Path, tenant: str, args: argparse.Namespa
              ["  stage: read_tenant (scan + sort)", f"{n / read_s:,.0f}", f"{read_s:.1f}", f"{read_s / restore_s:.2f}x"],
              ["baseline: store.verify (mean of 2)", f"{n / verify_mean:,.0f}", f"{verify_mean:.1f} ({spread(verify_s, '.1f')})",
               f"{verify_mean / restore_s:.2f}x"],
-             ["context: flush of this tenant", f"{n / flush_s:,.0f}", f"{flush_s:.1f}", f"{flush_s / restore_s:.2f}x"]],
+             ["context: flush of this tenant", f"{n / flush_s:,.0f}", f"{flush_s:.1f}", f"{flush_s / restore_s:.2f}x"],
+             [f"context: sqlite3 executemany into events, {RESTORE_CHUNK:,}/txn", f"{n / floor_s:,.0f}",
+              f"{floor_s:.1f}", f"{floor_s / restore_s:.2f}x"]],
         )
     )  # fmt: skip
     print(
@@ -704,28 +767,8 @@ WRITE_VARIANTS = {
     "off": "without flusher",
     "thread": "with flusher thread",
     "thread-si": "  experiment: thread, sys.setswitchinterval(0.0005)",
-    "thread-capped": "  experiment: thread, each flush stops at the head seen when it starts",
     "process": "  experiment: flusher in a child process",
 }
-
-
-class CappedStore:
-    """The store as a Flusher sees it, except that `log` ends at each tenant's head as first read after
-    `reset()`: a bench-side emulation of a flush that does not chase writes arriving while it runs."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._cap: dict[str, int] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def reset(self) -> None:
-        self._cap = {}
-
-    def log(self, tenant: str, after_seq: int = 0, limit: int = 10_000) -> list[Any]:
-        cap = self._cap.setdefault(tenant, self._store.head(tenant)[0])
-        return [e for e in self._store.log(tenant, after_seq, limit) if e.seq <= cap]
 
 
 def flusher_process(data_dir: str, every: float, stop: Any, ready: Any, results: Any) -> None:
@@ -751,7 +794,7 @@ def bench_writes(base: Path, args: argparse.Namespace) -> None:
     flusher = Flusher(store)
     flusher.flush()
     counter = [0]
-    modes = ["off", "thread"] + (["thread-si", "thread-capped", "process"] if args.experiments else [])
+    modes = ["off", "thread"] + (["thread-si", "process"] if args.experiments else [])
     Stat = tuple[float, float, int, int]  # CPU s, wall s, events, commits of one flush
 
     def run(seconds: float) -> float:
@@ -765,19 +808,15 @@ def bench_writes(base: Path, args: argparse.Namespace) -> None:
         done, counter[0] = i - counter[0], i
         return done / took
 
-    def with_thread(seconds: float, switch: float | None, capped: bool) -> tuple[float, list[Stat]]:
+    def with_thread(seconds: float, switch: float | None) -> tuple[float, list[Stat]]:
         stop = threading.Event()
         stats: list[Stat] = []
-        view = CappedStore(store) if capped else None
-        f = Flusher(view) if view is not None else flusher  # type: ignore[arg-type]
-        f.table  # noqa: B018
+        flusher.table  # noqa: B018
 
         def loop() -> None:
             while not stop.wait(args.flush_every):
                 c0, t0 = time.thread_time(), time.perf_counter()
-                if view is not None:
-                    view.reset()
-                rep = f.flush()
+                rep = flusher.flush()
                 stats.append((time.thread_time() - c0, time.perf_counter() - t0, rep.events, rep.commits))
 
         before = sys.getswitchinterval()
@@ -837,15 +876,13 @@ def bench_writes(base: Path, args: argparse.Namespace) -> None:
                 rate[mode] = run(args.seconds)
                 gc_now["mode"] = None
                 continue
-            flusher._table = None  # another flusher (capped, child process) may have moved the table on
+            flusher._table = None  # the child process's flusher may have moved the table on
             flusher.flush()  # the previous phase's backlog, before the clock starts
             gc_now["mode"] = mode
             if mode == "process":
                 rate[mode], stats = with_process(args.seconds)
             else:
-                rate[mode], stats = with_thread(
-                    args.seconds, 0.0005 if mode == "thread-si" else None, mode == "thread-capped"
-                )
+                rate[mode], stats = with_thread(args.seconds, 0.0005 if mode == "thread-si" else None)
             gc_now["mode"] = None
             fstats[mode].extend(stats)
         for m in modes:
