@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,3 +60,23 @@ def no_pyiceberg_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.chdir(home)
     monkeypatch.setattr(pyiceberg.catalog, "_ENV_CONFIG", Config())
     assert Config().get_catalog_config(cat.CATALOG) is None
+
+
+# ---- entity helpers shared by the read and search tests --------------------------------------
+# Plain functions: `from conftest import TENANT, AGENT, create, write`.
+
+TENANT = "acme"
+AGENT = "agent_mR4nVkTw"
+
+
+def create(store: Store, noun: str, actor: str = AGENT, **data: Any) -> dict[str, Any]:
+    """Create one `noun` in TENANT with `data` as its fields; returns the new entity."""
+    return store.do(TENANT, actor, {"action": "create", "type": noun, "data": data})["entity"]
+
+
+def write(store: Store, action: str, noun: str, entity_id: str, actor: str = AGENT, **data: Any) -> dict[str, Any]:
+    """Apply `action` (update, delete, a verb) to one entity in TENANT; returns the whole result (entity, events)."""
+    op: dict[str, Any] = {"action": action, "type": noun, "id": entity_id}
+    if data:
+        op["data"] = data
+    return store.do(TENANT, actor, op)

@@ -6,12 +6,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from conftest import AGENT, TENANT, create, write
 
 from server.errors import InvalidAsOf, InvalidId, NotFound, ValidationFailed
 from server.store import Store
 
-TENANT = "acme"
-AGENT = "agent_reader"
 BOB = "user_bob"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -27,17 +26,6 @@ def iso(micros: int) -> str:
 
 def advance_to(clock: Any, text: str) -> None:
     clock.now = us(text)
-
-
-def create(store: Store, noun: str, actor: str = AGENT, **data: Any) -> dict[str, Any]:
-    return store.do(TENANT, actor, {"action": "create", "type": noun, "data": data})["entity"]
-
-
-def write(store: Store, action: str, noun: str, entity_id: str, actor: str = AGENT, **data: Any) -> dict[str, Any]:
-    op: dict[str, Any] = {"action": action, "type": noun, "id": entity_id}
-    if data:
-        op["data"] = data
-    return store.do(TENANT, actor, op)
 
 
 def fields(entity: dict[str, Any]) -> dict[str, Any]:

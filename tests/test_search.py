@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from conftest import AGENT, TENANT, create, write
 
 from server.errors import (
     InvalidCursor,
@@ -20,8 +21,6 @@ from server.errors import (
 )
 from server.store import Store
 
-TENANT = "acme"
-AGENT = "agent_searcher"
 OTHER = "agent_other"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -32,17 +31,6 @@ def us(text: str) -> int:
 
 def advance_to(clock: Any, text: str) -> None:
     clock.now = us(text)
-
-
-def create(store: Store, noun: str, actor: str = AGENT, **data: Any) -> dict[str, Any]:
-    return store.do(TENANT, actor, {"action": "create", "type": noun, "data": data})["entity"]
-
-
-def write(store: Store, action: str, noun: str, entity_id: str, actor: str = AGENT, **data: Any) -> dict[str, Any]:
-    op: dict[str, Any] = {"action": action, "type": noun, "id": entity_id}
-    if data:
-        op["data"] = data
-    return store.do(TENANT, actor, op)["entity"]
 
 
 def names(page: dict[str, Any]) -> list[str]:
