@@ -11,6 +11,9 @@ from pathlib import Path
 
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 PAGE_SIZE = 1024
+# Pages in the WAL before a COMMIT checkpoints by itself. Checkpoints normally run in the
+# background (checkpoints.py); this bound only finishes what they left and restarts the WAL.
+WAL_AUTOCHECKPOINT = 16_000
 
 _MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -110,7 +113,7 @@ def connect(path: Path, durability: str = "normal", readonly: bool = False) -> s
         # 4 KiB here. Only takes effect on a new file.
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA wal_autocheckpoint = 4000")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
     conn.execute(f"PRAGMA synchronous = {DURABILITY[durability]}")
     conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA cache_size = -16000")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from ..errors import InvalidTenant, LimitExceeded, NotFound
 from ..schema import SchemaSet
+from .checkpoints import Checkpointer
 from .sqlite import connect, migrate
 from .writer import Writer
 
@@ -38,14 +40,21 @@ class Tenant:
     """One open tenant database: its writer connection and a small pool of reader connections."""
 
     def __init__(
-        self, name: str, path: Path, schemas: SchemaSet, durability: str, clock: Callable[[], int], max_readers: int
+        self,
+        name: str,
+        path: Path,
+        schemas: SchemaSet,
+        durability: str,
+        clock: Callable[[], int],
+        max_readers: int,
+        checkpoint_due: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(path, durability)
         migrate(conn)
-        self.writer = Writer(conn, clock)
+        self.writer = Writer(conn, clock, checkpoint_due)
         self._durability = durability
         self._readers: list[sqlite3.Connection] = []
         self._reader_count = 0
@@ -84,6 +93,11 @@ class Tenant:
                 if conn.in_transaction:
                     conn.execute("COMMIT")
 
+    def checkpoint(self) -> None:
+        """Copy committed WAL pages into the database file without blocking anyone (PASSIVE)."""
+        with self.reader() as conn:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
     def close(self) -> None:
         self.writer.close()
         with self._cv:
@@ -116,6 +130,7 @@ class TenantPool:
         self.wait_seconds = wait_seconds
         self._open: OrderedDict[str, Tenant] = OrderedDict()
         self._cv = threading.Condition()
+        self.checkpoints = Checkpointer(self._checkpoint)
 
     def exists(self, name: str) -> bool:
         return tenant_path(self.data_dir, name).exists()
@@ -126,14 +141,14 @@ class TenantPool:
             return []
         return sorted(p.stem for p in folder.glob("*.db") if TENANT_NAME.fullmatch(p.stem))
 
-    @contextmanager
-    def lease(self, name: str, create: bool = True) -> Iterator[Tenant]:
-        tenant = self._acquire(name, create)
-        try:
-            yield tenant
-        finally:
-            with self._cv:
-                tenant.leases -= 1
+    def lease(self, name: str, create: bool = True) -> _Lease:
+        """`with pool.lease(name) as tenant:` the tenant stays open (not evicted) inside the block."""
+        return _Lease(self, name, create)
+
+    def _release(self, tenant: Tenant) -> None:
+        with self._cv:
+            tenant.leases -= 1
+            if tenant.leases == 0:
                 self._cv.notify_all()
 
     def _acquire(self, name: str, create: bool) -> Tenant:
@@ -151,7 +166,10 @@ class TenantPool:
                         f"all {self.max_open} open tenants are busy",
                         hint="Retry shortly, or raise the open-tenant limit.",
                     )
-                tenant = Tenant(name, path, self.schemas, self.durability, self.clock, self.max_readers)
+                tenant = Tenant(
+                    name, path, self.schemas, self.durability, self.clock, self.max_readers,
+                    functools.partial(self.checkpoints.request, name),
+                )  # fmt: skip
                 self._open[name] = tenant
             self._open.move_to_end(name)
             tenant.leases += 1
@@ -173,8 +191,39 @@ class TenantPool:
         if tenant is not None:
             tenant.close()
 
+    def _checkpoint(self, name: str) -> None:
+        """Checkpoint a tenant if it is still open (leased meanwhile, so it is not closed under us)."""
+        with self._cv:
+            tenant = self._open.get(name)
+            if tenant is None:
+                return
+            tenant.leases += 1
+        try:
+            tenant.checkpoint()
+        finally:
+            with self._cv:
+                tenant.leases -= 1
+                self._cv.notify_all()
+
     def close(self) -> None:
+        self.checkpoints.close()
         with self._cv:
             for tenant in self._open.values():
                 tenant.close()
             self._open.clear()
+
+
+class _Lease:
+    """The context manager of `TenantPool.lease` (a class: this is on every request's path)."""
+
+    __slots__ = ("_create", "_name", "_pool", "_tenant")
+
+    def __init__(self, pool: TenantPool, name: str, create: bool) -> None:
+        self._pool, self._name, self._create = pool, name, create
+
+    def __enter__(self) -> Tenant:
+        self._tenant = self._pool._acquire(self._name, self._create)
+        return self._tenant
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool._release(self._tenant)

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..errors import HeadlesslyError, StorageError
-from .events import GENESIS_HASH, EventRow, chain_hash
+from .checkpoints import EVERY_COMMITS
+from .events import EVENT_ROW_COLUMNS, GENESIS_HASH, EventRow, chain_hash
 
 T = TypeVar("T")
 MAX_GROUP = 512
+GATHER_SECONDS = 0.001
+INSERT_EVENT = f"INSERT INTO events ({EVENT_ROW_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 
 
 @dataclass(frozen=True)
@@ -42,30 +46,24 @@ class Txn:
     def next_ts_us(self) -> int:
         return max(self._clock(), self.head.ts_us + 1)
 
-    def append(self, row: dict[str, Any], ts_us: int, ts: str) -> EventRow:
+    def append(
+        self, event_id: str, type_: str, entity_type: str, action: str, target: str, actor: str, ts_us: int,
+        ts: str, version: int, data: str, changes: str, state: str, reason: str | None, caused_by: str | None,
+    ) -> EventRow:  # fmt: skip
         """Insert one event at `ts_us` (from `next_ts_us`; `ts` is its text) and advance the head."""
-        if ts_us <= self.head.ts_us:
+        head = self.head
+        if ts_us <= head.ts_us:
             raise ValueError("event timestamps must strictly increase")
-        seq = self.head.seq + 1
+        seq = head.seq + 1
         h = chain_hash(
-            self.head.hash, seq, row["id"], row["type"], row["target"], row["actor"], ts, row["version"],
-            row["data"], row["changes"], row["state"], row["reason"], row["caused_by"],
-        )  # fmt: skip
+            head.hash, seq, event_id, type_, target, actor, ts, version, data, changes, state, reason, caused_by
+        )
         event = EventRow(
-            seq=seq, id=row["id"], type=row["type"], entity_type=row["entity_type"], action=row["action"],
-            target=row["target"], actor=row["actor"], ts=ts, version=row["version"], data=row["data"],
-            changes=row["changes"], state=row["state"], reason=row["reason"], caused_by=row["caused_by"],
-            prev_hash=self.head.hash, hash=h,
+            seq, event_id, type_, entity_type, action, target, actor, ts, version, data, changes, state, reason,
+            caused_by, head.hash, h,
         )  # fmt: skip
-        self.conn.execute(
-            f"INSERT INTO events ({EventRow.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                event.seq, event.id, event.type, event.entity_type, event.action, event.target, event.actor,
-                event.ts, event.version, event.data, event.changes, event.state, event.reason, event.caused_by,
-                event.prev_hash, event.hash,
-            ),
-        )  # fmt: skip
-        self.head = Head(seq=seq, hash=h, ts_us=ts_us)
+        self.conn.execute(INSERT_EVENT, event)
+        self.head = Head(seq, h, ts_us)
         return event
 
     def append_verbatim(self, event: EventRow) -> None:
@@ -80,14 +78,7 @@ class Txn:
                 f"event {event.id} (seq {event.seq}) does not continue the log at seq {self.head.seq}",
                 hint="The source has a gap, a duplicate or an altered event; nothing of this batch was written.",
             )
-        self.conn.execute(
-            f"INSERT INTO events ({EventRow.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                event.seq, event.id, event.type, event.entity_type, event.action, event.target, event.actor,
-                event.ts, event.version, event.data, event.changes, event.state, event.reason, event.caused_by,
-                event.prev_hash, event.hash,
-            ),
-        )  # fmt: skip
+        self.conn.execute(INSERT_EVENT, event)
         self.head = Head(seq=event.seq, hash=event.hash, ts_us=parse_time(event.ts))
 
 
@@ -97,7 +88,7 @@ class _DryRun(Exception):
 
 
 class _Job(Generic[T]):
-    __slots__ = ("done", "dry_run", "error", "fn", "result")
+    __slots__ = ("done", "dry_run", "error", "fn", "result", "wake")
 
     def __init__(self, fn: Callable[[Txn], T], dry_run: bool) -> None:
         self.fn = fn
@@ -105,6 +96,8 @@ class _Job(Generic[T]):
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
+        self.wake = threading.Lock()  # held until a leader finishes this job or hands it the lead
+        self.wake.acquire()
 
 
 def read_head(conn: sqlite3.Connection) -> Head:
@@ -119,14 +112,21 @@ def read_head(conn: sqlite3.Connection) -> Head:
 class Writer:
     """The one writer connection of a tenant, shared by leader/follower group commit."""
 
-    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], int]) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, clock: Callable[[], int], checkpoint_due: Callable[[], None] | None = None
+    ) -> None:
         self._conn = conn
         self._clock = clock
+        self._checkpoint_due = checkpoint_due
         self._head = read_head(conn)
         self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-        self._cv = threading.Condition()
+        self._mutex = threading.Lock()
+        self._idle = threading.Condition(self._mutex)
+        self._arrived = threading.Condition(self._mutex)
         self._pending: list[_Job[Any]] = []
-        self._busy = False
+        self._busy = False  # a leader is running a group, or the lead is being handed over
+        self._gathering = False
+        self._last_group = 0
         self.commits = 0  # transactions committed (a group counts once)
 
     @property
@@ -138,21 +138,50 @@ class Writer:
 
         With `dry_run`, everything `fn` wrote is rolled back and its result returned."""
         job: _Job[T] = _Job(fn, dry_run)
-        with self._cv:
+        with self._mutex:
             self._pending.append(job)
-            while not job.done and self._busy:
-                self._cv.wait()
+            follower, self._busy = self._busy, True
+            if follower and self._gathering:
+                self._arrived.notify()
+        if follower:
+            job.wake.acquire()  # woken exactly once: with our result, or to lead the next group
             if job.done:
                 return _outcome(job)
-            self._busy = True
+        with self._mutex:  # we lead: our job is the first pending one
+            if self._last_group > 1 and len(self._pending) < self._last_group:
+                self._gather()
             group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+            self._last_group = len(group)
         try:
             self._run_group(group)
         finally:
-            with self._cv:
-                self._busy = False
-                self._cv.notify_all()
+            for other in group:
+                if not other.done:  # only if the group itself broke (e.g. KeyboardInterrupt)
+                    other.error, other.done = StorageError("the write was interrupted; nothing was written"), True
+            with self._mutex:
+                leader = self._pending[0] if self._pending else None
+                if leader is None:
+                    self._busy = False
+                    self._idle.notify_all()
+            for other in group[1:]:
+                other.wake.release()
+            if leader is not None:
+                leader.wake.release()
         return _outcome(job)
+
+    def _gather(self) -> None:
+        """Under concurrency, wait (briefly) for the writers just answered to queue their next jobs:
+        otherwise the first one back commits alone, and groups alternate between 1 and everyone."""
+        deadline = time.monotonic() + GATHER_SECONDS
+        self._gathering = True
+        try:
+            while len(self._pending) < self._last_group:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._arrived.wait(remaining)
+        finally:
+            self._gathering = False
 
     def _run_group(self, group: list[_Job[Any]]) -> None:
         conn = self._conn
@@ -202,6 +231,8 @@ class Writer:
             if conn.in_transaction:
                 conn.execute("COMMIT")
                 self.commits += 1
+                if self._checkpoint_due is not None and self.commits % EVERY_COMMITS == 0:
+                    self._checkpoint_due()
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -219,9 +250,9 @@ class Writer:
             self._conn.execute("RELEASE job")
 
     def close(self) -> None:
-        with self._cv:
+        with self._idle:
             while self._busy:
-                self._cv.wait()
+                self._idle.wait()
             self._conn.close()
 
 

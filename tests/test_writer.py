@@ -1,0 +1,152 @@
+"""The tenant writer: group commit under concurrency, one job's failure undoing only itself, and
+checkpoints that run in the background instead of inside a writer's commit."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from server.errors import VersionConflict
+from server.store import Store
+from server.store.checkpoints import EVERY_COMMITS
+from server.store.writer import Txn, Writer
+
+TENANT = "acme"
+AGENT = "agent_writer"
+
+
+def create_deal(store: Store, name: str) -> str:
+    result = store.do(TENANT, AGENT, {"action": "create", "type": "Deal", "data": {"name": name, "value": 0}})
+    return str(result["entity"]["$id"])
+
+
+def writer_of(store: Store) -> Writer:
+    with store.pool.lease(TENANT) as tenant:
+        return tenant.writer
+
+
+def update(deal: str, value: int, if_version: int | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"action": "update", "type": "Deal", "id": deal, "data": {"value": value}}
+    if if_version is not None:
+        op["ifVersion"] = if_version
+    return op
+
+
+class HeldWriter:
+    """Keeps the writer busy inside a job until released, so that other writes queue up behind it."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.thread = threading.Thread(target=self.writer.run, args=(self._hold,))
+
+    def _hold(self, _txn: Txn) -> None:
+        self.inside.set()
+        assert self.release.wait(30), "the test never released the writer"
+
+    def __enter__(self) -> HeldWriter:
+        self.thread.start()
+        assert self.inside.wait(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.thread.join(30)
+
+
+async def wait_until_queued(writer: Writer, n: int) -> None:
+    with anyio.fail_after(30):
+        while len(writer._pending) < n:
+            await anyio.sleep(0.001)
+
+
+def start_writes(store: Store, ops: list[dict[str, Any]]) -> tuple[list[threading.Thread], dict[int, Any]]:
+    outcomes: dict[int, Any] = {}
+
+    def write(i: int, op: dict[str, Any]) -> None:
+        try:
+            outcomes[i] = store.do(TENANT, AGENT, op)
+        except Exception as exc:  # recorded for the test to check
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=write, args=(i, op)) for i, op in enumerate(ops)]
+    for t in threads:
+        t.start()
+    return threads, outcomes
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_writes_queued_behind_a_busy_writer_commit_together_in_one_transaction(store: Store) -> None:
+    deals = [create_deal(store, f"D{i}") for i in range(4)]
+    writer = writer_of(store)
+    with HeldWriter(writer):
+        commits_before = writer.commits
+        threads, outcomes = start_writes(store, [update(d, 10) for d in deals])
+        await wait_until_queued(writer, 4)
+    for t in threads:
+        t.join(30)
+    assert writer.commits == commits_before + 2, "the held job commits, then the four queued writes share one commit"
+    seqs = sorted(outcomes[i]["events"][0]["seq"] for i in range(4))
+    assert seqs == list(range(seqs[0], seqs[0] + 4))
+    assert all(store.get(TENANT, "Deal", d)["value"] == 10 for d in deals)
+    assert store.verify(TENANT)["ok"] is True
+
+
+@pytest.mark.anyio
+async def test_a_failing_write_in_a_group_is_undone_alone_and_the_others_commit(store: Store) -> None:
+    deals = [create_deal(store, f"D{i}") for i in range(3)]
+    writer = writer_of(store)
+    with HeldWriter(writer):
+        ops = [update(deals[0], 1), update(deals[1], 2, if_version=7), update(deals[2], 3)]
+        threads, outcomes = start_writes(store, ops)
+        await wait_until_queued(writer, 3)
+    for t in threads:
+        t.join(30)
+    assert isinstance(outcomes[1], VersionConflict)
+    assert outcomes[0]["entity"]["value"] == 1 and outcomes[2]["entity"]["value"] == 3
+    assert store.get(TENANT, "Deal", deals[1])["$version"] == 1
+    assert outcomes[2]["events"][0]["seq"] == outcomes[0]["events"][0]["seq"] + 1, "no seq was used by the failure"
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_every_queued_writer_gets_its_own_result_when_many_threads_write(store: Store) -> None:
+    deals = [create_deal(store, f"D{i}") for i in range(16)]
+    results: dict[str, list[int]] = {d: [] for d in deals}
+
+    def work(deal: str) -> None:
+        for i in range(1, 21):
+            results[deal].append(store.do(TENANT, AGENT, update(deal, i))["entity"]["value"])
+
+    threads = [threading.Thread(target=work, args=(d,)) for d in deals]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert all(values == list(range(1, 21)) for values in results.values())
+    assert writer_of(store).commits < 16 + 16 * 20, "some writes shared a commit"
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_committed_pages_reach_the_database_file_in_the_background(store: Store) -> None:
+    deal = create_deal(store, "Checkpointed")
+    with store.pool.lease(TENANT) as tenant:
+        path = Path(tenant.path)
+    size_before = os.path.getsize(path)
+    for i in range(EVERY_COMMITS):
+        store.do(TENANT, AGENT, update(deal, i + 1))
+    assert store.pool.checkpoints.wait_idle(30)
+    assert os.path.getsize(path) > size_before, "a checkpoint copied the WAL's pages into the database file"
+    assert store.get(TENANT, "Deal", deal)["$version"] == EVERY_COMMITS + 1
+    assert store.verify(TENANT)["ok"] is True
