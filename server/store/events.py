@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 GENESIS_HASH = "0" * 64
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -21,26 +20,43 @@ def new_id(prefix: str) -> str:
     return prefix + secrets.token_bytes(ID_LENGTH).translate(_ID_TABLE).decode()
 
 
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+def _not_serializable(value: object) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False) builds a new C encoder
+# per call; this is that same encoder built once (no circular check: values come from JSON).
+_ENCODER: Any = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _not_serializable, json.encoder.encode_basestring, None, ":", ",", False, False, False
+)
+if _ENCODER is None:  # pragma: no cover - CPython always has the C accelerator
+    _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).iterencode
 
 
 def dumps(value: Any) -> str:
     """The one JSON encoding stored in the database (compact, UTF-8, key order as given)."""
-    return _ENCODE(value)
+    return "".join(_ENCODER(value, 0))
 
 
 def render(value: Any) -> str:
     """A value as it appears in `data`: strings bare, everything else as JSON, absent as null."""
-    return value if isinstance(value, str) else _ENCODE(value)
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        return str(value)
+    return dumps(value)
 
 
 def render_change(old: Any, new: Any) -> str:
     return f"{render(old)} -> {render(new)}"
 
 
-@dataclass(frozen=True)
-class EventRow:
-    """One event as stored (JSON columns kept as their exact stored text)."""
+EVENT_ROW_COLUMNS = "seq, id, type, entity_type, action, target, actor, ts, version, data, changes, state, reason, caused_by, prev_hash, hash"
+
+
+class EventRow(NamedTuple):
+    """One event as stored (JSON columns kept as their exact stored text), in column order."""
 
     seq: int
     id: str
@@ -58,8 +74,6 @@ class EventRow:
     caused_by: str | None
     prev_hash: str
     hash: str
-
-    COLUMNS = "seq, id, type, entity_type, action, target, actor, ts, version, data, changes, state, reason, caused_by, prev_hash, hash"
 
     def to_dict(self, data: dict[str, Any] | None = None, changes: dict[str, Any] | None = None) -> dict[str, Any]:
         """The event as the API shows it (`data`/`changes` may be passed when already decoded)."""

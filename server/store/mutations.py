@@ -6,7 +6,6 @@ import json
 import re
 import sqlite3
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from ..errors import (
@@ -44,14 +43,15 @@ class Env:
     hooks: Hooks
 
 
-@dataclass
 class Loaded:
-    rowid: int
-    state: dict[str, Any]
+    """An entity as the transaction found it: its row, its whole state and its fields alone."""
 
-    @cached_property
-    def fields(self) -> dict[str, Any]:
-        return {k: v for k, v in self.state.items() if not k.startswith("$")}
+    __slots__ = ("fields", "rowid", "state")
+
+    def __init__(self, rowid: int, state: dict[str, Any]) -> None:
+        self.rowid = rowid
+        self.state = state
+        self.fields = fields_of(state)
 
     @property
     def deleted(self) -> bool:
@@ -80,12 +80,15 @@ def same(a: Any, b: Any) -> bool:
 def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """`{field: {"from", "to"}}` for every field that differs (absent shows as null)."""
     out: dict[str, dict[str, Any]] = {}
-    for key in list(old) + [k for k in new if k not in old]:
-        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
-        if a is _MISSING and b is _MISSING:
-            continue
-        if a is _MISSING or b is _MISSING or not same(a, b):
-            out[key] = {"from": None if a is _MISSING else a, "to": None if b is _MISSING else b}
+    for key, a in old.items():
+        b = new.get(key, _MISSING)
+        if b is _MISSING:
+            out[key] = {"from": a, "to": None}
+        elif a is not b and not same(a, b):
+            out[key] = {"from": a, "to": b}
+    for key, b in new.items():
+        if key not in old:
+            out[key] = {"from": None, "to": b}
     return out
 
 
@@ -262,9 +265,10 @@ class Mutator:
         patch = self.before_hooks(noun, "update", "Updated", entity_id, self.patch_of(op), current.state, op)
         merged = merge(current.fields, patch)
         merged = self.validate(noun, merged, list(patch))
-        if not diff(current.fields, merged):
+        changes = diff(current.fields, merged)
+        if not changes:
             return {"entity": current.state, "events": [], "unchanged": True}
-        event = self.write(noun, entity_id, "Updated", current, merged, None, op)
+        event = self.write(noun, entity_id, "Updated", current, merged, None, op, changes=changes)
         return event.result()
 
     def verb(self, noun: Noun, entity_id: str, op: Operation, past: str, sets: str | None) -> dict[str, Any]:
@@ -483,11 +487,13 @@ class Mutator:
         op: Operation,
         extra_data: dict[str, Any] | None = None,
         deleted: str | tuple[str, str | None] | None = None,
+        changes: dict[str, dict[str, Any]] | None = None,
     ) -> Written:
         """Append one event and bring the materialized row to the state right after it.
 
         `deleted` is the entity's deletion after the event: None (live), "now" (this event
-        deletes it) or the `($deletedAt, $deletedBy)` of a past state being restored."""
+        deletes it) or the `($deletedAt, $deletedBy)` of a past state being restored.
+        `changes` may be passed when the caller already has `diff(current.fields, fields)`."""
         ts_us = self.txn.next_ts_us()
         ts = format_us(ts_us)
         old_state = current.state if current else {}
@@ -506,7 +512,8 @@ class Mutator:
         elif isinstance(deleted, tuple):
             meta["$deletedAt"], meta["$deletedBy"] = deleted
         state = {**meta, **fields}
-        changes = diff(fields_of(old_state), fields)
+        if changes is None:
+            changes = diff(current.fields if current else {}, fields)
         for key in ("$deletedAt", "$deletedBy"):
             a, b = old_state.get(key), meta.get(key)
             if a != b:
@@ -523,17 +530,24 @@ class Mutator:
                 f"{noun.name} {entity_id} would be {len(state_text)} bytes; an entity may be at most {MAX_STATE_BYTES}",
                 hint="Store large content elsewhere and keep a url here.",
             )
-        event = self.txn.append({
-            "id": new_id("evt_"), "type": f"{noun.name}.{past}", "entity_type": noun.name, "action": past,
-            "target": entity_id, "actor": self.actor, "version": version, "data": dumps(data),
-            "changes": dumps(changes), "state": state_text, "reason": op.reason, "caused_by": self.caused_by,
-        }, ts_us, ts)  # fmt: skip
-        self._materialize(noun, entity_id, current, state, state_text)
+        event = self.txn.append(
+            new_id("evt_"), f"{noun.name}.{past}", noun.name, past, entity_id, self.actor, ts_us, ts, version,
+            dumps(data), dumps(changes), state_text, op.reason, self.caused_by,
+        )  # fmt: skip
+        self._materialize(noun, entity_id, current, state, state_text, changes)
         return Written(state, event.to_dict(data=data, changes=changes))
 
     def _materialize(
-        self, noun: Noun, entity_id: str, current: Loaded | None, state: dict[str, Any], state_text: str
+        self,
+        noun: Noun,
+        entity_id: str,
+        current: Loaded | None,
+        state: dict[str, Any],
+        state_text: str,
+        changes: dict[str, Any] | None = None,
     ) -> None:
+        """Bring the entity's row, lookup keys and full text to `state`; `changes` (the event's,
+        when known) lets an update skip the keys and text it did not touch."""
         try:
             if current is None:
                 cur = self.conn.execute(
@@ -557,8 +571,14 @@ class Mutator:
                 )
         except sqlite3.IntegrityError as exc:
             raise StorageError(f"could not write {entity_id}: {exc}") from None
-        self._keys(noun, entity_id, current.state if current else None, state)
-        if noun.text_fields:
+        if (
+            current is None
+            or changes is None
+            or any(f.name in changes for f in noun.indexed_fields)
+            or ("$deletedAt" in changes)
+        ):
+            self._keys(noun, entity_id, current.state if current else None, state)
+        if noun.text_fields and (current is None or changes is None or any(f in changes for f in noun.text_fields)):
             body = search_body(noun, state)
             if current is None:
                 self.conn.execute("INSERT INTO entities_fts (rowid, body) VALUES (?, ?)", (rowid, body))

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import ValidationFailed
+from ..errors import InvalidActor, ValidationFailed
 
 ACTOR = re.compile(r"^(agent|user|system)_[A-Za-z0-9_-]{1,64}$")
 CRUD_ACTIONS = ("create", "update", "delete", "rollback", "revert")
@@ -60,8 +60,6 @@ def parse_operation(raw: Operation | dict[str, Any], where: str = "") -> Operati
 
 
 def check_actor(actor: str) -> str:
-    from ..errors import InvalidActor
-
     if not isinstance(actor, str) or not ACTOR.fullmatch(actor):
         raise InvalidActor(
             f"invalid actor {actor!r}: actors match {ACTOR.pattern}",

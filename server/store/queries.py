@@ -11,7 +11,7 @@ from ..errors import InvalidFilter, LimitExceeded, NotFound, ValidationFailed
 from ..schema import Noun, SchemaSet
 from ..timeutil import format_us, parse_as_of
 from . import cursors
-from .events import EventRow
+from .events import EVENT_ROW_COLUMNS, EventRow
 from .filters import EVENT_COLUMNS, Column, FilterCompiler, SortKey, entity_columns, parse_sort
 from .mutations import check_id
 from .sqlite import json_path, noun_literal
@@ -379,7 +379,7 @@ def find_events(
         page_where += f" AND seq {'<' if descending else '>'} ?"
         page_params.append(last)
     rows = conn.execute(
-        f"SELECT {EventRow.COLUMNS} FROM events WHERE {page_where} ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT {n + 1}",
+        f"SELECT {EVENT_ROW_COLUMNS} FROM events WHERE {page_where} ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT {n + 1}",
         page_params,
     ).fetchall()
     has_more = len(rows) > n
@@ -400,7 +400,7 @@ def get_event(conn: sqlite3.Connection, event_id: str) -> dict[str, Any]:
         from ..errors import InvalidId
 
         raise InvalidId(f"{event_id!r} is not an event id", hint="Event ids look like evt_tR8kJmNxPq.")
-    row = conn.execute(f"SELECT {EventRow.COLUMNS} FROM events WHERE id = ?", (event_id,)).fetchone()
+    row = conn.execute(f"SELECT {EVENT_ROW_COLUMNS} FROM events WHERE id = ?", (event_id,)).fetchone()
     if row is None:
         raise NotFound(f"event {event_id} does not exist", hint='Search {"type": "Event"} to list events.')
     return EventRow(*row).to_dict()
@@ -411,7 +411,7 @@ def iter_events(conn: sqlite3.Connection, after_seq: int = 0, batch: int = 5000)
     last = after_seq
     while True:
         rows = conn.execute(
-            f"SELECT {EventRow.COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (last, batch)
+            f"SELECT {EVENT_ROW_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (last, batch)
         ).fetchall()
         if not rows:
             return

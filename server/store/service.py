@@ -11,7 +11,7 @@ from ..errors import InvalidType, LimitExceeded, ValidationFailed
 from ..schema import Noun, SchemaSet, load_schemas
 from ..schema.validation import Validators
 from . import queries
-from .events import EventRow
+from .events import EVENT_ROW_COLUMNS, EventRow
 from .hooks import AfterContext, Hooks, run_after
 from .mutations import Env, Mutator, import_events
 from .operations import MAX_BATCH, Operation, check_actor, parse_operation
@@ -185,7 +185,7 @@ class Store:
         """Up to `limit` stored events after `after_seq`, in seq order, exactly as recorded."""
         with self.pool.lease(tenant, create=False) as t, t.reader() as conn:
             rows = conn.execute(
-                f"SELECT {EventRow.COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+                f"SELECT {EVENT_ROW_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
             ).fetchall()
         return [EventRow(*r) for r in rows]
 
