@@ -20,6 +20,7 @@ from ..auth.identity import Caller, LocalIdentity, TokenVerifier, resolve_caller
 from ..auth.tokens import TokenStore
 from ..errors import Forbidden, HeadlesslyError, InvalidId, InvalidType, NotFound, ValidationFailed
 from ..store import Store
+from ..store.events import dumps
 from ..store.filters import LOGICAL, OPERATORS
 from .models import INSTRUCTIONS, DoOutput, FetchOutput, SearchOutput
 
@@ -34,10 +35,17 @@ def error_text(err: HeadlesslyError) -> str:
 class HeadlesslyMCP(MCPServer):
     """MCPServer whose argument-validation failures read like every other headlessly error."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._known_arguments: dict[str, frozenset[str]] = {}
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
-        tool = self._tool_manager.get_tool(name)
-        known = set((tool.parameters.get("properties") or {}).keys()) if tool else set()
-        unknown = sorted(set(arguments or {}) - known) if tool else []
+        known = self._known_arguments.get(name)
+        if known is None:
+            tool = self._tool_manager.get_tool(name)
+            if tool is not None:
+                known = self._known_arguments[name] = frozenset((tool.parameters.get("properties") or {}).keys())
+        unknown = sorted(set(arguments or {}) - known) if known is not None else []
         if unknown:
             hint = (
                 "The tenant and the writing actor come from the connection, never from arguments."
@@ -48,7 +56,7 @@ class HeadlesslyMCP(MCPServer):
                 json.dumps(
                     {
                         "error": "validation_error",
-                        "message": f"{name}: unknown argument(s) {', '.join(repr(k) for k in unknown)}; valid arguments: {', '.join(sorted(known))}",
+                        "message": f"{name}: unknown argument(s) {', '.join(repr(k) for k in unknown)}; valid arguments: {', '.join(sorted(known or ()))}",
                         "hint": hint or f"Remove {', '.join(unknown)}.",
                     }
                 )
@@ -63,7 +71,7 @@ class HeadlesslyMCP(MCPServer):
             for err in cause.errors(include_url=False):
                 where = ".".join(str(p) for p in err["loc"]) or "(arguments)"
                 problems.append(f"'{where}': {err['msg']}")
-            keys = sorted(known)
+            keys = sorted(known or ())
             raise ToolError(
                 json.dumps(
                     {
@@ -126,9 +134,7 @@ def build_server(
                 "message": "the server failed unexpectedly; nothing was written if this was a write",
                 "hint": "Retry; if it persists, report it with the server's log.",
             })  # fmt: skip
-        return CallToolResult(
-            content=[TextContent(type="text", text=json.dumps(out, ensure_ascii=False))], structured_content=out
-        )
+        return CallToolResult(content=[TextContent(type="text", text=dumps(out))], structured_content=out)
 
     all_types = [*nouns, "Event", "Schema"]
     TypeArg = Annotated[str, Field(
