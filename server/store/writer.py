@@ -155,9 +155,12 @@ class Writer:
         try:
             self._run_group(group)
         finally:
-            for other in group:
-                if not other.done:  # only if the group itself broke (e.g. KeyboardInterrupt)
-                    other.error, other.done = StorageError("the write was interrupted; nothing was written"), True
+            if not all(other.done for other in group):  # the group itself broke (e.g. KeyboardInterrupt)
+                self._recover()
+                for other in group:
+                    if not other.done:
+                        other.error = StorageError("the write was interrupted; nothing was written")
+                        other.done = True
             with self._mutex:
                 leader = self._pending[0] if self._pending else None
                 if leader is None:
@@ -168,6 +171,12 @@ class Writer:
             if leader is not None:
                 leader.wake.release()
         return _outcome(job)
+
+    def _recover(self) -> None:
+        """After a group broke off mid-way: undo its open transaction and re-read the head."""
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+        self._head = read_head(self._conn)
 
     def _gather(self) -> None:
         """Under concurrency, wait (briefly) for the writers just answered to queue their next jobs:
@@ -231,8 +240,6 @@ class Writer:
             if conn.in_transaction:
                 conn.execute("COMMIT")
                 self.commits += 1
-                if self._checkpoint_due is not None and self.commits % EVERY_COMMITS == 0:
-                    self._checkpoint_due()
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -240,6 +247,8 @@ class Writer:
             _fail_all(ok, exc)
         for job in ok:
             job.done = True
+        if self._checkpoint_due is not None and self.commits % EVERY_COMMITS == 0:
+            self._checkpoint_due()
 
     def _undo_job(self, single: bool) -> None:
         if single:
