@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -60,13 +61,17 @@ def test_events_from_the_lake_match_the_live_log(tmp_path: Path, data_dir: Path)
 
 
 def test_verify_compares_the_table_with_the_log(tmp_path: Path, data_dir: Path) -> None:
-    run(tmp_path, "flush", "--data-dir", str(data_dir))
+    flushed = run(tmp_path, "flush", "--data-dir", str(data_dir))
     healthy = run(tmp_path, "verify", "--data-dir", str(data_dir))
-    with sqlite3.connect(data_dir / "tenants" / f"{TENANT}.db") as conn:
+    with closing(sqlite3.connect(data_dir / "tenants" / f"{TENANT}.db")) as conn, conn:
+        (logged,) = conn.execute("SELECT hash FROM events WHERE seq = 2").fetchone()
+        # Always another hash: hashes are random, and one in 16 already starts with "f".
+        altered = ("e" if logged.startswith("f") else "f") + logged[1:]
         conn.execute("DROP TRIGGER events_refuse_update")
-        conn.execute("UPDATE events SET hash = 'f' || substr(hash, 2) WHERE seq = 2")
+        conn.execute("UPDATE events SET hash = ? WHERE seq = 2", (altered,))
     broken = run(tmp_path, "verify", "--data-dir", str(data_dir))
 
+    assert flushed.returncode == 0, flushed.stderr
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     assert "3 in the lake" in healthy.stdout
     assert broken.returncode == 1
