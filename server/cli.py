@@ -449,25 +449,21 @@ def _lake_table_if_any(data_dir: Path) -> Any:
 @schemas_option
 def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
     """Send every event not yet in the Iceberg table to it, exactly once, with progress."""
+    from .lake import catalog as cat
     from .lake.flusher import Flusher
 
     store = _open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
-    total = 0
     try:
         names = list(tenants) or store.tenants()
         flusher = Flusher(store)
-        with click.progressbar(names, label="flushing", file=sys.stderr, show_pos=True) as bar:
-            for name in bar:
-                report = flusher.flush([name])
-                total += report.events
-                if report.events:
-                    click.echo(
-                        f"  {name}: {report.events} events (oldest was {max(report.lag_seconds.values()):.1f}s old)",
-                        err=True,
-                    )
+        backlog = sum(max(0, store.head(n)[0] - cat.watermark(flusher.table, n)[0]) for n in names)
+        with click.progressbar(length=backlog, label="flushing", file=sys.stderr, show_pos=True) as bar:
+            report = flusher.flush(names, progress=lambda _tenant, n: bar.update(n))
+        for name, n in report.tenants.items():
+            click.echo(f"  {name}: {n} events (oldest was {report.lag_seconds[name]:.1f}s old)", err=True)
     finally:
         store.close()
-    click.echo(f"flushed {total} events of {len(names)} tenant(s)")
+    click.echo(f"flushed {report.events} events of {len(names)} tenant(s)")
 
 
 @main.command()

@@ -46,6 +46,22 @@ def test_flush_sends_every_event_once_and_a_second_flush_sends_nothing(tmp_path:
     assert (data_dir / "lakehouse" / "catalog.db").exists()
 
 
+@pytest.mark.usefixtures("no_pyiceberg_config")
+def test_flush_sends_several_tenants_in_one_commit_and_reports_each(tmp_path: Path, data_dir: Path) -> None:
+    from server.lake import catalog as cat
+
+    with Store(data_dir) as store:
+        store.do("beta", "agent_a", {"action": "create", "type": "Contact", "data": {"name": "Bob"}})
+    flushed = run(tmp_path, "flush", "--data-dir", str(data_dir))
+    lake = run(tmp_path, "events", "--tenant", "beta", "--json", "--from-lake", "--data-dir", str(data_dir))
+
+    assert flushed.returncode == 0, flushed.stderr
+    assert "flushed 4 events of 2 tenant(s)" in flushed.stdout
+    assert "  acme: 3 events" in flushed.stderr and "  beta: 1 events" in flushed.stderr
+    assert [json.loads(x)["data"]["name"] for x in lake.stdout.splitlines()] == ["Bob"]
+    assert len(cat.events_table(cat.load(data_dir)).metadata.snapshots) == 1
+
+
 def test_events_from_the_lake_match_the_live_log(tmp_path: Path, data_dir: Path) -> None:
     run(tmp_path, "flush", "--data-dir", str(data_dir))
     live = run(tmp_path, "events", "--tenant", TENANT, "--json", "--data-dir", str(data_dir))

@@ -110,6 +110,16 @@ def snapshot_count(data_dir: Path) -> int:
     return len(lake_table(data_dir).metadata.snapshots)
 
 
+def rows_per_commit(data_dir: Path) -> list[int]:
+    """The rows each snapshot added, oldest first."""
+    return [int(s.summary["added-records"]) for s in lake_table(data_dir).metadata.snapshots]
+
+
+def write_tenants(store: Store, clock: Any, counts: dict[str, int]) -> None:
+    for tenant, n in counts.items():
+        write_events(store, clock, n, tenant)
+
+
 def in_threads(*jobs: Callable[[], Any]) -> list[Any]:
     """Run the jobs at the same moment, one thread each; every job's result (or its exception, raised)."""
     start = threading.Barrier(len(jobs), timeout=THREAD_TIMEOUT)
@@ -257,6 +267,39 @@ def test_small_batches_commit_one_batch_at_a_time_and_report_each(store: Store, 
     assert_exactly_once(store)
 
 
+def test_many_tenants_go_into_one_commit_with_every_event_once_and_every_watermark_moved(
+    store: Store, clock: Any
+) -> None:
+    counts = {"acme": 5, "beta": 1, "delta": 3, "gamma": 8, "omega": 6}  # the order of store.tenants()
+    write_tenants(store, clock, counts)
+    in_table_at_progress: list[tuple[str, int, int]] = []
+
+    def progress(tenant: str, n: int) -> None:  # the table already holds what is reported
+        in_table_at_progress.append((tenant, n, cat.watermark(lake_table(store.data_dir), tenant)[0]))
+
+    report = Flusher(store).flush(progress=progress)
+
+    assert report.commits == 1 and report.tenants == counts
+    assert rows_per_commit(store.data_dir) == [sum(counts.values())]
+    assert in_table_at_progress == [(tenant, n, n) for tenant, n in counts.items()]
+    assert cat.watermarks(lake_table(store.data_dir)) == {tenant: store.head(tenant) for tenant in counts}
+    for tenant in counts:
+        assert_exactly_once(store, tenant)
+
+
+def test_a_commit_holds_at_most_batch_rows_and_a_tenant_may_span_commits(store: Store, clock: Any) -> None:
+    write_tenants(store, clock, {"acme": 5, "beta": 5, "gamma": 5})
+    seen: list[tuple[str, int]] = []
+
+    report = Flusher(store, batch=4).flush(progress=lambda tenant, n: seen.append((tenant, n)))
+
+    assert rows_per_commit(store.data_dir) == [4, 4, 4, 3]
+    assert report.commits == 4 and report.tenants == {"acme": 5, "beta": 5, "gamma": 5}
+    assert seen == [("acme", 4), ("acme", 1), ("beta", 3), ("beta", 2), ("gamma", 2), ("gamma", 3)]
+    for tenant in ("acme", "beta", "gamma"):
+        assert_exactly_once(store, tenant)
+
+
 # ---- crashes --------------------------------------------------------------------------------------
 
 
@@ -284,11 +327,11 @@ def test_a_crash_at_any_stage_then_a_flush_leaves_every_event_exactly_once(
     assert_exactly_once(store)
 
 
-def test_a_crash_while_flushing_one_tenant_keeps_the_tenants_already_flushed(store: Store, clock: Any) -> None:
+def test_a_crash_in_a_later_commit_of_a_round_keeps_the_tenants_already_committed(store: Store, clock: Any) -> None:
     for tenant in ("acme", "beta", "gamma"):
         write_events(store, clock, 3, tenant)
-    with pytest.raises(Crash):
-        Flusher(store, fault=CrashAt("before_commit", on_call=2)).flush()  # acme commits, beta crashes
+    with pytest.raises(Crash):  # 3 rows per commit: one tenant each; acme commits, beta crashes
+        Flusher(store, fault=CrashAt("before_commit", on_call=2), batch=3).flush()
 
     table = lake_table(store.data_dir)
     assert cat.watermarks(table) == {"acme": store.head("acme")}
@@ -297,6 +340,41 @@ def test_a_crash_while_flushing_one_tenant_keeps_the_tenants_already_flushed(sto
 
     assert report.tenants == {"beta": 3, "gamma": 3}
     for tenant in ("acme", "beta", "gamma"):
+        assert_exactly_once(store, tenant)
+
+
+@pytest.mark.parametrize("restart", [True, False], ids=["new-flusher", "same-flusher"])
+@pytest.mark.parametrize(
+    ("stage", "committed_before_retry"),
+    [
+        ("before_write", {"acme": 4, "beta": 1}),
+        ("before_commit", {"acme": 4, "beta": 1}),
+        ("after_commit", {"acme": 4, "beta": 3, "gamma": 3}),
+    ],
+)
+def test_a_crash_at_any_stage_of_a_commit_of_several_tenants_then_a_flush_leaves_no_duplicate_and_no_gap(
+    store: Store, clock: Any, stage: str, committed_before_retry: dict[str, int], restart: bool
+) -> None:
+    counts = {"acme": 4, "beta": 3, "gamma": 5}
+    write_tenants(store, clock, counts)
+    # 5 rows per commit: [acme 4, beta 1], then [beta 2, gamma 3] crashes, then [gamma 2]
+    crashing = Flusher(store, fault=CrashAt(stage, on_call=2), batch=5)
+
+    with pytest.raises(Crash):
+        crashing.flush()
+
+    table = lake_table(store.data_dir)
+    assert {t: seq for t, (seq, _) in cat.watermarks(table).items()} == committed_before_retry
+    for tenant, n in committed_before_retry.items():
+        assert [r["seq"] for r in lake_rows(table, tenant)] == list(range(1, n + 1))
+        assert check_tenant(store, table, tenant) == []
+
+    report = (Flusher(store, batch=5) if restart else crashing).flush()
+
+    assert report.tenants == {
+        t: n - committed_before_retry.get(t, 0) for t, n in counts.items() if n > committed_before_retry.get(t, 0)
+    }
+    for tenant in counts:
         assert_exactly_once(store, tenant)
 
 
@@ -316,6 +394,21 @@ def test_two_flushers_in_threads_on_one_store_write_every_event_once(store: Stor
         assert sum(r.tenants.get(tenant, 0) for r in reports) == n  # each event sent by exactly one of them
         assert_exactly_once(store, tenant)
     assert sum(r.commits for r in reports) == snapshot_count(store.data_dir)
+
+
+def test_two_flushers_at_once_on_many_tenants_send_every_event_once(store: Store, clock: Any) -> None:
+    counts = {f"t{i:02d}": 3 + (i * 7) % 11 for i in range(12)}
+    write_tenants(store, clock, counts)
+    lake_table(store.data_dir)  # the table exists: this test is about commit races, not about first use
+    first, second = Flusher(store, batch=10), Flusher(store, batch=10)
+
+    reports = in_threads(first.flush, second.flush)
+
+    for tenant, n in counts.items():
+        assert sum(r.tenants.get(tenant, 0) for r in reports) == n  # each event sent by exactly one of them
+        assert_exactly_once(store, tenant)
+    assert sum(r.commits for r in reports) == snapshot_count(store.data_dir)
+    assert sum(rows_per_commit(store.data_dir)) == sum(counts.values())
 
 
 def test_flushers_of_two_stores_on_one_data_dir_racing_with_writes_send_every_event_once(
@@ -390,6 +483,25 @@ def test_a_flusher_that_loses_a_commit_race_rereads_the_watermark_and_sends_only
     assert_exactly_once(store)
 
 
+def test_a_flusher_that_loses_a_race_for_several_tenants_sends_only_what_each_still_misses(
+    store: Store, clock: Any
+) -> None:
+    write_tenants(store, clock, {"acme": 6, "beta": 4, "gamma": 2})
+    rival_reports: list[FlushReport] = []
+
+    def lose_the_race(stage: str) -> None:
+        if stage == "before_commit" and not rival_reports:  # our commit holds all three tenants
+            rival_reports.append(Flusher(store).flush(tenants=["beta"]))
+
+    report = Flusher(store, fault=lose_the_race).flush()
+
+    assert rival_reports[0].tenants == {"beta": 4}
+    assert report.tenants == {"acme": 6, "gamma": 2} and report.commits == 1
+    assert rows_per_commit(store.data_dir) == [4, 8]
+    for tenant in ("acme", "beta", "gamma"):
+        assert_exactly_once(store, tenant)
+
+
 def test_a_flusher_that_loses_many_races_but_wins_each_retry_finishes_its_flush(store: Store, clock: Any) -> None:
     write_events(store, clock, 22)  # more batches than MAX_RACES (20)
     attempts: list[str] = []
@@ -425,3 +537,22 @@ def test_a_log_that_does_not_continue_the_table_is_refused_and_nothing_is_writte
     assert after.metadata_location == before.metadata_location
     assert cat.watermark(after, TENANT) == store.head(TENANT)
     assert_exactly_once(store)
+
+
+def test_a_tenant_whose_log_does_not_continue_the_table_does_not_hold_back_the_others(
+    tmp_path: Path, store: Store, clock: Any, schemas: SchemaSet
+) -> None:
+    write_events(store, clock, 3, "beta")
+    Flusher(store).flush()
+
+    with Store(tmp_path / "elsewhere", schemas, clock=clock) as other:
+        write_tenants(other, clock, {"alpha": 2, "beta": 5, "gamma": 4})  # beta: another history than the table's
+        with pytest.raises(LakeDiverged, match="tenant beta"):
+            Flusher(other, data_dir=store.data_dir).flush()
+
+        table = lake_table(store.data_dir)
+        assert cat.watermark(table, "alpha") == other.head("alpha")
+        assert cat.watermark(table, "gamma") == other.head("gamma")
+        assert [r["seq"] for r in lake_rows(table, "gamma")] == [1, 2, 3, 4]
+    assert cat.watermark(table, "beta") == store.head("beta")
+    assert_exactly_once(store, "beta")

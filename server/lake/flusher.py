@@ -1,10 +1,10 @@
 """Flush new events of every tenant into `headlessly.events`, exactly once.
 
-Each commit appends a batch of one tenant's events AND moves that tenant's watermark (a table
-property, which survives snapshot expiry) in ONE Iceberg transaction. pyiceberg's own commit retry
-is off for this table: a flusher that loses a race refreshes the table, re-reads the watermark and
-sends only what is still missing. So a crash at any step, or two flushers at once, can neither
-lose nor duplicate a row."""
+Each commit appends batches of events of one or more tenants AND moves each of those tenants'
+watermarks (table properties, which survive snapshot expiry) in ONE Iceberg transaction. pyiceberg's
+own commit retry is off for this table: a flusher that loses a race refreshes the table, re-reads the
+watermarks and sends only what is still missing. So a crash at any step, or two flushers at once, can
+neither lose nor duplicate a row."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ..store import Store
-from ..store.events import EventRow
 from ..timeutil import now_us, parse_time
 from . import catalog as cat
+from .batches import Batch, read_batch
 
 log = logging.getLogger(__name__)
-BATCH = 100_000
+BATCH = 100_000  # rows per commit, all its tenants together: what a commit holds in memory
 MAX_RACES = 20
 
 Fault = Callable[[str], None]  # called at "before_write", "before_commit", "after_commit": a test's crash point
@@ -39,44 +39,6 @@ class FlushReport:
     @property
     def events(self) -> int:
         return sum(self.tenants.values())
-
-
-def arrow_batch(tenant: str, events: list[EventRow]) -> Any:
-    import pyarrow as pa
-
-    arrow_schema = _arrow_schema()
-    columns = {
-        "tenant": [tenant] * len(events),
-        "seq": [e.seq for e in events],
-        "id": [e.id for e in events],
-        "type": [e.type for e in events],
-        "entity_type": [e.entity_type for e in events],
-        "target": [e.target for e in events],
-        "actor": [e.actor for e in events],
-        # Arrow parses our fixed-format RFC 3339 strings in C: no Python call per row.
-        "timestamp": pa.array([e.ts for e in events]).cast(pa.timestamp("us", tz="UTC")),
-        "version": [e.version for e in events],
-        "data": [e.data for e in events],
-        "changes": [e.changes for e in events],
-        "state": [e.state for e in events],
-        "reason": [e.reason for e in events],
-        "hash": [e.hash for e in events],
-        "caused_by": [e.caused_by for e in events],
-        "prev_hash": [e.prev_hash for e in events],
-    }
-    return pa.Table.from_pydict(columns, schema=arrow_schema)
-
-
-_ARROW: Any = None
-
-
-def _arrow_schema() -> Any:
-    global _ARROW
-    if _ARROW is None:
-        from pyiceberg.io.pyarrow import schema_to_pyarrow
-
-        _ARROW = schema_to_pyarrow(cat.schema(), include_field_ids=False)
-    return _ARROW
 
 
 class Flusher:
@@ -100,50 +62,81 @@ class Flusher:
     def flush(
         self, tenants: list[str] | None = None, progress: Callable[[str, int], None] | None = None
     ) -> FlushReport:
-        report = FlushReport()
-        for tenant in tenants if tenants is not None else self.store.tenants():
-            self.flush_tenant(tenant, report, progress)
-        return report
+        """Send each tenant's events up to the head it had when this round reached it, in commits of
+        up to `batch` rows that take the tenants in turn; `progress(tenant, n)` right after each commit.
+        A tenant whose log does not continue the table is left out, and LakeDiverged is raised once
+        every other tenant is flushed."""
+        from pyiceberg.exceptions import CommitFailedException
 
-    def flush_tenant(
-        self, tenant: str, report: FlushReport, progress: Callable[[str, int], None] | None = None
-    ) -> None:
-        races = 0
+        report = FlushReport()
+        pending = list(tenants if tenants is not None else self.store.tenants())
         # Only what was written before this round: under a steady stream of writes, chasing the head
         # would never return and would turn into a commit per handful of events.
-        until = self.store.head(tenant)[0]
-        while True:
+        until: dict[str, int] = {}
+        diverged: list[str] = []
+        races = 0
+        while group := self._gather(pending, until, diverged):
             table = self.table
-            seq, h = cat.watermark(table, tenant)
-            if seq >= until:
-                return
-            events = self.store.log(tenant, seq, min(self.batch, until - seq))
-            if not events:
-                return  # nothing new: commit nothing
-            if events[0].prev_hash != h:
-                raise LakeDiverged(
-                    f"tenant {tenant}: the table's watermark (seq {seq}) does not match the log's event before seq {events[0].seq}"
-                )
             self.fault("before_write")
-            from pyiceberg.exceptions import CommitFailedException
-
             try:
                 with table.transaction() as tx:
-                    tx.append(arrow_batch(tenant, events))
-                    tx.set_properties({cat.WATERMARK_PREFIX + tenant: f"{events[-1].seq}:{events[-1].hash}"})
+                    tx.append(_concat([b.rows for b in group]))
+                    tx.set_properties({cat.WATERMARK_PREFIX + b.tenant: f"{b.last_seq}:{b.last_hash}" for b in group})
                     self.fault("before_commit")
             except CommitFailedException:
                 races += 1
                 if races > MAX_RACES:
                     raise
-                log.info("flush of %s lost a commit race; re-reading the watermark", tenant)
+                log.info("a flush of %d tenant(s) lost a commit race; re-reading their watermarks", len(group))
                 self._table = None  # reload: another flusher moved the table on
                 continue
             self.fault("after_commit")
-            races = 0  # the limit is on races lost in a row, for one batch
-            report.commits += 1
-            report.tenants[tenant] = report.tenants.get(tenant, 0) + len(events)
-            age = (now_us() - parse_time(events[0].ts)) / 1e6
-            report.lag_seconds[tenant] = max(report.lag_seconds.get(tenant, 0.0), age)
+            races = 0  # the limit is on races lost in a row, for one commit
+            self._record(group, report, progress)
+            done = {b.tenant for b in group if b.last_seq >= until[b.tenant]}
+            pending[:] = [t for t in pending if t not in done]
+        if diverged:
+            raise LakeDiverged("; ".join(diverged))
+        return report
+
+    def _gather(self, pending: list[str], until: dict[str, int], diverged: list[str]) -> list[Batch]:
+        """The next commit: the first pending tenants' events after their watermark, `batch` rows at
+        most; drops from `pending` the tenants with nothing (more) to send."""
+        table = self.table
+        group: list[Batch] = []
+        room = self.batch
+        for tenant in list(pending):
+            if room <= 0:
+                break
+            seq, h = cat.watermark(table, tenant)
+            if tenant not in until:
+                until[tenant] = self.store.head(tenant)[0]
+            batch = read_batch(self.store, tenant, seq, until[tenant], room) if seq < until[tenant] else None
+            if batch is not None and batch.prev_hash != h:
+                diverged.append(
+                    f"tenant {tenant}: the table's watermark (seq {seq}) does not match the log's event before seq {seq + 1}"
+                )
+                batch = None
+            if batch is None:
+                pending.remove(tenant)
+                continue
+            group.append(batch)
+            room -= batch.size
+        return group
+
+    @staticmethod
+    def _record(group: list[Batch], report: FlushReport, progress: Callable[[str, int], None] | None) -> None:
+        report.commits += 1
+        now = now_us()
+        for b in group:
+            report.tenants[b.tenant] = report.tenants.get(b.tenant, 0) + b.size
+            age = (now - parse_time(b.first_ts)) / 1e6
+            report.lag_seconds[b.tenant] = max(report.lag_seconds.get(b.tenant, 0.0), age)
             if progress:
-                progress(tenant, len(events))
+                progress(b.tenant, b.size)
+
+
+def _concat(tables: list[Any]) -> Any:
+    import pyarrow as pa
+
+    return pa.concat_tables(tables)  # no copy: the tenants' tables become chunks of one
