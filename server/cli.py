@@ -454,7 +454,7 @@ def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...
 
     store = _open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
     try:
-        names = list(tenants) or store.tenants()
+        names = list(dict.fromkeys(tenants)) or store.tenants()
         flusher = Flusher(store)
         backlog = sum(max(0, store.head(n)[0] - cat.watermark(flusher.table, n)[0]) for n in names)
         with click.progressbar(length=backlog, label="flushing", file=sys.stderr, show_pos=True) as bar:

@@ -300,6 +300,16 @@ def test_a_commit_holds_at_most_batch_rows_and_a_tenant_may_span_commits(store: 
         assert_exactly_once(store, tenant)
 
 
+def test_a_tenant_named_twice_is_flushed_once(store: Store, clock: Any) -> None:
+    write_tenants(store, clock, {"acme": 4, "beta": 2})
+
+    report = Flusher(store).flush(tenants=["acme", "beta", "acme"])
+
+    assert report.tenants == {"acme": 4, "beta": 2} and report.commits == 1
+    for tenant in ("acme", "beta"):
+        assert_exactly_once(store, tenant)
+
+
 # ---- crashes --------------------------------------------------------------------------------------
 
 

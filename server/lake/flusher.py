@@ -69,7 +69,7 @@ class Flusher:
         from pyiceberg.exceptions import CommitFailedException
 
         report = FlushReport()
-        pending = list(tenants if tenants is not None else self.store.tenants())
+        pending = list(dict.fromkeys(tenants if tenants is not None else self.store.tenants()))  # once each
         # Only what was written before this round: under a steady stream of writes, chasing the head
         # would never return and would turn into a commit per handful of events.
         until: dict[str, int] = {}
