@@ -7,9 +7,11 @@ measured in the same run.
              round: Flusher(store, data_dir=<fresh dir>)), events/s. Baselines on the SAME Arrow data, in the same
              round: `pyarrow.parquet.write_table` of each tenant's `arrow_batch(...)` table to one file (no
              catalog), with pyarrow's default codec (snappy) and with zstd (pyiceberg's default codec). The
-             stages that feed both are timed too: `store.log` (the SQLite read; and plain sqlite3 `fetchall` of
-             the same rows, without EventRow objects) and `arrow_batch` (the Arrow conversion), so the rows add
-             up: flush ~= log read + Arrow + Parquet + Iceberg (manifests, metadata, catalog commit).
+             stages that feed both are timed too: `read_rows` (the flusher's SQLite read; and plain sqlite3
+             `fetchall` of the same rows on a connection of its own) and `arrow_batch` (the Arrow conversion),
+             so the rows add up: flush ~= log read + Arrow + Parquet + Iceberg (manifests, metadata, catalog
+             commit). A commit holds up to flusher.BATCH rows of one or more tenants; its time is taken
+             from the flusher's "after_commit" hook.
     lag      FlushReport.lag_seconds of the bulk flush (age of the oldest event flushed: for the bulk load this
              is mostly setup time), and a steady run: writes at `--lag-rate` events/s spread over
              `--lag-tenants` tenants while a thread mirrors BackgroundFlush (wait `--lag-interval` s, then
@@ -78,11 +80,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from server.lake import catalog as cat  # noqa: E402  (imports no pyiceberg at module level)
-from server.lake.flusher import BATCH, Flusher, arrow_batch  # noqa: E402
+from server.lake.batches import arrow_batch, read_rows  # noqa: E402
+from server.lake.flusher import BATCH, Flusher  # noqa: E402
 from server.lake.restore import CHUNK as RESTORE_CHUNK  # noqa: E402
 from server.lake.restore import read_tenant, restore_tenant  # noqa: E402
 from server.store import Store  # noqa: E402
-from server.store.events import EventRow  # noqa: E402
+from server.store.events import EVENT_ROW_COLUMNS  # noqa: E402
 from server.store.sqlite import connect, migrate  # noqa: E402
 from server.store.tenants import tenant_path  # noqa: E402
 from server.timeutil import now_us, parse_time  # noqa: E402
@@ -351,9 +354,9 @@ def profile_summary(prof: cProfile.Profile, title: str, top: int, probes: list[t
 
 
 FLUSH_PROBES = [
-    ("flusher", "flush_tenant"),
-    ("service", "log"),
-    ("flusher", "arrow_batch"),
+    ("flusher", "flush"),
+    ("batches", "read_rows"),
+    ("batches", "arrow_batch"),
     ("timeutil", "parse_time"),
     ("table/__init__", "append"),
     ("io/pyarrow", "_dataframe_to_data_files"),
@@ -391,29 +394,29 @@ RESTORE_PROBES = [
 
 
 def arrow_tables(store: Store, tenants: list[str]) -> tuple[dict[str, Any], float, float]:
-    """Each tenant's events as the Arrow table the flusher appends; seconds in store.log and in arrow_batch."""
+    """Each tenant's events as the Arrow table the flusher appends; seconds in read_rows and in arrow_batch."""
     out, t_log, t_arrow = {}, 0.0, 0.0
     for tenant in tenants:
         t0 = time.perf_counter()
-        events, seq = [], 0
-        while chunk := store.log(tenant, seq, BATCH):
-            events.extend(chunk)
-            seq = chunk[-1].seq
+        rows, seq = [], 0
+        while chunk := read_rows(store, tenant, seq, store.head(tenant)[0], BATCH):
+            rows.extend(chunk)
+            seq = chunk[-1][0]
         t1 = time.perf_counter()
-        out[tenant] = arrow_batch(tenant, events)
+        out[tenant] = arrow_batch(tenant, rows)
         t_arrow += time.perf_counter() - t1
         t_log += t1 - t0
     return out, t_log, t_arrow
 
 
 def raw_select(data_dir: Path, tenants: list[str]) -> float:
-    """Seconds to read every tenant's events with plain sqlite3 (`SELECT <EventRow columns> ... fetchall`,
-    no EventRow objects): the SQLite part of `store.log`."""
+    """Seconds to read every tenant's events with plain sqlite3 on a connection of its own (`SELECT
+    <EventRow columns> ... fetchall`): what `read_rows` does through the store's pool."""
     t = 0.0
     for tenant in tenants:
         conn = connect(tenant_path(data_dir, tenant), readonly=True)
         t0 = time.perf_counter()
-        rows = conn.execute(f"SELECT {EventRow.COLUMNS} FROM events ORDER BY seq").fetchall()
+        rows = conn.execute(f"SELECT {EVENT_ROW_COLUMNS} FROM events ORDER BY seq").fetchall()
         t += time.perf_counter() - t0
         conn.close()
         del rows
@@ -426,10 +429,10 @@ def raw_insert(src: Path, dst: Path, chunk: int) -> float:
     transaction; only the events table, no entities. Reading the rows is not timed."""
     source, target = connect(src, readonly=True), connect(dst)
     migrate(target)
-    insert = f"INSERT INTO events ({EventRow.COLUMNS}) VALUES ({', '.join('?' * 16)})"
+    insert = f"INSERT INTO events ({EVENT_ROW_COLUMNS}) VALUES ({', '.join('?' * 16)})"
     t, seq = 0.0, 0
     while rows := source.execute(
-        f"SELECT {EventRow.COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, chunk)
+        f"SELECT {EVENT_ROW_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, chunk)
     ).fetchall():
         seq = rows[-1][0]
         t0 = time.perf_counter()
@@ -455,18 +458,17 @@ def parquet_write(tables: dict[str, Any], folder: Path, codec: str) -> float:
 def flush_timed(store: Store, lake: Path) -> tuple[float, Any, list[float], tuple[int, int]]:
     """Flush everything into a fresh table under `lake`; seconds, the report, seconds per commit, and
     the table's snapshot count and current metadata-file size afterwards."""
-    flusher = Flusher(store, data_dir=lake)
-    flusher.table  # noqa: B018  (create the empty table before the clock starts)
     marks: list[float] = []
-    n_tenants = len(store.tenants())
 
-    def progress(tenant: str, n: int) -> None:
-        marks.append(time.perf_counter())
-        if len(marks) % 25 == 0:
-            log(f"    flushed {len(marks)} commits of {n_tenants} tenants ({marks[-1] - t0:.1f} s)")
+    def committed(stage: str) -> None:  # the flusher's fault hook, reached right after each commit
+        if stage == "after_commit":
+            marks.append(time.perf_counter())
+            log(f"    commit {len(marks)} ({marks[-1] - t0:.1f} s)")
 
+    flusher = Flusher(store, data_dir=lake, fault=committed)
+    flusher.table  # noqa: B018  (create the empty table before the clock starts)
     t0 = time.perf_counter()
-    report = flusher.flush(progress=progress)
+    report = flusher.flush()
     took = time.perf_counter() - t0
     per_commit = [b - a for a, b in zip([t0, *marks], marks, strict=False)]
     meta = flusher.table.metadata
@@ -478,7 +480,7 @@ def bench_flush(base: Path, store_dir: Path, args: argparse.Namespace) -> None:
     store = Store(store_dir)
     tenants = store.tenants()
     n = sum(store.head(t)[0] for t in tenants)
-    arrow_batch(tenants[0], store.log(tenants[0], 0, 10))  # imports pyiceberg's schema code before any clock
+    arrow_batch(tenants[0], read_rows(store, tenants[0], 0, 10, 10))  # imports pyiceberg's schema code before any clock
     rates: dict[str, list[float]] = {k: [] for k in ("flush", "log", "raw", "arrow", "snappy", "zstd")}
     ratio_snappy, ratio_zstd, ratio_pipeline, lags, commits, per_commit_all = [], [], [], [], [], []
     first_last: list[tuple[float, float]] = []  # median ms of the first and the last tenth of the commits
@@ -536,8 +538,8 @@ def bench_flush(base: Path, store_dir: Path, args: argparse.Namespace) -> None:
             ["step", "events/s (median)", "min-max", "s", "share of flush", "ours / it", "MiB"],
             [
                 row("Flusher.flush() (ours)", "flush", None, f"{mib('ours')} (+{mib('ours metadata')} metadata)"),
-                row("  stage: store.log (SQLite read)", "log", None, "-"),
-                row("    of which plain sqlite3 fetchall", "raw", None, "-"),
+                row("  stage: read_rows (SQLite read)", "log", None, "-"),
+                row("    plain sqlite3 fetchall, own connection", "raw", None, "-"),
                 row("  stage: arrow_batch (to Arrow)", "arrow", None, "-"),
                 row("baseline: pq.write_table snappy", "snappy", ratio_snappy, mib("snappy")),
                 row("baseline: pq.write_table zstd", "zstd", ratio_zstd, mib("zstd")),
@@ -549,10 +551,10 @@ def bench_flush(base: Path, store_dir: Path, args: argparse.Namespace) -> None:
           f"(what is left, ~{(1 - pipeline) * flush_s:.1f} s, is pyiceberg's own work: partition split, manifests, "
           f"metadata, catalog commits)")  # fmt: skip
     per_ms = [x * 1000 for x in per_commit_all]
-    print(f"    commits per flush: {commits}; time per commit (one tenant, {n // len(tenants):,} events: read, "
-          f"convert, write, commit): median {statistics.median(per_ms):.0f} ms, p90 {pct(per_ms, 0.9):.0f} ms, "
+    print(f"    commits per flush: {commits}; time per commit (up to {BATCH:,} events of one or more tenants: "
+          f"read, convert, write, commit): median {statistics.median(per_ms):.0f} ms, p90 {pct(per_ms, 0.9):.0f} ms, "
           f"max {max(per_ms):.0f} ms")  # fmt: skip
-    print("    the commits slow down as the table grows: median of the first tenth vs the last tenth, per round: "
+    print("    does a commit slow down as the table grows? median of the first tenth vs the last tenth, per round: "
           + ", ".join(f"{a:.0f} -> {b:.0f} ms" for a, b in first_last)
           + f"; at the end {meta_info[0]} snapshots, current metadata file {meta_info[1] / 1024:.0f} KiB")  # fmt: skip
     print(f"    FlushReport.lag_seconds, max over tenants: {spread(lags, '.0f')} s (age of the oldest event flushed; "
