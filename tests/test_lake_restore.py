@@ -7,11 +7,12 @@ names the original's catalog, as an operator restoring on another machine would 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyiceberg.catalog
 import pytest
 from pyiceberg.utils.config import Config
@@ -19,9 +20,11 @@ from pyiceberg.utils.config import Config
 from server.errors import HeadlesslyError, ValidationFailed
 from server.lake import catalog as cat
 from server.lake.flusher import Flusher
-from server.lake.restore import CHUNK, check_tenant, restore_tenant
+from server.lake.restore import CHUNK, check_tenant, read_tenant, restore_tenant
 from server.schema import SchemaSet
 from server.store import Store
+from server.store.events import GENESIS_HASH, chain_hash
+from server.store.tenants import tenant_path
 
 TENANT = "acme"
 ACTOR = "agent_lake"
@@ -331,6 +334,192 @@ def test_a_restore_larger_than_one_chunk_is_complete(
         assert fresh.verify(TENANT)["ok"] is True
         with pytest.raises(ValidationFailed):
             fresh.do(TENANT, ACTOR, {"action": "create", "type": "Contact", "data": {"name": "X", "email": "p25-199@x.io"}})  # fmt: skip
+
+
+# ---- the bulk load: the same database as the writer's, and a refusal of any broken log ------------
+
+
+def rows_of(data_dir: Path, sql: str, tenant: str = TENANT) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(tenant_path(data_dir, tenant))) as conn:
+        return [tuple(row) for row in conn.execute(sql)]
+
+
+CONTENT = {  # every row the writer leaves behind, in an order independent of how it got there
+    "events": "SELECT * FROM events ORDER BY seq",
+    "entities": "SELECT rowid, * FROM entities ORDER BY rowid",
+    "entity_keys": "SELECT type, field, value, typeof(value), id, uniq, live FROM entity_keys ORDER BY 1, 2, 3, 5",
+    "full text": "SELECT rowid, body FROM entities_fts ORDER BY rowid",
+    "schema": "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name",
+    "migrations": "SELECT version, name FROM migrations ORDER BY version",
+}
+
+
+def test_a_restored_tenant_has_the_same_rows_as_the_writer_left_in_the_original(
+    store: Store, original: dict[str, str], schemas: SchemaSet, tmp_path: Path, clock: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    h = History(store, clock)
+    h.do({"action": "delete", "type": "Contact", "id": original["bob"]})
+    h.do({"action": "rollback", "type": "Contact", "id": original["bob"], "toVersion": 2})  # undeleted
+    h.do({"action": "update", "type": "Contact", "id": original["alice"], "data": {"email": "alice@acme.io", "title": None}})  # fmt: skip
+    h.create("Organization", {"name": "Initech", "domain": "initech.com", "industry": "Software"})
+    Flusher(store).flush()
+    use_the_lake_of(store.data_dir, monkeypatch)
+
+    with Store(tmp_path / "restored", schemas, clock=clock) as fresh:
+        restore_tenant(fresh, TENANT)
+
+        for name, sql in CONTENT.items():
+            assert rows_of(fresh.data_dir, sql) == rows_of(store.data_dir, sql), name
+        unique = "SELECT field, value, live FROM entity_keys WHERE uniq = 1 ORDER BY value"
+        assert rows_of(fresh.data_dir, unique) == [
+            ("domain", "acme.com", 1), ("email", "alice@acme.io", 1), ("email", "bob@stone.dev", 1),
+            ("email", "carol@initech.com", 0), ("domain", "initech.com", 1),
+        ]  # fmt: skip
+        assert sorted(p.name for p in (fresh.data_dir / "tenants").iterdir()) == [f"{TENANT}.db"]
+        assert fresh.verify(TENANT)["ok"] is True
+        found = fresh.find(TENANT, "Organization", filter={"industry": "Software"}, query="acme")["results"]
+        assert [o["$id"] for o in found] == [original["org"]]
+        assert fresh.find(TENANT, "Contact", query="stone")["results"][0]["$id"] == original["bob"]
+        later = History(fresh, clock)
+        assert later.create("Contact", {"name": "Al", "email": "alice@acme.com"})  # freed by Alice's update
+        with pytest.raises(ValidationFailed):
+            later.create("Contact", {"name": "Al", "email": "alice@acme.io"})
+        assert fresh.verify(TENANT)["ok"] is True
+        conn = sqlite3.connect(tenant_path(fresh.data_dir, TENANT))
+        with closing(conn), pytest.raises(sqlite3.IntegrityError, match="immutable"):
+            conn.execute("UPDATE events SET actor = 'agent_x' WHERE seq = 1")
+
+
+FORGED = "forged"
+
+
+def ts_text(row: dict[str, Any]) -> str:
+    return str(row["timestamp"].strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+def digest(row: dict[str, Any]) -> str:
+    return chain_hash(
+        row["prev_hash"], row["seq"], row["id"], row["type"], row["target"], row["actor"], ts_text(row),
+        row["version"], row["data"], row["changes"], row["state"], row["reason"], row["caused_by"],
+    )  # fmt: skip
+
+
+def rehash(rows: list[dict[str, Any]], start: int) -> None:
+    """Re-chain rows[start:] so that each event is intact and chained: only the forgery itself is wrong."""
+    for i in range(start, len(rows)):
+        rows[i]["prev_hash"] = rows[i - 1]["hash"] if i else GENESIS_HASH
+        rows[i]["hash"] = digest(rows[i])
+
+
+def forge(store: Store, change: Callable[[list[dict[str, Any]]], None], files: int = 1) -> None:
+    """Append to the table a copy of the original tenant's rows, as tenant `forged`, after `change`;
+    with several files, row i goes to file i % files."""
+    table = cat.events_table(cat.load(store.data_dir))
+    arrow = read_tenant(table, TENANT)
+    rows = arrow.to_pylist()
+    for row in rows:
+        row["tenant"] = FORGED
+    change(rows)
+    for i in reversed(range(files)):
+        table.append(pa.Table.from_pylist(rows[i::files], schema=arrow.schema))
+
+
+def a_gap(rows: list[dict[str, Any]]) -> None:
+    del rows[6]
+
+
+def a_broken_chain(rows: list[dict[str, Any]]) -> None:
+    rows[6]["prev_hash"] = rows[4]["hash"]
+    rows[6]["hash"] = digest(rows[6])  # seq 7 intact in itself, and the rest chained to it
+    rehash(rows, 7)
+
+
+def an_altered_event(rows: list[dict[str, Any]]) -> None:
+    rows[6]["actor"] = "agent_mallory"
+
+
+def a_timestamp_that_does_not_move_forward(rows: list[dict[str, Any]]) -> None:
+    rows[6]["timestamp"] = rows[5]["timestamp"]
+    rehash(rows, 6)
+
+
+def a_duplicate_event_id(rows: list[dict[str, Any]]) -> None:
+    rows[6]["id"] = rows[5]["id"]
+    rehash(rows, 6)
+
+
+@pytest.mark.parametrize(
+    ("forgery", "problem"),
+    [
+        (a_gap, "(seq 8) comes after seq 6: the log has a gap"),
+        (a_broken_chain, "(seq 7) does not chain to the hash of seq 6"),
+        (an_altered_event, "(seq 7) was altered"),
+        (a_timestamp_that_does_not_move_forward, "(seq 7) has timestamp"),
+        (a_duplicate_event_id, "two events with the same id"),
+    ],
+)
+def test_restore_refuses_a_broken_log_and_leaves_the_live_tenant_in_place(
+    store: Store, fresh: Store, clock: Any, forgery: Callable[[list[dict[str, Any]]], None], problem: str
+) -> None:
+    forge(store, forgery)
+    History(fresh, clock, FORGED).create("Contact", {"name": "Still Here", "email": "here@x.io"})
+    head = fresh.head(FORGED)
+
+    with pytest.raises(ValidationFailed) as exc:
+        restore_tenant(fresh, FORGED, overwrite=True)
+
+    assert problem in exc.value.message
+    assert exc.value.hint
+    files = {p.name for p in (fresh.data_dir / "tenants").iterdir()}
+    assert f"{FORGED}.db" in files and files <= {f"{FORGED}.db", f"{FORGED}.db-wal", f"{FORGED}.db-shm"}
+    assert fresh.head(FORGED) == head
+    assert [e["name"] for e in fresh.find(FORGED, "Contact")["results"]] == ["Still Here"]
+    assert fresh.verify(FORGED)["ok"] is True
+
+
+def test_a_tenant_whose_files_interleave_is_restored_in_seq_order(store: Store, fresh: Store) -> None:
+    forge(store, lambda rows: None, files=2)  # odd seqs in one file, even seqs in the other
+    table = cat.events_table(cat.load(store.data_dir))
+
+    assert read_tenant(table, FORGED).column("seq").to_pylist() == list(range(1, 14))
+    assert restore_tenant(fresh, FORGED) == 13
+    assert log_of(fresh, FORGED) == log_of(store)
+    assert fresh.verify(FORGED)["ok"] is True
+
+
+def test_restore_refuses_a_log_whose_latest_states_share_a_unique_value(
+    store: Store, fresh: Store, original: dict[str, str]
+) -> None:
+    def bob_takes_alices_email(rows: list[dict[str, Any]]) -> None:
+        last = max(i for i, r in enumerate(rows) if r["target"] == original["bob"])
+        rows[last]["state"] = rows[last]["state"].replace("bob@stone.dev", "alice@acme.com")
+        rehash(rows, last)
+
+    forge(store, bob_takes_alices_email)
+
+    with pytest.raises(ValidationFailed) as exc:
+        restore_tenant(fresh, FORGED)
+
+    assert "Contact.email must be unique" in exc.value.message
+    assert original["alice"] in exc.value.message and original["bob"] in exc.value.message
+    assert fresh.tenants() == []
+    assert list((fresh.data_dir / "tenants").iterdir()) == []
+
+
+def test_restore_refuses_events_of_a_noun_its_schemas_do_not_define(
+    store: Store, original: dict[str, str], schemas: SchemaSet, tmp_path: Path, clock: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    use_the_lake_of(store.data_dir, monkeypatch)
+    without_deals = SchemaSet({name: noun for name, noun in schemas.nouns.items() if name != "Deal"})
+
+    with Store(tmp_path / "restored", without_deals, clock=clock) as fresh:
+        with pytest.raises(ValidationFailed) as exc:
+            restore_tenant(fresh, TENANT)
+
+        assert "is of noun Deal, which these schemas do not define" in exc.value.message
+        assert fresh.tenants() == []
 
 
 # ---- the table against the log --------------------------------------------------------------------
