@@ -1,8 +1,8 @@
 """Bulk load: a verified event log into a fresh tenant database, writing each entity once.
 
 The normal writer maintains every index and trigger of `events` per row and materializes every
-version of every entity. A restore knows the whole log up front, so it checks each event the way
-`Txn.append_verbatim` does, inserts the log with the secondary indexes and triggers dropped, writes
+version of every entity. A restore knows the whole log up front, so it checks that each event
+continues the chain, inserts the log with the secondary indexes and triggers dropped, writes
 each entity (row, lookup keys, full text) once from its last state, and re-creates the indexes and
 triggers from their saved SQL at the end: the same schema and the same rows as the normal path."""
 
@@ -99,7 +99,7 @@ def _load(
 
 
 class _Log:
-    """The checks of `Txn.append_verbatim`, chunk by chunk, and the last event of every target."""
+    """The continuity checks of a recorded log, chunk by chunk, and the last event of every target."""
 
     def __init__(self, schemas: SchemaSet) -> None:
         self.nouns = schemas.nouns

@@ -23,7 +23,7 @@ from ..errors import (
 from ..schema import Noun, SchemaSet
 from ..schema.validation import Validators
 from ..timeutil import format_us, parse_as_of
-from .events import EventRow, dumps, new_id, render_change
+from .events import dumps, new_id, render_change
 from .hooks import BeforeContext, HookRejected, Hooks, hook_name
 from .operations import CRUD_ACTIONS, Operation, check_actor
 from .writer import Txn
@@ -628,23 +628,6 @@ def index_keys(noun: Noun, state: dict[str, Any]) -> set[tuple[str, Any]]:
             if isinstance(v, (str, int, float)):
                 out.add((f.name, v))
     return out
-
-
-def import_events(txn: Txn, env: Env, events: list[EventRow]) -> None:
-    """Append recorded events verbatim and bring the materialized state (rows, keys, full text)
-    to each one's stored state: the restore path, checked link by link by `append_verbatim`."""
-    for event in events:
-        noun = env.schemas.nouns.get(event.entity_type)
-        if noun is None:
-            raise ValidationFailed(
-                f"event {event.id} is of noun {event.entity_type}, which these schemas do not define",
-                hint="Start with the --schemas folders the data was written with.",
-            )
-        txn.append_verbatim(event)
-        mutator = Mutator(txn, env, event.actor)
-        row = txn.conn.execute("SELECT rowid, state FROM entities WHERE id = ?", (event.target,)).fetchone()
-        current = Loaded(rowid=row[0], state=json.loads(row[1])) if row else None
-        mutator._materialize(noun, event.target, current, json.loads(event.state), event.state)
 
 
 def deletion_of(state: dict[str, Any]) -> tuple[str, str | None] | None:

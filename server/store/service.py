@@ -13,7 +13,7 @@ from ..schema.validation import Validators
 from . import queries
 from .events import EVENT_ROW_COLUMNS, EventRow
 from .hooks import AfterContext, Hooks, run_after
-from .mutations import Env, Mutator, import_events
+from .mutations import Env, Mutator
 from .operations import MAX_BATCH, Operation, check_actor, parse_operation
 from .tenants import TenantPool, check_tenant
 from .verify import verify_tenant
@@ -194,8 +194,3 @@ class Store:
         with self.pool.lease(tenant, create=False) as t, t.reader() as conn:
             head = read_head(conn)
         return head.seq, head.hash
-
-    def import_log(self, tenant: str, events: list[EventRow]) -> None:
-        """Append recorded events verbatim (hash chain checked) and rebuild their state: one transaction."""
-        with self.pool.lease(tenant) as t:
-            t.writer.run(lambda txn: import_events(txn, self.env, events))

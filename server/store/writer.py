@@ -66,21 +66,6 @@ class Txn:
         self.head = Head(seq, h, ts_us)
         return event
 
-    def append_verbatim(self, event: EventRow) -> None:
-        """Insert an event exactly as it was recorded elsewhere (a restore), after checking that it
-        continues this log: next seq, chained to the head's hash, and its own hash intact."""
-        from ..errors import ValidationFailed
-        from ..timeutil import parse_time
-        from .events import row_hash
-
-        if event.seq != self.head.seq + 1 or event.prev_hash != self.head.hash or row_hash(event) != event.hash:
-            raise ValidationFailed(
-                f"event {event.id} (seq {event.seq}) does not continue the log at seq {self.head.seq}",
-                hint="The source has a gap, a duplicate or an altered event; nothing of this batch was written.",
-            )
-        self.conn.execute(INSERT_EVENT, event)
-        self.head = Head(seq=event.seq, hash=event.hash, ts_us=parse_time(event.ts))
-
 
 class _DryRun(Exception):
     def __init__(self, result: Any) -> None:
