@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import hashlib
 import multiprocessing
 import os
 import platform
@@ -82,6 +81,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import FINGERPRINT, log, warn_if_sources_changed  # noqa: E402
+
 from server.lake import catalog as cat  # noqa: E402  (imports no pyiceberg at module level)
 from server.lake.batches import arrow_batch, read_rows  # noqa: E402
 from server.lake.flusher import BATCH, Flusher  # noqa: E402
@@ -93,17 +94,6 @@ from server.store.sqlite import connect, migrate  # noqa: E402
 from server.store.tenants import tenant_path  # noqa: E402
 from server.timeutil import now_us, parse_time  # noqa: E402
 
-
-def source_fingerprint() -> str:
-    """sha256 (first 12 hex) over server/**/*.py: which version of the server this run measured."""
-    h = hashlib.sha256()
-    for f in sorted((ROOT / "server").rglob("*.py")):
-        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:12]
-
-
-FINGERPRINT = source_fingerprint()
-
 ACTOR = "agent_bench"
 OPS_PER_BATCH = 1000
 VERSIONS = 10  # one create batch, then VERSIONS - 1 update batches of the same entities
@@ -113,10 +103,6 @@ CONTACT_STAGES = ("Lead", "Qualified", "Customer", "Partner")
 GOAL_FLUSH = 50_000  # events/s
 GOAL_RESTORE = 20_000  # events/s
 GOAL_WRITES = 0.8  # with flusher / without
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def isolate_pyiceberg(home: Path) -> None:
@@ -1008,15 +994,6 @@ def main() -> None:
                 bench_writes(base, args)
         print(f"\nat end: {neighbours()}")
         os.chdir(ROOT)
-
-
-def warn_if_sources_changed() -> None:
-    now = source_fingerprint()
-    if now != FINGERPRINT:
-        print(
-            f"NOTE: server sources changed during the run ({FINGERPRINT} -> {now}); "
-            f"this process measured the version it imported at start ({FINGERPRINT})"
-        )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Run:  .venv/bin/python bench/mcp_cold_start.py            (defaults: about a min
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -39,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from _common import ROOT, source_fingerprint
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-ROOT = Path(__file__).resolve().parents[1]
 HEADLESSLY = str(Path(sys.executable).parent / "headlessly")
 BARE = str(ROOT / "bench" / "bare_server.py")
 GOAL = 1.3
@@ -89,14 +88,6 @@ t.append(time.perf_counter())
 print(json.dumps({"steps": [b - a for a, b in zip(t, t[1:])], "heavy": [], "modules": len(sys.modules)}))
 """
 PHASES_BARE_NAMES = ["import mcp.server.mcpserver", "MCPServer() + echo tool"]
-
-
-def sources_fingerprint() -> str:
-    """sha256 over server/**/*.py (path and content): which version of the server a figure belongs to."""
-    h = hashlib.sha256()
-    for path in sorted((ROOT / "server").rglob("*.py")):
-        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:12]
 
 
 def server_params(which: str, data_dir: Path, env: dict[str, str] | None = None) -> StdioServerParameters:
@@ -258,7 +249,7 @@ def main() -> None:
     if args.quick:
         args.runs, args.phase_runs = 2, 1
     print(f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.2f} at start; server sources {sources_fingerprint()}")  # fmt: skip
+          f"load average {os.getloadavg()[0]:.2f} at start; server sources {source_fingerprint()}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="hly-mcp-cold-") as tmp:
         anyio.run(main_async, args, Path(tmp))
     phases(args)

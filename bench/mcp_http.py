@@ -26,7 +26,6 @@ Run:  .venv/bin/python bench/mcp_http.py            (defaults: about 1.5 minutes
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import platform
 import random
@@ -44,23 +43,15 @@ from typing import Any
 
 import anyio
 import httpx2
+from _common import ROOT, source_fingerprint
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-ROOT = Path(__file__).resolve().parents[1]
 HEADLESSLY = str(Path(sys.executable).parent / "headlessly")
 BARE = str(ROOT / "bench" / "bare_server.py")
 TICK = os.sysconf("SC_CLK_TCK")
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+/mcp)")
 STAGES = ["Prospecting", "Qualification", "Proposal", "Negotiation"]
-
-
-def sources_fingerprint() -> str:
-    """sha256 over server/**/*.py (path and content): which version of the server a figure belongs to."""
-    h = hashlib.sha256()
-    for path in sorted((ROOT / "server").rglob("*.py")):
-        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:12]
 
 
 def env() -> dict[str, str]:
@@ -292,7 +283,7 @@ def main() -> None:
     if args.quick:
         args.duration, args.rounds, args.warmup_seconds, args.seed_deals = 2.0, 1, 1.0, 100
     print(f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.2f} at start; server sources {sources_fingerprint()}")  # fmt: skip
+          f"load average {os.getloadavg()[0]:.2f} at start; server sources {source_fingerprint()}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="hly-mcp-http-") as tmp:
         anyio.run(bench, args, Path(tmp))
 

@@ -32,7 +32,6 @@ Run:  .venv/bin/python bench/mcp_stdio.py            (defaults: about a minute)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import platform
 import signal
@@ -46,10 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from _common import ROOT, source_fingerprint
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-ROOT = Path(__file__).resolve().parents[1]
 HEADLESSLY = str(Path(sys.executable).parent / "headlessly")
 BARE = str(ROOT / "bench" / "bare_server.py")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -102,14 +101,6 @@ finally:
         stats = pstats.Stats(*profiles)
     stats.dump_stats(out)
 """
-
-
-def sources_fingerprint() -> str:
-    """sha256 over server/**/*.py (path and content): which version of the server a figure belongs to."""
-    h = hashlib.sha256()
-    for path in sorted((ROOT / "server").rglob("*.py")):
-        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:12]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -423,7 +414,7 @@ def main() -> None:
         args.calls, args.rounds, args.warmup, args.warmup_seconds = 100, 2, 20, 0.0
         args.profile = min(args.profile, 50)
     print(f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.2f} at start; server sources {sources_fingerprint()}")  # fmt: skip
+          f"load average {os.getloadavg()[0]:.2f} at start; server sources {source_fingerprint()}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="hly-mcp-stdio-") as tmp:
         anyio.run(bench, args, Path(tmp))
         if args.profile:

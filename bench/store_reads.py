@@ -33,7 +33,6 @@ Run:  .venv/bin/python bench/store_reads.py                 (defaults: ~6-10 min
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import platform
 import random
@@ -49,19 +48,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import FINGERPRINT, log, warn_if_sources_changed  # noqa: E402
+
 from server.store import Store  # noqa: E402
 from server.timeutil import format_us, parse_time  # noqa: E402
-
-
-def source_fingerprint() -> str:
-    """sha256 (first 12 hex) over server/**/*.py: which version of the store this run measured."""
-    h = hashlib.sha256()
-    for f in sorted((ROOT / "server").rglob("*.py")):
-        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:12]
-
-
-FINGERPRINT = source_fingerprint()
 
 ACTORS = [f"agent_{k}" for k in range(10)]
 INDUSTRIES = [f"Industry {k:02d}" for k in range(20)]
@@ -70,10 +60,6 @@ MAX_BATCH = 1000
 GOAL_ASOF_MEDIAN_MS = 1.0
 GOAL_ASOF_RATIO = 2.0
 GOAL_SCALE_RATIO = 3.0
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 class Progress:
@@ -421,15 +407,6 @@ def main() -> None:
         if args.explain and "asof" in parts:
             explain(store, "asof-shared", "get as_of (a), shared tenant",
                     asof_getter(store, *ents["shared-big"]))  # fmt: skip
-
-
-def warn_if_sources_changed() -> None:
-    now = source_fingerprint()
-    if now != FINGERPRINT:
-        print(
-            f"NOTE: server sources changed during the run ({FINGERPRINT} -> {now}); "
-            f"this process measured the version it imported at start ({FINGERPRINT})"
-        )
 
 
 if __name__ == "__main__":

@@ -59,20 +59,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import FINGERPRINT, log, warn_if_sources_changed  # noqa: E402
+
 from server.store import Store  # noqa: E402
 from server.store.sqlite import PAGE_SIZE, connect, migrate  # noqa: E402
 from server.timeutil import format_us, now_us  # noqa: E402
-
-
-def source_fingerprint() -> str:
-    """sha256 (first 12 hex) over server/**/*.py: which version of the store this run measured."""
-    h = hashlib.sha256()
-    for f in sorted((ROOT / "server").rglob("*.py")):
-        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:12]
-
-
-FINGERPRINT = source_fingerprint()
 
 TENANT = "bench"
 ACTOR = "agent_bench"
@@ -108,10 +99,6 @@ INSERT_EVENT = (
     "INSERT INTO events (seq, id, type, entity_type, action, target, actor, ts, version, data, changes, state, "
     "reason, caused_by, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ---- rows that look like ours ------------------------------------------------------------------
@@ -634,15 +621,6 @@ def main() -> None:
               f">= {GOAL_CONCURRENT}x", verdict(speedup >= GOAL_CONCURRENT)]],
         )
     )  # fmt: skip
-
-
-def warn_if_sources_changed() -> None:
-    now = source_fingerprint()
-    if now != FINGERPRINT:
-        print(
-            f"NOTE: server sources changed during the run ({FINGERPRINT} -> {now}); "
-            f"this process measured the version it imported at start ({FINGERPRINT})"
-        )
 
 
 if __name__ == "__main__":
