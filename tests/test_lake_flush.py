@@ -391,6 +391,14 @@ def test_a_crash_at_any_stage_of_a_commit_of_several_tenants_then_a_flush_leaves
 # ---- flushers at once -----------------------------------------------------------------------------
 
 
+def assert_each_event_sent_by_one_flusher(store: Store, counts: dict[str, int], reports: list[Any]) -> None:
+    """Between them, the flushers sent each tenant's events once, and every commit is one snapshot."""
+    for tenant, n in counts.items():
+        assert sum(r.tenants.get(tenant, 0) for r in reports) == n  # each event sent by exactly one of them
+        assert_exactly_once(store, tenant)
+    assert sum(r.commits for r in reports) == snapshot_count(store.data_dir)
+
+
 def test_two_flushers_in_threads_on_one_store_write_every_event_once(store: Store, clock: Any) -> None:
     counts = {"acme": 30, "beta": 23, "gamma": 16}
     for tenant, n in counts.items():
@@ -400,10 +408,7 @@ def test_two_flushers_in_threads_on_one_store_write_every_event_once(store: Stor
 
     reports = in_threads(first.flush, second.flush)
 
-    for tenant, n in counts.items():
-        assert sum(r.tenants.get(tenant, 0) for r in reports) == n  # each event sent by exactly one of them
-        assert_exactly_once(store, tenant)
-    assert sum(r.commits for r in reports) == snapshot_count(store.data_dir)
+    assert_each_event_sent_by_one_flusher(store, counts, reports)
 
 
 def test_two_flushers_at_once_on_many_tenants_send_every_event_once(store: Store, clock: Any) -> None:
@@ -414,10 +419,7 @@ def test_two_flushers_at_once_on_many_tenants_send_every_event_once(store: Store
 
     reports = in_threads(first.flush, second.flush)
 
-    for tenant, n in counts.items():
-        assert sum(r.tenants.get(tenant, 0) for r in reports) == n  # each event sent by exactly one of them
-        assert_exactly_once(store, tenant)
-    assert sum(r.commits for r in reports) == snapshot_count(store.data_dir)
+    assert_each_event_sent_by_one_flusher(store, counts, reports)
     assert sum(rows_per_commit(store.data_dir)) == sum(counts.values())
 
 
