@@ -147,7 +147,7 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
     if not no_flush:
         from .lake.background import BackgroundFlush
 
-        background = BackgroundFlush(store, flush_interval)
+        background = BackgroundFlush(store, flush_interval, list(schema_dirs), log_level)
         background.start()
     try:
         if transport == "stdio":

@@ -48,8 +48,9 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": 
 
 
 def server_env() -> dict[str, str]:
-    """The test's environment without HEADLESSLY_* settings, so only the flags count."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("HEADLESSLY_")}
+    """The test's environment without HEADLESSLY_* settings, so only the flags count (nor PYICEBERG_* ones,
+    which would send the lakehouse elsewhere)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("HEADLESSLY_", "PYICEBERG_"))}
 
 
 def run_cli(*args: str | Path, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
@@ -125,6 +126,7 @@ class HttpServer:
     port: int
     data_dir: Path
     stderr_lines: list[str] = field(default_factory=list)
+    stderr_changed: threading.Condition = field(default_factory=threading.Condition)
 
     @property
     def transport(self) -> str:
@@ -132,6 +134,20 @@ class HttpServer:
 
     def log(self) -> str:
         return "".join(self.stderr_lines)
+
+    def wait_for_log(self, pattern: str, timeout: float = STARTUP_TIMEOUT, start: int = 0) -> re.Match[str]:
+        """Blocks until a line on the server's stderr (from line `start` on) matches `pattern` (a regex);
+        fails after `timeout`."""
+        found: list[re.Match[str]] = []
+
+        def seen() -> bool:
+            found[:] = [m for line in self.stderr_lines[start:] if (m := re.search(pattern, line))][:1]
+            return bool(found)
+
+        with self.stderr_changed:
+            if not self.stderr_changed.wait_for(seen, timeout):
+                raise AssertionError(f"no stderr line matched {pattern!r} within {timeout}s:\n{self.log()}")
+        return found[0]
 
 
 def _start_http(data_dir: Path, transport: str, args: tuple[str, ...]) -> HttpServer:
@@ -145,6 +161,7 @@ def _start_http(data_dir: Path, transport: str, args: tuple[str, ...]) -> HttpSe
         start_new_session=True,
     )
     lines: list[str] = []
+    changed = threading.Condition()
     found: dict[str, str] = {}
     ready = threading.Event()
 
@@ -152,7 +169,9 @@ def _start_http(data_dir: Path, transport: str, args: tuple[str, ...]) -> HttpSe
         assert proc.stderr is not None
         for raw in iter(proc.stderr.readline, b""):
             line = raw.decode("utf-8", "replace")
-            lines.append(line)
+            with changed:
+                lines.append(line)
+                changed.notify_all()
             if not ready.is_set() and (m := LISTENING.search(line)):
                 found["url"], found["port"] = m.group(1), m.group(2)
                 ready.set()
@@ -165,7 +184,7 @@ def _start_http(data_dir: Path, transport: str, args: tuple[str, ...]) -> HttpSe
     except BaseException:
         stop_process(proc)
         raise
-    return HttpServer(proc, found["url"], int(found["port"]), data_dir, lines)
+    return HttpServer(proc, found["url"], int(found["port"]), data_dir, lines, changed)
 
 
 @contextmanager

@@ -1,50 +1,132 @@
-"""The server's background flush: every few seconds, and once more at shutdown.
+"""The server's background flush: a child process that flushes every few seconds, and once more at the end.
 
-It runs in its own thread with its own reads of the log (WAL readers never block the writer),
-so flushing never holds up a write."""
+The flush (pyarrow conversion, Parquet writing, the Iceberg commit) is CPU work; in the server's own process it
+would hold the interpreter lock against the requests. So `serve` starts it as a child process,
+`python -m server.lake.background`, one interval after start-up (start-up stays light). The child reads the
+tenants' log files as a WAL reader, never blocking a write. It stops when its stdin closes: the server closes it at
+shutdown, and the kernel does when the server dies, so a killed server's last events still reach the table. If the
+child exits early the server logs it and starts another one interval later."""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import signal
+import subprocess
+import sys
 import threading
-from typing import Any
+from contextlib import suppress
+from pathlib import Path
+from typing import IO, Any
 
 from ..store import Store
 
-log = logging.getLogger(__name__)
+MODULE = "server.lake.background"  # also when run as __main__
+log = logging.getLogger(MODULE)
 
 
 class BackgroundFlush:
-    def __init__(self, store: Store, interval: float) -> None:
+    """The server's side: starts and watches the flush process."""
+
+    def __init__(self, store: Store, interval: float, schema_dirs: list[Path], log_level: str = "info") -> None:
         self.store = store
         self.interval = interval
+        self.command = [sys.executable, "-m", MODULE, "--data-dir", str(Path(store.data_dir).resolve())]
+        self.command += ["--interval", repr(interval), "--log-level", log_level]
+        for folder in schema_dirs:
+            self.command += ["--schemas", str(Path(folder).resolve())]
         self._stop = threading.Event()
-        self._flusher: Any = None
-        self._thread = threading.Thread(target=self._run, name="headlessly-flush", daemon=True)
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(target=self._supervise, name="headlessly-flush", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the loop and flush once more, so what was written before shutdown reaches the table."""
-        self._stop.set()
+        """Make the flush process send what is left and wait for it; without one, flush here."""
+        with self._lock:
+            self._stop.set()
+            child = self._child
+        if child is not None and child.poll() is None:
+            _close(child.stdin)
+            child.wait()
+        else:
+            flush_once(self.store, None, "final flush")
         self._thread.join()
-        self._flush_once()
 
-    def _run(self) -> None:
+    def _supervise(self) -> None:
         while not self._stop.wait(self.interval):
-            self._flush_once()
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                # stdout is not the child's: over stdio it is the MCP channel. Its logs share our stderr.
+                self._child = child = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            code = child.wait()
+            if not self._stop.is_set():
+                log.warning("background flush process exited with status %s; starting another", code)
 
-    def _flush_once(self) -> None:
-        if not self.store.tenants():
-            return
-        try:
-            if self._flusher is None:
-                from .flusher import Flusher
 
-                self._flusher = Flusher(self.store)  # kept: the catalog and table are loaded once
-            report = self._flusher.flush()
-            if report.events:
-                log.info("flushed %d events of %d tenant(s) to the lakehouse", report.events, len(report.tenants))
-        except Exception:  # the table may be unreachable for a while: the next round catches up
-            log.exception("background flush failed; will retry in %.1fs", self.interval)
+def _close(stream: IO[bytes] | None) -> None:
+    if stream is not None:
+        with suppress(OSError):  # already gone with its process
+            stream.close()
+
+
+def flush_once(store: Store, flusher: Any, what: str) -> Any:
+    """One flush round that logs instead of raising (the table may be unreachable for a while: the next round
+    catches up); returns the Flusher to reuse, which keeps the catalog and table loaded."""
+    if not store.tenants():
+        return flusher
+    try:
+        if flusher is None:
+            from .flusher import Flusher
+
+            flusher = Flusher(store)
+        report = flusher.flush()
+        if report.events:
+            log.info("%s: %d events of %d tenant(s) to the lakehouse", what, report.events, len(report.tenants))
+    except Exception:
+        log.exception("%s failed; the next round retries", what)
+    return flusher
+
+
+def _follow(store: Store, interval: float) -> None:
+    """The child's loop: flush now and every `interval` seconds until stdin closes, then once more."""
+    closed = threading.Event()
+
+    def wait_for_eof() -> None:
+        sys.stdin.buffer.read()
+        closed.set()
+
+    threading.Thread(target=wait_for_eof, name="headlessly-flush-stdin", daemon=True).start()
+    flusher = None
+    while True:
+        flusher = flush_once(store, flusher, "background flush")
+        if closed.wait(interval):
+            break
+    flush_once(store, flusher, "final flush")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--schemas", type=Path, action="append", default=[])
+    parser.add_argument("--interval", type=float, required=True)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the server, which closes our stdin
+    from ..schema import load_schemas
+
+    store = Store(args.data_dir, load_schemas(args.schemas))
+    try:
+        _follow(store, args.interval)
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    main()

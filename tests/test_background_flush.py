@@ -1,0 +1,110 @@
+"""The server's background flush: a child process of `headlessly serve` that sends new events to the lakehouse
+every --flush-interval seconds, does the CPU work away from the server's requests, and ends with the server."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+from contextlib import suppress
+from pathlib import Path
+
+import anyio
+import pytest
+from e2e_helpers import HttpServer, http_mcp_client, http_server, kill_process, payload, run_cli
+
+TENANT = "acme"
+TIMEOUT = 60.0
+FLUSHED = r"background flush: (\d+) events of 1 tenant"
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid`, whichever of its threads started them."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(FileNotFoundError):  # a thread that just ended
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return sorted(found)
+
+
+def loaded_libraries(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def wait_for_exit(pid: int, timeout: float) -> None:
+    """Waits for a process that is not ours to reap (a pidfd becomes readable when it exits)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        assert ready, f"process {pid} still running after {timeout}s"
+    finally:
+        os.close(fd)
+
+
+def lake_events(data_dir: Path) -> list[str]:
+    done = run_cli("events", "--tenant", TENANT, "--json", "--from-lake", "--data-dir", data_dir)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+async def create_contacts(server: HttpServer, names: list[str]) -> None:
+    async with http_mcp_client(server) as client:
+        for name in names:
+            result = await client.call_tool("do", {"action": "create", "type": "Contact", "data": {"name": name}})
+            payload(result)
+
+
+@pytest.mark.anyio
+async def test_serve_flushes_new_events_from_a_child_process_while_it_runs(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with http_server(data_dir, "--no-auth", "--tenant", TENANT, "--flush-interval", "0.2") as server:
+        with anyio.fail_after(TIMEOUT):
+            await create_contacts(server, ["Alice", "Bob"])
+            await anyio.to_thread.run_sync(server.wait_for_log, FLUSHED, TIMEOUT)
+        flushers = children(server.proc.pid)
+        server_maps = loaded_libraries(server.proc.pid)
+        flusher_maps = loaded_libraries(flushers[0]) if flushers else ""
+
+        assert len(flushers) == 1
+        assert "libarrow" in flusher_maps
+        assert "libarrow" not in server_maps  # the Parquet and Iceberg work never ran in the server
+    assert "Traceback" not in server.log()
+    assert len(lake_events(data_dir)) == 2
+
+
+@pytest.mark.anyio
+async def test_a_killed_servers_flush_process_sends_what_was_written_and_exits(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with http_server(data_dir, "--no-auth", "--tenant", TENANT, "--flush-interval", "0.2") as server:
+        with anyio.fail_after(TIMEOUT):
+            await create_contacts(server, ["Alice"])
+            await anyio.to_thread.run_sync(server.wait_for_log, FLUSHED, TIMEOUT)
+            (flusher,) = children(server.proc.pid)
+            await create_contacts(server, [f"Contact {i}" for i in range(20)])
+        kill_process(server.proc)
+        wait_for_exit(flusher, TIMEOUT)
+
+    assert len(lake_events(data_dir)) == 21
+    assert run_cli("verify", "--data-dir", data_dir).returncode == 0
+
+
+@pytest.mark.anyio
+async def test_a_flush_process_that_dies_is_replaced_and_the_next_one_catches_up(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with http_server(data_dir, "--no-auth", "--tenant", TENANT, "--flush-interval", "0.2") as server:
+        with anyio.fail_after(TIMEOUT):
+            await create_contacts(server, ["Alice"])
+            await anyio.to_thread.run_sync(server.wait_for_log, FLUSHED, TIMEOUT)
+            (first,) = children(server.proc.pid)
+            os.kill(first, signal.SIGKILL)
+            await anyio.to_thread.run_sync(server.wait_for_log, r"flush process exited with status -9", TIMEOUT)
+            since = len(server.stderr_lines)
+            await create_contacts(server, ["Bob", "Carol"])
+            await anyio.to_thread.run_sync(server.wait_for_log, FLUSHED, TIMEOUT, since)
+            replacement = children(server.proc.pid)
+
+        assert replacement and replacement != [first]
+    assert len(lake_events(data_dir)) == 3  # what the replacement had not sent yet, it sent at shutdown
