@@ -7,9 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from server.errors import InvalidCursor, InvalidFilter, InvalidSort, LimitExceeded, NotFound
-from server.store import Store
+from server.store import Store, queries
 
 TENANT = "acme"
 ALICE = "agent_alice"
@@ -289,3 +291,40 @@ def test_each_listed_event_carries_the_documented_fields(store: Store, log: Log)
     assert qualified["data"] == {"stage": "Lead -> Qualified"}
     assert qualified["changes"] == {"stage": {"from": "Lead", "to": "Qualified"}}
     assert qualified == store.event(TENANT, qualified["id"])
+
+
+RANGE_OPS = st.sampled_from(["$eq", "$gt", "$gte", "$lt", "$lte"])
+ranges = st.dictionaries(
+    st.sampled_from(["seq", "timestamp"]),
+    st.dictionaries(RANGE_OPS, st.integers(min_value=-1, max_value=11), min_size=1, max_size=2),
+    max_size=2,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=ranges)
+def test_the_total_of_a_seq_or_timestamp_range_is_the_number_of_events_it_lists(
+    store: Store, log: Log, doc: dict[str, dict[str, int]]
+) -> None:
+    def minute(i: int) -> str:  # the log's events are one minute apart from 10:00
+        return (datetime(2026, 1, 15, 10, tzinfo=UTC) + timedelta(minutes=i)).isoformat()
+
+    flt = {f: {op: (minute(v) if f == "timestamp" else v) for op, v in conds.items()} for f, conds in doc.items()}
+    page = store.events(TENANT, filter=flt, limit=100)
+
+    assert page["total"] == len(page["results"])
+    assert "totalIsLowerBound" not in page
+
+
+def test_a_range_total_stays_exact_above_the_count_cap_while_other_filters_give_a_lower_bound(
+    store: Store, log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queries, "COUNT_CAP", 5)
+
+    everything = store.events(TENANT, limit=2)
+    window = store.events(TENANT, filter={"timestamp": {"$gte": "2026-01-15T10:01:00Z"}}, limit=2)
+    by_actor = store.events(TENANT, filter={"actor": {"$in": [ALICE, BOB]}}, limit=2)
+
+    assert (everything["total"], "totalIsLowerBound" in everything) == (9, False)
+    assert (window["total"], "totalIsLowerBound" in window) == (8, False)
+    assert (by_actor["total"], by_actor.get("totalIsLowerBound")) == (5, True)

@@ -321,10 +321,25 @@ def _noun_head(conn: sqlite3.Connection, noun: Noun) -> int:
 _EVENT_SORTS = {"seq": False, "-seq": True, "timestamp": False, "-timestamp": True}
 
 
+_RANGE_OPS = ("$eq", "$gt", "$gte", "$lt", "$lte")
+
+
 class _EventFilter(FilterCompiler):
-    """Event filters: `type` globs, and timestamp ranges answered through seq (they grow together)."""
+    """Event filters: `type` globs, and timestamp ranges answered through seq (they grow together).
+
+    `seq_range_only` stays true while every condition is a range on `seq` or `timestamp`, ANDed: such a filter
+    selects a run of consecutive seqs, so its count is last - first + 1 (seqs have no gaps)."""
+
+    seq_range_only = True
+
+    def _doc(self, doc: Any, depth: int) -> str:
+        if isinstance(doc, dict) and "$or" in doc:
+            self.seq_range_only = False
+        return super()._doc(doc, depth)
 
     def _op(self, col: Column, op: str, arg: Any) -> str:
+        if col.name not in ("seq", "timestamp") or op not in _RANGE_OPS:
+            self.seq_range_only = False
         if col.name == "timestamp" and op in ("$gt", "$gte", "$lt", "$lte"):
             self.terms += 1
             value = self._value(col, arg, op)
@@ -364,9 +379,18 @@ def find_events(
         pinned = page.seq
     where += " AND seq <= ?"
     params.append(pinned)
-    total = conn.execute(
-        f"SELECT count(*) FROM (SELECT 1 FROM events WHERE {where} LIMIT {COUNT_CAP + 1})", params
-    ).fetchone()[0]
+    if compiler.seq_range_only:  # two index seeks, exact at any size
+        ends = [
+            conn.execute(f"SELECT seq FROM events WHERE {where} ORDER BY seq {order} LIMIT 1", params).fetchone()
+            for order in ("ASC", "DESC")
+        ]
+        total = ends[1][0] - ends[0][0] + 1 if ends[0] is not None and ends[1] is not None else 0
+        exact = True
+    else:
+        total = conn.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM events WHERE {where} LIMIT {COUNT_CAP + 1})", params
+        ).fetchone()[0]
+        exact = total <= COUNT_CAP
     page_where, page_params = where, list(params)
     if cursor is not None:
         last = page.keys[0] if page.keys else None
@@ -386,11 +410,11 @@ def find_events(
     events = [EventRow(*r) for r in rows[:n]]
     result: dict[str, Any] = {
         "results": [e.to_dict() for e in events],
-        "total": min(total, COUNT_CAP),
+        "total": total if exact else COUNT_CAP,
         "hasMore": has_more,
         "cursor": cursors.encode(cursors.Cursor(keys=[events[-1].seq], seq=pinned), identity) if has_more else None,
     }
-    if total > COUNT_CAP:
+    if not exact:
         result["totalIsLowerBound"] = True
     return result
 
