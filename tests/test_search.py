@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import re
-from datetime import UTC, datetime, timedelta
+import sqlite3
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AGENT, TENANT, create, write
+from conftest import AGENT, TENANT, advance_to, create, write
 
 from server.errors import (
     InvalidCursor,
@@ -19,18 +22,10 @@ from server.errors import (
     LimitExceeded,
     ValidationFailed,
 )
-from server.store import Store
+from server.schema import SchemaSet
+from server.store import Store, queries
 
 OTHER = "agent_other"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def us(text: str) -> int:
-    return (datetime.fromisoformat(text.replace("Z", "+00:00")) - EPOCH) // timedelta(microseconds=1)
-
-
-def advance_to(clock: Any, text: str) -> None:
-    clock.now = us(text)
 
 
 def names(page: dict[str, Any]) -> list[str]:
@@ -653,3 +648,92 @@ def test_every_result_has_the_meta_fields(store: Store, deals: dict[str, str]) -
         assert re.fullmatch(r"deal_[A-Za-z0-9]{9,}", entity["$id"])
         assert entity["$version"] == 1
         assert {"$createdAt", "$createdBy", "$updatedAt", "$updatedBy"} <= set(entity)
+
+
+@pytest.fixture
+def orgs(store: Store, clock: Any) -> list[str]:
+    """30 Organizations in three industries, updated at distinct times; two deleted, one moved industry."""
+    ids = []
+    for i in range(30):
+        clock.advance(1)
+        ids.append(
+            create(store, "Organization", name=f"Org {i:02d}", industry=["Software", "Retail", "Energy"][i % 3])["$id"]
+        )
+    for i in (3, 9):
+        clock.advance(1)
+        write(store, "delete", "Organization", ids[i])
+    clock.advance(1)
+    write(store, "update", "Organization", ids[0], industry="Retail")
+    return ids
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [{"industry": "Software"}, {"industry": {"$in": ["Retail", "Energy"]}}, {"industry": {"$gte": "Retail"}},
+     {"industry": "Software", "name": {"$ne": "Org 06"}}],
+)  # fmt: skip
+@pytest.mark.parametrize("include_deleted", [False, True])
+def test_an_indexed_filter_lists_the_same_pages_and_total_whether_keys_or_the_sort_order_drive_it(
+    store: Store, orgs: list[str], monkeypatch: pytest.MonkeyPatch, flt: dict[str, Any], include_deleted: bool
+) -> None:
+    def pages() -> tuple[list[str], int]:
+        total = store.find(TENANT, "Organization", filter=flt, include_deleted=include_deleted)["total"]
+        return [e["$id"] for e in walk(store, "Organization", 4, filter=flt, include_deleted=include_deleted)], total
+
+    monkeypatch.setattr(queries, "WALK_FROM", 10**9)
+    by_keys = pages()
+    monkeypatch.setattr(queries, "WALK_FROM", 1)
+    by_order = pages()
+
+    expected = {e["$id"] for e in walk(store, "Organization", 100, include_deleted=include_deleted) if _matches(e, flt)}
+    assert by_keys == by_order
+    assert set(by_keys[0]) == expected and len(by_keys[0]) == by_keys[1] == len(expected)
+
+
+def _matches(entity: dict[str, Any], flt: dict[str, Any]) -> bool:
+    industry, cond = entity.get("industry"), flt["industry"]
+    if "name" in flt and entity["name"] == flt["name"]["$ne"]:
+        return False
+    if isinstance(cond, str):
+        return industry == cond
+    if "$in" in cond:
+        return industry in cond["$in"]
+    return industry is not None and industry >= cond["$gte"]
+
+
+def test_an_indexed_filter_counts_only_live_entities_and_their_current_values(store: Store, orgs: list[str]) -> None:
+    def total(industry: str, include_deleted: bool = False) -> int:
+        page = store.find(TENANT, "Organization", filter={"industry": industry}, include_deleted=include_deleted)
+        return int(page["total"])
+
+    assert total("Software") == 7  # 10 created; Org 03 and Org 09 deleted; Org 00 moved to Retail
+    assert total("Software", include_deleted=True) == 9
+    assert total("Retail") == total("Retail", include_deleted=True) == 11
+
+
+def test_a_database_from_before_the_key_count_indexes_gets_them_on_open(tmp_path: Path, schemas: SchemaSet) -> None:
+    with Store(tmp_path / "data", schemas) as s:
+        s.do(
+            TENANT,
+            AGENT,
+            {"action": "create", "type": "Organization", "data": {"name": "Acme", "industry": "Software"}},
+        )
+    path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
+    with closing(sqlite3.connect(path)) as conn:  # as the second migration left it
+        conn.executescript(
+            """DROP INDEX entities_by_type_live_updated;
+            CREATE INDEX entities_by_type_live_updated ON entities (type, deleted_at, updated_at);
+            DROP INDEX entity_keys_lookup; CREATE INDEX entity_keys_lookup ON entity_keys (type, field, value);
+            DROP INDEX entity_keys_by_id; CREATE INDEX entity_keys_by_id ON entity_keys (id);
+            DELETE FROM migrations WHERE version = 3;"""
+        )
+
+    with Store(tmp_path / "data", schemas) as s:
+        page = s.find(TENANT, "Organization", filter={"industry": "Software"})
+    with closing(sqlite3.connect(path)) as conn:
+        columns = conn.execute("SELECT name FROM pragma_index_info('entity_keys_lookup')").fetchall()
+        versions = conn.execute("SELECT version FROM migrations ORDER BY version").fetchall()
+
+    assert [r[0] for r in columns] == ["type", "field", "value", "live"]
+    assert versions == [(1,), (2,), (3,)]
+    assert [e["name"] for e in page["results"]] == ["Acme"] and page["total"] == 1

@@ -72,6 +72,15 @@ def entity_columns(noun: Noun) -> dict[str, Column]:
     return cols
 
 
+@dataclass(frozen=True)
+class KeyedTerm:
+    """One indexed-field condition, as `entity_keys` answers it: `value <condition>` with `values` bound."""
+
+    column: Column
+    condition: str
+    values: list[Any]
+
+
 class FilterCompiler:
     """Compiles one filter document into a WHERE clause and its parameters."""
 
@@ -85,6 +94,10 @@ class FilterCompiler:
         self.params: list[Any] = []
         self.terms = 0
         self.uses_keys = False
+        self.keyed: list[KeyedTerm] = []
+        # False: an indexed condition is `id IN (matching keys)` (the keys drive the search); True: it is an
+        # EXISTS probe per entity row (the rows drive, e.g. walking an index in the sort order).
+        self.probe = False
 
     def compile(self, doc: Any) -> str:
         if doc is None:
@@ -191,6 +204,12 @@ class FilterCompiler:
     def _keyed(self, col: Column, condition: str, values: list[Any]) -> str:
         """An indexed field's condition answered from `entity_keys` (one index range, not a scan)."""
         self.uses_keys = True
+        self.keyed.append(KeyedTerm(col, condition, values))
+        if self.probe:  # an id has one type: the (id, field, value) index answers it alone
+            self.params.extend([col.name, *values])
+            return (
+                f"EXISTS (SELECT 1 FROM entity_keys k WHERE k.id = entities.id AND k.field = ? AND k.value {condition})"
+            )
         self.params.extend([self.keys_noun, col.name, *values])
         return f"(id IN (SELECT id FROM entity_keys WHERE type = ? AND field = ? AND value {condition}))"
 

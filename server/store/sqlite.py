@@ -95,6 +95,17 @@ _MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX entities_by_type_live_updated ON entities (type, deleted_at, updated_at);
         """,
     ),
+    (
+        "count live key matches from the index alone; walk the default order probing keys without the table",
+        """
+        DROP INDEX entities_by_type_live_updated;
+        CREATE INDEX entities_by_type_live_updated ON entities (type, deleted_at, updated_at DESC, id);
+        DROP INDEX entity_keys_lookup;
+        CREATE INDEX entity_keys_lookup ON entity_keys (type, field, value, live);
+        DROP INDEX entity_keys_by_id;
+        CREATE INDEX entity_keys_by_id ON entity_keys (id, field, value);
+        """,
+    ),
 ]
 
 _SAFE_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
