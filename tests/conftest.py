@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,19 @@ def no_pyiceberg_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 TENANT = "acme"
 AGENT = "agent_mR4nVkTw"
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def us(text: str) -> int:
+    """Microseconds since the epoch of an RFC 3339 time (computed here, independently of the store)."""
+    return (datetime.fromisoformat(text.replace("Z", "+00:00")) - EPOCH) // timedelta(microseconds=1)
+
+
+def advance_to(clock: FakeClock, text: str) -> None:
+    """Set the fake clock to an RFC 3339 time."""
+    clock.now = us(text)
 
 
 def create(store: Store, noun: str, actor: str = AGENT, **data: Any) -> dict[str, Any]:

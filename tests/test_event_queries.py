@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from conftest import advance_to
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,15 +18,6 @@ TENANT = "acme"
 ALICE = "agent_alice"
 BOB = "agent_bob"
 CAROL = "user_carol"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def us(text: str) -> int:
-    return (datetime.fromisoformat(text.replace("Z", "+00:00")) - EPOCH) // timedelta(microseconds=1)
-
-
-def advance_to(clock: Any, text: str) -> None:
-    clock.now = us(text)
 
 
 @dataclass

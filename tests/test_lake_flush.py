@@ -9,11 +9,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import EPOCH
 from pyiceberg.transforms import DayTransform, IdentityTransform
 from pyiceberg.types import LongType, StringType, TimestamptzType
 
@@ -26,7 +27,6 @@ from server.timeutil import parse_time
 
 TENANT = "acme"
 ACTOR = "agent_lake"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CONTRACT_COLUMNS = [
     "tenant", "seq", "id", "type", "entity_type", "target", "actor", "timestamp",
     "version", "data", "changes", "state", "reason", "hash",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from conftest import advance_to
 from mcp import Client, Implementation
 from mcp_types import CallToolResult
 
@@ -17,21 +17,11 @@ from server.store import Store
 from server.tools.app import build_server
 
 TENANT = "acme"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def us(text: str) -> int:
-    return (datetime.fromisoformat(text.replace("Z", "+00:00")) - EPOCH) // timedelta(microseconds=1)
-
-
-def advance_to(clock: Any, text: str) -> None:
-    clock.advance((us(text) - clock.now) / 1_000_000)
-    assert clock.now == us(text)
 
 
 @asynccontextmanager

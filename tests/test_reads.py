@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import AGENT, TENANT, create, write
+from conftest import AGENT, EPOCH, TENANT, advance_to, create, us, write
 
 from server.errors import InvalidAsOf, InvalidId, NotFound, ValidationFailed
 from server.store import Store
 
 BOB = "user_bob"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def us(text: str) -> int:
-    """Microseconds since the epoch of an RFC 3339 time (computed here, independently of the store)."""
-    return (datetime.fromisoformat(text.replace("Z", "+00:00")) - EPOCH) // timedelta(microseconds=1)
 
 
 def iso(micros: int) -> str:
     return (EPOCH + timedelta(microseconds=micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def advance_to(clock: Any, text: str) -> None:
-    clock.now = us(text)
 
 
 def fields(entity: dict[str, Any]) -> dict[str, Any]:

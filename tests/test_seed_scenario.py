@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from conftest import advance_to
 
 from server.errors import NotFound
 from server.store import Store
@@ -20,17 +20,6 @@ OPS = "agent_ops"
 RFC3339_US = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 EVENT_ID = re.compile(r"^evt_[A-Za-z0-9]{9,}$")
 CONTACT_ID = re.compile(r"^contact_[A-Za-z0-9]{9,}$")
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def us(text: str) -> int:
-    """Microseconds since the epoch of an RFC 3339 time (computed here, independently of the store)."""
-    return (datetime.fromisoformat(text.replace("Z", "+00:00")) - EPOCH) // timedelta(microseconds=1)
-
-
-def advance_to(clock: Any, text: str) -> None:
-    clock.advance((us(text) - clock.now) / 1_000_000)
-    assert clock.now == us(text)
 
 
 @dataclass
