@@ -173,7 +173,7 @@ def _serve_stdio(store: Any, config: Config) -> None:
     from .auth.identity import LocalIdentity
     from .tools.app import build_server
 
-    server = build_server(store, LocalIdentity(config.tenant, config.actor))
+    server = build_server(store, LocalIdentity(config.tenant, config.actor), inline=True)
     log.info("headlessly serving MCP over stdio (data dir %s, tenant %s)", config.data_dir, config.tenant)
     server.run("stdio")
 

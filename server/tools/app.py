@@ -88,9 +88,14 @@ def build_server(
     local: LocalIdentity | None,
     tokens: TokenStore | None = None,
     base_url: str | None = None,
+    inline: bool = False,
 ) -> MCPServer:
     """The server for one data directory. `local` is the identity of stdio / --no-auth HTTP;
-    with `tokens`, every request must bear a token and the token decides the caller."""
+    with `tokens`, every request must bear a token and the token decides the caller.
+
+    `inline` runs the store's work on the event loop instead of a worker thread: for stdio, where
+    one client's requests come one after another, it saves a thread hand-off per call. Over HTTP
+    the worker threads let concurrent requests overlap (and writers share a commit)."""
     nouns = store.schemas.names()
     auth_kwargs: dict[str, Any] = {}
     if tokens is not None:
@@ -118,6 +123,8 @@ def build_server(
                 f"this connection is read-only (token of {caller.actor} on tenant {caller.tenant})",
                 hint="Use a token created without --read-only to write.",
             )
+        if inline:
+            return fn(caller)
         return await anyio.to_thread.run_sync(partial(fn, caller))
 
     async def respond(ctx: Context | None, fn: Callable[[Caller], dict[str, Any]], write: bool = False) -> Any:
