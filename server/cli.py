@@ -510,7 +510,7 @@ def lake() -> None:
     help="Expire snapshots older than this.",
 )
 @click.option("--orphan-hours", default=1.0, show_default=True, type=click.FloatRange(min=0),
-              help="Remove unreferenced data files older than this (younger ones may belong to a commit in flight).")  # fmt: skip
+              help="Remove unreferenced data and metadata files older than this (younger ones may belong to a commit in flight).")  # fmt: skip
 @data_dir_option
 def lake_maintain(retain_days: float, orphan_hours: float, data_dir: Path) -> None:
     """Compact closed days, expire old snapshots, prune old metadata, remove orphan files."""
@@ -528,7 +528,8 @@ def lake_maintain(retain_days: float, orphan_hours: float, data_dir: Path) -> No
     )
     click.echo(
         f"compacted {len(report.days_compacted)} day(s), expired {report.snapshots_expired} snapshot(s), "
-        f"removed {report.orphans_removed} orphan file(s); data files {report.files_before} -> {report.files_after}"
+        f"removed {report.orphans_removed} orphan data file(s) and {report.metadata_removed} unreferenced metadata "
+        f"file(s); data files {report.files_before} -> {report.files_after}"
     )
 
 

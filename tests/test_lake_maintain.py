@@ -245,3 +245,53 @@ def test_old_metadata_files_are_pruned_as_commits_go_on(store: Store, clock: Any
     assert len(table.metadata.metadata_log) <= 20
     assert len(metadata) <= 21  # the current file and at most 20 previous ones
     assert_exactly_once(store, table)
+
+
+def metadata_files_on_disk(table: Any) -> set[str]:
+    root = Path(urlparse(table.location()).path) / "metadata"
+    return {os.path.normpath(str(p)) for p in root.iterdir() if p.name.endswith((".avro", ".metadata.json"))}
+
+
+def referenced_metadata(table: Any) -> set[str]:
+    paths = [table.metadata_location, *(e.metadata_file for e in table.metadata.metadata_log)]
+    paths += [s.manifest_list for s in table.metadata.snapshots]
+    if table.metadata.snapshots:
+        paths += table.inspect.all_manifests().column("path").to_pylist()
+    return {os.path.normpath(urlparse(p).path) for p in paths}
+
+
+def test_maintenance_removes_the_manifests_of_expired_snapshots_and_every_row_stays(store: Store, clock: Any) -> None:
+    flusher = Flusher(store)
+    for _ in range(6):
+        write_events(store, clock, 2)
+        flusher.flush()
+    table = lake_table(store.data_dir)
+    unreferenced_before = metadata_files_on_disk(table) - referenced_metadata(table)
+
+    report = maintain(table, retain=timedelta(0), now=later())
+
+    table = lake_table(store.data_dir)
+    assert unreferenced_before == set()  # expiry is what leaves them behind
+    assert len(table.metadata.snapshots) == 1  # six flushes and the day's compaction: only the last stays
+    assert report.snapshots_expired == 7
+    assert report.metadata_removed >= 7  # at least the seven manifest lists
+    assert metadata_files_on_disk(table) == referenced_metadata(table)
+    write_events(store, clock, 1)
+    assert Flusher(store).flush().tenants == {TENANT: 1}
+    assert_exactly_once(store, lake_table(store.data_dir))
+
+
+def test_maintenance_keeps_young_unreferenced_metadata_which_may_belong_to_a_commit_in_flight(
+    store: Store, clock: Any
+) -> None:
+    flusher = Flusher(store)
+    for _ in range(3):
+        write_events(store, clock, 1)
+        flusher.flush()
+    before = metadata_files_on_disk(lake_table(store.data_dir))
+
+    report = maintain(lake_table(store.data_dir), retain=timedelta(0), orphan_age=timedelta(hours=1))
+
+    assert report.snapshots_expired == 3  # three flushes; the compaction's snapshot stays
+    assert report.metadata_removed == 0
+    assert before <= metadata_files_on_disk(lake_table(store.data_dir))

@@ -1,7 +1,9 @@
 """Table upkeep: expire old snapshots, compact closed days, remove orphan files.
 
 Old metadata files are pruned on every commit by the table properties
-`write.metadata.delete-after-commit.enabled` / `write.metadata.previous-versions-max`."""
+`write.metadata.delete-after-commit.enabled` / `write.metadata.previous-versions-max`. Expiring a
+snapshot only drops it from the metadata: its manifest list, the manifests no kept snapshot shares and
+the data files no kept snapshot reads stay on disk until the orphan sweep here removes them."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ class MaintainReport:
     days_compacted: list[str] = field(default_factory=list)
     files_before: int = 0
     files_after: int = 0
-    orphans_removed: int = 0
+    orphans_removed: int = 0  # data files
+    metadata_removed: int = 0  # manifest lists, manifests and metadata files
 
 
 def maintain(
@@ -31,8 +34,8 @@ def maintain(
     progress: Callable[[str], None] | None = None,
 ) -> MaintainReport:
     """Compact every closed day that has several files, expire snapshots older than `retain`
-    (the current one always stays), then delete data files no snapshot references that are
-    older than `orphan_age` (younger ones may belong to a commit in flight)."""
+    (the current one always stays), then delete the data and metadata files no kept snapshot
+    references that are older than `orphan_age` (younger ones may belong to a commit in flight)."""
     now = now or datetime.now(UTC)
     say = progress or (lambda _text: None)
     report = MaintainReport(files_before=_data_file_count(table))
@@ -46,7 +49,9 @@ def maintain(
     report.snapshots_expired = before - len(table.metadata.snapshots)
     say(f"expired {report.snapshots_expired} snapshots")
     report.orphans_removed = _remove_orphans(table, now - orphan_age)
-    say(f"removed {report.orphans_removed} orphan files")
+    say(f"removed {report.orphans_removed} orphan data files")
+    report.metadata_removed = _remove_orphan_metadata(table, now - orphan_age)
+    say(f"removed {report.metadata_removed} unreferenced metadata files")
     report.files_after = _data_file_count(table)
     return report
 
@@ -92,16 +97,36 @@ def _remove_orphans(table: Any, older_than: datetime) -> int:
         if table.metadata.snapshots
         else set()
     )
-    root = _local(table.location())
-    data_dir = os.path.join(root, "data")
-    if not os.path.isdir(data_dir):
+    return _sweep(os.path.join(_local(table.location()), "data"), referenced, older_than, lambda _name: True)
+
+
+def _remove_orphan_metadata(table: Any, older_than: datetime) -> int:
+    """Manifest lists and manifests of no kept snapshot, and metadata files that are neither current nor in
+    the metadata log. Only files of those kinds are touched."""
+    metadata = table.metadata
+    referenced = {_local(table.metadata_location)}
+    referenced |= {_local(entry.metadata_file) for entry in metadata.metadata_log}
+    referenced |= {_local(snapshot.manifest_list) for snapshot in metadata.snapshots}
+    if metadata.snapshots:
+        referenced |= {_local(p) for p in table.inspect.all_manifests().column("path").to_pylist()}
+    return _sweep(
+        os.path.join(_local(table.location()), "metadata"),
+        referenced,
+        older_than,
+        lambda name: name.endswith((".avro", ".metadata.json")),
+    )
+
+
+def _sweep(folder: str, referenced: set[str], older_than: datetime, kind: Callable[[str], bool]) -> int:
+    """Delete the files under `folder` of the given kind that are not referenced and older than the cutoff."""
+    if not os.path.isdir(folder):
         return 0  # a remote warehouse: orphans there are the object store's lifecycle rules' job
     cutoff = older_than.timestamp()
     removed = 0
-    for folder, _dirs, names in os.walk(data_dir):
+    for parent, _dirs, names in os.walk(folder):
         for name in names:
-            path = os.path.join(folder, name)
-            if path not in referenced and os.path.getmtime(path) < cutoff:
+            path = os.path.join(parent, name)
+            if kind(name) and path not in referenced and os.path.getmtime(path) < cutoff:
                 os.remove(path)
                 removed += 1
     return removed
