@@ -5,10 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-import sqlite3
-from contextlib import closing
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +19,6 @@ from server.errors import (
     LimitExceeded,
     ValidationFailed,
 )
-from server.schema import SchemaSet
 from server.store import Store, queries
 
 OTHER = "agent_other"
@@ -709,31 +705,3 @@ def test_an_indexed_filter_counts_only_live_entities_and_their_current_values(st
     assert total("Software") == 7  # 10 created; Org 03 and Org 09 deleted; Org 00 moved to Retail
     assert total("Software", include_deleted=True) == 9
     assert total("Retail") == total("Retail", include_deleted=True) == 11
-
-
-def test_a_database_from_before_the_key_count_indexes_gets_them_on_open(tmp_path: Path, schemas: SchemaSet) -> None:
-    with Store(tmp_path / "data", schemas) as s:
-        s.do(
-            TENANT,
-            AGENT,
-            {"action": "create", "type": "Organization", "data": {"name": "Acme", "industry": "Software"}},
-        )
-    path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
-    with closing(sqlite3.connect(path)) as conn:  # as the second migration left it
-        conn.executescript(
-            """DROP INDEX entities_by_type_live_updated;
-            CREATE INDEX entities_by_type_live_updated ON entities (type, deleted_at, updated_at);
-            DROP INDEX entity_keys_lookup; CREATE INDEX entity_keys_lookup ON entity_keys (type, field, value);
-            DROP INDEX entity_keys_by_id; CREATE INDEX entity_keys_by_id ON entity_keys (id);
-            DELETE FROM migrations WHERE version = 3;"""
-        )
-
-    with Store(tmp_path / "data", schemas) as s:
-        page = s.find(TENANT, "Organization", filter={"industry": "Software"})
-    with closing(sqlite3.connect(path)) as conn:
-        columns = conn.execute("SELECT name FROM pragma_index_info('entity_keys_lookup')").fetchall()
-        versions = conn.execute("SELECT version FROM migrations ORDER BY version").fetchall()
-
-    assert [r[0] for r in columns] == ["type", "field", "value", "live"]
-    assert versions == [(1,), (2,), (3,)]
-    assert [e["name"] for e in page["results"]] == ["Acme"] and page["total"] == 1

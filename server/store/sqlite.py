@@ -174,6 +174,8 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 def _apply(conn: sqlite3.Connection, version: int, name: str, ddl: str) -> None:
+    if conn.execute("SELECT 1 FROM migrations WHERE version = ?", (version,)).fetchone():
+        return  # another process (a server and its flush child opening an old file) applied it first
     for statement in ddl.split(";\n"):
         if statement.strip():
             conn.execute(statement)

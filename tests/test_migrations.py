@@ -1,0 +1,92 @@
+"""The tenant database file's migrations: recorded in `migrations`, applied once on open, also when two
+processes (a server and its background flush) open an old file at the same moment."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import closing
+from pathlib import Path
+
+from conftest import AGENT, TENANT
+
+from server.schema import SchemaSet
+from server.store import Store
+from server.store.sqlite import connect, migrate
+
+AS_THE_SECOND_MIGRATION_LEFT_IT = """
+    DROP INDEX entities_by_type_live_updated;
+    CREATE INDEX entities_by_type_live_updated ON entities (type, deleted_at, updated_at);
+    DROP INDEX entity_keys_lookup; CREATE INDEX entity_keys_lookup ON entity_keys (type, field, value);
+    DROP INDEX entity_keys_by_id; CREATE INDEX entity_keys_by_id ON entity_keys (id);
+    DELETE FROM migrations WHERE version = 3;
+"""
+
+
+def old_tenant_file(tmp_path: Path, schemas: SchemaSet) -> Path:
+    with Store(tmp_path / "data", schemas) as s:
+        s.do(
+            TENANT,
+            AGENT,
+            {"action": "create", "type": "Organization", "data": {"name": "Acme", "industry": "Software"}},
+        )
+    path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(AS_THE_SECOND_MIGRATION_LEFT_IT)
+    return path
+
+
+def migration_versions(path: Path) -> list[int]:
+    with closing(sqlite3.connect(path)) as conn:
+        return [r[0] for r in conn.execute("SELECT version FROM migrations ORDER BY version")]
+
+
+def test_a_database_from_before_the_key_count_indexes_gets_them_on_open(tmp_path: Path, schemas: SchemaSet) -> None:
+    path = old_tenant_file(tmp_path, schemas)
+
+    with Store(tmp_path / "data", schemas) as s:
+        page = s.find(TENANT, "Organization", filter={"industry": "Software"})
+    with closing(sqlite3.connect(path)) as conn:
+        columns = [r[0] for r in conn.execute("SELECT name FROM pragma_index_info('entity_keys_lookup')")]
+
+    assert columns == ["type", "field", "value", "live"]
+    assert migration_versions(path) == [1, 2, 3]
+    assert [e["name"] for e in page["results"]] == ["Acme"] and page["total"] == 1
+
+
+def migrate_at_once(conns: list[sqlite3.Connection]) -> list[BaseException]:
+    """`migrate` on every connection, each in its own thread, all released together; what they raised."""
+    start = threading.Barrier(len(conns))
+    errors: list[BaseException] = []
+
+    def run(conn: sqlite3.Connection) -> None:
+        start.wait()
+        try:
+            migrate(conn)
+        except BaseException as exc:  # the test reports whatever a loser raised
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_two_connections_migrating_an_old_file_at_once_apply_each_migration_once(
+    tmp_path: Path, schemas: SchemaSet
+) -> None:
+    path = old_tenant_file(tmp_path, schemas)
+    for _ in range(10):
+        with closing(sqlite3.connect(path)) as conn:
+            conn.executescript(AS_THE_SECOND_MIGRATION_LEFT_IT)
+        conns = [connect(path), connect(path)]
+        try:
+            errors = migrate_at_once(conns)
+        finally:
+            for c in conns:
+                c.close()
+
+        assert errors == []
+        assert migration_versions(path) == [1, 2, 3]
