@@ -7,6 +7,8 @@ names the original's catalog, as an operator restoring on another machine would 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -235,6 +237,39 @@ def test_restore_with_overwrite_replaces_the_tenant_and_keeps_the_old_file_aside
         last = old.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
     assert names == ["Stranger 0", "Stranger 1", "Stranger 2"]
     assert tuple(last) == stranger_head
+
+
+HOLD_OPEN = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1])
+conn.execute("SELECT count(*) FROM events").fetchone()
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_an_overwrite_restore_is_refused_while_another_process_has_the_tenant_open(
+    store: Store, fresh: Store, clock: Any
+) -> None:
+    other = History(fresh, clock)
+    other.create("Contact", {"name": "Stranger"})
+    head = fresh.head(TENANT)
+    path = tenant_path(fresh.data_dir, TENANT)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OPEN, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        with pytest.raises(HeadlesslyError) as exc:
+            restore_tenant(fresh, TENANT, overwrite=True)
+    finally:
+        holder.communicate(input="", timeout=30)
+
+    assert exc.value.code == "conflict"
+    assert "another process" in exc.value.message and exc.value.hint
+    assert fresh.head(TENANT) == head
+    assert [p.name for p in path.parent.iterdir() if ".replaced-" in p.name or ".restoring-" in p.name] == []
+    assert restore_tenant(fresh, TENANT, overwrite=True) == store.head(TENANT)[0]  # once it has let go
 
 
 def test_an_overwrite_restore_that_cannot_restore_leaves_the_live_tenant_in_place(fresh: Store, clock: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,6 +56,7 @@ def restore_tenant(
     `<tenant>.db.replaced-<time>`."""
     table = cat.open_table(store.data_dir)
     _refuse_live(store, tenant, overwrite)
+    _refuse_open_elsewhere(store, tenant)
     rows = read_tenant(table, tenant)
     total = rows.num_rows
     if total == 0:
@@ -73,6 +75,7 @@ def restore_tenant(
             (lambda done: progress(done, total)) if progress else None,
         )
         _refuse_live(store, tenant, overwrite)  # nobody made it live while it was being built
+        _refuse_open_elsewhere(store, tenant)
         aside = _set_aside(store, tenant)
         try:
             building.rename(path)
@@ -93,6 +96,28 @@ def _refuse_live(store: Store, tenant: str, overwrite: bool) -> None:
             f"tenant {tenant!r} already has events in {store.data_dir}",
             hint="Restore into another --data-dir, or pass --overwrite (the current file is kept aside).",
         )
+
+
+def _refuse_open_elsewhere(store: Store, tenant: str) -> None:
+    """Refuse while another process (a running server, its background flush) has the tenant's file open: it
+    would go on reading and writing the moved-aside file. In WAL mode every open connection holds a shared
+    lock on the file's shared memory, so an exclusive-mode transaction succeeds only when nobody else is in."""
+    path = tenant_path(store.data_dir, tenant)
+    if not path.exists():
+        return
+    store.pool.forget(tenant)  # our own connections
+    probe = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        probe.execute("PRAGMA locking_mode = EXCLUSIVE")
+        probe.execute("BEGIN EXCLUSIVE")
+        probe.execute("ROLLBACK")
+    except sqlite3.OperationalError:
+        raise TenantExists(
+            f"tenant {tenant!r} is open in another process (a running `headlessly serve`?)",
+            hint="Stop every server and command using this --data-dir, then restore.",
+        ) from None
+    finally:
+        probe.close()
 
 
 def _set_aside(store: Store, tenant: str) -> list[tuple[Path, Path]]:
