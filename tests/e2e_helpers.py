@@ -150,7 +150,7 @@ class HttpServer:
         return found[0]
 
 
-def _start_http(data_dir: Path, transport: str, args: tuple[str, ...]) -> HttpServer:
+def _start_http(data_dir: Path, transport: str, args: tuple[str, ...], cwd: Path | None = None) -> HttpServer:
     command = [str(HEADLESSLY), "serve", "--transport", transport, "--host", "127.0.0.1", "--port", "0"]
     proc = subprocess.Popen(
         [*command, "--data-dir", str(data_dir), *args],
@@ -159,6 +159,7 @@ def _start_http(data_dir: Path, transport: str, args: tuple[str, ...]) -> HttpSe
         stderr=subprocess.PIPE,
         env=server_env(),
         start_new_session=True,
+        cwd=cwd,
     )
     lines: list[str] = []
     changed = threading.Condition()
@@ -188,10 +189,10 @@ def _start_http(data_dir: Path, transport: str, args: tuple[str, ...]) -> HttpSe
 
 
 @contextmanager
-def http_server(data_dir: Path, *args: str, transport: str = "http") -> Iterator[HttpServer]:
-    """`headlessly serve --transport http|sse --port 0 --data-dir D <args>`: yields once it listens,
-    always stops it afterwards."""
-    server = _start_http(data_dir, transport, args)
+def http_server(data_dir: Path, *args: str, transport: str = "http", cwd: Path | None = None) -> Iterator[HttpServer]:
+    """`headlessly serve --transport http|sse --port 0 --data-dir D <args>` (in `cwd`): yields once it
+    listens, always stops it afterwards."""
+    server = _start_http(data_dir, transport, args, cwd)
     try:
         yield server
     finally:

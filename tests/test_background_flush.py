@@ -11,7 +11,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from e2e_helpers import HttpServer, http_mcp_client, http_server, kill_process, payload, run_cli
+from e2e_helpers import HEADLESSLY, HttpServer, http_mcp_client, http_server, kill_process, payload, run_cli, server_env
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
 
 TENANT = "acme"
 TIMEOUT = 60.0
@@ -108,3 +110,64 @@ async def test_a_flush_process_that_dies_is_replaced_and_the_next_one_catches_up
 
         assert replacement and replacement != [first]
     assert len(lake_events(data_dir)) == 3  # what the replacement had not sent yet, it sent at shutdown
+
+
+@pytest.mark.anyio
+async def test_over_stdio_the_flush_process_never_writes_into_the_mcp_channel(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    params = StdioServerParameters(
+        command=str(HEADLESSLY),
+        args=["serve", "--data-dir", str(data_dir), "--tenant", TENANT, "--flush-interval", "0.2"],
+        env=server_env(),
+    )
+    stderr_path = tmp_path / "stderr.log"
+    with stderr_path.open("w") as errlog, anyio.fail_after(TIMEOUT):
+        async with Client(stdio_client(params, errlog=errlog)) as client:
+            created = payload(
+                await client.call_tool("do", {"action": "create", "type": "Deal", "data": {"name": "Big", "value": 0}})
+            )
+            deal, value = created["entity"]["$id"], 0
+            while "background flush:" not in stderr_path.read_text():  # keep writing until a flush has run
+                value += 1
+                update = {"action": "update", "type": "Deal", "id": deal, "data": {"value": value}}
+                assert payload(await client.call_tool("do", update))["entity"]["$version"] == value + 1
+            for _ in range(20):  # and the session goes on, every answer intact
+                value += 1
+                update = {"action": "update", "type": "Deal", "id": deal, "data": {"value": value}}
+                assert payload(await client.call_tool("do", update))["entity"]["$version"] == value + 1
+            fetched = payload(await client.call_tool("fetch", {"type": "Deal", "id": deal}))
+
+    assert fetched["value"] == value
+    assert value > 20 and lake_events(data_dir)  # a flush ran mid-session
+
+
+def test_a_server_started_beside_a_server_py_still_flushes_with_its_own_package(tmp_path: Path) -> None:
+    """The child runs `python -P -m server.lake.background`: a `server.py` in the working directory is not run."""
+    workdir = tmp_path / "project"
+    workdir.mkdir()
+    marker = tmp_path / "imported"
+    (workdir / "server.py").write_text(f"open({str(marker)!r}, 'a').write('x')\n")
+    data_dir = tmp_path / "data"
+    with http_server(data_dir, "--no-auth", "--tenant", TENANT, "--flush-interval", "0.2", cwd=workdir) as server:
+        anyio.run(create_contacts, server, ["Alice"])
+        server.wait_for_log(FLUSHED, TIMEOUT)
+
+    assert not marker.exists()
+    assert "exited with status" not in server.log()
+    assert len(lake_events(data_dir)) == 1
+
+
+@pytest.mark.anyio
+async def test_a_sigterm_to_the_flush_process_ends_it_after_one_last_flush(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with http_server(data_dir, "--no-auth", "--tenant", TENANT, "--flush-interval", "0.2") as server:
+        with anyio.fail_after(TIMEOUT):
+            await create_contacts(server, ["Alice"])
+            await anyio.to_thread.run_sync(server.wait_for_log, FLUSHED, TIMEOUT)
+            (flusher,) = children(server.proc.pid)
+            await create_contacts(server, ["Bob", "Carol"])
+            os.kill(flusher, signal.SIGTERM)
+            await anyio.to_thread.run_sync(server.wait_for_log, r"flush process exited with status 0 ", TIMEOUT)
+        assert len(lake_events(data_dir)) == 3  # before the server's shutdown flush
+
+    assert "Traceback" not in server.log()

@@ -6,6 +6,7 @@ import base64
 import json
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from server.errors import (
     LimitExceeded,
     ValidationFailed,
 )
+from server.schema import load_schemas
 from server.store import Store, queries
 
 OTHER = "agent_other"
@@ -663,38 +665,38 @@ def orgs(store: Store, clock: Any) -> list[str]:
     return ids
 
 
-@pytest.mark.parametrize(
-    "flt",
-    [{"industry": "Software"}, {"industry": {"$in": ["Retail", "Energy"]}}, {"industry": {"$gte": "Retail"}},
-     {"industry": "Software", "name": {"$ne": "Org 06"}}],
-)  # fmt: skip
-@pytest.mark.parametrize("include_deleted", [False, True])
+INDEXED_FILTERS: list[tuple[dict[str, Any], Any]] = [
+    ({"industry": "Software"}, lambda e: e.get("industry") == "Software"),
+    ({"industry": {"$in": ["Retail", "Energy"]}}, lambda e: e.get("industry") in ("Retail", "Energy")),
+    ({"industry": {"$gte": "Retail"}}, lambda e: e.get("industry", "") >= "Retail"),
+    ({"industry": "Software", "name": {"$ne": "Org 06"}}, lambda e: e.get("industry") == "Software" and e["name"] != "Org 06"),
+    ({"$or": [{"industry": "Energy"}, {"name": "Org 06"}]}, lambda e: e.get("industry") == "Energy" or e["name"] == "Org 06"),
+    ({"industry": {"$not": {"$eq": "Software"}}}, lambda e: e.get("industry") != "Software"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("flt", "matches"), INDEXED_FILTERS)
+@pytest.mark.parametrize(("sort", "include_deleted"), [(None, False), ("$updatedAt", False), (None, True)])
 def test_an_indexed_filter_lists_the_same_pages_and_total_whether_keys_or_the_sort_order_drive_it(
-    store: Store, orgs: list[str], monkeypatch: pytest.MonkeyPatch, flt: dict[str, Any], include_deleted: bool
-) -> None:
+    store: Store, orgs: list[str], monkeypatch: pytest.MonkeyPatch, flt: dict[str, Any], matches: Any,
+    sort: str | None, include_deleted: bool,
+) -> None:  # fmt: skip
+    """The walk applies to the default order without deleted entities; the other cases check that it stays out."""
+    options: dict[str, Any] = {"filter": flt, "sort": sort, "include_deleted": include_deleted}
+
     def pages() -> tuple[list[str], int]:
-        total = store.find(TENANT, "Organization", filter=flt, include_deleted=include_deleted)["total"]
-        return [e["$id"] for e in walk(store, "Organization", 4, filter=flt, include_deleted=include_deleted)], total
+        total = store.find(TENANT, "Organization", **options)["total"]
+        return [e["$id"] for e in walk(store, "Organization", 4, **options)], total
 
     monkeypatch.setattr(queries, "WALK_FROM", 10**9)
     by_keys = pages()
     monkeypatch.setattr(queries, "WALK_FROM", 1)
     by_order = pages()
 
-    expected = {e["$id"] for e in walk(store, "Organization", 100, include_deleted=include_deleted) if _matches(e, flt)}
+    everything = walk(store, "Organization", 100, sort=sort, include_deleted=include_deleted)
+    expected = [e["$id"] for e in everything if matches(e)]
     assert by_keys == by_order
-    assert set(by_keys[0]) == expected and len(by_keys[0]) == by_keys[1] == len(expected)
-
-
-def _matches(entity: dict[str, Any], flt: dict[str, Any]) -> bool:
-    industry, cond = entity.get("industry"), flt["industry"]
-    if "name" in flt and entity["name"] == flt["name"]["$ne"]:
-        return False
-    if isinstance(cond, str):
-        return industry == cond
-    if "$in" in cond:
-        return industry in cond["$in"]
-    return industry is not None and industry >= cond["$gte"]
+    assert by_keys == (expected, len(expected))
 
 
 def test_an_indexed_filter_counts_only_live_entities_and_their_current_values(store: Store, orgs: list[str]) -> None:
@@ -705,3 +707,16 @@ def test_an_indexed_filter_counts_only_live_entities_and_their_current_values(st
     assert total("Software") == 7  # 10 created; Org 03 and Org 09 deleted; Org 00 moved to Retail
     assert total("Software", include_deleted=True) == 9
     assert total("Retail") == total("Retail", include_deleted=True) == 11
+
+
+def test_an_indexed_json_field_holding_lists_counts_entities_not_values(tmp_path: Path) -> None:
+    extra = tmp_path / "schemas"
+    extra.mkdir()
+    (extra / "widgets.json").write_text('{"$domain": "Widgets", "Widget": {"name": "string!", "meta": "json#"}}')
+    with Store(tmp_path / "data", load_schemas([extra])) as s:
+        for name, meta in [("Both", ["a", "b"]), ("A", "a"), ("None", "z")]:
+            s.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": name, "meta": meta}})
+        page = s.find(TENANT, "Widget", filter={"meta": {"$in": ["a", "b"]}})
+
+    assert sorted(e["name"] for e in page["results"]) == ["A", "Both"]
+    assert page["total"] == 2

@@ -2,19 +2,23 @@
 
 The flush (pyarrow conversion, Parquet writing, the Iceberg commit) is CPU work; in the server's own process it
 would hold the interpreter lock against the requests. So `serve` starts it as a child process,
-`python -m server.lake.background`, one interval after start-up (start-up stays light). The child reads the
+`python -P -m server.lake.background` (-P: the working directory cannot shadow the package), one
+interval after start-up (start-up stays light). The child reads the
 tenants' log files as a WAL reader, never blocking a write. It stops when its stdin closes: the server closes it at
 shutdown, and the kernel does when the server dies, so a killed server's last events still reach the table. If the
-child exits early the server logs it and starts another one interval later."""
+child exits early the server logs it and starts another, backing off while it keeps failing. A SIGINT or
+SIGTERM to the child also ends it after one last flush."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
@@ -25,13 +29,19 @@ MODULE = "server.lake.background"  # also when run as __main__
 log = logging.getLogger(MODULE)
 
 
+STOP_TIMEOUT = 120.0  # seconds the server waits for the child's last flush at shutdown
+MAX_BACKOFF = 300.0  # seconds between restarts of a child that keeps failing
+STEADY = 60.0  # a child that ran this long before exiting resets the backoff
+
+
 class BackgroundFlush:
     """The server's side: starts and watches the flush process."""
 
     def __init__(self, store: Store, interval: float, schema_dirs: list[Path], log_level: str = "info") -> None:
         self.store = store
         self.interval = interval
-        self.command = [sys.executable, "-m", MODULE, "--data-dir", str(Path(store.data_dir).resolve())]
+        # -P: the server's working directory is not on the child's path (a `server.py` there is not us).
+        self.command = [sys.executable, "-P", "-m", MODULE, "--data-dir", str(Path(store.data_dir).resolve())]
         self.command += ["--interval", repr(interval), "--log-level", log_level]
         for folder in schema_dirs:
             self.command += ["--schemas", str(Path(folder).resolve())]
@@ -44,27 +54,41 @@ class BackgroundFlush:
         self._thread.start()
 
     def stop(self) -> None:
-        """Make the flush process send what is left and wait for it; without one, flush here."""
+        """Make the flush process send what is left and wait for it; if there is none, or it did not end
+        well, flush here."""
         with self._lock:
             self._stop.set()
             child = self._child
+        code: int | None = None
         if child is not None and child.poll() is None:
             _close(child.stdin)
-            child.wait()
-        else:
+            try:
+                code = child.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log.error("background flush process still busy after %.0fs; killing it", STOP_TIMEOUT)
+                child.kill()
+                child.wait()
+        if code != 0:
             flush_once(self.store, None, "final flush")
         self._thread.join()
 
     def _supervise(self) -> None:
-        while not self._stop.wait(self.interval):
+        delay, failures = self.interval, 0
+        while not self._stop.wait(delay):
             with self._lock:
                 if self._stop.is_set():
                     return
                 # stdout is not the child's: over stdio it is the MCP channel. Its logs share our stderr.
                 self._child = child = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            started = time.monotonic()
             code = child.wait()
-            if not self._stop.is_set():
-                log.warning("background flush process exited with status %s; starting another", code)
+            if self._stop.is_set():
+                return
+            failures = 1 if time.monotonic() - started >= STEADY else failures + 1
+            delay = min(self.interval * 2 ** (failures - 1), max(self.interval, MAX_BACKOFF))
+            say = log.error if failures >= 3 else log.warning
+            say("background flush process exited with status %s (%d time(s) in a row); starting another in %.1fs",
+                code, failures, delay)  # fmt: skip
 
 
 def _close(stream: IO[bytes] | None) -> None:
@@ -88,6 +112,7 @@ def flush_once(store: Store, flusher: Any, what: str) -> Any:
             log.info("%s: %d events of %d tenant(s) to the lakehouse", what, report.events, len(report.tenants))
     except Exception:
         log.exception("%s failed; the next round retries", what)
+        return None  # and starts from a fresh catalog and table
     return flusher
 
 
@@ -96,10 +121,17 @@ def _follow(store: Store, interval: float) -> None:
     closed = threading.Event()
 
     def wait_for_eof() -> None:
-        sys.stdin.buffer.read()
+        # Raw reads: a daemon thread blocked in sys.stdin's buffered reader makes a signal-ended
+        # interpreter abort at exit (it cannot take that reader's lock).
+        while os.read(0, 4096):
+            pass
         closed.set()
 
     threading.Thread(target=wait_for_eof, name="headlessly-flush-stdin", daemon=True).start()
+    # A Ctrl-C or a SIGTERM sent to the whole group (a terminal, systemd) ends us like the server's shutdown:
+    # after the flush in progress and one more.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _sig, _frame: closed.set())
     flusher = None
     while True:
         flusher = flush_once(store, flusher, "background flush")
@@ -118,7 +150,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the server, which closes our stdin
     from ..schema import load_schemas
 
     store = Store(args.data_dir, load_schemas(args.schemas))

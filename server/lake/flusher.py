@@ -69,6 +69,8 @@ class Flusher:
         from pyiceberg.exceptions import CommitFailedException
 
         report = FlushReport()
+        if self._table is not None:  # a kept flusher: another process may have moved the table on (or
+            self._table = self._table.refresh()  # expired and swept the snapshot we last saw)
         pending = list(dict.fromkeys(tenants if tenants is not None else self.store.tenants()))  # once each
         # Only what was written before this round: under a steady stream of writes, chasing the head
         # would never return and would turn into a commit per handful of events.

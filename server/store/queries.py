@@ -331,8 +331,12 @@ def _default_order(keys: list[SortKey]) -> bool:
 
 def _count_keys(conn: sqlite3.Connection, noun: Noun, compiler: FilterCompiler, include_deleted: bool) -> int | None:
     """The count of a filter that is one condition on an indexed scalar field, from the keys' index alone
-    (each live entity has one key row per such field); None for any other filter."""
-    if compiler.terms != 1 or len(compiler.keyed) != 1 or compiler.keyed[0].column.array:
+    (each live entity has one key row per such field); None for any other filter, and for array and
+    json fields."""
+    if compiler.terms != 1 or len(compiler.keyed) != 1:
+        return None
+    column = compiler.keyed[0].column
+    if column.array or column.kind == "json":  # a list value has a key row per element
         return None
     term = compiler.keyed[0]
     live = "" if include_deleted else " AND live = 1"
