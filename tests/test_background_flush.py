@@ -15,6 +15,9 @@ from e2e_helpers import HEADLESSLY, HttpServer, http_mcp_client, http_server, ki
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+from server.lake.background import ChangeWatch
+from server.store import Store
+
 TENANT = "acme"
 TIMEOUT = 60.0
 FLUSHED = r"background flush: (\d+) events of 1 tenant"
@@ -171,3 +174,19 @@ async def test_a_sigterm_to_the_flush_process_ends_it_after_one_last_flush(tmp_p
         assert len(lake_events(data_dir)) == 3  # before the server's shutdown flush
 
     assert "Traceback" not in server.log()
+
+
+def test_a_round_of_the_flush_process_looks_only_at_tenants_written_since_their_last_flush(store: Store) -> None:
+    for tenant in ("acme", "beta"):
+        store.do(tenant, "agent_a", {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
+    watch = ChangeWatch(store)
+
+    first = watch.changed()
+    watch.flushed.update(first)
+    quiet = watch.changed()
+    store.do("beta", "agent_a", {"action": "create", "type": "Contact", "data": {"name": "Bo"}})
+    after_a_write = watch.changed()
+
+    assert sorted(first) == ["acme", "beta"]
+    assert quiet == {}
+    assert sorted(after_a_write) == ["beta"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..store import Store
+from ..store.tenants import tenant_path
 
 MODULE = "server.lake.background"  # also when run as __main__
 log = logging.getLogger(MODULE)
@@ -32,6 +33,7 @@ log = logging.getLogger(MODULE)
 STOP_TIMEOUT = 120.0  # seconds the server waits for the child's last flush at shutdown
 MAX_BACKOFF = 300.0  # seconds between restarts of a child that keeps failing
 STEADY = 60.0  # a child that ran this long before exiting resets the backoff
+FULL_EVERY = 60  # rounds: every so often the child looks at every tenant, changed or not
 
 
 class BackgroundFlush:
@@ -97,27 +99,58 @@ def _close(stream: IO[bytes] | None) -> None:
             stream.close()
 
 
-def flush_once(store: Store, flusher: Any, what: str) -> Any:
-    """One flush round that logs instead of raising (the table may be unreachable for a while: the next round
-    catches up); returns the Flusher to reuse, which keeps the catalog and table loaded."""
+def flush_once(store: Store, flusher: Any, what: str, tenants: list[str] | None = None) -> tuple[Any, bool]:
+    """One flush round (of `tenants`, default all) that logs instead of raising (the table may be unreachable
+    for a while: the next round catches up); returns the Flusher to reuse, which keeps the catalog and table
+    loaded, and whether the round succeeded."""
     if not store.tenants():
-        return flusher
+        return flusher, True
     try:
         if flusher is None:
             from .flusher import Flusher
 
             flusher = Flusher(store)
-        report = flusher.flush()
+        report = flusher.flush(tenants)
         if report.events:
             log.info("%s: %d events of %d tenant(s) to the lakehouse", what, report.events, len(report.tenants))
     except Exception:
         log.exception("%s failed; the next round retries", what)
-        return None  # and starts from a fresh catalog and table
-    return flusher
+        return None, False  # and starts from a fresh catalog and table
+    return flusher, True
+
+
+Signature = tuple[tuple[int, int] | None, ...]
+
+
+class ChangeWatch:
+    """Which tenants' files changed since their last successful flush, so that a round opens only those:
+    every commit appends to the tenant's WAL (and a checkpoint rewrites the database file), which moves
+    the files' size or modification time."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.flushed: dict[str, Signature] = {}
+
+    def signature(self, tenant: str) -> Signature:
+        path = tenant_path(self.store.data_dir, tenant)
+        out: list[tuple[int, int] | None] = []
+        for name in (path, Path(f"{path}-wal")):
+            try:
+                st = name.stat()
+                out.append((st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
+    def changed(self) -> dict[str, Signature]:
+        """The tenants to flush now, with their signatures as seen before the flush."""
+        now = {name: self.signature(name) for name in self.store.tenants()}
+        return {name: sig for name, sig in now.items() if self.flushed.get(name) != sig}
 
 
 def _follow(store: Store, interval: float) -> None:
-    """The child's loop: flush now and every `interval` seconds until stdin closes, then once more."""
+    """The child's loop: flush the changed tenants now and every `interval` seconds (all of them every
+    FULL_EVERY rounds) until stdin closes, then all once more."""
     closed = threading.Event()
 
     def wait_for_eof() -> None:
@@ -132,9 +165,16 @@ def _follow(store: Store, interval: float) -> None:
     # after the flush in progress and one more.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda _sig, _frame: closed.set())
-    flusher = None
+    flusher, watch, rounds = None, ChangeWatch(store), 0
     while True:
-        flusher = flush_once(store, flusher, "background flush")
+        if rounds % FULL_EVERY == 0:
+            watch.flushed.clear()  # e.g. the table was replaced meanwhile: look at every tenant again
+        rounds += 1
+        due = watch.changed()
+        if due:
+            flusher, ok = flush_once(store, flusher, "background flush", sorted(due))
+            if ok:
+                watch.flushed.update(due)
         if closed.wait(interval):
             break
     flush_once(store, flusher, "final flush")
