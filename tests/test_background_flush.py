@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import select
 import signal
-from contextlib import suppress
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 
 import anyio
@@ -62,13 +62,23 @@ async def create_contacts(server: HttpServer, names: list[str]) -> None:
             payload(result)
 
 
+def flushing_server(data_dir: Path, cwd: Path | None = None) -> AbstractContextManager[HttpServer]:
+    """`headlessly serve --transport http --no-auth` whose background flush runs every 0.2 s."""
+    return http_server(data_dir, "--no-auth", "--tenant", TENANT, "--flush-interval", "0.2", cwd=cwd)
+
+
+async def logged(server: HttpServer, pattern: str, start: int = 0) -> None:
+    """Waits (off the event loop) until the server's stderr has a line matching `pattern` from line `start` on."""
+    await anyio.to_thread.run_sync(server.wait_for_log, pattern, TIMEOUT, start)
+
+
 @pytest.mark.anyio
 async def test_serve_flushes_new_events_from_a_child_process_while_it_runs(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    with http_server(data_dir, "--no-auth", "--tenant", TENANT, "--flush-interval", "0.2") as server:
+    with flushing_server(data_dir) as server:
         with anyio.fail_after(TIMEOUT):
             await create_contacts(server, ["Alice", "Bob"])
-            await anyio.to_thread.run_sync(server.wait_for_log, FLUSHED, TIMEOUT)
+            await logged(server, FLUSHED)
         flushers = children(server.proc.pid)
         server_maps = loaded_libraries(server.proc.pid)
         flusher_maps = loaded_libraries(flushers[0]) if flushers else ""
@@ -83,10 +93,10 @@ async def test_serve_flushes_new_events_from_a_child_process_while_it_runs(tmp_p
 @pytest.mark.anyio
 async def test_a_killed_servers_flush_process_sends_what_was_written_and_exits(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    with http_server(data_dir, "--no-auth", "--tenant", TENANT, "--flush-interval", "0.2") as server:
+    with flushing_server(data_dir) as server:
         with anyio.fail_after(TIMEOUT):
             await create_contacts(server, ["Alice"])
-            await anyio.to_thread.run_sync(server.wait_for_log, FLUSHED, TIMEOUT)
+            await logged(server, FLUSHED)
             (flusher,) = children(server.proc.pid)
             await create_contacts(server, [f"Contact {i}" for i in range(20)])
         kill_process(server.proc)
@@ -99,16 +109,16 @@ async def test_a_killed_servers_flush_process_sends_what_was_written_and_exits(t
 @pytest.mark.anyio
 async def test_a_flush_process_that_dies_is_replaced_and_the_next_one_catches_up(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    with http_server(data_dir, "--no-auth", "--tenant", TENANT, "--flush-interval", "0.2") as server:
+    with flushing_server(data_dir) as server:
         with anyio.fail_after(TIMEOUT):
             await create_contacts(server, ["Alice"])
-            await anyio.to_thread.run_sync(server.wait_for_log, FLUSHED, TIMEOUT)
+            await logged(server, FLUSHED)
             (first,) = children(server.proc.pid)
             os.kill(first, signal.SIGKILL)
-            await anyio.to_thread.run_sync(server.wait_for_log, r"flush process exited with status -9", TIMEOUT)
+            await logged(server, r"flush process exited with status -9")
             since = len(server.stderr_lines)
             await create_contacts(server, ["Bob", "Carol"])
-            await anyio.to_thread.run_sync(server.wait_for_log, FLUSHED, TIMEOUT, since)
+            await logged(server, FLUSHED, since)
             replacement = children(server.proc.pid)
 
         assert replacement and replacement != [first]
@@ -130,14 +140,17 @@ async def test_over_stdio_the_flush_process_never_writes_into_the_mcp_channel(tm
                 await client.call_tool("do", {"action": "create", "type": "Deal", "data": {"name": "Big", "value": 0}})
             )
             deal, value = created["entity"]["$id"], 0
+
+            async def update() -> None:
+                nonlocal value
+                value += 1
+                request = {"action": "update", "type": "Deal", "id": deal, "data": {"value": value}}
+                assert payload(await client.call_tool("do", request))["entity"]["$version"] == value + 1
+
             while "background flush:" not in stderr_path.read_text():  # keep writing until a flush has run
-                value += 1
-                update = {"action": "update", "type": "Deal", "id": deal, "data": {"value": value}}
-                assert payload(await client.call_tool("do", update))["entity"]["$version"] == value + 1
+                await update()
             for _ in range(20):  # and the session goes on, every answer intact
-                value += 1
-                update = {"action": "update", "type": "Deal", "id": deal, "data": {"value": value}}
-                assert payload(await client.call_tool("do", update))["entity"]["$version"] == value + 1
+                await update()
             fetched = payload(await client.call_tool("fetch", {"type": "Deal", "id": deal}))
 
     assert fetched["value"] == value
@@ -151,7 +164,7 @@ def test_a_server_started_beside_a_server_py_still_flushes_with_its_own_package(
     marker = tmp_path / "imported"
     (workdir / "server.py").write_text(f"open({str(marker)!r}, 'a').write('x')\n")
     data_dir = tmp_path / "data"
-    with http_server(data_dir, "--no-auth", "--tenant", TENANT, "--flush-interval", "0.2", cwd=workdir) as server:
+    with flushing_server(data_dir, cwd=workdir) as server:
         anyio.run(create_contacts, server, ["Alice"])
         server.wait_for_log(FLUSHED, TIMEOUT)
 
@@ -163,14 +176,14 @@ def test_a_server_started_beside_a_server_py_still_flushes_with_its_own_package(
 @pytest.mark.anyio
 async def test_a_sigterm_to_the_flush_process_ends_it_after_one_last_flush(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    with http_server(data_dir, "--no-auth", "--tenant", TENANT, "--flush-interval", "0.2") as server:
+    with flushing_server(data_dir) as server:
         with anyio.fail_after(TIMEOUT):
             await create_contacts(server, ["Alice"])
-            await anyio.to_thread.run_sync(server.wait_for_log, FLUSHED, TIMEOUT)
+            await logged(server, FLUSHED)
             (flusher,) = children(server.proc.pid)
             await create_contacts(server, ["Bob", "Carol"])
             os.kill(flusher, signal.SIGTERM)
-            await anyio.to_thread.run_sync(server.wait_for_log, r"flush process exited with status 0 ", TIMEOUT)
+            await logged(server, r"flush process exited with status 0 ")
         assert len(lake_events(data_dir)) == 3  # before the server's shutdown flush
 
     assert "Traceback" not in server.log()

@@ -51,6 +51,15 @@ def write_events(store: Store, clock: Any, n: int, tenant: str = TENANT) -> None
         store.do(tenant, ACTOR, {"action": "create", "type": "Contact", "data": {"name": f"Person {i}"}})
 
 
+def flush_rounds(store: Store, clock: Any, rounds: int, events: int) -> Flusher:
+    """`rounds` times: write `events` events, then flush them, all with one Flusher (returned, to reuse)."""
+    flusher = Flusher(store)
+    for _ in range(rounds):
+        write_events(store, clock, events)
+        flusher.flush()
+    return flusher
+
+
 def lake_table(data_dir: Path) -> Any:
     """The table as it is now in the catalog (a fresh load, not a flusher's cached copy)."""
     return cat.load(data_dir).load_table(f"{cat.NAMESPACE}.{cat.TABLE}")
@@ -137,10 +146,7 @@ def test_maintenance_compacts_each_closed_day_into_one_file_and_keeps_every_row(
 
 
 def test_maintenance_leaves_an_open_day_and_young_snapshots_alone(store: Store, clock: Any) -> None:
-    flusher = Flusher(store)
-    for _ in range(3):
-        write_events(store, clock, 2)
-        flusher.flush()
+    flush_rounds(store, clock, 3, 2)
     table = lake_table(store.data_dir)
     snapshots = [s.snapshot_id for s in table.metadata.snapshots]
     files = data_files_on_disk(table)
@@ -210,10 +216,7 @@ def test_maintenance_keeps_young_orphans_which_may_belong_to_a_commit_in_flight(
 
 
 def test_a_flush_racing_maintenance_writes_its_rows_once(store: Store, clock: Any) -> None:
-    flusher = Flusher(store)
-    for _ in range(3):
-        write_events(store, clock, 2)
-        flusher.flush()
+    flush_rounds(store, clock, 3, 2)
     write_events(store, clock, 3)
     reports: list[MaintainReport] = []
 
@@ -234,10 +237,7 @@ def test_a_flush_racing_maintenance_writes_its_rows_once(store: Store, clock: An
 
 
 def test_old_metadata_files_are_pruned_as_commits_go_on(store: Store, clock: Any) -> None:
-    flusher = Flusher(store)
-    for _ in range(25):
-        write_events(store, clock, 1)
-        flusher.flush()
+    flush_rounds(store, clock, 25, 1)
 
     table = lake_table(store.data_dir)
     metadata = list((Path(urlparse(table.location()).path) / "metadata").glob("*.metadata.json"))
@@ -261,10 +261,7 @@ def referenced_metadata(table: Any) -> set[str]:
 
 
 def test_maintenance_removes_the_manifests_of_expired_snapshots_and_every_row_stays(store: Store, clock: Any) -> None:
-    flusher = Flusher(store)
-    for _ in range(6):
-        write_events(store, clock, 2)
-        flusher.flush()
+    flusher = flush_rounds(store, clock, 6, 2)
     table = lake_table(store.data_dir)
     unreferenced_before = metadata_files_on_disk(table) - referenced_metadata(table)
 
@@ -284,10 +281,7 @@ def test_maintenance_removes_the_manifests_of_expired_snapshots_and_every_row_st
 def test_maintenance_keeps_young_unreferenced_metadata_which_may_belong_to_a_commit_in_flight(
     store: Store, clock: Any
 ) -> None:
-    flusher = Flusher(store)
-    for _ in range(3):
-        write_events(store, clock, 1)
-        flusher.flush()
+    flush_rounds(store, clock, 3, 1)
     before = metadata_files_on_disk(lake_table(store.data_dir))
 
     report = maintain(lake_table(store.data_dir), retain=timedelta(0), orphan_age=timedelta(hours=1))
