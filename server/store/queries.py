@@ -335,10 +335,9 @@ def _count_keys(conn: sqlite3.Connection, noun: Noun, compiler: FilterCompiler, 
     json fields."""
     if compiler.terms != 1 or len(compiler.keyed) != 1:
         return None
-    column = compiler.keyed[0].column
-    if column.array or column.kind == "json":  # a list value has a key row per element
-        return None
     term = compiler.keyed[0]
+    if term.column.array or term.column.kind == "json":  # a list value has a key row per element
+        return None
     live = "" if include_deleted else " AND live = 1"
     sql = (
         f"SELECT 1 FROM entity_keys WHERE type = ? AND field = ? AND value {term.condition}{live} LIMIT {COUNT_CAP + 1}"
