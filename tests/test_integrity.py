@@ -167,6 +167,18 @@ def test_a_deleted_entities_row_makes_verify_fail(store: Store, clock: Any) -> N
     assert any(e["org"]["$id"] in p for p in report["problems"]), report["problems"]
 
 
+def test_a_key_count_or_key_time_out_of_step_with_the_entities_makes_verify_fail(store: Store, clock: Any) -> None:
+    org = store.do(TENANT, AGENT, {"action": "create", "type": "Organization", "data": {"name": "Acme", "industry": "Software"}})  # fmt: skip
+    assert store.verify(TENANT)["ok"] is True
+    with raw_sql(store) as conn:
+        conn.execute("UPDATE key_counts SET n = 5 WHERE value = 'Software'")
+        conn.execute("UPDATE entity_keys SET updated_at = '2000-01-01T00:00:00.000000Z'")
+    problems = store.verify(TENANT)["problems"]
+
+    assert any("Organization.industry = 'Software'" in p for p in problems), problems
+    assert any(org["entity"]["$id"] in p and "2000-01-01" in p for p in problems), problems
+
+
 def test_verify_is_ok_on_a_healthy_tenant_with_many_kinds_of_operation(store: Store, clock: Any) -> None:
     e = small_history(store, clock)
     alice = e["alice"]["$id"]

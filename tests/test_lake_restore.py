@@ -382,7 +382,8 @@ def rows_of(data_dir: Path, sql: str, tenant: str = TENANT) -> list[tuple[Any, .
 CONTENT = {  # every row the writer leaves behind, in an order independent of how it got there
     "events": "SELECT * FROM events ORDER BY seq",
     "entities": "SELECT rowid, * FROM entities ORDER BY rowid",
-    "entity_keys": "SELECT type, field, value, typeof(value), id, uniq, live FROM entity_keys ORDER BY 1, 2, 3, 5",
+    "entity_keys": "SELECT type, field, value, typeof(value), id, uniq, live, updated_at FROM entity_keys ORDER BY 1, 2, 3, 5",
+    "key counts": "SELECT type, field, value, typeof(value), live, n FROM key_counts ORDER BY 1, 2, 3, 5",
     "full text": "SELECT rowid, body FROM entities_fts ORDER BY rowid",
     "schema": "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name",
     "migrations": "SELECT version, name FROM migrations ORDER BY version",

@@ -14,25 +14,41 @@ from server.schema import SchemaSet
 from server.store import Store
 from server.store.sqlite import connect, migrate
 
-AS_THE_SECOND_MIGRATION_LEFT_IT = """
+AS_THE_THIRD_MIGRATION_LEFT_IT = """
+    DROP TRIGGER key_counts_add; DROP TRIGGER key_counts_remove; DROP TRIGGER key_counts_move;
+    DROP TABLE key_counts;
+    DROP INDEX entity_keys_lookup; ALTER TABLE entity_keys DROP COLUMN updated_at;
+    CREATE INDEX entity_keys_lookup ON entity_keys (type, field, value, live);
+    DELETE FROM migrations WHERE version = 4;
+"""
+AS_THE_SECOND_MIGRATION_LEFT_IT = (
+    AS_THE_THIRD_MIGRATION_LEFT_IT
+    + """
     DROP INDEX entities_by_type_live_updated;
     CREATE INDEX entities_by_type_live_updated ON entities (type, deleted_at, updated_at);
     DROP INDEX entity_keys_lookup; CREATE INDEX entity_keys_lookup ON entity_keys (type, field, value);
     DROP INDEX entity_keys_by_id; CREATE INDEX entity_keys_by_id ON entity_keys (id);
     DELETE FROM migrations WHERE version = 3;
 """
+)
 
 
-def old_tenant_file(tmp_path: Path, schemas: SchemaSet) -> Path:
+def old_tenant_file(tmp_path: Path, schemas: SchemaSet, as_left: str = AS_THE_SECOND_MIGRATION_LEFT_IT) -> Path:
+    """A tenant file with Organizations (one updated later, one deleted), as an older version left it."""
     with Store(tmp_path / "data", schemas) as s:
-        s.do(
-            TENANT,
-            AGENT,
-            {"action": "create", "type": "Organization", "data": {"name": "Acme", "industry": "Software"}},
-        )
+        ids = [
+            s.do(TENANT, AGENT, {"action": "create", "type": "Organization", "data": data})["entity"]["$id"]
+            for data in (
+                {"name": "Acme", "industry": "Software"},
+                {"name": "Globex", "industry": "Software"},
+                {"name": "Initech", "industry": "Software"},
+            )
+        ]
+        s.do(TENANT, AGENT, {"action": "update", "type": "Organization", "id": ids[0], "data": {"name": "Acme Inc"}})
+        s.do(TENANT, AGENT, {"action": "delete", "type": "Organization", "id": ids[1]})
     path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
     with closing(sqlite3.connect(path)) as conn:
-        conn.executescript(AS_THE_SECOND_MIGRATION_LEFT_IT)
+        conn.executescript(as_left)
     return path
 
 
@@ -49,9 +65,29 @@ def test_a_database_from_before_the_key_count_indexes_gets_them_on_open(tmp_path
     with closing(sqlite3.connect(path)) as conn:
         columns = [r[0] for r in conn.execute("SELECT name FROM pragma_index_info('entity_keys_lookup')")]
 
-    assert columns == ["type", "field", "value", "live"]
-    assert migration_versions(path) == [1, 2, 3]
-    assert [e["name"] for e in page["results"]] == ["Acme"] and page["total"] == 1
+    assert columns == ["type", "field", "value", "live", "updated_at", "id"]
+    assert migration_versions(path) == [1, 2, 3, 4]
+    assert [e["name"] for e in page["results"]] == ["Acme Inc", "Initech"] and page["total"] == 2
+
+
+def test_a_database_from_before_key_counts_gets_its_keys_dated_and_counted_on_open(
+    tmp_path: Path, schemas: SchemaSet
+) -> None:
+    path = old_tenant_file(tmp_path, schemas, AS_THE_THIRD_MIGRATION_LEFT_IT)
+
+    with Store(tmp_path / "data", schemas) as s:
+        live = s.find(TENANT, "Organization", filter={"industry": "Software"}, limit=1)
+        rest = s.find(TENANT, "Organization", filter={"industry": "Software"}, cursor=live["cursor"])
+        everyone = s.find(TENANT, "Organization", filter={"industry": "Software"}, include_deleted=True)
+        report = s.verify(TENANT)
+    with closing(sqlite3.connect(path)) as conn:
+        counts = conn.execute("SELECT field, value, live, n FROM key_counts ORDER BY live").fetchall()
+
+    assert migration_versions(path) == [1, 2, 3, 4]
+    assert counts == [("industry", "Software", 0, 1), ("industry", "Software", 1, 2)]
+    assert [e["name"] for e in live["results"] + rest["results"]] == ["Acme Inc", "Initech"]
+    assert (live["total"], everyone["total"]) == (2, 3)
+    assert report["ok"], report["problems"]
 
 
 def migrate_at_once(conns: list[sqlite3.Connection]) -> list[BaseException]:
@@ -79,8 +115,6 @@ def test_two_connections_migrating_an_old_file_at_once_apply_each_migration_once
 ) -> None:
     path = old_tenant_file(tmp_path, schemas)
     for _ in range(10):
-        with closing(sqlite3.connect(path)) as conn:
-            conn.executescript(AS_THE_SECOND_MIGRATION_LEFT_IT)
         conns = [connect(path), connect(path)]
         try:
             errors = migrate_at_once(conns)
@@ -89,4 +123,6 @@ def test_two_connections_migrating_an_old_file_at_once_apply_each_migration_once
                 c.close()
 
         assert errors == []
-        assert migration_versions(path) == [1, 2, 3]
+        assert migration_versions(path) == [1, 2, 3, 4]
+        with closing(sqlite3.connect(path)) as conn:
+            conn.executescript(AS_THE_SECOND_MIGRATION_LEFT_IT)

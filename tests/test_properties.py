@@ -535,3 +535,9 @@ def test_random_histories_verify_and_every_version_reads_back_as_replayed(
                 assert fields_of(got) == fields == expected["fields"]
                 assert ("$deletedAt" in got) == deleted == expected["deleted"]
                 assert got["$version"] == n
+        live = [(m.current["entity"], m.current["fields"]) for m in models.values() if not m.current["deleted"]]
+        for email in {fields["email"] for _, fields in live if "email" in fields}:
+            page = store.find(TENANT, "Contact", filter={"email": email})
+            holders = [entity for entity, fields in live if fields.get("email") == email]
+            assert [e["$id"] for e in page["results"]] == [e["$id"] for e in holders]
+            assert page["total"] == len(holders) == 1

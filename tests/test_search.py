@@ -699,6 +699,20 @@ def test_an_indexed_filter_lists_the_same_pages_and_total_whether_keys_or_the_so
     assert by_keys == (expected, len(expected))
 
 
+def test_an_update_that_leaves_an_indexed_field_alone_moves_the_entity_first_in_that_fields_pages(
+    store: Store, orgs: list[str], clock: Any
+) -> None:
+    oldest_software = orgs[6]  # Org 00 moved to Retail, Org 03 is deleted
+    clock.advance(1)
+    write(store, "update", "Organization", oldest_software, name="Org 06, renamed")
+
+    pages = walk(store, "Organization", 3, filter={"industry": "Software"})
+
+    assert pages[0]["$id"] == oldest_software
+    assert [e["$id"] for e in pages] == [e["$id"] for e in walk(store, "Organization", 100) if e.get("industry") == "Software"]  # fmt: skip
+    assert len(pages) == len({e["$id"] for e in pages}) == 7
+
+
 def test_an_indexed_filter_counts_only_live_entities_and_their_current_values(store: Store, orgs: list[str]) -> None:
     def total(industry: str, include_deleted: bool = False) -> int:
         page = store.find(TENANT, "Organization", filter={"industry": industry}, include_deleted=include_deleted)

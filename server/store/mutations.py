@@ -577,7 +577,12 @@ class Mutator:
             or any(f.name in changes for f in noun.indexed_fields)
             or ("$deletedAt" in changes)
         ):
-            self._keys(noun, entity_id, current.state if current else None, state)
+            rewritten = self._keys(noun, entity_id, current.state if current else None, state)
+        else:
+            rewritten = False
+        if not rewritten and current is not None and noun.indexed_fields:
+            # The keys list their entity in the default order (updated_at), so they follow every update.
+            self.conn.execute("UPDATE entity_keys SET updated_at = ? WHERE id = ?", (state["$updatedAt"], entity_id))
         if noun.text_fields and (current is None or changes is None or any(f in changes for f in noun.text_fields)):
             body = search_body(noun, state)
             if current is None:
@@ -586,13 +591,14 @@ class Mutator:
                 self.conn.execute("DELETE FROM entities_fts WHERE rowid = ?", (rowid,))
                 self.conn.execute("INSERT INTO entities_fts (rowid, body) VALUES (?, ?)", (rowid, body))
 
-    def _keys(self, noun: Noun, entity_id: str, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-        """Keep `entity_keys` (the lookup rows of indexed fields) equal to the new state."""
+    def _keys(self, noun: Noun, entity_id: str, old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+        """Keep `entity_keys` (the lookup rows of indexed fields) equal to the new state; False when
+        the rows already list the same keys (only their updated_at is then behind)."""
         old_keys = index_keys(noun, old) if old is not None else set()
         new_keys = index_keys(noun, new)
         live = new.get("$deletedAt") is None
         if old_keys == new_keys and (old is None or (old.get("$deletedAt") is None) == live):
-            return
+            return False
         if live:
             for field_name, value in sorted(
                 new_keys - (old_keys if old is not None and old.get("$deletedAt") is None else set())
@@ -611,10 +617,12 @@ class Mutator:
                         )
         if old is not None:
             self.conn.execute("DELETE FROM entity_keys WHERE id = ?", (entity_id,))
+        updated_at = new["$updatedAt"]
         self.conn.executemany(
-            "INSERT INTO entity_keys (type, field, value, id, uniq, live) VALUES (?, ?, ?, ?, ?, ?)",
-            [(noun.name, f, v, entity_id, int(noun.fields[f].unique), int(live)) for f, v in new_keys],
+            "INSERT INTO entity_keys (type, field, value, id, uniq, live, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(noun.name, f, v, entity_id, int(noun.fields[f].unique), int(live), updated_at) for f, v in new_keys],
         )
+        return True
 
 
 def index_keys(noun: Noun, state: dict[str, Any]) -> set[tuple[str, Any]]:

@@ -12,7 +12,7 @@ from ..schema import Noun, SchemaSet
 from ..timeutil import format_us, parse_as_of
 from . import cursors
 from .events import EVENT_ROW_COLUMNS, EventRow
-from .filters import EVENT_COLUMNS, Column, FilterCompiler, SortKey, entity_columns, parse_sort
+from .filters import EVENT_COLUMNS, Column, FilterCompiler, KeyedTerm, SortKey, entity_columns, parse_sort
 from .mutations import check_id
 from .sqlite import json_path, noun_literal
 
@@ -279,23 +279,28 @@ def find(
         total = conn.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {base_where} LIMIT {COUNT_CAP + 1})", base_params
         ).fetchone()[0]
-    if compiler.uses_keys and total >= WALK_FROM and query is None and not include_deleted and _default_order(keys):
-        # Many matches: walking the (type, deleted_at, updated_at) index and probing each entity's keys
-        # reaches a page in about limit x (entities / matches) steps, instead of sorting every match.
-        walker = FilterCompiler(columns, noun.name, keys_noun=noun.name)
-        walker.probe = True
-        where, params = _entity_where(noun, walker, filter, include_deleted)
-        base_where, base_params = " AND ".join(where), params
-    page_where, page_params = base_where, list(base_params)
-    if cursor is not None:
-        after_sql, after_params = _after(keys, page.keys[:-1], page.keys[-1])
-        page_where += " AND " + after_sql
-        page_params += after_params
-    select_keys = ", ".join(f"{k.column.sql}" for k in keys)
-    rows = conn.execute(
-        f"SELECT id, state, {select_keys} FROM {source} WHERE {page_where} ORDER BY {_order(keys)} LIMIT {n + 1}",
-        page_params,
-    ).fetchall()
+    plain = query is None and not include_deleted and _default_order(keys)
+    equal = _equality(compiler) if plain and keys[0].descending else None
+    if equal is not None:
+        rows = _keyed_page(conn, noun, equal, (page.keys[0], page.keys[-1]) if cursor is not None else None, n)
+    else:
+        if compiler.uses_keys and total >= WALK_FROM and plain:
+            # Many matches: walking the (type, deleted_at, updated_at) index and probing each entity's keys
+            # reaches a page in about limit x (entities / matches) steps, instead of sorting every match.
+            walker = FilterCompiler(columns, noun.name, keys_noun=noun.name)
+            walker.probe = True
+            where, params = _entity_where(noun, walker, filter, include_deleted)
+            base_where, base_params = " AND ".join(where), params
+        page_where, page_params = base_where, list(base_params)
+        if cursor is not None:
+            after_sql, after_params = _after(keys, page.keys[:-1], page.keys[-1])
+            page_where += " AND " + after_sql
+            page_params += after_params
+        select_keys = ", ".join(f"{k.column.sql}" for k in keys)
+        rows = conn.execute(
+            f"SELECT id, state, {select_keys} FROM {source} WHERE {page_where} ORDER BY {_order(keys)} LIMIT {n + 1}",
+            page_params,
+        ).fetchall()
     has_more = len(rows) > n
     rows = rows[:n]
     next_cursor = None
@@ -329,21 +334,51 @@ def _default_order(keys: list[SortKey]) -> bool:
     return len(keys) == 1 and keys[0].column.name == "$updatedAt"
 
 
+def _equality(compiler: FilterCompiler) -> KeyedTerm | None:
+    """The filter's one condition when it is an indexed scalar field equal to one value."""
+    if compiler.terms != 1 or len(compiler.keyed) != 1:
+        return None
+    term = compiler.keyed[0]
+    if term.condition != "= ?" or term.column.array or term.column.kind == "json":
+        return None
+    return term
+
+
 def _count_keys(conn: sqlite3.Connection, noun: Noun, compiler: FilterCompiler, include_deleted: bool) -> int | None:
-    """The count of a filter that is one condition on an indexed scalar field, from the keys' index alone
-    (each live entity has one key row per such field); None for any other filter, and for array and
-    json fields."""
+    """The count of a filter that is one condition on an indexed scalar field (each live entity has one
+    key row per such field): kept in key_counts for one value, else counted from the keys' index alone;
+    None for any other filter, and for array and json fields."""
     if compiler.terms != 1 or len(compiler.keyed) != 1:
         return None
     term = compiler.keyed[0]
     if term.column.array or term.column.kind == "json":  # a list value has a key row per element
         return None
     live = "" if include_deleted else " AND live = 1"
+    params = [noun.name, term.column.name, *term.values]
+    if term.condition == "= ?":  # one value: its count is kept in key_counts
+        sql = f"SELECT coalesce(sum(n), 0) FROM key_counts WHERE type = ? AND field = ? AND value = ?{live}"
+        return int(conn.execute(sql, params).fetchone()[0])
     sql = (
         f"SELECT 1 FROM entity_keys WHERE type = ? AND field = ? AND value {term.condition}{live} LIMIT {COUNT_CAP + 1}"
     )
-    row = conn.execute(f"SELECT count(*) FROM ({sql})", [noun.name, term.column.name, *term.values]).fetchone()
-    return int(row[0])
+    return int(conn.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0])
+
+
+def _keyed_page(
+    conn: sqlite3.Connection, noun: Noun, term: KeyedTerm, after: tuple[str, str] | None, n: int
+) -> list[tuple[Any, ...]]:
+    """A page in the default order of the live entities whose indexed field equals one value, read in
+    that order from the keys' (type, field, value, live, updated_at DESC, id) index: `limit` steps at
+    any number of matches."""
+    sql = (
+        "SELECT e.id, e.state, e.updated_at FROM entity_keys k CROSS JOIN entities e ON e.id = k.id "
+        "WHERE k.type = ? AND k.field = ? AND k.value = ? AND k.live = 1"
+    )
+    params: list[Any] = [noun.name, term.column.name, *term.values]
+    if after is not None:
+        sql += " AND k.updated_at <= ? AND (k.updated_at < ? OR k.id > ?)"
+        params += [after[0], after[0], after[1]]
+    return conn.execute(f"{sql} ORDER BY k.updated_at DESC, k.id ASC LIMIT {n + 1}", params).fetchall()
 
 
 def _noun_head(conn: sqlite3.Connection, noun: Noun) -> int:

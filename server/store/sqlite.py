@@ -106,6 +106,29 @@ _MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX entity_keys_by_id ON entity_keys (id, field, value);
         """,
     ),
+    (
+        "an indexed field's matches in the default order from its keys, and their count from key_counts",
+        # Each statement on one line: migrations are split at ';' + newline. The triggers keep key_counts
+        # equal to `SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4`.
+        """
+        ALTER TABLE entity_keys ADD COLUMN updated_at TEXT NOT NULL DEFAULT '';
+        UPDATE entity_keys SET updated_at = (SELECT e.updated_at FROM entities e WHERE e.id = entity_keys.id);
+        DROP INDEX entity_keys_lookup;
+        CREATE INDEX entity_keys_lookup ON entity_keys (type, field, value, live, updated_at DESC, id);
+        CREATE TABLE key_counts (
+            type    TEXT NOT NULL,
+            field   TEXT NOT NULL,
+            value   ANY NOT NULL,
+            live    INTEGER NOT NULL,
+            n       INTEGER NOT NULL,
+            PRIMARY KEY (type, field, value, live)
+        ) WITHOUT ROWID;
+        INSERT INTO key_counts SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4;
+        CREATE TRIGGER key_counts_add AFTER INSERT ON entity_keys BEGIN INSERT INTO key_counts (type, field, value, live, n) VALUES (NEW.type, NEW.field, NEW.value, NEW.live, 1) ON CONFLICT (type, field, value, live) DO UPDATE SET n = n + 1; END;
+        CREATE TRIGGER key_counts_remove AFTER DELETE ON entity_keys BEGIN UPDATE key_counts SET n = n - 1 WHERE type = OLD.type AND field = OLD.field AND value = OLD.value AND live = OLD.live; DELETE FROM key_counts WHERE type = OLD.type AND field = OLD.field AND value = OLD.value AND live = OLD.live AND n = 0; END;
+        CREATE TRIGGER key_counts_move AFTER UPDATE OF type, field, value, live ON entity_keys BEGIN UPDATE key_counts SET n = n - 1 WHERE type = OLD.type AND field = OLD.field AND value = OLD.value AND live = OLD.live; DELETE FROM key_counts WHERE type = OLD.type AND field = OLD.field AND value = OLD.value AND live = OLD.live AND n = 0; INSERT INTO key_counts (type, field, value, live, n) VALUES (NEW.type, NEW.field, NEW.value, NEW.live, 1) ON CONFLICT (type, field, value, live) DO UPDATE SET n = n + 1; END
+        """,
+    ),
 ]
 
 _SAFE_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")

@@ -98,6 +98,8 @@ def verify_tenant(conn: sqlite3.Connection, progress: Callable[[int], None] | No
             problem(f"entity {entity_id}: the materialized state differs from the replay of its events")
     for missing in list(states)[:10]:
         problem(f"entity {missing} has events but no materialized row")
+    for text in _key_problems(conn):
+        problem(text)
     return {
         "ok": not problems,
         "events": count,
@@ -105,6 +107,30 @@ def verify_tenant(conn: sqlite3.Connection, progress: Callable[[int], None] | No
         "headHash": prev_hash,
         "problems": problems,
     }
+
+
+def _key_problems(conn: sqlite3.Connection) -> list[str]:
+    """The lookup keys out of step with their entities, and key counts out of step with the keys."""
+    out = [
+        f"entity {entity_id}: its lookup keys say it was updated at {keyed}, the entity says {actual}"
+        for entity_id, keyed, actual in conn.execute(
+            "SELECT k.id, k.updated_at, e.updated_at FROM entity_keys k JOIN entities e ON e.id = k.id "
+            "WHERE k.updated_at != e.updated_at LIMIT 10"
+        )
+    ]
+    counted = (
+        "SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4 "
+        "EXCEPT SELECT type, field, value, live, n FROM key_counts"
+    )
+    kept = (
+        "SELECT type, field, value, live, n FROM key_counts "
+        "EXCEPT SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4"
+    )
+    out += [
+        f"key count of {noun}.{field} = {value!r} (live={live}) is wrong or missing"
+        for noun, field, value, live, _n in conn.execute(f"{counted} UNION {kept} LIMIT 10")
+    ]
+    return out
 
 
 __all__ = ["dumps", "replay", "verify_tenant"]
