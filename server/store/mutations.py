@@ -580,7 +580,7 @@ class Mutator:
             rewritten = self._keys(noun, entity_id, current.state if current else None, state)
         else:
             rewritten = False
-        if not rewritten and current is not None and noun.indexed_fields:
+        if not rewritten and current is not None and any(state.get(f.name) is not None for f in noun.indexed_fields):
             # The keys list their entity in the default order (updated_at), so they follow every update.
             self.conn.execute("UPDATE entity_keys SET updated_at = ? WHERE id = ?", (state["$updatedAt"], entity_id))
         if noun.text_fields and (current is None or changes is None or any(f in changes for f in noun.text_fields)):
