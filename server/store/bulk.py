@@ -18,6 +18,7 @@ from ..errors import StorageError, ValidationFailed
 from ..schema import Noun, SchemaSet
 from .events import GENESIS_HASH, EventRow, chain_hash
 from .mutations import index_keys, search_body
+from .reindex import record
 from .sqlite import connect, migrate
 from .writer import INSERT_EVENT
 
@@ -172,6 +173,7 @@ def _write_entities(conn: sqlite3.Connection, schemas: SchemaSet, last: dict[str
         "INSERT INTO key_counts SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4"
     )
     conn.executemany("INSERT INTO entities_fts (rowid, body) VALUES (?, ?)", texts)
+    record(conn, list(schemas.nouns.values()))
 
 
 def _unique_clash(conn: sqlite3.Connection, exc: sqlite3.IntegrityError) -> ValidationFailed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import sqlite3
 import threading
@@ -14,8 +15,11 @@ from pathlib import Path
 from ..errors import InvalidTenant, LimitExceeded, NotFound
 from ..schema import SchemaSet
 from .checkpoints import Checkpointer
+from .reindex import reindex
 from .sqlite import connect, migrate
 from .writer import Writer
+
+log = logging.getLogger(__name__)
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _DEVICE_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
@@ -53,7 +57,16 @@ class Tenant:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(path, durability)
-        migrate(conn)
+        try:
+            migrate(conn)
+            rebuilt = reindex(conn, schemas)
+        except BaseException:
+            conn.close()
+            raise
+        if rebuilt:
+            log.info(
+                "tenant %s: rebuilt lookup keys and full text of %s for the current schemas", name, ", ".join(rebuilt)
+            )
         self.writer = Writer(conn, clock, checkpoint_due)
         self._durability = durability
         self._readers: list[sqlite3.Connection] = []
