@@ -44,8 +44,9 @@ def reindex(conn: sqlite3.Connection, schemas: SchemaSet) -> list[str]:
 
     def run() -> None:
         stale = _stale(conn, schemas)  # again under the write lock: another process may have done it
-        for noun in stale:
-            _rebuild(conn, noun)
+        if conn.execute("SELECT 1 FROM entities LIMIT 1").fetchone() is not None:  # else nothing to rebuild
+            for noun in stale:
+                _rebuild(conn, noun)
         record(conn, stale)
         rebuilt.extend(noun.name for noun in stale)
 
