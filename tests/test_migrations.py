@@ -15,10 +15,16 @@ from server.store import Store
 from server.store.sqlite import connect, migrate
 
 AS_THE_THIRD_MIGRATION_LEFT_IT = """
-    DROP TRIGGER key_counts_add; DROP TRIGGER key_counts_remove; DROP TRIGGER key_counts_move;
     DROP TABLE key_counts;
-    DROP INDEX entity_keys_lookup; ALTER TABLE entity_keys DROP COLUMN updated_at;
+    CREATE TABLE keys_v3 (type TEXT NOT NULL, field TEXT NOT NULL, value ANY NOT NULL, id TEXT NOT NULL,
+                          uniq INTEGER NOT NULL, live INTEGER NOT NULL);
+    INSERT INTO keys_v3 SELECT type, field, value, id, uniq, live FROM entity_keys;
+    DROP TABLE entity_keys;
+    ALTER TABLE keys_v3 RENAME TO entity_keys;
     CREATE INDEX entity_keys_lookup ON entity_keys (type, field, value, live);
+    CREATE INDEX entity_keys_by_id ON entity_keys (id, field, value);
+    CREATE UNIQUE INDEX entity_keys_unique ON entity_keys (type, field, value) WHERE uniq = 1 AND live = 1;
+    DELETE FROM meta WHERE key LIKE 'derived:%';
     DELETE FROM migrations WHERE version = 4;
 """
 AS_THE_SECOND_MIGRATION_LEFT_IT = (
@@ -87,6 +93,39 @@ def test_a_database_from_before_key_counts_gets_its_keys_dated_and_counted_on_op
     assert counts == [("industry", "Software", 0, 1), ("industry", "Software", 1, 2)]
     assert [e["name"] for e in live["results"] + rest["results"]] == ["Acme Inc", "Initech"]
     assert (live["total"], everyone["total"]) == (2, 3)
+    assert report["ok"], report["problems"]
+
+
+def test_a_key_that_an_older_file_stored_as_a_number_is_read_again_as_written(
+    tmp_path: Path, schemas: SchemaSet
+) -> None:
+    with Store(tmp_path / "data", schemas) as s:
+        for name, industry in [("Zeros", "007"), ("Seven", "7")]:
+            s.do(
+                TENANT,
+                AGENT,
+                {"action": "create", "type": "Organization", "data": {"name": name, "industry": industry}},
+            )
+    path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(AS_THE_THIRD_MIGRATION_LEFT_IT)
+        before = conn.execute(
+            "SELECT value, typeof(value) FROM entity_keys WHERE field = 'industry' ORDER BY 1"
+        ).fetchall()
+
+    with Store(tmp_path / "data", schemas) as s:
+        zeros = s.find(TENANT, "Organization", filter={"industry": "007"})
+        seven = s.find(TENANT, "Organization", filter={"industry": "7"})
+        report = s.verify(TENANT)
+    with closing(sqlite3.connect(path)) as conn:
+        after = conn.execute(
+            "SELECT value, typeof(value) FROM entity_keys WHERE field = 'industry' ORDER BY 1"
+        ).fetchall()
+
+    assert before == [(7, "integer"), (7, "integer")]  # what the NUMERIC affinity of `value ANY` did
+    assert after == [("007", "text"), ("7", "text")]
+    assert [e["name"] for e in zeros["results"]] == ["Zeros"] and zeros["total"] == 1
+    assert [e["name"] for e in seven["results"]] == ["Seven"] and seven["total"] == 1
     assert report["ok"], report["problems"]
 
 

@@ -15,6 +15,15 @@ PAGE_SIZE = 1024
 # background (checkpoints.py); this bound only finishes what they left and restarts the WAL.
 WAL_AUTOCHECKPOINT = 16_000
 
+# The JSON types whose values an indexed field keys (mutations.index_keys: strings, numbers, booleans).
+_KEYED_JSON_TYPES = "('text', 'integer', 'real', 'true', 'false')"
+_KEY_OLD = "type = OLD.type AND field = OLD.field AND value = OLD.value AND live = OLD.live"
+_COUNT_NEW = (
+    "INSERT INTO key_counts (type, field, value, live, n) VALUES (NEW.type, NEW.field, NEW.value, NEW.live, 1) "
+    "ON CONFLICT (type, field, value, live) DO UPDATE SET n = n + 1;"
+)
+_UNCOUNT_OLD = f"UPDATE key_counts SET n = n - 1 WHERE {_KEY_OLD}; DELETE FROM key_counts WHERE {_KEY_OLD} AND n = 0;"
+
 _MIGRATIONS: list[tuple[str, str]] = [
     (
         "events, entities, full text, idempotency",
@@ -107,26 +116,27 @@ _MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     (
-        "an indexed field's matches in the default order from its keys, and their count from key_counts",
-        # Each statement on one line: migrations are split at ';' + newline. The triggers keep key_counts
-        # equal to `SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4`.
-        """
-        ALTER TABLE entity_keys ADD COLUMN updated_at TEXT NOT NULL DEFAULT '';
-        UPDATE entity_keys SET updated_at = (SELECT e.updated_at FROM entities e WHERE e.id = entity_keys.id);
-        DROP INDEX entity_keys_lookup;
+        "keys keep the values as written ('007' is not 7), carry updated_at for the default order, and are counted",
+        # Each statement on one line: migrations are split at ';' + newline. The old `value ANY` column had
+        # NUMERIC affinity, which stored '007' and '7.0' as the integer 7: the values are read again from the
+        # states into a column without affinity, for the fields and entities the old keys listed. The
+        # triggers keep key_counts equal to `SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4`.
+        f"""
+        CREATE TABLE keys_v4 (type TEXT NOT NULL, field TEXT NOT NULL, value NOT NULL, id TEXT NOT NULL, uniq INTEGER NOT NULL, live INTEGER NOT NULL, updated_at TEXT NOT NULL);
+        CREATE TEMP VIEW keyed_fields AS SELECT DISTINCT k.type, k.field, k.id, k.uniq, k.live, e.updated_at, e.state, '$."' || k.field || '"' AS path FROM entity_keys k JOIN entities e ON e.id = k.id;
+        INSERT INTO keys_v4 SELECT type, field, json_extract(state, path), id, uniq, live, updated_at FROM keyed_fields WHERE json_type(state, path) IN {_KEYED_JSON_TYPES};
+        INSERT INTO keys_v4 SELECT DISTINCT f.type, f.field, j.value, f.id, f.uniq, f.live, f.updated_at FROM keyed_fields f, json_each(f.state, f.path) j WHERE json_type(f.state, f.path) = 'array' AND j.type IN {_KEYED_JSON_TYPES};
+        DROP VIEW keyed_fields;
+        DROP TABLE entity_keys;
+        ALTER TABLE keys_v4 RENAME TO entity_keys;
         CREATE INDEX entity_keys_lookup ON entity_keys (type, field, value, live, updated_at DESC, id);
-        CREATE TABLE key_counts (
-            type    TEXT NOT NULL,
-            field   TEXT NOT NULL,
-            value   ANY NOT NULL,
-            live    INTEGER NOT NULL,
-            n       INTEGER NOT NULL,
-            PRIMARY KEY (type, field, value, live)
-        ) WITHOUT ROWID;
+        CREATE INDEX entity_keys_by_id ON entity_keys (id, field, value);
+        CREATE UNIQUE INDEX entity_keys_unique ON entity_keys (type, field, value) WHERE uniq = 1 AND live = 1;
+        CREATE TABLE key_counts (type TEXT NOT NULL, field TEXT NOT NULL, value NOT NULL, live INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (type, field, value, live)) WITHOUT ROWID;
         INSERT INTO key_counts SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4;
-        CREATE TRIGGER key_counts_add AFTER INSERT ON entity_keys BEGIN INSERT INTO key_counts (type, field, value, live, n) VALUES (NEW.type, NEW.field, NEW.value, NEW.live, 1) ON CONFLICT (type, field, value, live) DO UPDATE SET n = n + 1; END;
-        CREATE TRIGGER key_counts_remove AFTER DELETE ON entity_keys BEGIN UPDATE key_counts SET n = n - 1 WHERE type = OLD.type AND field = OLD.field AND value = OLD.value AND live = OLD.live; DELETE FROM key_counts WHERE type = OLD.type AND field = OLD.field AND value = OLD.value AND live = OLD.live AND n = 0; END;
-        CREATE TRIGGER key_counts_move AFTER UPDATE OF type, field, value, live ON entity_keys BEGIN UPDATE key_counts SET n = n - 1 WHERE type = OLD.type AND field = OLD.field AND value = OLD.value AND live = OLD.live; DELETE FROM key_counts WHERE type = OLD.type AND field = OLD.field AND value = OLD.value AND live = OLD.live AND n = 0; INSERT INTO key_counts (type, field, value, live, n) VALUES (NEW.type, NEW.field, NEW.value, NEW.live, 1) ON CONFLICT (type, field, value, live) DO UPDATE SET n = n + 1; END
+        CREATE TRIGGER key_counts_add AFTER INSERT ON entity_keys BEGIN {_COUNT_NEW} END;
+        CREATE TRIGGER key_counts_remove AFTER DELETE ON entity_keys BEGIN {_UNCOUNT_OLD} END;
+        CREATE TRIGGER key_counts_move AFTER UPDATE OF type, field, value, live ON entity_keys BEGIN {_UNCOUNT_OLD} {_COUNT_NEW} END
         """,
     ),
 ]
