@@ -35,7 +35,8 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _open_store(config: Config) -> Any:
+def _open_store(config: Config, serving: bool = False) -> Any:
+    """The store of a command; only `serve` rebuilds keys built for other schemas (see store/reindex.py)."""
     from .errors import SchemaError
     from .schema import load_schemas
     from .store import Hooks, Store
@@ -50,7 +51,7 @@ def _open_store(config: Config) -> Any:
             hooks.load_module(module)
         except Exception as exc:  # an operator's module: say what failed and stop
             _fail(f"cannot load hooks module {module!r}: {type(exc).__name__}: {exc}")
-    return Store(config.data_dir, schemas, durability=config.durability, hooks=hooks)
+    return Store(config.data_dir, schemas, durability=config.durability, hooks=hooks, follow_schemas=serving)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -142,7 +143,7 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         tenant=tenant,
         actor=actor,
     )
-    store = _open_store(config)
+    store = _open_store(config, serving=True)
     background = None
     if not no_flush:
         from .lake.background import BackgroundFlush

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -94,3 +97,25 @@ def write(store: Store, action: str, noun: str, entity_id: str, actor: str = AGE
     if data:
         op["data"] = data
     return store.do(TENANT, actor, op)
+
+
+_HOLD_OPEN = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1])
+conn.execute("SELECT count(*) FROM events").fetchone()
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def held_open(path: Path) -> Iterator[None]:
+    """Another process (like a running server) has the tenant file `path` open inside the block."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_OPEN, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        yield
+    finally:
+        holder.communicate(input="", timeout=30)

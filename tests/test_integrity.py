@@ -179,6 +179,23 @@ def test_a_key_count_or_key_time_out_of_step_with_the_entities_makes_verify_fail
     assert any(org["entity"]["$id"] in p and "2000-01-01" in p for p in problems), problems
 
 
+def test_a_key_row_out_of_step_with_its_entitys_deletion_or_without_an_entity_makes_verify_fail(
+    store: Store, clock: Any
+) -> None:
+    org = store.do(TENANT, AGENT, {"action": "create", "type": "Organization", "data": {"name": "Acme", "industry": "Software"}})  # fmt: skip
+    org_id = org["entity"]["$id"]
+    with raw_sql(store) as conn:
+        conn.execute("UPDATE entity_keys SET live = 0 WHERE id = ?", (org_id,))
+        conn.execute(
+            "INSERT INTO entity_keys (type, field, value, id, uniq, live, updated_at) "
+            "VALUES ('Organization', 'industry', 'Retail', 'organization_gone12345', 0, 1, '2026-01-01T00:00:00.000000Z')"
+        )
+    problems = store.verify(TENANT)["problems"]
+
+    assert any(org_id in p and "deleted" in p for p in problems), problems
+    assert any("organization_gone12345" in p and "no entity" in p for p in problems), problems
+
+
 def test_verify_is_ok_on_a_healthy_tenant_with_many_kinds_of_operation(store: Store, clock: Any) -> None:
     e = small_history(store, clock)
     alice = e["alice"]["$id"]

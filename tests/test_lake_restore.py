@@ -7,8 +7,6 @@ names the original's catalog, as an operator restoring on another machine would 
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyiceberg.catalog
 import pytest
+from conftest import held_open
 from pyiceberg.utils.config import Config
 
 from server.errors import HeadlesslyError, ValidationFailed
@@ -239,15 +238,6 @@ def test_restore_with_overwrite_replaces_the_tenant_and_keeps_the_old_file_aside
     assert tuple(last) == stranger_head
 
 
-HOLD_OPEN = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1])
-conn.execute("SELECT count(*) FROM events").fetchone()
-print("open", flush=True)
-sys.stdin.read()
-"""
-
-
 def test_an_overwrite_restore_is_refused_while_another_process_has_the_tenant_open(
     store: Store, fresh: Store, clock: Any
 ) -> None:
@@ -255,15 +245,8 @@ def test_an_overwrite_restore_is_refused_while_another_process_has_the_tenant_op
     other.create("Contact", {"name": "Stranger"})
     head = fresh.head(TENANT)
     path = tenant_path(fresh.data_dir, TENANT)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_OPEN, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
-        with pytest.raises(HeadlesslyError) as exc:
-            restore_tenant(fresh, TENANT, overwrite=True)
-    finally:
-        holder.communicate(input="", timeout=30)
+    with held_open(path), pytest.raises(HeadlesslyError) as exc:
+        restore_tenant(fresh, TENANT, overwrite=True)
 
     assert exc.value.code == "conflict"
     assert "another process" in exc.value.message and exc.value.hint

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AGENT, TENANT
+from conftest import AGENT, TENANT, held_open
 
-from server.errors import ValidationFailed
+from server.errors import StorageError, ValidationFailed
 from server.schema import SchemaSet, load_schemas
 from server.store import Store
-from server.store.reindex import reindex
+from server.store.reindex import rebuild_alone, shape, stale
 from server.store.sqlite import connect
 
 
@@ -87,11 +87,80 @@ def test_only_nouns_whose_indexed_or_text_fields_changed_are_rebuilt(tmp_path: P
     path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
 
     with closing(connect(path)) as conn:
-        unchanged = reindex(conn, before)
-        changed = reindex(conn, after)
-        again = reindex(conn, after)
-    with closing(sqlite3.connect(path)) as conn:
+        unchanged = [n.name for n in stale(conn, before)]
+        changed = [n.name for n in stale(conn, after)]
+    rebuilt = rebuild_alone(path, after)
+    with closing(connect(path)) as conn:
+        again = [n.name for n in stale(conn, after)]
         keys = conn.execute("SELECT field, value, live FROM entity_keys WHERE type = 'Widget'").fetchall()
 
-    assert (unchanged, changed, again) == ([], ["Widget"], [])
+    assert (unchanged, changed, rebuilt, again) == ([], ["Widget"], ["Widget"], [])
     assert keys == [("color", "red", 1)]
+
+
+def test_a_nouns_shape_does_not_depend_on_the_order_of_its_fields(tmp_path: Path) -> None:
+    one = widgets(tmp_path, '"a": "string#", "b": "string##", "c": "string"').nouns["Widget"]
+    other = widgets(tmp_path, '"c": "string", "b": "string##", "a": "string#"').nouns["Widget"]
+
+    assert shape(one) == shape(other)
+
+
+def test_a_tenant_another_process_has_open_is_refused_until_it_can_be_rebuilt_alone(tmp_path: Path) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string"')) as s:
+        make(s, name="first", color="red")
+    path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
+
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string#"')) as s:
+        with held_open(path), pytest.raises(StorageError) as refused:
+            s.find(TENANT, "Widget", filter={"color": "red"})
+        red = s.find(TENANT, "Widget", filter={"color": "red"})
+
+    assert "open in another process" in refused.value.message and refused.value.hint
+    assert names(red) == ["first"] and red["total"] == 1
+
+
+def test_a_store_that_does_not_follow_schemas_leaves_keys_built_for_other_schemas_alone(tmp_path: Path) -> None:
+    serving = widgets(tmp_path, '"color": "string#"')
+    with Store(tmp_path / "data", serving) as s:
+        make(s, name="first", color="red")
+
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string"'), follow_schemas=False) as s:
+        report = s.verify(TENANT)
+    with Store(tmp_path / "data", serving) as s:
+        with closing(connect(tmp_path / "data" / "tenants" / f"{TENANT}.db")) as conn:
+            rebuilt = [n.name for n in stale(conn, serving)]
+        red = s.find(TENANT, "Widget", filter={"color": "red"})
+
+    assert report["ok"], report["problems"]
+    assert rebuilt == []
+    assert names(red) == ["first"]
+
+
+def test_a_file_from_before_shapes_were_recorded_is_taken_as_built_for_the_schemas_it_is_opened_with(
+    tmp_path: Path,
+) -> None:
+    current = widgets(tmp_path, '"color": "string#"')
+    with Store(tmp_path / "data", current) as s:
+        make(s, name="first", color="red")
+    path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("DELETE FROM meta WHERE key LIKE 'derived:%'")
+        conn.commit()
+
+    with closing(connect(path)) as conn:
+        first = stale(conn, current)
+        recorded = conn.execute("SELECT value FROM meta WHERE key = 'derived:Widget'").fetchone()
+
+    assert first == [] and recorded == (shape(current.nouns["Widget"]),)
+
+
+def test_a_unique_string_field_keeps_number_like_values_apart_and_a_number_field_does_not(tmp_path: Path) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"code": "string##", "size": "number#"')) as s:
+        make(s, name="zeros", code="007", size=7)
+        make(s, name="seven", code="7", size=7.0)
+        make(s, name="spaced", code=" 7", size=7.5)
+        by_code = [names(s.find(TENANT, "Widget", filter={"code": c})) for c in ("007", "7", " 7", "7.0")]
+        by_size = sorted(names(s.find(TENANT, "Widget", filter={"size": 7})))
+
+    assert by_code == [["zeros"], ["seven"], ["spaced"], []]
+    assert by_size == ["seven", "zeros"]

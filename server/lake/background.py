@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     from ..schema import load_schemas
 
-    store = Store(args.data_dir, load_schemas(args.schemas))
+    store = Store(args.data_dir, load_schemas(args.schemas), follow_schemas=False)  # its server rebuilds keys
     try:
         _follow(store, args.interval)
     finally:

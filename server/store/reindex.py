@@ -2,17 +2,21 @@
 
 Which fields a noun indexes (`#`, `##`) and which it searches as text is schema, not data: a tenant
 file written under other schemas has key rows and full text for the old fields. Each noun's derived
-shape is recorded in `meta` when its rows are built; on open, a noun whose shape differs gets its key
-rows and full text rebuilt from its entities' current states, in one transaction."""
+shape is recorded in `meta` when its rows are built. A store that serves the tenant (`reindex=True`)
+checks the shapes on open and rebuilds the nouns that differ from their entities' current states,
+in one transaction, and only while no other process has the file open: a running server would go
+on answering from the keys it knows. Other openers (the CLI's reading commands, the background
+flush) leave the shapes alone."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
-from ..errors import ValidationFailed
+from ..errors import StorageError, ValidationFailed
 from ..schema import Noun, SchemaSet
 from .mutations import index_keys, search_body
 from .sqlite import in_tx
@@ -21,9 +25,9 @@ _PREFIX = "derived:"
 
 
 def shape(noun: Noun) -> str:
-    """What a noun's key rows and full text are made of."""
-    keys = [[f.name, f.unique] for f in noun.indexed_fields]
-    return json.dumps({"keys": keys, "text": list(noun.text_fields)}, separators=(",", ":"))
+    """What a noun's key rows and full text are made of (independent of the order of its fields)."""
+    keys = sorted([f.name, f.unique] for f in noun.indexed_fields)
+    return json.dumps({"keys": keys, "text": sorted(noun.text_fields)}, separators=(",", ":"))
 
 
 def record(conn: sqlite3.Connection, nouns: list[Noun]) -> None:
@@ -34,29 +38,51 @@ def record(conn: sqlite3.Connection, nouns: list[Noun]) -> None:
     )
 
 
-def reindex(conn: sqlite3.Connection, schemas: SchemaSet) -> list[str]:
-    """Rebuild the key rows and full text of every noun whose shape changed since they were built;
-    the names of the nouns rebuilt. Raises ValidationFailed (and changes nothing) when a field made
-    unique holds the same value on two live entities."""
-    if not _stale(conn, schemas):
-        return []
-    rebuilt: list[str] = []
+def stale(conn: sqlite3.Connection, schemas: SchemaSet) -> list[Noun]:
+    """The nouns whose key rows and full text were built for other schemas.
 
-    def run() -> None:
-        stale = _stale(conn, schemas)  # again under the write lock: another process may have done it
-        if conn.execute("SELECT 1 FROM entities LIMIT 1").fetchone() is not None:  # else nothing to rebuild
-            for noun in stale:
-                _rebuild(conn, noun)
-        record(conn, stale)
-        rebuilt.extend(noun.name for noun in stale)
-
-    in_tx(conn, run)
-    return rebuilt
-
-
-def _stale(conn: sqlite3.Connection, schemas: SchemaSet) -> list[Noun]:
+    A file from before shapes were recorded is taken as built for the schemas it is first opened
+    with (they are recorded then), rather than rebuilt whole on upgrade."""
     built = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'derived:%'").fetchall())
+    if not built:
+        in_tx(conn, lambda: None if _any_shape(conn) else record(conn, list(schemas.nouns.values())))
+        return []
     return [noun for noun in schemas.nouns.values() if built.get(_PREFIX + noun.name) != shape(noun)]
+
+
+def rebuild_alone(path: Path, schemas: SchemaSet) -> list[str]:
+    """Rebuild the stale nouns of the tenant file `path` through a connection that holds it alone;
+    the names rebuilt. Raises StorageError when another process has the file open, and
+    ValidationFailed when a field made unique holds the same value on two live entities (then
+    nothing is changed)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        try:
+            conn.execute("BEGIN EXCLUSIVE")
+        except sqlite3.OperationalError:
+            raise StorageError(
+                f"tenant {path.stem!r} was indexed for other schemas and is open in another process, "
+                "so its lookup keys cannot be rebuilt now",
+                hint="Stop the other server or command using this --data-dir (or start it with the same "
+                "--schemas); the keys are rebuilt when the tenant is next opened alone.",
+            ) from None
+        try:
+            nouns = stale(conn, schemas) if _any_shape(conn) else []
+            for noun in nouns:
+                _rebuild(conn, noun)
+            record(conn, nouns)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return [noun.name for noun in nouns]
+    finally:
+        conn.close()
+
+
+def _any_shape(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM meta WHERE key LIKE 'derived:%' LIMIT 1").fetchone() is not None
 
 
 def _rebuild(conn: sqlite3.Connection, noun: Noun) -> None:
@@ -71,7 +97,7 @@ def _rebuild(conn: sqlite3.Connection, noun: Noun) -> None:
             unique = noun.fields[field].unique
             keys.append((noun.name, field, value, entity_id, int(unique), live, updated_at))
             if unique and live:
-                holders[(field, value)].append(entity_id)
+                holders[(field, value)].append(entity_id)  # keys compare as Python does: 7 == 7.0, '7' != 7
         if noun.text_fields:
             texts.append((rowid, search_body(noun, state)))
     for (field, value), ids in holders.items():

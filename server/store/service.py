@@ -36,14 +36,19 @@ class Store:
         clock: Any = None,
         max_open_tenants: int = 64,
         max_readers: int = 4,
+        follow_schemas: bool = True,
     ) -> None:
+        """`follow_schemas=False` for a store that only reads or flushes tenants a server may have open:
+        it never rebuilds lookup keys and full text built for other schemas (see reindex.py)."""
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
         self.data_dir = Path(data_dir)
         self.schemas = schemas or load_schemas()
         self.hooks = hooks if hooks is not None else Hooks()
         self.env = Env(self.schemas, Validators(self.schemas.nouns), self.hooks)
-        self.pool = TenantPool(self.data_dir, self.schemas, durability, clock, max_open_tenants, max_readers)
+        self.pool = TenantPool(
+            self.data_dir, self.schemas, durability, clock, max_open_tenants, max_readers, follow_schemas=follow_schemas
+        )
         self._local = threading.local()
 
     def close(self) -> None:

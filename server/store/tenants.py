@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import InvalidTenant, LimitExceeded, NotFound
 from ..schema import SchemaSet
 from .checkpoints import Checkpointer
-from .reindex import reindex
+from .reindex import rebuild_alone, stale
 from .sqlite import connect, migrate
 from .writer import Writer
 
@@ -52,6 +52,7 @@ class Tenant:
         clock: Callable[[], int],
         max_readers: int,
         checkpoint_due: Callable[[], None] | None = None,
+        follow_schemas: bool = True,
     ) -> None:
         self.name = name
         self.path = path
@@ -59,14 +60,15 @@ class Tenant:
         conn = connect(path, durability)
         try:
             migrate(conn)
-            rebuilt = reindex(conn, schemas)
+            rebuild = follow_schemas and bool(stale(conn, schemas))
         except BaseException:
             conn.close()
             raise
-        if rebuilt:
-            log.info(
-                "tenant %s: rebuilt lookup keys and full text of %s for the current schemas", name, ", ".join(rebuilt)
-            )
+        if rebuild:
+            conn.close()
+            rebuilt = rebuild_alone(path, schemas)
+            log.info("tenant %s: rebuilt the lookup keys and full text of %s", name, ", ".join(rebuilt) or "nothing")
+            conn = connect(path, durability)
         self.writer = Writer(conn, clock, checkpoint_due)
         self._durability = durability
         self._readers: list[sqlite3.Connection] = []
@@ -131,6 +133,7 @@ class TenantPool:
         max_open: int = 64,
         max_readers: int = 4,
         wait_seconds: float = 30.0,
+        follow_schemas: bool = True,
     ) -> None:
         from ..timeutil import now_us
 
@@ -141,6 +144,7 @@ class TenantPool:
         self.max_open = max_open
         self.max_readers = max_readers
         self.wait_seconds = wait_seconds
+        self.follow_schemas = follow_schemas  # rebuild keys and full text built for other schemas (see reindex.py)
         self._open: OrderedDict[str, Tenant] = OrderedDict()
         self._cv = threading.Condition()
         self.checkpoints = Checkpointer(self._checkpoint)
@@ -181,7 +185,7 @@ class TenantPool:
                     )
                 tenant = Tenant(
                     name, path, self.schemas, self.durability, self.clock, self.max_readers,
-                    functools.partial(self.checkpoints.request, name),
+                    functools.partial(self.checkpoints.request, name), self.follow_schemas,
                 )  # fmt: skip
                 self._open[name] = tenant
             self._open.move_to_end(name)

@@ -114,8 +114,21 @@ def _key_problems(conn: sqlite3.Connection) -> list[str]:
     out = [
         f"entity {entity_id}: its lookup keys say it was updated at {keyed}, the entity says {actual}"
         for entity_id, keyed, actual in conn.execute(
-            "SELECT k.id, k.updated_at, e.updated_at FROM entity_keys k JOIN entities e ON e.id = k.id "
+            "SELECT DISTINCT k.id, k.updated_at, e.updated_at FROM entity_keys k JOIN entities e ON e.id = k.id "
             "WHERE k.updated_at != e.updated_at LIMIT 10"
+        )
+    ]
+    out += [
+        f"entity {entity_id}: its lookup keys say it is {'live' if live else 'deleted'}, the entity says otherwise"
+        for entity_id, live in conn.execute(
+            "SELECT DISTINCT k.id, k.live FROM entity_keys k JOIN entities e ON e.id = k.id "
+            "WHERE k.live != (e.deleted_at IS NULL) LIMIT 10"
+        )
+    ]
+    out += [
+        f"lookup keys of {entity_id} have no entity"
+        for (entity_id,) in conn.execute(
+            "SELECT DISTINCT id FROM entity_keys WHERE id NOT IN (SELECT id FROM entities) LIMIT 10"
         )
     ]
     counted = (
