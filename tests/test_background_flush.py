@@ -11,11 +11,13 @@ from pathlib import Path
 
 import anyio
 import pytest
+from conftest import AGENT
 from e2e_helpers import HEADLESSLY, HttpServer, http_mcp_client, http_server, kill_process, payload, run_cli, server_env
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 from server.lake.background import ChangeWatch
+from server.schema import load_schemas
 from server.store import Store
 
 TENANT = "acme"
@@ -88,6 +90,36 @@ async def test_serve_flushes_new_events_from_a_child_process_while_it_runs(tmp_p
         assert "libarrow" not in server_maps  # the Parquet and Iceberg work never ran in the server
     assert "Traceback" not in server.log()
     assert len(lake_events(data_dir)) == 2
+
+
+def widget_schemas(folder: Path, color: str) -> Path:
+    folder.mkdir()
+    (folder / "widgets.json").write_text(
+        f'{{"$domain": "Widgets", "Widget": {{"name": "string!", "color": "{color}"}}}}'
+    )
+    return folder
+
+
+@pytest.mark.anyio
+async def test_a_server_with_new_schemas_rebuilds_a_tenant_its_flush_process_has_flushed(tmp_path: Path) -> None:
+    """The flush process holds no tenant file between rounds, so the server can rebuild a tenant's keys alone."""
+    data_dir = tmp_path / "data"
+    before = widget_schemas(tmp_path / "before", "string")
+    with Store(data_dir, load_schemas([before])) as s:
+        for name in ("first", "second"):
+            s.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": name, "color": "red"}})
+    after = widget_schemas(tmp_path / "after", "string#")  # color is now indexed: acme's keys must be rebuilt
+
+    with http_server(
+        data_dir, "--no-auth", "--tenant", TENANT, "--flush-interval", "0.2", "--schemas", after
+    ) as server:
+        with anyio.fail_after(TIMEOUT):
+            await logged(server, r"background flush: 2 events of 1 tenant")  # it opened and flushed acme
+            async with http_mcp_client(server) as client:
+                found = await client.call_tool("search", {"type": "Widget", "filter": {"color": "red"}})
+
+    assert sorted(e["name"] for e in payload(found)["results"]) == ["first", "second"]
+    assert "rebuilt the lookup keys and full text of Widget" in server.log()
 
 
 @pytest.mark.anyio

@@ -175,6 +175,9 @@ def _follow(store: Store, interval: float) -> None:
             flusher, ok = flush_once(store, flusher, "background flush", sorted(due))
             if ok:
                 watch.flushed.update(due)
+            # Hold no tenant file between rounds: the server rebuilds a tenant's keys for new schemas
+            # only while nobody else has it open (store/reindex.py).
+            store.pool.close_idle()
         if closed.wait(interval):
             break
     flush_once(store, flusher, "final flush")

@@ -208,6 +208,14 @@ class TenantPool:
         if tenant is not None:
             tenant.close()
 
+    def close_idle(self) -> None:
+        """Close every open tenant nobody holds a lease on (they reopen on next use)."""
+        with self._cv:
+            idle = [name for name, t in self._open.items() if t.leases == 0]
+            closing = [self._open.pop(name) for name in idle]
+        for tenant in closing:
+            tenant.close()
+
     def _checkpoint(self, name: str) -> None:
         """Checkpoint a tenant if it is still open (leased meanwhile, so it is not closed under us)."""
         with self._cv:
