@@ -18,11 +18,15 @@ from server.store.reindex import rebuild_alone, shape, stale
 from server.store.sqlite import connect
 
 
-def widgets(tmp_path: Path, fields: str) -> SchemaSet:
+def widget_folder(tmp_path: Path, fields: str) -> Path:
     folder = tmp_path / f"schemas-{abs(hash(fields))}"
     folder.mkdir(exist_ok=True)
     (folder / "widgets.json").write_text(f'{{"$domain": "Widgets", "Widget": {{"name": "string!", {fields}}}}}')
-    return load_schemas([folder])
+    return folder
+
+
+def widgets(tmp_path: Path, fields: str) -> SchemaSet:
+    return load_schemas([widget_folder(tmp_path, fields)])
 
 
 def make(store: Store, **data: Any) -> str:
@@ -117,6 +121,26 @@ def test_a_tenant_another_process_has_open_is_refused_until_it_can_be_rebuilt_al
 
     assert "open in another process" in refused.value.message and refused.value.hint
     assert names(red) == ["first"] and red["total"] == 1
+
+
+def test_a_new_noun_or_a_changed_noun_without_entities_needs_no_rebuild_while_the_tenant_is_open_elsewhere(
+    tmp_path: Path,
+) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string"')) as s:
+        make(s, name="first", color="red")
+    path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
+    gadgets = tmp_path / "gadgets"
+    gadgets.mkdir()
+    (gadgets / "gadgets.json").write_text('{"$domain": "Gadgets", "Gadget": {"name": "string!", "serial": "string##"}}')
+    with_gadgets = load_schemas([widget_folder(tmp_path, '"color": "string"'), gadgets])
+
+    with held_open(path), Store(tmp_path / "data", with_gadgets) as s:
+        found = s.find(TENANT, "Widget")
+        s.do(TENANT, AGENT, {"action": "create", "type": "Gadget", "data": {"name": "g", "serial": "A1"}})
+        gadget = s.find(TENANT, "Gadget", filter={"serial": "A1"})
+
+    assert names(found) == ["first"]
+    assert names(gadget) == ["g"]
 
 
 def test_a_store_that_does_not_follow_schemas_leaves_keys_built_for_other_schemas_alone(tmp_path: Path) -> None:

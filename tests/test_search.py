@@ -734,3 +734,15 @@ def test_an_indexed_json_field_holding_lists_counts_entities_not_values(tmp_path
 
     assert sorted(e["name"] for e in page["results"]) == ["A", "Both"]
     assert page["total"] == 2
+
+
+def test_an_indexed_json_list_may_mix_strings_and_numbers(tmp_path: Path) -> None:
+    extra = tmp_path / "schemas"
+    extra.mkdir()
+    (extra / "widgets.json").write_text('{"$domain": "Widgets", "Widget": {"name": "string!", "meta": "json##"}}')
+    with Store(tmp_path / "data", load_schemas([extra])) as s:
+        s.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": "Mixed", "meta": ["7", 7, "x"]}})
+        by_text = s.find(TENANT, "Widget", filter={"meta": {"$in": ["7"]}})
+        by_number = s.find(TENANT, "Widget", filter={"meta": {"$in": [7]}})
+
+    assert [e["name"] for e in by_text["results"]] == [e["name"] for e in by_number["results"]] == ["Mixed"]

@@ -601,7 +601,8 @@ class Mutator:
             return False
         if live:
             for field_name, value in sorted(
-                new_keys - (old_keys if old is not None and old.get("$deletedAt") is None else set())
+                new_keys - (old_keys if old is not None and old.get("$deletedAt") is None else set()),
+                key=lambda key: (key[0], repr(key[1])),  # a json# list may mix strings and numbers
             ):
                 if noun.fields[field_name].unique:
                     row = self.conn.execute(

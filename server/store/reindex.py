@@ -39,15 +39,29 @@ def record(conn: sqlite3.Connection, nouns: list[Noun]) -> None:
 
 
 def stale(conn: sqlite3.Connection, schemas: SchemaSet) -> list[Noun]:
-    """The nouns whose key rows and full text were built for other schemas.
+    """The nouns whose entities' key rows and full text were built for other schemas (to rebuild alone).
 
-    A file from before shapes were recorded is taken as built for the schemas it is first opened
-    with (they are recorded then), rather than rebuilt whole on upgrade."""
-    built = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'derived:%'").fetchall())
-    if not built:
+    Called outside a transaction: a changed noun without entities has nothing to rebuild, and its new
+    shape is recorded at once. A file from before shapes were recorded is taken as built for the
+    schemas it is first opened with (they are recorded then), rather than rebuilt whole on upgrade."""
+    if not _any_shape(conn):
         in_tx(conn, lambda: None if _any_shape(conn) else record(conn, list(schemas.nouns.values())))
         return []
+    differ = changed(conn, schemas)
+    if not differ:
+        return []
+    in_tx(conn, lambda: record(conn, [noun for noun in changed(conn, schemas) if not _has_entities(conn, noun)]))
+    return [noun for noun in differ if _has_entities(conn, noun)]
+
+
+def changed(conn: sqlite3.Connection, schemas: SchemaSet) -> list[Noun]:
+    """The nouns whose recorded shape differs from the schemas' (or was never recorded)."""
+    built = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'derived:%'").fetchall())
     return [noun for noun in schemas.nouns.values() if built.get(_PREFIX + noun.name) != shape(noun)]
+
+
+def _has_entities(conn: sqlite3.Connection, noun: Noun) -> bool:
+    return conn.execute("SELECT 1 FROM entities WHERE type = ? LIMIT 1", (noun.name,)).fetchone() is not None
 
 
 def rebuild_alone(path: Path, schemas: SchemaSet) -> list[str]:
@@ -68,7 +82,7 @@ def rebuild_alone(path: Path, schemas: SchemaSet) -> list[str]:
                 "--schemas); the keys are rebuilt when the tenant is next opened alone.",
             ) from None
         try:
-            nouns = stale(conn, schemas) if _any_shape(conn) else []
+            nouns = changed(conn, schemas)
             for noun in nouns:
                 _rebuild(conn, noun)
             record(conn, nouns)

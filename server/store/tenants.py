@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import InvalidTenant, LimitExceeded, NotFound
+from ..errors import InvalidTenant, LimitExceeded, NotFound, StorageError
 from ..schema import SchemaSet
 from .checkpoints import Checkpointer
 from .reindex import rebuild_alone, stale
@@ -60,15 +60,28 @@ class Tenant:
         conn = connect(path, durability)
         try:
             migrate(conn)
-            rebuild = follow_schemas and bool(stale(conn, schemas))
+            rebuilds = refusals = 0
+            while follow_schemas and stale(conn, schemas):
+                if rebuilds == 3:  # rebuilt, and each time re-indexed for other schemas by someone else
+                    raise StorageError(
+                        f"tenant {name!r} keeps being re-indexed for other schemas by another process",
+                        hint="Run every server on this --data-dir with the same --schemas.",
+                    )
+                conn.close()
+                try:
+                    rebuilt = rebuild_alone(path, schemas)
+                    rebuilds += 1
+                    log.info("tenant %s: rebuilt the lookup keys and full text of %s", name, ", ".join(rebuilt))
+                except StorageError:
+                    # Open elsewhere: maybe by a server rebuilding it for these same schemas right now. The
+                    # next look waits out such a rebuild (busy timeout) and finds nothing left to do.
+                    refusals += 1
+                    if refusals == 2:
+                        raise
+                conn = connect(path, durability)
         except BaseException:
             conn.close()
             raise
-        if rebuild:
-            conn.close()
-            rebuilt = rebuild_alone(path, schemas)
-            log.info("tenant %s: rebuilt the lookup keys and full text of %s", name, ", ".join(rebuilt) or "nothing")
-            conn = connect(path, durability)
         self.writer = Writer(conn, clock, checkpoint_due)
         self._durability = durability
         self._readers: list[sqlite3.Connection] = []
@@ -146,6 +159,7 @@ class TenantPool:
         self.wait_seconds = wait_seconds
         self.follow_schemas = follow_schemas  # rebuild keys and full text built for other schemas (see reindex.py)
         self._open: OrderedDict[str, Tenant] = OrderedDict()
+        self._opening: set[str] = set()  # names being opened, outside the lock
         self._cv = threading.Condition()
         self.checkpoints = Checkpointer(self._checkpoint)
 
@@ -170,30 +184,48 @@ class TenantPool:
 
     def _acquire(self, name: str, create: bool) -> Tenant:
         with self._cv:
+            # Another thread may be opening this tenant (migrations, a rebuild): wait for it, not for the pool.
+            self._cv.wait_for(lambda: name not in self._opening)
             tenant = self._open.get(name)
-            if tenant is None:
-                path = tenant_path(self.data_dir, name)
-                if not create and not path.exists():
-                    raise NotFound(
-                        f"tenant {name!r} does not exist in {self.data_dir}",
-                        hint="Check --data-dir and the tenant name.",
-                    )
-                if not self._cv.wait_for(self._make_room, timeout=self.wait_seconds):
-                    raise LimitExceeded(
-                        f"all {self.max_open} open tenants are busy",
-                        hint="Retry shortly, or raise the open-tenant limit.",
-                    )
-                tenant = Tenant(
-                    name, path, self.schemas, self.durability, self.clock, self.max_readers,
-                    functools.partial(self.checkpoints.request, name), self.follow_schemas,
-                )  # fmt: skip
-                self._open[name] = tenant
-            self._open.move_to_end(name)
+            if tenant is not None:
+                self._open.move_to_end(name)
+                tenant.leases += 1
+                return tenant
+            path = tenant_path(self.data_dir, name)
+            if not create and not path.exists():
+                raise NotFound(
+                    f"tenant {name!r} does not exist in {self.data_dir}",
+                    hint="Check --data-dir and the tenant name.",
+                )
+            if not self._cv.wait_for(self._make_room, timeout=self.wait_seconds):
+                raise LimitExceeded(
+                    f"all {self.max_open} open tenants are busy",
+                    hint="Retry shortly, or raise the open-tenant limit.",
+                )
+            self._opening.add(name)
+        # Opened outside the pool's lock: a long first open (a migration, a rebuild for new schemas)
+        # holds up only the callers of this tenant.
+        try:
+            tenant = Tenant(
+                name, path, self.schemas, self.durability, self.clock, self.max_readers,
+                functools.partial(self.checkpoints.request, name), self.follow_schemas,
+            )  # fmt: skip
+        except sqlite3.Error as exc:
+            raise StorageError(
+                f"cannot open tenant {name!r}: {exc}",
+                hint="Nothing was written. Check the file's permissions and the free disk space, then retry.",
+            ) from None
+        finally:
+            with self._cv:
+                self._opening.discard(name)
+                self._cv.notify_all()
+        with self._cv:
             tenant.leases += 1
+            self._open[name] = tenant
             return tenant
 
     def _make_room(self) -> bool:
-        while len(self._open) >= self.max_open:
+        while len(self._open) + len(self._opening) >= self.max_open:
             idle = next((n for n, t in self._open.items() if t.leases == 0), None)
             if idle is None:
                 return False
@@ -203,7 +235,9 @@ class TenantPool:
     def forget(self, name: str) -> None:
         """Close a tenant's connections (waiting for it to be idle), e.g. before its file is moved."""
         with self._cv:
-            self._cv.wait_for(lambda: name not in self._open or self._open[name].leases == 0)
+            self._cv.wait_for(
+                lambda: name not in self._opening and (name not in self._open or self._open[name].leases == 0)
+            )
             tenant = self._open.pop(name, None)
         if tenant is not None:
             tenant.close()

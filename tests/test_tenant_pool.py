@@ -1,0 +1,109 @@
+"""The pool of open tenants: a tenant's first open (migrations, a rebuild for new schemas) runs outside
+the pool's lock, so it holds up only the callers of that tenant, and happens once however many ask."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import AGENT
+
+from server.errors import StorageError
+from server.store import Store, tenants
+from server.store.tenants import Tenant
+
+WAIT = 30.0
+
+
+class SlowOpen:
+    """Replaces `migrate` in the pool's tenant open: opens of `name` wait until `release()`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self.calls = 0
+        self.fail_next = False
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        path = conn.execute("PRAGMA database_list").fetchone()[2]
+        if Path(path).stem == self.name:
+            self.calls += 1
+            self.entered.set()
+            assert self.released.wait(WAIT), "the test never released the slow open"
+            if self.fail_next:
+                self.fail_next = False
+                raise sqlite3.OperationalError("disk I/O error")
+        real_migrate(conn)
+
+
+real_migrate = tenants.migrate
+
+
+@contextmanager
+def slow_open(monkeypatch: pytest.MonkeyPatch, name: str) -> Iterator[SlowOpen]:
+    slow = SlowOpen(name)
+    monkeypatch.setattr(tenants, "migrate", slow)
+    try:
+        yield slow
+    finally:
+        slow.released.set()
+
+
+def lease_in_thread(store: Store, name: str, got: list[Tenant | BaseException]) -> threading.Thread:
+    def run() -> None:
+        try:
+            with store.pool.lease(name) as tenant:
+                got.append(tenant)
+        except BaseException as exc:  # reported to the test through `got`
+            got.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_a_tenant_slow_to_open_holds_up_only_its_own_callers(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    got: list[Tenant | BaseException] = []
+    with slow_open(monkeypatch, "slow") as slow:
+        opener = lease_in_thread(store, "slow", got)
+        assert slow.entered.wait(WAIT)
+
+        created = store.do("fast", AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
+        still_opening = opener.is_alive()
+        slow.released.set()
+        opener.join(WAIT)
+
+    assert still_opening and created["entity"]["name"] == "Ada"
+    assert len(got) == 1 and isinstance(got[0], Tenant)
+
+
+def test_callers_of_a_tenant_being_opened_wait_for_that_one_open(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    got: list[Tenant | BaseException] = []
+    with slow_open(monkeypatch, "slow") as slow:
+        first = lease_in_thread(store, "slow", got)
+        assert slow.entered.wait(WAIT)
+        second = lease_in_thread(store, "slow", got)
+        slow.released.set()
+        first.join(WAIT)
+        second.join(WAIT)
+
+    assert slow.calls == 1
+    assert len(got) == 2 and got[0] is got[1] and isinstance(got[0], Tenant)
+
+
+def test_a_failed_open_is_a_storage_error_and_leaves_the_tenant_to_be_opened_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with slow_open(monkeypatch, "slow") as slow:
+        slow.fail_next = True
+        slow.released.set()
+        with pytest.raises(StorageError, match="cannot open tenant 'slow': disk I/O error"):
+            store.do("slow", AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
+        created = store.do("slow", AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
+
+    assert slow.calls == 2 and created["entity"]["$version"] == 1
