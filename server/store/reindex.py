@@ -2,11 +2,11 @@
 
 Which fields a noun indexes (`#`, `##`) and which it searches as text is schema, not data: a tenant
 file written under other schemas has key rows and full text for the old fields. Each noun's derived
-shape is recorded in `meta` when its rows are built. A store that serves the tenant (`reindex=True`)
-checks the shapes on open and rebuilds the nouns that differ from their entities' current states,
-in one transaction, and only while no other process has the file open: a running server would go
-on answering from the keys it knows. Other openers (the CLI's reading commands, the background
-flush) leave the shapes alone."""
+shape is recorded in `meta` when its rows are built. A store that serves the tenant
+(`follow_schemas=True`: `serve`, and the library's default) checks the shapes on open and rebuilds
+the nouns that differ from their entities' current states, in one transaction, and only while no
+other process has the file open: a running server would go on answering from the keys it knows.
+Other openers (the CLI's other commands, the background flush) leave the shapes alone."""
 
 from __future__ import annotations
 
