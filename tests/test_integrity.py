@@ -179,6 +179,15 @@ def test_a_key_count_or_key_time_out_of_step_with_the_entities_makes_verify_fail
     assert any(org["entity"]["$id"] in p and "2000-01-01" in p for p in problems), problems
 
 
+def test_an_entity_count_out_of_step_with_the_entities_makes_verify_fail(store: Store, clock: Any) -> None:
+    store.do(TENANT, AGENT, {"action": "create", "type": "Organization", "data": {"name": "Acme"}})
+    with raw_sql(store) as conn:
+        conn.execute("UPDATE entity_counts SET n = 7 WHERE type = 'Organization'")
+    problems = store.verify(TENANT)["problems"]
+
+    assert any("count of live Organization entities" in p for p in problems), problems
+
+
 def test_a_key_row_out_of_step_with_its_entitys_deletion_or_without_an_entity_makes_verify_fail(
     store: Store, clock: Any
 ) -> None:

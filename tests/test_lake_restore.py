@@ -367,6 +367,7 @@ CONTENT = {  # every row the writer leaves behind, in an order independent of ho
     "entities": "SELECT rowid, * FROM entities ORDER BY rowid",
     "entity_keys": "SELECT type, field, value, typeof(value), id, uniq, live, updated_at FROM entity_keys ORDER BY 1, 2, 3, 5",
     "key counts": "SELECT type, field, value, typeof(value), live, n FROM key_counts ORDER BY 1, 2, 3, 5",
+    "entity counts": "SELECT type, live, n FROM entity_counts WHERE n != 0 ORDER BY 1, 2",
     "full text": "SELECT rowid, body FROM entities_fts ORDER BY rowid",
     "schema": "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name",
     "migrations": "SELECT version, name FROM migrations ORDER BY version",

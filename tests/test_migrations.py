@@ -14,7 +14,14 @@ from server.schema import SchemaSet
 from server.store import Store
 from server.store.sqlite import connect, migrate
 
-AS_THE_THIRD_MIGRATION_LEFT_IT = """
+AS_THE_FOURTH_MIGRATION_LEFT_IT = """
+    DROP TRIGGER entity_counts_add; DROP TRIGGER entity_counts_remove; DROP TRIGGER entity_counts_move;
+    DROP TABLE entity_counts;
+    DELETE FROM migrations WHERE version = 5;
+"""
+AS_THE_THIRD_MIGRATION_LEFT_IT = (
+    AS_THE_FOURTH_MIGRATION_LEFT_IT
+    + """
     DROP TABLE key_counts;
     CREATE TABLE keys_v3 (type TEXT NOT NULL, field TEXT NOT NULL, value ANY NOT NULL, id TEXT NOT NULL,
                           uniq INTEGER NOT NULL, live INTEGER NOT NULL);
@@ -27,6 +34,7 @@ AS_THE_THIRD_MIGRATION_LEFT_IT = """
     DELETE FROM meta WHERE key LIKE 'derived:%';
     DELETE FROM migrations WHERE version = 4;
 """
+)
 AS_THE_SECOND_MIGRATION_LEFT_IT = (
     AS_THE_THIRD_MIGRATION_LEFT_IT
     + """
@@ -72,7 +80,7 @@ def test_a_database_from_before_the_key_count_indexes_gets_them_on_open(tmp_path
         columns = [r[0] for r in conn.execute("SELECT name FROM pragma_index_info('entity_keys_lookup')")]
 
     assert columns == ["type", "field", "value", "live", "updated_at", "id"]
-    assert migration_versions(path) == [1, 2, 3, 4]
+    assert migration_versions(path) == [1, 2, 3, 4, 5]
     assert [e["name"] for e in page["results"]] == ["Acme Inc", "Initech"] and page["total"] == 2
 
 
@@ -89,7 +97,7 @@ def test_a_database_from_before_key_counts_gets_its_keys_dated_and_counted_on_op
     with closing(sqlite3.connect(path)) as conn:
         counts = conn.execute("SELECT field, value, live, n FROM key_counts ORDER BY live").fetchall()
 
-    assert migration_versions(path) == [1, 2, 3, 4]
+    assert migration_versions(path) == [1, 2, 3, 4, 5]
     assert counts == [("industry", "Software", 0, 1), ("industry", "Software", 1, 2)]
     assert [e["name"] for e in live["results"] + rest["results"]] == ["Acme Inc", "Initech"]
     assert (live["total"], everyone["total"]) == (2, 3)
@@ -162,6 +170,22 @@ def test_two_connections_migrating_an_old_file_at_once_apply_each_migration_once
                 c.close()
 
         assert errors == []
-        assert migration_versions(path) == [1, 2, 3, 4]
+        assert migration_versions(path) == [1, 2, 3, 4, 5]
         with closing(sqlite3.connect(path)) as conn:
             conn.executescript(AS_THE_SECOND_MIGRATION_LEFT_IT)
+
+
+def test_a_database_from_before_entity_counts_gets_them_on_open(tmp_path: Path, schemas: SchemaSet) -> None:
+    path = old_tenant_file(tmp_path, schemas, AS_THE_FOURTH_MIGRATION_LEFT_IT)
+
+    with Store(tmp_path / "data", schemas) as s:
+        live = s.find(TENANT, "Organization")
+        everyone = s.find(TENANT, "Organization", include_deleted=True)
+        report = s.verify(TENANT)
+    with closing(sqlite3.connect(path)) as conn:
+        counts = conn.execute("SELECT type, live, n FROM entity_counts ORDER BY live").fetchall()
+
+    assert migration_versions(path) == [1, 2, 3, 4, 5]
+    assert counts == [("Organization", 0, 1), ("Organization", 1, 2)]
+    assert (live["total"], everyone["total"]) == (2, 3)
+    assert report["ok"], report["problems"]

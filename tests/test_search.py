@@ -713,6 +713,26 @@ def test_an_update_that_leaves_an_indexed_field_alone_moves_the_entity_first_in_
     assert len(pages) == len({e["$id"] for e in pages}) == 7
 
 
+def test_a_search_without_a_filter_counts_creates_deletes_undeletes_and_no_refused_batch(
+    store: Store, orgs: list[str]
+) -> None:
+    def totals() -> tuple[int, int]:
+        live = store.find(TENANT, "Organization")["total"]
+        return live, store.find(TENANT, "Organization", include_deleted=True)["total"]
+
+    before = totals()  # 30 created, two of them deleted
+    store.do(TENANT, AGENT, {"action": "rollback", "type": "Organization", "id": orgs[3], "toVersion": 1})  # undeleted
+    with pytest.raises(ValidationFailed):
+        store.do(TENANT, AGENT, {"operations": [
+            {"action": "create", "type": "Organization", "data": {"name": "Kept out"}},
+            {"action": "create", "type": "Organization", "data": {}},  # no name: the batch is refused
+        ]})  # fmt: skip
+
+    assert before == (28, 30)
+    assert totals() == (29, 30)
+    assert store.verify(TENANT)["ok"]
+
+
 def test_an_indexed_filter_counts_only_live_entities_and_their_current_values(store: Store, orgs: list[str]) -> None:
     def total(industry: str, include_deleted: bool = False) -> int:
         page = store.find(TENANT, "Organization", filter={"industry": industry}, include_deleted=include_deleted)

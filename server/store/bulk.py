@@ -168,7 +168,8 @@ def _write_entities(conn: sqlite3.Connection, schemas: SchemaSet, last: dict[str
     conn.executemany(
         "INSERT INTO entity_keys (type, field, value, id, uniq, live, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)", keys
     )
-    # entity_keys' triggers are dropped during the load: count the keys once, as they would have.
+    # The triggers of entities and entity_keys are dropped during the load: count once, as they would have.
+    conn.execute("INSERT INTO entity_counts SELECT type, deleted_at IS NULL, count(*) FROM entities GROUP BY 1, 2")
     conn.execute(
         "INSERT INTO key_counts SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4"
     )

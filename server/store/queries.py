@@ -274,7 +274,10 @@ def find(
             params.append(" ".join(tokens))
     base_where = " AND ".join(where)
     base_params = source_params + params
-    total = _count_keys(conn, noun, compiler, include_deleted) if query is None else None
+    total = None
+    if query is None and seq_bound is None:  # the materialized table is current: counts kept beside it apply
+        total = _count_noun(conn, noun, include_deleted) if compiler.terms == 0 else None
+        total = _count_keys(conn, noun, compiler, include_deleted) if total is None else total
     if total is None:
         total = conn.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {base_where} LIMIT {COUNT_CAP + 1})", base_params
@@ -342,6 +345,13 @@ def _equality(compiler: FilterCompiler) -> KeyedTerm | None:
     if term.condition != "= ?" or term.column.array or term.column.kind == "json":
         return None
     return term
+
+
+def _count_noun(conn: sqlite3.Connection, noun: Noun, include_deleted: bool) -> int:
+    """The count of a search without a filter, from entity_counts."""
+    live = "" if include_deleted else " AND live = 1"
+    sql = f"SELECT coalesce(sum(n), 0) FROM entity_counts WHERE type = ?{live}"
+    return int(conn.execute(sql, (noun.name,)).fetchone()[0])
 
 
 def _count_keys(conn: sqlite3.Connection, noun: Noun, compiler: FilterCompiler, include_deleted: bool) -> int | None:

@@ -98,7 +98,7 @@ def verify_tenant(conn: sqlite3.Connection, progress: Callable[[int], None] | No
             problem(f"entity {entity_id}: the materialized state differs from the replay of its events")
     for missing in list(states)[:10]:
         problem(f"entity {missing} has events but no materialized row")
-    for text in _key_problems(conn):
+    for text in _derived_problems(conn):
         problem(text)
     return {
         "ok": not problems,
@@ -109,8 +109,8 @@ def verify_tenant(conn: sqlite3.Connection, progress: Callable[[int], None] | No
     }
 
 
-def _key_problems(conn: sqlite3.Connection) -> list[str]:
-    """The lookup keys out of step with their entities, and key counts out of step with the keys."""
+def _derived_problems(conn: sqlite3.Connection) -> list[str]:
+    """What is kept beside the entities (lookup keys, key counts, entity counts) and is out of step with them."""
     out = [
         f"entity {entity_id}: its lookup keys say it was updated at {keyed}, the entity says {actual}"
         for entity_id, keyed, actual in conn.execute(
@@ -142,6 +142,14 @@ def _key_problems(conn: sqlite3.Connection) -> list[str]:
     out += [
         f"key count of {noun}.{field} = {value!r} (live={live}) is wrong or missing"
         for noun, field, value, live, _n in conn.execute(f"{counted} UNION {kept} LIMIT 10")
+    ]
+    entities = "SELECT type, deleted_at IS NULL, count(*) FROM entities GROUP BY 1, 2"
+    counts = "SELECT type, live, n FROM entity_counts WHERE n != 0"
+    out += [
+        f"the count of {'live' if live else 'deleted'} {noun} entities is wrong or missing"
+        for noun, live, _n in conn.execute(
+            f"SELECT * FROM ({entities} EXCEPT {counts}) UNION SELECT * FROM ({counts} EXCEPT {entities}) LIMIT 10"
+        )
     ]
     return out
 
