@@ -565,10 +565,17 @@ class Mutator:
                 rowid = cur.lastrowid
             else:
                 rowid = current.rowid
-                self.conn.execute(
-                    "UPDATE entities SET version = ?, updated_at = ?, deleted_at = ?, state = ? WHERE rowid = ?",
-                    (state["$version"], state["$updatedAt"], state.get("$deletedAt"), state_text, rowid),
-                )
+                deleted_at = state.get("$deletedAt")
+                if deleted_at == current.state.get("$deletedAt"):  # leaves the count triggers of deleted_at idle
+                    self.conn.execute(
+                        "UPDATE entities SET version = ?, updated_at = ?, state = ? WHERE rowid = ?",
+                        (state["$version"], state["$updatedAt"], state_text, rowid),
+                    )
+                else:
+                    self.conn.execute(
+                        "UPDATE entities SET version = ?, updated_at = ?, deleted_at = ?, state = ? WHERE rowid = ?",
+                        (state["$version"], state["$updatedAt"], deleted_at, state_text, rowid),
+                    )
         except sqlite3.IntegrityError as exc:
             raise StorageError(f"could not write {entity_id}: {exc}") from None
         if (
