@@ -481,13 +481,19 @@ def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Pat
 
     store = _open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
     try:
-        with click.progressbar(length=1, label=f"restoring {tenant}", file=sys.stderr, show_pos=True) as bar:
-
+        label = f"restoring {tenant}"
+        with click.progressbar(length=1, label=label, file=sys.stderr, show_percent=True) as bar:
+            # One step more than the events: the bar reaches 100% only once entities and indexes are built.
             def progress(done: int, total: int) -> None:
-                bar.length = total
+                bar.length = total + 1
                 bar.update(done - bar.pos)
 
-            count = restore_tenant(store, tenant, overwrite, progress)
+            def indexing() -> None:
+                bar.label = f"{label}: building entities and indexes"
+                bar.render_progress()
+
+            count = restore_tenant(store, tenant, overwrite, progress, indexing)
+            bar.update(1)
         report = store.verify(tenant)
     except HeadlesslyError as exc:
         _fail(f"{exc.code}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))

@@ -341,12 +341,18 @@ def test_a_restore_larger_than_one_chunk_is_complete(
         store.do(TENANT, ACTOR, {"operations": ops})
     Flusher(store).flush()
     use_the_lake_of(store.data_dir, monkeypatch)
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[Any, ...]] = []
 
     with Store(tmp_path / "restored", schemas, clock=clock) as fresh:
-        assert restore_tenant(fresh, TENANT, progress=lambda done, total: seen.append((done, total))) == 5200
+        restored = restore_tenant(
+            fresh,
+            TENANT,
+            progress=lambda done, total: seen.append((done, total)),
+            indexing=lambda: seen.append(("indexing",)),
+        )
 
-        assert CHUNK < 5200 and len(seen) >= 2 and seen[-1] == (5200, 5200)
+        assert restored == 5200
+        assert CHUNK < 5200 and len(seen) >= 3 and seen[-2:] == [(5200, 5200), ("indexing",)]
         assert fresh.head(TENANT) == store.head(TENANT)
         assert log_of(fresh) == log_of(store)
         assert fresh.verify(TENANT)["ok"] is True

@@ -47,7 +47,11 @@ def _by_seq(rows: Any) -> Any:
 
 
 def restore_tenant(
-    store: Store, tenant: str, overwrite: bool = False, progress: Callable[[int, int], None] | None = None
+    store: Store,
+    tenant: str,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    indexing: Callable[[], None] | None = None,
 ) -> int:
     """Rebuild `tenant` from the table into `store`; returns the number of events restored.
 
@@ -73,6 +77,7 @@ def restore_tenant(
             _event_tuples(rows),
             store.pool.durability,
             (lambda done: progress(done, total)) if progress else None,
+            indexing,
         )
         _refuse_live(store, tenant, overwrite)  # nobody made it live while it was being built
         _refuse_open_elsewhere(store, tenant)

@@ -35,9 +35,11 @@ def bulk_load(
     chunks: Iterable[Sequence[EventTuple]],
     durability: str = "normal",
     progress: Callable[[int], None] | None = None,
+    indexing: Callable[[], None] | None = None,
 ) -> int:
     """Create the tenant database `path` holding `chunks` (the whole log from seq 1, in order) and the
-    entities it leads to, in one transaction; returns the number of events.
+    entities it leads to, in one transaction; returns the number of events. `progress` hears the seq
+    loaded so far; `indexing`, once the log is in, that the entities and indexes are being built.
 
     Raises ValidationFailed for a log that is not one unbroken, intact chain; the file is then left
     with its schema and no events."""
@@ -53,7 +55,7 @@ def bulk_load(
         conn.execute("PRAGMA journal_mode = MEMORY")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            count = _load(conn, schemas, chunks, progress)
+            count = _load(conn, schemas, chunks, progress, indexing)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -69,6 +71,7 @@ def _load(
     schemas: SchemaSet,
     chunks: Iterable[Sequence[EventTuple]],
     progress: Callable[[int], None] | None,
+    indexing: Callable[[], None] | None,
 ) -> int:
     marks = ",".join("?" * len(LOADED_TABLES))
     saved = conn.execute(
@@ -90,6 +93,8 @@ def _load(
             ) from None
         if progress:
             progress(log.seq)
+    if indexing:
+        indexing()
     _write_entities(conn, schemas, log.last)
     for _kind, _name, sql in saved:
         try:
