@@ -5,17 +5,20 @@
     python bench/bare_server.py http <port>    # streamable HTTP at /mcp on 127.0.0.1 (0 = a free port)
 
 Run as a subprocess over the same transport as `headlessly serve`, so that both servers are measured the
-same way. Over HTTP it is served exactly as `headlessly serve --transport http` serves (uvicorn.Server with
-`MCPServer.streamable_http_app(host=...)`, log_level "warning", lifespan "on") and, once listening, prints
-one line to stderr in the same shape: `bare listening on http://127.0.0.1:<port>/mcp`. No auth: the bearer
-token check is part of what headlessly costs.
+same way. Over HTTP it is served by the same function as `headlessly serve --transport http` (server/listen.py:
+uvicorn with `MCPServer.streamable_http_app(host=...)`) and, once listening, prints one line to stderr in the
+same shape: `bare listening on http://127.0.0.1:<port>/mcp`. No auth: the bearer token check is part of what
+headlessly costs.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from mcp.server.mcpserver import MCPServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 server = MCPServer(name="bare")
 
@@ -27,21 +30,12 @@ def echo(text: str) -> str:
 
 
 def serve_http(port: int) -> None:
-    import anyio
-    import uvicorn
+    from server.listen import listen  # uvicorn as `headlessly serve` runs it (the module imports nothing of ours)
 
-    app = server.streamable_http_app(host="127.0.0.1")
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    def announce(bound: int) -> None:
+        print(f"bare listening on http://127.0.0.1:{bound}/mcp", file=sys.stderr, flush=True)
 
-    async def run() -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(uv.serve)
-            while not uv.started:
-                await anyio.sleep(0.01)
-            bound = uv.servers[0].sockets[0].getsockname()[1] if uv.servers else port
-            print(f"bare listening on http://127.0.0.1:{bound}/mcp", file=sys.stderr, flush=True)
-
-    anyio.run(run)
+    listen(server.streamable_http_app(host="127.0.0.1"), "127.0.0.1", port, announce)
 
 
 def main(argv: list[str]) -> None:

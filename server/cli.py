@@ -180,11 +180,9 @@ def _serve_stdio(store: Any, config: Config) -> None:
 
 
 def _serve_http(store: Any, config: Config, transport: str, host: str, port: int, no_auth: bool) -> None:
-    import anyio
-    import uvicorn
-
     from .auth.identity import LocalIdentity
     from .auth.tokens import TokenStore
+    from .listen import listen
     from .tools.app import build_server
 
     tokens = None if no_auth else TokenStore(config.data_dir)
@@ -193,24 +191,18 @@ def _serve_http(store: Any, config: Config, transport: str, host: str, port: int
     server = build_server(store, LocalIdentity(config.tenant, config.actor) if no_auth else None, tokens, base_url)
     app = server.streamable_http_app(host=host) if transport == "http" else server.sse_app(host=host)
     path = "/mcp" if transport == "http" else "/sse"
-    uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    auth = "no auth (loopback only)" if no_auth else "bearer tokens required"
 
-    async def run() -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(uv.serve)
-            while not uv.started:
-                await anyio.sleep(0.01)
-            bound = uv.servers[0].sockets[0].getsockname()[1] if uv.servers else port
-            auth = "no auth (loopback only)" if no_auth else "bearer tokens required"
-            # The first line on stderr that a supervisor (or a test) can wait for.
-            print(
-                f"headlessly listening on http://{shown_host}:{bound}{path} ({transport}, {auth})",
-                file=sys.stderr,
-                flush=True,
-            )
+    def announce(bound: int) -> None:
+        # The first line on stderr that a supervisor (or a test) can wait for.
+        print(
+            f"headlessly listening on http://{shown_host}:{bound}{path} ({transport}, {auth})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     try:
-        anyio.run(run)
+        listen(app, host, port, announce)
     finally:
         if tokens is not None:
             tokens.close()
