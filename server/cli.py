@@ -481,7 +481,7 @@ def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Pat
                 bar.update(done - bar.pos)
 
             def indexing() -> None:
-                bar.label = f"{label}: building entities and indexes"
+                bar.label, bar.show_eta = f"{label} (indexing)", False  # the ETA of the events says nothing here
                 bar.render_progress()
 
             count = restore_tenant(store, tenant, overwrite, progress, indexing)

@@ -179,6 +179,15 @@ def test_a_key_count_or_key_time_out_of_step_with_the_entities_makes_verify_fail
     assert any(org["entity"]["$id"] in p and "2000-01-01" in p for p in problems), problems
 
 
+def test_an_entities_row_whose_deletion_differs_from_its_state_makes_verify_fail(store: Store, clock: Any) -> None:
+    org = store.do(TENANT, AGENT, {"action": "create", "type": "Organization", "data": {"name": "Acme"}})
+    with raw_sql(store) as conn:
+        conn.execute("UPDATE entities SET deleted_at = '2026-01-01T00:00:00.000000Z'")
+    problems = store.verify(TENANT)["problems"]
+
+    assert any(org["entity"]["$id"] in p and "differs from its state" in p for p in problems), problems
+
+
 def test_an_entity_count_out_of_step_with_the_entities_makes_verify_fail(store: Store, clock: Any) -> None:
     store.do(TENANT, AGENT, {"action": "create", "type": "Organization", "data": {"name": "Acme"}})
     with raw_sql(store) as conn:

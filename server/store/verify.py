@@ -112,6 +112,14 @@ def verify_tenant(conn: sqlite3.Connection, progress: Callable[[int], None] | No
 def _derived_problems(conn: sqlite3.Connection) -> list[str]:
     """What is kept beside the entities (lookup keys, key counts, entity counts) and is out of step with them."""
     out = [
+        f"entity {entity_id}: its row's type, update time or deletion differs from its state"
+        for (entity_id,) in conn.execute(
+            """SELECT id FROM entities WHERE type IS NOT json_extract(state, '$."$type"')
+               OR updated_at IS NOT json_extract(state, '$."$updatedAt"')
+               OR deleted_at IS NOT json_extract(state, '$."$deletedAt"') LIMIT 10"""
+        )
+    ]
+    out += [
         f"entity {entity_id}: its lookup keys say it was updated at {keyed}, the entity says {actual}"
         for entity_id, keyed, actual in conn.execute(
             "SELECT DISTINCT k.id, k.updated_at, e.updated_at FROM entity_keys k JOIN entities e ON e.id = k.id "
