@@ -74,6 +74,14 @@ async def logged(server: HttpServer, pattern: str, start: int = 0) -> None:
     await anyio.to_thread.run_sync(server.wait_for_log, pattern, TIMEOUT, start)
 
 
+async def first_flush(server: HttpServer) -> int:
+    """Writes Alice, waits for the flush process to send her, and returns its pid (the server's only child)."""
+    await create_contacts(server, ["Alice"])
+    await logged(server, FLUSHED)
+    (flusher,) = children(server.proc.pid)
+    return flusher
+
+
 @pytest.mark.anyio
 async def test_serve_flushes_new_events_from_a_child_process_while_it_runs(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
@@ -127,9 +135,7 @@ async def test_a_killed_servers_flush_process_sends_what_was_written_and_exits(t
     data_dir = tmp_path / "data"
     with flushing_server(data_dir) as server:
         with anyio.fail_after(TIMEOUT):
-            await create_contacts(server, ["Alice"])
-            await logged(server, FLUSHED)
-            (flusher,) = children(server.proc.pid)
+            flusher = await first_flush(server)
             await create_contacts(server, [f"Contact {i}" for i in range(20)])
         kill_process(server.proc)
         wait_for_exit(flusher, TIMEOUT)
@@ -143,9 +149,7 @@ async def test_a_flush_process_that_dies_is_replaced_and_the_next_one_catches_up
     data_dir = tmp_path / "data"
     with flushing_server(data_dir) as server:
         with anyio.fail_after(TIMEOUT):
-            await create_contacts(server, ["Alice"])
-            await logged(server, FLUSHED)
-            (first,) = children(server.proc.pid)
+            first = await first_flush(server)
             os.kill(first, signal.SIGKILL)
             await logged(server, r"flush process exited with status -9")
             since = len(server.stderr_lines)
@@ -210,9 +214,7 @@ async def test_a_sigterm_to_the_flush_process_ends_it_after_one_last_flush(tmp_p
     data_dir = tmp_path / "data"
     with flushing_server(data_dir) as server:
         with anyio.fail_after(TIMEOUT):
-            await create_contacts(server, ["Alice"])
-            await logged(server, FLUSHED)
-            (flusher,) = children(server.proc.pid)
+            flusher = await first_flush(server)
             await create_contacts(server, ["Bob", "Carol"])
             os.kill(flusher, signal.SIGTERM)
             await logged(server, r"flush process exited with status 0 ")
