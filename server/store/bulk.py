@@ -17,9 +17,9 @@ from typing import Any
 from ..errors import StorageError, ValidationFailed
 from ..schema import Noun, SchemaSet
 from .events import GENESIS_HASH, EventRow, chain_hash
-from .mutations import index_keys, search_body
+from .mutations import INSERT_KEY, key_rows, search_body
 from .reindex import record
-from .sqlite import connect, migrate
+from .sqlite import ENTITY_COUNTS, KEY_COUNTS, connect, migrate
 from .writer import INSERT_EVENT
 
 EVENT_COLUMNS = EventRow._fields
@@ -159,25 +159,17 @@ def _write_entities(conn: sqlite3.Connection, schemas: SchemaSet, last: dict[str
         state = json.loads(state_text)
         deleted_at = state.get("$deletedAt")
         entities.append((rowid, entity_id, noun.name, state["$version"], state["$createdAt"], state["$updatedAt"], deleted_at, state_text))  # fmt: skip
-        live = int(deleted_at is None)
-        keys.extend(
-            (noun.name, f, v, entity_id, int(noun.fields[f].unique), live, state["$updatedAt"])
-            for f, v in index_keys(noun, state)
-        )
+        keys.extend(key_rows(noun, entity_id, state))
         if noun.text_fields:
             texts.append((rowid, search_body(noun, state)))
     conn.executemany(
         "INSERT INTO entities (rowid, id, type, version, created_at, updated_at, deleted_at, state) VALUES (?,?,?,?,?,?,?,?)",
         entities,
     )
-    conn.executemany(
-        "INSERT INTO entity_keys (type, field, value, id, uniq, live, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)", keys
-    )
+    conn.executemany(INSERT_KEY, keys)
     # The triggers of entities and entity_keys are dropped during the load: count once, as they would have.
-    conn.execute("INSERT INTO entity_counts SELECT type, deleted_at IS NULL, count(*) FROM entities GROUP BY 1, 2")
-    conn.execute(
-        "INSERT INTO key_counts SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4"
-    )
+    conn.execute(f"INSERT INTO entity_counts {ENTITY_COUNTS}")
+    conn.execute(f"INSERT INTO key_counts {KEY_COUNTS}")
     conn.executemany("INSERT INTO entities_fts (rowid, body) VALUES (?, ?)", texts)
     record(conn, list(schemas.nouns.values()))
 

@@ -565,28 +565,24 @@ class Mutator:
                 rowid = cur.lastrowid
             else:
                 rowid = current.rowid
+                values = [state["$version"], state["$updatedAt"], state_text]
                 deleted_at = state.get("$deletedAt")
-                if deleted_at == current.state.get("$deletedAt"):  # leaves the count triggers of deleted_at idle
-                    self.conn.execute(
-                        "UPDATE entities SET version = ?, updated_at = ?, state = ? WHERE rowid = ?",
-                        (state["$version"], state["$updatedAt"], state_text, rowid),
-                    )
-                else:
-                    self.conn.execute(
-                        "UPDATE entities SET version = ?, updated_at = ?, deleted_at = ?, state = ? WHERE rowid = ?",
-                        (state["$version"], state["$updatedAt"], deleted_at, state_text, rowid),
-                    )
+                deletion = ""  # set only when it changes: otherwise the count triggers of deleted_at stay idle
+                if deleted_at != current.state.get("$deletedAt"):
+                    deletion = ", deleted_at = ?"
+                    values.append(deleted_at)
+                self.conn.execute(
+                    f"UPDATE entities SET version = ?, updated_at = ?, state = ?{deletion} WHERE rowid = ?",
+                    (*values, rowid),
+                )
         except sqlite3.IntegrityError as exc:
             raise StorageError(f"could not write {entity_id}: {exc}") from None
-        if (
+        rewritten = (
             current is None
             or changes is None
             or any(f.name in changes for f in noun.indexed_fields)
             or ("$deletedAt" in changes)
-        ):
-            rewritten = self._keys(noun, entity_id, current.state if current else None, state)
-        else:
-            rewritten = False
+        ) and self._keys(noun, entity_id, current.state if current else None, state)
         if not rewritten and current is not None and any(state.get(f.name) is not None for f in noun.indexed_fields):
             # The keys list their entity in the default order (updated_at), so they follow every update.
             self.conn.execute("UPDATE entity_keys SET updated_at = ? WHERE id = ?", (state["$updatedAt"], entity_id))
@@ -625,12 +621,22 @@ class Mutator:
                         )
         if old is not None:
             self.conn.execute("DELETE FROM entity_keys WHERE id = ?", (entity_id,))
-        updated_at = new["$updatedAt"]
-        self.conn.executemany(
-            "INSERT INTO entity_keys (type, field, value, id, uniq, live, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(noun.name, f, v, entity_id, int(noun.fields[f].unique), int(live), updated_at) for f, v in new_keys],
-        )
+        self.conn.executemany(INSERT_KEY, key_rows(noun, entity_id, new, new_keys))
         return True
+
+
+INSERT_KEY = "INSERT INTO entity_keys (type, field, value, id, uniq, live, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
+def key_rows(
+    noun: Noun, entity_id: str, state: dict[str, Any], keys: set[tuple[str, Any]] | None = None
+) -> list[tuple[Any, ...]]:
+    """The `entity_keys` rows (INSERT_KEY's values) of an entity in `state`; `keys` when already known."""
+    live = int(state.get("$deletedAt") is None)
+    return [
+        (noun.name, f, v, entity_id, int(noun.fields[f].unique), live, state["$updatedAt"])
+        for f, v in (index_keys(noun, state) if keys is None else keys)
+    ]
 
 
 def index_keys(noun: Noun, state: dict[str, Any]) -> set[tuple[str, Any]]:

@@ -276,8 +276,10 @@ def find(
     base_params = source_params + params
     total = None
     if query is None and seq_bound is None:  # the materialized table is current: counts kept beside it apply
-        total = _count_noun(conn, noun, include_deleted) if compiler.terms == 0 else None
-        total = _count_keys(conn, noun, compiler, include_deleted) if total is None else total
+        if compiler.terms == 0:
+            total = _count_noun(conn, noun, include_deleted)
+        else:
+            total = _count_keys(conn, noun, compiler, include_deleted)
     if total is None:
         total = conn.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {base_where} LIMIT {COUNT_CAP + 1})", base_params
@@ -337,14 +339,19 @@ def _default_order(keys: list[SortKey]) -> bool:
     return len(keys) == 1 and keys[0].column.name == "$updatedAt"
 
 
-def _equality(compiler: FilterCompiler) -> KeyedTerm | None:
-    """The filter's one condition when it is an indexed scalar field equal to one value."""
+def _one_key(compiler: FilterCompiler) -> KeyedTerm | None:
+    """The filter's one condition when it is on an indexed scalar field (each live entity has at most
+    one key row for it; a list value has a row per element, so array and json fields are left out)."""
     if compiler.terms != 1 or len(compiler.keyed) != 1:
         return None
     term = compiler.keyed[0]
-    if term.condition != "= ?" or term.column.array or term.column.kind == "json":
-        return None
-    return term
+    return None if term.column.array or term.column.kind == "json" else term
+
+
+def _equality(compiler: FilterCompiler) -> KeyedTerm | None:
+    """The filter's one condition when it is an indexed scalar field equal to one value."""
+    term = _one_key(compiler)
+    return term if term is not None and term.condition == "= ?" else None
 
 
 def _count_noun(conn: sqlite3.Connection, noun: Noun, include_deleted: bool) -> int:
@@ -355,13 +362,10 @@ def _count_noun(conn: sqlite3.Connection, noun: Noun, include_deleted: bool) -> 
 
 
 def _count_keys(conn: sqlite3.Connection, noun: Noun, compiler: FilterCompiler, include_deleted: bool) -> int | None:
-    """The count of a filter that is one condition on an indexed scalar field (each live entity has one
-    key row per such field): kept in key_counts for one value, else counted from the keys' index alone;
-    None for any other filter, and for array and json fields."""
-    if compiler.terms != 1 or len(compiler.keyed) != 1:
-        return None
-    term = compiler.keyed[0]
-    if term.column.array or term.column.kind == "json":  # a list value has a key row per element
+    """The count of a filter that is one condition on an indexed scalar field (`_one_key`): kept in
+    key_counts for one value, else counted from the keys' index alone; None for any other filter."""
+    term = _one_key(compiler)
+    if term is None:
         return None
     live = "" if include_deleted else " AND live = 1"
     params = [noun.name, term.column.name, *term.values]

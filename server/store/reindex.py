@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import StorageError, ValidationFailed
 from ..schema import Noun, SchemaSet
-from .mutations import index_keys, search_body
+from .mutations import INSERT_KEY, key_rows, search_body
 from .sqlite import in_tx
 
 _PREFIX = "derived:"
@@ -103,13 +103,13 @@ def _rebuild(conn: sqlite3.Connection, noun: Noun) -> None:
     keys: list[tuple[Any, ...]] = []
     texts: list[tuple[int, str]] = []
     holders: dict[tuple[str, Any], list[str]] = defaultdict(list)
-    rows = conn.execute("SELECT rowid, id, updated_at, deleted_at, state FROM entities WHERE type = ?", (noun.name,))
-    for rowid, entity_id, updated_at, deleted_at, state_text in rows:
+    for rowid, entity_id, state_text in conn.execute(
+        "SELECT rowid, id, state FROM entities WHERE type = ?", (noun.name,)
+    ):
         state = json.loads(state_text)
-        live = int(deleted_at is None)
-        for field, value in index_keys(noun, state):
-            unique = noun.fields[field].unique
-            keys.append((noun.name, field, value, entity_id, int(unique), live, updated_at))
+        rows = key_rows(noun, entity_id, state)
+        keys += rows
+        for _type, field, value, _id, unique, live, _at in rows:
             if unique and live:
                 holders[(field, value)].append(entity_id)  # keys compare as Python does: 7 == 7.0, '7' != 7
         if noun.text_fields:
@@ -123,8 +123,6 @@ def _rebuild(conn: sqlite3.Connection, noun: Noun) -> None:
                 field=field,
             )
     conn.execute("DELETE FROM entity_keys WHERE type = ?", (noun.name,))
-    conn.executemany(
-        "INSERT INTO entity_keys (type, field, value, id, uniq, live, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)", keys
-    )
+    conn.executemany(INSERT_KEY, keys)
     conn.execute("DELETE FROM entities_fts WHERE rowid IN (SELECT rowid FROM entities WHERE type = ?)", (noun.name,))
     conn.executemany("INSERT INTO entities_fts (rowid, body) VALUES (?, ?)", texts)

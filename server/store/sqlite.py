@@ -15,6 +15,9 @@ PAGE_SIZE = 1024
 # background (checkpoints.py); this bound only finishes what they left and restarts the WAL.
 WAL_AUTOCHECKPOINT = 16_000
 
+# What key_counts and entity_counts hold, as their triggers keep them (the backfills, bulk load and verify use these).
+KEY_COUNTS = "SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4"
+ENTITY_COUNTS = "SELECT type, deleted_at IS NULL, count(*) FROM entities GROUP BY 1, 2"
 # The JSON types whose values an indexed field keys (mutations.index_keys: strings, numbers, booleans).
 _KEYED_JSON_TYPES = "('text', 'integer', 'real', 'true', 'false')"
 _KEY_OLD = "type = OLD.type AND field = OLD.field AND value = OLD.value AND live = OLD.live"
@@ -126,7 +129,7 @@ _MIGRATIONS: list[tuple[str, str]] = [
         # Each statement on one line: migrations are split at ';' + newline. The old `value ANY` column had
         # NUMERIC affinity, which stored '007' and '7.0' as the integer 7: the values are read again from the
         # states into a column without affinity, for the fields and entities the old keys listed. The
-        # triggers keep key_counts equal to `SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4`.
+        # triggers keep key_counts equal to KEY_COUNTS.
         f"""
         CREATE TABLE keys_v4 (type TEXT NOT NULL, field TEXT NOT NULL, value NOT NULL, id TEXT NOT NULL, uniq INTEGER NOT NULL, live INTEGER NOT NULL, updated_at TEXT NOT NULL);
         CREATE TEMP VIEW keyed_fields AS SELECT DISTINCT k.type, k.field, k.id, k.uniq, k.live, e.updated_at, e.state, '$."' || k.field || '"' AS path FROM entity_keys k JOIN entities e ON e.id = k.id;
@@ -139,7 +142,7 @@ _MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX entity_keys_by_id ON entity_keys (id, field, value);
         CREATE UNIQUE INDEX entity_keys_unique ON entity_keys (type, field, value) WHERE uniq = 1 AND live = 1;
         CREATE TABLE key_counts (type TEXT NOT NULL, field TEXT NOT NULL, value NOT NULL, live INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (type, field, value, live)) WITHOUT ROWID;
-        INSERT INTO key_counts SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4;
+        INSERT INTO key_counts {KEY_COUNTS};
         CREATE TRIGGER key_counts_add AFTER INSERT ON entity_keys BEGIN {_COUNT_NEW} END;
         CREATE TRIGGER key_counts_remove AFTER DELETE ON entity_keys BEGIN {_UNCOUNT_OLD} END;
         CREATE TRIGGER key_counts_move AFTER UPDATE OF type, field, value, live ON entity_keys BEGIN {_UNCOUNT_OLD} {_COUNT_NEW} END
@@ -147,11 +150,11 @@ _MIGRATIONS: list[tuple[str, str]] = [
     ),
     (
         "live and deleted entities counted per noun: a search without a filter counts in one step",
-        # Kept equal to `SELECT type, deleted_at IS NULL, count(*) FROM entities GROUP BY 1, 2` by the triggers
+        # Kept equal to ENTITY_COUNTS by the triggers
         # (an update runs only the WHEN test unless it deletes or undeletes).
         f"""
         CREATE TABLE entity_counts (type TEXT NOT NULL, live INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (type, live)) WITHOUT ROWID;
-        INSERT INTO entity_counts SELECT type, deleted_at IS NULL, count(*) FROM entities GROUP BY 1, 2;
+        INSERT INTO entity_counts {ENTITY_COUNTS};
         CREATE TRIGGER entity_counts_add AFTER INSERT ON entities BEGIN {_ENTITY_COUNT_NEW} END;
         CREATE TRIGGER entity_counts_remove AFTER DELETE ON entities BEGIN {_ENTITY_UNCOUNT_OLD} END;
         CREATE TRIGGER entity_counts_move AFTER UPDATE OF type, deleted_at ON entities WHEN OLD.type IS NOT NEW.type OR (OLD.deleted_at IS NULL) IS NOT (NEW.deleted_at IS NULL) BEGIN {_ENTITY_UNCOUNT_OLD} {_ENTITY_COUNT_NEW} END

@@ -185,7 +185,8 @@ class TenantPool:
     def _acquire(self, name: str, create: bool) -> Tenant:
         with self._cv:
             # Another thread may be opening this tenant (migrations, a rebuild): wait for it, not for the pool.
-            self._cv.wait_for(lambda: name not in self._opening)
+            while name in self._opening:  # on every request: a plain loop, no predicate to build
+                self._cv.wait()
             tenant = self._open.get(name)
             if tenant is not None:
                 self._open.move_to_end(name)

@@ -9,6 +9,7 @@ from typing import Any
 
 from .events import GENESIS_HASH, EventRow, dumps, row_hash
 from .queries import iter_events
+from .sqlite import ENTITY_COUNTS, KEY_COUNTS
 
 MAX_PROBLEMS = 100
 
@@ -139,27 +140,20 @@ def _derived_problems(conn: sqlite3.Connection) -> list[str]:
             "SELECT DISTINCT id FROM entity_keys WHERE id NOT IN (SELECT id FROM entities) LIMIT 10"
         )
     ]
-    counted = (
-        "SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4 "
-        "EXCEPT SELECT type, field, value, live, n FROM key_counts"
-    )
-    kept = (
-        "SELECT type, field, value, live, n FROM key_counts "
-        "EXCEPT SELECT type, field, value, live, count(*) FROM entity_keys GROUP BY 1, 2, 3, 4"
-    )
     out += [
         f"key count of {noun}.{field} = {value!r} (live={live}) is wrong or missing"
-        for noun, field, value, live, _n in conn.execute(f"{counted} UNION {kept} LIMIT 10")
+        for noun, field, value, live, _n in conn.execute(_differ(KEY_COUNTS, "SELECT * FROM key_counts"))
     ]
-    entities = "SELECT type, deleted_at IS NULL, count(*) FROM entities GROUP BY 1, 2"
-    counts = "SELECT type, live, n FROM entity_counts WHERE n != 0"
     out += [
         f"the count of {'live' if live else 'deleted'} {noun} entities is wrong or missing"
-        for noun, live, _n in conn.execute(
-            f"SELECT * FROM ({entities} EXCEPT {counts}) UNION SELECT * FROM ({counts} EXCEPT {entities}) LIMIT 10"
-        )
+        for noun, live, _n in conn.execute(_differ(ENTITY_COUNTS, "SELECT * FROM entity_counts WHERE n != 0"))
     ]
     return out
+
+
+def _differ(expected: str, kept: str) -> str:
+    """SQL for the rows (at most 10) that one of two queries gives and the other does not."""
+    return f"SELECT * FROM ({expected} EXCEPT {kept}) UNION SELECT * FROM ({kept} EXCEPT {expected}) LIMIT 10"
 
 
 __all__ = ["dumps", "replay", "verify_tenant"]
