@@ -7,6 +7,8 @@ names the original's catalog, as an operator restoring on another machine would 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -255,6 +257,54 @@ def test_an_overwrite_restore_is_refused_while_another_process_has_the_tenant_op
     assert restore_tenant(fresh, TENANT, overwrite=True) == store.head(TENANT)[0]  # once it has let go
 
 
+def test_no_store_can_open_a_tenant_while_it_is_being_restored_and_all_see_the_restored_one_after(
+    store: Store, fresh: Store, schemas: SchemaSet, clock: Any
+) -> None:
+    History(fresh, clock).create("Contact", {"name": "Stranger"})  # the file the restore will set aside
+    refusals: list[HeadlesslyError] = []
+
+    with Store(fresh.data_dir, schemas, clock=clock) as server:  # like a second process on the data dir
+
+        def meanwhile(done: int, total: int) -> None:
+            if refusals:
+                return
+            with pytest.raises(HeadlesslyError) as refused:
+                server.do(TENANT, ACTOR, {"action": "create", "type": "Contact", "data": {"name": "Lost?"}})
+            refusals.append(refused.value)
+
+        restored = restore_tenant(fresh, TENANT, overwrite=True, progress=meanwhile)
+        after = server.head(TENANT)
+        names = [c["name"] for c in server.find(TENANT, "Contact", include_deleted=True, limit=100)["results"]]
+
+    assert [(e.code, "being restored" in e.message, bool(e.hint)) for e in refusals] == [("storage_error", True, True)]
+    assert after == store.head(TENANT) and restored == after[0]
+    assert sorted(names) == ["Alice Smith", "Bob Stone", "Carol Jones"]
+
+
+def test_another_process_can_neither_open_nor_create_a_tenant_while_it_is_being_restored(
+    store: Store, fresh: Store
+) -> None:
+    outcome: list[str] = []
+
+    def meanwhile(done: int, total: int) -> None:
+        if outcome:
+            return
+        probe = (
+            "import sys\nfrom server.store import Store\nfrom server.errors import HeadlesslyError\n"
+            'try:\n    with Store(sys.argv[1]) as s: print(s.find(sys.argv[2], "Contact"))\n'
+            "except HeadlesslyError as e: print(e.code, e.message)\n"
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", probe, str(fresh.data_dir), TENANT], capture_output=True, text=True, timeout=60
+        )
+        outcome.append(run.stdout.strip() or run.stderr)
+
+    restore_tenant(fresh, TENANT, progress=meanwhile)
+
+    assert len(outcome) == 1 and outcome[0].startswith("storage_error") and "being restored" in outcome[0]
+    assert fresh.head(TENANT) == store.head(TENANT)
+
+
 def test_an_overwrite_restore_that_cannot_restore_leaves_the_live_tenant_in_place(fresh: Store, clock: Any) -> None:
     live = History(fresh, clock, "gamma")  # a tenant the table has never seen
     live.create("Contact", {"name": "Still Here"})
@@ -403,7 +453,7 @@ def test_a_restored_tenant_has_the_same_rows_as_the_writer_left_in_the_original(
             ("domain", "acme.com", 1), ("email", "alice@acme.io", 1), ("email", "bob@stone.dev", 1),
             ("email", "carol@initech.com", 0), ("domain", "initech.com", 1),
         ]  # fmt: skip
-        assert sorted(p.name for p in (fresh.data_dir / "tenants").iterdir()) == [f"{TENANT}.db"]
+        assert sorted(p.name for p in (fresh.data_dir / "tenants").iterdir()) == [f"{TENANT}.db", f"{TENANT}.db-lock"]
         assert fresh.verify(TENANT)["ok"] is True
         found = fresh.find(TENANT, "Organization", filter={"industry": "Software"}, query="acme")["results"]
         assert [o["$id"] for o in found] == [original["org"]]
@@ -499,7 +549,12 @@ def test_restore_refuses_a_broken_log_and_leaves_the_live_tenant_in_place(
     assert problem in exc.value.message
     assert exc.value.hint
     files = {p.name for p in (fresh.data_dir / "tenants").iterdir()}
-    assert f"{FORGED}.db" in files and files <= {f"{FORGED}.db", f"{FORGED}.db-wal", f"{FORGED}.db-shm"}
+    assert f"{FORGED}.db" in files and files <= {
+        f"{FORGED}.db",
+        f"{FORGED}.db-wal",
+        f"{FORGED}.db-shm",
+        f"{FORGED}.db-lock",
+    }
     assert fresh.head(FORGED) == head
     assert [e["name"] for e in fresh.find(FORGED, "Contact")["results"]] == ["Still Here"]
     assert fresh.verify(FORGED)["ok"] is True
@@ -531,7 +586,8 @@ def test_restore_refuses_a_log_whose_latest_states_share_a_unique_value(
     assert "Contact.email must be unique" in exc.value.message
     assert original["alice"] in exc.value.message and original["bob"] in exc.value.message
     assert fresh.tenants() == []
-    assert list((fresh.data_dir / "tenants").iterdir()) == []
+    # nothing but the tenant's lock file, which is never deleted (that would race with its next user)
+    assert [p.name for p in (fresh.data_dir / "tenants").iterdir()] == [f"{FORGED}.db-lock"]
 
 
 def test_restore_refuses_events_of_a_noun_its_schemas_do_not_define(

@@ -13,7 +13,7 @@ from conftest import AGENT, TENANT, held_open
 
 from server.errors import StorageError, ValidationFailed
 from server.schema import SchemaSet, load_schemas
-from server.store import Store
+from server.store import Store, tenants
 from server.store.reindex import rebuild_alone, shape, stale
 from server.store.sqlite import connect
 
@@ -121,6 +121,79 @@ def test_a_tenant_another_process_has_open_is_refused_until_it_can_be_rebuilt_al
 
     assert "open in another process" in refused.value.message and refused.value.hint
     assert names(red) == ["first"] and red["total"] == 1
+
+
+def test_a_rebuild_waits_for_another_store_of_ours_to_let_go_of_the_tenant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = widgets(tmp_path, '"color": "string"')
+    with Store(tmp_path / "data", plain) as s:
+        make(s, name="first", color="red")
+    waits: list[float] = []
+
+    with Store(tmp_path / "data", plain, follow_schemas=False) as flusher:  # like a flush child mid-round
+        flusher.find(TENANT, "Widget")
+
+        def round_ends(seconds: float) -> None:
+            waits.append(seconds)
+            flusher.pool.close_idle()
+
+        monkeypatch.setattr(tenants, "sleep", round_ends)
+        with Store(tmp_path / "data", widgets(tmp_path, '"color": "string#"')) as s:
+            red = s.find(TENANT, "Widget", filter={"color": "red"})
+
+    assert len(waits) == 1
+    assert names(red) == ["first"] and red["total"] == 1
+
+
+def test_a_tenant_rebuilt_meanwhile_for_the_same_schemas_is_opened_while_the_other_store_still_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string"')) as s:
+        make(s, name="first", color="red")
+    indexed = widgets(tmp_path, '"color": "string#"')
+    path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
+    waits: list[float] = []
+
+    with Store(tmp_path / "data", indexed, follow_schemas=False) as other:
+        other.find(TENANT, "Widget")
+
+        def other_rebuilds(seconds: float) -> None:  # closes the tenant, rebuilds it alone, and opens it again
+            waits.append(seconds)
+            other.pool.close_idle()
+            rebuild_alone(path, indexed)
+            other.find(TENANT, "Widget")
+
+        monkeypatch.setattr(tenants, "sleep", other_rebuilds)
+        with Store(tmp_path / "data", indexed) as s:
+            red = s.find(TENANT, "Widget", filter={"color": "red"})
+
+    assert len(waits) == 1
+    assert names(red) == ["first"] and red["total"] == 1
+
+
+def test_a_rebuild_is_refused_while_another_store_keeps_the_tenant_open_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = widgets(tmp_path, '"color": "string"')
+    indexed = widgets(tmp_path, '"color": "string#"')
+    with Store(tmp_path / "data", plain) as s:
+        make(s, name="first", color="red")
+    path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
+    monkeypatch.setattr(tenants, "REBUILD_WAIT_SECONDS", 0.0)
+
+    with Store(tmp_path / "data", plain, follow_schemas=False) as other:
+        other.find(TENANT, "Widget")
+        with Store(tmp_path / "data", indexed) as s, pytest.raises(StorageError) as refused:
+            s.find(TENANT, "Widget", filter={"color": "red"})
+        with closing(connect(path)) as conn:
+            still = [n.name for n in stale(conn, indexed)]
+    with Store(tmp_path / "data", indexed) as s:
+        red = s.find(TENANT, "Widget", filter={"color": "red"})
+
+    assert "open in another process" in refused.value.message and refused.value.hint
+    assert still == ["Widget"]
+    assert names(red) == ["first"]
 
 
 def test_a_new_noun_or_a_changed_noun_without_entities_needs_no_rebuild_while_the_tenant_is_open_elsewhere(

@@ -6,13 +6,15 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from ..errors import HeadlesslyError, ValidationFailed
+from ..errors import HeadlesslyError, StorageError, ValidationFailed
 from ..store import Store
 from ..store.bulk import EVENT_COLUMNS, EventTuple, bulk_load
 from ..store.events import GENESIS_HASH
+from ..store.filelock import LockBusy, TenantLock
 from ..store.tenants import tenant_path
 from . import catalog as cat
 
@@ -55,80 +57,105 @@ def restore_tenant(
 ) -> int:
     """Rebuild `tenant` from the table into `store`; returns the number of events restored.
 
-    Refuses a tenant that already has events unless `overwrite`. The database is built and checked
-    beside the live file and only then moved into place; the replaced file is kept beside it as
-    `<tenant>.db.replaced-<time>`."""
+    Refuses a tenant that already has events unless `overwrite`, and a tenant open in another process.
+    The database is built and checked beside the live file and only then moved into place; the replaced
+    file is kept beside it as `<tenant>.db.replaced-<time>`. From the build on, the tenant's lock file is
+    held exclusive, so no server can open the file being replaced."""
     table = cat.open_table(store.data_dir)
-    _refuse_live(store, tenant, overwrite)
-    _refuse_open_elsewhere(store, tenant)
+    path = tenant_path(store.data_dir, tenant)
+    store.pool.forget(tenant)  # our own connections
+    _refuse(path, tenant, overwrite)  # early, before reading the table
     rows = read_tenant(table, tenant)
     total = rows.num_rows
     if total == 0:
         raise ValidationFailed(
             f"the table has no events for tenant {tenant!r}", hint="Check the tenant name and the catalog."
         )
-    path = tenant_path(store.data_dir, tenant)
     path.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(f"{path}.restoring-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    lock = TenantLock(path)
     try:
-        restored = bulk_load(
-            building,
-            store.schemas,
-            _event_tuples(rows),
-            store.pool.durability,
-            (lambda done: progress(done, total)) if progress else None,
-            indexing,
-        )
-        _refuse_live(store, tenant, overwrite)  # nobody made it live while it was being built
-        _refuse_open_elsewhere(store, tenant)
-        aside = _set_aside(store, tenant)
         try:
-            building.rename(path)
+            lock.exclusive()
+        except LockBusy:
+            raise _open_elsewhere(tenant) from None
+        store.pool.forget(tenant)
+        _refuse(path, tenant, overwrite)  # again, now that nobody of ours can open it
+        building = Path(f"{path}.restoring-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        try:
+            restored = bulk_load(
+                building,
+                store.schemas,
+                _event_tuples(rows),
+                store.pool.durability,
+                (lambda done: progress(done, total)) if progress else None,
+                indexing,
+            )
+            _refuse_open_elsewhere(path, tenant)  # a process that does not take the lock file
+            aside = _set_aside(path)
+            try:
+                building.rename(path)
+            except BaseException:
+                for moved, original in aside:
+                    moved.rename(original)  # the tenant as it was, back in place
+                raise
         except BaseException:
-            for moved, original in aside:
-                moved.rename(original)  # the tenant as it was, back in place
+            for suffix in ("", "-journal", "-wal", "-shm"):
+                Path(f"{building}{suffix}").unlink(missing_ok=True)
             raise
-    except BaseException:
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            Path(f"{building}{suffix}").unlink(missing_ok=True)
-        raise
+    finally:
+        lock.release()
     return restored
 
 
-def _refuse_live(store: Store, tenant: str, overwrite: bool) -> None:
-    if not overwrite and store.pool.exists(tenant) and store.head(tenant)[0] > 0:
+def _refuse(path: Path, tenant: str, overwrite: bool) -> None:
+    """Refuse a tenant that has events (unless `overwrite`) or is open in another process."""
+    if not path.exists():
+        return
+    _refuse_open_elsewhere(path, tenant)
+    if overwrite:
+        return
+    try:
+        with closing(sqlite3.connect(path, timeout=10)) as conn:
+            (has_events,) = conn.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchone()
+    except sqlite3.Error as exc:
+        raise StorageError(
+            f"cannot read tenant {tenant!r} to see whether it has events: {exc}",
+            hint="Pass --overwrite to replace it (the current file is kept aside).",
+        ) from None
+    if has_events:
         raise TenantExists(
-            f"tenant {tenant!r} already has events in {store.data_dir}",
+            f"tenant {tenant!r} already has events in {path.parent.parent}",
             hint="Restore into another --data-dir, or pass --overwrite (the current file is kept aside).",
         )
 
 
-def _refuse_open_elsewhere(store: Store, tenant: str) -> None:
-    """Refuse while another process (a running server, its background flush) has the tenant's file open: it
-    would go on reading and writing the moved-aside file. In WAL mode every open connection holds a shared
-    lock on the file's shared memory, so an exclusive-mode transaction succeeds only when nobody else is in."""
-    path = tenant_path(store.data_dir, tenant)
+def _open_elsewhere(tenant: str) -> TenantExists:
+    return TenantExists(
+        f"tenant {tenant!r} is open in another process (a running `headlessly serve`?)",
+        hint="Stop every server and command using this --data-dir, then restore.",
+    )
+
+
+def _refuse_open_elsewhere(path: Path, tenant: str) -> None:
+    """Refuse while another process has the tenant's file open, even one that does not take the lock file
+    (an older server, the sqlite3 shell): it would go on reading and writing the moved-aside file. In WAL
+    mode every open connection holds a shared lock on the file's shared memory, so an exclusive-mode
+    transaction succeeds only when nobody else is in."""
     if not path.exists():
-        return
-    store.pool.forget(tenant)  # our own connections
+        return  # (connecting would create it)
     probe = sqlite3.connect(path, isolation_level=None, timeout=0)
     try:
         probe.execute("PRAGMA locking_mode = EXCLUSIVE")
         probe.execute("BEGIN EXCLUSIVE")
         probe.execute("ROLLBACK")
     except sqlite3.OperationalError:
-        raise TenantExists(
-            f"tenant {tenant!r} is open in another process (a running `headlessly serve`?)",
-            hint="Stop every server and command using this --data-dir, then restore.",
-        ) from None
+        raise _open_elsewhere(tenant) from None
     finally:
         probe.close()
 
 
-def _set_aside(store: Store, tenant: str) -> list[tuple[Path, Path]]:
-    """Close the tenant and move its files to `<tenant>.db.replaced-<time>`; returns (new, old) paths."""
-    store.pool.forget(tenant)
-    path = tenant_path(store.data_dir, tenant)
+def _set_aside(path: Path) -> list[tuple[Path, Path]]:
+    """Move the tenant's files to `<tenant>.db.replaced-<time>`; returns (new, old) paths."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
     moved = []
     for suffix in ("", "-wal", "-shm"):

@@ -9,12 +9,14 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
+from time import monotonic, sleep
 
 from ..errors import InvalidTenant, LimitExceeded, NotFound, StorageError
 from ..schema import SchemaSet
 from .checkpoints import Checkpointer
+from .filelock import LockBusy, TenantLock
 from .reindex import rebuild_alone, stale
 from .sqlite import connect, migrate
 from .writer import Writer
@@ -22,6 +24,7 @@ from .writer import Writer
 log = logging.getLogger(__name__)
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+REBUILD_WAIT_SECONDS = 10.0
 _DEVICE_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
@@ -57,38 +60,74 @@ class Tenant:
         self.name = name
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = connect(path, durability)
+        self._durability = durability
+        self._lock = TenantLock(path)
         try:
+            self._share()
+        except BaseException:
+            self._lock.release()
+            raise
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = connect(path, durability)
             migrate(conn)
-            rebuilds = refusals = 0
-            while follow_schemas and stale(conn, schemas):
-                if rebuilds == 3:  # rebuilt, and each time re-indexed for other schemas by someone else
+            if follow_schemas and stale(conn, schemas):
+                conn.close()
+                conn = None  # nothing open while the lock is upgraded
+                self._rebuild(schemas)
+                conn = connect(path, durability)
+                if stale(conn, schemas):  # re-indexed for other schemas between our rebuild and now
                     raise StorageError(
-                        f"tenant {name!r} keeps being re-indexed for other schemas by another process",
+                        f"tenant {name!r} is being re-indexed for other schemas by another process",
                         hint="Run every server on this --data-dir with the same --schemas.",
                     )
-                conn.close()
-                try:
-                    rebuilt = rebuild_alone(path, schemas)
-                    rebuilds += 1
-                    log.info("tenant %s: rebuilt the lookup keys and full text of %s", name, ", ".join(rebuilt))
-                except StorageError:
-                    # Open elsewhere: maybe by a server rebuilding it for these same schemas right now. The
-                    # next look waits out such a rebuild (busy timeout) and finds nothing left to do.
-                    refusals += 1
-                    if refusals == 2:
-                        raise
-                conn = connect(path, durability)
         except BaseException:
-            conn.close()
+            if conn is not None:
+                conn.close()
+            self._lock.release()
             raise
         self.writer = Writer(conn, clock, checkpoint_due)
-        self._durability = durability
         self._readers: list[sqlite3.Connection] = []
         self._reader_count = 0
         self._max_readers = max_readers
         self._cv = threading.Condition()
         self.leases = 0
+
+    def _rebuild(self, schemas: SchemaSet) -> None:
+        """Rebuild the keys and full text built for other schemas, holding the tenant alone. Waits for
+        the other processes of ours to let go (a flush child closes idle tenants after each round), or
+        for one of them to have rebuilt it for these same schemas."""
+        deadline = monotonic() + REBUILD_WAIT_SECONDS
+        while not self._lock.try_exclusive():
+            self._share()
+            if not self._stale(schemas):
+                return
+            if monotonic() >= deadline:
+                raise StorageError(
+                    f"tenant {self.name!r} was indexed for other schemas and is open in another process, "
+                    "so its lookup keys cannot be rebuilt now",
+                    hint="Stop the other server or command using this --data-dir (or start it with the same "
+                    "--schemas); the keys are rebuilt when the tenant is next opened alone.",
+                )
+            sleep(0.05)  # flock(2) has no wait with a timeout
+        try:
+            rebuilt = rebuild_alone(self.path, schemas)
+        finally:
+            self._share()
+        log.info("tenant %s: rebuilt the lookup keys and full text of %s", self.name, ", ".join(rebuilt))
+
+    def _stale(self, schemas: SchemaSet) -> bool:
+        with closing(connect(self.path, self._durability)) as conn:
+            return bool(stale(conn, schemas))
+
+    def _share(self) -> None:
+        try:
+            self._lock.share()
+        except LockBusy:
+            raise StorageError(
+                f"tenant {self.name!r} is being restored (`headlessly restore`) and cannot be opened now",
+                hint="Nothing was read or written. Retry when the restore has finished.",
+            ) from None
 
     @contextmanager
     def reader(self) -> Iterator[sqlite3.Connection]:
@@ -132,6 +171,7 @@ class Tenant:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+        self._lock.release()
 
 
 class TenantPool:
