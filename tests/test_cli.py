@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -318,6 +319,28 @@ def test_verify_without_a_tenant_checks_every_tenant(
     assert result.code == 0, result.err
     assert sorted(r["tenant"] for r in result.json_lines()) == ["acme", "globex"]
     assert all(r["ok"] for r in result.json_lines())
+
+
+def test_verify_points_at_reindex_for_broken_lookup_keys_and_reindex_repairs_them(
+    tmp_path: Path, data_dir: Path, history: History
+) -> None:
+    db = data_dir / "tenants" / f"{TENANT}.db"
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("DELETE FROM entity_keys")
+        conn.execute("DELETE FROM entities_fts")
+        conn.commit()
+
+    broken = run("verify", "--tenant", TENANT, "--no-lake", cwd=tmp_path, data_dir=data_dir)
+    repaired = run("reindex", "--tenant", TENANT, cwd=tmp_path, data_dir=data_dir)
+    after = run("verify", "--tenant", TENANT, "--no-lake", cwd=tmp_path, data_dir=data_dir)
+    missing = run("reindex", "--tenant", "nobody", cwd=tmp_path, data_dir=data_dir)
+
+    assert broken.code == 1 and "full text differs" in broken.out
+    assert f"headlessly reindex --tenant {TENANT}" in broken.out
+    assert repaired.code == 0, repaired.out + repaired.err
+    assert "verify: ok" in repaired.out
+    assert after.code == 0 and f"{TENANT}: ok" in after.out
+    assert missing.code == 2 and "does not exist" in missing.err
 
 
 # ---- serve refusals -----------------------------------------------------------------------------

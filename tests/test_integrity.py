@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from server.errors import HeadlesslyError, NotFound, VersionConflict
-from server.schema import SchemaSet
+from server.errors import HeadlesslyError, NotFound, StorageError, VersionConflict
+from server.schema import SchemaSet, load_schemas
 from server.store import Store
+from server.store.reindex import reindex_tenant
 
 TENANT = "acme"
 AGENT = "agent_mR4nVkTw"
@@ -212,6 +213,83 @@ def test_a_key_row_out_of_step_with_its_entitys_deletion_or_without_an_entity_ma
 
     assert any(org_id in p and "deleted" in p for p in problems), problems
     assert any("organization_gone12345" in p and "no entity" in p for p in problems), problems
+
+
+def test_a_lookup_key_that_does_not_follow_from_its_entitys_state_makes_verify_fail(store: Store, clock: Any) -> None:
+    acme = create(store, "Organization", {"name": "Acme", "industry": "Software"})
+    globex = create(store, "Organization", {"name": "Globex", "domain": "globex.com"})
+    with raw_sql(store) as conn:
+        conn.execute("UPDATE entity_keys SET value = 'Retail' WHERE id = ?", (acme["$id"],))
+        conn.execute("DELETE FROM entity_keys WHERE id = ?", (globex["$id"],))
+    problems = store.verify(TENANT)["problems"]
+
+    assert any(acme["$id"] in p and "'Software' is missing" in p for p in problems), problems
+    assert any(acme["$id"] in p and "'Retail' does not follow from its state" in p for p in problems), problems
+    assert any(globex["$id"] in p and "'globex.com' is missing" in p for p in problems), problems
+
+
+def test_full_text_that_differs_from_its_entitys_state_or_has_no_entity_makes_verify_fail(
+    store: Store, clock: Any
+) -> None:
+    alice = create(store, "Contact", {"name": "Alice Smith"})
+    with raw_sql(store) as conn:
+        conn.execute("UPDATE entities_fts SET body = 'Mallory' WHERE body = 'Alice Smith'")
+        conn.execute("INSERT INTO entities_fts (rowid, body) VALUES (999, 'Nobody')")
+    problems = store.verify(TENANT)["problems"]
+
+    assert any(alice["$id"] in p and "full text differs" in p for p in problems), problems
+    assert any("full text row 999 has no entity" in p for p in problems), problems
+
+
+def test_verify_leaves_keys_built_for_other_schemas_to_serve_and_names_their_nouns(
+    tmp_path: Path, schemas: SchemaSet, clock: Any
+) -> None:
+    with Store(tmp_path / "data", schemas, clock=clock) as s:
+        create(s, "Organization", {"name": "Acme", "industry": "Software"})
+    folder = tmp_path / "other-schemas"
+    folder.mkdir()
+    (folder / "crm.json").write_text('{"$domain": "CRM", "Organization": {"name": "string!", "industry": "string"}}')
+    other = load_schemas([folder])
+
+    with Store(tmp_path / "data", other, clock=clock, follow_schemas=False) as s:
+        report = s.verify(TENANT)
+
+    assert report["ok"] is True, report["problems"]
+    assert report["builtForOtherSchemas"] == ["Organization"]
+
+
+def test_reindex_rebuilds_lookup_keys_and_full_text_from_the_states(store: Store, clock: Any) -> None:
+    acme = create(store, "Organization", {"name": "Acme", "industry": "Software"})
+    path = tenant_file(store)
+    with raw_sql(store) as conn:
+        conn.execute("UPDATE entity_keys SET value = 'Retail'")
+        conn.execute("DELETE FROM entities_fts")
+        conn.execute("INSERT INTO entity_keys (type, field, value, id, uniq, live, updated_at) VALUES ('Organization', 'industry', 'Mining', 'organization_gone12345', 0, 1, '2026-01-01T00:00:00.000000Z')")  # fmt: skip
+    assert not store.verify(TENANT)["ok"]
+    store.pool.forget(TENANT)
+
+    rebuilt = reindex_tenant(path, store.schemas)
+
+    report = store.verify(TENANT)
+    assert "Organization" in rebuilt and "Contact" in rebuilt
+    assert report["ok"] is True, report["problems"]
+    assert [o["$id"] for o in store.find(TENANT, "Organization", filter={"industry": "Software"})["results"]] == [
+        acme["$id"]
+    ]
+    assert [o["$id"] for o in store.find(TENANT, "Organization", query="acme")["results"]] == [acme["$id"]]
+    assert store.find(TENANT, "Organization", filter={"industry": "Mining"})["results"] == []
+
+
+def test_reindex_is_refused_while_a_store_has_the_tenant_open_and_changes_nothing(store: Store, clock: Any) -> None:
+    create(store, "Organization", {"name": "Acme", "industry": "Software"})
+    with raw_sql(store) as conn:
+        conn.execute("DELETE FROM entity_keys")
+
+    with pytest.raises(StorageError) as refused:
+        reindex_tenant(tenant_file(store), store.schemas)  # the store still has it open
+
+    assert "open in another process" in refused.value.message and refused.value.hint
+    assert any("'Software' is missing" in p for p in store.verify(TENANT)["problems"])
 
 
 def test_verify_is_ok_on_a_healthy_tenant_with_many_kinds_of_operation(store: Store, clock: Any) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import StorageError, ValidationFailed
 from ..schema import Noun, SchemaSet
+from .filelock import LockBusy, TenantLock
 from .mutations import INSERT_KEY, key_rows, search_body
 from .sqlite import in_tx
 
@@ -64,11 +65,11 @@ def _has_entities(conn: sqlite3.Connection, noun: Noun) -> bool:
     return conn.execute("SELECT 1 FROM entities WHERE type = ? LIMIT 1", (noun.name,)).fetchone() is not None
 
 
-def rebuild_alone(path: Path, schemas: SchemaSet) -> list[str]:
-    """Rebuild the stale nouns of the tenant file `path` through a connection that holds it alone;
-    the names rebuilt. Raises StorageError when another process has the file open, and
-    ValidationFailed when a field made unique holds the same value on two live entities (then
-    nothing is changed)."""
+def rebuild_alone(path: Path, schemas: SchemaSet, every: bool = False) -> list[str]:
+    """Rebuild the stale nouns (with `every`, all nouns, and drop keys and text of no entity) of the
+    tenant file `path` through a connection that holds it alone; the names rebuilt. Raises StorageError
+    when another process has the file open, and ValidationFailed when a unique field holds the same value
+    on two live entities (then nothing is changed)."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=0)
     try:
         conn.execute("PRAGMA locking_mode = EXCLUSIVE")
@@ -76,15 +77,17 @@ def rebuild_alone(path: Path, schemas: SchemaSet) -> list[str]:
             conn.execute("BEGIN EXCLUSIVE")
         except sqlite3.OperationalError:
             raise StorageError(
-                f"tenant {path.stem!r} was indexed for other schemas and is open in another process, "
-                "so its lookup keys cannot be rebuilt now",
+                f"tenant {path.stem!r} is open in another process, so its lookup keys cannot be rebuilt now",
                 hint="Stop the other server or command using this --data-dir (or start it with the same "
                 "--schemas); the keys are rebuilt when the tenant is next opened alone.",
             ) from None
         try:
-            nouns = changed(conn, schemas)
+            nouns = list(schemas.nouns.values()) if every else changed(conn, schemas)
             for noun in nouns:
                 _rebuild(conn, noun)
+            if every:
+                conn.execute("DELETE FROM entity_keys WHERE id NOT IN (SELECT id FROM entities)")
+                conn.execute("DELETE FROM entities_fts WHERE rowid NOT IN (SELECT rowid FROM entities)")
             record(conn, nouns)
         except BaseException:
             conn.execute("ROLLBACK")
@@ -93,6 +96,33 @@ def rebuild_alone(path: Path, schemas: SchemaSet) -> list[str]:
         return [noun.name for noun in nouns]
     finally:
         conn.close()
+
+
+def reindex_tenant(path: Path, schemas: SchemaSet) -> list[str]:
+    """`headlessly reindex`: rebuild every noun's lookup keys and full text from the current states,
+    holding the tenant alone (its lock file exclusive, then the file itself); the nouns rebuilt."""
+    lock = TenantLock(path)
+    try:
+        try:
+            lock.exclusive()
+        except LockBusy:
+            raise StorageError(
+                f"tenant {path.stem!r} is open in another process, so its lookup keys cannot be rebuilt now",
+                hint="Stop every server and command using this --data-dir, then run reindex again.",
+            ) from None
+        return rebuild_alone(path, schemas, every=True)
+    finally:
+        lock.release()
+
+
+def checkable(conn: sqlite3.Connection, schemas: SchemaSet) -> tuple[list[Noun], list[str]]:
+    """The nouns whose key rows and full text were built for these schemas (or for no recorded ones:
+    a file from before shapes were recorded, which `serve` takes as built for its schemas), so verify
+    can re-derive them; and the names of those built for other schemas (`serve` rebuilds them)."""
+    if not _any_shape(conn):
+        return list(schemas.nouns.values()), []
+    differ = {noun.name for noun in changed(conn, schemas)}
+    return [n for n in schemas.nouns.values() if n.name not in differ], sorted(differ)
 
 
 def _any_shape(conn: sqlite3.Connection) -> bool:

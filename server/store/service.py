@@ -177,7 +177,7 @@ class Store:
 
     def verify(self, tenant: str, progress: Any = None) -> dict[str, Any]:
         with self.pool.lease(tenant, create=False) as t, t.snapshot() as conn:
-            report = verify_tenant(conn, progress)
+            report = verify_tenant(conn, progress, self.schemas)
         report["tenant"] = tenant
         return report
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from ..schema import Noun, SchemaSet
 from .events import GENESIS_HASH, EventRow, dumps, row_hash
+from .mutations import key_rows, search_body
 from .queries import iter_events
+from .reindex import checkable
 from .sqlite import ENTITY_COUNTS, KEY_COUNTS
 
 MAX_PROBLEMS = 100
@@ -47,8 +51,11 @@ def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def verify_tenant(conn: sqlite3.Connection, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """A report: counts, the head hash, and every problem found (at most 100 listed)."""
+def verify_tenant(
+    conn: sqlite3.Connection, progress: Callable[[int], None] | None = None, schemas: SchemaSet | None = None
+) -> dict[str, Any]:
+    """A report: counts, the head hash, and every problem found (at most 100 listed). With `schemas`,
+    also the lookup keys and full text of every noun built for them, re-derived from the states."""
     problems: list[str] = []
 
     def problem(text: str) -> None:
@@ -101,13 +108,53 @@ def verify_tenant(conn: sqlite3.Connection, progress: Callable[[int], None] | No
         problem(f"entity {missing} has events but no materialized row")
     for text in _derived_problems(conn):
         problem(text)
-    return {
-        "ok": not problems,
-        "events": count,
-        "entities": entity_count,
-        "headHash": prev_hash,
-        "problems": problems,
-    }
+    report: dict[str, Any] = {"events": count, "entities": entity_count, "headHash": prev_hash}
+    if schemas is not None:
+        nouns, other = checkable(conn, schemas)
+        for text in _keys_and_text_problems(conn, nouns):
+            problem(text)
+        if other:
+            report["builtForOtherSchemas"] = other
+    return {"ok": not problems, **report, "problems": problems}
+
+
+def _keys_and_text_problems(conn: sqlite3.Connection, nouns: list[Noun]) -> list[str]:
+    """Lookup keys and full text of `nouns`' entities that are not what their states give (the live flag and
+    update time of keys are checked by `_derived_problems`)."""
+    by_name = {noun.name: noun for noun in nouns}
+    expected: Counter[tuple[Any, ...]] = Counter()
+    texts: dict[int, tuple[str, str | None]] = {}  # rowid -> (id, body, None when the noun has no text)
+    for rowid, entity_id, type_, state_text in conn.execute("SELECT rowid, id, type, state FROM entities"):
+        noun = by_name.get(type_)
+        if noun is None:
+            continue
+        state = json.loads(state_text)
+        expected.update(row[:5] for row in key_rows(noun, entity_id, state))
+        texts[rowid] = (entity_id, search_body(noun, state) if noun.text_fields else None)
+    found: Counter[tuple[Any, ...]] = Counter(
+        tuple(row) for row in conn.execute("SELECT type, field, value, id, uniq FROM entity_keys") if row[0] in by_name
+    )
+    out = [
+        f"entity {entity_id}: its lookup key {noun}.{field} = {value!r} is missing"
+        for noun, field, value, entity_id, _u in sorted(expected - found, key=repr)[:10]
+    ]
+    out += [
+        f"entity {entity_id}: lookup key {noun}.{field} = {value!r} does not follow from its state"
+        for noun, field, value, entity_id, _u in sorted(found - expected, key=repr)[:10]
+    ]
+    bodies = dict(conn.execute("SELECT rowid, body FROM entities_fts").fetchall())
+    for rowid, (entity_id, body) in texts.items():
+        if bodies.get(rowid) != body:
+            out.append(f"entity {entity_id}: its full text differs from its state")
+            if len(out) >= 20:
+                break
+    out += [
+        f"full text row {rowid} has no entity"
+        for (rowid,) in conn.execute(
+            "SELECT rowid FROM entities_fts WHERE rowid NOT IN (SELECT rowid FROM entities) LIMIT 10"
+        )
+    ]
+    return out
 
 
 def _derived_problems(conn: sqlite3.Connection) -> list[str]:
