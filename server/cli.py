@@ -451,6 +451,7 @@ def _lake_table_if_any(data_dir: Path) -> Any:
 @schemas_option
 def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
     """Send every event not yet in the Iceberg table to it, exactly once, with progress."""
+    from .errors import HeadlesslyError, TenantBusy
     from .lake import catalog as cat
     from .lake.flusher import Flusher
 
@@ -458,14 +459,26 @@ def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...
     try:
         names = list(dict.fromkeys(tenants)) or store.tenants()
         flusher = Flusher(store)
-        backlog = sum(max(0, store.head(n)[0] - cat.watermark(flusher.table, n)[0]) for n in names)
+        backlog = 0
+        for name in names:
+            try:
+                backlog += max(0, store.head(name)[0] - cat.watermark(flusher.table, name)[0])
+            except TenantBusy:
+                pass  # the flush says so
+            except HeadlesslyError as exc:
+                _fail(f"{exc.code}: {exc.message}")
         with click.progressbar(length=backlog, label="flushing", file=sys.stderr, show_pos=True) as bar:
             report = flusher.flush(names, progress=lambda _tenant, n: bar.update(n))
         for name, n in report.tenants.items():
             click.echo(f"  {name}: {n} events (oldest was {report.lag_seconds[name]:.1f}s old)", err=True)
     finally:
         store.close()
-    click.echo(f"flushed {report.events} events of {len(names)} tenant(s)")
+    click.echo(f"flushed {report.events} events of {len(names) - len(report.busy)} tenant(s)")
+    if report.busy:
+        _fail(
+            f"not flushed: {', '.join(report.busy)} (being restored, reindexed or rebuilt by another process); "
+            "run flush again when that has finished"
+        )
 
 
 @main.command()

@@ -114,6 +114,10 @@ class StorageError(HeadlesslyError):
     code = "storage_error"
 
 
+class TenantBusy(StorageError):
+    """Another process has the tenant to itself (a restore, a reindex, a rebuild for new schemas)."""
+
+
 class SchemaError(Exception):
     """A malformed schema file: raised at start-up, naming file, noun, field and problem."""
 

@@ -22,7 +22,9 @@ from server.lake import catalog as cat
 from server.lake.flusher import Flusher, FlushReport, LakeDiverged
 from server.lake.restore import check_tenant, read_tenant
 from server.schema import SchemaSet
-from server.store import Store
+from server.store import Store, tenants
+from server.store.filelock import TenantLock
+from server.store.tenants import tenant_path
 from server.timeutil import parse_time
 
 TENANT = "acme"
@@ -193,6 +195,27 @@ def test_flushing_chosen_tenants_moves_only_their_watermarks(store: Store, clock
     assert cat.watermark(table, "acme")[0] == 3
     assert cat.watermark(table, "beta") == store.head("beta")
     assert [r["seq"] for r in lake_rows(table, "acme")] == [1, 2, 3]
+    assert_exactly_once(store, "beta")
+
+
+def test_a_tenant_being_restored_is_left_for_the_next_round_and_the_others_are_flushed(
+    store: Store, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_events(store, clock, 3, "acme")
+    write_events(store, clock, 4, "beta")
+    store.pool.forget("acme")
+    monkeypatch.setattr(tenants, "LOCK_WAIT_SECONDS", 0.0)
+    restoring = TenantLock(tenant_path(store.data_dir, "acme"))
+    assert restoring.try_exclusive("restore")
+    try:
+        report = Flusher(store).flush()
+    finally:
+        restoring.release()
+    later = Flusher(store).flush()
+
+    assert report.tenants == {"beta": 4} and report.busy == ["acme"]
+    assert later.tenants == {"acme": 3} and later.busy == []
+    assert_exactly_once(store, "acme")
     assert_exactly_once(store, "beta")
 
 

@@ -180,7 +180,7 @@ def test_a_rebuild_is_refused_while_another_store_keeps_the_tenant_open_and_chan
     with Store(tmp_path / "data", plain) as s:
         make(s, name="first", color="red")
     path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
-    monkeypatch.setattr(tenants, "REBUILD_WAIT_SECONDS", 0.0)
+    monkeypatch.setattr(tenants, "LOCK_WAIT_SECONDS", 0.0)
 
     with Store(tmp_path / "data", plain, follow_schemas=False) as other:
         other.find(TENANT, "Widget")

@@ -101,12 +101,12 @@ def _close(stream: IO[bytes] | None) -> None:
             stream.close()
 
 
-def flush_once(store: Store, flusher: Any, what: str, tenants: list[str] | None = None) -> tuple[Any, bool]:
+def flush_once(store: Store, flusher: Any, what: str, tenants: list[str] | None = None) -> tuple[Any, list[str] | None]:
     """One flush round (of `tenants`, default all) that logs instead of raising (the table may be unreachable
     for a while: the next round catches up); returns the Flusher to reuse, which keeps the catalog and table
-    loaded, and whether the round succeeded."""
+    loaded, and the tenants it had to leave for later (being restored or rebuilt), or None if it failed."""
     if not store.tenants():
-        return flusher, True
+        return flusher, []
     try:
         if flusher is None:
             from .flusher import Flusher
@@ -117,8 +117,8 @@ def flush_once(store: Store, flusher: Any, what: str, tenants: list[str] | None 
             log.info("%s: %d events of %d tenant(s) to the lakehouse", what, report.events, len(report.tenants))
     except Exception:
         log.exception("%s failed; the next round retries", what)
-        return None, False  # and starts from a fresh catalog and table
-    return flusher, True
+        return None, None  # and starts from a fresh catalog and table
+    return flusher, report.busy
 
 
 Signature = tuple[tuple[int, int] | None, ...]
@@ -174,9 +174,9 @@ def _follow(store: Store, interval: float) -> None:
         rounds += 1
         due = watch.changed()
         if due:
-            flusher, ok = flush_once(store, flusher, "background flush", sorted(due))
-            if ok:
-                watch.flushed.update(due)
+            flusher, left = flush_once(store, flusher, "background flush", sorted(due))
+            if left is not None:
+                watch.flushed.update({tenant: sig for tenant, sig in due.items() if tenant not in left})
             # Hold no tenant file between rounds: the server rebuilds a tenant's keys for new schemas
             # only while nobody else has it open (store/reindex.py).
             store.pool.close_idle()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import TenantBusy
 from ..store import Store
 from ..timeutil import now_us, parse_time
 from . import catalog as cat
@@ -35,6 +36,7 @@ class FlushReport:
     tenants: dict[str, int] = field(default_factory=dict)  # events flushed per tenant
     commits: int = 0
     lag_seconds: dict[str, float] = field(default_factory=dict)  # age of the oldest event flushed
+    busy: list[str] = field(default_factory=list)  # left for the next round: another process had them to itself
 
     @property
     def events(self) -> int:
@@ -77,7 +79,7 @@ class Flusher:
         until: dict[str, int] = {}
         diverged: list[str] = []
         races = 0
-        while group := self._gather(pending, until, diverged):
+        while group := self._gather(pending, until, diverged, report.busy):
             table = self.table
             self.fault("before_write")
             try:
@@ -101,9 +103,10 @@ class Flusher:
             raise LakeDiverged("; ".join(diverged))
         return report
 
-    def _gather(self, pending: list[str], until: dict[str, int], diverged: list[str]) -> list[Batch]:
+    def _gather(self, pending: list[str], until: dict[str, int], diverged: list[str], busy: list[str]) -> list[Batch]:
         """The next commit: the first pending tenants' events after their watermark, `batch` rows at
-        most; drops from `pending` the tenants with nothing (more) to send."""
+        most; drops from `pending` the tenants with nothing (more) to send, and those being restored or
+        rebuilt (into `busy`: the next round takes them)."""
         table = self.table
         group: list[Batch] = []
         room = self.batch
@@ -111,9 +114,15 @@ class Flusher:
             if room <= 0:
                 break
             seq, h = cat.watermark(table, tenant)
-            if tenant not in until:
-                until[tenant] = self.store.head(tenant)[0]
-            batch = read_batch(self.store, tenant, seq, until[tenant], room) if seq < until[tenant] else None
+            try:
+                if tenant not in until:
+                    until[tenant] = self.store.head(tenant)[0]
+                batch = read_batch(self.store, tenant, seq, until[tenant], room) if seq < until[tenant] else None
+            except TenantBusy as exc:
+                log.info("not flushing tenant %s this round: %s", tenant, exc.message)
+                busy.append(tenant)
+                pending.remove(tenant)
+                continue
             if batch is not None and batch.prev_hash != h:
                 diverged.append(
                     f"tenant {tenant}: the table's watermark (seq {seq}) does not match the log's event before seq {seq + 1}"

@@ -14,7 +14,7 @@ from ..errors import HeadlesslyError, StorageError, ValidationFailed
 from ..store import Store
 from ..store.bulk import EVENT_COLUMNS, EventTuple, bulk_load
 from ..store.events import GENESIS_HASH
-from ..store.filelock import LockBusy, TenantLock
+from ..store.filelock import TenantLock
 from ..store.tenants import tenant_path
 from . import catalog as cat
 
@@ -74,10 +74,8 @@ def restore_tenant(
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = TenantLock(path)
     try:
-        try:
-            lock.exclusive()
-        except LockBusy:
-            raise _open_elsewhere(tenant) from None
+        if not lock.try_exclusive("restore"):
+            raise _open_elsewhere(tenant)
         store.pool.forget(tenant)
         _refuse(path, tenant, overwrite)  # again, now that nobody of ours can open it
         building = Path(f"{path}.restoring-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
@@ -90,7 +88,7 @@ def restore_tenant(
                 (lambda done: progress(done, total)) if progress else None,
                 indexing,
             )
-            _refuse_open_elsewhere(path, tenant)  # a process that does not take the lock file
+            _refuse(path, tenant, overwrite)  # again: a process that does not take the lock file
             aside = _set_aside(path)
             try:
                 building.rename(path)

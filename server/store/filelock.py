@@ -1,20 +1,28 @@
-"""A tenant's lock file (`<tenant>.db-lock`, never moved): every process that has the tenant open holds it
-shared; `headlessly restore` holds it exclusive from its first look at the tenant until the rebuilt file is
-in place, so no server can open the file that is about to be set aside (and write where nobody reads), and
-a server rebuilding the tenant's keys for new schemas holds it exclusive while it does.
+"""A tenant's lock file (`<tenant>.db-lock`, never moved nor deleted): every process that has the tenant open
+holds it shared. Whoever must have the tenant to itself holds it exclusive and writes why into it:
+`headlessly restore` from its first look at the tenant until the rebuilt file is in place (so no server opens
+the file about to be set aside and writes where nobody reads), `headlessly reindex`, and a server rebuilding
+the tenant's keys for new schemas.
 
 flock(2) locks belong to one open file, not to the process: two pools of one process exclude each other
-just as two processes do."""
+just as two processes do. Where there is no flock (Windows) nothing is locked: there a file that is open
+cannot be renamed, so a restore fails to set the tenant aside instead."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
-class LockBusy(Exception):
-    """The lock is held in a mode that excludes ours."""
+ACTIVITIES = {
+    "restore": "being restored (`headlessly restore`)",
+    "reindex": "being reindexed (`headlessly reindex`)",
+    "rebuild": "having its lookup keys rebuilt for new schemas by another server",
+}
 
 
 class TenantLock:
@@ -24,29 +32,41 @@ class TenantLock:
         self.path = Path(f"{db_path}-lock")
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
 
-    def _take(self, how: int) -> None:
+    def _take(self, how: int) -> bool:
         assert self._fd is not None, "the lock was released"
+        if fcntl is None:  # pragma: no cover - Windows
+            return True
         try:
             fcntl.flock(self._fd, how | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockBusy(str(self.path)) from None
-
-    def share(self) -> None:
-        """Hold it shared (from exclusive, or from nothing); LockBusy while another holds it exclusive."""
-        self._take(fcntl.LOCK_SH)
-
-    def exclusive(self) -> None:
-        """Hold it exclusive; LockBusy while another holds it at all."""
-        self._take(fcntl.LOCK_EX)
-
-    def try_exclusive(self) -> bool:
-        """One try to turn a shared hold exclusive. Not atomic: flock(2) drops the shared hold first, so
-        on False this holds nothing (call `share()`). Have no connection to the tenant open meanwhile."""
-        try:
-            self.exclusive()
             return True
-        except LockBusy:
+        except BlockingIOError:
             return False
+
+    def try_share(self) -> bool:
+        """Hold it shared (from exclusive, or from nothing); False while another holds it exclusive."""
+        return self._take(fcntl.LOCK_SH if fcntl else 0)
+
+    def try_exclusive(self, reason: str) -> bool:
+        """Hold it exclusive, noting `reason` (a key of ACTIVITIES) for those it keeps out; False while
+        another holds it at all. From shared this is not atomic: flock(2) drops the shared hold first, so
+        on False this holds nothing. Have no connection to the tenant open meanwhile."""
+        if not self._take(fcntl.LOCK_EX if fcntl else 0):
+            return False
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, reason.encode(), 0)
+        return True
+
+    def unlock(self) -> None:
+        """Hold nothing (the file stays open)."""
+        if fcntl is not None and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def activity(self) -> str:
+        """What the exclusive holder noted it is doing, as ACTIVITIES says it (ask after `try_share` failed)."""
+        assert self._fd is not None, "the lock was released"
+        reason = os.pread(self._fd, 32, 0).decode(errors="replace")
+        return ACTIVITIES.get(reason, "being restored or rebuilt by another process")
 
     def release(self) -> None:
         if self._fd is not None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import StorageError, ValidationFailed
 from ..schema import Noun, SchemaSet
-from .filelock import LockBusy, TenantLock
+from .filelock import TenantLock
 from .mutations import INSERT_KEY, key_rows, search_body
 from .sqlite import in_tx
 
@@ -103,13 +103,11 @@ def reindex_tenant(path: Path, schemas: SchemaSet) -> list[str]:
     holding the tenant alone (its lock file exclusive, then the file itself); the nouns rebuilt."""
     lock = TenantLock(path)
     try:
-        try:
-            lock.exclusive()
-        except LockBusy:
+        if not lock.try_exclusive("reindex"):
             raise StorageError(
                 f"tenant {path.stem!r} is open in another process, so its lookup keys cannot be rebuilt now",
                 hint="Stop every server and command using this --data-dir, then run reindex again.",
-            ) from None
+            )
         return rebuild_alone(path, schemas, every=True)
     finally:
         lock.release()

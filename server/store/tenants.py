@@ -13,10 +13,10 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from time import monotonic, sleep
 
-from ..errors import InvalidTenant, LimitExceeded, NotFound, StorageError
+from ..errors import InvalidTenant, LimitExceeded, NotFound, StorageError, TenantBusy
 from ..schema import SchemaSet
 from .checkpoints import Checkpointer
-from .filelock import LockBusy, TenantLock
+from .filelock import TenantLock
 from .reindex import rebuild_alone, stale
 from .sqlite import connect, migrate
 from .writer import Writer
@@ -24,7 +24,8 @@ from .writer import Writer
 log = logging.getLogger(__name__)
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-REBUILD_WAIT_SECONDS = 10.0
+LOCK_WAIT_SECONDS = 10.0  # how long an open waits for a restore, reindex or rebuild elsewhere to end
+POLL_SECONDS = 0.05
 _DEVICE_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
@@ -62,18 +63,14 @@ class Tenant:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._durability = durability
         self._lock = TenantLock(path)
-        try:
-            self._share()
-        except BaseException:
-            self._lock.release()
-            raise
         conn: sqlite3.Connection | None = None
         try:
+            self._share(monotonic() + LOCK_WAIT_SECONDS)
             conn = connect(path, durability)
             migrate(conn)
             if follow_schemas and stale(conn, schemas):
                 conn.close()
-                conn = None  # nothing open while the lock is upgraded
+                conn = None  # nothing open while the lock is taken exclusive
                 self._rebuild(schemas)
                 conn = connect(path, durability)
                 if stale(conn, schemas):  # re-indexed for other schemas between our rebuild and now
@@ -81,53 +78,65 @@ class Tenant:
                         f"tenant {name!r} is being re-indexed for other schemas by another process",
                         hint="Run every server on this --data-dir with the same --schemas.",
                     )
+            self.writer = Writer(conn, clock, checkpoint_due)
         except BaseException:
             if conn is not None:
                 conn.close()
             self._lock.release()
             raise
-        self.writer = Writer(conn, clock, checkpoint_due)
         self._readers: list[sqlite3.Connection] = []
         self._reader_count = 0
         self._max_readers = max_readers
         self._cv = threading.Condition()
         self.leases = 0
 
-    def _rebuild(self, schemas: SchemaSet) -> None:
-        """Rebuild the keys and full text built for other schemas, holding the tenant alone. Waits for
-        the other processes of ours to let go (a flush child closes idle tenants after each round), or
-        for one of them to have rebuilt it for these same schemas."""
-        deadline = monotonic() + REBUILD_WAIT_SECONDS
-        while not self._lock.try_exclusive():
-            self._share()
-            if not self._stale(schemas):
-                return
+    def _share(self, deadline: float) -> None:
+        """Hold the lock shared, waiting until `deadline` while another process has the tenant to itself."""
+        while not self._lock.try_share():
             if monotonic() >= deadline:
-                raise StorageError(
-                    f"tenant {self.name!r} was indexed for other schemas and is open in another process, "
-                    "so its lookup keys cannot be rebuilt now",
-                    hint="Stop the other server or command using this --data-dir (or start it with the same "
-                    "--schemas); the keys are rebuilt when the tenant is next opened alone.",
-                )
-            sleep(0.05)  # flock(2) has no wait with a timeout
+                raise self._busy()
+            sleep(POLL_SECONDS)  # flock(2) has no wait with a timeout
+
+    def _rebuild(self, schemas: SchemaSet) -> None:
+        """Rebuild the keys and full text built for other schemas, holding the tenant alone: wait for the
+        other processes of ours to let go (a flush child closes idle tenants after each round), or for one
+        of them to have rebuilt it for these same schemas. Holds nothing while it waits, so that two
+        servers opening the tenant at once do not keep each other out; ends holding the lock shared."""
+        deadline = monotonic() + LOCK_WAIT_SECONDS
+        self._lock.unlock()
+        while not self._lock.try_exclusive("rebuild"):
+            if self._lock.try_share():
+                if not self._stale(schemas):
+                    return
+                self._lock.unlock()
+                if monotonic() >= deadline:
+                    raise StorageError(
+                        f"tenant {self.name!r} was indexed for other schemas and is open in another process, "
+                        "so its lookup keys cannot be rebuilt now",
+                        hint="Stop the other server or command using this --data-dir (or start it with the same "
+                        "--schemas); the keys are rebuilt when the tenant is next opened alone.",
+                    )
+            elif monotonic() >= deadline:
+                raise self._busy()
+            sleep(POLL_SECONDS)
         try:
             rebuilt = rebuild_alone(self.path, schemas)
         finally:
-            self._share()
-        log.info("tenant %s: rebuilt the lookup keys and full text of %s", self.name, ", ".join(rebuilt))
+            shared = self._lock.try_share()  # from exclusive: a downgrade
+        if not shared:  # (flock(2) does not promise that nobody comes between)
+            raise self._busy()
+        if rebuilt:  # (none when another process rebuilt it for these schemas just before)
+            log.info("tenant %s: rebuilt the lookup keys and full text of %s", self.name, ", ".join(rebuilt))
+
+    def _busy(self) -> TenantBusy:
+        return TenantBusy(
+            f"tenant {self.name!r} is {self._lock.activity()}, so it cannot be opened now",
+            hint="Nothing was read or written. Retry when that has finished.",
+        )
 
     def _stale(self, schemas: SchemaSet) -> bool:
         with closing(connect(self.path, self._durability)) as conn:
             return bool(stale(conn, schemas))
-
-    def _share(self) -> None:
-        try:
-            self._lock.share()
-        except LockBusy:
-            raise StorageError(
-                f"tenant {self.name!r} is being restored (`headlessly restore`) and cannot be opened now",
-                hint="Nothing was read or written. Retry when the restore has finished.",
-            ) from None
 
     @contextmanager
     def reader(self) -> Iterator[sqlite3.Connection]:
@@ -166,12 +175,14 @@ class Tenant:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def close(self) -> None:
-        self.writer.close()
-        with self._cv:
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
-        self._lock.release()
+        try:
+            self.writer.close()
+            with self._cv:
+                for conn in self._readers:
+                    conn.close()
+                self._readers.clear()
+        finally:
+            self._lock.release()
 
 
 class TenantPool:

@@ -1,0 +1,144 @@
+"""The tenant lock file: a tenant open holds it shared; a restore, a reindex or a rebuild for new schemas
+holds it exclusive, and an open meanwhile waits for it (up to a limit) or is refused saying which."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import AGENT, TENANT
+
+from server.errors import TenantBusy
+from server.schema import SchemaSet, load_schemas
+from server.store import Store, tenants
+from server.store.filelock import TenantLock
+from server.store.tenants import tenant_path
+
+WAIT = 30.0
+
+
+def widgets(tmp_path: Path, fields: str) -> SchemaSet:
+    folder = tmp_path / f"schemas-{abs(hash(fields))}"
+    folder.mkdir(exist_ok=True)
+    (folder / "widgets.json").write_text(f'{{"$domain": "Widgets", "Widget": {{"name": "string!", {fields}}}}}')
+    return load_schemas([folder])
+
+
+def make_widget(store: Store, **data: Any) -> None:
+    store.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": data})
+
+
+@pytest.fixture
+def held(store: Store) -> Any:
+    """The store's tenant, closed by the store and held exclusive by 'another process' for `reason`."""
+    store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+    store.pool.forget(TENANT)
+    locks: list[TenantLock] = []
+
+    def hold(reason: str) -> TenantLock:
+        lock = TenantLock(tenant_path(store.data_dir, TENANT))
+        assert lock.try_exclusive(reason)
+        locks.append(lock)
+        return lock
+
+    yield hold
+    for lock in locks:
+        lock.release()
+
+
+def test_an_open_waits_while_another_process_has_the_tenant_to_itself(
+    store: Store, held: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = held("rebuild")
+    waits: list[float] = []
+
+    def it_finishes(seconds: float) -> None:
+        waits.append(seconds)
+        lock.release()
+
+    monkeypatch.setattr(tenants, "sleep", it_finishes)
+    found = store.find(TENANT, "Contact")
+
+    assert len(waits) == 1
+    assert [c["name"] for c in found["results"]] == ["Alice"]
+
+
+@pytest.mark.parametrize(
+    ("reason", "said"),
+    [("restore", "being restored (`headlessly restore`)"), ("reindex", "being reindexed (`headlessly reindex`)"),
+     ("rebuild", "having its lookup keys rebuilt for new schemas")],
+)  # fmt: skip
+def test_an_open_is_refused_saying_what_holds_the_tenant_when_it_does_not_let_go(
+    store: Store, held: Any, monkeypatch: pytest.MonkeyPatch, reason: str, said: str
+) -> None:
+    held(reason)
+    monkeypatch.setattr(tenants, "LOCK_WAIT_SECONDS", 0.0)
+
+    with pytest.raises(TenantBusy) as refused:
+        store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Bob"}})
+
+    assert refused.value.code == "storage_error"
+    assert said in refused.value.message and refused.value.hint
+
+
+def test_a_tenant_held_shared_by_a_store_cannot_be_taken_exclusive_until_the_store_closes_it(store: Store) -> None:
+    store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+    lock = TenantLock(tenant_path(store.data_dir, TENANT))
+    try:
+        while_open = lock.try_exclusive("restore")
+        store.pool.forget(TENANT)
+        after_close = lock.try_exclusive("restore")
+    finally:
+        lock.release()
+
+    assert (while_open, after_close) == (False, True)
+
+
+def test_a_tenant_whose_writer_fails_to_start_lets_go_of_its_lock(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_writer(*args: Any) -> None:
+        raise OSError("disk I/O error")  # as a damaged file would fail reading the log's head
+
+    monkeypatch.setattr(tenants, "Writer", broken_writer)
+    for _ in range(2):
+        with pytest.raises(OSError):
+            store.find(TENANT, "Contact")
+    lock = TenantLock(tenant_path(store.data_dir, TENANT))
+    try:
+        assert lock.try_exclusive("restore")
+    finally:
+        lock.release()
+
+
+def test_two_servers_opening_a_tenant_under_the_same_new_schemas_at_once_both_open_it_rebuilt_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string"')) as s:
+        make_widget(s, name="first", color="red")
+    indexed = widgets(tmp_path, '"color": "string#"')
+    start = threading.Barrier(2)
+    found: list[list[str]] = []
+    failed: list[BaseException] = []
+
+    def serve() -> None:
+        with Store(tmp_path / "data", indexed) as s:
+            start.wait(WAIT)
+            try:
+                found.append([w["name"] for w in s.find(TENANT, "Widget", filter={"color": "red"})["results"]])
+            except BaseException as exc:
+                failed.append(exc)
+
+    with caplog.at_level(logging.INFO, logger="server.store.tenants"):
+        threads = [threading.Thread(target=serve) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+
+    assert failed == []
+    assert found == [["first"], ["first"]]
+    assert len([r for r in caplog.records if "rebuilt the lookup keys" in r.getMessage()]) == 1
