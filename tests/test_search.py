@@ -371,6 +371,24 @@ def test_a_limit_that_is_not_a_positive_whole_number_is_a_validation_error(
         store.find(TENANT, "Deal", limit=limit)
 
 
+def test_totals_from_kept_counts_are_exact_past_the_cap_and_others_say_they_are_a_lower_bound(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(10):
+        create(store, "Organization", name=f"Org {i}", industry="Software" if i < 8 else "Retail")
+    monkeypatch.setattr(queries, "COUNT_CAP", 5)
+
+    def total(**kwargs: Any) -> tuple[int, bool]:
+        page = store.find(TENANT, "Organization", limit=2, **kwargs)
+        return page["total"], page.get("totalIsLowerBound", False)
+
+    assert total() == (10, False)  # no filter: the count kept per noun
+    assert total(include_deleted=True) == (10, False)
+    assert total(filter={"industry": "Software"}) == (8, False)  # an indexed field equal to a value
+    assert total(filter={"name": {"$regex": "^Org"}}) == (5, True)  # counted, up to the cap
+    assert total(filter={"industry": {"$in": ["Software", "Retail"]}}) == (5, True)
+
+
 def test_total_is_exact_for_small_sets(store: Store) -> None:
     for i in range(12):
         create(store, "Contact", name=f"P{i}", stage="Qualified" if i % 12 < 7 else "Lead")

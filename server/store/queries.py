@@ -274,12 +274,13 @@ def find(
             params.append(" ".join(tokens))
     base_where = " AND ".join(where)
     base_params = source_params + params
-    total = None
+    total, exact = None, False  # exact: taken from a kept count, so true however large
     if query is None and seq_bound is None:  # the materialized table is current: counts kept beside it apply
         if compiler.terms == 0:
-            total = _count_noun(conn, noun, include_deleted)
+            total, exact = _count_noun(conn, noun, include_deleted), True
         else:
             total = _count_keys(conn, noun, compiler, include_deleted)
+            exact = total is not None and _equality(compiler) is not None
     if total is None:
         total = conn.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {base_where} LIMIT {COUNT_CAP + 1})", base_params
@@ -314,11 +315,11 @@ def find(
         next_cursor = cursors.encode(cursors.Cursor(keys=[*last[2:], last[0]], seq=pinned), identity)
     result: dict[str, Any] = {
         "results": [json.loads(r[1]) for r in rows],
-        "total": min(total, COUNT_CAP),
+        "total": total if exact else min(total, COUNT_CAP),
         "hasMore": has_more,
         "cursor": next_cursor,
     }
-    if total > COUNT_CAP:
+    if not exact and total > COUNT_CAP:
         result["totalIsLowerBound"] = True
     return result
 

@@ -15,10 +15,12 @@ class SearchOutput(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     results: list[dict[str, Any]] = Field(description="Entities (or events for type Event), one page.")
-    total: int = Field(description="How many match (counted up to 10,000; see totalIsLowerBound).")
+    total: int = Field(description="How many match (counted up to 10,000 unless kept exactly; see totalIsLowerBound).")
     hasMore: bool = Field(description="True when another page follows: pass `cursor` back to get it.")
     cursor: str | None = Field(description="Opaque cursor for the next page, or null on the last page.")
-    totalIsLowerBound: bool | None = Field(default=None, description="True when more than 10,000 match.")
+    totalIsLowerBound: bool | None = Field(
+        default=None, description="True when more than 10,000 match and total is only that lower bound."
+    )
 
 
 class DoOutput(BaseModel):
