@@ -122,3 +122,41 @@ def test_serve_flushes_at_shutdown(tmp_path: Path, data_dir: Path) -> None:
 
     assert proc.returncode == 0, proc.stderr
     assert len(lake.stdout.splitlines()) == 3
+
+
+@pytest.mark.usefixtures("no_pyiceberg_config")
+def test_flush_leaves_a_tenant_being_restored_names_it_and_exits_1(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from server.cli import main
+    from server.store import tenants
+    from server.store.filelock import TenantLock
+    from server.store.tenants import tenant_path
+
+    with Store(data_dir) as store:
+        store.do("beta", "agent_a", {"action": "create", "type": "Contact", "data": {"name": "Bob"}})
+    monkeypatch.setattr(tenants, "LOCK_WAIT_SECONDS", 0.0)
+    tries: list[str] = []
+    share = TenantLock.try_share
+
+    def counted(lock: TenantLock) -> bool:
+        tries.append(lock.path.name)
+        return share(lock)
+
+    monkeypatch.setattr(TenantLock, "try_share", counted)
+    restoring = TenantLock(tenant_path(data_dir, TENANT))
+    assert restoring.try_exclusive("restore")
+    try:
+        busy = CliRunner().invoke(main, ["flush", "--data-dir", str(data_dir)])
+    finally:
+        restoring.release()
+    tries_while_busy = tries.count(f"{TENANT}.db-lock")
+    later = CliRunner().invoke(main, ["flush", "--data-dir", str(data_dir)])
+
+    assert busy.exit_code == 1, busy.output
+    assert "flushed 1 events of 1 tenant(s)" in busy.stdout
+    assert f"not flushed: {TENANT}" in busy.stderr and "being restored" in busy.stderr
+    assert tries_while_busy == 1  # waited for once, not again by the flush
+    assert later.exit_code == 0 and "flushed 3 events of 2 tenant(s)" in later.stdout

@@ -280,6 +280,15 @@ def test_reindex_rebuilds_lookup_keys_and_full_text_from_the_states(store: Store
     assert store.find(TENANT, "Organization", filter={"industry": "Mining"})["results"] == []
 
 
+def test_reindex_of_a_tenant_that_does_not_exist_is_not_found_and_creates_nothing(store: Store) -> None:
+    path = store.data_dir / "tenants" / "ghost.db"
+
+    with pytest.raises(NotFound):
+        reindex_tenant(path, store.schemas)
+
+    assert not path.exists() and store.tenants() == []
+
+
 def test_reindex_is_refused_while_a_store_has_the_tenant_open_and_changes_nothing(store: Store, clock: Any) -> None:
     create(store, "Organization", {"name": "Acme", "industry": "Software"})
     with raw_sql(store) as conn:

@@ -196,6 +196,38 @@ def test_a_rebuild_is_refused_while_another_store_keeps_the_tenant_open_and_chan
     assert names(red) == ["first"]
 
 
+def test_text_fields_listed_in_another_order_need_no_rebuild_and_verify_finds_the_text_right(tmp_path: Path) -> None:
+    def schemas(fields: str) -> SchemaSet:
+        folder = tmp_path / f"order-{abs(hash(fields))}"
+        folder.mkdir()
+        (folder / "widgets.json").write_text(f'{{"$domain": "Widgets", "Widget": {{{fields}}}}}')
+        return load_schemas([folder])
+
+    with Store(tmp_path / "data", schemas('"name": "string!", "note": "string"')) as s:
+        make(s, name="Gizmo", note="blue spinning top")
+    with Store(tmp_path / "data", schemas('"note": "string", "name": "string!"')) as s:
+        report = s.verify(TENANT)
+        found = s.find(TENANT, "Widget", query="spinning gizmo")
+
+    assert report["ok"] is True, report["problems"]
+    assert names(found) == ["Gizmo"]
+
+
+def test_verify_names_only_nouns_with_entities_as_built_for_other_schemas(tmp_path: Path) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string"')) as s:
+        make(s, name="first", color="red")
+    gadgets = tmp_path / "gadgets"
+    gadgets.mkdir()
+    (gadgets / "gadgets.json").write_text('{"$domain": "Gadgets", "Gadget": {"name": "string!", "serial": "string##"}}')
+    changed_and_new = load_schemas([widget_folder(tmp_path, '"color": "string#"'), gadgets])
+
+    with Store(tmp_path / "data", changed_and_new, follow_schemas=False) as s:
+        report = s.verify(TENANT)
+
+    assert report["ok"] is True, report["problems"]
+    assert report["builtForOtherSchemas"] == ["Widget"]
+
+
 def test_a_new_noun_or_a_changed_noun_without_entities_needs_no_rebuild_while_the_tenant_is_open_elsewhere(
     tmp_path: Path,
 ) -> None:

@@ -142,3 +142,46 @@ def test_two_servers_opening_a_tenant_under_the_same_new_schemas_at_once_both_op
     assert failed == []
     assert found == [["first"], ["first"]]
     assert len([r for r in caplog.records if "rebuilt the lookup keys" in r.getMessage()]) == 1
+
+
+def test_callers_waiting_on_a_tenant_being_restored_share_one_wait_and_its_refusal(
+    store: Store, held: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held("restore")
+    monkeypatch.setattr(tenants, "LOCK_WAIT_SECONDS", 1.0)
+    callers = 4
+    arrived = threading.Barrier(callers)
+    opens: list[str] = []
+    real_tenant, real_sleep = tenants.Tenant, tenants.sleep
+
+    def counted_tenant(name: str, *args: Any) -> Any:
+        opens.append(name)
+        return real_tenant(name, *args)
+
+    def first_poll_waits_for_everyone(seconds: float) -> None:
+        if len(opens) == 1 and arrived.n_waiting == callers - 1:
+            arrived.wait(WAIT)  # the others are let in while this open still waits
+        real_sleep(seconds)
+
+    monkeypatch.setattr(tenants, "Tenant", counted_tenant)
+    monkeypatch.setattr(tenants, "sleep", first_poll_waits_for_everyone)
+    outcomes: list[str] = []
+
+    def call(first: bool) -> None:
+        if not first:
+            arrived.wait(WAIT)
+        try:
+            store.find(TENANT, "Contact")
+            outcomes.append("opened")
+        except TenantBusy as exc:
+            outcomes.append(exc.code + (": being restored" if "being restored" in exc.message else ""))
+
+    threads = [threading.Thread(target=call, args=(i == 0,)) for i in range(callers)]
+    threads[0].start()
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+
+    assert outcomes == ["storage_error: being restored"] * callers
+    assert opens == [TENANT]

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import StorageError, ValidationFailed
+from ..errors import NotFound, StorageError, ValidationFailed
 from ..schema import Noun, SchemaSet
 from .filelock import TenantLock
 from .mutations import INSERT_KEY, key_rows, search_body
@@ -101,6 +101,10 @@ def rebuild_alone(path: Path, schemas: SchemaSet, every: bool = False) -> list[s
 def reindex_tenant(path: Path, schemas: SchemaSet) -> list[str]:
     """`headlessly reindex`: rebuild every noun's lookup keys and full text from the current states,
     holding the tenant alone (its lock file exclusive, then the file itself); the nouns rebuilt."""
+    if not path.exists():
+        raise NotFound(
+            f"tenant {path.stem!r} does not exist in {path.parent.parent}", hint="Check --data-dir and --tenant."
+        )
     lock = TenantLock(path)
     try:
         if not lock.try_exclusive("reindex"):
@@ -119,8 +123,9 @@ def checkable(conn: sqlite3.Connection, schemas: SchemaSet) -> tuple[list[Noun],
     can re-derive them; and the names of those built for other schemas (`serve` rebuilds them)."""
     if not _any_shape(conn):
         return list(schemas.nouns.values()), []
-    differ = {noun.name for noun in changed(conn, schemas)}
-    return [n for n in schemas.nouns.values() if n.name not in differ], sorted(differ)
+    differ = {noun.name: noun for noun in changed(conn, schemas)}
+    other = sorted(name for name, noun in differ.items() if _has_entities(conn, noun))  # (new nouns: nothing built)
+    return [n for n in schemas.nouns.values() if n.name not in differ], other
 
 
 def _any_shape(conn: sqlite3.Connection) -> bool:

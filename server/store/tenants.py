@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import re
 import sqlite3
@@ -65,13 +66,14 @@ class Tenant:
         self._lock = TenantLock(path)
         conn: sqlite3.Connection | None = None
         try:
-            self._share(monotonic() + LOCK_WAIT_SECONDS)
+            deadline = monotonic() + LOCK_WAIT_SECONDS  # one limit for the whole open
+            self._share(deadline)
             conn = connect(path, durability)
             migrate(conn)
             if follow_schemas and stale(conn, schemas):
                 conn.close()
                 conn = None  # nothing open while the lock is taken exclusive
-                self._rebuild(schemas)
+                self._rebuild(schemas, deadline)
                 conn = connect(path, durability)
                 if stale(conn, schemas):  # re-indexed for other schemas between our rebuild and now
                     raise StorageError(
@@ -97,12 +99,11 @@ class Tenant:
                 raise self._busy()
             sleep(POLL_SECONDS)  # flock(2) has no wait with a timeout
 
-    def _rebuild(self, schemas: SchemaSet) -> None:
+    def _rebuild(self, schemas: SchemaSet, deadline: float) -> None:
         """Rebuild the keys and full text built for other schemas, holding the tenant alone: wait for the
         other processes of ours to let go (a flush child closes idle tenants after each round), or for one
         of them to have rebuilt it for these same schemas. Holds nothing while it waits, so that two
         servers opening the tenant at once do not keep each other out; ends holding the lock shared."""
-        deadline = monotonic() + LOCK_WAIT_SECONDS
         self._lock.unlock()
         while not self._lock.try_exclusive("rebuild"):
             if self._lock.try_share():
@@ -210,7 +211,9 @@ class TenantPool:
         self.wait_seconds = wait_seconds
         self.follow_schemas = follow_schemas  # rebuild keys and full text built for other schemas (see reindex.py)
         self._open: OrderedDict[str, Tenant] = OrderedDict()
-        self._opening: set[str] = set()  # names being opened, outside the lock
+        self._opening: dict[str, int] = {}  # names being opened (outside the lock) -> that open's number
+        self._opens = itertools.count(1)
+        self._busy: dict[str, tuple[int, TenantBusy]] = {}  # the last open of a name refused as busy
         self._cv = threading.Condition()
         self.checkpoints = Checkpointer(self._checkpoint)
 
@@ -236,8 +239,15 @@ class TenantPool:
     def _acquire(self, name: str, create: bool) -> Tenant:
         with self._cv:
             # Another thread may be opening this tenant (migrations, a rebuild): wait for it, not for the pool.
+            waited_for = 0
             while name in self._opening:  # on every request: a plain loop, no predicate to build
+                waited_for = self._opening[name]
                 self._cv.wait()
+            refused = self._busy.get(name)
+            if waited_for and refused is not None and refused[0] == waited_for:
+                # The open we waited for found the tenant held by a restore (or the like) until its deadline:
+                # so is ours. Waiting again in turn would make each caller wait the whole limit once more.
+                raise TenantBusy(refused[1].message, hint=refused[1].hint)
             tenant = self._open.get(name)
             if tenant is not None:
                 self._open.move_to_end(name)
@@ -254,7 +264,7 @@ class TenantPool:
                     f"all {self.max_open} open tenants are busy",
                     hint="Retry shortly, or raise the open-tenant limit.",
                 )
-            self._opening.add(name)
+            attempt = self._opening[name] = next(self._opens)
         # Opened outside the pool's lock: a long first open (a migration, a rebuild for new schemas)
         # holds up only the callers of this tenant.
         try:
@@ -262,6 +272,10 @@ class TenantPool:
                 name, path, self.schemas, self.durability, self.clock, self.max_readers,
                 functools.partial(self.checkpoints.request, name), self.follow_schemas,
             )  # fmt: skip
+        except TenantBusy as exc:
+            with self._cv:
+                self._busy[name] = (attempt, exc)
+            raise
         except sqlite3.Error as exc:
             raise StorageError(
                 f"cannot open tenant {name!r}: {exc}",
@@ -269,9 +283,10 @@ class TenantPool:
             ) from None
         finally:
             with self._cv:
-                self._opening.discard(name)
+                del self._opening[name]
                 self._cv.notify_all()
         with self._cv:
+            self._busy.pop(name, None)
             tenant.leases += 1
             self._open[name] = tenant
             return tenant
