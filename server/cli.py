@@ -393,7 +393,7 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
         for name in names:
             try:
                 report = store.verify(
-                    name, progress=lambda n, t=name: click.echo(f"  {t}: {n} events checked", err=True)
+                    name, progress=lambda n, what, t=name: click.echo(f"  {t}: {n} events {what}", err=True)
                 )
             except HeadlesslyError as exc:
                 _fail(exc.message)
