@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import textwrap
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -401,3 +402,27 @@ def test_load_module_refuses_a_module_without_register(tmp_path: Path, monkeypat
 def test_load_module_of_a_missing_module_fails() -> None:
     with pytest.raises(ImportError):
         Hooks().load_module(f"no_such_module_{uuid.uuid4().hex[:8]}")
+
+
+@pytest.mark.anyio
+async def test_over_stdio_a_store_with_hooks_runs_them_off_the_event_loop(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    from mcp import Client
+
+    from server.auth.identity import LocalIdentity
+    from server.tools.app import build_server
+
+    ran_on: list[int] = []
+
+    @hooks.after("Contact.Created")
+    def note_thread(ctx: AfterContext) -> None:
+        ran_on.append(threading.get_ident())
+
+    server = build_server(open_store(hooks), LocalIdentity(TENANT, AGENT), inline=True)  # as `serve` over stdio
+    async with Client(server) as client:
+        result = await client.call_tool("do", {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+    loop_thread = threading.get_ident()
+
+    assert result.is_error is False
+    assert len(ran_on) == 1 and ran_on[0] != loop_thread

@@ -94,8 +94,9 @@ def build_server(
     with `tokens`, every request must bear a token and the token decides the caller.
 
     `inline` runs the store's work on the event loop instead of a worker thread: for stdio, where
-    one client's requests come one after another, it saves a thread hand-off per call. Over HTTP
-    the worker threads let concurrent requests overlap (and writers share a commit)."""
+    one client's requests come one after another, it saves a thread hand-off per call. Not when the
+    store has hooks: they are the operator's code, and a slow one would hold up the whole session.
+    Over HTTP the worker threads let concurrent requests overlap (and writers share a commit)."""
     nouns = store.schemas.names()
     auth_kwargs: dict[str, Any] = {}
     if tokens is not None:
@@ -123,7 +124,7 @@ def build_server(
                 f"this connection is read-only (token of {caller.actor} on tenant {caller.tenant})",
                 hint="Use a token created without --read-only to write.",
             )
-        if inline:
+        if inline and not store.hooks:
             return fn(caller)
         return await anyio.to_thread.run_sync(partial(fn, caller))
 
