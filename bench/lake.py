@@ -24,7 +24,7 @@ measured in the same run.
              catalog.catalog_properties(original dir)) names the original catalog, events/s. The restore is a
              bulk load (server/store/bulk.py): every event checked, inserted with the secondary indexes and
              triggers dropped, each entity written once from its last state, the indexes rebuilt at the end.
-             Baseline: `store.verify(tenant)` of the original, which reads every event once (run before and
+             Baseline: `store.verify(tenant)` of the original, which reads every event twice (run before and
              after the restore; the mean is the baseline). Context: the same tenant's flush, `read_tenant`
              alone (the Iceberg scan + ordering the restore starts with), and row-by-row loading into the
              live schema: plain sqlite3 `executemany` of the same rows into the events table of our schema

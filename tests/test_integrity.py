@@ -16,7 +16,8 @@ import pytest
 
 from server.errors import HeadlesslyError, NotFound, StorageError, VersionConflict
 from server.schema import SchemaSet, load_schemas
-from server.store import Store
+from server.store import Store, verify
+from server.store.events import EVENT_ROW_COLUMNS, GENESIS_HASH, EventRow, row_hash
 from server.store.reindex import reindex_tenant
 
 TENANT = "acme"
@@ -127,6 +128,44 @@ def test_altering_an_event_actor_and_rehashing_nothing_is_detected(store: Store,
     report = store.verify(TENANT)
     assert report["ok"] is False
     assert any(victim["id"] in p for p in report["problems"]), report["problems"]
+
+
+def test_an_entitys_versions_reordered_in_the_log_make_verify_fail_even_with_every_hash_recomputed(
+    store: Store, clock: Any
+) -> None:
+    alice = create(store, "Contact", {"name": "Alice"})["$id"]  # seq 1, v1
+    for title, seq in (("CEO", 2), ("CTO", 4)):  # v2 at seq 2, v3 at seq 4
+        clock.advance(1)
+        if seq == 4:
+            create(store, "Contact", {"name": "Bob"})  # seq 3
+            clock.advance(1)
+        store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice, "data": {"title": title}})
+    assert store.verify(TENANT)["ok"] is True
+    with raw_sql(store) as conn:
+        drop_event_triggers(conn)
+        # Swap v2 and v3 between seq 2 and seq 4, each state keeping its own row's time, and make every
+        # derived row and every hash agree: only the order of versions in the log is wrong now.
+        a = conn.execute("SELECT version, data, changes, state FROM events WHERE seq = 2").fetchone()
+        b = conn.execute("SELECT version, data, changes, state FROM events WHERE seq = 4").fetchone()
+        conn.execute("UPDATE events SET version = 999 WHERE seq = 2")  # out of the way of (target, version)
+        for seq, (version, data, changes, state) in ((4, a), (2, b)):
+            conn.execute(
+                "UPDATE events SET version = ?, data = ?, changes = ?, state = json_set(?, '$.\"$updatedAt\"', ts) WHERE seq = ?",
+                (version, data, changes, state, seq),
+            )
+        (last,) = conn.execute("SELECT state FROM events WHERE target = ? AND version = 3", (alice,)).fetchone()
+        updated_at = json.loads(last)["$updatedAt"]
+        conn.execute("UPDATE entities SET state = ?, updated_at = ? WHERE id = ?", (last, updated_at, alice))
+        conn.execute("UPDATE entity_keys SET updated_at = ? WHERE id = ?", (updated_at, alice))
+        prev = GENESIS_HASH
+        for row in conn.execute(f"SELECT {EVENT_ROW_COLUMNS} FROM events ORDER BY seq").fetchall():
+            event = EventRow(*row)._replace(prev_hash=prev)
+            prev = row_hash(event)
+            conn.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE seq = ?", (event.prev_hash, prev, event.seq))
+    problems = store.verify(TENANT)["problems"]
+
+    assert len(problems) == 1, problems  # everything else agrees: this is the one thing that tells
+    assert alice in problems[0] and "v3 (seq 2) comes before its previous version" in problems[0]
 
 
 def test_removing_an_event_from_the_file_makes_verify_fail(store: Store, clock: Any) -> None:
@@ -327,6 +366,16 @@ def test_verify_is_ok_on_a_healthy_tenant_with_many_kinds_of_operation(store: St
     assert report["events"] == total
     assert report["entities"] == 3 + 10
     assert report["headHash"] == store.events(TENANT, sort="-seq", limit=1)["results"][0]["hash"]
+
+
+def test_verify_reports_progress_through_each_pass(store: Store, clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    small_history(store, clock)  # 4 events
+    monkeypatch.setattr(verify, "PROGRESS_EVERY", 2)
+    seen: list[tuple[int, str]] = []
+
+    store.verify(TENANT, progress=lambda n, what: seen.append((n, what)))
+
+    assert seen == [(2, "chained"), (4, "chained"), (2, "replayed"), (4, "replayed")]
 
 
 def test_verify_of_a_tenant_that_does_not_exist_is_not_found(tmp_path: Path, store: Store) -> None:

@@ -16,6 +16,7 @@ from .reindex import checkable
 from .sqlite import ENTITY_COUNTS, KEY_COUNTS
 
 MAX_PROBLEMS = 100
+PROGRESS_EVERY = 10_000  # events between progress calls
 
 
 def replay(prev: dict[str, Any], event: EventRow, changes: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +60,7 @@ def verify_tenant(
 
     Two passes over the log, each holding one event or one entity at a time (memory stays flat however
     large the tenant): the chain in seq order, then each entity's events in version order.
-    `progress(n, "chained" | "replayed")` every 10,000 events of each pass."""
+    `progress(n, "chained" | "replayed")` every PROGRESS_EVERY events of each pass."""
     problems: list[str] = []
 
     def problem(text: str) -> None:
@@ -69,7 +70,7 @@ def verify_tenant(
     prev_hash, prev_ts, expected_seq, count = GENESIS_HASH, "", 1, 0
     for event in iter_events(conn):
         count += 1
-        if progress and count % 10_000 == 0:
+        if progress and count % PROGRESS_EVERY == 0:
             progress(count, "chained")
         if event.seq != expected_seq:
             problem(f"seq {expected_seq} is missing: the next event has seq {event.seq}")
@@ -122,18 +123,23 @@ def _replay_entities(
 
     target: str | None = None
     prev: dict[str, Any] = {}
-    count = 0
+    prev_seq = count = 0
     for r in conn.execute(f"SELECT {EVENT_ROW_COLUMNS} FROM events ORDER BY target, version"):
         event = EventRow(*r)
         count += 1
-        if progress and count % 10_000 == 0:
+        if progress and count % PROGRESS_EVERY == 0:
             progress(count, "replayed")
         if event.target != target:
             if target is not None:
                 finish(target, prev)
-            target, prev = event.target, {}
+            target, prev, prev_seq = event.target, {}, 0
         if event.version != prev.get("$version", 0) + 1:
             problem(f"event {event.id}: {event.target} jumps from version {prev.get('$version', 0)} to {event.version}")
+        if event.seq < prev_seq:  # versions must follow the log's order, not only each other
+            problem(
+                f"event {event.id}: {event.target} v{event.version} (seq {event.seq}) comes before its previous version in the log"
+            )
+        prev_seq = event.seq
         try:
             changes = json.loads(event.changes)
             stored = json.loads(event.state)
