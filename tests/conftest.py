@@ -119,3 +119,15 @@ def held_open(path: Path) -> Iterator[None]:
         yield
     finally:
         holder.communicate(input="", timeout=30)
+
+
+def widget_folder(tmp_path: Path, fields: str) -> Path:
+    """A schema folder with one noun, Widget: a required name and `fields` (compact notation, as JSON members)."""
+    folder = tmp_path / f"schemas-{abs(hash(fields))}"
+    folder.mkdir(exist_ok=True)
+    (folder / "widgets.json").write_text(f'{{"$domain": "Widgets", "Widget": {{"name": "string!", {fields}}}}}')
+    return folder
+
+
+def widgets(tmp_path: Path, fields: str) -> SchemaSet:
+    return load_schemas([widget_folder(tmp_path, fields)])

@@ -9,24 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AGENT, TENANT, held_open
+from conftest import AGENT, TENANT, held_open, widget_folder, widgets
 
 from server.errors import StorageError, ValidationFailed
 from server.schema import SchemaSet, load_schemas
 from server.store import Store, tenants
 from server.store.reindex import rebuild_alone, shape, stale
 from server.store.sqlite import connect
-
-
-def widget_folder(tmp_path: Path, fields: str) -> Path:
-    folder = tmp_path / f"schemas-{abs(hash(fields))}"
-    folder.mkdir(exist_ok=True)
-    (folder / "widgets.json").write_text(f'{{"$domain": "Widgets", "Widget": {{"name": "string!", {fields}}}}}')
-    return folder
-
-
-def widgets(tmp_path: Path, fields: str) -> SchemaSet:
-    return load_schemas([widget_folder(tmp_path, fields)])
 
 
 def make(store: Store, **data: Any) -> str:

@@ -9,26 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AGENT, TENANT
+from conftest import AGENT, TENANT, create, widgets
 
 from server.errors import TenantBusy
-from server.schema import SchemaSet, load_schemas
 from server.store import Store, tenants
 from server.store.filelock import TenantLock
 from server.store.tenants import tenant_path
 
 WAIT = 30.0
-
-
-def widgets(tmp_path: Path, fields: str) -> SchemaSet:
-    folder = tmp_path / f"schemas-{abs(hash(fields))}"
-    folder.mkdir(exist_ok=True)
-    (folder / "widgets.json").write_text(f'{{"$domain": "Widgets", "Widget": {{"name": "string!", {fields}}}}}')
-    return load_schemas([folder])
-
-
-def make_widget(store: Store, **data: Any) -> None:
-    store.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": data})
 
 
 @pytest.fixture
@@ -118,7 +106,7 @@ def test_two_servers_opening_a_tenant_under_the_same_new_schemas_at_once_both_op
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with Store(tmp_path / "data", widgets(tmp_path, '"color": "string"')) as s:
-        make_widget(s, name="first", color="red")
+        create(s, "Widget", name="first", color="red")
     indexed = widgets(tmp_path, '"color": "string#"')
     start = threading.Barrier(2)
     found: list[list[str]] = []
