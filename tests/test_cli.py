@@ -343,6 +343,36 @@ def test_verify_points_at_reindex_for_broken_lookup_keys_and_reindex_repairs_the
     assert missing.code == 2 and "does not exist" in missing.err
 
 
+def test_verify_of_every_tenant_reports_one_being_restored_as_not_checked_checks_the_others_and_exits_1(
+    data_dir: Path, schemas: SchemaSet, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from server.cli import main
+    from server.store import tenants
+    from server.store.filelock import TenantLock
+
+    with Store(data_dir, schemas, clock=clock) as store:
+        for tenant in ("acme", "globex"):
+            clock.advance(1)
+            store.do(tenant, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+    monkeypatch.setattr(tenants, "LOCK_WAIT_SECONDS", 0.0)
+    restoring = TenantLock(data_dir / "tenants" / "acme.db")
+    assert restoring.try_exclusive("restore")
+    try:
+        text = CliRunner().invoke(main, ["verify", "--no-lake", "--data-dir", str(data_dir)])
+        as_json = CliRunner().invoke(main, ["verify", "--no-lake", "--json", "--data-dir", str(data_dir)])
+    finally:
+        restoring.release()
+
+    assert text.exit_code == 1 and as_json.exit_code == 1
+    assert "acme: NOT CHECKED: tenant 'acme' is being restored" in text.stdout
+    assert "globex: ok" in text.stdout
+    reports = {r["tenant"]: r for r in map(json.loads, as_json.stdout.splitlines())}
+    assert reports["acme"]["ok"] is False and "being restored" in reports["acme"]["notChecked"]
+    assert reports["globex"]["ok"] is True
+
+
 # ---- serve refusals -----------------------------------------------------------------------------
 
 
