@@ -424,5 +424,5 @@ async def test_over_stdio_a_store_with_hooks_runs_them_off_the_event_loop(
         result = await client.call_tool("do", {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
     loop_thread = threading.get_ident()
 
-    assert result.is_error is False
-    assert len(ran_on) == 1 and ran_on[0] != loop_thread
+    assert result.is_error is False, result.content
+    assert len(ran_on) == 1 and ran_on[0] != loop_thread, (ran_on, loop_thread, threading.enumerate())
