@@ -65,6 +65,15 @@ def _has_entities(conn: sqlite3.Connection, noun: Noun) -> bool:
     return conn.execute("SELECT 1 FROM entities WHERE type = ? LIMIT 1", (noun.name,)).fetchone() is not None
 
 
+def open_elsewhere(name: str, why: str = "") -> StorageError:
+    """The refusal of a rebuild for new schemas while another process has the tenant open."""
+    return StorageError(
+        f"tenant {name!r} {why}is open in another process, so its lookup keys cannot be rebuilt now",
+        hint="Stop the other server or command using this --data-dir (or start it with the same "
+        "--schemas); the keys are rebuilt when the tenant is next opened alone.",
+    )
+
+
 def rebuild_alone(path: Path, schemas: SchemaSet, every: bool = False) -> list[str]:
     """Rebuild the stale nouns (with `every`, all nouns, and drop keys and text of no entity) of the
     tenant file `path` through a connection that holds it alone; the names rebuilt. Raises StorageError
@@ -76,11 +85,7 @@ def rebuild_alone(path: Path, schemas: SchemaSet, every: bool = False) -> list[s
         try:
             conn.execute("BEGIN EXCLUSIVE")
         except sqlite3.OperationalError:
-            raise StorageError(
-                f"tenant {path.stem!r} is open in another process, so its lookup keys cannot be rebuilt now",
-                hint="Stop the other server or command using this --data-dir (or start it with the same "
-                "--schemas); the keys are rebuilt when the tenant is next opened alone.",
-            ) from None
+            raise open_elsewhere(path.stem) from None
         try:
             nouns = list(schemas.nouns.values()) if every else changed(conn, schemas)
             for noun in nouns:

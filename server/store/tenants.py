@@ -18,7 +18,7 @@ from ..errors import InvalidTenant, LimitExceeded, NotFound, StorageError, Tenan
 from ..schema import SchemaSet
 from .checkpoints import Checkpointer
 from .filelock import TenantLock
-from .reindex import rebuild_alone, stale
+from .reindex import open_elsewhere, rebuild_alone, stale
 from .sqlite import connect, migrate
 from .writer import Writer
 
@@ -111,12 +111,7 @@ class Tenant:
                     return
                 self._lock.unlock()
                 if monotonic() >= deadline:
-                    raise StorageError(
-                        f"tenant {self.name!r} was indexed for other schemas and is open in another process, "
-                        "so its lookup keys cannot be rebuilt now",
-                        hint="Stop the other server or command using this --data-dir (or start it with the same "
-                        "--schemas); the keys are rebuilt when the tenant is next opened alone.",
-                    )
+                    raise open_elsewhere(self.name, "was indexed for other schemas and ")
             elif monotonic() >= deadline:
                 raise self._busy()
             sleep(POLL_SECONDS)
