@@ -170,6 +170,26 @@ def test_a_ref_to_a_later_or_missing_index_is_refused(store: Store, ops: list[di
     nothing_written(store)
 
 
+def test_a_ref_is_only_read_in_a_relationship_so_text_may_say_dollar_ref(store: Store) -> None:
+    result = store.do(
+        TENANT,
+        AGENT,
+        {
+            "operations": [
+                {"action": "create", "type": "Organization", "data": {"name": "Acme"}},
+                {
+                    "action": "create",
+                    "type": "Contact",
+                    "data": {"name": "Bob", "title": "$ref:0", "organization": "$ref:0"},
+                },
+            ]
+        },
+    )
+    bob = result["results"][1]["entity"]
+    assert bob["title"] == "$ref:0"
+    assert bob["organization"] == result["results"][0]["entity"]["$id"]
+
+
 def test_a_ref_to_an_operation_of_the_wrong_noun_is_refused(store: Store) -> None:
     with pytest.raises(HeadlesslyError):
         batch(

@@ -218,6 +218,34 @@ def test_patterns_match_noun_action_past_tense_and_globs(hooks: Hooks, open_stor
     assert calls["Contact.*"] == []
 
 
+def test_a_before_hook_can_change_what_a_rollback_and_a_revert_write(
+    hooks: Hooks, open_store: Callable[[Hooks], Store], clock: Any
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    @hooks.before("Contact.rollback")
+    @hooks.before("Contact.revert")
+    def stamp(ctx: BeforeContext) -> None:
+        seen.append(dict(ctx.data))
+        ctx.data["title"] = f"via {ctx.action}"
+
+    hooked = open_store(hooks)
+    alice = create(hooked, "Contact", {"name": "Alice"})["entity"]["$id"]
+    clock.advance(60)
+    hooked.do(TENANT, "agent_other", {"action": "update", "type": "Contact", "id": alice, "data": {"phone": "1"}})
+    rolled = hooked.do(TENANT, AGENT, {"action": "rollback", "type": "Contact", "id": alice, "toVersion": 1})
+    assert seen == [{"phone": None, "name": "Alice", "stage": "Lead"}]  # a merge patch: phone goes away
+    assert "phone" not in rolled["entity"] and rolled["entity"]["title"] == "via rollback"
+    assert rolled["events"][0]["data"] == {"rollbackTo": 1, "phone": "1 -> null", "title": "null -> via rollback"}
+    hooked.do(TENANT, "agent_other", {"action": "update", "type": "Contact", "id": alice, "data": {"phone": "2"}})
+    reverted = hooked.do(
+        TENANT, AGENT, {"action": "revert", "actor": "agent_other", "since": "2026-01-15T10:00:30Z", "force": True}
+    )
+    assert reverted["reverted"][0]["title"] == "via revert"
+    assert hooked.get(TENANT, "Contact", alice)["title"] == "via revert"
+    assert hooked.verify(TENANT)["ok"] is True
+
+
 # ---- AFTER ----------------------------------------------------------------------------------------
 
 
@@ -242,6 +270,29 @@ def test_an_after_hook_sees_the_committed_event_and_entity(hooks: Hooks, open_st
     assert ctx.tenant == TENANT
     assert ctx.actor == AGENT
     assert committed == [2]  # the event was already in the log when the hook ran
+
+
+def test_after_hooks_of_a_revert_get_the_entity_each_event_left(
+    hooks: Hooks, open_store: Callable[[Hooks], Store], clock: Any
+) -> None:
+    seen: list[tuple[str, dict[str, Any] | None]] = []
+
+    @hooks.after("Contact.*")
+    def look(ctx: AfterContext) -> None:
+        if "revertOf" in ctx.event["data"]:
+            seen.append((ctx.event["type"], ctx.entity))
+
+    hooked = open_store(hooks)
+    alice = create(hooked, "Contact", {"name": "Alice"})["entity"]["$id"]
+    clock.advance(60)
+    hooked.do(TENANT, "agent_other", {"action": "update", "type": "Contact", "id": alice, "data": {"title": "X"}})
+    made = hooked.do(TENANT, "agent_other", {"action": "create", "type": "Contact", "data": {"name": "Spam"}})
+    result = hooked.do(TENANT, AGENT, {"action": "revert", "actor": "agent_other", "since": "2026-01-15T10:00:30Z"})
+    assert [(t, e and e["$id"]) for t, e in seen] == [
+        ("Contact.Updated", alice),
+        ("Contact.Deleted", made["entity"]["$id"]),
+    ]
+    assert [e for _, e in seen] == result["reverted"]
 
 
 def test_after_hook_patterns_match_the_verb_and_its_past_tense(

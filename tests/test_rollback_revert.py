@@ -123,6 +123,28 @@ def test_rollback_of_a_deleted_entity_to_its_deleted_version_keeps_it_deleted(st
     assert store.verify(TENANT)["ok"] is True
 
 
+def test_a_rollback_that_deletes_names_its_own_actor_and_time_as_the_deletion(store: Store, clock: Any) -> None:
+    alice = alice_history(store, clock)
+    do(store, GOOD, action="delete", type="Contact", id=alice)  # v4, by GOOD at 13:00
+    clock.advance(60)
+    do(store, AGENT, action="rollback", type="Contact", id=alice, toVersion=3)  # restored
+    clock.advance(60)
+    result = do(store, ADMIN, action="rollback", type="Contact", id=alice, toVersion=4)  # deleted again, by ADMIN
+    entity, (event,) = result["entity"], result["events"]
+    assert (entity["$deletedAt"], entity["$deletedBy"]) == (event["timestamp"], ADMIN)
+    assert event["changes"]["$deletedBy"] == {"from": None, "to": ADMIN}
+    with pytest.raises(NotFound) as exc:
+        store.get(TENANT, "Contact", alice)
+    assert ADMIN in exc.value.message and event["timestamp"] in exc.value.message
+    deleted = {"$deletedBy": ADMIN, "$deletedAt": {"$gte": event["timestamp"]}}
+    assert store.find(TENANT, "Contact", deleted, include_deleted=True)["total"] == 1
+    # rolled back again to a deleted version while deleted, it keeps the deletion it has
+    clock.advance(60)
+    again = do(store, AGENT, action="rollback", type="Contact", id=alice, toVersion=4)["entity"]
+    assert (again["$deletedAt"], again["$deletedBy"]) == (event["timestamp"], ADMIN)
+    assert store.verify(TENANT)["ok"] is True
+
+
 def test_rollback_to_before_creation_is_refused(store: Store, clock: Any) -> None:
     alice = alice_history(store, clock)
     for as_of in ("2026-01-15T09:59:59.999999Z", "2026-01-14"):
@@ -265,6 +287,54 @@ def test_revert_reports_an_entity_changed_afterwards_by_someone_else_and_leaves_
     assert "$deletedAt" not in store.get(TENANT, "Organization", e["initech"]["$id"])
 
 
+def test_a_later_revert_of_another_actor_is_a_change_by_whoever_reverted(store: Store, clock: Any) -> None:
+    bob = do(store, GOOD, action="create", type="Contact", data={"name": "Bob"})["entity"]["$id"]
+    clock.advance(60)
+    do(store, ROGUE, action="update", type="Contact", id=bob, data={"title": "CTO"})
+    clock.advance(60)
+    do(store, ADMIN, action="revert", actor=GOOD, since="2026-01-15", force=True)  # deletes Bob, GOOD's creation
+    clock.advance(60)
+    result = do(store, AGENT, action="revert", actor=ROGUE, since="2026-01-15")
+    (conflict,) = result["conflicts"]
+    assert conflict["id"] == bob
+    assert conflict["changedBy"] == [ADMIN]
+    assert result["events"] == []
+    assert "$deletedAt" in store.find(TENANT, "Contact", include_deleted=True)["results"][0]
+
+
+def test_revert_restores_a_link_to_an_entity_that_the_same_revert_brings_back(store: Store, clock: Any) -> None:
+    org = do(store, GOOD, action="create", type="Organization", data={"name": "Acme"})["entity"]["$id"]
+    bob = do(store, GOOD, action="create", type="Contact", data={"name": "Bob", "organization": org})["entity"]["$id"]
+    clock.advance(60)
+    # ROGUE unlinks Bob first (a live contact may not point at a deleted organization), then deletes Acme
+    do(store, ROGUE, action="update", type="Contact", id=bob, data={"organization": None})
+    do(store, ROGUE, action="delete", type="Organization", id=org)
+    clock.advance(60)
+    plan = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z", dryRun=True)
+    assert [ev["target"] for ev in plan["events"]] == [bob, org]
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z")
+    assert result["conflicts"] == []
+    assert store.get(TENANT, "Contact", bob)["organization"] == org
+    assert "$deletedAt" not in store.get(TENANT, "Organization", org)
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_revert_is_refused_whole_when_a_link_it_restores_would_point_at_a_deleted_entity(
+    store: Store, clock: Any
+) -> None:
+    org = do(store, GOOD, action="create", type="Organization", data={"name": "Acme"})["entity"]["$id"]
+    bob = do(store, GOOD, action="create", type="Contact", data={"name": "Bob", "organization": org})["entity"]["$id"]
+    clock.advance(60)
+    do(store, ROGUE, action="update", type="Contact", id=bob, data={"organization": None, "title": "Spam"})
+    do(store, GOOD, action="delete", type="Organization", id=org)  # not ROGUE's: the revert leaves it deleted
+    clock.advance(60)
+    before = event_count(store)
+    with pytest.raises(ValidationFailed) as exc:
+        do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z")
+    assert org in exc.value.message and "deleted" in exc.value.message
+    assert event_count(store) == before
+
+
 def test_revert_with_force_reverts_a_conflicting_entity_too(store: Store, clock: Any) -> None:
     e = setup_rogue(store, clock)
     acme_id = e["acme"]["$id"]
@@ -332,6 +402,15 @@ def test_revert_needs_an_actor_and_a_since(store: Store, clock: Any) -> None:
         do(store, ADMIN, action="revert", actor="rogue", since="2026-01-15")
     with pytest.raises(InvalidAsOf):
         do(store, ADMIN, action="revert", actor=ROGUE, since="last week")
+    assert event_count(store) == before
+
+
+def test_revert_refuses_an_until_before_its_since(store: Store, clock: Any) -> None:
+    setup_rogue(store, clock)
+    before = event_count(store)
+    with pytest.raises(ValidationFailed) as exc:
+        do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-16", until="2026-01-15")
+    assert "before 'since'" in exc.value.message
     assert event_count(store) == before
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import AGENT, TENANT, held_open, widget_folder, widgets
 
-from server.errors import StorageError, ValidationFailed
+from server.errors import InvalidId, StorageError, ValidationFailed
 from server.schema import SchemaSet, load_schemas
 from server.store import Store, tenants
 from server.store.reindex import rebuild_alone, shape, stale
@@ -282,3 +282,39 @@ def test_a_unique_string_field_keeps_number_like_values_apart_and_a_number_field
 
     assert by_code == [["zeros"], ["seven"], ["spaced"], []]
     assert by_size == ["seven", "zeros"]
+
+
+def test_a_field_an_older_schema_left_on_an_entity_can_still_be_removed_with_null(tmp_path: Path) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string"')) as s:
+        widget = make(s, name="first", color="red")
+    with Store(tmp_path / "data", widgets(tmp_path, '"size": "int"')) as s:
+        with pytest.raises(ValidationFailed) as exc:
+            s.do(TENANT, AGENT, {"action": "update", "type": "Widget", "id": widget, "data": {"shade": None}})
+        assert "unknown field 'shade'" in exc.value.message
+        result = s.do(TENANT, AGENT, {"action": "update", "type": "Widget", "id": widget, "data": {"color": None}})
+        assert "color" not in result["entity"]
+        assert result["events"][0]["data"] == {"color": "red -> null"}
+
+
+def test_an_update_of_an_entity_written_before_a_field_became_required_says_to_set_it(tmp_path: Path) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"size": "int"')) as s:
+        widget = make(s, name="first")
+    with Store(tmp_path / "data", widgets(tmp_path, '"size": "int!"')) as s:
+        with pytest.raises(ValidationFailed) as exc:
+            s.do(TENANT, AGENT, {"action": "update", "type": "Widget", "id": widget, "data": {"name": "renamed"}})
+        assert "'size' is required (this entity has no value for it yet: set it in this write)" in exc.value.message
+        done = s.do(TENANT, AGENT, {"action": "update", "type": "Widget", "id": widget, "data": {"size": 3}})
+        assert done["entity"]["size"] == 3
+
+
+def test_an_entity_of_a_noun_renamed_only_in_case_is_not_written_as_the_new_noun(tmp_path: Path) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"size": "int"')) as s:
+        widget = make(s, name="first")
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    (renamed / "widgets.json").write_text('{"WIDGET": {"name": "string!"}}')
+    with Store(tmp_path / "data", load_schemas([renamed])) as s:
+        with pytest.raises(InvalidId) as exc:
+            s.do(TENANT, AGENT, {"action": "update", "type": "WIDGET", "id": widget, "data": {"name": "x"}})
+        assert "is a Widget, not a WIDGET" in exc.value.message
+        assert s.events(TENANT)["total"] == 1

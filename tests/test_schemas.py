@@ -204,6 +204,28 @@ def test_a_schema_file_may_not_declare_a_reserved_noun(tmp_path: Path, reserved:
     assert "reserved" in err.value.problem
 
 
+def test_nouns_whose_names_differ_only_in_case_are_refused_since_their_ids_would_look_alike(tmp_path: Path) -> None:
+    extra = folder(tmp_path, "extra", {"shouting.json": {"CONTACT": {"name": "string!"}}})
+
+    with pytest.raises(SchemaError) as err:
+        load_schemas([extra])
+
+    assert err.value.noun == "CONTACT"
+    assert err.value.file.endswith("shouting.json")
+    assert "contact_" in err.value.problem and "Contact" in err.value.problem
+
+
+@pytest.mark.parametrize("reserved", ["rollbackTo", "revertOf"])
+def test_a_field_may_not_take_the_name_of_an_event_marker(tmp_path: Path, reserved: str) -> None:
+    extra = folder(tmp_path, "extra", {"widgets.json": {"Widget": {"name": "string!", reserved: "string"}}})
+
+    with pytest.raises(SchemaError) as err:
+        load_schemas([extra])
+
+    assert (err.value.noun, err.value.field) == ("Widget", reserved)
+    assert "reserved" in err.value.problem
+
+
 # ---- malformed files -------------------------------------------------------------------------
 
 

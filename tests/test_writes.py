@@ -14,6 +14,7 @@ from server.errors import (
     InvalidId,
     InvalidTenant,
     InvalidType,
+    LimitExceeded,
     NotFound,
     UnknownVerb,
     ValidationFailed,
@@ -174,6 +175,64 @@ def test_an_update_that_changes_nothing_appends_nothing_and_says_unchanged(store
         assert result["entity"]["$version"] == 1
     assert event_count(store) == before
     assert store.get(TENANT, "Contact", alice["$id"]) == alice
+
+
+def test_an_update_of_a_json_field_with_its_keys_in_another_order_appends_nothing(store: Store) -> None:
+    plan = create(store, "Plan", {"name": "Pro", "limits": {"seats": 5, "projects": [1, {"a": 1, "b": 2}]}})["entity"]
+    same = {"projects": [1, {"b": 2, "a": 1}], "seats": 5}
+    result = store.do(TENANT, AGENT, {"action": "update", "type": "Plan", "id": plan["$id"], "data": {"limits": same}})
+    assert result["unchanged"] is True
+    assert event_count(store) == 1
+    # a number that JSON writes differently (5 and 5.0, 1 and true) is still a change
+    for changed in (
+        {"seats": 5.0, "projects": [1, {"a": 1, "b": 2}]},
+        {"seats": 5, "projects": [True, {"a": 1, "b": 2}]},
+    ):
+        op = {"action": "update", "type": "Plan", "id": plan["$id"], "data": {"limits": changed}}
+        assert store.do(TENANT, AGENT, op)["events"], changed
+
+
+def test_an_unknown_field_is_refused_even_when_its_value_is_null(store: Store) -> None:
+    alice = contact(store, email="al@x.io")
+    with pytest.raises(ValidationFailed) as exc:
+        create(store, "Contact", {"name": "Bob", "emial": None})
+    assert "unknown field 'emial'" in exc.value.message
+    assert "email" in exc.value.message  # the known fields are listed
+    with pytest.raises(ValidationFailed) as exc:
+        store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"emial": None}})
+    assert "unknown field 'emial'" in exc.value.message
+    assert store.get(TENANT, "Contact", alice["$id"]) == alice
+    assert event_count(store) == 1
+
+
+def test_a_number_field_refuses_an_integer_past_64_bits_instead_of_rounding_it(store: Store) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create(store, "Deal", {"name": "Huge", "value": 12345678901234567890123})
+    assert "64 bits" in exc.value.message
+    assert "value" in exc.value.message
+    deal = create(store, "Deal", {"name": "Big", "value": 2**63 - 1})["entity"]
+    assert store.get(TENANT, "Deal", deal["$id"])["value"] == 2**63 - 1
+    assert create(store, "Deal", {"name": "Float", "value": 1.2e22})["entity"]["value"] == 1.2e22
+    assert event_count(store) == 2
+
+
+def test_text_that_is_not_valid_unicode_is_a_validation_error_and_writes_nothing(store: Store) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create(store, "Contact", {"name": "Al\ud800ice"})
+    assert "not valid Unicode" in exc.value.message
+    assert event_count(store) == 0
+    assert create(store, "Contact", {"name": "Alice 🦊"})["entity"]["name"] == "Alice 🦊"
+
+
+def test_the_size_limit_counts_the_bytes_of_the_entity_in_utf8(store: Store) -> None:
+    from server.store.mutations import MAX_STATE_BYTES
+
+    fits_in_characters = "🦊" * (MAX_STATE_BYTES // 2)  # half the limit in characters, twice it in bytes
+    with pytest.raises(LimitExceeded) as exc:
+        create(store, "Contact", {"name": "Alice", "title": fits_in_characters})
+    assert "bytes" in exc.value.message
+    assert event_count(store) == 0
+    assert create(store, "Contact", {"name": "Alice", "title": "🦊" * (MAX_STATE_BYTES // 5)})["events"]
 
 
 def test_removing_a_required_field_is_refused(store: Store) -> None:
@@ -597,6 +656,29 @@ def test_an_unknown_key_in_an_operation_is_a_validation_error_naming_it(store: S
         store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "A"}, "colour": "red"})
     assert "colour" in exc.value.message
     assert event_count(store) == 0
+
+
+@pytest.mark.parametrize(
+    ("request_", "refused"),
+    [
+        ({"action": "create", "type": "Contact", "data": {"name": "A"}, "ifVersion": 3}, ["ifVersion"]),
+        ({"action": "update", "type": "Contact", "id": "contact_fX9bL5nRdQ", "asOf": "2026-01-15"}, ["asOf"]),
+        ({"action": "qualify", "type": "Contact", "id": "contact_fX9bL5nRdQ", "toVersion": 1}, ["toVersion"]),
+        ({"action": "delete", "type": "Contact", "id": "contact_fX9bL5nRdQ", "force": True}, ["force"]),
+        ({"action": "revert", "actor": "agent_x", "since": "2026-01-15", "type": "Contact", "id": "contact_fX9bL5nRdQ"},
+         ["id", "type"]),
+    ],
+)  # fmt: skip
+def test_a_key_the_action_does_not_read_is_refused_not_ignored(
+    store: Store, request_: dict[str, Any], refused: list[str]
+) -> None:
+    contact(store)
+    with pytest.raises(ValidationFailed) as exc:
+        store.do(TENANT, AGENT, request_)
+    for key in refused:
+        assert repr(key) in exc.value.message
+    assert "it takes:" in exc.value.message
+    assert event_count(store) == 1
 
 
 BAD_TENANTS = ["../x", "a/b", "CON", "con", "", "a" * 200, "Upper", "-lead", "a.b", "nul", "lpt1", "acme\x00"]

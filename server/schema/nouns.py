@@ -15,6 +15,7 @@ from .notation import NOUN_NAME, FieldSpec, NotationError, ReverseSpec, VerbSpec
 log = logging.getLogger(__name__)
 
 RESERVED_NOUNS = ("Event", "Schema")
+RESERVED_FIELDS = ("rollbackTo", "revertOf")  # the markers of rollback and revert events in `data`
 TEXT_TYPES = ("string", "text", "email", "url")
 
 
@@ -174,8 +175,22 @@ def load_schemas(extra_dirs: list[Path] | tuple[Path, ...] = (), include_builtin
                     log.info("schema %s redefines %s from %s", path, noun_name, raw[noun_name][0])
                 raw[noun_name] = (str(path), domain, body)
     nouns = {name: _build_noun(name, src, domain, body) for name, (src, domain, body) in raw.items()}
+    _check_prefixes(nouns)
     _check_links(nouns)
     return SchemaSet(nouns)
+
+
+def _check_prefixes(nouns: dict[str, Noun]) -> None:
+    """Ids name their noun by prefix (`contact_`): two nouns whose names differ only in case would share one."""
+    seen: dict[str, Noun] = {}
+    for noun in nouns.values():
+        other = seen.setdefault(noun.prefix, noun)
+        if other is not noun:
+            raise SchemaError(
+                noun.source, noun.name, None,
+                f"its ids would start with '{noun.prefix}', like those of {other.name} ({other.source}): "
+                "noun names must differ in more than case",
+            )  # fmt: skip
 
 
 class _DuplicateKey(Exception):
@@ -232,6 +247,14 @@ def _build_noun(name: str, source: str, domain: str, body: dict[str, Any]) -> No
         else:
             assert isinstance(spec, FieldSpec)
             noun.fields[key] = Field(name=key, **spec.__dict__)
+    reserved = [key for key in noun.fields if key in RESERVED_FIELDS]
+    if reserved:
+        raise SchemaError(
+            source,
+            name,
+            reserved[0],
+            f"{', '.join(RESERVED_FIELDS)} are reserved: rollback and revert events mark their data with them",
+        )
     for verb, past in verbs:
         sets = next((f.name for f in noun.fields.values() if f.enum and past in f.enum), None)
         noun.verbs[verb] = Verb(name=verb, past=past, sets=sets)

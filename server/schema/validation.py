@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import re
 from datetime import date
-from typing import Annotated, Any, Literal, NotRequired, Required
+from typing import Annotated, Any, Literal, NoReturn, NotRequired, Required
 
 import annotated_types
 from pydantic import (
     AfterValidator,
     AnyUrl,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     JsonValue,
@@ -68,10 +69,18 @@ def _finite_json(value: Any) -> Any:
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 Int64 = Annotated[StrictInt, annotated_types.Interval(ge=INT64_MIN, le=INT64_MAX)]
 
+
+def _int64_or_float(value: Any) -> Any:
+    """A number field keeps integers exact: one past 64 bits is refused, not rounded to a float."""
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError("integers must fit in 64 bits; send a float (such as 1.5e22) if rounding is acceptable")
+    return value
+
+
 _BASE: dict[str, Any] = {
     "string": StrictStr,
     "text": StrictStr,
-    "number": Int64 | Annotated[StrictFloat, AllowInfNan(False)],
+    "number": Annotated[Int64 | Annotated[StrictFloat, AllowInfNan(False)], BeforeValidator(_int64_or_float)],
     "int": Int64,
     "boolean": StrictBool,
     "date": Annotated[StrictStr, AfterValidator(_check_date)],
@@ -123,7 +132,13 @@ class NounValidator:
         missing = [name for name in self._required if name not in merged]
         if missing:
             raise ValidationFailed(
-                f"{self.noun.name}: " + "; ".join(f"'{name}' is required and cannot be removed" for name in missing),
+                f"{self.noun.name}: "
+                + "; ".join(
+                    f"'{name}' is required and cannot be removed"
+                    if name in changed
+                    else f"'{name}' is required (this entity has no value for it yet: set it in this write)"
+                    for name in missing
+                ),
                 hint=f"{self.noun.name} requires: {', '.join(self._required)}.",
             )
         subset = {k: merged[k] for k in changed if k in merged}
@@ -131,15 +146,26 @@ class NounValidator:
             return merged
         return {**merged, **self._run(self._partial, subset)}
 
+    def refuse_unknown(self, names: list[str]) -> NoReturn:
+        """Fields the noun does not have: refused even when they are only being removed (null)."""
+        raise ValidationFailed(
+            f"{self.noun.name}: "
+            + "; ".join(f"unknown field '{name}'" for name in names)
+            + f" (known fields: {', '.join(self.noun.fields)})",
+            hint=self._hint(),
+        )
+
     def _run(self, adapter: TypeAdapter[dict[str, Any]], fields: dict[str, Any]) -> dict[str, Any]:
         try:
             return dict(adapter.validate_python(fields))
         except ValidationError as exc:
             raise ValidationFailed(
                 f"{self.noun.name}: " + "; ".join(self._explain(err) for err in _first_per_field(exc)),
-                hint=f"{self.noun.name} fields: "
-                + ", ".join(f"{n} ({f.describe()})" for n, f in self.noun.fields.items()),
+                hint=self._hint(),
             ) from None
+
+    def _hint(self) -> str:
+        return f"{self.noun.name} fields: " + ", ".join(f"{n} ({f.describe()})" for n, f in self.noun.fields.items())
 
     def _explain(self, err: Any) -> str:
         loc = ".".join(str(p) for p in err["loc"][:1]) or "(entity)"

@@ -67,13 +67,15 @@ def fields_of(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def same(a: Any, b: Any) -> bool:
-    """Equality that tells 1, 1.0 and True apart, as JSON does."""
+    """Equality that tells 1, 1.0 and True apart, as their JSON text does; object keys in any order."""
     if a is b:
         return True
     if type(a) is not type(b):
         return False
-    if isinstance(a, (dict, list)):
-        return dumps(a) == dumps(b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
 
 
@@ -154,6 +156,7 @@ class Mutator:
         return result
 
     def _dispatch(self, op: Operation) -> dict[str, Any]:
+        check_arguments(op)
         if op.action == "revert":
             return self.revert(op)
         noun = self.noun(op.type)
@@ -215,10 +218,12 @@ class Mutator:
         return value
 
     def load(self, noun: Noun, entity_id: str) -> Loaded:
-        row = self.conn.execute("SELECT rowid, state FROM entities WHERE id = ?", (entity_id,)).fetchone()
+        row = self.conn.execute("SELECT rowid, type, state FROM entities WHERE id = ?", (entity_id,)).fetchone()
         if row is None:
             raise NotFound(f"{noun.name} {entity_id} does not exist", hint=f"Search {noun.name} to find existing ids.")
-        return Loaded(rowid=row[0], state=json.loads(row[1]))
+        if row[1] != noun.name:
+            raise InvalidId(f"{entity_id} is a {row[1]}, not a {noun.name}", hint=f'Use "type": "{row[1]}" for it.')
+        return Loaded(rowid=row[0], state=json.loads(row[2]))
 
     def load_live(self, noun: Noun, entity_id: str, op: Operation) -> Loaded:
         current = self.load(noun, entity_id)
@@ -241,7 +246,10 @@ class Mutator:
 
     # ---- the operations -----------------------------------------------------------------
 
-    def patch_of(self, op: Operation) -> dict[str, Any]:
+    def patch_of(self, noun: Noun, op: Operation, current: Loaded | None) -> dict[str, Any]:
+        """The caller's data as a merge patch: no '$' keys, no unknown fields (not even to remove
+        one, unless the entity still holds it from an older schema), `$ref:N` resolved in
+        relationships."""
         data = op.data or {}
         bad = [k for k in data if k.startswith("$")]
         if bad:
@@ -249,10 +257,15 @@ class Mutator:
                 f"{', '.join(repr(k) for k in bad)}: fields starting with '$' are set by the store and cannot be written",
                 hint="Remove the $ keys from data; $id, $version and the other meta fields are managed for you.",
             )
-        return {k: self._resolve_refs(v) for k, v in data.items()}
+        unknown = [k for k in data if k not in noun.fields and (current is None or k not in current.fields)]
+        if unknown:
+            self.env.validators[noun.name].refuse_unknown(unknown)
+        return {
+            k: self._resolve_refs(v) if k in noun.fields and noun.fields[k].relation else v for k, v in data.items()
+        }
 
     def create(self, noun: Noun, op: Operation) -> dict[str, Any]:
-        patch = self.before_hooks(noun, "create", "Created", None, self.patch_of(op), None, op)
+        patch = self.before_hooks(noun, "create", "Created", None, self.patch_of(noun, op, None), None, op)
         fields = {f.name: f.default for f in noun.fields.values() if f.default is not None and f.name not in patch}
         fields.update({k: v for k, v in patch.items() if v is not None})
         fields = self.validate(noun, fields, None)
@@ -262,7 +275,9 @@ class Mutator:
 
     def update(self, noun: Noun, entity_id: str, op: Operation) -> dict[str, Any]:
         current = self.load_live(noun, entity_id, op)
-        patch = self.before_hooks(noun, "update", "Updated", entity_id, self.patch_of(op), current.state, op)
+        patch = self.before_hooks(
+            noun, "update", "Updated", entity_id, self.patch_of(noun, op, current), current.state, op
+        )
         merged = merge(current.fields, patch)
         merged = self.validate(noun, merged, list(patch))
         changes = diff(current.fields, merged)
@@ -273,7 +288,7 @@ class Mutator:
 
     def verb(self, noun: Noun, entity_id: str, op: Operation, past: str, sets: str | None) -> dict[str, Any]:
         current = self.load_live(noun, entity_id, op)
-        patch = self.patch_of(op)
+        patch = self.patch_of(noun, op, current)
         if sets is not None:
             patch[sets] = past
         patch = self.before_hooks(noun, op.action, past, entity_id, patch, current.state, op)
@@ -287,7 +302,7 @@ class Mutator:
             raise ValidationFailed("delete takes no data", hint="Remove 'data', or update first and then delete.")
         current = self.load_live(noun, entity_id, op)
         self.before_hooks(noun, "delete", "Deleted", entity_id, {}, current.state, op)
-        event = self.write(noun, entity_id, "Deleted", current, current.fields, None, op, deleted="now")
+        event = self.write(noun, entity_id, "Deleted", current, current.fields, None, op, deleted=True)
         return event.result()
 
     def rollback(self, noun: Noun, entity_id: str, op: Operation) -> dict[str, Any]:
@@ -323,15 +338,24 @@ class Mutator:
                 )
             rollback_to = op.toVersion
         past_state = json.loads(row[0])
-        target_fields = fields_of(past_state)
-        patch = {k: target_fields.get(k) for k in set(current.fields) | set(target_fields)}
-        self.before_hooks(noun, "rollback", "Updated", entity_id, patch, current.state, op)
-        target_fields = self.validate(noun, target_fields, list(diff(current.fields, target_fields)))
+        target_fields = self.restored(noun, "rollback", current, fields_of(past_state), op)
+        self.check_relations(noun, target_fields, list(diff(current.fields, target_fields)))
         event = self.write(
             noun, entity_id, "Updated", current, target_fields, None, op,
-            extra_data={"rollbackTo": rollback_to}, deleted=deletion_of(past_state),
+            extra_data={"rollbackTo": rollback_to}, deleted=is_deleted(past_state),
         )  # fmt: skip
         return event.result()
+
+    def restored(
+        self, noun: Noun, action: str, current: Loaded, target_fields: dict[str, Any], op: Operation
+    ) -> dict[str, Any]:
+        """The fields a rollback or revert brings `current` back to, after the BEFORE hooks (which see
+        the change as a merge patch: each differing field, null where it goes away) and type checks."""
+        patch = {k: target_fields.get(k) for k in set(current.fields) | set(target_fields)}
+        patch = self.before_hooks(noun, action, "Updated", current.state["$id"], patch, current.state, op)
+        merged = merge(current.fields, patch)
+        changed = list(diff(current.fields, merged))
+        return self.env.validators[noun.name].validate_changed(merged, changed)
 
     def revert(self, op: Operation) -> dict[str, Any]:
         if op.actor is None or op.since is None:
@@ -342,6 +366,11 @@ class Mutator:
         victim = check_actor(op.actor)
         since = format_us(parse_as_of(op.since, "since"))
         until = format_us(parse_as_of(op.until, "until")) if op.until is not None else None
+        if until is not None and until < since:
+            raise ValidationFailed(
+                f"'until' ({until}) is before 'since' ({since}): the window is empty",
+                hint="Pass an until at or after since, or leave it out to revert up to now.",
+            )
         rows = self.conn.execute(
             "SELECT target, entity_type, min(version), group_concat(id) FROM events "
             "WHERE actor = ? AND ts >= ? AND (? IS NULL OR ts <= ?) GROUP BY target, entity_type ORDER BY min(seq)",
@@ -351,6 +380,9 @@ class Mutator:
         conflicts: list[dict[str, Any]] = []
         unchanged: list[str] = []
         events: list[dict[str, Any]] = []
+        # Relationships are checked once every entity is back: a link may point at an entity that
+        # this same revert restores further on.
+        links: list[tuple[Noun, dict[str, Any], list[str]]] = []
         for target, entity_type, first_version, ids in rows:
             noun = self.env.schemas.nouns.get(entity_type)
             if noun is None:
@@ -361,10 +393,11 @@ class Mutator:
             others = [
                 r[0]
                 for r in self.conn.execute(
-                    # An earlier revert of this actor is not "someone else's change": repeating a revert is a no-op.
-                    "SELECT DISTINCT actor FROM events WHERE target = ? AND version > ? AND actor != ? "
-                    "AND json_extract(data, '$.revertOf') IS NULL",
-                    (target, first_version, victim),
+                    # An earlier revert of this same actor's events is not "someone else's change":
+                    # repeating a revert is a no-op. A revert of anyone else's events is a change.
+                    "SELECT DISTINCT e.actor FROM events e WHERE e.target = ? AND e.version > ? AND e.actor != ? "
+                    "AND (SELECT r.actor FROM events r WHERE r.id = json_extract(e.data, '$.revertOf[0]')) IS NOT ?",
+                    (target, first_version, victim, victim),
                 )
             ]
             if others and not op.force:
@@ -381,7 +414,7 @@ class Mutator:
                     continue
                 self.before_hooks(noun, "revert", "Deleted", target, {}, current.state, op)
                 event = self.write(
-                    noun, target, "Deleted", current, current.fields, None, op, extra_data=revert_of, deleted="now"
+                    noun, target, "Deleted", current, current.fields, None, op, extra_data=revert_of, deleted=True
                 )
             else:
                 (before_text,) = self.conn.execute(
@@ -389,24 +422,19 @@ class Mutator:
                 ).fetchone()
                 before = json.loads(before_text)
                 target_fields = fields_of(before)
-                if not diff(current.fields, target_fields) and current.deleted == (deletion_of(before) is not None):
+                if not diff(current.fields, target_fields) and current.deleted == is_deleted(before):
                     unchanged.append(target)
                     continue
-                self.before_hooks(noun, "revert", "Updated", target, dict(target_fields), current.state, op)
-                target_fields = self.validate(noun, target_fields, list(diff(current.fields, target_fields)))
+                target_fields = self.restored(noun, "revert", current, target_fields, op)
+                links.append((noun, target_fields, list(diff(current.fields, target_fields))))
                 event = self.write(
-                    noun,
-                    target,
-                    "Updated",
-                    current,
-                    target_fields,
-                    None,
-                    op,
-                    extra_data=revert_of,
-                    deleted=deletion_of(before),
-                )
+                    noun, target, "Updated", current, target_fields, None, op,
+                    extra_data=revert_of, deleted=is_deleted(before),
+                )  # fmt: skip
             reverted.append(event.state)
             events.append(event.event)
+        for noun, fields, changed in links:
+            self.check_relations(noun, fields, changed)
         return {
             "entity": None,
             "events": events,
@@ -457,7 +485,12 @@ class Mutator:
         and that every changed relationship points at a live entity of the right noun."""
         validator = self.env.validators[noun.name]
         fields = validator.validate(fields) if changed is None else validator.validate_changed(fields, changed)
-        for name in fields if changed is None else changed:
+        self.check_relations(noun, fields, list(fields) if changed is None else changed)
+        return fields
+
+    def check_relations(self, noun: Noun, fields: dict[str, Any], names: list[str]) -> None:
+        """Every relationship among `names` points at a live entity of the right noun, as of now."""
+        for name in names:
             f = noun.fields.get(name)
             value = fields.get(name)
             if f is None or f.relation is None or value is None:
@@ -474,7 +507,6 @@ class Mutator:
                         f"{noun.name}.{name}: {f.relation} {ref} was deleted at {row[1]}",
                         hint=f"Point {name} at a live {f.relation}.",
                     )
-        return fields
 
     def write(
         self,
@@ -486,13 +518,13 @@ class Mutator:
         created_data: dict[str, Any] | None,
         op: Operation,
         extra_data: dict[str, Any] | None = None,
-        deleted: str | tuple[str, str | None] | None = None,
+        deleted: bool = False,
         changes: dict[str, dict[str, Any]] | None = None,
     ) -> Written:
         """Append one event and bring the materialized row to the state right after it.
 
-        `deleted` is the entity's deletion after the event: None (live), "now" (this event
-        deletes it) or the `($deletedAt, $deletedBy)` of a past state being restored.
+        `deleted`: whether the entity is deleted after the event. An entity that already was keeps
+        its `$deletedAt`/`$deletedBy`; otherwise this event deletes it, at its time, by its actor.
         `changes` may be passed when the caller already has `diff(current.fields, fields)`."""
         ts_us = self.txn.next_ts_us()
         ts = format_us(ts_us)
@@ -507,10 +539,10 @@ class Mutator:
             "$updatedAt": ts,
             "$updatedBy": self.actor,
         }
-        if deleted == "now":
+        if deleted and old_state.get("$deletedAt") is not None:
+            meta["$deletedAt"], meta["$deletedBy"] = old_state["$deletedAt"], old_state.get("$deletedBy")
+        elif deleted:
             meta["$deletedAt"], meta["$deletedBy"] = ts, self.actor
-        elif isinstance(deleted, tuple):
-            meta["$deletedAt"], meta["$deletedBy"] = deleted
         state = {**meta, **fields}
         if changes is None:
             changes = diff(current.fields if current else {}, fields)
@@ -525,11 +557,14 @@ class Mutator:
         if extra_data:
             data = {**extra_data, **data}
         state_text = dumps(state)
-        if len(state_text) > MAX_STATE_BYTES:
-            raise LimitExceeded(
-                f"{noun.name} {entity_id} would be {len(state_text)} bytes; an entity may be at most {MAX_STATE_BYTES}",
-                hint="Store large content elsewhere and keep a url here.",
-            )
+        if len(state_text) * 4 > MAX_STATE_BYTES:  # UTF-8 takes at most 4 bytes a character: count only then
+            size = len(state_text.encode("utf-8", "surrogatepass"))
+            if size > MAX_STATE_BYTES:
+                raise LimitExceeded(
+                    f"{noun.name} {entity_id if current else '(new)'} would be {size} bytes of JSON (UTF-8); "
+                    f"an entity may be at most {MAX_STATE_BYTES}",
+                    hint="Store large content elsewhere and keep a url here.",
+                )
         event = self.txn.append(
             new_id("evt_"), f"{noun.name}.{past}", noun.name, past, entity_id, self.actor, ts_us, ts, version,
             dumps(data), dumps(changes), state_text, op.reason, self.caused_by,
@@ -625,6 +660,32 @@ class Mutator:
         return True
 
 
+# The optional keys each action reads (besides action, idempotencyKey, reason, dryRun); a verb
+# takes what update takes. A key given to an action that does not read it is refused, not ignored:
+# an agent that sends `ifVersion` with a create, or `id` with a revert, expects it to count.
+ACTION_KEYS: dict[str, frozenset[str]] = {
+    "create": frozenset({"type", "data"}),
+    "update": frozenset({"type", "id", "data", "ifVersion"}),
+    "delete": frozenset({"type", "id", "ifVersion"}),
+    "rollback": frozenset({"type", "id", "asOf", "toVersion", "ifVersion"}),
+    "revert": frozenset({"actor", "since", "until", "force"}),
+}
+COMMON_KEYS = frozenset({"action", "idempotencyKey", "reason", "dryRun"})
+
+
+def check_arguments(op: Operation) -> None:
+    takes = ACTION_KEYS.get(op.action, ACTION_KEYS["update"])
+    extra = sorted(op.model_fields_set - takes - COMMON_KEYS)
+    if extra:
+        what = f"the verb {op.action}" if op.action not in ACTION_KEYS else op.action
+        keys = ", ".join(repr(k) for k in extra)
+        raise ValidationFailed(
+            f"{what} does not take {keys}; it takes: {', '.join(sorted(takes | COMMON_KEYS))}",
+            hint=f"Remove {keys}."
+            + (" A revert covers every entity the actor touched in the window." if op.action == "revert" else ""),
+        )
+
+
 INSERT_KEY = "INSERT INTO entity_keys (type, field, value, id, uniq, live, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -652,9 +713,8 @@ def index_keys(noun: Noun, state: dict[str, Any]) -> set[tuple[str, Any]]:
     return out
 
 
-def deletion_of(state: dict[str, Any]) -> tuple[str, str | None] | None:
-    at = state.get("$deletedAt")
-    return None if at is None else (at, state.get("$deletedBy"))
+def is_deleted(state: dict[str, Any]) -> bool:
+    return state.get("$deletedAt") is not None
 
 
 def merge(fields: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

@@ -115,16 +115,14 @@ class Store:
 
     def _after(self, tenant: str, actor: str, op: Operation, result: dict[str, Any]) -> None:
         depth = getattr(self._local, "depth", 0)
+        # The state each event left its entity in: a revert's are under "reverted", one per event.
+        states = {s["$id"]: s for s in [result.get("entity"), *result.get("reverted", [])] if s}
         for event in result.get("events", []):
             noun, _, past = event["type"].partition(".")
             hooks = self.hooks.matching_after(noun, op.action, past)
             if not hooks:
                 continue
-            entity = (
-                result.get("entity")
-                if result.get("entity", {}) and result["entity"].get("$id") == event["target"]
-                else None
-            )
+            entity = states.get(event["target"])
 
             def do(request: dict[str, Any], _event: str = event["id"]) -> dict[str, Any]:
                 if depth + 1 > MAX_HOOK_DEPTH:

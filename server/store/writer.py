@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from ..errors import HeadlesslyError, StorageError
+from ..errors import HeadlesslyError, StorageError, ValidationFailed
 from .checkpoints import EVERY_COMMITS
 from .events import EVENT_ROW_COLUMNS, GENESIS_HASH, EventRow, chain_hash
 
@@ -55,9 +55,15 @@ class Txn:
         if ts_us <= head.ts_us:
             raise ValueError("event timestamps must strictly increase")
         seq = head.seq + 1
-        h = chain_hash(
-            head.hash, seq, event_id, type_, target, actor, ts, version, data, changes, state, reason, caused_by
-        )
+        try:
+            h = chain_hash(
+                head.hash, seq, event_id, type_, target, actor, ts, version, data, changes, state, reason, caused_by
+            )
+        except UnicodeEncodeError as exc:  # a lone surrogate (\ud800-\udfff): Python text, not Unicode
+            raise ValidationFailed(
+                f"the write holds text that is not valid Unicode ({exc.reason}: {exc.object[exc.start : exc.end]!r})",
+                hint="Send every string as valid UTF-8; lone surrogates (\\ud800-\\udfff) cannot be stored.",
+            ) from None
         event = EventRow(
             seq, event_id, type_, entity_type, action, target, actor, ts, version, data, changes, state, reason,
             caused_by, head.hash, h,
