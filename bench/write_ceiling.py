@@ -10,7 +10,7 @@ three ways on the SAME connection and file, in alternating turns:
             No hooks, idempotency, batches or savepoints: a lower bound for any restructuring of our code.
   sql-only  the same six statements with every value prepared beforehand: what SQLite alone costs (its
             rows carry placeholder hashes and changes, so the log no longer verifies after it).
-  sql-lean  sql-only on a second file whose schema lacks the four read-only event indexes and the timestamp
+  sql-lean  sql-only on a second file whose schema lacks the four read-only event indexes and the append-only
             trigger (LEAN_DROPS): what "fewer derived structures" could save at most, giving up event queries.
 
 It answers whether issue 2's goal 1 (10,000 events/s, >= 0.25x raw sqlite3, >= 1.5x eventsourcing) can be
@@ -56,7 +56,7 @@ LEAN_DROPS = (
     "DROP INDEX events_by_actor",
     "DROP INDEX events_by_entity_type",
     "DROP INDEX events_by_action",
-    "DROP TRIGGER events_time_moves_forward",
+    "DROP TRIGGER events_append_only",
 )
 
 

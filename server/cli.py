@@ -321,11 +321,20 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
             )
         from .lake import catalog as cat
         from .lake.history import lake_events
+        from .store.tenants import check_tenant
 
         try:
-            found = lake_events(
-                cat.open_table(data_dir), tenant, type_, target, actor, since, until, limit, newest_first
-            )
+            check_tenant(tenant)
+        except HeadlesslyError as exc:
+            _fail(exc.message)
+        table = _lake_table_if_any(data_dir)
+        if table is None:
+            _fail(f"no lakehouse in {data_dir}: `headlessly flush` (or a running server) fills it")
+        in_table = cat.watermarks(table)
+        if tenant not in in_table:
+            _fail(f"tenant {tenant!r} has no events in the table; its tenants: {', '.join(sorted(in_table)) or 'none'}")
+        try:
+            found = lake_events(table, tenant, type_, target, actor, since, until, limit, newest_first)
         except ValueError as exc:
             _fail(str(exc))
         _print_events(found, as_json)
@@ -387,10 +396,27 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
     ok = True
     try:
         table = None if no_lake else _lake_table_if_any(data_dir)
-        names = [tenant] if tenant else store.tenants()
+        here = store.tenants()
+        in_table: dict[str, tuple[int, str]] = {}
+        if table is not None:
+            from .lake import catalog as cat
+
+            in_table = cat.watermarks(table)
+        names = [tenant] if tenant else sorted({*here, *in_table})
         if not names:
             click.echo(f"no tenants in {data_dir}", err=True)
         for name in names:
+            if name not in here and name in in_table:  # its log is gone: the table is all that is left
+                ok = False
+                lost = (
+                    f"it has {in_table[name][0]} events in the table but no database here; "
+                    f"`headlessly restore --tenant {name}` rebuilds it from the table"
+                )
+                if as_json:
+                    click.echo(json.dumps({"tenant": name, "ok": False, "problems": [lost]}))
+                else:
+                    click.echo(f"{name}: FAILED: {lost}")
+                continue
             try:
                 report = store.verify(
                     name, progress=lambda n, what, t=name: click.echo(f"  {t}: {n} events {what}", err=True)

@@ -76,6 +76,49 @@ def test_events_from_the_lake_match_the_live_log(tmp_path: Path, data_dir: Path)
     assert (event["type"], event["actor"], event["reason"]) == ("Deal.Won", "agent_b", "signed")
 
 
+def test_events_from_the_lake_take_since_and_until_as_the_live_log_does(tmp_path: Path, data_dir: Path) -> None:
+    run(tmp_path, "flush", "--data-dir", str(data_dir))
+    live = [
+        json.loads(x)
+        for x in run(tmp_path, "events", "--tenant", TENANT, "--json", "--data-dir", str(data_dir)).stdout.splitlines()
+    ]
+    second = live[1]["timestamp"]  # ...Z; the same instant with an offset for until
+    window = ("--since", second, "--until", second.replace("Z", "+00:00"))
+    lake = run(tmp_path, "events", "--tenant", TENANT, "--json", "--from-lake", *window, "--data-dir", str(data_dir))
+    from_day = run(
+        tmp_path,
+        "events",
+        "--tenant",
+        TENANT,
+        "--json",
+        "--from-lake",
+        "--since",
+        second[:10],
+        "--data-dir",
+        str(data_dir),
+    )
+
+    assert lake.returncode == 0, lake.stderr
+    assert [json.loads(x) for x in lake.stdout.splitlines()] == [live[1]]
+    assert [json.loads(x) for x in from_day.stdout.splitlines()] == live
+
+
+def test_events_from_the_lake_refuse_a_bad_tenant_and_name_one_that_is_not_in_the_table(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    nowhere = tmp_path / "nowhere"
+    no_lake = run(tmp_path, "events", "--tenant", TENANT, "--from-lake", "--data-dir", str(nowhere))
+    run(tmp_path, "flush", "--data-dir", str(data_dir))
+    bad = run(tmp_path, "events", "--tenant", "../../etc", "--from-lake", "--data-dir", str(data_dir))
+    missing = run(tmp_path, "events", "--tenant", "nope", "--from-lake", "--data-dir", str(data_dir))
+
+    assert no_lake.returncode == 2 and "no lakehouse" in no_lake.stderr
+    assert not nowhere.exists()
+    assert bad.returncode == 2 and "invalid tenant name" in bad.stderr
+    assert missing.returncode == 2
+    assert "'nope' has no events in the table; its tenants: acme" in missing.stderr
+
+
 def test_verify_compares_the_table_with_the_log(tmp_path: Path, data_dir: Path) -> None:
     flushed = run(tmp_path, "flush", "--data-dir", str(data_dir))
     healthy = run(tmp_path, "verify", "--data-dir", str(data_dir))
@@ -92,6 +135,20 @@ def test_verify_compares_the_table_with_the_log(tmp_path: Path, data_dir: Path) 
     assert "3 in the lake" in healthy.stdout
     assert broken.returncode == 1
     assert "the table's hash differs from the log's" in broken.stdout
+
+
+def test_verify_fails_for_a_tenant_in_the_table_whose_database_is_gone(tmp_path: Path, data_dir: Path) -> None:
+    run(tmp_path, "flush", "--data-dir", str(data_dir))
+    for path in (data_dir / "tenants").glob(f"{TENANT}.db*"):
+        path.unlink()
+    lost = run(tmp_path, "verify", "--data-dir", str(data_dir))
+    named = run(tmp_path, "verify", "--tenant", TENANT, "--json", "--data-dir", str(data_dir))
+
+    assert lost.returncode == 1
+    assert "acme: FAILED: it has 3 events in the table but no database here" in lost.stdout
+    assert "headlessly restore --tenant acme" in lost.stdout
+    assert named.returncode == 1
+    assert json.loads(named.stdout)["ok"] is False
 
 
 def test_restore_rebuilds_a_lost_tenant_and_refuses_a_live_one(tmp_path: Path, data_dir: Path) -> None:

@@ -45,13 +45,18 @@ def raw_sql(store: Store) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def drop_event_triggers(conn: sqlite3.Connection) -> None:
-    names = [
-        r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'")
-    ]
-    assert names, "the events table should be guarded by triggers"
-    for name in names:
+@contextmanager
+def without_event_triggers(conn: sqlite3.Connection) -> Iterator[None]:
+    """Tampering as a careful intruder does it: the events' triggers dropped, and put back afterwards."""
+    saved = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
+    ).fetchall()
+    assert saved, "the events table should be guarded by triggers"
+    for name, _ in saved:
         conn.execute(f'DROP TRIGGER "{name}"')
+    yield
+    for _, sql in saved:
+        conn.execute(sql)
 
 
 def small_history(store: Store, clock: Any) -> dict[str, Any]:
@@ -102,6 +107,49 @@ def test_a_direct_sql_delete_of_an_event_is_refused_by_the_database(store: Store
     assert store.events(TENANT)["total"] == 4
 
 
+COLUMNS = "seq, id, type, entity_type, action, target, actor, ts, version, data, changes, state, reason, caused_by, prev_hash, hash"
+
+
+@pytest.mark.parametrize(
+    "replacing",
+    [
+        # the same row with another actor and a later time: would rewrite seq 2 in place
+        f"REPLACE INTO events ({COLUMNS}) SELECT seq, id, type, entity_type, action, target, 'agent_evil', "
+        "'2030-01-01T00:00:00.000000Z', version, data, changes, state, reason, caused_by, prev_hash, hash FROM events WHERE seq = 2",
+        # a new seq and time but seq 3's id: would remove seq 3
+        f"INSERT OR REPLACE INTO events ({COLUMNS}) SELECT 99, id, type, entity_type, action, target, actor, "
+        "'2030-01-01T00:00:00.000000Z', version, data, changes, state, reason, caused_by, prev_hash, hash FROM events WHERE seq = 3",
+        # a new seq, id and time but seq 3's (target, version): would remove seq 3
+        f"INSERT OR REPLACE INTO events ({COLUMNS}) SELECT 99, 'evt_forged000', type, entity_type, action, target, actor, "
+        "'2030-01-01T00:00:00.000000Z', version, data, changes, state, reason, caused_by, prev_hash, hash FROM events WHERE seq = 3",
+        # an older time under a new seq: would break the order of time
+        f"INSERT INTO events ({COLUMNS}) SELECT 99, 'evt_forged000', type, entity_type, action, target, actor, "
+        "ts, 99, data, changes, state, reason, caused_by, prev_hash, hash FROM events WHERE seq = 3",
+    ],
+)  # fmt: skip
+def test_insert_or_replace_cannot_rewrite_or_remove_an_event(store: Store, clock: Any, replacing: str) -> None:
+    small_history(store, clock)
+    before = store.events(TENANT)["results"]
+    with raw_sql(store) as conn, pytest.raises(sqlite3.DatabaseError):
+        conn.execute(replacing)
+    assert store.events(TENANT)["results"] == before
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_verify_fails_when_a_guard_of_the_events_is_dropped_or_replaced(store: Store, clock: Any) -> None:
+    small_history(store, clock)
+    with raw_sql(store) as conn:
+        conn.execute("DROP TRIGGER events_refuse_delete")
+        conn.execute("DROP TRIGGER events_refuse_update")
+        conn.execute("CREATE TRIGGER events_refuse_update BEFORE UPDATE ON events BEGIN SELECT 1; END")
+    report = store.verify(TENANT)
+    assert report["ok"] is False
+    assert report["problems"] == [
+        "the database no longer refuses UPDATE on events: its trigger events_refuse_update is not the one the store created",
+        "the database no longer refuses DELETE on events: its trigger events_refuse_delete is missing",
+    ]
+
+
 # ---- tamper evidence ------------------------------------------------------------------------------
 
 
@@ -109,8 +157,7 @@ def test_altering_an_event_in_the_file_makes_verify_fail_naming_the_event(store:
     small_history(store, clock)
     victim = store.events(TENANT)["results"][2]
     assert store.verify(TENANT)["ok"] is True
-    with raw_sql(store) as conn:
-        drop_event_triggers(conn)
+    with raw_sql(store) as conn, without_event_triggers(conn):
         conn.execute(
             "UPDATE events SET data = ? WHERE id = ?", (json.dumps({"stage": "Lead -> Customer"}), victim["id"])
         )
@@ -122,8 +169,7 @@ def test_altering_an_event_in_the_file_makes_verify_fail_naming_the_event(store:
 def test_altering_an_event_actor_and_rehashing_nothing_is_detected(store: Store, clock: Any) -> None:
     small_history(store, clock)
     victim = store.events(TENANT)["results"][3]
-    with raw_sql(store) as conn:
-        drop_event_triggers(conn)
+    with raw_sql(store) as conn, without_event_triggers(conn):
         conn.execute("UPDATE events SET actor = 'agent_scapegoat' WHERE id = ?", (victim["id"],))
     report = store.verify(TENANT)
     assert report["ok"] is False
@@ -141,8 +187,7 @@ def test_an_entitys_versions_reordered_in_the_log_make_verify_fail_even_with_eve
             clock.advance(1)
         store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice, "data": {"title": title}})
     assert store.verify(TENANT)["ok"] is True
-    with raw_sql(store) as conn:
-        drop_event_triggers(conn)
+    with raw_sql(store) as conn, without_event_triggers(conn):
         # Swap v2 and v3 between seq 2 and seq 4, each state keeping its own row's time, and make every
         # derived row and every hash agree: only the order of versions in the log is wrong now.
         a = conn.execute("SELECT version, data, changes, state FROM events WHERE seq = 2").fetchone()
@@ -170,8 +215,7 @@ def test_an_entitys_versions_reordered_in_the_log_make_verify_fail_even_with_eve
 
 def test_removing_an_event_from_the_file_makes_verify_fail(store: Store, clock: Any) -> None:
     small_history(store, clock)
-    with raw_sql(store) as conn:
-        drop_event_triggers(conn)
+    with raw_sql(store) as conn, without_event_triggers(conn):
         conn.execute("DELETE FROM events WHERE seq = 3")
     report = store.verify(TENANT)
     assert report["ok"] is False

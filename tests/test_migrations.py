@@ -14,11 +14,20 @@ from server.schema import SchemaSet
 from server.store import Store
 from server.store.sqlite import connect, migrate
 
-AS_THE_FOURTH_MIGRATION_LEFT_IT = """
+AS_THE_FIFTH_MIGRATION_LEFT_IT = """
+    DROP TRIGGER events_append_only;
+    CREATE TRIGGER events_time_moves_forward BEFORE INSERT ON events WHEN NEW.ts <= (SELECT max(ts) FROM events)
+    BEGIN SELECT RAISE(ABORT, 'event timestamps must strictly increase'); END;
+    DELETE FROM migrations WHERE version = 6;
+"""
+AS_THE_FOURTH_MIGRATION_LEFT_IT = (
+    AS_THE_FIFTH_MIGRATION_LEFT_IT
+    + """
     DROP TRIGGER entity_counts_add; DROP TRIGGER entity_counts_remove; DROP TRIGGER entity_counts_move;
     DROP TABLE entity_counts;
     DELETE FROM migrations WHERE version = 5;
 """
+)
 AS_THE_THIRD_MIGRATION_LEFT_IT = (
     AS_THE_FOURTH_MIGRATION_LEFT_IT
     + """
@@ -80,7 +89,7 @@ def test_a_database_from_before_the_key_count_indexes_gets_them_on_open(tmp_path
         columns = [r[0] for r in conn.execute("SELECT name FROM pragma_index_info('entity_keys_lookup')")]
 
     assert columns == ["type", "field", "value", "live", "updated_at", "id"]
-    assert migration_versions(path) == [1, 2, 3, 4, 5]
+    assert migration_versions(path) == [1, 2, 3, 4, 5, 6]
     assert [e["name"] for e in page["results"]] == ["Acme Inc", "Initech"] and page["total"] == 2
 
 
@@ -97,7 +106,7 @@ def test_a_database_from_before_key_counts_gets_its_keys_dated_and_counted_on_op
     with closing(sqlite3.connect(path)) as conn:
         counts = conn.execute("SELECT field, value, live, n FROM key_counts ORDER BY live").fetchall()
 
-    assert migration_versions(path) == [1, 2, 3, 4, 5]
+    assert migration_versions(path) == [1, 2, 3, 4, 5, 6]
     assert counts == [("industry", "Software", 0, 1), ("industry", "Software", 1, 2)]
     assert [e["name"] for e in live["results"] + rest["results"]] == ["Acme Inc", "Initech"]
     assert (live["total"], everyone["total"]) == (2, 3)
@@ -170,7 +179,7 @@ def test_two_connections_migrating_an_old_file_at_once_apply_each_migration_once
                 c.close()
 
         assert errors == []
-        assert migration_versions(path) == [1, 2, 3, 4, 5]
+        assert migration_versions(path) == [1, 2, 3, 4, 5, 6]
         with closing(sqlite3.connect(path)) as conn:
             conn.executescript(AS_THE_SECOND_MIGRATION_LEFT_IT)
 
@@ -185,7 +194,33 @@ def test_a_database_from_before_entity_counts_gets_them_on_open(tmp_path: Path, 
     with closing(sqlite3.connect(path)) as conn:
         counts = conn.execute("SELECT type, live, n FROM entity_counts ORDER BY live").fetchall()
 
-    assert migration_versions(path) == [1, 2, 3, 4, 5]
+    assert migration_versions(path) == [1, 2, 3, 4, 5, 6]
     assert counts == [("Organization", 0, 1), ("Organization", 1, 2)]
     assert (live["total"], everyone["total"]) == (2, 3)
     assert report["ok"], report["problems"]
+
+
+def test_a_database_from_before_the_append_only_trigger_refuses_insert_or_replace_after_open(
+    tmp_path: Path, schemas: SchemaSet
+) -> None:
+    path = old_tenant_file(tmp_path, schemas, AS_THE_FIFTH_MIGRATION_LEFT_IT)
+    replace = (  # seq 1 again, by another actor, at a time past the last event
+        "REPLACE INTO events SELECT seq, id, type, entity_type, action, target, 'agent_evil', '2030-01-01T00:00:00.000000Z', "
+        "version, data, changes, state, reason, caused_by, prev_hash, hash FROM events WHERE seq = 1"
+    )
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("SAVEPOINT s")
+        conn.execute(replace)  # the old trigger only guarded the time order
+        conn.execute("ROLLBACK TO s")
+
+    with Store(tmp_path / "data", schemas) as s:
+        assert s.verify(TENANT)["ok"] is True
+    with closing(sqlite3.connect(path)) as conn:
+        try:
+            conn.execute(replace)
+        except sqlite3.DatabaseError as exc:
+            refused = str(exc)
+        else:
+            refused = ""
+    assert "append-only" in refused
+    assert migration_versions(path) == [1, 2, 3, 4, 5, 6]

@@ -28,6 +28,11 @@ COLUMNS = (
 )
 
 
+def _iceberg_time(text: str) -> str:
+    """An input time as pyiceberg's timestamptz literal parser takes it: an offset, not `Z`."""
+    return format_us(parse_time(text)).removesuffix("Z") + "+00:00"
+
+
 def lake_events(
     table: Any,
     tenant: str,
@@ -56,9 +61,9 @@ def lake_events(
     if actor is not None:
         cond = ex.And(cond, ex.EqualTo("actor", actor))
     if since is not None:
-        cond = ex.And(cond, ex.GreaterThanOrEqual("timestamp", format_us(parse_time(since))))
+        cond = ex.And(cond, ex.GreaterThanOrEqual("timestamp", _iceberg_time(since)))
     if until is not None:
-        cond = ex.And(cond, ex.LessThanOrEqual("timestamp", format_us(parse_time(until))))
+        cond = ex.And(cond, ex.LessThanOrEqual("timestamp", _iceberg_time(until)))
     rows = table.scan(row_filter=cond, selected_fields=COLUMNS).to_arrow()
     rows = rows.sort_by([("seq", "descending" if newest_first else "ascending")])
     out: list[dict[str, Any]] = []

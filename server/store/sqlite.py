@@ -160,6 +160,16 @@ _MIGRATIONS: list[tuple[str, str]] = [
         CREATE TRIGGER entity_counts_move AFTER UPDATE OF type, deleted_at ON entities WHEN OLD.type IS NOT NEW.type OR (OLD.deleted_at IS NULL) IS NOT (NEW.deleted_at IS NULL) BEGIN {_ENTITY_UNCOUNT_OLD} {_ENTITY_COUNT_NEW} END
         """,
     ),
+    (
+        "events are append-only against INSERT OR REPLACE too",
+        # REPLACE deletes the rows a new one collides with, and SQLite fires no DELETE trigger for
+        # that (unless a connection turns recursive_triggers on): so an insert may take no seq, id,
+        # (target, version) or time that an event already has. One line: see the migration above.
+        """
+        DROP TRIGGER IF EXISTS events_time_moves_forward;
+        CREATE TRIGGER events_append_only BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'event timestamps must strictly increase') WHERE NEW.ts <= (SELECT max(ts) FROM events); SELECT RAISE(ABORT, 'events are append-only: that seq is taken') WHERE NEW.seq <= (SELECT max(seq) FROM events); SELECT RAISE(ABORT, 'events are append-only: that event id is taken') WHERE EXISTS (SELECT 1 FROM events WHERE id = NEW.id); SELECT RAISE(ABORT, 'events are append-only: that target already has that version') WHERE EXISTS (SELECT 1 FROM events WHERE target = NEW.target AND version = NEW.version); END
+        """,
+    ),
 ]
 
 _SAFE_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections import Counter
 from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
 from ..schema import Noun, SchemaSet
@@ -13,10 +15,35 @@ from .events import EVENT_ROW_COLUMNS, GENESIS_HASH, EventRow, dumps, row_hash
 from .mutations import key_rows, search_body
 from .queries import iter_events
 from .reindex import checkable
-from .sqlite import ENTITY_COUNTS, KEY_COUNTS
+from .sqlite import ENTITY_COUNTS, KEY_COUNTS, migrate
 
 MAX_PROBLEMS = 100
 PROGRESS_EVERY = 10_000  # events between progress calls
+# The triggers by which the database itself refuses to change or remove events.
+GUARDS = {
+    "events_refuse_update": "UPDATE on events",
+    "events_refuse_delete": "DELETE on events",
+    "events_append_only": "INSERT OR REPLACE over an event, and events out of order",
+}
+_GUARDS_SQL = f"SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN ({', '.join('?' * len(GUARDS))})"
+
+
+@functools.cache
+def expected_guards() -> dict[str, str]:
+    """The guards' SQL as the migrations create them (in a database of their own, in memory)."""
+    with closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
+        migrate(conn)
+        return dict(conn.execute(_GUARDS_SQL, tuple(GUARDS)).fetchall())
+
+
+def guard_problems(conn: sqlite3.Connection) -> list[str]:
+    found = dict(conn.execute(_GUARDS_SQL, tuple(GUARDS)).fetchall())
+    return [
+        f"the database no longer refuses {what}: its trigger {name} is "
+        + ("missing" if name not in found else "not the one the store created")
+        for name, what in GUARDS.items()
+        if found.get(name) != expected_guards()[name]
+    ]
 
 
 def replay(prev: dict[str, Any], event: EventRow, changes: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +88,7 @@ def verify_tenant(
     Two passes over the log, each holding one event or one entity at a time (memory stays flat however
     large the tenant): the chain in seq order, then each entity's events in version order.
     `progress(n, "chained" | "replayed")` every PROGRESS_EVERY events of each pass."""
-    problems: list[str] = []
+    problems: list[str] = guard_problems(conn)
 
     def problem(text: str) -> None:
         if len(problems) < MAX_PROBLEMS:
