@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,7 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         actor=actor,
     )
     store = _open_store(config, serving=True)
+    _stop_on_sigterm()
     background = None
     if not no_flush:
         from .lake.background import BackgroundFlush
@@ -159,6 +161,17 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         if background is not None:
             background.stop()  # and one last flush
         store.close()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (what supervisors, systemd and `docker stop` send) ends the server through its shutdown, as
+    Ctrl-C does, so the last flush runs. Over HTTP uvicorn holds the signal while it drains connections
+    and raises it again when it is done: it lands here then."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _is_loopback(host: str) -> bool:

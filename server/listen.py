@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,19 @@ def listen(app: Any, host: str, port: int, announce: Callable[[int], None]) -> N
             tg.start_soon(uv.serve)
             while not uv.started:
                 await anyio.sleep(0.01)
-            announce(uv.servers[0].sockets[0].getsockname()[1] if uv.servers else port)
+            sockets = uv.servers[0].sockets if uv.servers else ()
+            if sockets:  # none when a signal stopped it while it started
+                announce(sockets[0].getsockname()[1])
 
-    anyio.run(run)
+    # Stop on SIGINT/SIGTERM the way uvicorn does while it serves (drain, then return), also before it
+    # installs its own handlers and when it raises the signal again after draining: the caller's
+    # shutdown (the server's last flush) then runs as after any normal return.
+    def stop(_signum: int, _frame: object) -> None:
+        uv.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        anyio.run(run)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

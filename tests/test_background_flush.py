@@ -223,6 +223,49 @@ async def test_a_sigterm_to_the_flush_process_ends_it_after_one_last_flush(tmp_p
     assert "Traceback" not in server.log()
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_an_http_server_stopped_by_a_signal_flushes_what_was_written_on_the_way_out(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    data_dir = tmp_path / "data"
+    with http_server(data_dir, "--no-auth", "--tenant", TENANT, "--flush-interval", "3600") as server:
+        with anyio.fail_after(TIMEOUT):
+            await create_contacts(server, ["Alice"])
+        server.proc.send_signal(sig)  # to the server alone: its flush process is told by the server
+        code = await anyio.to_thread.run_sync(server.proc.wait, TIMEOUT)
+
+    assert code == 0, server.log()
+    assert "final flush: 1 events" in server.log()
+    assert "Traceback" not in server.log()
+    assert len(lake_events(data_dir)) == 1
+
+
+@pytest.mark.anyio
+async def test_a_stdio_server_stopped_by_sigterm_flushes_what_was_written_on_the_way_out(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with Store(data_dir) as store:
+        store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+    command = [str(HEADLESSLY), "serve", "--data-dir", str(data_dir), "--tenant", TENANT, "--flush-interval", "3600"]
+    with anyio.fail_after(TIMEOUT):
+        async with await anyio.open_process(command, env=server_env(), start_new_session=True) as proc:
+            assert proc.stderr is not None
+            seen = b""
+            async for chunk in proc.stderr:
+                seen += chunk
+                if b"serving MCP over stdio" in seen:
+                    break
+            proc.send_signal(signal.SIGTERM)
+            async for chunk in proc.stderr:
+                seen += chunk
+            code = await proc.wait()
+
+    assert code == 0, seen.decode()
+    assert b"final flush: 1 events" in seen
+    assert b"Traceback" not in seen
+    assert len(lake_events(data_dir)) == 1
+
+
 def test_a_round_of_the_flush_process_looks_only_at_tenants_written_since_their_last_flush(store: Store) -> None:
     for tenant in ("acme", "beta"):
         store.do(tenant, "agent_a", {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
