@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import textwrap
 import threading
 import uuid
@@ -10,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from server.errors import ValidationFailed
@@ -438,6 +440,36 @@ def test_load_module_imports_a_module_and_calls_its_register(
         with pytest.raises(ValidationFailed) as exc:
             store.do(TENANT, AGENT, {"action": "create", "type": "Deal", "data": {"name": "forbidden", "value": 1}})
         assert "forbidden by the site hooks" in exc.value.message
+
+
+@pytest.mark.anyio
+async def test_the_readme_hooks_example_loads_from_the_working_directory_as_the_readme_says(tmp_path: Path) -> None:
+    from e2e_helpers import http_mcp_client, http_server, payload
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = re.search(r"```python\n(# myhooks\.py, loaded with --hooks myhooks\n.*?)```", readme, re.DOTALL)
+    assert example, "README's Hooks section should show myhooks.py"
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "myhooks.py").write_text(example.group(1))
+    with http_server(tmp_path / "data", "--no-auth", "--no-flush", "--hooks", "myhooks", cwd=workdir) as server:
+        with anyio.fail_after(60):
+            async with http_mcp_client(server) as client:
+                negative = await client.call_tool(
+                    "do", {"action": "create", "type": "Deal", "data": {"name": "D", "value": -1}}
+                )
+                rounded = await client.call_tool(
+                    "do", {"action": "create", "type": "Deal", "data": {"name": "D", "value": 2.345}}
+                )
+                alice = await client.call_tool("do", {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+                alice_id = payload(alice)["entity"]["$id"]
+                await client.call_tool("do", {"action": "qualify", "type": "Contact", "id": alice_id})
+                deals = payload(await client.call_tool("search", {"type": "Deal", "filter": {"contact": alice_id}}))
+
+    assert negative.is_error and "cannot be negative" in negative.content[0].text
+    assert payload(rounded)["entity"]["value"] == 2.35
+    (opened,) = deals["results"]
+    assert opened["name"] == "Deal for Alice"
 
 
 def test_load_module_refuses_a_module_without_register(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -127,8 +127,11 @@ async def test_an_unknown_noun_is_invalid_type_and_the_message_lists_the_nouns(
 async def test_an_unknown_noun_in_the_schema_is_invalid_type(store: Store) -> None:
     async with connect(store) as client:
         result = await client.call_tool("fetch", {"type": "Schema", "id": "Contct"})
+        built_in = await client.call_tool("fetch", {"type": "Schema", "id": "Event"})
     body = check_error(result, "invalid_type")
     assert "Contact" in body["message"] + body["hint"]
+    assert "'Event'" in check_error(built_in, "invalid_type")["message"]
+    assert "Event" not in check_error(built_in, "invalid_type")["message"].split("nouns are:")[1]
 
 
 # ---- invalid_id ---------------------------------------------------------------------------------
@@ -205,6 +208,33 @@ async def test_operations_together_with_a_single_operation_is_a_validation_error
         )
     check_error(result, "validation_error")
     assert event_count(store) == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"operations": []},
+        {"operations": [{"action": "create", "type": "Contact", "data": {"name": "A"}, "dryRun": True}]},
+        {"action": "create", "type": "Contact", "data": {"name": "A"}, "ifVersion": 2},
+    ],
+)
+async def test_a_malformed_batch_or_a_key_the_action_does_not_take_is_a_validation_error_with_a_hint(
+    store: Store, request_: dict[str, Any]
+) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool("do", request_)
+    check_error(result, "validation_error")
+    assert event_count(store) == 0
+
+
+@pytest.mark.anyio
+async def test_an_unknown_tool_is_not_found_naming_the_tools(store: Store) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool("nope", {})
+    body = check_error(result, "not_found")
+    assert "'nope'" in body["message"]
+    assert "do, fetch, search" in body["message"]
 
 
 # ---- search errors ------------------------------------------------------------------------------

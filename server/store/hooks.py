@@ -5,6 +5,8 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import logging
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,8 +83,16 @@ class Hooks:
         return [fn for pattern, fn in self.after_hooks if _matches(pattern, noun, action, past)]
 
     def load_module(self, name: str) -> None:
-        """Import `name` and call its `register(hooks)`."""
-        module = importlib.import_module(name)
+        """Import `name` and call its `register(hooks)`. A module that is not installed is also looked
+        for in the working directory (after everything else, so it never shadows a library)."""
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            here = os.getcwd()
+            if exc.name != name.partition(".")[0] or here in sys.path:
+                raise
+            sys.path.append(here)
+            module = importlib.import_module(name)
         register = getattr(module, "register", None)
         if not callable(register):
             raise ImportError(f"hooks module {name!r} has no register(hooks) function")

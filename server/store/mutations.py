@@ -611,7 +611,10 @@ class Mutator:
                     (*values, rowid),
                 )
         except sqlite3.IntegrityError as exc:
-            raise StorageError(f"could not write {entity_id}: {exc}") from None
+            raise StorageError(
+                f"could not write {entity_id}: {exc}",
+                hint="Nothing was written; `headlessly verify` checks the tenant.",
+            ) from None
         rewritten = (
             current is None
             or changes is None

@@ -82,7 +82,7 @@ def get_entity(
     seq: int | None = None
     if version is not None:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise ValidationFailed(f"version must be a whole number from 1, got {version!r}")
+            raise ValidationFailed(f"version must be a whole number from 1, got {version!r}", hint='e.g. "version": 2.')
         row = conn.execute(
             "SELECT state, seq FROM events WHERE target = ? AND version = ?", (entity_id, version)
         ).fetchone()
@@ -117,7 +117,7 @@ def get_entity(
                 deletedBy=state.get("$deletedBy"),
             )
     if state.get("$type") != noun.name:
-        raise NotFound(f"{entity_id} is not a {noun.name}")
+        raise NotFound(f"{entity_id} is not a {noun.name}", hint=f'Fetch it with "type": "{state.get("$type")}".')
     if include:
         expand(conn, schemas, noun, state, include, seq)
     if fields is not None:

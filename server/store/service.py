@@ -77,7 +77,10 @@ class Store:
                 )
             raw_ops = request["operations"]
             if not isinstance(raw_ops, list) or not raw_ops:
-                raise ValidationFailed("'operations' must be a non-empty list of operations")
+                raise ValidationFailed(
+                    "'operations' must be a non-empty list of operations",
+                    hint='e.g. {"operations": [{"action": "create", "type": "Contact", "data": {"name": "Ada"}}]}.',
+                )
             if len(raw_ops) > MAX_BATCH:
                 raise LimitExceeded(
                     f"a batch holds at most {MAX_BATCH} operations, got {len(raw_ops)}",
@@ -85,10 +88,13 @@ class Store:
                 )
             dry_run = request.get("dryRun", False)
             if not isinstance(dry_run, bool):
-                raise ValidationFailed("'dryRun' must be true or false")
+                raise ValidationFailed("'dryRun' must be true or false", hint='Pass "dryRun": true or leave it out.')
             ops = [parse_operation(op, f"operations[{i}]: ") for i, op in enumerate(raw_ops)]
             if any(op.dryRun for op in ops):
-                raise ValidationFailed("dryRun applies to a whole batch: set it beside 'operations', not inside one")
+                raise ValidationFailed(
+                    "dryRun applies to a whole batch: set it beside 'operations', not inside one",
+                    hint='e.g. {"operations": [...], "dryRun": true}.',
+                )
             results = self._write(tenant, actor, ops, True, dry_run, caused_by)
             out: dict[str, Any] = {"results": results}
             if dry_run:
@@ -126,7 +132,10 @@ class Store:
 
             def do(request: dict[str, Any], _event: str = event["id"]) -> dict[str, Any]:
                 if depth + 1 > MAX_HOOK_DEPTH:
-                    raise LimitExceeded(f"AFTER hooks nest deeper than {MAX_HOOK_DEPTH} writes; stopping here")
+                    raise LimitExceeded(
+                        f"AFTER hooks nest deeper than {MAX_HOOK_DEPTH} writes; stopping here",
+                        hint="A hook's write triggers hooks again: make the chain end (check ctx.event before writing).",
+                    )
                 self._local.depth = depth + 1
                 try:
                     return self.do(tenant, actor, request, caused_by=_event)
@@ -171,7 +180,13 @@ class Store:
     def schema(self, name: str | None = None) -> dict[str, Any]:
         if name is None:
             return {"nouns": {n: self.schemas[n].to_dict() for n in self.schemas.names()}}
-        return self.noun(name).to_dict()
+        if name not in self.schemas:
+            valid = ", ".join(self.schemas.names())
+            raise InvalidType(
+                f"no noun {name!r} to describe; the nouns are: {valid}",
+                hint='fetch {"type": "Schema"} describes them all (Event and Schema are built in, not nouns).',
+            )
+        return self.schemas[name].to_dict()
 
     def verify(self, tenant: str, progress: Any = None) -> dict[str, Any]:
         with self.pool.lease(tenant, create=False) as t, t.snapshot() as conn:

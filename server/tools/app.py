@@ -43,8 +43,18 @@ class HeadlesslyMCP(MCPServer):
         known = self._known_arguments.get(name)
         if known is None:
             tool = self._tool_manager.get_tool(name)
-            if tool is not None:
-                known = self._known_arguments[name] = frozenset((tool.parameters.get("properties") or {}).keys())
+            if tool is None:
+                tools = ", ".join(sorted(t.name for t in self._tool_manager.list_tools()))
+                raise ToolError(
+                    json.dumps(
+                        {
+                            "error": "not_found",
+                            "message": f"unknown tool {name!r}; the tools are: {tools}",
+                            "hint": f"Call one of: {tools} (tools/list describes them).",
+                        }
+                    )
+                )
+            known = self._known_arguments[name] = frozenset((tool.parameters.get("properties") or {}).keys())
         unknown = sorted(set(arguments or {}) - known) if known is not None else []
         if unknown:
             hint = (
