@@ -128,6 +128,22 @@ def test_a_glob_type_can_be_negated(store: Store, log: Log) -> None:
     assert types(page) == ["Contact.Created", "Contact.Qualified", "Lead.Created", "Lead.Qualified", "Contact.Updated"]
 
 
+def test_type_globs_work_inside_in_and_nin(store: Store, log: Log) -> None:
+    either = store.events(TENANT, filter={"type": {"$in": ["Deal.*", "*.Qualified"]}})
+    neither = store.events(TENANT, filter={"type": {"$nin": ["Deal.*", "Contact.Updated"]}})
+
+    assert types(either) == types(store.events(TENANT, filter={"$or": [{"type": "Deal.*"}, {"type": "*.Qualified"}]}))
+    assert set(types(either)) == {
+        "Deal.Created",
+        "Deal.Advanced",
+        "Deal.Won",
+        "Deal.Deleted",
+        "Contact.Qualified",
+        "Lead.Qualified",
+    }
+    assert types(neither) == ["Contact.Created", "Contact.Qualified", "Lead.Created", "Lead.Qualified"]
+
+
 def test_events_by_actor(store: Store, log: Log) -> None:
     page = store.events(TENANT, filter={"actor": CAROL})
 
@@ -158,6 +174,12 @@ def test_event_timestamp_filters_read_offsets_and_bounds_exactly(store: Store, l
     assert minutes({"$gt": "2026-01-16"}) == []
     assert minutes({"$lt": "2026-01-15"}) == []
     assert minutes({"$gte": "2026-01-15"}) == list(range(9))
+    # past the microsecond: every stored time is a whole microsecond, so 10:01:00.0000005 lies between two
+    half = "2026-01-15T10:01:00.0000005Z"
+    assert minutes({"$lt": half}) == minutes({"$lte": half}) == [0, 1]
+    assert minutes({"$gte": half}) == minutes({"$gt": half}) == list(range(2, 9))
+    assert minutes({"$eq": half}) == []
+    assert minutes({"$gte": "2026-01-15T10:01:00.0000000Z"}) == list(range(1, 9))  # zeros are not past it
     assert [e["seq"] for e in store.events(TENANT, filter={"timestamp": "2026-01-15T11:04:00+01:00"})["results"]] == [5]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -594,3 +594,20 @@ def test_an_indexed_field_equal_to_a_value_pages_and_counts_like_a_scan_of_every
             expected = [i for i in everyone if live[i].get("industry") == value]
             assert every_page(store, limit, filter={"industry": value}) == (expected, len(expected))
         assert store.verify(TENANT)["ok"]
+
+
+@budget(300)
+@given(text=st.text(max_size=40))
+@example(text="foo_bar \ufb01le Ǿ\u0301 ϖ µ x² ①  \U0001f600 \U00010400")
+def test_the_words_of_any_text_are_what_the_fts5_tokenizer_makes_of_it(text: str) -> None:
+    """Past states are matched by `words`: it must split and fold exactly as the index does."""
+    import sqlite3
+
+    from server.store.words import TOKENIZE, words
+
+    with closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute(f"CREATE VIRTUAL TABLE t USING fts5(body, tokenize = '{TOKENIZE}')")
+        conn.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
+        conn.execute("INSERT INTO t (rowid, body) VALUES (1, ?)", (text,))
+        indexed = [row[0] for row in conn.execute("SELECT term FROM v ORDER BY offset")]
+    assert words(text) == indexed

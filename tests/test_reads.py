@@ -275,6 +275,15 @@ def test_fields_projection_keeps_id_type_and_version(store: Store, history: dict
     }
 
 
+def test_fields_may_name_meta_fields_but_not_unknown_dollar_names(store: Store, history: dict[str, Any]) -> None:
+    got = store.get(TENANT, "Contact", history["id"], fields=["$createdBy", "title"])
+    with pytest.raises(ValidationFailed) as err:
+        store.get(TENANT, "Contact", history["id"], fields=["$nonsense"])
+
+    assert set(got) == {"$id", "$type", "$version", "$createdBy", "title"}
+    assert "$nonsense" in err.value.message and "$createdBy" in err.value.hint
+
+
 def test_fields_projection_applies_to_past_versions(store: Store, history: dict[str, Any]) -> None:
     got = store.get(TENANT, "Contact", history["id"], version=2, fields=["title"])
 

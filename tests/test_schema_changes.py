@@ -318,3 +318,23 @@ def test_an_entity_of_a_noun_renamed_only_in_case_is_not_written_as_the_new_noun
             s.do(TENANT, AGENT, {"action": "update", "type": "WIDGET", "id": widget, "data": {"name": "x"}})
         assert "is a Widget, not a WIDGET" in exc.value.message
         assert s.events(TENANT)["total"] == 1
+
+
+def test_keys_of_an_indexed_json_field_written_before_true_and_false_were_left_out_are_rebuilt_on_open(
+    tmp_path: Path,
+) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"j": "json#"')) as s:
+        make(s, name="flag", j=True)
+        make(s, name="number", j=1)
+    path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
+    with closing(sqlite3.connect(path)) as conn, conn:  # as the store left it before: true kept as the key 1
+        conn.execute(
+            "INSERT INTO entity_keys (type, field, value, id, uniq, live, updated_at) "
+            "SELECT 'Widget', 'j', 1, id, 0, 1, updated_at FROM entities WHERE json_extract(state, '$.name') = 'flag'"
+        )
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'derived:Widget'", ('{"keys":[["j",false]],"text":[]}',))
+
+    with Store(tmp_path / "data", widgets(tmp_path, '"j": "json#"')) as s:
+        assert names(s.find(TENANT, "Widget", filter={"j": 1})) == ["number"]
+        assert names(s.find(TENANT, "Widget", filter={"j": True})) == ["flag"]
+        assert s.verify(TENANT)["ok"] is True

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AGENT, TENANT, advance_to, create, write
+from conftest import AGENT, TENANT, advance_to, create, widgets, write
 
 from server.errors import (
     InvalidCursor,
@@ -137,6 +137,73 @@ def test_meta_datetimes_filter_as_times(store: Store, clock: Any) -> None:
     assert found(store, "Contact", {"$updatedAt": {"$gte": "2026-01-15"}}) == {"Early", "Late"}
 
 
+def test_a_time_between_two_microseconds_compares_exactly(store: Store, clock: Any) -> None:
+    advance_to(clock, "2026-01-15T10:00:00Z")
+    create(store, "Contact", name="On the second")
+    half = "2026-01-15T10:00:00.0000005Z"  # stored times are whole microseconds: none is equal to this one
+
+    assert found(store, "Contact", {"$createdAt": {"$lt": half}}) == {"On the second"}
+    assert found(store, "Contact", {"$createdAt": {"$lte": half}}) == {"On the second"}
+    assert found(store, "Contact", {"$createdAt": {"$gte": half}}) == set()
+    assert found(store, "Contact", {"$createdAt": {"$gt": half}}) == set()
+    assert found(store, "Contact", {"$createdAt": half}) == set()
+    assert found(store, "Contact", {"$createdAt": {"$ne": half}}) == {"On the second"}
+    assert found(store, "Contact", {"$createdAt": {"$in": [half, "2026-01-15T10:00:00Z"]}}) == {"On the second"}
+
+
+def test_null_in_eq_ne_in_and_nin_stands_for_an_absent_field(store: Store, deals: dict[str, str]) -> None:
+    closed = {"Big Bank", "Big Box", "Corner Shop"}
+    open_ = {"Small Cafe", "Tiny Stall"}
+
+    assert found(store, "Deal", {"closedAt": {"$eq": None}}) == found(store, "Deal", {"closedAt": None}) == open_
+    assert found(store, "Deal", {"closedAt": {"$ne": None}}) == closed
+    assert found(store, "Deal", {"stage": {"$in": ["Won", None]}}) == {"Big Bank"}
+    assert found(store, "Deal", {"closedAt": {"$in": [None]}}) == open_
+    assert found(store, "Deal", {"closedAt": {"$nin": [None]}}) == closed
+    assert found(store, "Deal", {"value": {"$nin": [100, None]}}) == found(store, "Deal", {"value": {"$ne": 100}})
+
+
+def test_an_email_filter_matches_the_email_as_it_was_written(store: Store) -> None:
+    ann = create(store, "Contact", name="Ann", email="Ann@Example.COM")  # stored with its domain lowercased
+
+    for written in ("Ann@Example.COM", "Ann@example.com"):
+        assert found(store, "Contact", {"email": written}) == {"Ann"}
+        assert found(store, "Contact", {"email": {"$in": [written, "nobody@x.io"]}}) == {"Ann"}
+        assert found(store, "Contact", {"email": {"$ne": written}}) == set()
+    assert ann["email"] == "Ann@example.com"
+    assert found(store, "Contact", {"email": "not an email"}) == set()
+    assert found(store, "Contact", {"email": {"$regex": "Example"}}) == set()  # a pattern is not an email
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_a_json_field_tells_true_and_false_from_1_and_0_and_matches_list_elements(
+    tmp_path: Path, clock: Any, indexed: bool
+) -> None:
+    schemas = widgets(tmp_path, f'"j": "json{"#" if indexed else ""}"')
+    with Store(tmp_path / "data", schemas, clock=clock) as s:
+        for name, j in [("one", 1), ("true", True), ("false", False), ("zero", 0), ("list", [1, "a", True]),
+                        ("object", {"k": 1}), ("text", "1")]:  # fmt: skip
+            s.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": name, "j": j}})
+            clock.advance(1)
+        s.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": "none"}})
+        now = s.events(TENANT, sort="-seq", limit=1)["results"][0]["timestamp"]
+
+        def named(flt: dict[str, Any]) -> set[str]:
+            current = {e["name"] for e in s.find(TENANT, "Widget", filter=flt, limit=100)["results"]}
+            past = {e["name"] for e in s.find(TENANT, "Widget", filter=flt, limit=100, as_of=now)["results"]}
+            assert current == past, flt
+            return current
+
+        assert named({"j": 1}) == {"one", "list"}
+        assert named({"j": True}) == {"true", "list"}
+        assert named({"j": False}) == {"false"}
+        assert named({"j": {"$in": [0, "a"]}}) == {"zero", "list"}
+        assert named({"j": "1"}) == {"text"}
+        assert named({"j": {"$ne": 1}}) == {"true", "false", "zero", "object", "text", "none"}
+        assert named({"j": {"$nin": [True, 0]}}) == {"one", "false", "object", "text", "none"}
+        assert s.verify(TENANT)["ok"]
+
+
 def test_in_and_nin_match_lists_of_values(store: Store, deals: dict[str, str]) -> None:
     assert found(store, "Deal", {"stage": {"$in": ["Won", "Lost"]}}) == {"Big Bank", "Small Cafe"}
     assert found(store, "Deal", {"stage": {"$nin": ["Won", "Lost", "Prospecting"]}}) == {"Big Box", "Corner Shop"}
@@ -151,6 +218,21 @@ def test_exists_tells_set_fields_from_missing_ones(store: Store, deals: dict[str
 def test_regex_matches_text_fields(store: Store, deals: dict[str, str]) -> None:
     assert found(store, "Deal", {"name": {"$regex": "^Big "}}) == {"Big Bank", "Big Box"}
     assert found(store, "Deal", {"name": {"$regex": "(Cafe|Stall)$"}}) == {"Small Cafe", "Tiny Stall"}
+
+
+def test_a_pattern_that_backtracks_without_end_is_invalid_filter_and_stalls_nothing(store: Store) -> None:
+    create(store, "Contact", name="a" * 40 + "!")
+    create(store, "Contact", name="Alice")
+
+    with pytest.raises(InvalidFilter) as err:  # Python's re would take hours on this value
+        store.find(TENANT, "Contact", {"name": {"$regex": "(a|aa)+$"}})
+    with pytest.raises(InvalidFilter):
+        store.find(
+            TENANT, "Contact", {"$or": [{"title": "CEO"}, {"name": {"$regex": "^(a|aa)+$"}}]}, as_of="2030-01-01"
+        )
+
+    assert "(a|aa)+$" in err.value.message and "longer than" in err.value.message
+    assert found(store, "Contact", {"name": {"$regex": "^Al"}}) == {"Alice"}  # the next query runs as usual
 
 
 def test_not_negates_an_operator(store: Store, deals: dict[str, str]) -> None:
@@ -273,6 +355,37 @@ def test_query_matches_word_prefixes_not_the_middle_of_words(store: Store, peopl
     assert found(store, "Contact", query="SMI") == {"Alice Smith", "Carol Smithers"}
     assert found(store, "Contact", query="mith") == set()
     assert found(store, "Contact", query="son") == set()
+
+
+def test_a_query_finds_the_same_entities_now_as_of_now_and_on_pages_read_across_a_write(
+    tmp_path: Path, clock: Any
+) -> None:
+    """Past states are matched outside the FTS5 index: word for word as the index would."""
+    with Store(tmp_path / "data", widgets(tmp_path, '"title": "text", "notes": "text[]"'), clock=clock) as s:
+        for name, data in [
+            ("Ann", {"title": "foo_bar engineer"}),  # '_' separates words for FTS5
+            ("Bob", {"title": "foo_bar manager"}),
+            ("Cid", {"title": "\ufb01le clerk"}),  # the 'fi' ligature is a letter of its own, not 'f' 'i'
+            ("Dee", {"notes": ["line one\nbar", "tab\there", "Négociation"]}),  # a list's strings, not its JSON
+        ]:
+            s.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": name, **data}})
+            clock.advance(1)
+        now = s.events(TENANT, sort="-seq", limit=1)["results"][0]["timestamp"]
+        for query in ("bar", "foo_bar", "file", "\ufb01le", "here", "negociation", "NÉGO", "one bar"):
+            current = {e["name"] for e in s.find(TENANT, "Widget", query=query)["results"]}
+            past = {e["name"] for e in s.find(TENANT, "Widget", query=query, as_of=now)["results"]}
+            assert current == past, query
+        assert {e["name"] for e in s.find(TENANT, "Widget", query="bar")["results"]} == {"Ann", "Bob", "Dee"}
+
+        seen, cursor = [], None
+        while True:
+            page = s.find(TENANT, "Widget", query="bar", limit=1, cursor=cursor)
+            seen += [e["name"] for e in page["results"]]
+            s.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": f"Other {len(seen)}"}})
+            if not page["hasMore"]:
+                break
+            cursor = page["cursor"]
+        assert sorted(seen) == ["Ann", "Bob", "Dee"]
 
 
 def test_query_combines_with_a_filter(store: Store, people: None) -> None:
@@ -521,6 +634,17 @@ def test_a_cursor_belongs_to_the_search_that_made_it(store: Store, many: dict[st
     events_cursor = store.events(TENANT, limit=5)["cursor"]
     with pytest.raises(InvalidCursor):
         store.find(TENANT, "Contact", sort="name", limit=10, cursor=events_cursor)
+
+
+def test_a_cursor_goes_on_whether_the_sort_is_left_out_or_spelt_out(
+    store: Store, many: dict[str, dict[str, Any]]
+) -> None:
+    first = store.find(TENANT, "Contact", limit=10)
+    spelt = store.find(TENANT, "Contact", sort="-$updatedAt", limit=10, cursor=first["cursor"])
+    left_out = store.find(TENANT, "Contact", limit=10, cursor=first["cursor"])
+    by_name = store.find(TENANT, "Contact", sort=" name ", limit=10)
+    assert spelt["results"] == left_out["results"] and spelt["results"]
+    assert store.find(TENANT, "Contact", sort="name", limit=10, cursor=by_name["cursor"])["results"]
 
 
 @pytest.mark.parametrize("bad", ["not-a-cursor", "!!!!", "x" * 5000, 12, ["a"], "eyJrIjpbXX0"])

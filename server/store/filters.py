@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+import regex
+
 from ..errors import InvalidFilter, InvalidSort
 from ..schema import Noun
 from ..timeutil import format_us, parse_time
+from .patterns import compile_pattern
 from .sqlite import json_path
 
 OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$regex", "$not")
@@ -19,6 +22,8 @@ MAX_DEPTH = 8
 MAX_TERMS = 64
 MAX_REGEX = 256
 _ORDERABLE = {"number", "int", "date", "datetime", "string", "text", "email", "url", "id"}
+_PAST_MICROSECONDS = re.compile(r"\.\d{6}(\d*[1-9])")  # a time between two microseconds
+_EMAIL: Any = None  # pydantic's EmailStr adapter, built on first use
 
 
 @dataclass(frozen=True)
@@ -139,9 +144,11 @@ class FilterCompiler:
     def _field(self, col: Column, cond: Any) -> str:
         if isinstance(cond, dict) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond):
             return "(" + " AND ".join(self._op(col, op, arg) for op, arg in cond.items()) + ")"
-        if cond is None:
-            return self._op(col, "$exists", False)
         return self._op(col, "$eq", cond)
+
+    @staticmethod
+    def _missing(col: Column, missing: bool) -> str:
+        return f"({col.sql} IS {'' if missing else 'NOT '}NULL)"
 
     def _op(self, col: Column, op: str, arg: Any) -> str:
         self.terms += 1
@@ -154,9 +161,11 @@ class FilterCompiler:
         if op == "$exists":
             if not isinstance(arg, bool):
                 raise self._fail(f"{col.name}: $exists takes true or false")
-            return f"({col.sql} IS {'NOT ' if arg else ''}NULL)"
+            return self._missing(col, not arg)
         if op not in OPERATORS:
             raise self._fail(f"{col.name}: unknown operator {op!r}; operators are: {', '.join(OPERATORS)}")
+        if arg is None and op in ("$eq", "$ne"):  # null is the absent value: {"$eq": null} is {"$exists": false}
+            return self._missing(col, op == "$eq")
         if op == "$regex":
             if (
                 not isinstance(arg, str)
@@ -167,39 +176,79 @@ class FilterCompiler:
                     f"{col.name}: $regex takes a pattern string of at most {MAX_REGEX} characters, on text fields"
                 )
             try:
-                re.compile(arg)
-            except re.error as exc:
+                compile_pattern(arg)
+            except regex.error as exc:
                 raise self._fail(f"{col.name}: invalid regular expression: {exc}") from None
             self.params.append(arg)
             return self._scalar(col, "regexp(?, {x})")
         if op in ("$in", "$nin"):
             if not isinstance(arg, list) or not arg or len(arg) > MAX_IN:
                 raise self._fail(f"{col.name}: {op} takes a non-empty list of at most {MAX_IN} values")
-            values = [self._value(col, v, op) for v in arg]
-            marks = ",".join("?" * len(values))
-            if op == "$in" and col.indexed and self.keys_noun:
-                return self._keyed(col, f"IN ({marks})", values)
-            self.params.extend(values)
-            inner = self._scalar(col, f"{{x}} IN ({marks})")
+            inner = self._any_of(col, arg, op)
             return f"NOT coalesce({inner}, 0)" if op == "$nin" else inner
-        if (
-            self.glob_type
-            and col.name == "type"
-            and isinstance(arg, str)
-            and op in ("$eq", "$ne")
-            and any(c in arg for c in "*?[")
-        ):
+        if self._is_glob(col, arg) and op in ("$eq", "$ne"):
             sql = self._glob(arg)
             return sql if op == "$eq" else f"NOT ({sql})"
         value = self._value(col, arg, op)
         if op in ("$gt", "$gte", "$lt", "$lte") and (col.kind not in _ORDERABLE or isinstance(value, bool)):
             raise self._fail(f"{col.name}: {op} needs an orderable field (numbers, dates, times, text)")
+        if col.kind == "datetime" and between_microseconds(arg):  # every stored time is a whole microsecond
+            if op in ("$eq", "$ne"):
+                return "0" if op == "$eq" else "1"
+            op = {"$gte": "$gt", "$lt": "$lte"}.get(op, op)  # X < t  <=>  trunc(X) < t, and so on
         sql_op = {"$eq": "=", "$ne": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[op]
-        if op != "$ne" and col.indexed and self.keys_noun:
+        if op != "$ne" and col.indexed and self.keys_noun and self._keyable(col, [value]):
             return self._keyed(col, f"{sql_op} ?", [value])
-        self.params.append(value)
-        inner = self._scalar(col, f"{{x}} {sql_op} ?")
+        inner = self._typed(col, f"{sql_op} ?", [value])
         return f"NOT coalesce({inner}, 0)" if op == "$ne" else inner
+
+    def _is_glob(self, col: Column, value: Any) -> bool:
+        return self.glob_type and col.name == "type" and isinstance(value, str) and any(c in value for c in "*?[")
+
+    def _any_of(self, col: Column, arg: list[Any], op: str) -> str:
+        """`$in`: the field equals one of the values; null among them also takes an absent field, a
+        type glob among them (events) matches as a glob."""
+        globs = [self._glob(v) for v in arg if self._is_glob(col, v)]
+        plain = [
+            v
+            for v in (self._value(col, v, op) for v in arg if v is not None and not self._is_glob(col, v))
+            if not (col.kind == "datetime" and between_microseconds(v))
+        ]
+        parts = globs + ([self._missing(col, True)] if None in arg else [])
+        if plain:
+            marks = ",".join("?" * len(plain))
+            if not parts and op == "$in" and col.indexed and self.keys_noun and self._keyable(col, plain):
+                return self._keyed(col, f"IN ({marks})", plain)
+            parts.append(self._typed(col, f"IN ({marks})", plain))
+        return "(" + " OR ".join(parts) + ")" if parts else "0"
+
+    @staticmethod
+    def _keyable(col: Column, values: list[Any]) -> bool:
+        """Lookup keys hold a json field's strings and numbers, not its true/false (SQLite stores those as 1/0)."""
+        return col.kind != "json" or not any(isinstance(v, bool) for v in values)
+
+    def _typed(self, col: Column, condition: str, values: list[Any]) -> str:
+        """`{field} <condition>` with `values` bound. A json field's condition is equality (`= ?` or
+        `IN (...)`) by JSON type too (SQLite reads true and false as 1 and 0, JSON does not), on its
+        value or on any element of a list it holds, as its lookup keys answer it."""
+        if col.kind != "json":
+            self.params.extend(values)
+            return self._scalar(col, f"{{x}} {condition}")
+        if col.array:
+            return self._scalar(col, self._json_equal("value", "type", values))
+        path = f"'{col.json_path}'"
+        whole = self._json_equal(col.sql, f"json_type(state, {path})", values)
+        element = self._json_equal("value", "type", values)
+        return f"({whole} OR EXISTS (SELECT 1 FROM json_each(state, {path}) WHERE json_type(state, {path}) = 'array' AND {element}))"
+
+    def _json_equal(self, value: str, kind: str, values: list[Any]) -> str:
+        flags = ", ".join("'true'" if v else "'false'" for v in values if isinstance(v, bool))
+        rest = [v for v in values if not isinstance(v, bool)]
+        parts = [f"{kind} IN ({flags})"] if flags else []
+        if rest:
+            self.params.extend(rest)
+            parts.append(f"({value} IN ({','.join('?' * len(rest))}) AND {kind} IN ('text', 'integer', 'real'))")
+        return "(" + " OR ".join(parts) + ")"
 
     def _keyed(self, col: Column, condition: str, values: list[Any]) -> str:
         """An indexed field's condition answered from `entity_keys` (one index range, not a scan)."""
@@ -254,6 +303,8 @@ class FilterCompiler:
                 raise self._fail(f"{col.name}: {value!r} is not a date (YYYY-MM-DD)") from None
         elif kind == "json":
             bad = value is None
+        elif kind == "email" and isinstance(value, str) and op != "$regex":
+            return _normalized_email(value)
         else:
             bad = not isinstance(value, str)
         if not bad and isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
@@ -264,6 +315,24 @@ class FilterCompiler:
             raise self._fail(f"{col.name}: {op} got {value!r}, which is not a valid {kind} value")
         if col.enum and op in ("$eq", "$ne", "$in", "$nin") and value not in col.enum:
             raise self._fail(f"{col.name}: {value!r} is not one of {', '.join(col.enum)}")
+        return value
+
+
+def between_microseconds(value: Any) -> bool:
+    """A time given with digits past the microsecond that are not all zero."""
+    return isinstance(value, str) and _PAST_MICROSECONDS.search(value) is not None
+
+
+def _normalized_email(value: str) -> str:
+    """An email as writes store it (pydantic's EmailStr: the domain lowercased); other text as it is."""
+    global _EMAIL
+    if _EMAIL is None:
+        from pydantic import EmailStr, TypeAdapter
+
+        _EMAIL = TypeAdapter(EmailStr)
+    try:
+        return str(_EMAIL.validate_python(value))
+    except ValueError:
         return value
 
 

@@ -704,14 +704,15 @@ def key_rows(
 
 
 def index_keys(noun: Noun, state: dict[str, Any]) -> set[tuple[str, Any]]:
-    """`(field, value)` for every indexed field of the state (each element of an array)."""
+    """`(field, value)` for every string or number of an indexed field of the state (each element of a
+    list). Not a json field's true/false, which SQLite would keep as the numbers 1 and 0."""
     out: set[tuple[str, Any]] = set()
     for f in noun.indexed_fields:
         value = state.get(f.name)
         if value is None:
             continue
         for v in value if isinstance(value, list) else (value,):
-            if isinstance(v, (str, int, float)):
+            if isinstance(v, (str, int, float)) and not (f.type == "json" and isinstance(v, bool)):
                 out.add((f.name, v))
     return out
 

@@ -12,9 +12,19 @@ from ..schema import Noun, SchemaSet
 from ..timeutil import format_us, parse_as_of
 from . import cursors
 from .events import EVENT_ROW_COLUMNS, EventRow
-from .filters import EVENT_COLUMNS, Column, FilterCompiler, KeyedTerm, SortKey, entity_columns, parse_sort
+from .filters import (
+    EVENT_COLUMNS,
+    Column,
+    FilterCompiler,
+    KeyedTerm,
+    SortKey,
+    between_microseconds,
+    entity_columns,
+    parse_sort,
+)
 from .mutations import check_id
-from .sqlite import json_path, noun_literal
+from .sqlite import noun_literal, text_of
+from .words import words
 
 DEFAULT_LIMIT = 25
 MAX_LIMIT = 100
@@ -125,11 +135,25 @@ def get_entity(
     return state
 
 
+META_FIELDS = (
+    "$id",
+    "$type",
+    "$version",
+    "$createdAt",
+    "$createdBy",
+    "$updatedAt",
+    "$updatedBy",
+    "$deletedAt",
+    "$deletedBy",
+)
+
+
 def project(noun: Noun, state: dict[str, Any], fields: list[str]) -> dict[str, Any]:
-    unknown = [f for f in fields if f not in noun.fields and f not in noun.reverses and not f.startswith("$")]
+    unknown = [f for f in fields if f not in noun.fields and f not in noun.reverses and f not in META_FIELDS]
     if unknown:
         raise ValidationFailed(
-            f"unknown fields {unknown} for {noun.name}", hint=f"{noun.name} fields: {', '.join(noun.fields)}."
+            f"unknown fields {unknown} for {noun.name}",
+            hint=f"{noun.name} fields: {', '.join([*noun.fields, *noun.reverses, *META_FIELDS])}.",
         )
     keep = {"$id", "$type", "$version", *fields}
     return {k: v for k, v in state.items() if k in keep}
@@ -168,7 +192,7 @@ def _live(state: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _fts_query(text: str) -> list[str]:
-    tokens = re.findall(r"\w+", text, re.UNICODE)
+    tokens = words(text)
     if not tokens:
         raise InvalidFilter(
             f"query {text!r} has no words to search for", hint="Pass one or more words; all must appear."
@@ -241,7 +265,7 @@ def find(
         "type": noun.name,
         "filter": filter,
         "query": query,
-        "sort": sort,
+        "sort": ",".join(("-" if k.descending else "") + k.column.name for k in keys),  # the default spelt out too
         "asOf": as_of,
         "includeDeleted": include_deleted,
     }
@@ -269,7 +293,7 @@ def find(
             params.append(" ".join('"' + t.replace('"', '""') + '"*' for t in tokens))
         else:
             # Past states are not in the FTS index: match them the way FTS5 does (words, prefixes, no accents).
-            body = " || ' ' || ".join(f"coalesce({json_path(f)}, '')" for f in noun.text_fields) or "''"
+            body = " || char(10) || ".join(text_of(f, noun.fields[f].array) for f in noun.text_fields) or "''"
             where.append(f"words_match({body}, ?)")
             params.append(" ".join(tokens))
     base_where = " AND ".join(where)
@@ -430,6 +454,8 @@ class _EventFilter(FilterCompiler):
         if col.name == "timestamp" and op in ("$gt", "$gte", "$lt", "$lte"):
             self.terms += 1
             value = self._value(col, arg, op)
+            if between_microseconds(arg):  # stored times are whole microseconds: X < t <=> trunc(X) < t
+                op = {"$gte": "$gt", "$lt": "$lte"}.get(op, op)
             self.params.append(value)
             if op in ("$gt", "$gte"):
                 cmp = ">" if op == "$gt" else ">="

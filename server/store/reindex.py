@@ -27,7 +27,9 @@ _PREFIX = "derived:"
 
 def shape(noun: Noun) -> str:
     """What a noun's key rows and full text are made of (independent of the order of its fields)."""
-    keys = sorted([f.name, f.unique] for f in noun.indexed_fields)
+    # A json field's keys no longer hold true/false (as 1/0, which matched the numbers): the mark makes
+    # nouns with an indexed json field rebuild their keys once.
+    keys = sorted([f.name, f.unique, *(["no-flags"] if f.type == "json" else [])] for f in noun.indexed_fields)
     return json.dumps({"keys": keys, "text": sorted(noun.text_fields)}, separators=(",", ":"))
 
 

@@ -15,6 +15,7 @@ from .events import EVENT_ROW_COLUMNS, EventRow
 from .hooks import AfterContext, Hooks, run_after
 from .mutations import Env, Mutator
 from .operations import MAX_BATCH, Operation, check_actor, parse_operation
+from .patterns import refuse_slow_patterns
 from .tenants import TenantPool, check_tenant
 from .verify import verify_tenant
 from .writer import read_head
@@ -165,12 +166,12 @@ class Store:
              limit: int | None = None, cursor: str | None = None, as_of: str | None = None,
              include_deleted: bool = False) -> dict[str, Any]:  # fmt: skip
         noun = self.noun(type)
-        with self.pool.lease(tenant) as t, t.snapshot() as conn:
+        with self.pool.lease(tenant) as t, t.snapshot() as conn, refuse_slow_patterns():
             return queries.find(conn, self.schemas, noun, filter, query, sort, limit, cursor, as_of, include_deleted)
 
     def events(self, tenant: str, filter: Any = None, sort: str | None = None, limit: int | None = None,
                cursor: str | None = None) -> dict[str, Any]:  # fmt: skip
-        with self.pool.lease(tenant) as t, t.snapshot() as conn:
+        with self.pool.lease(tenant) as t, t.snapshot() as conn, refuse_slow_patterns():
             return queries.find_events(conn, filter, sort, limit, cursor)
 
     def event(self, tenant: str, id: str) -> dict[str, Any]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
-import unicodedata
 from collections.abc import Callable
 from pathlib import Path
+
+from .patterns import regexp
+from .words import words_match
 
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 PAGE_SIZE = 1024
@@ -192,37 +194,9 @@ def connect(path: Path, durability: str = "normal", readonly: bool = False) -> s
     conn.execute(f"PRAGMA synchronous = {DURABILITY[durability]}")
     conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA cache_size = -16000")
-    conn.create_function("regexp", 2, _regexp, deterministic=True)
+    conn.create_function("regexp", 2, regexp, deterministic=True)
     conn.create_function("words_match", 2, words_match, deterministic=True)
     return conn
-
-
-def fold(text: str) -> list[str]:
-    """Words of `text`, lowercased and without diacritics (as FTS5's unicode61 tokenizer sees them)."""
-    decomposed = unicodedata.normalize("NFKD", text.lower())
-    return re.findall(r"\w+", "".join(c for c in decomposed if not unicodedata.combining(c)))
-
-
-def words_match(body: object, query: str) -> bool:
-    """Every query word is a prefix of some word of `body`: the FTS5 query `"a"* "b"*`."""
-    if not isinstance(body, str):
-        return False
-    words = fold(body)
-    return all(any(w.startswith(q) for w in words) for q in fold(query))
-
-
-_REGEX_CACHE: dict[str, re.Pattern[str]] = {}
-
-
-def _regexp(pattern: str, value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    compiled = _REGEX_CACHE.get(pattern)
-    if compiled is None:
-        if len(_REGEX_CACHE) > 256:
-            _REGEX_CACHE.clear()
-        compiled = _REGEX_CACHE[pattern] = re.compile(pattern)
-    return compiled.search(value) is not None
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -261,6 +235,16 @@ def json_path(field: str) -> str:
     if not _SAFE_IDENT.fullmatch(field.lstrip("$")):
         raise ValueError(f"unsafe field name {field!r}")
     return f"json_extract(state, '$.\"{field}\"')"
+
+
+def text_of(field: str, array: bool) -> str:
+    """SQL for the text a text field of `state` holds, '' when none: an array's strings joined by
+    newlines, as `mutations.search_body` builds the full-text body."""
+    path = json_path(field)
+    if not array:
+        return f"coalesce({path}, '')"
+    each = path.replace("json_extract(", "json_each(", 1)
+    return f"coalesce((SELECT group_concat(value, char(10)) FROM {each} WHERE type = 'text'), '')"
 
 
 def noun_literal(name: str) -> str:
