@@ -8,18 +8,27 @@ import threading
 from contextlib import closing
 from pathlib import Path
 
+import pytest
 from conftest import AGENT, TENANT
 
+from server.errors import ValidationFailed
 from server.schema import SchemaSet
 from server.store import Store
 from server.store.sqlite import connect, migrate
 
-AS_THE_FIFTH_MIGRATION_LEFT_IT = """
+AS_THE_SIXTH_MIGRATION_LEFT_IT = """
+    ALTER TABLE idempotency DROP COLUMN request;
+    DELETE FROM migrations WHERE version = 7;
+"""
+AS_THE_FIFTH_MIGRATION_LEFT_IT = (
+    AS_THE_SIXTH_MIGRATION_LEFT_IT
+    + """
     DROP TRIGGER events_append_only;
     CREATE TRIGGER events_time_moves_forward BEFORE INSERT ON events WHEN NEW.ts <= (SELECT max(ts) FROM events)
     BEGIN SELECT RAISE(ABORT, 'event timestamps must strictly increase'); END;
     DELETE FROM migrations WHERE version = 6;
 """
+)
 AS_THE_FOURTH_MIGRATION_LEFT_IT = (
     AS_THE_FIFTH_MIGRATION_LEFT_IT
     + """
@@ -89,7 +98,7 @@ def test_a_database_from_before_the_key_count_indexes_gets_them_on_open(tmp_path
         columns = [r[0] for r in conn.execute("SELECT name FROM pragma_index_info('entity_keys_lookup')")]
 
     assert columns == ["type", "field", "value", "live", "updated_at", "id"]
-    assert migration_versions(path) == [1, 2, 3, 4, 5, 6]
+    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7]
     assert [e["name"] for e in page["results"]] == ["Acme Inc", "Initech"] and page["total"] == 2
 
 
@@ -106,7 +115,7 @@ def test_a_database_from_before_key_counts_gets_its_keys_dated_and_counted_on_op
     with closing(sqlite3.connect(path)) as conn:
         counts = conn.execute("SELECT field, value, live, n FROM key_counts ORDER BY live").fetchall()
 
-    assert migration_versions(path) == [1, 2, 3, 4, 5, 6]
+    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7]
     assert counts == [("industry", "Software", 0, 1), ("industry", "Software", 1, 2)]
     assert [e["name"] for e in live["results"] + rest["results"]] == ["Acme Inc", "Initech"]
     assert (live["total"], everyone["total"]) == (2, 3)
@@ -179,7 +188,7 @@ def test_two_connections_migrating_an_old_file_at_once_apply_each_migration_once
                 c.close()
 
         assert errors == []
-        assert migration_versions(path) == [1, 2, 3, 4, 5, 6]
+        assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7]
         with closing(sqlite3.connect(path)) as conn:
             conn.executescript(AS_THE_SECOND_MIGRATION_LEFT_IT)
 
@@ -194,7 +203,7 @@ def test_a_database_from_before_entity_counts_gets_them_on_open(tmp_path: Path, 
     with closing(sqlite3.connect(path)) as conn:
         counts = conn.execute("SELECT type, live, n FROM entity_counts ORDER BY live").fetchall()
 
-    assert migration_versions(path) == [1, 2, 3, 4, 5, 6]
+    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7]
     assert counts == [("Organization", 0, 1), ("Organization", 1, 2)]
     assert (live["total"], everyone["total"]) == (2, 3)
     assert report["ok"], report["problems"]
@@ -223,4 +232,23 @@ def test_a_database_from_before_the_append_only_trigger_refuses_insert_or_replac
         else:
             refused = ""
     assert "append-only" in refused
-    assert migration_versions(path) == [1, 2, 3, 4, 5, 6]
+    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_idempotency_keys_kept_before_requests_were_still_replay_and_new_ones_remember_their_request(
+    tmp_path: Path, schemas: SchemaSet
+) -> None:
+    request = {"action": "create", "type": "Contact", "data": {"name": "Ada"}, "idempotencyKey": "k-old"}
+    with Store(tmp_path / "data", schemas) as s:
+        first = s.do(TENANT, AGENT, request)
+    path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(AS_THE_SIXTH_MIGRATION_LEFT_IT)
+
+    with Store(tmp_path / "data", schemas) as s:
+        again = s.do(TENANT, AGENT, {**request, "data": {"name": "Other"}})  # not known: replays as before
+        s.do(TENANT, AGENT, {**request, "idempotencyKey": "k-new"})
+        with pytest.raises(ValidationFailed):
+            s.do(TENANT, AGENT, {**request, "idempotencyKey": "k-new", "data": {"name": "Other"}})
+    assert again["replayed"] is True and again["entity"] == first["entity"]
+    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7]

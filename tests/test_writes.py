@@ -449,6 +449,27 @@ def test_the_same_idempotency_key_from_another_actor_writes(store: Store) -> Non
     assert event_count(store) == 2
 
 
+def test_an_idempotency_key_sent_again_with_another_request_is_refused_and_writes_nothing(store: Store) -> None:
+    request = {"action": "create", "type": "Contact", "data": {"name": "Alice", "title": "CTO"}, "idempotencyKey": "k"}
+    first = store.do(TENANT, AGENT, request)
+    reworded = store.do(TENANT, AGENT, {**request, "data": {"title": "CTO", "name": "Alice"}, "reason": "retry"})
+    with pytest.raises(ValidationFailed) as exc:
+        store.do(TENANT, AGENT, {**request, "type": "Organization", "data": {"name": "Acme"}})
+    with pytest.raises(ValidationFailed):  # two operations of one batch with one key
+        store.do(
+            TENANT,
+            AGENT,
+            {"operations": [
+                {"action": "create", "type": "Contact", "data": {"name": "Bo"}, "idempotencyKey": "b"},
+                {"action": "create", "type": "Deal", "data": {"name": "D", "value": 1}, "idempotencyKey": "b"},
+            ]},
+        )  # fmt: skip
+
+    assert reworded["replayed"] is True and reworded["entity"] == first["entity"]  # key order and reason do not count
+    assert "'k' was already used" in exc.value.message
+    assert event_count(store) == 1
+
+
 def test_a_refused_write_does_not_burn_its_idempotency_key(store: Store) -> None:
     request: dict[str, Any] = {"action": "create", "type": "Deal", "data": {"name": "D"}, "idempotencyKey": "k"}
     with pytest.raises(ValidationFailed):

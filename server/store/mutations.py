@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sqlite3
@@ -139,19 +140,27 @@ class Mutator:
         return results
 
     def apply(self, op: Operation) -> dict[str, Any]:
+        asked = None
         if op.idempotencyKey is not None:
+            asked = request_digest(op)
             row = self.conn.execute(
-                "SELECT result FROM idempotency WHERE actor = ? AND key = ?", (self.actor, op.idempotencyKey)
+                "SELECT result, request FROM idempotency WHERE actor = ? AND key = ?", (self.actor, op.idempotencyKey)
             ).fetchone()
             if row is not None:
+                if row[1] is not None and row[1] != asked:  # (None: a key kept before requests were)
+                    raise ValidationFailed(
+                        f"idempotencyKey {op.idempotencyKey!r} was already used by {self.actor} for another request; "
+                        "the same key returns the first result only for the same request",
+                        hint="Use a new key for a new write; send the first request again to get its result.",
+                    )
                 replay: dict[str, Any] = json.loads(row[0])
                 replay["replayed"] = True
                 return replay
         result = self._dispatch(op)
         if op.idempotencyKey is not None:
             self.conn.execute(
-                "INSERT INTO idempotency (actor, key, result, seq) VALUES (?, ?, ?, ?)",
-                (self.actor, op.idempotencyKey, dumps(result), self.txn.head.seq),
+                "INSERT INTO idempotency (actor, key, result, seq, request) VALUES (?, ?, ?, ?, ?)",
+                (self.actor, op.idempotencyKey, dumps(result), self.txn.head.seq, asked),
             )
         return result
 
@@ -674,6 +683,12 @@ ACTION_KEYS: dict[str, frozenset[str]] = {
     "revert": frozenset({"actor", "since", "until", "force"}),
 }
 COMMON_KEYS = frozenset({"action", "idempotencyKey", "reason", "dryRun"})
+
+
+def request_digest(op: Operation) -> str:
+    """What an idempotency key stands for: the write asked, whatever its reason says or its key order."""
+    asked = op.model_dump(exclude={"idempotencyKey", "dryRun", "reason"}, exclude_defaults=True)
+    return hashlib.sha256(json.dumps(asked, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def check_arguments(op: Operation) -> None:

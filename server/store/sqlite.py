@@ -172,6 +172,14 @@ _MIGRATIONS: list[tuple[str, str]] = [
         CREATE TRIGGER events_append_only BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'event timestamps must strictly increase') WHERE NEW.ts <= (SELECT max(ts) FROM events); SELECT RAISE(ABORT, 'events are append-only: that seq is taken') WHERE NEW.seq <= (SELECT max(seq) FROM events); SELECT RAISE(ABORT, 'events are append-only: that event id is taken') WHERE EXISTS (SELECT 1 FROM events WHERE id = NEW.id); SELECT RAISE(ABORT, 'events are append-only: that target already has that version') WHERE EXISTS (SELECT 1 FROM events WHERE target = NEW.target AND version = NEW.version); END
         """,
     ),
+    (
+        "idempotency keys remember the request they stood for",
+        # A key sent again with another request is refused rather than answered with the first result.
+        # NULL for keys kept before: those replay as they did.
+        """
+        ALTER TABLE idempotency ADD COLUMN request TEXT
+        """,
+    ),
 ]
 
 _SAFE_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
