@@ -326,6 +326,9 @@ def between_microseconds(value: Any) -> bool:
 def _normalized_email(value: str) -> str:
     """An email as writes store it (pydantic's EmailStr: the domain lowercased); other text as it is."""
     global _EMAIL
+    local, at, domain = value.rpartition("@")
+    if value.isascii() and at and local and "@" not in local:  # what the validator changes in an ASCII email
+        return f"{local}@{domain.lower()}"
     if _EMAIL is None:
         from pydantic import EmailStr, TypeAdapter
 
