@@ -238,6 +238,29 @@ def test_include_lists_a_reverse_relationship(store: Store) -> None:
     assert got["name"] == "Acme"
 
 
+def test_a_reverse_include_past_100_entities_says_it_is_cut_and_how_to_read_the_rest(store: Store) -> None:
+    acme = create(store, "Organization", name="Acme")
+    small = create(store, "Organization", name="Small")
+    create(store, "Contact", name="Only", organization=small["$id"])
+    store.do(
+        TENANT,
+        "agent_bulk",
+        {"operations": [{"action": "create", "type": "Contact", "data": {"name": f"C{i}", "organization": acme["$id"]}} for i in range(105)]},
+    )  # fmt: skip
+
+    got = store.get(TENANT, "Organization", acme["$id"], include=["contacts"])
+    whole = store.get(TENANT, "Organization", small["$id"], include=["contacts"])
+
+    assert len(got["contacts"]) == 100
+    cut = got["$includeTruncated"]["contacts"]
+    assert (cut["shown"], cut["total"]) == (100, 105)
+    rest = store.find(
+        TENANT, cut["search"]["type"], filter=cut["search"]["filter"], sort=cut["search"]["sort"], limit=100
+    )
+    assert [c["$id"] for c in rest["results"]] == [c["$id"] for c in got["contacts"]]
+    assert "$includeTruncated" not in whole
+
+
 def test_include_as_of_shows_related_entities_as_they_were_then(store: Store, clock: Any) -> None:
     advance_to(clock, "2026-01-15T10:00:00Z")
     org = create(store, "Organization", name="Acme")

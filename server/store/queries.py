@@ -182,6 +182,12 @@ def expand(
         other = schemas[rev.noun]
         result = find(conn, schemas, other, {rev.field: state["$id"]}, limit=MAX_LIMIT, sort="$createdAt", _seq=seq)
         state[name] = result["results"]
+        if result["hasMore"]:  # say so, and how to read the rest
+            state.setdefault("$includeTruncated", {})[name] = {
+                "shown": len(result["results"]),
+                "total": result["total"],
+                "search": {"type": other.name, "filter": {rev.field: state["$id"]}, "sort": "$createdAt"},
+            }
 
 
 def _live(state: dict[str, Any] | None) -> dict[str, Any] | None:
