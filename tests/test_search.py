@@ -636,6 +636,19 @@ def test_a_cursor_belongs_to_the_search_that_made_it(store: Store, many: dict[st
         store.find(TENANT, "Contact", sort="name", limit=10, cursor=events_cursor)
 
 
+def test_a_cursor_of_another_tenant_is_invalid_cursor(store: Store, many: dict[str, dict[str, Any]]) -> None:
+    for i in range(30):
+        store.do("other", AGENT, {"action": "create", "type": "Contact", "data": {"name": f"Other {i}"}})
+    here = store.find(TENANT, "Contact", limit=10)["cursor"]
+    events_here = store.events(TENANT, limit=5)["cursor"]
+
+    with pytest.raises(InvalidCursor):
+        store.find("other", "Contact", limit=10, cursor=here)
+    with pytest.raises(InvalidCursor):
+        store.events("other", limit=5, cursor=events_here)
+    assert store.find(TENANT, "Contact", limit=10, cursor=here)["results"]
+
+
 def test_a_cursor_goes_on_whether_the_sort_is_left_out_or_spelt_out(
     store: Store, many: dict[str, dict[str, Any]]
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,12 @@ from ..errors import InvalidCursor
 class Cursor:
     keys: list[Any]  # sort-key values of the last row returned, then its id (or seq)
     seq: int  # the log position the first page read: later pages read the same state
+
+
+def sealed_for(conn: sqlite3.Connection, query: dict[str, Any]) -> dict[str, Any]:
+    """`query` with the tenant's cursor secret in it: a cursor made with it fits only this tenant."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'cursor_secret'").fetchone()
+    return {**query, "tenant": row[0] if row else ""}
 
 
 def fingerprint(query: dict[str, Any]) -> str:

@@ -275,6 +275,7 @@ def find(
         "asOf": as_of,
         "includeDeleted": include_deleted,
     }
+    identity = cursors.sealed_for(conn, identity)
     head = head_seq(conn)
     pinned: int | None
     if cursor is not None:
@@ -488,7 +489,7 @@ def find_events(
             hint="Sort events by 'seq' (oldest first) or '-seq' (newest first).",
         )
     descending = _EVENT_SORTS[sort_key]
-    identity = {"type": "Event", "filter": filter, "sort": sort_key}
+    identity = cursors.sealed_for(conn, {"type": "Event", "filter": filter, "sort": sort_key})
     compiler = _EventFilter(EVENT_COLUMNS, "Event", glob_type=True)
     where = compiler.compile(filter)
     params = list(compiler.params)

@@ -180,6 +180,14 @@ _MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE idempotency ADD COLUMN request TEXT
         """,
     ),
+    (
+        "a secret of the tenant's own that seals its cursors",
+        # A cursor is bound to its search by a hash; with this secret in it, also to the tenant, and it
+        # cannot be made outside the server. A restored file gets a new one (older cursors are refused).
+        """
+        INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_secret', lower(hex(randomblob(16))))
+        """,
+    ),
 ]
 
 _SAFE_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
