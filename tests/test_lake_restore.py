@@ -427,7 +427,7 @@ CONTENT = {  # every row the writer leaves behind, in an order independent of ho
     "full text": "SELECT rowid, body FROM entities_fts ORDER BY rowid",
     "schema": "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name",
     "migrations": "SELECT version, name FROM migrations ORDER BY version",
-    "derived shapes": "SELECT key, value FROM meta ORDER BY key",
+    "derived shapes": "SELECT key, value FROM meta WHERE key != 'cursor_secret' ORDER BY key",  # the secret is new
 }
 
 
