@@ -107,3 +107,40 @@ def test_a_failed_open_is_a_storage_error_and_leaves_the_tenant_to_be_opened_aga
         created = store.do("slow", AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
 
     assert slow.calls == 2 and created["entity"]["$version"] == 1
+
+
+def test_callers_that_waited_for_room_open_a_tenant_once_and_its_lock_is_let_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.store.filelock import TenantLock
+
+    store = Store(tmp_path / "data", max_open_tenants=2)
+    for name in ("a", "b", "x"):
+        store.do(name, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
+    pool = store.pool
+    tried = threading.Condition()
+    full: list[bool] = []
+    real_make_room = pool._make_room
+
+    def counted_make_room() -> bool:  # each caller finds the pool full once before it waits for room
+        room = real_make_room()
+        with tried:
+            full.append(not room)
+            tried.notify_all()
+        return room
+
+    monkeypatch.setattr(pool, "_make_room", counted_make_room)
+    got: list[Tenant | BaseException] = []
+    with pool.lease("a"), pool.lease("b"):
+        pool.close_idle()  # x too: only a and b are open, and both are held
+        waiting = [lease_in_thread(store, "x", got) for _ in range(2)]
+        with tried:
+            assert tried.wait_for(lambda: full.count(True) >= 2, WAIT)
+    for thread in waiting:  # both leases were let go at once: both callers wake to the room
+        thread.join(WAIT)
+    store.close()
+    lock = TenantLock(tmp_path / "data" / "tenants" / "x.db")
+
+    assert len(got) == 2 and got[0] is got[1] and isinstance(got[0], Tenant), got
+    assert lock.try_exclusive("test"), "a second, orphaned open of x still holds its lock file"
+    lock.release()

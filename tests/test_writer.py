@@ -150,3 +150,55 @@ def test_committed_pages_reach_the_database_file_in_the_background(store: Store)
     assert os.path.getsize(path) > size_before, "a checkpoint copied the WAL's pages into the database file"
     assert store.get(TENANT, "Deal", deal)["$version"] == EVERY_COMMITS + 1
     assert store.verify(TENANT)["ok"] is True
+
+
+def test_a_writer_opened_while_another_process_commits_writes_after_that_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.store import writer as writer_module
+
+    other = Store(tmp_path / "data")  # a second server on the same data dir
+    create_deal(other, "first")
+    real_read_head = writer_module.read_head
+    committed: list[str] = []
+
+    def read_head_then_the_other_commits(conn: Any) -> Any:
+        head = real_read_head(conn)
+        if not committed:  # the other server commits right after our new writer read the log's end
+            committed.append(create_deal(other, "between"))
+        return head
+
+    monkeypatch.setattr(writer_module, "read_head", read_head_then_the_other_commits)
+    with Store(tmp_path / "data") as mine:
+        written = [create_deal(mine, f"mine {i}") for i in range(3)]
+        report = mine.verify(TENANT)
+        total = mine.events(TENANT)["total"]
+    other.close()
+
+    assert committed and len(written) == 3
+    assert report["ok"] is True and total == 5
+
+
+def test_writes_through_a_tenant_closed_under_them_fail_as_storage_errors_and_none_hangs(tmp_path: Path) -> None:
+    from server.errors import StorageError
+
+    store = Store(tmp_path / "data")
+    create_deal(store, "first")
+    with store.pool.lease(TENANT) as tenant:  # a request in flight when the server shuts down
+        store.close()
+        outcomes: list[BaseException | None] = []
+
+        def write() -> None:
+            try:
+                tenant.writer.run(lambda txn: None)
+                outcomes.append(None)
+            except BaseException as exc:  # reported to the test
+                outcomes.append(exc)
+
+        for _ in range(2):  # the second one would wait for ever behind a writer left busy
+            thread = threading.Thread(target=write, daemon=True)
+            thread.start()
+            thread.join(30)
+            assert not thread.is_alive(), "a write hung after the tenant was closed"
+
+    assert [type(o) for o in outcomes] == [StorageError, StorageError]

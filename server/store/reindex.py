@@ -42,25 +42,34 @@ def record(conn: sqlite3.Connection, nouns: list[Noun]) -> None:
 
 
 def stale(conn: sqlite3.Connection, schemas: SchemaSet) -> list[Noun]:
-    """The nouns whose entities' key rows and full text were built for other schemas (to rebuild alone).
+    """The nouns whose key rows and full text were built for other schemas (to rebuild alone).
 
-    Called outside a transaction: a changed noun without entities has nothing to rebuild, and its new
-    shape is recorded at once. A file from before shapes were recorded is taken as built for the
-    schemas it is first opened with (they are recorded then), rather than rebuilt whole on upgrade."""
+    Called outside a transaction: a new noun (no shape recorded: no server that opened the tenant knew
+    it, so none can write it the old way) is recorded at once. A changed noun is rebuilt alone even
+    when it has no entities yet: a server still running with the old schemas could write some, with
+    the old keys, after the new shape was recorded. A file from before shapes were recorded is taken
+    as built for the schemas it is first opened with (they are recorded then), rather than rebuilt
+    whole on upgrade."""
     if not _any_shape(conn):
         in_tx(conn, lambda: None if _any_shape(conn) else record(conn, list(schemas.nouns.values())))
         return []
     differ = changed(conn, schemas)
     if not differ:
         return []
-    in_tx(conn, lambda: record(conn, [noun for noun in changed(conn, schemas) if not _has_entities(conn, noun)]))
-    return [noun for noun in differ if _has_entities(conn, noun)]
+    rebuild = [noun for noun in differ if _recorded(conn, noun) or _has_entities(conn, noun)]
+    in_tx(conn, lambda: record(conn, [noun for noun in changed(conn, schemas) if not _recorded(conn, noun)]))
+    return rebuild
 
 
 def changed(conn: sqlite3.Connection, schemas: SchemaSet) -> list[Noun]:
     """The nouns whose recorded shape differs from the schemas' (or was never recorded)."""
     built = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'derived:%'").fetchall())
     return [noun for noun in schemas.nouns.values() if built.get(_PREFIX + noun.name) != shape(noun)]
+
+
+def _recorded(conn: sqlite3.Connection, noun: Noun) -> bool:
+    """Whether the noun's shape was recorded by an earlier open (now a different one: it changed)."""
+    return conn.execute("SELECT 1 FROM meta WHERE key = ?", (_PREFIX + noun.name,)).fetchone() is not None
 
 
 def _has_entities(conn: sqlite3.Connection, noun: Noun) -> bool:

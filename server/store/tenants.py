@@ -8,6 +8,7 @@ import logging
 import re
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -233,32 +234,38 @@ class TenantPool:
 
     def _acquire(self, name: str, create: bool) -> Tenant:
         with self._cv:
-            # Another thread may be opening this tenant (migrations, a rebuild): wait for it, not for the pool.
-            waited_for = 0
-            while name in self._opening:  # on every request: a plain loop, no predicate to build
-                waited_for = self._opening[name]
-                self._cv.wait()
-            refused = self._busy.get(name)
-            if waited_for and refused is not None and refused[0] == waited_for:
-                # The open we waited for found the tenant held by a restore (or the like) until its deadline:
-                # so is ours. Waiting again in turn would make each caller wait the whole limit once more.
-                raise TenantBusy(refused[1].message, hint=refused[1].hint)
-            tenant = self._open.get(name)
-            if tenant is not None:
-                self._open.move_to_end(name)
-                tenant.leases += 1
-                return tenant
-            path = tenant_path(self.data_dir, name)
-            if not create and not path.exists():
-                raise NotFound(
-                    f"tenant {name!r} does not exist in {self.data_dir}",
-                    hint="Check --data-dir and the tenant name.",
-                )
-            if not self._cv.wait_for(self._make_room, timeout=self.wait_seconds):
-                raise LimitExceeded(
-                    f"all {self.max_open} open tenants are busy",
-                    hint="Retry shortly, or raise the open-tenant limit.",
-                )
+            waited_for, deadline = 0, None
+            while True:  # every wait lets go of the lock: look again at this tenant after each one
+                # Another thread may be opening this tenant (migrations, a rebuild): wait for it, not for the pool.
+                while name in self._opening:  # on every request: a plain loop, no predicate to build
+                    waited_for = self._opening[name]
+                    self._cv.wait()
+                refused = self._busy.get(name)
+                if waited_for and refused is not None and refused[0] == waited_for:
+                    # The open we waited for found the tenant held by a restore (or the like) until its deadline:
+                    # so is ours. Waiting again in turn would make each caller wait the whole limit once more.
+                    raise TenantBusy(refused[1].message, hint=refused[1].hint)
+                tenant = self._open.get(name)
+                if tenant is not None:
+                    self._open.move_to_end(name)
+                    tenant.leases += 1
+                    return tenant
+                path = tenant_path(self.data_dir, name)
+                if not create and not path.exists():
+                    raise NotFound(
+                        f"tenant {name!r} does not exist in {self.data_dir}",
+                        hint="Check --data-dir and the tenant name.",
+                    )
+                if self._make_room():
+                    break
+                deadline = deadline or time.monotonic() + self.wait_seconds
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LimitExceeded(
+                        f"all {self.max_open} open tenants are busy",
+                        hint="Retry shortly, or raise the open-tenant limit.",
+                    )
+                self._cv.wait(left)
             attempt = self._opening[name] = next(self._opens)
         # Opened outside the pool's lock: a long first open (a migration, a rebuild for new schemas)
         # holds up only the callers of this tenant.

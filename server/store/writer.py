@@ -9,6 +9,8 @@ concurrency, commits (and fsyncs under `synchronous=FULL`) are shared by the who
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import threading
 import time
@@ -19,6 +21,8 @@ from typing import Any, Generic, TypeVar
 from ..errors import HeadlesslyError, StorageError, ValidationFailed
 from .checkpoints import EVERY_COMMITS
 from .events import EVENT_ROW_COLUMNS, GENESIS_HASH, EventRow, chain_hash
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_GROUP = 512
@@ -109,8 +113,10 @@ class Writer:
         self._conn = conn
         self._clock = clock
         self._checkpoint_due = checkpoint_due
+        # data_version first: a commit by another connection in between then shows as a change, and the
+        # first group re-reads the head (the other order could keep a head that is behind for good).
+        self._data_version: int | None = conn.execute("PRAGMA data_version").fetchone()[0]
         self._head = read_head(conn)
-        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         self._mutex = threading.Lock()
         self._idle = threading.Condition(self._mutex)
         self._arrived = threading.Condition(self._mutex)
@@ -146,28 +152,33 @@ class Writer:
         try:
             self._run_group(group)
         finally:
-            if not all(other.done for other in group):  # the group itself broke (e.g. KeyboardInterrupt)
-                self._recover()
-                for other in group:
-                    if not other.done:
-                        other.error = StorageError("the write was interrupted; nothing was written")
-                        other.done = True
-            with self._mutex:
-                leader = self._pending[0] if self._pending else None
-                if leader is None:
-                    self._busy = False
-                    self._idle.notify_all()
-            for other in group[1:]:
-                other.wake.release()
-            if leader is not None:
-                leader.wake.release()
+            try:
+                if not all(other.done for other in group):  # the group itself broke (e.g. KeyboardInterrupt)
+                    for other in group:
+                        if not other.done:
+                            other.error = StorageError("the write was interrupted; nothing was written")
+                            other.done = True
+                    try:
+                        self._recover()
+                    except sqlite3.Error:  # e.g. the connection was closed under us: its writers were told
+                        log.exception("could not roll back a broken write group")
+            finally:  # whatever recovery met (a closed connection, an I/O error), the next writers go on
+                with self._mutex:
+                    leader = self._pending[0] if self._pending else None
+                    if leader is None:
+                        self._busy = False
+                        self._idle.notify_all()
+                for other in group[1:]:
+                    other.wake.release()
+                if leader is not None:
+                    leader.wake.release()
         return _outcome(job)
 
     def _recover(self) -> None:
-        """After a group broke off mid-way: undo its open transaction and re-read the head."""
+        """After a group broke off mid-way: undo its open transaction; the next group re-reads the head."""
+        self._data_version = None
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
-        self._head = read_head(self._conn)
 
     def _gather(self) -> None:
         """Under concurrency, wait (briefly) for the writers just answered to queue their next jobs:
@@ -194,8 +205,9 @@ class Writer:
             if version != self._data_version:
                 self._head, self._data_version = read_head(conn), version
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):  # (a closed connection cannot even say)
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
             _fail_all(group, exc)
             return
         start = self._head
