@@ -186,6 +186,32 @@ def test_a_before_hook_cannot_set_meta_fields(hooks: Hooks, open_store: Callable
     assert event_count(hooked) == 0
 
 
+def test_a_before_hook_that_writes_to_its_own_tenant_is_refused_instead_of_hanging(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    @hooks.before("Contact.create")
+    def writes(ctx: BeforeContext) -> None:
+        hooked.do(TENANT, AGENT, {"action": "create", "type": "Organization", "data": {"name": "Side"}})
+
+    hooked = open_store(hooks)
+    outcome: list[BaseException | None] = []
+
+    def create_alice() -> None:
+        try:
+            create(hooked, "Contact", {"name": "Alice"})
+            outcome.append(None)
+        except BaseException as exc:  # reported to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=create_alice, daemon=True)
+    thread.start()
+    thread.join(30)
+
+    assert not thread.is_alive(), "the write waited for itself"
+    assert isinstance(outcome[0], ValidationFailed) and "would wait for itself" in outcome[0].message
+    assert event_count(hooked) == 0
+
+
 def test_data_changed_by_a_before_hook_is_still_validated(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:
     @hooks.before("Contact.create")
     def bad(ctx: BeforeContext) -> None:

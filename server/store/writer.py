@@ -122,6 +122,7 @@ class Writer:
         self._arrived = threading.Condition(self._mutex)
         self._pending: list[_Job[Any]] = []
         self._busy = False  # a leader is running a group, or the lead is being handed over
+        self._leader: int | None = None  # the thread running a group (its jobs may not queue more)
         self._gathering = False
         self._last_group = 0
         self.commits = 0  # transactions committed (a group counts once)
@@ -134,6 +135,11 @@ class Writer:
         """Run `fn` inside a write transaction and return its result once committed.
 
         With `dry_run`, everything `fn` wrote is rolled back and its result returned."""
+        if self._leader == threading.get_ident():
+            raise ValidationFailed(
+                "a write to this tenant from inside one of its writes (a BEFORE hook that writes?) would wait for itself",
+                hint="BEFORE hooks must not write: change ctx.data, or write from an AFTER hook.",
+            )
         job: _Job[T] = _Job(fn, dry_run)
         with self._mutex:
             self._pending.append(job)
@@ -149,9 +155,11 @@ class Writer:
                 self._gather()
             group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
             self._last_group = len(group)
+        self._leader = threading.get_ident()
         try:
             self._run_group(group)
         finally:
+            self._leader = None
             try:
                 if not all(other.done for other in group):  # the group itself broke (e.g. KeyboardInterrupt)
                     for other in group:
