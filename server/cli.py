@@ -442,7 +442,14 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                     click.echo(f"{name}: NOT CHECKED: {exc.message}")
                 continue
             except HeadlesslyError as exc:
-                _fail(exc.message)
+                if tenant:
+                    _fail(exc.message)
+                ok = False  # (an unreadable file): said, and the other tenants are still checked
+                if as_json:
+                    click.echo(json.dumps({"tenant": name, "ok": False, "problems": [exc.message]}))
+                else:
+                    click.echo(f"{name}: FAILED: {exc.message}")
+                continue
             if table is not None:
                 from .lake import catalog as cat
                 from .lake.restore import check_tenant as check_lake
@@ -499,11 +506,16 @@ def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...
     """Send every event not yet in the Iceberg table to it, exactly once, with progress."""
     from .errors import HeadlesslyError, TenantBusy
     from .lake import catalog as cat
-    from .lake.flusher import Flusher
+    from .lake.flusher import Flusher, LakeDiverged
 
     store = _open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
+    failed: list[str] = []
+    problems = ""
     try:
         names = list(dict.fromkeys(tenants)) or store.tenants()
+        for name in tenants:
+            if name not in store.tenants():
+                _fail(f"tenant {name!r} does not exist in {data_dir}")
         flusher = Flusher(store)
         backlog, busy = 0, []
         for name in names:
@@ -511,22 +523,28 @@ def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...
                 backlog += max(0, store.head(name)[0] - cat.watermark(flusher.table, name)[0])
             except TenantBusy:
                 busy.append(name)  # waited for once already: not again in the flush
-            except HeadlesslyError as exc:
-                _fail(f"{exc.code}: {exc.message}")
+            except HeadlesslyError:
+                pass  # unreadable: the flush names it, and still sends the other tenants
         with click.progressbar(length=backlog, label="flushing", file=sys.stderr, show_pos=True) as bar:
-            report = flusher.flush([n for n in names if n not in busy], progress=lambda _tenant, n: bar.update(n))
+            try:
+                report = flusher.flush([n for n in names if n not in busy], progress=lambda _t, n: bar.update(n))
+            except LakeDiverged as exc:
+                report, failed, problems = exc.report, exc.tenants, str(exc)
         busy += report.busy
         for name, n in report.tenants.items():
             click.echo(f"  {name}: {n} events (oldest was {report.lag_seconds[name]:.1f}s old)", err=True)
     finally:
         store.close()
-    click.echo(f"flushed {report.events} events of {len(names) - len(busy)} tenant(s)")
+    click.echo(f"flushed {report.events} events of {len(names) - len(busy) - len(failed)} tenant(s)")
     if busy:
         click.echo(
             f"headlessly: not flushed: {', '.join(busy)} (being restored, reindexed or rebuilt by another "
             "process); run flush again when that has finished",
             err=True,
         )
+    if failed:
+        click.echo(f"headlessly: not flushed: {problems}", err=True)
+    if busy or failed:
         sys.exit(1)
 
 

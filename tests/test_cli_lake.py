@@ -101,6 +101,21 @@ def test_events_from_the_lake_take_since_and_until_as_the_live_log_does(tmp_path
     assert lake.returncode == 0, lake.stderr
     assert [json.loads(x) for x in lake.stdout.splitlines()] == [live[1]]
     assert [json.loads(x) for x in from_day.stdout.splitlines()] == live
+    just_after = second[:-1] + "0001Z"  # 0.1 µs past the second event: the live log starts at the third
+    for source in ((), ("--from-lake",)):
+        after = run(
+            tmp_path,
+            "events",
+            "--tenant",
+            TENANT,
+            "--json",
+            *source,
+            "--since",
+            just_after,
+            "--data-dir",
+            str(data_dir),
+        )
+        assert [json.loads(x) for x in after.stdout.splitlines()] == live[2:], source
 
 
 def test_events_from_the_lake_refuse_a_bad_tenant_and_name_one_that_is_not_in_the_table(
@@ -117,6 +132,28 @@ def test_events_from_the_lake_refuse_a_bad_tenant_and_name_one_that_is_not_in_th
     assert bad.returncode == 2 and "invalid tenant name" in bad.stderr
     assert missing.returncode == 2
     assert "'nope' has no events in the table; its tenants: acme" in missing.stderr
+
+
+@pytest.mark.parametrize("name", ["c#-app", "a%62", "why?", "pct%20x"])
+def test_the_lakehouse_stays_in_a_data_dir_whose_path_has_url_characters(
+    tmp_path: Path, data_dir: Path, name: str
+) -> None:
+    odd = tmp_path / name / "data"
+    odd.parent.mkdir()
+    data_dir.rename(odd)
+    twin = tmp_path / "ab" / "data"  # what a%62 would decode to: it must not receive the events
+    before = set(os.listdir(tmp_path))
+    flushed = run(tmp_path, "flush", "--data-dir", str(odd))
+    maintained = run(tmp_path, "lake", "maintain", "--retain-days", "0", "--orphan-hours", "0", "--data-dir", str(odd))
+    verified = run(tmp_path, "verify", "--data-dir", str(odd))
+    lake = run(tmp_path, "events", "--tenant", TENANT, "--json", "--from-lake", "--data-dir", str(odd))
+
+    assert flushed.returncode == 0, flushed.stderr
+    assert maintained.returncode == 0, maintained.stderr
+    assert verified.returncode == 0 and "3 in the lake" in verified.stdout, verified.stdout + verified.stderr
+    assert len(lake.stdout.splitlines()) == 3
+    assert set(os.listdir(tmp_path)) == before  # nothing written beside it (c#-app used to leave a "c")
+    assert (odd / "lakehouse" / "catalog.db").is_file() and not twin.exists()
 
 
 def test_verify_compares_the_table_with_the_log(tmp_path: Path, data_dir: Path) -> None:
@@ -137,6 +174,24 @@ def test_verify_compares_the_table_with_the_log(tmp_path: Path, data_dir: Path) 
     assert "the table's hash differs from the log's" in broken.stdout
 
 
+def test_flush_names_a_tenant_it_cannot_read_exits_1_and_still_flushes_the_others(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    (data_dir / "tenants" / "broken.db").write_text("not a database")
+    flushed = run(tmp_path, "flush", "--data-dir", str(data_dir))
+    missing = run(tmp_path, "flush", "--tenant", "nope", "--data-dir", str(data_dir))
+    lake = run(tmp_path, "events", "--tenant", TENANT, "--json", "--from-lake", "--data-dir", str(data_dir))
+
+    assert flushed.returncode == 1
+    assert "flushed 3 events of 1 tenant(s)" in flushed.stdout
+    assert "not flushed: tenant broken:" in flushed.stderr and "Traceback" not in flushed.stderr
+    assert len(lake.stdout.splitlines()) == 3
+    assert missing.returncode == 2 and "'nope' does not exist" in missing.stderr
+    checked = run(tmp_path, "verify", "--data-dir", str(data_dir))
+    assert checked.returncode == 1
+    assert "broken: FAILED: cannot open tenant 'broken'" in checked.stdout and "acme: ok:" in checked.stdout
+
+
 def test_verify_fails_for_a_tenant_in_the_table_whose_database_is_gone(tmp_path: Path, data_dir: Path) -> None:
     run(tmp_path, "flush", "--data-dir", str(data_dir))
     for path in (data_dir / "tenants").glob(f"{TENANT}.db*"):
@@ -149,6 +204,28 @@ def test_verify_fails_for_a_tenant_in_the_table_whose_database_is_gone(tmp_path:
     assert "headlessly restore --tenant acme" in lost.stdout
     assert named.returncode == 1
     assert json.loads(named.stdout)["ok"] is False
+
+
+@pytest.mark.usefixtures("no_pyiceberg_config")
+def test_verify_fails_for_a_table_row_edited_with_its_hash_left_as_it_was(tmp_path: Path, data_dir: Path) -> None:
+    import pyarrow as pa
+    import pyiceberg.expressions as ex
+
+    from server.lake import catalog as cat
+    from server.lake.restore import read_tenant
+
+    run(tmp_path, "flush", "--data-dir", str(data_dir))
+    table = cat.events_table(cat.load(data_dir))
+    rows = read_tenant(table, TENANT)
+    actors = rows.column("actor").to_pylist()
+    actors[1] = "agent_mallory"  # seq 2 said to be someone else's; its hash (and the log) untouched
+    at = rows.schema.get_field_index("actor")
+    forged = rows.set_column(at, rows.schema.field(at), pa.array(actors, type=rows.schema.field(at).type))
+    table.overwrite(forged, overwrite_filter=ex.EqualTo("tenant", TENANT))
+    checked = run(tmp_path, "verify", "--data-dir", str(data_dir))
+
+    assert checked.returncode == 1
+    assert "seq 2: the table's row was altered" in checked.stdout
 
 
 def test_restore_rebuilds_a_lost_tenant_and_refuses_a_live_one(tmp_path: Path, data_dir: Path) -> None:

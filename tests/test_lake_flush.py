@@ -250,7 +250,7 @@ def test_the_table_is_headlessly_events_in_a_local_sql_catalog_under_the_data_di
     assert (lake / "catalog.db").is_file()
     assert catalog.list_tables("headlessly") == [("headlessly", "events")]
     table = catalog.load_table("headlessly.events")
-    assert table.location().startswith(f"file://{lake / 'warehouse'}/")
+    assert table.location().startswith(f"{lake / 'warehouse'}/")  # a plain path: see catalog_properties
     assert [r["seq"] for r in lake_rows(table)] == [1]
 
 
@@ -591,3 +591,37 @@ def test_a_tenant_whose_log_does_not_continue_the_table_does_not_hold_back_the_o
         assert [r["seq"] for r in lake_rows(table, "gamma")] == [1, 2, 3, 4]
     assert cat.watermark(table, "beta") == store.head("beta")
     assert_exactly_once(store, "beta")
+
+
+@pytest.mark.parametrize(("elsewhere", "words"), [(3, "ends at seq 3, but the table holds it up to seq 5"),
+                                                 (5, "up to seq 5 with another hash")])  # fmt: skip
+def test_a_log_that_ends_at_or_before_the_watermark_with_another_history_is_named_not_passed_over(
+    tmp_path: Path, store: Store, clock: Any, schemas: SchemaSet, elsewhere: int, words: str
+) -> None:
+    write_events(store, clock, 5, "beta")
+    Flusher(store).flush()
+
+    with Store(tmp_path / "elsewhere", schemas, clock=clock) as other:  # beta as an older copy of its file left it
+        write_tenants(other, clock, {"alpha": 2, "beta": elsewhere})
+        with pytest.raises(LakeDiverged) as diverged:
+            Flusher(other, data_dir=store.data_dir).flush()
+        alpha_flushed = cat.watermark(lake_table(store.data_dir), "alpha") == other.head("alpha")
+
+    assert diverged.value.tenants == ["beta"] and words in str(diverged.value)
+    assert diverged.value.report.tenants == {"alpha": 2} and alpha_flushed
+    assert_exactly_once(store, "beta")
+
+
+def test_an_unreadable_tenant_file_is_named_and_the_other_tenants_are_flushed(
+    store: Store, clock: Any, tmp_path: Path
+) -> None:
+    write_tenants(store, clock, {"alpha": 2, "gamma": 3})
+    (store.data_dir / "tenants" / "broken.db").write_text("not a database")
+
+    with pytest.raises(LakeDiverged) as failed:
+        Flusher(store).flush()
+
+    assert failed.value.tenants == ["broken"] and "not a database" in str(failed.value)
+    assert failed.value.report.tenants == {"alpha": 2, "gamma": 3}
+    assert_exactly_once(store, "alpha")
+    assert_exactly_once(store, "gamma")

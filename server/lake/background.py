@@ -112,7 +112,13 @@ def flush_once(store: Store, flusher: Any, what: str, tenants: list[str] | None 
             from .flusher import Flusher
 
             flusher = Flusher(store)
-        report = flusher.flush(tenants)
+        from .flusher import LakeDiverged
+
+        try:
+            report = flusher.flush(tenants)
+        except LakeDiverged as exc:  # the other tenants went; these are left until someone looks
+            log.error("%s: not flushed: %s", what, exc)
+            report = exc.report
         if report.events:
             log.info("%s: %d events of %d tenant(s) to the lakehouse", what, report.events, len(report.tenants))
     except Exception:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -25,7 +26,14 @@ TABLE_PROPERTIES = {
 def catalog_properties(data_dir: Path) -> dict[str, str]:
     """The local default: a SQL catalog on SQLite with its warehouse beside it, under the data dir."""
     lake = (data_dir / "lakehouse").resolve()
-    return {"type": "sql", "uri": f"sqlite:///{lake / 'catalog.db'}", "warehouse": f"file://{lake / 'warehouse'}"}
+    # The catalog's URI is decoded by SQLAlchemy (%XX, '?', '#'), so the path is quoted in it; the
+    # warehouse is given as a plain path, which pyiceberg's file IO takes whole (a file:// URI would be
+    # cut at '#' or '?').
+    return {
+        "type": "sql",
+        "uri": "sqlite:///" + urllib.parse.quote(str(lake / "catalog.db"), safe="/"),
+        "warehouse": str(lake / "warehouse"),
+    }
 
 
 def load(data_dir: Path) -> Any:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TenantBusy
+from ..errors import HeadlesslyError, TenantBusy
 from ..store import Store
 from ..timeutil import now_us, parse_time
 from . import catalog as cat
@@ -28,7 +28,13 @@ Fault = Callable[[str], None]  # called at "before_write", "before_commit", "aft
 
 
 class LakeDiverged(Exception):
-    """The table and the log disagree at the watermark: flushing would break exactly-once."""
+    """Some tenants were not flushed: a log that does not continue the table (flushing it would break
+    exactly-once), or one that could not be read. The others were; `report` says what was sent."""
+
+    def __init__(self, problems: dict[str, str], report: FlushReport) -> None:
+        super().__init__("; ".join(f"tenant {tenant}: {problem}" for tenant, problem in problems.items()))
+        self.tenants = list(problems)
+        self.report = report
 
 
 @dataclass
@@ -77,7 +83,7 @@ class Flusher:
         # Only what was written before this round: under a steady stream of writes, chasing the head
         # would never return and would turn into a commit per handful of events.
         until: dict[str, int] = {}
-        diverged: list[str] = []
+        diverged: dict[str, str] = {}
         races = 0
         while group := self._gather(pending, until, diverged, report.busy):
             table = self.table
@@ -100,10 +106,12 @@ class Flusher:
             done = {b.tenant for b in group if b.last_seq >= until[b.tenant]}
             pending[:] = [t for t in pending if t not in done]
         if diverged:
-            raise LakeDiverged("; ".join(diverged))
+            raise LakeDiverged(diverged, report)
         return report
 
-    def _gather(self, pending: list[str], until: dict[str, int], diverged: list[str], busy: list[str]) -> list[Batch]:
+    def _gather(
+        self, pending: list[str], until: dict[str, int], diverged: dict[str, str], busy: list[str]
+    ) -> list[Batch]:
         """The next commit: the first pending tenants' events after their watermark, `batch` rows at
         most; drops from `pending` the tenants with nothing (more) to send, and those being restored or
         rebuilt (into `busy`: the next round takes them)."""
@@ -115,17 +123,30 @@ class Flusher:
                 break
             seq, h = cat.watermark(table, tenant)
             try:
+                head = None
                 if tenant not in until:
-                    until[tenant] = self.store.head(tenant)[0]
+                    head = self.store.head(tenant)
+                    until[tenant] = head[0]
                 batch = read_batch(self.store, tenant, seq, until[tenant], room) if seq < until[tenant] else None
             except TenantBusy as exc:
                 log.info("not flushing tenant %s this round: %s", tenant, exc.message)
                 busy.append(tenant)
                 pending.remove(tenant)
                 continue
-            if batch is not None and batch.prev_hash != h:
-                diverged.append(
-                    f"tenant {tenant}: the table's watermark (seq {seq}) does not match the log's event before seq {seq + 1}"
+            except HeadlesslyError as exc:  # (an unreadable file): the other tenants still go
+                diverged[tenant] = exc.message
+                pending.remove(tenant)
+                continue
+            if head is not None and head[0] <= seq and head != (seq, h) and seq > 0:
+                # Nothing to send, yet the log does not end where the table does: it lost events the
+                # table has (an older copy of the file put back, a power loss under durability normal).
+                diverged[tenant] = f"the log ends at seq {head[0]}, but the table holds it up to seq {seq}" + (
+                    "" if head[0] < seq else " with another hash"
+                )
+                batch = None
+            elif batch is not None and batch.prev_hash != h:
+                diverged[tenant] = (
+                    f"the table's watermark (seq {seq}) does not match the log's event before seq {seq + 1}"
                 )
                 batch = None
             if batch is None:

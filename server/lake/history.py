@@ -9,6 +9,7 @@ import fnmatch
 import json
 from typing import Any
 
+from ..store.filters import between_microseconds
 from ..timeutil import format_us, parse_time
 
 COLUMNS = (
@@ -28,9 +29,11 @@ COLUMNS = (
 )
 
 
-def _iceberg_time(text: str) -> str:
-    """An input time as pyiceberg's timestamptz literal parser takes it: an offset, not `Z`."""
-    return format_us(parse_time(text)).removesuffix("Z") + "+00:00"
+def _iceberg_time(text: str, since: bool = False) -> str:
+    """An input time as pyiceberg's timestamptz literal parser takes it: an offset, not `Z`. Stored times
+    are whole microseconds: a `since` between two of them starts at the next one."""
+    us = parse_time(text) + (1 if since and between_microseconds(text) else 0)
+    return format_us(us).removesuffix("Z") + "+00:00"
 
 
 def lake_events(
@@ -61,7 +64,7 @@ def lake_events(
     if actor is not None:
         cond = ex.And(cond, ex.EqualTo("actor", actor))
     if since is not None:
-        cond = ex.And(cond, ex.GreaterThanOrEqual("timestamp", _iceberg_time(since)))
+        cond = ex.And(cond, ex.GreaterThanOrEqual("timestamp", _iceberg_time(since, since=True)))
     if until is not None:
         cond = ex.And(cond, ex.LessThanOrEqual("timestamp", _iceberg_time(until)))
     rows = table.scan(row_filter=cond, selected_fields=COLUMNS).to_arrow()

@@ -133,5 +133,8 @@ def _sweep(folder: str, referenced: set[str], older_than: datetime, kind: Callab
 
 
 def _local(uri: str) -> str:
+    """The local path of a location: a plain path as it is (it may hold '#' or '?'), a file URI's path."""
     parsed = urlparse(uri)
-    return os.path.normpath(parsed.path if parsed.scheme in ("file", "") else uri)
+    if not parsed.scheme:
+        return os.path.normpath(uri)
+    return os.path.normpath(parsed.path if parsed.scheme == "file" else uri)
