@@ -190,6 +190,18 @@ def test_a_ref_is_only_read_in_a_relationship_so_text_may_say_dollar_ref(store: 
     assert bob["organization"] == result["results"][0]["entity"]["$id"]
 
 
+def test_keys_sent_as_null_or_false_count_as_not_given_in_a_batch_too(store: Store) -> None:
+    result = store.do(
+        TENANT,
+        AGENT,
+        {"operations": [
+            {"action": "create", "type": "Contact", "id": None, "ifVersion": None, "data": {"name": "Ada"}, "force": False},
+            {"action": "update", "type": "Contact", "id": "$ref:0", "asOf": None, "data": {"title": "CTO"}},
+        ]},
+    )  # fmt: skip
+    assert result["results"][1]["entity"]["title"] == "CTO"
+
+
 def test_a_ref_to_an_operation_of_the_wrong_noun_is_refused(store: Store) -> None:
     with pytest.raises(HeadlesslyError):
         batch(

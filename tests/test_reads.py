@@ -259,6 +259,29 @@ def test_a_reverse_include_past_100_entities_says_it_is_cut_and_how_to_read_the_
     )
     assert [c["$id"] for c in rest["results"]] == [c["$id"] for c in got["contacts"]]
     assert "$includeTruncated" not in whole
+    assert store.get(TENANT, "Organization", acme["$id"], include=["contacts"], fields=["name"])["$includeTruncated"]
+
+
+def test_a_reverse_include_cut_in_the_past_names_a_search_of_that_same_past(store: Store, clock: Any) -> None:
+    acme = create(store, "Organization", name="Acme")
+    many = [
+        {"action": "create", "type": "Contact", "data": {"name": f"C{i}", "organization": acme["$id"]}}
+        for i in range(101)
+    ]
+    store.do(TENANT, "agent_bulk", {"operations": many})
+    then = store.events(TENANT, sort="-seq", limit=1)["results"][0]["timestamp"]
+    clock.advance(60)
+    store.do(TENANT, "agent_bulk", {"operations": many[:10]})  # ten more, later
+
+    cut = store.get(TENANT, "Organization", acme["$id"], as_of=then, include=["contacts"])["$includeTruncated"][
+        "contacts"
+    ]
+    search = cut["search"]
+    rest = store.find(
+        TENANT, search["type"], filter=search["filter"], sort=search["sort"], as_of=search["asOf"], limit=100
+    )
+
+    assert cut["total"] == 101 and rest["total"] == 101
 
 
 def test_include_as_of_shows_related_entities_as_they_were_then(store: Store, clock: Any) -> None:

@@ -149,6 +149,8 @@ def test_a_time_between_two_microseconds_compares_exactly(store: Store, clock: A
     assert found(store, "Contact", {"$createdAt": half}) == set()
     assert found(store, "Contact", {"$createdAt": {"$ne": half}}) == {"On the second"}
     assert found(store, "Contact", {"$createdAt": {"$in": [half, "2026-01-15T10:00:00Z"]}}) == {"On the second"}
+    assert found(store, "Contact", {"$createdAt": {"$in": [half]}}) == set()
+    assert found(store, "Contact", {"$createdAt": {"$nin": [half]}}) == {"On the second"}
 
 
 def test_null_in_eq_ne_in_and_nin_stands_for_an_absent_field(store: Store, deals: dict[str, str]) -> None:
@@ -171,6 +173,10 @@ def test_an_email_filter_matches_the_email_as_it_was_written(store: Store) -> No
         assert found(store, "Contact", {"email": {"$in": [written, "nobody@x.io"]}}) == {"Ann"}
         assert found(store, "Contact", {"email": {"$ne": written}}) == set()
     assert ann["email"] == "Ann@example.com"
+    for written, stored in [("Bo <bo@EXAMPLE.com>", "bo@example.com"), (" cy@Example.com", "cy@example.com"),
+                            ("di@xn--BCHER-KVA.com", "di@bücher.com")]:  # fmt: skip
+        assert create(store, "Contact", name=written, email=written)["email"] == stored
+        assert found(store, "Contact", {"email": written}) == {written}
     assert found(store, "Contact", {"email": "not an email"}) == set()
     assert found(store, "Contact", {"email": {"$regex": "Example"}}) == set()  # a pattern is not an email
 
@@ -386,6 +392,12 @@ def test_a_query_finds_the_same_entities_now_as_of_now_and_on_pages_read_across_
                 break
             cursor = page["cursor"]
         assert sorted(seen) == ["Ann", "Bob", "Dee"]
+
+
+def test_a_query_with_a_lone_surrogate_searches_its_words_or_says_there_are_none(store: Store, people: None) -> None:
+    assert found(store, "Contact", query="alice \ud800") == {"Alice Smith"}
+    with pytest.raises(InvalidFilter):
+        store.find(TENANT, "Contact", query="\ud800")
 
 
 def test_query_combines_with_a_filter(store: Store, people: None) -> None:

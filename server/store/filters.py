@@ -24,6 +24,8 @@ MAX_REGEX = 256
 _ORDERABLE = {"number", "int", "date", "datetime", "string", "text", "email", "url", "id"}
 _PAST_MICROSECONDS = re.compile(r"\.\d{6}(\d*[1-9])")  # a time between two microseconds
 _EMAIL: Any = None  # pydantic's EmailStr adapter, built on first use
+# An ASCII address with nothing around it (no "Name <...>", no spaces) and no punycode domain.
+_PLAIN_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 
 
 @dataclass(frozen=True)
@@ -209,10 +211,10 @@ class FilterCompiler:
         """`$in`: the field equals one of the values; null among them also takes an absent field, a
         type glob among them (events) matches as a glob."""
         globs = [self._glob(v) for v in arg if self._is_glob(col, v)]
-        plain = [
-            v
-            for v in (self._value(col, v, op) for v in arg if v is not None and not self._is_glob(col, v))
-            if not (col.kind == "datetime" and between_microseconds(v))
+        plain = [  # a time between two microseconds equals no stored time (checked before it is rounded)
+            self._value(col, v, op)
+            for v in arg
+            if v is not None and not self._is_glob(col, v) and not (col.kind == "datetime" and between_microseconds(v))
         ]
         parts = globs + ([self._missing(col, True)] if None in arg else [])
         if plain:
@@ -326,9 +328,9 @@ def between_microseconds(value: Any) -> bool:
 def _normalized_email(value: str) -> str:
     """An email as writes store it (pydantic's EmailStr: the domain lowercased); other text as it is."""
     global _EMAIL
-    local, at, domain = value.rpartition("@")
-    if value.isascii() and at and local and "@" not in local:  # what the validator changes in an ASCII email
-        return f"{local}@{domain.lower()}"
+    local, _, domain = value.rpartition("@")
+    if _PLAIN_EMAIL.fullmatch(value) and "xn--" not in domain.lower():
+        return f"{local}@{domain.lower()}"  # all the validator changes in such an email
     if _EMAIL is None:
         from pydantic import EmailStr, TypeAdapter
 

@@ -693,7 +693,8 @@ def request_digest(op: Operation) -> str:
 
 def check_arguments(op: Operation) -> None:
     takes = ACTION_KEYS.get(op.action, ACTION_KEYS["update"])
-    extra = sorted(op.model_fields_set - takes - COMMON_KEYS)
+    given = {k for k in op.model_fields_set if getattr(op, k) not in (None, False, {})}  # null, false: not given
+    extra = sorted(given - takes - COMMON_KEYS)
     if extra:
         what = f"the verb {op.action}" if op.action not in ACTION_KEYS else op.action
         keys = ", ".join(repr(k) for k in extra)

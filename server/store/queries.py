@@ -155,7 +155,7 @@ def project(noun: Noun, state: dict[str, Any], fields: list[str]) -> dict[str, A
             f"unknown fields {unknown} for {noun.name}",
             hint=f"{noun.name} fields: {', '.join([*noun.fields, *noun.reverses, *META_FIELDS])}.",
         )
-    keep = {"$id", "$type", "$version", *fields}
+    keep = {"$id", "$type", "$version", "$includeTruncated", *fields}
     return {k: v for k, v in state.items() if k in keep}
 
 
@@ -182,11 +182,14 @@ def expand(
         other = schemas[rev.noun]
         result = find(conn, schemas, other, {rev.field: state["$id"]}, limit=MAX_LIMIT, sort="$createdAt", _seq=seq)
         state[name] = result["results"]
-        if result["hasMore"]:  # say so, and how to read the rest
+        if result["hasMore"]:  # say so, and how to read the rest (as of the same moment)
+            search: dict[str, Any] = {"type": other.name, "filter": {rev.field: state["$id"]}, "sort": "$createdAt"}
+            if seq is not None:
+                search["asOf"] = conn.execute("SELECT ts FROM events WHERE seq = ?", (seq,)).fetchone()[0]
             state.setdefault("$includeTruncated", {})[name] = {
                 "shown": len(result["results"]),
                 "total": result["total"],
-                "search": {"type": other.name, "filter": {rev.field: state["$id"]}, "sort": "$createdAt"},
+                "search": search,
             }
 
 

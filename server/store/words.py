@@ -46,6 +46,8 @@ def _ensure(text: str) -> None:
         with _lock:
             if not _probed_bmp:
                 _probe([chr(i) for i in range(0x10000) if not 0xD800 <= i <= 0xDFFF])
+                # Lone surrogates are no text at all (a query may hold one; stored text cannot): they separate.
+                _table.update(dict.fromkeys(range(0xD800, 0xE000), _SEPARATOR))
                 _probed_bmp = True
     if text and max(text) > "\uffff":
         new = sorted({c for c in text if ord(c) not in _table and not 0xD800 <= ord(c) <= 0xDFFF})
