@@ -183,13 +183,17 @@ def test_an_update_of_a_json_field_with_its_keys_in_another_order_appends_nothin
     result = store.do(TENANT, AGENT, {"action": "update", "type": "Plan", "id": plan["$id"], "data": {"limits": same}})
     assert result["unchanged"] is True
     assert event_count(store) == 1
-    # a number that JSON writes differently (5 and 5.0, 1 and true) is still a change
+    # a number that JSON writes differently (5 and 5.0, 1 and true, 0.0 and -0.0) is still a change
+    deal = create(store, "Deal", {"name": "Zero", "value": 0.0})["entity"]
+    flipped = store.do(TENANT, AGENT, {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": -0.0}})
+    assert flipped["events"] and flipped["entity"]["value"] == 0.0
     for changed in (
         {"seats": 5.0, "projects": [1, {"a": 1, "b": 2}]},
         {"seats": 5, "projects": [True, {"a": 1, "b": 2}]},
     ):
         op = {"action": "update", "type": "Plan", "id": plan["$id"], "data": {"limits": changed}}
         assert store.do(TENANT, AGENT, op)["events"], changed
+    assert store.verify(TENANT)["ok"] is True
 
 
 def test_an_unknown_field_is_refused_even_when_its_value_is_null(store: Store) -> None:
