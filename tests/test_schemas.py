@@ -261,6 +261,60 @@ def test_a_malformed_field_fails_naming_file_noun_field_and_problem(
     assert f"Widget.{field}" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "notation", ["int = 1.5", "boolean = 1", "email = notanemail", "date = tomorrow", "url = nope", "int[] = 5"]
+)
+def test_a_default_that_is_not_a_valid_value_fails_at_start_up(tmp_path: Path, notation: str) -> None:
+    extra = folder(tmp_path, "extra", {"widgets.json": {"Widget": {"name": "string", "x": notation}}})
+
+    with pytest.raises(SchemaError) as err:
+        load_schemas([extra])
+
+    assert (err.value.noun, err.value.field) == ("Widget", "x")
+    assert "default" in err.value.problem and "not valid" in err.value.problem
+
+
+def test_a_default_may_hold_a_bar_and_an_enum_may_not_end_in_an_empty_default(tmp_path: Path) -> None:
+    extra = folder(tmp_path, "extra", {"widgets.json": {"Widget": {"name": "string", "sep": "string = a|b"}}})
+    bad = folder(tmp_path, "bad", {"widgets.json": {"Widget": {"name": "string", "stage": "A | B ="}}})
+
+    assert load_schemas([extra])["Widget"].fields["sep"].default == "a|b"
+    with pytest.raises(SchemaError) as err:
+        load_schemas([bad])
+    assert err.value.field == "stage" and "no default" in err.value.problem
+
+
+def test_a_forward_relationships_reverse_name_is_a_relationship_of_its_target(store: Store, schemas: SchemaSet) -> None:
+    contact = store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})["entity"]
+    store.do(TENANT, AGENT, {"action": "create", "type": "Lead", "data": {"name": "L", "contact": contact["$id"]}})
+
+    got = store.get(TENANT, "Contact", contact["$id"], include=["leads", "activities"])
+
+    assert schemas["Contact"].reverses["leads"].field == "contact"  # declared only as Lead.contact -> Contact.leads
+    assert [lead["name"] for lead in got["leads"]] == ["L"] and got["activities"] == []
+
+
+@pytest.mark.parametrize(
+    ("widget", "organization", "words"),
+    [
+        ({"maker": "-> Organization.name"}, {}, "already a field of Organization"),
+        ({"maker": "-> Organization.contacts"}, {}, "already Organization's relationship"),
+        ({"maker": "-> Organization.widgets"}, {"gadgets": "<- Widget.maker[]"}, "differs from the name"),
+    ],
+)
+def test_a_reverse_name_that_clashes_fails_at_start_up(
+    tmp_path: Path, widget: dict[str, str], organization: dict[str, str], words: str
+) -> None:
+    crm = json.loads((BUILTIN / "crm.json").read_text())
+    crm["Organization"].update(organization)
+    extra = folder(tmp_path, "extra", {"crm.json": crm, "widgets.json": {"Widget": {"name": "string", **widget}}})
+
+    with pytest.raises(SchemaError) as err:
+        load_schemas([extra])
+
+    assert (err.value.noun, err.value.field) == ("Widget", "maker") and words in err.value.problem
+
+
 @pytest.mark.parametrize(("verb", "past"), [("delete", "Removed"), ("create", "Made"), ("update", "Changed")])
 def test_a_verb_named_like_a_crud_action_fails(tmp_path: Path, verb: str, past: str) -> None:
     extra = folder(tmp_path, "extra", {"widgets.json": {"Widget": {"name": "string", verb: past}}})

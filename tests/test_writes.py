@@ -239,6 +239,31 @@ def test_the_size_limit_counts_the_bytes_of_the_entity_in_utf8(store: Store) -> 
     assert create(store, "Contact", {"name": "Alice", "title": "🦊" * (MAX_STATE_BYTES // 5)})["events"]
 
 
+def test_dates_are_only_yyyy_mm_dd_and_urls_may_not_hold_spaces_or_control_characters(store: Store) -> None:
+    for bad in ("20260115", "2026-W03-4"):
+        with pytest.raises(ValidationFailed):
+            create(store, "Goal", {"name": "G", "target": 1, "dueDate": bad})
+    assert (
+        create(store, "Goal", {"name": "G", "target": 1, "dueDate": "2026-01-15"})["entity"]["dueDate"] == "2026-01-15"
+    )
+    for url in ("https://exa\nmple.com", " https://example.com", "https://example.com\t"):
+        with pytest.raises(ValidationFailed) as exc:
+            create(store, "Organization", {"name": "Acme", "website": url})
+        assert "spaces or control characters" in exc.value.message
+    assert create(store, "Organization", {"name": "Acme", "website": "https://example.com/a?b=1"})["events"]
+    assert event_count(store) == 2
+
+
+def test_a_verb_refuses_data_that_sets_its_own_field_to_another_value(store: Store) -> None:
+    deal = create(store, "Deal", {"name": "D", "value": 1})["entity"]
+    with pytest.raises(ValidationFailed) as exc:
+        store.do(TENANT, AGENT, {"action": "win", "type": "Deal", "id": deal["$id"], "data": {"stage": "Lost"}})
+    won = store.do(TENANT, AGENT, {"action": "win", "type": "Deal", "id": deal["$id"], "data": {"stage": "Won"}})
+
+    assert "win sets Deal.stage to 'Won'" in exc.value.message
+    assert won["entity"]["stage"] == "Won" and won["entity"]["$version"] == 2
+
+
 def test_removing_a_required_field_is_refused(store: Store) -> None:
     alice = contact(store)
     with pytest.raises(ValidationFailed) as exc:

@@ -74,7 +74,7 @@ def parse_entry(key: str, value: object) -> Spec:
         if not m:
             raise NotationError(f"invalid reverse relationship {text!r}; expected '<- Noun.field[]'")
         return ReverseSpec(noun=m["noun"], field=m["field"])
-    if "|" in text:
+    if "|" in text and not _TYPED.fullmatch(text):  # ("string = a|b" is a typed field with a default)
         return _enum(text)
     return _typed(text)
 
@@ -96,7 +96,7 @@ def _relation(text: str) -> FieldSpec:
 
 
 def _enum(text: str) -> FieldSpec:
-    body, _, default = text.partition("=")
+    body, eq, default = text.partition("=")
     required = False
     body = body.strip()
     if body.endswith("!"):
@@ -109,6 +109,8 @@ def _enum(text: str) -> FieldSpec:
         raise NotationError(f"enum {text!r} repeats a member")
     if len(members) < 2:
         raise NotationError(f"enum {text!r} needs at least two members")
+    if eq and not default.strip():
+        raise NotationError(f"enum {text!r} has '=' but no default after it")
     dflt = default.strip() or None
     if dflt is not None and dflt not in members:
         raise NotationError(f"default {dflt!r} is not one of the enum's members {list(members)}")

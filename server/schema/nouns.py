@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SchemaError
-from .notation import NOUN_NAME, FieldSpec, NotationError, ReverseSpec, VerbSpec, parse_entry
+from .notation import FIELD_NAME, NOUN_NAME, FieldSpec, NotationError, ReverseSpec, VerbSpec, parse_entry
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,57 @@ def load_schemas(extra_dirs: list[Path] | tuple[Path, ...] = (), include_builtin
     nouns = {name: _build_noun(name, src, domain, body) for name, (src, domain, body) in raw.items()}
     _check_prefixes(nouns)
     _check_links(nouns)
+    _link_reverses(nouns)
+    _check_defaults(nouns)
     return SchemaSet(nouns)
+
+
+def _link_reverses(nouns: dict[str, Noun]) -> None:
+    """`-> Organization.contacts` names the reverse relationship: Organization gets `contacts` (unless it
+    declares it with `<-` itself), so `include: ["contacts"]` works from either side."""
+    for noun in nouns.values():
+        for f in noun.fields.values():
+            if not f.relation or not f.reverse_name:
+                continue
+            target, name = nouns[f.relation], f.reverse_name
+            existing = target.reverses.get(name)
+            if existing is not None and (existing.noun, existing.field) != (noun.name, f.name):
+                raise SchemaError(
+                    noun.source, noun.name, f.name,
+                    f"its reverse name {name!r} is already {target.name}'s relationship <- {existing.noun}.{existing.field}",
+                )  # fmt: skip
+            named = next((r.name for r in target.reverses.values() if (r.noun, r.field) == (noun.name, f.name)), name)
+            if named != name:
+                raise SchemaError(
+                    noun.source, noun.name, f.name,
+                    f"its reverse name {name!r} differs from the name {target.name} declares for it ({named!r})",
+                )  # fmt: skip
+            if name in target.fields:
+                raise SchemaError(
+                    noun.source, noun.name, f.name, f"its reverse name {name!r} is already a field of {target.name}"
+                )
+            if not FIELD_NAME.fullmatch(name):
+                raise SchemaError(noun.source, noun.name, f.name, f"reverse name {name!r} is not a valid field name")
+            target.reverses.setdefault(name, Reverse(name=name, noun=noun.name, field=f.name))
+
+
+def _check_defaults(nouns: dict[str, Noun]) -> None:
+    """A default must be a valid value of its field: found now, not by every create that leaves it out."""
+    from ..errors import ValidationFailed
+    from .validation import NounValidator
+
+    for noun in nouns.values():
+        defaults = {f.name: f.default for f in noun.fields.values() if f.default is not None}
+        if not defaults:
+            continue
+        validator = NounValidator(noun)
+        for name, value in defaults.items():
+            try:
+                validator.check_value(name, value)
+            except ValidationFailed as exc:
+                raise SchemaError(
+                    noun.source, noun.name, name, f"default {value!r} is not valid: {exc.message}"
+                ) from None
 
 
 def _check_prefixes(nouns: dict[str, Noun]) -> None:

@@ -34,8 +34,13 @@ ID_PATTERN = re.compile(r"^[a-z][a-z0-9]*_[A-Za-z0-9]{9,64}$")
 _URL = TypeAdapter(AnyUrl)
 
 
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def _check_date(value: str) -> str:
     try:
+        if not _DATE.fullmatch(value):  # (fromisoformat would also take 20260115 and 2026-W03-4)
+            raise ValueError
         return date.fromisoformat(value).isoformat()
     except ValueError:
         raise ValueError(f"{value!r} is not a date; use YYYY-MM-DD") from None
@@ -46,6 +51,8 @@ def _check_datetime(value: str) -> str:
 
 
 def _check_url(value: str) -> str:
+    if any(c.isspace() or not c.isprintable() for c in value):  # the parser would drop them; the text would keep them
+        raise ValueError("a url may not contain spaces or control characters")
     _URL.validate_python(value)
     return value
 
@@ -145,6 +152,10 @@ class NounValidator:
         if not subset:
             return merged
         return {**merged, **self._run(self._partial, subset)}
+
+    def check_value(self, name: str, value: Any) -> None:
+        """ValidationFailed unless `value` is valid for the field `name` alone."""
+        self._run(self._partial, {name: value})
 
     def refuse_unknown(self, names: list[str]) -> NoReturn:
         """Fields the noun does not have: refused even when they are only being removed (null)."""

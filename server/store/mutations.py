@@ -302,6 +302,11 @@ class Mutator:
         current = self.load_live(noun, entity_id, op)
         patch = self.patch_of(noun, op, current)
         if sets is not None:
+            if patch.get(sets, past) != past:
+                raise ValidationFailed(
+                    f"{op.action} sets {noun.name}.{sets} to {past!r}; data may not set it to {patch[sets]!r}",
+                    hint=f"Leave {sets} out of data, or use update to set it to another value.",
+                )
             patch[sets] = past
         patch = self.before_hooks(noun, op.action, past, entity_id, patch, current.state, op)
         merged = merge(current.fields, patch)
