@@ -34,6 +34,15 @@ def format_us(us: int) -> str:
     return f"{cached[1]}.{micros:06d}Z"
 
 
+_PAST_MICROSECONDS = re.compile(r"\.\d{6}(\d*[1-9])")
+
+
+def between_microseconds(value: object) -> bool:
+    """A time given with digits past the microsecond that are not all zero: it falls between two
+    stored times (parse_time rounds it down)."""
+    return isinstance(value, str) and _PAST_MICROSECONDS.search(value) is not None
+
+
 def parse_time(value: object) -> int:
     """An RFC 3339 time with an offset, or a date (start of that day, UTC), as microseconds.
 
@@ -48,6 +57,9 @@ def parse_time(value: object) -> int:
         frac = re.search(r"\.(\d+)", text)
         if frac and len(frac.group(1)) > 6:  # fromisoformat takes at most microseconds
             text = text.replace(frac.group(0), "." + frac.group(1)[:6], 1)
+        leap = re.search(r"(?<=\d\d:\d\d):60(\.\d+)?", text)
+        if leap:  # RFC 3339's leap second: read as the last microsecond of its minute
+            text = text[: leap.start()] + ":59.999999" + text[leap.end() :]
         try:
             dt = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
         except ValueError as exc:

@@ -139,6 +139,9 @@ def test_a_date_only_as_of_means_the_start_of_that_day_in_utc(store: Store, cloc
         ("2026-01-15T05:01:30-05:00", "v2"),  # 10:01:30Z
         ("2026-01-15T10:01:30.000000+00:00", "v2"),
         ("2026-01-15t10:00:30z", "v1"),
+        ("2026-01-15T10:00:60Z", "v1"),  # a leap second: the last microsecond of its minute, before v2 at 10:01
+        ("2026-01-15T15:31:60+05:30", "v2"),  # 10:01:60Z
+        ("2026-01-15T10:01:30." + "0" * 40 + "Z", "v2"),  # any number of fractional digits
     ],
 )
 def test_as_of_accepts_any_rfc3339_offset(store: Store, history: dict[str, Any], as_of: str, expected: str) -> None:

@@ -77,6 +77,8 @@ def test_rollback_accepts_an_as_of_with_an_offset(store: Store, clock: Any) -> N
     result = do(store, AGENT, action="rollback", type="Contact", id=alice, asOf="2026-01-15T11:00:00+01:00")
     assert fields(result["entity"])["stage"] == "Lead"
     assert "title" not in result["entity"]
+    long = "2026-01-15T11:00:00." + "0" * 50 + "+01:00"  # RFC 3339 puts no bound on the fraction
+    assert do(store, AGENT, action="rollback", type="Contact", id=alice, asOf=long)["entity"]["stage"] == "Lead"
 
 
 def test_rollback_never_moves_the_version_back(store: Store, clock: Any) -> None:
@@ -402,6 +404,38 @@ def test_revert_needs_an_actor_and_a_since(store: Store, clock: Any) -> None:
         do(store, ADMIN, action="revert", actor="rogue", since="2026-01-15")
     with pytest.raises(InvalidAsOf):
         do(store, ADMIN, action="revert", actor=ROGUE, since="last week")
+    assert event_count(store) == before
+
+
+def test_a_since_between_two_microseconds_leaves_out_the_event_just_before_it(store: Store, clock: Any) -> None:
+    alice = do(store, GOOD, action="create", type="Contact", data={"name": "Alice"})["entity"]["$id"]
+    clock.advance(1)
+    at = do(store, ROGUE, action="update", type="Contact", id=alice, data={"title": "CTO"})["events"][0]["timestamp"]
+    after = at[:-1] + "1Z"  # 0.1 µs after the event
+
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since=after)
+
+    assert result["events"] == [] and result["revertOf"]["since"] > at
+    assert store.get(TENANT, "Contact", alice)["title"] == "CTO"
+
+
+def test_bringing_back_a_deleted_entity_whose_link_points_at_an_entity_deleted_since_is_refused(
+    store: Store, clock: Any
+) -> None:
+    org = do(store, GOOD, action="create", type="Organization", data={"name": "Acme"})["entity"]["$id"]
+    bob = do(store, GOOD, action="create", type="Contact", data={"name": "Bob", "organization": org})["entity"]["$id"]
+    clock.advance(60)
+    do(store, ROGUE, action="delete", type="Contact", id=bob)
+    clock.advance(60)
+    do(store, GOOD, action="delete", type="Organization", id=org)  # Bob's link now points at a deleted entity
+    before = event_count(store)
+
+    with pytest.raises(ValidationFailed) as by_rollback:
+        do(store, ADMIN, action="rollback", type="Contact", id=bob, toVersion=1)
+    with pytest.raises(ValidationFailed):
+        do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z")
+
+    assert org in by_rollback.value.message and "deleted" in by_rollback.value.message
     assert event_count(store) == before
 
 

@@ -9,8 +9,7 @@ import fnmatch
 import json
 from typing import Any
 
-from ..store.filters import between_microseconds
-from ..timeutil import format_us, parse_time
+from ..timeutil import between_microseconds, format_us, parse_time
 
 COLUMNS = (
     "seq",

@@ -11,7 +11,7 @@ import regex
 
 from ..errors import InvalidFilter, InvalidSort
 from ..schema import Noun
-from ..timeutil import format_us, parse_time
+from ..timeutil import between_microseconds, format_us, parse_time
 from .patterns import compile_pattern
 from .sqlite import json_path
 
@@ -22,7 +22,6 @@ MAX_DEPTH = 8
 MAX_TERMS = 64
 MAX_REGEX = 256
 _ORDERABLE = {"number", "int", "date", "datetime", "string", "text", "email", "url", "id"}
-_PAST_MICROSECONDS = re.compile(r"\.\d{6}(\d*[1-9])")  # a time between two microseconds
 _EMAIL: Any = None  # pydantic's EmailStr adapter, built on first use
 # An ASCII address with nothing around it (no "Name <...>", no spaces) and no punycode domain.
 _PLAIN_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
@@ -318,11 +317,6 @@ class FilterCompiler:
         if col.enum and op in ("$eq", "$ne", "$in", "$nin") and value not in col.enum:
             raise self._fail(f"{col.name}: {value!r} is not one of {', '.join(col.enum)}")
         return value
-
-
-def between_microseconds(value: Any) -> bool:
-    """A time given with digits past the microsecond that are not all zero."""
-    return isinstance(value, str) and _PAST_MICROSECONDS.search(value) is not None
 
 
 def _normalized_email(value: str) -> str:

@@ -24,7 +24,7 @@ from ..errors import (
 )
 from ..schema import Noun, SchemaSet
 from ..schema.validation import Validators
-from ..timeutil import format_us, parse_as_of
+from ..timeutil import between_microseconds, format_us, parse_as_of
 from .events import dumps, new_id, render_change
 from .hooks import BeforeContext, HookRejected, Hooks, hook_name
 from .operations import CRUD_ACTIONS, Operation, check_actor
@@ -356,7 +356,7 @@ class Mutator:
             rollback_to = op.toVersion
         past_state = json.loads(row[0])
         target_fields = self.restored(noun, "rollback", current, fields_of(past_state), op)
-        self.check_relations(noun, target_fields, list(diff(current.fields, target_fields)))
+        self.check_relations(noun, target_fields, links_to_check(current, target_fields, is_deleted(past_state)))
         event = self.write(
             noun, entity_id, "Updated", current, target_fields, None, op,
             extra_data={"rollbackTo": rollback_to}, deleted=is_deleted(past_state),
@@ -381,7 +381,8 @@ class Mutator:
                 hint='e.g. {"action": "revert", "actor": "agent_x", "since": "2026-01-16T00:00:00Z"}.',
             )
         victim = check_actor(op.actor)
-        since = format_us(parse_as_of(op.since, "since"))
+        # A since between two microseconds starts at the next one (stored times are whole microseconds).
+        since = format_us(parse_as_of(op.since, "since") + (1 if between_microseconds(op.since) else 0))
         until = format_us(parse_as_of(op.until, "until")) if op.until is not None else None
         if until is not None and until < since:
             raise ValidationFailed(
@@ -443,7 +444,7 @@ class Mutator:
                     unchanged.append(target)
                     continue
                 target_fields = self.restored(noun, "revert", current, target_fields, op)
-                links.append((noun, target_fields, list(diff(current.fields, target_fields))))
+                links.append((noun, target_fields, links_to_check(current, target_fields, is_deleted(before))))
                 event = self.write(
                     noun, target, "Updated", current, target_fields, None, op,
                     extra_data=revert_of, deleted=is_deleted(before),
@@ -739,6 +740,14 @@ def index_keys(noun: Noun, state: dict[str, Any]) -> set[tuple[str, Any]]:
             if isinstance(v, (str, int, float)) and not (f.type == "json" and isinstance(v, bool)):
                 out.add((f.name, v))
     return out
+
+
+def links_to_check(current: Loaded, fields: dict[str, Any], deleted: bool) -> list[str]:
+    """The fields whose relationships a rollback or revert must check: those it changes, and all of them
+    when it brings a deleted entity back (its links may point at entities deleted since)."""
+    if current.deleted and not deleted:
+        return list(fields)
+    return list(diff(current.fields, fields))
 
 
 def is_deleted(state: dict[str, Any]) -> bool:

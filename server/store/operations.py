@@ -24,11 +24,11 @@ class Operation(BaseModel):
     id: str | None = Field(default=None, max_length=100)
     data: dict[str, Any] | None = None
     ifVersion: int | None = Field(default=None, ge=1)
-    asOf: str | None = Field(default=None, max_length=64)
+    asOf: str | None = Field(default=None, max_length=128)
     toVersion: int | None = Field(default=None, ge=1)
     actor: str | None = Field(default=None, max_length=80)
-    since: str | None = Field(default=None, max_length=64)
-    until: str | None = Field(default=None, max_length=64)
+    since: str | None = Field(default=None, max_length=128)
+    until: str | None = Field(default=None, max_length=128)
     force: bool = False
     idempotencyKey: str | None = Field(default=None, min_length=1, max_length=200)
     reason: str | None = Field(default=None, max_length=2000)

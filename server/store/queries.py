@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import InvalidFilter, LimitExceeded, NotFound, ValidationFailed
 from ..schema import Noun, SchemaSet
-from ..timeutil import format_us, parse_as_of
+from ..timeutil import between_microseconds, format_us, parse_as_of
 from . import cursors
 from .events import EVENT_ROW_COLUMNS, EventRow
 from .filters import (
@@ -18,7 +18,6 @@ from .filters import (
     FilterCompiler,
     KeyedTerm,
     SortKey,
-    between_microseconds,
     entity_columns,
     parse_sort,
 )
