@@ -21,7 +21,6 @@ from hypothesis.stateful import (
     Bundle,
     MultipleResults,
     RuleBasedStateMachine,
-    initialize,
     invariant,
     multiple,
     rule,
@@ -63,7 +62,7 @@ def to_text(us: int) -> str:
 
 VALID: dict[str, list[Any]] = {
     "name": ["Ada", "Bob Li", "Zoë"],
-    "email": ["ann@example.com", "bob@example.com", "cy@example.org"],  # lowercase: stored as written
+    "email": ["ann@example.com", "bob@example.org"],  # lowercase: stored as written
     "phone": ["+1 555 0100", "0100"],
     "title": ["CTO", "Engineer"],
     "stage": ["Lead", "Qualified", "Customer", "Churned", "Partner"],
@@ -111,7 +110,8 @@ def data_of(keys: list[str], nulls: bool, null_stage: bool = True) -> st.SearchS
 # create: null means "absent" for every field but stage, whose null-versus-default is left to the store
 create_data = st.tuples(
     st.sampled_from([*VALID["name"] * 2, 7, None]),
-    data_of(sorted(FIELDS - {"name"}), True, False),
+    st.sampled_from([*VALID["email"], None]),  # often: unique emails collide, live or deleted
+    data_of(sorted(FIELDS - {"name", "email"}), True, False),
 )
 update_data = data_of(sorted(FIELDS), True)
 verb_data = data_of(["title", "phone", "stage", "name"], True)
@@ -145,12 +145,13 @@ class StoreModel(RuleBasedStateMachine):
     """A real Store (SQLite in a temporary directory, a fake clock) against a list of states per Contact."""
 
     contacts = Bundle("contacts")
+    schemas: SchemaSet  # set by the test: the built-in Organization, Contact and Deal nouns
 
-    def __init__(self, schemas: SchemaSet) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.TemporaryDirectory()
         self.clock = FakeClock()
-        self.store = Store(Path(self.tmp.name) / "data", schemas, clock=self.clock)
+        self.store = Store(Path(self.tmp.name) / "data", self.schemas, clock=self.clock)
         self.history: dict[str, list[Snap]] = {}
         self.times: list[str] = []  # every event's timestamp in the tenant, in seq order
         org = self.do({"action": "create", "type": "Organization", "data": {"name": "Acme"}})
@@ -247,9 +248,10 @@ class StoreModel(RuleBasedStateMachine):
     # ---- writes -----------------------------------------------------------------------------
 
     @rule(target=contacts, data=create_data)
-    def create(self, data: tuple[Any, dict[str, Any]]) -> str | MultipleResults[str]:
-        name, rest = data
-        given = self.sub({**rest, **({"name": name} if name is not None else {})})
+    def create(self, data: tuple[Any, Any, dict[str, Any]]) -> str | MultipleResults[str]:
+        name, email, rest = data
+        given = self.sub({"name": name, "email": email, **rest})
+        given = {k: v for k, v in given.items() if v is not None or k in rest}
         op = {"action": "create", "type": "Contact", "data": given}
         fields = {"stage": "Lead", **{k: v for k, v in given.items() if v is not None}}
         if (
@@ -372,11 +374,7 @@ class StoreModel(RuleBasedStateMachine):
     )
     def find(self, filter: dict[str, Any], past: bool, data: st.DataObject) -> None:
         (key, condition) = next(iter(filter.items()))
-        us: int | None = None
-        how: dict[str, str] = {}
-        if past:
-            text, us = self.a_time(data)
-            how = {"as_of": text}
+        text, us = self.a_time(data) if past else (None, None)
         expected: dict[str, Snap] = {}
         for eid, history in self.history.items():
             snap = history[-1] if us is None else self.at(eid, us)
@@ -384,8 +382,8 @@ class StoreModel(RuleBasedStateMachine):
                 continue
             if (key not in snap.fields) if isinstance(condition, dict) else snap.fields.get(key) == condition:
                 expected[eid] = snap
-        found = self.store.find(TENANT, "Contact", filter=filter, limit=100, **how)
-        assert {e["$id"] for e in found["results"]} == set(expected), (filter, how, found)
+        found = self.store.find(TENANT, "Contact", filter=filter, limit=100, as_of=text)
+        assert {e["$id"] for e in found["results"]} == set(expected), (filter, text, found)
         assert found["total"] == len(expected)
         assert found["hasMore"] is False
         for state in found["results"]:
@@ -409,10 +407,6 @@ class StoreModel(RuleBasedStateMachine):
         assert self.store.events(TENANT)["total"] == len(self.times)
 
     # ---- invariants -------------------------------------------------------------------------
-
-    @initialize()
-    def nothing_yet(self) -> None:
-        assert self.store.find(TENANT, "Contact")["total"] == 0
 
     @invariant()
     def the_log_is_the_model(self) -> None:
@@ -442,5 +436,7 @@ class StoreModel(RuleBasedStateMachine):
 
 
 def test_the_store_agrees_with_a_plain_model_under_any_sequence_of_writes_and_reads(schemas: SchemaSet) -> None:
-    crm = SchemaSet({name: schemas[name] for name in ("Organization", "Contact", "Deal")})
-    run_state_machine_as_test(lambda: StoreModel(crm), settings=budget(40, 30))
+    class CrmStoreModel(StoreModel):
+        schemas = SchemaSet({name: schemas[name] for name in ("Organization", "Contact", "Deal")})
+
+    run_state_machine_as_test(CrmStoreModel, settings=budget(40, 30))
