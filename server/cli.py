@@ -512,9 +512,10 @@ def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...
     failed: list[str] = []
     problems = ""
     try:
-        names = list(dict.fromkeys(tenants)) or store.tenants()
+        present = store.tenants()
+        names = list(dict.fromkeys(tenants)) or present
         for name in tenants:
-            if name not in store.tenants():
+            if name not in present:
                 _fail(f"tenant {name!r} does not exist in {data_dir}")
         flusher = Flusher(store)
         backlog, busy = 0, []

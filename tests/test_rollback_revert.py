@@ -304,9 +304,15 @@ def test_a_later_revert_of_another_actor_is_a_change_by_whoever_reverted(store: 
     assert "$deletedAt" in store.find(TENANT, "Contact", include_deleted=True)["results"][0]
 
 
-def test_revert_restores_a_link_to_an_entity_that_the_same_revert_brings_back(store: Store, clock: Any) -> None:
+def acme_and_bob(store: Store) -> tuple[str, str]:
+    """GOOD creates Acme and Bob, a Contact linked to it: their ids."""
     org = do(store, GOOD, action="create", type="Organization", data={"name": "Acme"})["entity"]["$id"]
     bob = do(store, GOOD, action="create", type="Contact", data={"name": "Bob", "organization": org})["entity"]["$id"]
+    return str(org), str(bob)
+
+
+def test_revert_restores_a_link_to_an_entity_that_the_same_revert_brings_back(store: Store, clock: Any) -> None:
+    org, bob = acme_and_bob(store)
     clock.advance(60)
     # ROGUE unlinks Bob first (a live contact may not point at a deleted organization), then deletes Acme
     do(store, ROGUE, action="update", type="Contact", id=bob, data={"organization": None})
@@ -324,8 +330,7 @@ def test_revert_restores_a_link_to_an_entity_that_the_same_revert_brings_back(st
 def test_revert_is_refused_whole_when_a_link_it_restores_would_point_at_a_deleted_entity(
     store: Store, clock: Any
 ) -> None:
-    org = do(store, GOOD, action="create", type="Organization", data={"name": "Acme"})["entity"]["$id"]
-    bob = do(store, GOOD, action="create", type="Contact", data={"name": "Bob", "organization": org})["entity"]["$id"]
+    org, bob = acme_and_bob(store)
     clock.advance(60)
     do(store, ROGUE, action="update", type="Contact", id=bob, data={"organization": None, "title": "Spam"})
     do(store, GOOD, action="delete", type="Organization", id=org)  # not ROGUE's: the revert leaves it deleted
@@ -422,8 +427,7 @@ def test_a_since_between_two_microseconds_leaves_out_the_event_just_before_it(st
 def test_bringing_back_a_deleted_entity_whose_link_points_at_an_entity_deleted_since_is_refused(
     store: Store, clock: Any
 ) -> None:
-    org = do(store, GOOD, action="create", type="Organization", data={"name": "Acme"})["entity"]["$id"]
-    bob = do(store, GOOD, action="create", type="Contact", data={"name": "Bob", "organization": org})["entity"]["$id"]
+    org, bob = acme_and_bob(store)
     clock.advance(60)
     do(store, ROGUE, action="delete", type="Contact", id=bob)
     clock.advance(60)
