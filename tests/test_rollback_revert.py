@@ -327,19 +327,79 @@ def test_revert_restores_a_link_to_an_entity_that_the_same_revert_brings_back(st
     assert store.verify(TENANT)["ok"] is True
 
 
-def test_revert_is_refused_whole_when_a_link_it_restores_would_point_at_a_deleted_entity(
+def test_revert_reports_an_entity_whose_restored_link_points_at_an_entity_deleted_since_and_reverts_the_rest(
     store: Store, clock: Any
 ) -> None:
     org, bob = acme_and_bob(store)
     clock.advance(60)
-    do(store, ROGUE, action="update", type="Contact", id=bob, data={"organization": None, "title": "Spam"})
+    bob_now = do(store, ROGUE, action="update", type="Contact", id=bob, data={"organization": None, "title": "Spam"})
+    spam = do(store, ROGUE, action="create", type="Contact", data={"name": "Spam"})["entity"]["$id"]
     do(store, GOOD, action="delete", type="Organization", id=org)  # not ROGUE's: the revert leaves it deleted
     clock.advance(60)
+    for force in (False, True):
+        result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z", force=force, dryRun=True)
+        (conflict,) = result["conflicts"]
+        assert conflict["id"] == bob and conflict["type"] == "Contact"
+        assert org in conflict["message"] and "deleted" in conflict["message"]
+        assert conflict["hint"]
+        assert [ev["target"] for ev in result["events"]] == [spam]
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z")
+    assert [c["id"] for c in result["conflicts"]] == [bob]
+    assert store.get(TENANT, "Contact", bob) == bob_now["entity"]
+    with pytest.raises(NotFound):
+        store.get(TENANT, "Contact", spam)
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_revert_reports_an_entity_whose_unique_value_another_entity_holds_now_and_reverts_the_rest(
+    store: Store, clock: Any
+) -> None:
+    acme = do(store, GOOD, action="create", type="Organization", data={"name": "Acme", "domain": "acme.com"})
+    acme_id = acme["entity"]["$id"]
+    clock.advance(60)
+    moved = do(store, ROGUE, action="update", type="Organization", id=acme_id, data={"domain": "acme.net"})
+    spam = do(store, ROGUE, action="create", type="Organization", data={"name": "Spam"})["entity"]["$id"]
+    copy = do(store, GOOD, action="create", type="Organization", data={"name": "Acme 2", "domain": "acme.com"})
+    clock.advance(60)
     before = event_count(store)
-    with pytest.raises(ValidationFailed) as exc:
-        do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z")
-    assert org in exc.value.message and "deleted" in exc.value.message
-    assert event_count(store) == before
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z", force=True)
+    (conflict,) = result["conflicts"]
+    assert conflict["id"] == acme_id
+    assert conflict["field"] == "domain"
+    assert conflict["existing"] == copy["entity"]["$id"]
+    assert "acme.com" in conflict["message"] and "force does not change this" in conflict["message"]
+    assert copy["entity"]["$id"] in conflict["hint"]
+    assert store.get(TENANT, "Organization", acme_id) == moved["entity"]
+    assert [ev["target"] for ev in result["events"]] == [spam]
+    assert event_count(store) == before + 1
+    with pytest.raises(NotFound):
+        store.get(TENANT, "Organization", spam)
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_revert_leaves_an_entity_linked_to_one_it_cannot_bring_back_and_writes_only_the_rest(
+    store: Store, clock: Any
+) -> None:
+    acme = do(store, GOOD, action="create", type="Organization", data={"name": "Acme", "domain": "acme.com"})
+    org = acme["entity"]["$id"]
+    bob = do(store, GOOD, action="create", type="Contact", data={"name": "Bob", "organization": org})["entity"]["$id"]
+    clock.advance(60)
+    # ROGUE unlinks Bob and deletes Acme; then GOOD gives a new organization Acme's domain
+    do(store, ROGUE, action="update", type="Contact", id=bob, data={"organization": None})
+    do(store, ROGUE, action="delete", type="Organization", id=org)
+    spam = do(store, ROGUE, action="create", type="Contact", data={"name": "Spam"})["entity"]["$id"]
+    do(store, GOOD, action="create", type="Organization", data={"name": "Acme 2", "domain": "acme.com"})
+    clock.advance(60)
+    before = event_count(store)
+    # Bob comes first in the window: his link is fine only if Acme comes back, and Acme cannot
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z")
+    assert [(c["id"], c.get("field")) for c in result["conflicts"]] == [(bob, None), (org, "domain")]
+    assert [ev["target"] for ev in result["events"]] == [spam]
+    assert event_count(store) == before + 1
+    assert "organization" not in store.get(TENANT, "Contact", bob)
+    with pytest.raises(NotFound):
+        store.get(TENANT, "Organization", org)
+    assert store.verify(TENANT)["ok"] is True
 
 
 def test_revert_with_force_reverts_a_conflicting_entity_too(store: Store, clock: Any) -> None:
@@ -424,7 +484,7 @@ def test_a_since_between_two_microseconds_leaves_out_the_event_just_before_it(st
     assert store.get(TENANT, "Contact", alice)["title"] == "CTO"
 
 
-def test_bringing_back_a_deleted_entity_whose_link_points_at_an_entity_deleted_since_is_refused(
+def test_bringing_back_a_deleted_entity_whose_link_points_at_an_entity_deleted_since_is_refused_or_a_conflict(
     store: Store, clock: Any
 ) -> None:
     org, bob = acme_and_bob(store)
@@ -436,10 +496,11 @@ def test_bringing_back_a_deleted_entity_whose_link_points_at_an_entity_deleted_s
 
     with pytest.raises(ValidationFailed) as by_rollback:
         do(store, ADMIN, action="rollback", type="Contact", id=bob, toVersion=1)
-    with pytest.raises(ValidationFailed):
-        do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z")
+    reverted = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z")
 
     assert org in by_rollback.value.message and "deleted" in by_rollback.value.message
+    assert [c["id"] for c in reverted["conflicts"]] == [bob]
+    assert reverted["events"] == []
     assert event_count(store) == before
 
 

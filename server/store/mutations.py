@@ -113,6 +113,23 @@ class Written:
         return {"entity": self.state, "events": [self.event]}
 
 
+class _Blocked(Exception):
+    """A revert cannot bring one entity back: its conflict entry, from the refusal that says why."""
+
+    def __init__(self, target: str, noun: str, refusal: ValidationFailed) -> None:
+        super().__init__(refusal.message)
+        existing, field = refusal.details.get("existing"), refusal.details.get("field")
+        self.conflict: dict[str, Any] = {
+            "id": target,
+            "type": noun,
+            "message": f"{target} cannot be brought back: {refusal.message} (force does not change this)",
+            "hint": f"Change {existing}'s {field} first, then revert again."
+            if existing
+            else "Bring the linked entity back first (rollback), or revert again after that.",
+            **refusal.details,
+        }
+
+
 class Mutator:
     """Applies operations for one actor inside one writer transaction."""
 
@@ -394,14 +411,38 @@ class Mutator:
             "WHERE actor = ? AND ts >= ? AND (? IS NULL OR ts <= ?) GROUP BY target, entity_type ORDER BY min(seq)",
             (victim, since, until, until),
         ).fetchall()
+        # An entity whose earlier state cannot be written now (its unique value is held by another
+        # entity, or a link points at an entity deleted since) is a conflict like one changed by
+        # someone else: the revert is tried again without it, so the others are still reverted.
+        blocked: dict[str, dict[str, Any]] = {}
+        while True:
+            head = self.txn.head
+            self.conn.execute("SAVEPOINT revert")
+            try:
+                outcome = self._revert_entities(rows, victim, op, blocked)
+            except _Blocked as exc:
+                self.conn.execute("ROLLBACK TO revert")
+                self.conn.execute("RELEASE revert")
+                self.txn.head = head
+                blocked[exc.conflict["id"]] = exc.conflict
+                continue
+            self.conn.execute("RELEASE revert")
+            return {"entity": None, **outcome, "revertOf": {"actor": victim, "since": since, "until": until}}
+
+    def _revert_entities(
+        self, rows: list[Any], victim: str, op: Operation, blocked: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
         reverted: list[dict[str, Any]] = []
         conflicts: list[dict[str, Any]] = []
         unchanged: list[str] = []
         events: list[dict[str, Any]] = []
         # Relationships are checked once every entity is back: a link may point at an entity that
         # this same revert restores further on.
-        links: list[tuple[Noun, dict[str, Any], list[str]]] = []
+        links: list[tuple[str, Noun, dict[str, Any], list[str]]] = []
         for target, entity_type, first_version, ids in rows:
+            if target in blocked:
+                conflicts.append(blocked[target])
+                continue
             noun = self.env.schemas.nouns.get(entity_type)
             if noun is None:
                 conflicts.append(
@@ -444,23 +485,22 @@ class Mutator:
                     unchanged.append(target)
                     continue
                 target_fields = self.restored(noun, "revert", current, target_fields, op)
-                links.append((noun, target_fields, links_to_check(current, target_fields, is_deleted(before))))
-                event = self.write(
-                    noun, target, "Updated", current, target_fields, None, op,
-                    extra_data=revert_of, deleted=is_deleted(before),
-                )  # fmt: skip
+                links.append((target, noun, target_fields, links_to_check(current, target_fields, is_deleted(before))))
+                try:
+                    event = self.write(
+                        noun, target, "Updated", current, target_fields, None, op,
+                        extra_data=revert_of, deleted=is_deleted(before),
+                    )  # fmt: skip
+                except ValidationFailed as exc:  # a unique value another entity holds now
+                    raise _Blocked(target, noun.name, exc) from None
             reverted.append(event.state)
             events.append(event.event)
-        for noun, fields, changed in links:
-            self.check_relations(noun, fields, changed)
-        return {
-            "entity": None,
-            "events": events,
-            "reverted": reverted,
-            "conflicts": conflicts,
-            "unchanged": unchanged,
-            "revertOf": {"actor": victim, "since": since, "until": until},
-        }
+        for target, noun, fields, changed in links:
+            try:
+                self.check_relations(noun, fields, changed)
+            except ValidationFailed as exc:
+                raise _Blocked(target, noun.name, exc) from None
+        return {"events": events, "reverted": reverted, "conflicts": conflicts, "unchanged": unchanged}
 
     # ---- shared machinery ---------------------------------------------------------------
 
