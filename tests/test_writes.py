@@ -183,10 +183,7 @@ def test_an_update_of_a_json_field_with_its_keys_in_another_order_appends_nothin
     result = store.do(TENANT, AGENT, {"action": "update", "type": "Plan", "id": plan["$id"], "data": {"limits": same}})
     assert result["unchanged"] is True
     assert event_count(store) == 1
-    # a number that JSON writes differently (5 and 5.0, 1 and true, 0.0 and -0.0) is still a change
-    deal = create(store, "Deal", {"name": "Zero", "value": 0.0})["entity"]
-    flipped = store.do(TENANT, AGENT, {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": -0.0}})
-    assert flipped["events"] and flipped["entity"]["value"] == 0.0
+    # inside a json field a number that JSON writes differently (5 and 5.0, 1 and true) is kept as sent
     for changed in (
         {"seats": 5.0, "projects": [1, {"a": 1, "b": 2}]},
         {"seats": 5, "projects": [True, {"a": 1, "b": 2}]},
@@ -218,6 +215,31 @@ def test_a_number_field_refuses_an_integer_past_64_bits_instead_of_rounding_it(s
     assert store.get(TENANT, "Deal", deal["$id"])["value"] == 2**63 - 1
     assert create(store, "Deal", {"name": "Float", "value": 1.2e22})["entity"]["value"] == 1.2e22
     assert event_count(store) == 2
+
+
+def test_a_whole_float_in_a_number_or_int_field_is_stored_as_an_integer_so_resending_it_changes_nothing(
+    store: Store,
+) -> None:
+    deal = create(store, "Deal", {"name": "Round", "value": 100.0})["entity"]
+    assert deal["value"] == 100 and type(deal["value"]) is int
+    for same_number in (100, 100.0):
+        op = {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": same_number}}
+        assert store.do(TENANT, AGENT, op)["events"] == []
+    zero = store.do(TENANT, AGENT, {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": -0.0}})
+    assert zero["entity"]["value"] == 0 and type(zero["entity"]["value"]) is int
+    assert store.do(TENANT, AGENT, {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": 0.0}})[
+        "unchanged"
+    ]
+    # a fraction stays a float, and so does a float too large to be an exact integer
+    half = store.do(TENANT, AGENT, {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": 0.5}})
+    assert half["entity"]["value"] == 0.5
+    assert create(store, "Deal", {"name": "Vast", "value": 1e300})["entity"]["value"] == 1e300
+    org = create(store, "Organization", {"name": "Acme", "employeeCount": 12.0})["entity"]
+    assert org["employeeCount"] == 12 and type(org["employeeCount"]) is int
+    with pytest.raises(ValidationFailed) as exc:
+        create(store, "Organization", {"name": "Half", "employeeCount": 12.5})
+    assert "employeeCount" in exc.value.message
+    assert store.verify(TENANT)["ok"] is True
 
 
 def test_text_that_is_not_valid_unicode_is_a_validation_error_and_writes_nothing(store: Store) -> None:

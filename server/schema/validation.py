@@ -77,10 +77,23 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 Int64 = Annotated[StrictInt, annotated_types.Interval(ge=INT64_MIN, le=INT64_MAX)]
 
 
+EXACT_FLOAT_INT = 2**53  # below it every integer is a float exactly, and the other way round
+
+
 def _int64_or_float(value: Any) -> Any:
-    """A number field keeps integers exact: one past 64 bits is refused, not rounded to a float."""
+    """A number field keeps integers exact: one past 64 bits is refused, not rounded to a float.
+    JSON has one number type, so `100.0` is stored as `100`: re-sending it is not a change."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < EXACT_FLOAT_INT:
+        return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
         raise ValueError("integers must fit in 64 bits; send a float (such as 1.5e22) if rounding is acceptable")
+    return value
+
+
+def _integral(value: Any) -> Any:
+    """An int field takes `3.0` as 3, as JSON Schema's integer does; `3.5` is still refused."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < EXACT_FLOAT_INT:
+        return int(value)
     return value
 
 
@@ -88,7 +101,7 @@ _BASE: dict[str, Any] = {
     "string": StrictStr,
     "text": StrictStr,
     "number": Annotated[Int64 | Annotated[StrictFloat, AllowInfNan(False)], BeforeValidator(_int64_or_float)],
-    "int": Int64,
+    "int": Annotated[Int64, BeforeValidator(_integral)],
     "boolean": StrictBool,
     "date": Annotated[StrictStr, AfterValidator(_check_date)],
     "datetime": Annotated[StrictStr, AfterValidator(_check_datetime)],
