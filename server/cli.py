@@ -183,6 +183,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _host_checks(shown_host: str, no_auth: bool) -> Any:
+    """Without tokens, only requests addressed to a loopback name may in, so a web page cannot reach the
+    server through DNS rebinding (whatever loopback spelling it listens on: 127.0.0.2, [0:0::1]...).
+    With tokens the token is the check: any Host may in, so a reverse proxy can pass its own name."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    if not no_auth:
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    names = list(dict.fromkeys([shown_host, "127.0.0.1", "localhost", "[::1]"]))
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[h for name in names for h in (name, f"{name}:*")],
+        allowed_origins=[o for name in names for o in (f"http://{name}", f"http://{name}:*")],
+    )
+
+
 def _serve_stdio(store: Any, config: Config) -> None:
     from .auth.identity import LocalIdentity
     from .tools.app import build_server
@@ -202,7 +218,11 @@ def _serve_http(store: Any, config: Config, transport: str, host: str, port: int
     shown_host = f"[{host}]" if ":" in host else host
     base_url = f"http://{shown_host}:{port}"
     server = build_server(store, LocalIdentity(config.tenant, config.actor) if no_auth else None, tokens, base_url)
-    app = server.streamable_http_app(host=host) if transport == "http" else server.sse_app(host=host)
+    security = _host_checks(shown_host, no_auth)
+    if transport == "http":
+        app = server.streamable_http_app(host=host, transport_security=security)
+    else:
+        app = server.sse_app(host=host, transport_security=security)
     path = "/mcp" if transport == "http" else "/sse"
     auth = "no auth (loopback only)" if no_auth else "bearer tokens required"
 

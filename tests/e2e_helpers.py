@@ -33,7 +33,7 @@ from mcp_types import Implementation
 HEADLESSLY = Path(sys.executable).parent / "headlessly"
 STARTUP_TIMEOUT = 20.0
 CLI_TIMEOUT = 60.0
-LISTENING = re.compile(r"headlessly listening on (http://127\.0\.0\.1:(\d+)/(mcp|sse))\b")
+LISTENING = re.compile(r"headlessly listening on (http://[^\s/]+:(\d+)/(mcp|sse))\b")
 INITIALIZE = {
     "jsonrpc": "2.0",
     "id": 1,

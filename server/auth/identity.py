@@ -41,7 +41,7 @@ class TokenVerifier:
             return None
         return AccessToken(
             token=token,
-            client_id=info.actor,
+            client_id=info.id,  # a session belongs to its token: another token is refused on it, same actor or not
             scopes=["read"] if info.read_only else ["read", "write"],
             claims={"tenant": info.tenant, "actor": info.actor, "readOnly": info.read_only, "tokenId": info.id},
         )

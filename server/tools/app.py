@@ -412,10 +412,10 @@ def build_server(
             raise ResourceError(error_text(err)) from None
         return json.dumps(state)
 
-    async def set_log_level(_ctx: Any, params: SetLevelRequestParams) -> EmptyResult:
-        """logging/setLevel (handshake era): the verbosity of the server's own log (stderr)."""
-        level = {"debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO, "warning": logging.WARNING}
-        logging.getLogger().setLevel(level.get(params.level, logging.ERROR))
+    async def set_log_level(_ctx: Any, _params: SetLevelRequestParams) -> EmptyResult:
+        """logging/setLevel (handshake era) sets which log messages *this client* is sent. The server sends
+        clients none, so it is accepted and changes nothing: the operator's --log-level is not a client's
+        to change (over HTTP any tenant could otherwise turn on DEBUG and put other tenants' data in the log)."""
         return EmptyResult()
 
     # MCPServer has no public hook for this (it is deprecated in the 2026-07-28 era); the low-level
