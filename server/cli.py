@@ -299,7 +299,7 @@ def token_list(tenant: str | None, include_revoked: bool, as_json: bool, data_di
 @click.argument("token_id")
 @data_dir_option
 def token_revoke(token_id: str, data_dir: Path) -> None:
-    """Revoke a token by its id: every later request with it gets HTTP 401."""
+    """Revoke a token by its id (or the whole token): every later request with it gets HTTP 401."""
     from .auth.tokens import TokenStore
     from .errors import HeadlesslyError
 

@@ -12,6 +12,17 @@ ENV_ACTOR = "HEADLESSLY_ACTOR"
 ENV_DURABILITY = "HEADLESSLY_DURABILITY"
 
 
+def private_dir(path: Path) -> None:
+    """Make `path` and any missing parents readable by this user only (0700, less any umask): tenant data,
+    tokens and the lake are not other local users' to read. A directory that exists keeps its mode."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get(ENV_DATA_DIR) or "./.headlessly")
 

@@ -173,11 +173,46 @@ def test_a_created_token_is_accepted_by_the_token_store(tmp_path: Path, data_dir
     assert (info.tenant, info.actor, info.read_only) == (TENANT, AGENT, True)
 
 
+def test_a_data_dir_the_server_creates_is_readable_by_its_user_only(tmp_path: Path) -> None:
+    data_dir = tmp_path / "new" / "data"
+    created = run("token", "create", "--tenant", TENANT, "--actor", AGENT, cwd=tmp_path, data_dir=data_dir)
+    assert created.code == 0, created.err
+    with Store(data_dir) as store:
+        store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+    flushed = run("flush", cwd=tmp_path, data_dir=data_dir)
+    assert flushed.code == 0, flushed.err
+    umask = os.umask(0)
+    os.umask(umask)
+    for directory in (tmp_path / "new", data_dir, data_dir / "tenants", data_dir / "lakehouse"):
+        assert directory.stat().st_mode & 0o777 == 0o700 & ~umask, directory
+    assert (data_dir / "tokens.db").stat().st_mode & 0o777 == 0o600 & ~umask
+    # a data dir the operator made keeps the mode they gave it
+    own = tmp_path / "own"
+    own.mkdir(mode=0o755)
+    own.chmod(0o755)
+    assert run("token", "create", "--tenant", TENANT, "--actor", AGENT, cwd=tmp_path, data_dir=own).code == 0
+    assert own.stat().st_mode & 0o777 == 0o755
+
+
 def test_revoking_an_unknown_token_fails_with_a_message(tmp_path: Path, data_dir: Path) -> None:
     result = run("token", "revoke", "nosuchtoken", cwd=tmp_path, data_dir=data_dir)
     assert result.code != 0
     assert "nosuchtoken" in result.err
     assert "Traceback" not in result.err
+
+
+def test_a_token_can_be_revoked_by_pasting_the_whole_token_and_its_secret_is_never_echoed(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    (token,) = run("token", "create", "--tenant", TENANT, "--actor", AGENT, cwd=tmp_path, data_dir=data_dir).lines()
+    secret = token.split("_", 2)[2]
+    revoked = run("token", "revoke", token, cwd=tmp_path, data_dir=data_dir)
+    assert revoked.code == 0, revoked.err
+    assert secret not in revoked.out + revoked.err
+    assert run("token", "list", "--json", cwd=tmp_path, data_dir=data_dir).json_lines() == []
+    again = run("token", "revoke", token, cwd=tmp_path, data_dir=data_dir)
+    assert again.code != 0
+    assert "no active token" in again.err and secret not in again.out + again.err
 
 
 @pytest.mark.parametrize(

@@ -6,14 +6,17 @@ enough: there is nothing to guess that a slow hash would protect."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import os
 import secrets
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import private_dir
 from ..errors import NotFound
 from ..store.operations import check_actor
 from ..store.tenants import check_tenant
@@ -43,8 +46,10 @@ class TokenStore:
     """The token table in `<data-dir>/tokens.db`."""
 
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         self.path = data_dir / "tokens.db"
+        with contextlib.suppress(FileExistsError):  # created for our user only; SQLite's -wal/-shm copy its mode
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
         self._conn.execute("PRAGMA journal_mode = WAL")
@@ -84,6 +89,10 @@ class TokenStore:
         return [TokenInfo(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows]
 
     def revoke(self, token_id: str) -> TokenInfo:
+        """Revoke by the id `token list` shows, or by the whole token (what someone holding a leaked
+        one has at hand); only its id part is ever echoed."""
+        if token_id.startswith(PREFIX):
+            token_id = token_id[len(PREFIX) :].partition("_")[0]
         with self._lock:
             cur = self._conn.execute(
                 "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (format_us(now_us()), token_id)

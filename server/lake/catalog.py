@@ -8,6 +8,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, cast
 
+from ..config import private_dir
+
 CATALOG = "headlessly"
 NAMESPACE = "headlessly"
 TABLE = "events"
@@ -46,7 +48,7 @@ def load(data_dir: Path) -> Any:
     if configured:
         return load_catalog(CATALOG, **cast(dict[str, Any], configured))
     lake = data_dir / "lakehouse"
-    (lake / "warehouse").mkdir(parents=True, exist_ok=True)
+    private_dir(lake / "warehouse")
     with _local_lock(lake):  # the SQL catalog creates its tables on first use: one process at a time
         return load_catalog(CATALOG, **catalog_properties(data_dir))
 

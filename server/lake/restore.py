@@ -10,6 +10,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from ..config import private_dir
 from ..errors import HeadlesslyError, StorageError, ValidationFailed
 from ..store import Store
 from ..store.bulk import EVENT_COLUMNS, EventTuple, bulk_load
@@ -71,7 +72,7 @@ def restore_tenant(
         raise ValidationFailed(
             f"the table has no events for tenant {tenant!r}", hint="Check the tenant name and the catalog."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     lock = TenantLock(path)
     try:
         if not lock.try_exclusive("restore"):

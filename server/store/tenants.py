@@ -15,6 +15,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from time import monotonic, sleep
 
+from ..config import private_dir
 from ..errors import InvalidTenant, LimitExceeded, NotFound, StorageError, TenantBusy
 from ..schema import SchemaSet
 from .checkpoints import Checkpointer
@@ -62,7 +63,7 @@ class Tenant:
     ) -> None:
         self.name = name
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         self._durability = durability
         self._lock = TenantLock(path)
         conn: sqlite3.Connection | None = None
