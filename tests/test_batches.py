@@ -267,3 +267,42 @@ def test_batch_results_keep_the_order_of_the_operations(store: Store) -> None:
     stamps = [r["events"][0]["timestamp"] for r in result["results"]]
     assert stamps == sorted(stamps)
     assert len(set(stamps)) == 30
+
+
+def test_an_idempotency_key_covers_what_its_refs_name_so_a_ref_to_another_entity_is_another_request(
+    store: Store,
+) -> None:
+    qualify = {"action": "qualify", "type": "Contact", "id": "$ref:0", "idempotencyKey": "q1"}
+    first = batch(store, {"action": "create", "type": "Contact", "data": {"name": "Alice"}}, qualify)
+    alice = first["results"][0]["entity"]["$id"]
+    with pytest.raises(ValidationFailed) as exc:
+        batch(store, {"action": "create", "type": "Contact", "data": {"name": "Bob"}}, qualify)
+    assert "q1" in exc.value.message and "another request" in exc.value.message
+    assert store.find(TENANT, "Contact")["total"] == 1
+    # the same batch again, each operation with its key: every ref names the same entity, so it replays
+    keyed = ({"action": "create", "type": "Contact", "data": {"name": "Carol"}, "idempotencyKey": "c1"}, {**qualify, "idempotencyKey": "q2"})  # fmt: skip
+    once = batch(store, *keyed)
+    again = batch(store, *keyed)
+    assert [r.get("replayed") for r in again["results"]] == [True, True]
+    assert again["results"][1]["entity"] == once["results"][1]["entity"]
+    assert store.get(TENANT, "Contact", alice)["stage"] == "Qualified"
+    assert store.find(TENANT, "Contact")["total"] == 2
+
+
+def test_a_batch_that_would_write_more_than_the_state_budget_is_refused_whole(store: Store) -> None:
+    from server.errors import LimitExceeded
+    from server.store.mutations import MAX_REQUEST_STATE, MAX_STATE_BYTES
+
+    big = "x" * (MAX_STATE_BYTES - 1_000)
+    note = store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Big", "title": big}})
+    entity_id = note["entity"]["$id"]
+    updates = [
+        {"action": "update", "type": "Contact", "id": entity_id, "data": {"phone": str(i)}}
+        for i in range(MAX_REQUEST_STATE // MAX_STATE_BYTES + 2)
+    ]
+    with pytest.raises(LimitExceeded) as exc:
+        batch(store, *updates)
+    assert "characters of entity state" in exc.value.message and exc.value.hint
+    assert store.events(TENANT)["total"] == 1
+    assert store.get(TENANT, "Contact", entity_id)["$version"] == 1
+    assert len(batch(store, *updates[:10])["results"]) == 10

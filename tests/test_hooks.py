@@ -212,6 +212,48 @@ def test_a_before_hook_that_writes_to_its_own_tenant_is_refused_instead_of_hangi
     assert event_count(hooked) == 0
 
 
+def test_a_before_hook_that_edits_the_current_state_it_sees_changes_nothing_but_its_data(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    @hooks.before("Contact.update")
+    def would_be(ctx: BeforeContext) -> None:
+        assert ctx.current is not None
+        ctx.current.update(ctx.data)  # "look at the would-be state"
+        ctx.current["$version"] = 99
+
+    store = open_store(hooks)
+    alice = create(store, "Contact", {"name": "Alice", "email": "old@x.io"})["entity"]
+    updated = store.do(
+        TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"email": "new@x.io"}}
+    )
+    assert updated["entity"]["$version"] == 2
+    assert [r["$id"] for r in store.find(TENANT, "Contact", {"email": "new@x.io"})["results"]] == [alice["$id"]]
+    assert store.find(TENANT, "Contact", {"email": "old@x.io"})["total"] == 0
+    with pytest.raises(ValidationFailed):
+        create(store, "Contact", {"name": "Copy", "email": "new@x.io"})
+    create(store, "Contact", {"name": "Bob", "email": "old@x.io"})
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_before_hooks_are_told_whether_the_write_is_a_preview(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    seen: list[bool] = []
+
+    @hooks.before("Contact.create")
+    def note(ctx: BeforeContext) -> None:
+        seen.append(ctx.dry_run)
+
+    store = open_store(hooks)
+    create_op = {"action": "create", "type": "Contact", "data": {"name": "Alice"}}
+    store.do(TENANT, AGENT, {**create_op, "dryRun": True})
+    store.do(TENANT, AGENT, {"operations": [create_op], "dryRun": True})
+    store.do(TENANT, AGENT, create_op)
+    store.do(TENANT, AGENT, {"operations": [create_op]})
+    assert seen == [True, True, False, False]
+    assert event_count(store) == 2
+
+
 def test_data_changed_by_a_before_hook_is_still_validated(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:
     @hooks.before("Contact.create")
     def bad(ctx: BeforeContext) -> None:
@@ -376,6 +418,48 @@ def test_a_failing_after_hook_is_logged_and_the_write_stands(
     logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in failures) + caplog.text
     assert "explode" in logged
     assert "crm sync is down" in logged
+
+
+def test_an_after_hook_that_edits_its_event_or_entity_does_not_change_what_the_caller_is_told(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    @hooks.after("Contact.create")
+    def redact(ctx: AfterContext) -> None:
+        assert ctx.entity is not None
+        ctx.entity.pop("email", None)
+        ctx.event["data"]["name"] = "REDACTED"
+
+    store = open_store(hooks)
+    result = create(store, "Contact", {"name": "Bob", "email": "b@x.io"})
+    assert result["entity"]["email"] == "b@x.io"
+    assert result["events"][0]["data"]["name"] == "Bob"
+    assert store.get(TENANT, "Contact", result["entity"]["$id"]) == result["entity"]
+
+
+def test_after_hooks_that_fan_out_stop_at_a_budget_of_writes_per_request(
+    hooks: Hooks, open_store: Callable[[Hooks], Store], caplog: pytest.LogCaptureFixture
+) -> None:
+    from server.store.service import MAX_HOOK_WRITES
+
+    @hooks.after("Contact.update")
+    def twice(ctx: AfterContext) -> None:  # each update makes two more: 2**9 - 1 writes in 8 levels
+        for _ in range(2):
+            ctx.do(
+                {"action": "update", "type": "Contact", "id": ctx.event["target"], "data": {"title": uuid.uuid4().hex}}
+            )
+
+    store = open_store(hooks)
+    alice = create(store, "Contact", {"name": "Alice"})["entity"]
+    with caplog.at_level(logging.ERROR):
+        result = store.do(
+            TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "x"}}
+        )
+    assert result["events"][0]["data"]["title"] == "null -> x"
+    assert event_count(store) == 2 + MAX_HOOK_WRITES
+    assert f"wrote {MAX_HOOK_WRITES} times" in caplog.text
+    # the next request starts with the whole budget again
+    store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "y"}})
+    assert event_count(store) == 3 + 2 * MAX_HOOK_WRITES
 
 
 def test_writes_made_by_an_after_hook_carry_caused_by(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:

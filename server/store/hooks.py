@@ -29,6 +29,7 @@ class BeforeContext:
     data: dict[str, Any]
     current: dict[str, Any] | None
     reason: str | None
+    dry_run: bool = False  # a preview (dryRun): nothing will be written, whatever the hook says
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -31,6 +32,7 @@ from .operations import CRUD_ACTIONS, Operation, check_actor
 from .writer import Txn
 
 MAX_STATE_BYTES = 1_000_000
+MAX_REQUEST_STATE = 64_000_000  # characters of entity state one request (a batch, a revert) may write
 _MISSING = object()
 _REF = re.compile(r"^\$ref:(\d+)$")
 ID_SHAPE = re.compile(r"^([a-z][a-z0-9]*)_[A-Za-z0-9]{9,64}$")
@@ -133,13 +135,15 @@ class _Blocked(Exception):
 class Mutator:
     """Applies operations for one actor inside one writer transaction."""
 
-    def __init__(self, txn: Txn, env: Env, actor: str, caused_by: str | None = None) -> None:
+    def __init__(self, txn: Txn, env: Env, actor: str, caused_by: str | None = None, dry_run: bool = False) -> None:
         self.txn = txn
+        self.dry_run = dry_run  # the whole run is a preview (what BEFORE hooks are told)
         self.conn = txn.conn
         self.env = env
         self.actor = actor  # checked by the caller
         self.caused_by = caused_by
         self.refs: list[str | None] = []
+        self.state_written = 0  # characters of state this run has written, against MAX_REQUEST_STATE
 
     # ---- entry points -------------------------------------------------------------------
 
@@ -162,7 +166,7 @@ class Mutator:
     def apply(self, op: Operation) -> dict[str, Any]:
         asked = None
         if op.idempotencyKey is not None:
-            asked = request_digest(op)
+            asked = request_digest(self._refs_named(op))
             row = self.conn.execute(
                 "SELECT result, request FROM idempotency WHERE actor = ? AND key = ?", (self.actor, op.idempotencyKey)
             ).fetchone()
@@ -238,6 +242,26 @@ class Mutator:
                 hint=f"$ref:N refers to operations[N]; here N must be below {len(self.refs)}.",
             )
         return self.refs[index]  # type: ignore[return-value]
+
+    def _refs_named(self, op: Operation) -> Operation:
+        """`op` with each `$ref:N` this batch can already name replaced by that entity's id: what an
+        idempotency key stands for (`$ref:0` is another request when operations[0] made another entity)."""
+
+        def named(value: Any) -> Any:
+            if isinstance(value, list):
+                return [named(v) for v in value]
+            m = _REF.match(value) if isinstance(value, str) else None
+            if m and int(m.group(1)) < len(self.refs) and self.refs[int(m.group(1))] is not None:
+                return self.refs[int(m.group(1))]
+            return value
+
+        if not self.refs:
+            return op
+        noun = self.env.schemas.nouns.get(op.type) if op.type else None
+        data = op.data
+        if data and noun is not None:
+            data = {k: named(v) if k in noun.fields and noun.fields[k].relation else v for k, v in data.items()}
+        return op.model_copy(update={"id": named(op.id), "data": data})
 
     def _resolve_refs(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -510,14 +534,15 @@ class Mutator:
     ) -> dict[str, Any]:  # fmt: skip
         hooks = self.env.hooks.matching_before(noun.name, action, past) if self.env.hooks else []
         for fn in hooks:
-            ctx = BeforeContext(
+            ctx = BeforeContext(  # copies: a hook that edits `current` must not edit the entity being written
                 noun=noun.name,
                 action=action,
                 id=entity_id,
                 actor=self.actor,
-                data=patch,
-                current=current,
+                data=copy.deepcopy(patch),
+                current=copy.deepcopy(current),
                 reason=op.reason,
+                dry_run=self.dry_run,
             )
             try:
                 replaced = fn(ctx)
@@ -623,6 +648,13 @@ class Mutator:
                     f"an entity may be at most {MAX_STATE_BYTES}",
                     hint="Store large content elsewhere and keep a url here.",
                 )
+        self.state_written += len(state_text)
+        if self.state_written > MAX_REQUEST_STATE:
+            raise LimitExceeded(
+                f"this request would write more than {MAX_REQUEST_STATE:,} characters of entity state "
+                "(each event keeps its entity's whole state); nothing was written",
+                hint="Split the batch into smaller ones, or revert a shorter window (until).",
+            )
         event = self.txn.append(
             new_id("evt_"), f"{noun.name}.{past}", noun.name, past, entity_id, self.actor, ts_us, ts, version,
             dumps(data), dumps(changes), state_text, op.reason, self.caused_by,

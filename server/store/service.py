@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from pathlib import Path
@@ -22,6 +23,7 @@ from .writer import read_head
 
 log = logging.getLogger(__name__)
 MAX_HOOK_DEPTH = 8
+MAX_HOOK_WRITES = 100  # writes AFTER hooks may make in reaction to one request, however they fan out
 
 
 class Store:
@@ -112,7 +114,7 @@ class Store:
     ) -> list[dict[str, Any]]:
         with self.pool.lease(tenant) as t:
             results = t.writer.run(
-                lambda txn: Mutator(txn, self.env, actor, caused_by).run(ops, batch), dry_run=dry_run
+                lambda txn: Mutator(txn, self.env, actor, caused_by, dry_run).run(ops, batch), dry_run=dry_run
             )
         if not dry_run and self.hooks.after_hooks:
             for op, result in zip(ops, results, strict=True):
@@ -122,6 +124,8 @@ class Store:
 
     def _after(self, tenant: str, actor: str, op: Operation, result: dict[str, Any]) -> None:
         depth = getattr(self._local, "depth", 0)
+        if depth == 0:  # a request from outside: its hooks start with the whole budget of writes
+            self._local.hook_writes = 0
         # The state each event left its entity in: a revert's are under "reverted", one per event.
         states = {s["$id"]: s for s in [result.get("entity"), *result.get("reverted", [])] if s}
         for event in result.get("events", []):
@@ -137,14 +141,23 @@ class Store:
                         f"AFTER hooks nest deeper than {MAX_HOOK_DEPTH} writes; stopping here",
                         hint="A hook's write triggers hooks again: make the chain end (check ctx.event before writing).",
                     )
+                if self._local.hook_writes >= MAX_HOOK_WRITES:
+                    raise LimitExceeded(
+                        f"AFTER hooks already wrote {MAX_HOOK_WRITES} times in reaction to one request; stopping here",
+                        hint="Hooks fan out (each write triggers hooks again): write less per event, or in one batch.",
+                    )
+                self._local.hook_writes += 1
                 self._local.depth = depth + 1
                 try:
                     return self.do(tenant, actor, request, caused_by=_event)
                 finally:
                     self._local.depth = depth
 
-            for fn in hooks:
-                run_after(fn, AfterContext(event=event, entity=entity, tenant=tenant, actor=actor, do=do))
+            for fn in hooks:  # copies: what a hook does to them must not change what the caller is told
+                ctx = AfterContext(
+                    event=copy.deepcopy(event), entity=copy.deepcopy(entity), tenant=tenant, actor=actor, do=do
+                )
+                run_after(fn, ctx)
 
     # ---- reads --------------------------------------------------------------------------------
 
