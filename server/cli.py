@@ -52,6 +52,13 @@ def _open_store(config: Config, serving: bool = False) -> Any:
             hooks.load_module(module)
         except Exception as exc:  # an operator's module: say what failed and stop
             _fail(f"cannot load hooks module {module!r}: {type(exc).__name__}: {exc}")
+    never = hooks.unmatched(schemas)
+    if never:
+        _fail(
+            f"hooks registered for {', '.join(repr(p) for p in never)} would never run: no Noun.action or "
+            "Noun.PastTense matches (names are case-sensitive), e.g. 'Contact.create', 'Contact.Created', "
+            "'Deal.*', 'Deal.win', 'Deal.Won'"
+        )
     return Store(config.data_dir, schemas, durability=config.durability, hooks=hooks, follow_schemas=serving)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
 import textwrap
 import threading
 import uuid
@@ -580,6 +581,48 @@ async def test_the_readme_hooks_example_loads_from_the_working_directory_as_the_
     assert payload(rounded)["entity"]["value"] == 2.35
     (opened,) = deals["results"]
     assert opened["name"] == "Deal for Alice"
+
+
+def test_patterns_that_match_no_action_or_event_type_are_named(schemas: SchemaSet) -> None:
+    hooks = Hooks()
+    for pattern in (
+        "Contcat.create",
+        "contact.create",
+        "Contact.Create",
+        "*.created",
+        "Deal.Won",
+        "Deal.*",
+        "*.revert",
+        "*",
+    ):
+        hooks.before(pattern)(lambda ctx: None)
+    hooks.after("Contact.qualify")(lambda ctx: None)
+    hooks.after("Contact.Qualifed")(lambda ctx: None)
+    assert hooks.unmatched(schemas) == [
+        "Contcat.create",
+        "contact.create",
+        "Contact.Create",
+        "*.created",
+        "Contact.Qualifed",
+    ]
+
+
+def test_serve_refuses_to_start_with_a_hook_that_could_never_run(tmp_path: Path) -> None:
+    from e2e_helpers import HEADLESSLY, server_env
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "typohooks.py").write_text(
+        "def register(hooks):\n    hooks.before('Contcat.create')(lambda ctx: None)\n"
+        "    hooks.before('Contact.create')(lambda ctx: None)\n"
+    )
+    done = subprocess.run(
+        [str(HEADLESSLY), "serve", "--hooks", "typohooks", "--data-dir", str(tmp_path / "d")],
+        cwd=workdir, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=server_env(),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "'Contcat.create'" in done.stderr and "never run" in done.stderr
+    assert "'Contact.create'" not in done.stderr.split("e.g.")[0]
 
 
 def test_load_module_refuses_a_module_without_register(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

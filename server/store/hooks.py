@@ -9,7 +9,12 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .operations import CRUD_ACTIONS
+
+if TYPE_CHECKING:
+    from ..schema import SchemaSet
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,24 @@ class Hooks:
 
     def matching_after(self, noun: str, action: str, past: str) -> list[AfterHook]:
         return [fn for pattern, fn in self.after_hooks if _matches(pattern, noun, action, past)]
+
+    def unmatched(self, schemas: SchemaSet) -> list[str]:
+        """Patterns that match no `Noun.action` or `Noun.PastTense` of `schemas`: hooks that could never
+        run (a typo such as `Contcat.create`, or `contact.create`: names are case-sensitive)."""
+        keys = [
+            _key(noun.name, word)
+            for noun in schemas.nouns.values()
+            for word in (
+                *CRUD_ACTIONS,
+                "Created",
+                "Updated",
+                "Deleted",
+                *noun.verbs,
+                *(v.past for v in noun.verbs.values()),
+            )
+        ]
+        patterns = dict.fromkeys(pattern for pattern, _ in (*self.before_hooks, *self.after_hooks))
+        return [p for p in patterns if not any(fnmatch.fnmatchcase(key, p) for key in keys)]
 
     def load_module(self, name: str) -> None:
         """Import `name` and call its `register(hooks)`. A module that is not installed is also looked
