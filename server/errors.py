@@ -108,6 +108,12 @@ class InvalidActor(HeadlesslyError):
     code = "invalid_actor"
 
 
+class HookFailed(HeadlesslyError):
+    """A BEFORE hook (the operator's code) raised something other than HookRejected: not the caller's to fix."""
+
+    code = "internal_error"
+
+
 class StorageError(HeadlesslyError):
     """The database refused a write for a reason outside the caller's control."""
 

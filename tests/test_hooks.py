@@ -213,6 +213,25 @@ def test_a_before_hook_that_writes_to_its_own_tenant_is_refused_instead_of_hangi
     assert event_count(hooked) == 0
 
 
+def test_a_before_hook_that_crashes_is_an_internal_error_whose_details_stay_in_the_log(
+    hooks: Hooks, open_store: Callable[[Hooks], Store], caplog: pytest.LogCaptureFixture
+) -> None:
+    from server.errors import HookFailed
+
+    @hooks.before("Contact.create")
+    def broken(ctx: BeforeContext) -> None:
+        raise RuntimeError("password=hunter2 at db.internal:5432")
+
+    store = open_store(hooks)
+    with caplog.at_level(logging.ERROR), pytest.raises(HookFailed) as exc:
+        create(store, "Contact", {"name": "Alice"})
+    assert exc.value.to_dict()["error"] == "internal_error"
+    assert "broken" in exc.value.message and "RuntimeError" in exc.value.message
+    assert "hunter2" not in exc.value.message + exc.value.hint
+    assert "hunter2" in caplog.text
+    assert event_count(store) == 0
+
+
 def test_a_before_hook_that_edits_the_current_state_it_sees_changes_nothing_but_its_data(
     hooks: Hooks, open_store: Callable[[Hooks], Store]
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import re
 import sqlite3
@@ -13,6 +14,7 @@ from typing import Any
 
 from ..errors import (
     HeadlesslyError,
+    HookFailed,
     InvalidAsOf,
     InvalidId,
     InvalidType,
@@ -31,6 +33,7 @@ from .hooks import BeforeContext, HookRejected, Hooks, hook_name
 from .operations import CRUD_ACTIONS, Operation, check_actor
 from .writer import Txn
 
+log = logging.getLogger(__name__)
 MAX_STATE_BYTES = 1_000_000
 MAX_REQUEST_STATE = 64_000_000  # characters of entity state one request (a batch, a revert) may write
 _MISSING = object()
@@ -552,9 +555,12 @@ class Mutator:
                 ) from None
             except HeadlesslyError:
                 raise
-            except Exception as exc:
-                raise ValidationFailed(
-                    f"hook {hook_name(fn)} failed: {type(exc).__name__}: {exc}", hint="Nothing was written."
+            except Exception as exc:  # the operator's bug: its details go to the log, not to the agent
+                log.exception("BEFORE hook %s failed; the write was refused", hook_name(fn))
+                raise HookFailed(
+                    f"the server's hook {hook_name(fn)} failed ({type(exc).__name__}); nothing was written",
+                    hint="This is a fault in the server's hooks, not in the request: report it to the operator "
+                    "(the server's log has the details). Retrying will likely fail the same way.",
                 ) from None
             patch = replaced if isinstance(replaced, dict) else ctx.data
             if any(k.startswith("$") for k in patch):
