@@ -62,8 +62,7 @@ class HeldWriter:
 
 async def wait_until_queued(writer: Writer, n: int) -> None:
     with anyio.fail_after(30):
-        while len(writer._pending) < n:
-            await anyio.sleep(0.001)
+        assert await anyio.to_thread.run_sync(writer.wait_queued, n, 30.0), f"{n} writes never queued"
 
 
 def start_writes(store: Store, ops: list[dict[str, Any]]) -> tuple[list[threading.Thread], dict[int, Any]]:

@@ -120,6 +120,7 @@ class Writer:
         self._mutex = threading.Lock()
         self._idle = threading.Condition(self._mutex)
         self._arrived = threading.Condition(self._mutex)
+        self._queued = threading.Condition(self._mutex)  # a job was queued (see wait_queued)
         self._pending: list[_Job[Any]] = []
         self._busy = False  # a leader is running a group, or the lead is being handed over
         self._leader: int | None = None  # the thread running a group (its jobs may not queue more)
@@ -143,6 +144,7 @@ class Writer:
         job: _Job[T] = _Job(fn, dry_run)
         with self._mutex:
             self._pending.append(job)
+            self._queued.notify_all()
             follower, self._busy = self._busy, True
             if follower and self._gathering:
                 self._arrived.notify()
@@ -181,6 +183,12 @@ class Writer:
                 if leader is not None:
                     leader.wake.release()
         return _outcome(job)
+
+    def wait_queued(self, n: int, timeout: float) -> bool:
+        """Block until at least `n` jobs wait behind the running group (False after `timeout` seconds):
+        how a caller (a test, a diagnosis) knows writers have queued without polling."""
+        with self._queued:
+            return self._queued.wait_for(lambda: len(self._pending) >= n, timeout)
 
     def _recover(self) -> None:
         """After a group broke off mid-way: undo its open transaction; the next group re-reads the head."""
