@@ -120,9 +120,14 @@ async def test_a_garbage_token_gets_http_401(server: HttpServer, tokens: Tokens,
 @pytest.mark.anyio
 async def test_a_revoked_token_gets_http_401_from_the_running_server(server: HttpServer, tokens: Tokens) -> None:
     token = create_token(tokens.data_dir, "alpha", "agent_soon_revoked")
+    name = f"Before revocation {server.transport}"
     with anyio.fail_after(TIMEOUT):
         async with http_mcp_client(server, token) as client:
-            assert (await call(client, "search", {"type": "Contact"}))["total"] >= 0
+            created = await call(client, "do", {"action": "create", "type": "Contact", "data": {"name": name}})
+            found = await call(client, "search", {"type": "Contact", "filter": {"name": name}})
+            assert found["total"] == 1
+            assert [e["$id"] for e in found["results"]] == [created["entity"]["$id"]]
+            assert found["results"][0]["$createdBy"] == "agent_soon_revoked"
         assert (await raw_request(server, token)).status_code == 200
     revoke_token(tokens.data_dir, token)
     with anyio.fail_after(TIMEOUT):

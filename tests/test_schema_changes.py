@@ -94,8 +94,13 @@ def test_only_nouns_whose_indexed_or_text_fields_changed_are_rebuilt(tmp_path: P
 def test_a_nouns_shape_does_not_depend_on_the_order_of_its_fields(tmp_path: Path) -> None:
     one = widgets(tmp_path, '"a": "string#", "b": "string##", "c": "string"').nouns["Widget"]
     other = widgets(tmp_path, '"c": "string", "b": "string##", "a": "string#"').nouns["Widget"]
+    # the same fields with one of them indexed, unique or searched differently: a different shape
+    unindexed = widgets(tmp_path, '"a": "string", "b": "string##", "c": "string"').nouns["Widget"]
+    not_unique = widgets(tmp_path, '"a": "string#", "b": "string#", "c": "string"').nouns["Widget"]
+    not_text = widgets(tmp_path, '"a": "string#", "b": "string##", "c": "json"').nouns["Widget"]
 
     assert shape(one) == shape(other)
+    assert len({shape(one), shape(unindexed), shape(not_unique), shape(not_text)}) == 4
 
 
 def test_a_tenant_another_process_has_open_is_refused_until_it_can_be_rebuilt_alone(tmp_path: Path) -> None:

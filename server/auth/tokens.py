@@ -103,7 +103,9 @@ class TokenStore:
 
     def verify(self, token: str) -> TokenInfo | None:
         """The token's record if it is genuine and not revoked, else None."""
-        if not token.startswith(PREFIX):
+        if (
+            not token.startswith(PREFIX) or not token.isascii()
+        ):  # tokens are ASCII; a lone surrogate would not even encode
             return None
         token_id, sep, secret = token[len(PREFIX) :].partition("_")
         if not sep or not token_id or not secret:
