@@ -7,6 +7,7 @@ import json
 import random
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from server.errors import HeadlesslyError, NotFound, StorageError, VersionConflict
+from server.errors import HeadlesslyError, NotFound, StorageError, ValidationFailed, VersionConflict
 from server.schema import SchemaSet, load_schemas
 from server.store import Store, verify
 from server.store.events import EVENT_ROW_COLUMNS, GENESIS_HASH, EventRow, row_hash
@@ -431,68 +432,115 @@ def test_verify_of_a_tenant_that_does_not_exist_is_not_found(tmp_path: Path, sto
 # ---- state equals replay --------------------------------------------------------------------------
 
 
-def random_operations(store: Store, clock: Any, rng: random.Random, steps: int) -> int:
-    """Create, update, verb, delete, rollback and batch at random, with some refused writes; returns refusals."""
+WRITE_KINDS = ("create", "update", "verb", "delete", "rollback", "batch")
+# (kind, error code) of every refusal random_operations provokes on purpose
+REFUSED_ON_PURPOSE = {
+    ("create", "validation_error"),  # a duplicate email; a deal linked to a deleted contact
+    ("update", "not_found"),  # of a deleted entity, as are the next three
+    ("verb", "not_found"),
+    ("delete", "not_found"),
+    ("batch", "not_found"),
+    ("batch", "validation_error"),  # a Deal without value
+    ("rollback", "validation_error"),  # bringing back a duplicate email or a link to a deleted contact
+}
+
+
+def random_operations(store: Store, clock: Any, rng: random.Random, steps: int) -> Counter[tuple[str, str]]:
+    """Create, update, verb, delete, rollback and batch at random, some of them refused on purpose.
+
+    The helper keeps what it needs to foresee each outcome: which entities are deleted, each
+    entity's versions (deleted or not), the email of each contact and the contact of each deal.
+    A write it foresees refused (a duplicate email, a deal linked to a deleted contact, a write to a
+    deleted entity, a rollback that would bring back a duplicate email or a dangling link, a batch
+    with a Deal without value) must be refused with that error; any other write must succeed, so an
+    unforeseen refusal fails the test. Returns how often each (kind, "ok" or error code) happened."""
     ids: dict[str, list[str]] = {"Contact": [], "Organization": [], "Deal": []}
-    refused = 0
+    versions: dict[str, list[bool]] = {}  # each entity's versions: deleted after it or not
+    deleted: set[str] = set()
+    email_of: dict[str, str] = {}
+    contact_of: dict[str, str] = {}
+    outcomes: Counter[tuple[str, str]] = Counter()
     actors = [AGENT, OTHER, "system_sync"]
+
+    def email_taken(email: str | None, me: str | None) -> bool:
+        return email is not None and any(c != me and c not in deleted and e == email for c, e in email_of.items())
+
+    def record(entity: dict[str, Any]) -> None:
+        history = versions.setdefault(entity["$id"], [])
+        if entity["$version"] == len(history) + 1:  # not an update that changed nothing
+            history.append("$deletedAt" in entity)
+        assert entity["$version"] == len(history), entity
+        (deleted.add if "$deletedAt" in entity else deleted.discard)(entity["$id"])
+
+    def attempt(kind: str, actor: str, op: dict[str, Any], refusal: type[HeadlesslyError] | None) -> Any:
+        if refusal is not None:
+            with pytest.raises(refusal) as refused:
+                store.do(TENANT, actor, op)
+            outcomes[kind, refused.value.code] += 1
+            return None
+        result = store.do(TENANT, actor, op)  # an unforeseen refusal propagates and fails the test
+        for one in result.get("results", [result]):
+            record(one["entity"])
+        outcomes[kind, "ok"] += 1
+        return result
+
     for step in range(steps):
         clock.advance(rng.choice([0, 0, 0.000001, 0.5, 3, -2]))
         actor = rng.choice(actors)
         kind = rng.random()
-        try:
-            if kind < 0.25 or not any(ids.values()):
-                noun = rng.choice(list(ids))
-                data: dict[str, Any] = {"name": f"{noun} {step}"}
-                if noun == "Deal":
-                    data["value"] = rng.randint(0, 10_000)
-                    if ids["Contact"] and rng.random() < 0.5:
-                        data["contact"] = rng.choice(ids["Contact"])
-                if noun == "Contact" and rng.random() < 0.5:
-                    data["email"] = f"person{rng.randint(0, 30)}@example.com"
-                ids[noun].append(
-                    store.do(TENANT, actor, {"action": "create", "type": noun, "data": data})["entity"]["$id"]
-                )
-                continue
-            noun = rng.choice([n for n in ids if ids[n]])
-            target = rng.choice(ids[noun])
-            if kind < 0.55:
-                patch: dict[str, Any] = {
-                    "Contact": {"title": rng.choice(["CEO", "CTO", None]), "phone": rng.choice(["+1", None])},
-                    "Organization": {
-                        "industry": rng.choice(["SaaS", "Retail", None]),
-                        "employeeCount": rng.randint(1, 9),
-                    },
-                    "Deal": {
-                        "value": rng.choice([1, 2.5, 1000]),
-                        "closedAt": rng.choice(["2026-02-01T00:00:00Z", None]),
-                    },
-                }[noun]
-                store.do(TENANT, actor, {"action": "update", "type": noun, "id": target, "data": patch})
-            elif kind < 0.7:
-                verb = {"Contact": ["qualify", "capture", "enrich"], "Organization": ["enrich", "churn"], "Deal": ["win", "lose", "advance", "reopen"]}[noun]  # fmt: skip
-                store.do(TENANT, actor, {"action": rng.choice(verb), "type": noun, "id": target})
-            elif kind < 0.8:
-                store.do(TENANT, actor, {"action": "delete", "type": noun, "id": target})
-            elif kind < 0.92:
-                version = store.events(TENANT, filter={"target": target}, sort="-seq", limit=1)["results"][0]["version"]
-                store.do(
-                    TENANT,
-                    actor,
-                    {"action": "rollback", "type": noun, "id": target, "toVersion": rng.randint(1, version)},
-                )
-            else:
-                ops = [
-                    {"action": "create", "type": "Organization", "data": {"name": f"Batch {step}"}},
-                    {"action": "update", "type": noun, "id": target, "data": {"name": f"Renamed {step}"}},
-                ]
-                if rng.random() < 0.4:
-                    ops.append({"action": "create", "type": "Deal", "data": {"name": "no value"}})
-                result = store.do(TENANT, actor, {"operations": ops})
+        if kind < 0.25 or not any(ids.values()):
+            noun = rng.choice(list(ids))
+            data: dict[str, Any] = {"name": f"{noun} {step}"}
+            if noun == "Deal":
+                data["value"] = rng.randint(0, 10_000)
+                if ids["Contact"] and rng.random() < 0.5:
+                    data["contact"] = rng.choice(ids["Contact"])
+            if noun == "Contact" and rng.random() < 0.5:
+                data["email"] = f"person{rng.randint(0, 30)}@example.com"
+            clash = email_taken(data.get("email"), None) or data.get("contact") in deleted
+            op: dict[str, Any] = {"action": "create", "type": noun, "data": data}
+            made = attempt("create", actor, op, ValidationFailed if clash else None)
+            if made is not None:
+                new_id = made["entity"]["$id"]
+                ids[noun].append(new_id)
+                if "email" in data:
+                    email_of[new_id] = data["email"]
+                if "contact" in data:
+                    contact_of[new_id] = data["contact"]
+            continue
+        noun = rng.choice([n for n in ids if ids[n]])
+        target = rng.choice(ids[noun])
+        gone = NotFound if target in deleted else None  # only a rollback may touch a deleted entity
+        if kind < 0.55:
+            patch: dict[str, Any] = {
+                "Contact": {"title": rng.choice(["CEO", "CTO", None]), "phone": rng.choice(["+1", None])},
+                "Organization": {"industry": rng.choice(["SaaS", "Retail", None]), "employeeCount": rng.randint(1, 9)},
+                "Deal": {"value": rng.choice([1, 2.5, 1000]), "closedAt": rng.choice(["2026-02-01T00:00:00Z", None])},
+            }[noun]
+            attempt("update", actor, {"action": "update", "type": noun, "id": target, "data": patch}, gone)
+        elif kind < 0.7:
+            verb = {"Contact": ["qualify", "capture", "enrich"], "Organization": ["enrich", "churn"], "Deal": ["win", "lose", "advance", "reopen"]}[noun]  # fmt: skip
+            attempt("verb", actor, {"action": rng.choice(verb), "type": noun, "id": target}, gone)
+        elif kind < 0.8:
+            attempt("delete", actor, {"action": "delete", "type": noun, "id": target}, gone)
+        elif kind < 0.92:
+            version = rng.randint(1, len(versions[target]))
+            brought_back = target in deleted and not versions[target][version - 1]
+            clash = email_taken(email_of.get(target), target) or contact_of.get(target) in deleted
+            op = {"action": "rollback", "type": noun, "id": target, "toVersion": version}
+            attempt("rollback", actor, op, ValidationFailed if brought_back and clash else None)
+        else:
+            ops = [
+                {"action": "create", "type": "Organization", "data": {"name": f"Batch {step}"}},
+                {"action": "update", "type": noun, "id": target, "data": {"name": f"Renamed {step}"}},
+            ]
+            if rng.random() < 0.4:
+                ops.append({"action": "create", "type": "Deal", "data": {"name": "no value"}})
+            refusal = gone or (ValidationFailed if len(ops) == 3 else None)  # operations[1] fails before [2]
+            result = attempt("batch", actor, {"operations": ops}, refusal)
+            if result is not None:
                 ids["Organization"].append(result["results"][0]["entity"]["$id"])
-        except HeadlesslyError:
-            refused += 1
-    return refused
+    return outcomes
 
 
 def fold(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -516,8 +564,10 @@ def fold(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_state_always_equals_the_replay_of_the_log(store: Store, clock: Any) -> None:
-    refused = random_operations(store, clock, random.Random(20260115), 250)
-    assert refused > 0  # the sequence did include refused writes, which must leave no trace
+    outcomes = random_operations(store, clock, random.Random(112), 250)  # a seed that provokes every refusal
+    # every kind of write succeeded, and the refusals foreseen on purpose did happen (and left no trace)
+    assert {kind for kind, outcome in outcomes if outcome == "ok"} == set(WRITE_KINDS), outcomes
+    assert {(kind, outcome) for kind, outcome in outcomes if outcome != "ok"} == REFUSED_ON_PURPOSE, outcomes
     events = all_events(store)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     replayed = fold(events)

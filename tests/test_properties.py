@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import tempfile
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from server.errors import HeadlesslyError, NotFound, ValidationFailed
+from server.errors import HeadlesslyError, InvalidFilter, NotFound, ValidationFailed
 from server.schema import SchemaSet
 from server.store import Store
 
@@ -125,30 +126,78 @@ FIELD_NAMES = [
 ]
 data_keys = st.one_of(st.sampled_from(FIELD_NAMES), st.text(max_size=8))
 data_dicts = st.dictionaries(data_keys, json_values, max_size=6)
-valid_bases = st.sampled_from([
-    {"name": "Alice", "email": "a@example.com", "stage": "Qualified", "organization": ORG},
-    {"name": "Big", "value": 2.5, "closedAt": "2026-02-01T12:00:00+02:00", "contact": CONTACT},
-])  # fmt: skip
-nearly_valid = st.builds(
+VALID = {
+    "Contact": {"name": "Alice", "email": "a@example.com", "stage": "Qualified", "organization": ORG},
+    "Deal": {"name": "Big", "value": 2.5, "closedAt": "2026-02-01T12:00:00+02:00", "contact": CONTACT},
+}
+valid_bases = st.sampled_from(list(VALID.values()))
+perturbed = st.builds(
     lambda base, extra: {**base, **extra},
     valid_bases,
     st.dictionaries(st.sampled_from(FIELD_NAMES), json_values, max_size=2),
 )
-any_data = st.one_of(data_dicts, nearly_valid)
+any_data = st.one_of(data_dicts, perturbed)
+
+# Outcomes of a write: WRITTEN and REFUSED are foreseen; EITHER is for data too arbitrary to foresee.
+WRITTEN, REFUSED, EITHER = "written", "refused", "either"
+# What arbitrary data can be refused with: it is only ever wrong data (the noun and the id are right).
+DATA_REFUSALS = (ValidationFailed,)
+# (field, value, valid?) for one field of each noun: each value plainly right or plainly wrong for the
+# schema alone, whatever the other fields (null removes the field, or leaves it out of a create).
+CHANGES = {
+    "Contact": [
+        ("name", "Bob", True), ("name", "x" * 300, True), ("name", None, False), ("name", 5, False),
+        ("name", ["Bob"], False), ("email", "b@example.com", True), ("email", None, True),
+        ("email", "not an email", False), ("title", "CTO", True), ("title", None, True), ("title", True, False),
+        ("stage", "Customer", True), ("stage", None, True), ("stage", "Won", False), ("organization", ORG, True),
+        ("organization", "organization_AAAAAAAAAAAA", False), ("organization", CONTACT, False),
+        ("value", 1, False), ("unknown", "x", False), ("$id", "contact_AAAAAAAAAAAA", False), ("$version", 3, False),
+    ],
+    "Deal": [
+        ("name", "Small", True), ("name", None, False), ("name", 7, False), ("value", 0, True),
+        ("value", -3.25, True), ("value", 2**63 - 1, True), ("value", None, False), ("value", 2**63, False),
+        ("value", float("nan"), False), ("value", "7", False), ("stage", "Won", True),
+        ("stage", "Qualified", False), ("closedAt", "2026-03-01T00:00:00Z", True), ("closedAt", None, True),
+        ("closedAt", "2026-02-30", False), ("closedAt", "9999-12-31T23:59:59-01:00", False),
+        ("contact", CONTACT, True), ("contact", None, True), ("contact", ORG, False),
+        ("contact", "contact_AAAAAAAAAAAA", False), ("organization", ORG, True), ("email", "a@example.com", False),
+    ],
+}  # fmt: skip
+arbitrary_cases = st.tuples(
+    st.sampled_from(["Contact", "Deal"]), st.sampled_from(["create", "update"]), any_data, st.just(EITHER)
+)
+foreseen_cases = st.sampled_from(["Contact", "Deal"]).flatmap(
+    lambda noun: st.tuples(
+        st.just(noun),
+        st.sampled_from(["create", "update"]),
+        st.lists(st.sampled_from(CHANGES[noun]), max_size=3, unique_by=lambda change: change[0]),
+    ).map(
+        lambda c: (
+            c[0],
+            c[1],
+            VALID[c[0]] | {name: value for name, value, _ in c[2]},
+            WRITTEN if all(valid for _, _, valid in c[2]) else REFUSED,
+        )
+    )
+)
 
 
 # ---- (1) arbitrary data ----------------------------------------------------------------------
 
 
-@budget(100)
-@given(noun=st.sampled_from(["Contact", "Deal"]), action=st.sampled_from(["create", "update"]), data=any_data)
-@example(noun="Deal", action="create", data={"name": "D", "value": 1, "closedAt": "9999-12-31T23:59:59-01:00"})
-@example(noun="Deal", action="update", data={"closedAt": "0001-01-01T00:00:00+01:00"})
-@example(noun="Deal", action="update", data={"value": 2**70})
-@example(noun="Contact", action="update", data={"organization": ORG, "email": "a@example.com"})
+@budget(120)
+@given(case=st.one_of(arbitrary_cases, foreseen_cases))
+@example(case=("Deal", "create", {"name": "D", "value": 1, "closedAt": "9999-12-31T23:59:59-01:00"}, REFUSED))
+@example(case=("Deal", "update", {"closedAt": "0001-01-01T00:00:00+01:00"}, REFUSED))
+@example(case=("Deal", "update", {"value": 2**70}, REFUSED))
+@example(case=("Deal", "update", {"value": 2**63 - 1, "closedAt": "2026-01-15"}, WRITTEN))
+@example(case=("Contact", "update", {"organization": ORG, "email": "a@example.com"}, WRITTEN))
+@example(case=("Contact", "create", VALID["Contact"], WRITTEN))
+@example(case=("Deal", "create", VALID["Deal"], WRITTEN))
 def test_arbitrary_data_never_crashes_and_a_refused_write_changes_nothing(
-    crm: SchemaSet, noun: str, action: str, data: dict[str, Any]
+    crm: SchemaSet, case: tuple[str, str, dict[str, Any], str]
 ) -> None:
+    noun, action, data, outcome = case
     with fresh_store(crm) as store:
         org = store.do(TENANT, AGENT, {"action": "create", "type": "Organization", "data": {"name": "Acme"}})
         base = store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Base"}})["entity"]
@@ -165,14 +214,19 @@ def test_arbitrary_data_never_crashes_and_a_refused_write_changes_nothing(
         verify_before = store.verify(TENANT)
 
         try:
-            result = store.do(TENANT, AGENT, op)
-        except HeadlesslyError:
+            result = store.do(TENANT, AGENT, op)  # any refusal but wrong data fails the test
+        except DATA_REFUSALS as refused:
+            assert outcome != WRITTEN, f"valid data refused: {refused.message}"
             assert store.events(TENANT)["total"] == events_before
             assert store.verify(TENANT) == verify_before
             assert store.get(TENANT, noun, base["$id"]) == base
             return
 
+        assert outcome != REFUSED, f"invalid data written: {op}"
         written = result["entity"]
+        if outcome == WRITTEN:  # each field as given (a time in UTC), a null one absent
+            given_fields = {k: normalize_time(v) if k == "closedAt" and v else v for k, v in data.items()}
+            assert {k: written.get(k) for k in data} == given_fields
         assert store.get(TENANT, noun, written["$id"]) == written
         assert store.events(TENANT)["total"] == events_before + len(result["events"])
         assert store.verify(TENANT)["ok"] is True
@@ -257,8 +311,14 @@ typed_conditions = st.sampled_from(sorted(TYPED_VALUES)).flatmap(
         ),
     )
 )
-typed_filters = st.lists(typed_conditions, min_size=1, max_size=3).map(dict)
-any_filter = st.one_of(filter_docs, filter_docs, typed_filters, typed_filters, scalars, st.lists(scalars, max_size=2))
+# Typed, but a field may belong to the other noun or to the events, and values go to the edges (a
+# bigger-than-64-bit number, 2026-02-30, year 10000): refusing these is legitimate, see the next test.
+loosely_typed_filters = st.lists(typed_conditions, min_size=1, max_size=3).map(dict)
+any_filter = st.one_of(
+    filter_docs, filter_docs, loosely_typed_filters, loosely_typed_filters, scalars, st.lists(scalars, max_size=2)
+)
+# What an arbitrary filter can be refused with: the filter is wrong; the noun and the rest are right.
+FILTER_REFUSALS = (InvalidFilter,)
 
 
 @budget(100)
@@ -301,7 +361,7 @@ def test_arbitrary_filters_never_crash_and_never_write(crm: SchemaSet, doc: Any,
         ):
             try:
                 page = search()
-            except HeadlesslyError:
+            except FILTER_REFUSALS:  # any other refusal fails the test
                 continue
             assert page["total"] == len(page["results"])
 
@@ -309,11 +369,153 @@ def test_arbitrary_filters_never_crash_and_never_write(crm: SchemaSet, doc: Any,
         assert before["events"] == 4
 
 
+# ---- (2b) well-typed filters, against a plain evaluation -----------------------------------
+
+# Each noun's fields with values of their own type, mostly near the values of the entities below
+# (a strategy listed twice in one_of is drawn twice as often).
+SOME_NAMES = st.sampled_from(["Ann", "ann", "An", "Anna", "Bo", "Cy", "Dee", "Mid", "Small", "", "Zed"])
+SOME_VALUES = st.sampled_from([0, 2.5, 7, -1.5, 1_000_000, 2.4999, 2**63 - 1])
+EMAILS_SEARCHED = [f"{who}@example.com" for who in ("ann", "bo", "cat", "dee", "zed")]
+CLOSED = ["2026-02-01T10:00:00Z", "2026-02-01T12:00:00+02:00", "2026-02-01", "2026-03-01", "2026-02-15T00:00:00-05:00"]  # fmt: skip
+CREATED = ["2026-01-15", "2026-01-15T10:00:00Z", "2026-01-15T10:00:00.000003Z", "2026-01-15T11:00:00.000006+01:00", "2026-01-15T05:00:00.000011-05:00", "2026-01-16"]  # fmt: skip
+WELL_TYPED = {
+    "Contact": {
+        "name": st.one_of(SOME_NAMES, SOME_NAMES, st.text(max_size=4)),
+        "email": st.sampled_from(EMAILS_SEARCHED),
+        "stage": st.sampled_from(["Lead", "Qualified", "Customer", "Churned"]),
+        "$version": st.integers(min_value=0, max_value=4),
+        "$createdAt": st.sampled_from(CREATED),
+    },
+    "Deal": {
+        "name": st.one_of(SOME_NAMES, SOME_NAMES, st.text(max_size=4)),
+        "value": st.one_of(
+            SOME_VALUES, SOME_VALUES, st.integers(min_value=-(2**63), max_value=2**63 - 1), st.floats(allow_nan=False)
+        ),
+        "stage": st.sampled_from(["Prospecting", "Won", "Lost", "Closed"]),
+        "closedAt": st.sampled_from(CLOSED),
+        "$version": st.integers(min_value=0, max_value=4),
+        "$createdAt": st.sampled_from(CREATED),
+    },
+}
+TIME_FIELDS = ("closedAt", "$createdAt")
+
+
+def well_typed_conditions(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """A bare value, one or two comparisons, $in or $nin, or $exists: the operators `holds` knows."""
+    return st.one_of(
+        values,
+        st.dictionaries(st.sampled_from(["$eq", "$ne", "$gt", "$gte", "$lt", "$lte"]), values, min_size=1, max_size=2),
+        st.dictionaries(st.sampled_from(["$in", "$nin"]), st.lists(values, min_size=1, max_size=3), min_size=1),
+        st.fixed_dictionaries({"$exists": st.booleans()}),
+    )
+
+
+def well_typed_filters(noun: str) -> st.SearchStrategy[dict[str, Any]]:
+    fields = WELL_TYPED[noun]
+    one = st.sampled_from(sorted(fields)).flatmap(lambda f: st.tuples(st.just(f), well_typed_conditions(fields[f])))
+    return st.lists(one, min_size=1, max_size=2).map(dict)
+
+
+def as_utc(text: str) -> datetime:
+    """An RFC 3339 time or a date (the start of its day in UTC) as an aware datetime."""
+    return datetime.fromisoformat(text + "T00:00:00+00:00" if len(text) == 10 else text.replace("Z", "+00:00"))
+
+
+def holds(op: str, have: Any, want: Any, time: bool) -> bool:
+    """The contract's meaning of `{field: {op: want}}` for a field whose value is `have` (None: absent)."""
+    if op == "$exists":
+        return (have is not None) is want
+    if op in ("$ne", "$nin"):  # an absent field is not equal to anything, so it matches $ne and $nin
+        return not holds("$eq" if op == "$ne" else "$in", have, want, time)
+    if op == "$in":
+        return any(holds("$eq", have, one, time) for one in want)
+    if have is None:
+        return False
+    if time:
+        have, want = as_utc(have), as_utc(want)
+    compare = {"$eq": operator.eq, "$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
+    return bool(compare[op](have, want))
+
+
+def matches(entity: dict[str, Any], doc: dict[str, Any]) -> bool:
+    return all(
+        holds(op, entity.get(name), want, name in TIME_FIELDS)
+        for name, condition in doc.items()
+        for op, want in (condition.items() if isinstance(condition, dict) else [("$eq", condition)])
+    )
+
+
+@pytest.fixture(scope="module")
+def searched(crm: SchemaSet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, list[dict[str, Any]]]]:
+    """One store for every example (searches do not write): contacts and deals with fields set, absent,
+    equal and unequal, some updated, one of each deleted; and every entity as its last write left it."""
+    with Store(tmp_path_factory.mktemp("searched") / "data", crm, clock=lambda: START_US) as store:
+        states: dict[str, dict[str, Any]] = {}
+
+        def do(action: str, noun: str, target: str | None = None, **data: Any) -> str:
+            op = (
+                {"action": action, "type": noun} | ({"id": target} if target else {}) | ({"data": data} if data else {})
+            )
+            entity = store.do(TENANT, AGENT, op)["entity"]
+            states[entity["$id"]] = entity
+            return str(entity["$id"])
+
+        ann = do("create", "Contact", name="Ann", email="ann@example.com")
+        do("qualify", "Contact", ann)
+        do("create", "Contact", name="Bo", email="bo@example.com")
+        do("create", "Contact", name="ann")
+        do("create", "Contact", name="Cy", stage="Customer")
+        dee = do("create", "Contact", name="Dee", email="dee@example.com")
+        do("update", "Contact", dee, stage=None)
+        do("update", "Contact", dee, name="Dee")  # changes nothing: no new version
+        do("delete", "Contact", do("create", "Contact", name="Ann", email="gone@example.com"))
+        do("create", "Deal", name="Big", value=2.5, closedAt="2026-02-01T10:00:00Z", stage="Won")
+        do("create", "Deal", name="Small", value=0)
+        mid = do("create", "Deal", name="Mid", value=7, closedAt="2026-02-01T12:00:00+02:00")
+        do("update", "Deal", mid, value=1_000_000)
+        do("update", "Deal", mid, closedAt="2026-02-01T12:00:00+02:00")
+        do("create", "Deal", name="Neg", value=-1.5, closedAt="2026-03-01")
+        do("create", "Deal", name="Bo", value=2**63 - 1, stage="Lost")
+        do("delete", "Deal", do("create", "Deal", name="Ann", value=7))
+        yield store, list(states.values())
+
+
+well_typed_searches = st.sampled_from(["Contact", "Deal"]).flatmap(
+    lambda noun: st.tuples(st.just(noun), well_typed_filters(noun))
+)
+
+
+@budget(300)
+@given(search=well_typed_searches, include_deleted=st.booleans())
+@example(search=("Deal", {"closedAt": "2026-02-01T12:00:00+02:00"}), include_deleted=False)  # one instant, two offsets
+@example(search=("Deal", {"closedAt": {"$gte": "2026-02-01", "$lt": "2026-03-01"}}), include_deleted=True)
+@example(search=("Deal", {"value": {"$gt": 2**62}, "name": {"$in": ["Bo", "Zed"]}}), include_deleted=False)
+@example(search=("Contact", {"stage": {"$ne": "Qualified"}, "email": {"$exists": True}}), include_deleted=False)
+@example(search=("Contact", {"name": {"$nin": ["Ann"]}, "$version": {"$lte": 1}}), include_deleted=True)
+def test_a_well_typed_filter_finds_exactly_the_entities_it_holds_for(
+    searched: tuple[Store, list[dict[str, Any]]], search: tuple[str, dict[str, Any]], include_deleted: bool
+) -> None:
+    store, entities = searched
+    noun, doc = search
+    events = store.events(TENANT)["total"]
+
+    page = store.find(TENANT, noun, filter=doc, limit=100, include_deleted=include_deleted)  # must not be refused
+
+    expected = {
+        e["$id"]
+        for e in entities
+        if e["$type"] == noun and (include_deleted or "$deletedAt" not in e) and matches(e, doc)
+    }
+    assert {e["$id"] for e in page["results"]} == expected
+    assert page["total"] == len(page["results"]) == len(expected)
+    assert store.events(TENANT)["total"] == events
+
+
 # ---- (3) random histories --------------------------------------------------------------------
 
 
 def normalize_time(text: str) -> str:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return as_utc(text).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 NAMES = ["Ann", "Bo"]
