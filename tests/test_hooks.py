@@ -232,6 +232,31 @@ def test_a_before_hook_that_crashes_is_an_internal_error_whose_details_stay_in_t
     assert event_count(store) == 0
 
 
+def test_a_before_hook_may_not_change_what_a_verb_sets_nor_return_anything_but_data(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    from server.errors import HookFailed
+
+    @hooks.before("Contact.qualify")
+    def contradict(ctx: BeforeContext) -> None:
+        ctx.data["stage"] = "Churned"
+
+    @hooks.before("Contact.update")
+    def odd(ctx: BeforeContext) -> Any:
+        return ["title"]
+
+    store = open_store(hooks)
+    alice = create(store, "Contact", {"name": "Alice"})["entity"]
+    with pytest.raises(HookFailed) as verb:
+        store.do(TENANT, AGENT, {"action": "qualify", "type": "Contact", "id": alice["$id"]})
+    assert "Qualified" in verb.value.message and "Churned" in verb.value.message
+    with pytest.raises(HookFailed) as returned:
+        store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "CTO"}})
+    assert "returned a list" in returned.value.message
+    assert store.get(TENANT, "Contact", alice["$id"]) == alice
+    assert event_count(store) == 1
+
+
 def test_a_before_hook_that_edits_the_current_state_it_sees_changes_nothing_but_its_data(
     hooks: Hooks, open_store: Callable[[Hooks], Store]
 ) -> None:

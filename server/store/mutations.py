@@ -353,6 +353,11 @@ class Mutator:
                 )
             patch[sets] = past
         patch = self.before_hooks(noun, op.action, past, entity_id, patch, current.state, op)
+        if sets is not None and patch.get(sets) != past:  # the event would say Qualified with another stage
+            raise HookFailed(
+                f"a BEFORE hook changed {noun.name}.{sets}, which {op.action} sets to {past!r}, to {patch.get(sets)!r}",
+                hint="This is a fault in the server's hooks: a hook may reject a verb, not change what it sets.",
+            )
         merged = merge(current.fields, patch)
         merged = self.validate(noun, merged, list(patch))
         event = self.write(noun, entity_id, past, current, merged, None, op)
@@ -562,7 +567,12 @@ class Mutator:
                     hint="This is a fault in the server's hooks, not in the request: report it to the operator "
                     "(the server's log has the details). Retrying will likely fail the same way.",
                 ) from None
-            patch = replaced if isinstance(replaced, dict) else ctx.data
+            if replaced is not None and not isinstance(replaced, dict):
+                raise HookFailed(
+                    f"the server's hook {hook_name(fn)} returned a {type(replaced).__name__}; nothing was written",
+                    hint="This is a fault in the server's hooks: a BEFORE hook returns None or a dict of data.",
+                )
+            patch = ctx.data if replaced is None else replaced
             if any(k.startswith("$") for k in patch):
                 raise ValidationFailed(
                     f"hook {hook_name(fn)} tried to set a '$' field", hint="Hooks may change fields, not meta fields."
