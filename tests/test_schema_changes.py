@@ -366,3 +366,45 @@ def test_keys_of_an_indexed_json_field_written_before_true_and_false_were_left_o
         assert names(s.find(TENANT, "Widget", filter={"j": 1})) == ["number"]
         assert names(s.find(TENANT, "Widget", filter={"j": True})) == ["flag"]
         assert s.verify(TENANT)["ok"] is True
+
+
+def test_a_rollback_to_a_state_the_current_schemas_refuse_says_so_and_how_to_go_on(tmp_path: Path) -> None:
+    old = '"color": "string", "stage": "A | B | C = A"'
+    with Store(tmp_path / "data", widgets(tmp_path, old)) as s:
+        w = make(s, name="w", color="red", stage="B")
+        s.do(TENANT, AGENT, {"action": "update", "type": "Widget", "id": w, "data": {"color": None, "stage": "C"}})
+
+    for new in ('"stage": "A | C = A"', '"color": "string", "stage": "A | B | C = A", "sku": "string!"'):
+        with Store(tmp_path / "data", widgets(tmp_path, new)) as s:
+            if "sku" in new:
+                s.do(TENANT, AGENT, {"action": "update", "type": "Widget", "id": w, "data": {"sku": "W-1"}})
+            before = s.get(TENANT, "Widget", w)
+            with pytest.raises(ValidationFailed) as exc:
+                s.do(TENANT, AGENT, {"action": "rollback", "type": "Widget", "id": w, "toVersion": 1})
+            assert exc.value.message.startswith(
+                f"{w} cannot go back to that state: the current schemas do not accept it"
+            )
+            assert "set it in this write" not in exc.value.message
+            assert "update the entity" in exc.value.hint
+            assert s.get(TENANT, "Widget", w) == before
+    assert "'sku' is required and that state has no value for it" in exc.value.message
+
+
+def test_a_revert_reports_an_entity_whose_earlier_state_the_schemas_now_refuse_and_reverts_the_rest(
+    tmp_path: Path,
+) -> None:
+    rogue = "agent_rogue"
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string", "stage": "A | B | C = A"')) as s:
+        a, b = make(s, name="a", color="red"), make(s, name="b", stage="B")
+        c = make(s, name="c")
+        for target, data in ((a, {"color": "blue"}), (b, {"stage": "A"}), (c, {"name": "c2"})):
+            s.do(TENANT, rogue, {"action": "update", "type": "Widget", "id": target, "data": data})
+
+    with Store(tmp_path / "data", widgets(tmp_path, '"stage": "A | C = A"')) as s:
+        result = s.do(TENANT, AGENT, {"action": "revert", "actor": rogue, "since": "2000-01-01", "force": True})
+        assert [c_["id"] for c_ in result["conflicts"]] == [a, b]
+        assert all("current schemas do not accept it" in c_["message"] for c_ in result["conflicts"])
+        assert [e["target"] for e in result["events"]] == [c]
+        assert s.get(TENANT, "Widget", c)["name"] == "c"
+        assert s.get(TENANT, "Widget", b)["stage"] == "A"
+        assert s.verify(TENANT)["ok"] is True

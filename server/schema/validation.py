@@ -147,14 +147,17 @@ class NounValidator:
         """Normalized fields, or ValidationFailed naming each bad field and what is valid."""
         return self._run(self._adapter, fields)
 
-    def validate_changed(self, merged: dict[str, Any], changed: list[str]) -> dict[str, Any]:
-        """Like `validate`, for a merge of valid fields: only `changed` are checked (and required)."""
+    def validate_changed(self, merged: dict[str, Any], changed: list[str], restoring: bool = False) -> dict[str, Any]:
+        """Like `validate`, for a merge of valid fields: only `changed` are checked (and required).
+        `restoring`: `merged` is an earlier state being brought back (which takes no data to fix it)."""
         missing = [name for name in self._required if name not in merged]
         if missing:
             raise ValidationFailed(
                 f"{self.noun.name}: "
                 + "; ".join(
-                    f"'{name}' is required and cannot be removed"
+                    f"'{name}' is required and that state has no value for it"
+                    if restoring
+                    else f"'{name}' is required and cannot be removed"
                     if name in changed
                     else f"'{name}' is required (this entity has no value for it yet: set it in this write)"
                     for name in missing

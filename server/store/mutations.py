@@ -118,19 +118,30 @@ class Written:
         return {"entity": self.state, "events": [self.event]}
 
 
+class Unrestorable(ValidationFailed):
+    """An earlier state that cannot be written again now (the schemas changed since it was written)."""
+
+
 class _Blocked(Exception):
     """A revert cannot bring one entity back: its conflict entry, from the refusal that says why."""
 
     def __init__(self, target: str, noun: str, refusal: ValidationFailed) -> None:
         super().__init__(refusal.message)
         existing, field = refusal.details.get("existing"), refusal.details.get("field")
+        if isinstance(refusal, Unrestorable):
+            message, hint = refusal.message, refusal.hint
+        else:
+            message = f"{target} cannot be brought back: {refusal.message}"
+            hint = (
+                f"Change {existing}'s {field} first, then revert again."
+                if existing
+                else "Bring the linked entity back first (rollback), or revert again after that."
+            )
         self.conflict: dict[str, Any] = {
             "id": target,
             "type": noun,
-            "message": f"{target} cannot be brought back: {refusal.message} (force does not change this)",
-            "hint": f"Change {existing}'s {field} first, then revert again."
-            if existing
-            else "Bring the linked entity back first (rollback), or revert again after that.",
+            "message": f"{message} (force does not change this)",
+            "hint": hint,
             **refusal.details,
         }
 
@@ -421,7 +432,14 @@ class Mutator:
         patch = self.before_hooks(noun, action, "Updated", current.state["$id"], patch, current.state, op)
         merged = merge(current.fields, patch)
         changed = list(diff(current.fields, merged))
-        return self.env.validators[noun.name].validate_changed(merged, changed)
+        try:
+            return self.env.validators[noun.name].validate_changed(merged, changed, restoring=True)
+        except ValidationFailed as exc:  # most often: that state was written under other schemas
+            raise Unrestorable(
+                f"{current.state['$id']} cannot go back to that state: the current schemas do not accept it ({exc.message})",
+                hint="A rollback or revert restores a whole earlier state, and this one no longer fits the "
+                "schemas: update the entity to the values you want instead.",
+            ) from None
 
     def revert(self, op: Operation) -> dict[str, Any]:
         if op.actor is None or op.since is None:
@@ -516,7 +534,10 @@ class Mutator:
                 if not diff(current.fields, target_fields) and current.deleted == is_deleted(before):
                     unchanged.append(target)
                     continue
-                target_fields = self.restored(noun, "revert", current, target_fields, op)
+                try:
+                    target_fields = self.restored(noun, "revert", current, target_fields, op)
+                except Unrestorable as exc:
+                    raise _Blocked(target, noun.name, exc) from None
                 links.append((target, noun, target_fields, links_to_check(current, target_fields, is_deleted(before))))
                 try:
                     event = self.write(
