@@ -60,14 +60,16 @@ def test_a_field_made_unique_over_repeated_values_refuses_the_tenant_and_changes
 
     with (
         Store(tmp_path / "data", widgets(tmp_path, '"code": "string##"')) as s,
-        pytest.raises(ValidationFailed) as refused,
+        pytest.raises(StorageError) as refused,
     ):
         s.find(TENANT, "Widget", filter={"code": "A"})
     with Store(tmp_path / "data", widgets(tmp_path, '"code": "string#"')) as s:
         still = s.find(TENANT, "Widget", filter={"code": "A"})
         report = s.verify(TENANT)
 
-    assert "Widget.code is unique in the schemas" in refused.value.message
+    assert refused.value.code == "storage_error"
+    assert "cannot be opened with the server's schemas: Widget.code is unique in them" in refused.value.message
+    assert refused.value.hint.startswith("For the operator")
     assert all(i in refused.value.message for i in ids)
     assert sorted(names(still)) == ["one", "two"] and still["total"] == 2
     assert report["ok"], report["problems"]

@@ -11,16 +11,19 @@ Other openers (the CLI's other commands, the background flush) leave the shapes 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import NotFound, StorageError, ValidationFailed
+from ..errors import NotFound, StorageError
 from ..schema import Noun, SchemaSet
 from .filelock import TenantLock
 from .mutations import INSERT_KEY, key_rows, search_body
 from .sqlite import in_tx
+
+log = logging.getLogger(__name__)
 
 _PREFIX = "derived:"
 
@@ -88,8 +91,8 @@ def open_elsewhere(name: str, why: str = "") -> StorageError:
 def rebuild_alone(path: Path, schemas: SchemaSet, every: bool = False) -> list[str]:
     """Rebuild the stale nouns (with `every`, all nouns, and drop keys and text of no entity) of the
     tenant file `path` through a connection that holds it alone; the names rebuilt. Raises StorageError
-    when another process has the file open, and ValidationFailed when a unique field holds the same value
-    on two live entities (then nothing is changed)."""
+    when another process has the file open, or when a unique field holds the same value on two live
+    entities (then nothing is changed)."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=0)
     try:
         conn.execute("PRAGMA locking_mode = EXCLUSIVE")
@@ -165,12 +168,16 @@ def _rebuild(conn: sqlite3.Connection, noun: Noun) -> None:
             texts.append((rowid, search_body(noun, state)))
     for (field, value), ids in holders.items():
         if len(ids) > 1:
-            raise ValidationFailed(
-                f"{noun.name}.{field} is unique in the schemas, but {value!r} is used by {', '.join(sorted(ids))}",
-                hint=f"Open the tenant with the schemas it was written with and make {field} distinct, "
-                f"or drop '##' from {noun.name}.{field}. Nothing was changed.",
+            # The operator's schemas, not the request, are at fault: storage_error, and said in the log too.
+            refusal = StorageError(
+                f"this tenant cannot be opened with the server's schemas: {noun.name}.{field} is unique in them, "
+                f"but {value!r} is used by {', '.join(sorted(ids))}",
+                hint=f"For the operator: open the tenant with the schemas it was written with and make {field} "
+                f"distinct, or drop '##' from {noun.name}.{field}. Nothing was changed.",
                 field=field,
             )
+            log.error("%s", refusal.message)
+            raise refusal
     conn.execute("DELETE FROM entity_keys WHERE type = ?", (noun.name,))
     conn.executemany(INSERT_KEY, keys)
     conn.execute("DELETE FROM entities_fts WHERE rowid IN (SELECT rowid FROM entities WHERE type = ?)", (noun.name,))
