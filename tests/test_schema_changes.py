@@ -410,3 +410,20 @@ def test_a_revert_reports_an_entity_whose_earlier_state_the_schemas_now_refuse_a
         assert s.get(TENANT, "Widget", c)["name"] == "c"
         assert s.get(TENANT, "Widget", b)["stage"] == "A"
         assert s.verify(TENANT)["ok"] is True
+
+
+def test_range_filters_leave_out_values_stored_under_an_older_type_of_the_field(tmp_path: Path) -> None:
+    for indexed in ("", "#"):
+        data = tmp_path / f"data{indexed}"
+        with Store(data, widgets(tmp_path, f'"size": "string{indexed}"')) as s:
+            for size in ("10", "9", "big"):
+                make(s, name=f"old {size}", size=size)
+        with Store(data, widgets(tmp_path, f'"size": "int{indexed}"')) as s:
+            make(s, name="new 3", size=3)
+            make(s, name="new 2000000", size=2_000_000)
+            assert names(s.find(TENANT, "Widget", filter={"size": {"$gte": 1_000_000}})) == ["new 2000000"]
+            assert names(s.find(TENANT, "Widget", filter={"size": {"$lt": 5}})) == ["new 3"]
+            between = s.find(TENANT, "Widget", filter={"size": {"$gt": 0, "$lt": 10_000_000}}, sort="size")
+            assert names(between) == ["new 3", "new 2000000"] and between["total"] == 2
+        with Store(data, widgets(tmp_path, f'"size": "string{indexed}"')) as s:  # and the other way round
+            assert names(s.find(TENANT, "Widget", filter={"size": {"$lt": "a"}}, sort="size")) == ["old 10", "old 9"]

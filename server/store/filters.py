@@ -198,6 +198,14 @@ class FilterCompiler:
                 return "0" if op == "$eq" else "1"
             op = {"$gte": "$gt", "$lt": "$lte"}.get(op, op)  # X < t  <=>  trunc(X) < t, and so on
         sql_op = {"$eq": "=", "$ne": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[op]
+        if op in ("$gt", "$gte", "$lt", "$lte") and col.json_path is not None:
+            # SQLite orders every number below every text: a value stored under an older type of the field
+            # (a string where it is a number now, or the reverse) would pass every $gt or every $lt.
+            # (Meta columns have one type.)
+            types = "('integer', 'real')" if isinstance(value, (int, float)) else "('text')"
+            if col.indexed and self.keys_noun and self._keyable(col, [value]):
+                return self._keyed(col, f"{sql_op} ? AND typeof(value) IN {types}", [value])
+            return self._typed(col, f"{sql_op} ? AND typeof({{x}}) IN {types}", [value])
         if op != "$ne" and col.indexed and self.keys_noun and self._keyable(col, [value]):
             return self._keyed(col, f"{sql_op} ?", [value])
         inner = self._typed(col, f"{sql_op} ?", [value])
