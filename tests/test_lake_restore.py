@@ -590,19 +590,28 @@ def test_restore_refuses_a_log_whose_latest_states_share_a_unique_value(
     assert [p.name for p in (fresh.data_dir / "tenants").iterdir()] == [f"{FORGED}.db-lock"]
 
 
-def test_restore_refuses_events_of_a_noun_its_schemas_do_not_define(
+def test_restore_keeps_entities_of_a_noun_its_schemas_no_longer_define_as_the_live_file_does(
     store: Store, original: dict[str, str], schemas: SchemaSet, tmp_path: Path, clock: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     use_the_lake_of(store.data_dir, monkeypatch)
     without_deals = SchemaSet({name: noun for name, noun in schemas.nouns.items() if name != "Deal"})
+    deals = store.find(TENANT, "Deal", include_deleted=True)["results"]
+    assert deals
 
     with Store(tmp_path / "restored", without_deals, clock=clock) as fresh:
-        with pytest.raises(ValidationFailed) as exc:
-            restore_tenant(fresh, TENANT)
-
-        assert "is of noun Deal, which these schemas do not define" in exc.value.message
-        assert fresh.tenants() == []
+        restore_tenant(fresh, TENANT)
+        assert log_of(fresh) == log_of(store)
+        report = fresh.verify(TENANT)
+        assert report["ok"], report["problems"]
+    # with the noun back, its entities are there and found by their words (their text is built then)
+    with Store(tmp_path / "restored", schemas, clock=clock) as back:
+        assert back.find(TENANT, "Deal", include_deleted=True)["results"] == deals
+        word = deals[0]["name"].split()[0]
+        assert deals[0]["$id"] in [
+            d["$id"] for d in back.find(TENANT, "Deal", query=word, include_deleted=True)["results"]
+        ]
+        assert back.verify(TENANT)["ok"] is True
 
 
 # ---- the table against the log --------------------------------------------------------------------

@@ -427,3 +427,32 @@ def test_range_filters_leave_out_values_stored_under_an_older_type_of_the_field(
             assert names(between) == ["new 3", "new 2000000"] and between["total"] == 2
         with Store(data, widgets(tmp_path, f'"size": "string{indexed}"')) as s:  # and the other way round
             assert names(s.find(TENANT, "Widget", filter={"size": {"$lt": "a"}}, sort="size")) == ["old 10", "old 9"]
+
+
+def test_a_server_whose_schemas_differ_from_ones_recorded_while_it_was_opening_the_tenant_rebuilds(
+    tmp_path: Path,
+) -> None:
+    """Two servers with different schemas open a new tenant at the same moment: the one that records its
+    layout second must not take the file as built for its own schemas."""
+    from server.store.sqlite import migrate
+
+    path = tmp_path / "new.db"
+    indexed, plain = widgets(tmp_path, '"code": "string#"'), widgets(tmp_path, '"code": "string"')
+    conn = connect(path)
+    migrate(conn)
+    other = connect(path)
+
+    def other_server_records_first(statement: str) -> None:  # runs as our open starts its transaction
+        if (
+            statement.startswith("BEGIN")
+            and not other.execute("SELECT 1 FROM meta WHERE key LIKE 'derived:%'").fetchone()
+        ):
+            assert stale(other, indexed) == []  # a new tenant: its layout is recorded at once
+
+    conn.set_trace_callback(other_server_records_first)
+    try:
+        assert [noun.name for noun in stale(conn, plain)] == ["Widget"]
+    finally:
+        conn.set_trace_callback(None)
+        conn.close()
+        other.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StorageError, ValidationFailed
-from ..schema import Noun, SchemaSet
+from ..schema import SchemaSet
 from .events import GENESIS_HASH, EventRow, chain_hash
 from .mutations import INSERT_KEY, key_rows, search_body
 from .reindex import record
@@ -81,7 +81,7 @@ def _load(
     ).fetchall()
     for kind, name, _sql in saved:
         conn.execute(f'DROP {kind.upper()} "{name}"')
-    log = _Log(schemas)
+    log = _Log()
     for chunk in chunks:
         log.check(chunk)
         try:
@@ -107,28 +107,27 @@ def _load(
 class _Log:
     """The continuity checks of a recorded log, chunk by chunk, and the last event of every target."""
 
-    def __init__(self, schemas: SchemaSet) -> None:
-        self.nouns = schemas.nouns
+    def __init__(self) -> None:
         self.seq, self.hash, self.ts = 0, GENESIS_HASH, ""
         self.last: dict[str, EventTuple] = {}  # in order of each target's first event
 
     def check(self, chunk: Sequence[EventTuple]) -> None:
-        seq, prev, prev_ts, nouns, last = self.seq, self.hash, self.ts, self.nouns, self.last
+        seq, prev, prev_ts, last = self.seq, self.hash, self.ts, self.last
         for event in chunk:
-            (n, event_id, type_, entity_type, _action, target, actor, ts, version, data, changes, state,
+            (n, event_id, type_, _entity_type, _action, target, actor, ts, version, data, changes, state,
              reason, caused_by, prev_hash, h) = event  # fmt: skip
             digest = chain_hash(
                 prev_hash, n, event_id, type_, target, actor, ts, version, data, changes, state, reason, caused_by
             )
-            if n != seq + 1 or prev_hash != prev or ts <= prev_ts or entity_type not in nouns or h != digest:
-                raise _refusal(event, seq, prev, prev_ts, nouns)
+            if n != seq + 1 or prev_hash != prev or ts <= prev_ts or h != digest:
+                raise _refusal(event, seq, prev, prev_ts)
             last[target] = event
             seq, prev, prev_ts = n, h, ts
         self.seq, self.hash, self.ts = seq, prev, prev_ts
 
 
-def _refusal(event: EventTuple, seq: int, prev: str, prev_ts: str, nouns: dict[str, Noun]) -> ValidationFailed:
-    n, event_id, entity_type, ts, prev_hash = event[0], event[1], event[3], event[7], event[14]
+def _refusal(event: EventTuple, seq: int, prev: str, prev_ts: str) -> ValidationFailed:
+    n, event_id, ts, prev_hash = event[0], event[1], event[7], event[14]
     where = f"event {event_id} (seq {n})"
     if n != seq + 1:
         problem = f"{where} comes after seq {seq}: the log has a gap or a duplicate"
@@ -136,11 +135,6 @@ def _refusal(event: EventTuple, seq: int, prev: str, prev_ts: str, nouns: dict[s
         problem = f"{where} does not chain to the hash of seq {seq}"
     elif ts <= prev_ts:
         problem = f"{where} has timestamp {ts}, not after the previous event's {prev_ts}"
-    elif entity_type not in nouns:
-        return ValidationFailed(
-            f"{where} is of noun {entity_type}, which these schemas do not define",
-            hint="Start with the --schemas folders the data was written with.",
-        )
     else:
         problem = f"{where} was altered: its hash does not match its content"
     return ValidationFailed(
@@ -149,16 +143,20 @@ def _refusal(event: EventTuple, seq: int, prev: str, prev_ts: str, nouns: dict[s
 
 
 def _write_entities(conn: sqlite3.Connection, schemas: SchemaSet, last: dict[str, EventTuple]) -> None:
-    """Each entity's row, lookup keys and full text, from its last state, as the writer leaves them."""
+    """Each entity's row, lookup keys and full text, from its last state, as the writer leaves them. An
+    entity of a noun these schemas lack is kept as it is, without keys or text, as in the live file (they
+    are built if the noun comes back)."""
     entities: list[tuple[Any, ...]] = []
     keys: list[tuple[Any, ...]] = []
     texts: list[tuple[int, str]] = []
     for rowid, (entity_id, event) in enumerate(last.items(), start=1):
-        noun = schemas.nouns[event[_ENTITY_TYPE]]
+        noun = schemas.nouns.get(event[_ENTITY_TYPE])
         state_text = event[_STATE]
         state = json.loads(state_text)
         deleted_at = state.get("$deletedAt")
-        entities.append((rowid, entity_id, noun.name, state["$version"], state["$createdAt"], state["$updatedAt"], deleted_at, state_text))  # fmt: skip
+        entities.append((rowid, entity_id, event[_ENTITY_TYPE], state["$version"], state["$createdAt"], state["$updatedAt"], deleted_at, state_text))  # fmt: skip
+        if noun is None:
+            continue
         keys.extend(key_rows(noun, entity_id, state))
         if noun.text_fields:
             texts.append((rowid, search_body(noun, state)))

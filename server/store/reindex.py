@@ -47,20 +47,26 @@ def record(conn: sqlite3.Connection, nouns: list[Noun]) -> None:
 def stale(conn: sqlite3.Connection, schemas: SchemaSet) -> list[Noun]:
     """The nouns whose key rows and full text were built for other schemas (to rebuild alone).
 
-    Called outside a transaction: a new noun (no shape recorded: no server that opened the tenant knew
-    it, so none can write it the old way) is recorded at once. A changed noun is rebuilt alone even
-    when it has no entities yet: a server still running with the old schemas could write some, with
-    the old keys, after the new shape was recorded. A file from before shapes were recorded is taken
-    as built for the schemas it is first opened with (they are recorded then), rather than rebuilt
-    whole on upgrade."""
-    if not _any_shape(conn):
-        in_tx(conn, lambda: None if _any_shape(conn) else record(conn, list(schemas.nouns.values())))
-        return []
-    differ = changed(conn, schemas)
-    if not differ:
-        return []
-    rebuild = [noun for noun in differ if _recorded(conn, noun) or _has_entities(conn, noun)]
-    in_tx(conn, lambda: record(conn, [noun for noun in changed(conn, schemas) if not _recorded(conn, noun)]))
+    Called outside a transaction; decided under the write lock, so two processes opening the tenant
+    at once with different schemas cannot both take the file as built for theirs. A new noun (no
+    shape recorded: no server that opened the tenant knew it, so none can write it the old way) is
+    recorded at once. A changed noun is rebuilt alone even when it has no entities yet: a server
+    still running with the old schemas could write some, with the old keys, after the new shape was
+    recorded. A file from before shapes were recorded is taken as built for the schemas it is first
+    opened with (they are recorded then), rather than rebuilt whole on upgrade."""
+    if _any_shape(conn) and not changed(conn, schemas):
+        return []  # the common case, answered without taking the write lock
+    rebuild: list[Noun] = []
+
+    def decide() -> None:
+        if not _any_shape(conn):
+            record(conn, list(schemas.nouns.values()))
+            return
+        differ = changed(conn, schemas)
+        rebuild.extend(noun for noun in differ if _recorded(conn, noun) or _has_entities(conn, noun))
+        record(conn, [noun for noun in differ if noun not in rebuild])
+
+    in_tx(conn, decide)
     return rebuild
 
 
