@@ -456,3 +456,23 @@ def test_a_server_whose_schemas_differ_from_ones_recorded_while_it_was_opening_t
         conn.set_trace_callback(None)
         conn.close()
         other.close()
+
+
+def test_an_include_leaves_out_a_link_written_before_its_relationship_pointed_at_another_noun(tmp_path: Path) -> None:
+    def folder(target: str) -> SchemaSet:
+        path = tmp_path / f"linked-{target}"
+        path.mkdir()
+        (path / "parts.json").write_text(
+            '{"$domain": "Parts", "Gadget": {"name": "string!"}, "Gizmo": {"name": "string!"}, '
+            f'"Widget": {{"name": "string!", "part": "-> {target}"}}}}'
+        )
+        return load_schemas([path])
+
+    with Store(tmp_path / "data", folder("Gadget")) as s:
+        gadget = s.do(TENANT, AGENT, {"action": "create", "type": "Gadget", "data": {"name": "g"}})["entity"]["$id"]
+        w = make(s, name="w", part=gadget)
+        assert s.get(TENANT, "Widget", w, include=["part"])["part"]["$id"] == gadget
+
+    with Store(tmp_path / "data", folder("Gizmo")) as s:
+        assert s.get(TENANT, "Widget", w)["part"] == gadget  # the stored value is shown as it is
+        assert s.get(TENANT, "Widget", w, include=["part"])["part"] is None

@@ -167,9 +167,9 @@ def expand(
         if f is not None and f.relation:
             value = state.get(name)
             if isinstance(value, list):
-                state[name] = [_live(state_at(conn, v, seq)) for v in value]
+                state[name] = [_live(state_at(conn, v, seq), f.relation) for v in value]
             elif isinstance(value, str):
-                state[name] = _live(state_at(conn, value, seq))
+                state[name] = _live(state_at(conn, value, seq), f.relation)
             continue
         rev = noun.reverses.get(name)
         if rev is None:
@@ -192,8 +192,10 @@ def expand(
             }
 
 
-def _live(state: dict[str, Any] | None) -> dict[str, Any] | None:
-    return state if state is not None and state.get("$deletedAt") is None else None
+def _live(state: dict[str, Any] | None, noun: str) -> dict[str, Any] | None:
+    """The linked entity, unless deleted or of another noun (a link written before the relationship
+    was pointed at another noun)."""
+    return state if state is not None and state.get("$deletedAt") is None and state.get("$type") == noun else None
 
 
 # ---- search -------------------------------------------------------------------------------------
