@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -152,7 +153,7 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         actor=actor,
     )
     store = _open_store(config, serving=True)
-    _stop_on_sigterm()
+    _stop_on_signals(stdio=transport == "stdio")
     background = None
     if not no_flush:
         from .lake.background import BackgroundFlush
@@ -160,25 +161,40 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         background = BackgroundFlush(store, flush_interval, list(schema_dirs), log_level)
         background.start()
     try:
+        try:
+            if transport == "stdio":
+                _serve_stdio(store, config)
+            else:
+                _serve_http(store, config, transport, host, port, no_auth)
+        finally:
+            if background is not None:
+                background.stop()  # and one last flush
+            store.close()
+    except _Stopped:
         if transport == "stdio":
-            _serve_stdio(store, config)
-        else:
-            _serve_http(store, config, transport, host, port, no_auth)
-    finally:
-        if background is not None:
-            background.stop()  # and one last flush
-        store.close()
+            # The SDK's thread reading stdin may be blocked in read() for as long as the client keeps the
+            # pipe open, and the interpreter would wait for it at exit: everything is closed, so leave now.
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(0)
+        raise SystemExit(0) from None
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (what supervisors, systemd and `docker stop` send) ends the server through its shutdown, as
-    Ctrl-C does, so the last flush runs. Over HTTP uvicorn holds the signal while it drains connections
-    and raises it again when it is done: it lands here then."""
+class _Stopped(SystemExit):
+    """The server was asked to stop by a signal: its shutdown runs, then it exits 0."""
+
+
+def _stop_on_signals(stdio: bool) -> None:
+    """SIGTERM (what supervisors, systemd and `docker stop` send) ends the server through its shutdown, so the
+    last flush runs; over stdio Ctrl-C (SIGINT) does too. Over HTTP uvicorn holds both while it drains
+    connections (see listen.py), and raises SIGTERM again when it is done: it lands here then."""
 
     def stop(_signum: int, _frame: object) -> None:
-        raise SystemExit(0)
+        raise _Stopped(0)
 
     signal.signal(signal.SIGTERM, stop)
+    if stdio:
+        signal.signal(signal.SIGINT, stop)
 
 
 def _is_loopback(host: str) -> bool:

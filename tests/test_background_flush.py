@@ -3,6 +3,7 @@ every --flush-interval seconds, does the CPU work away from the server's request
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -12,7 +13,17 @@ from pathlib import Path
 import anyio
 import pytest
 from conftest import AGENT
-from e2e_helpers import HEADLESSLY, HttpServer, http_mcp_client, http_server, kill_process, payload, run_cli, server_env
+from e2e_helpers import (
+    HEADLESSLY,
+    INITIALIZE,
+    HttpServer,
+    http_mcp_client,
+    http_server,
+    kill_process,
+    payload,
+    run_cli,
+    server_env,
+)
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
@@ -242,27 +253,61 @@ async def test_an_http_server_stopped_by_a_signal_flushes_what_was_written_on_th
 
 
 @pytest.mark.anyio
-async def test_a_stdio_server_stopped_by_sigterm_flushes_what_was_written_on_the_way_out(tmp_path: Path) -> None:
+async def test_a_ctrl_c_to_the_whole_process_group_stops_the_server_without_a_flush_process_warning(
+    tmp_path: Path,
+) -> None:
+    """A terminal's Ctrl-C reaches the server and its flush process at once: the server stops it, cleanly."""
     data_dir = tmp_path / "data"
-    with Store(data_dir) as store:
-        store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+    with flushing_server(data_dir) as server:
+        with anyio.fail_after(TIMEOUT):
+            await first_flush(server)
+            await create_contacts(server, ["Bob"])
+        os.killpg(server.proc.pid, signal.SIGINT)
+        code = await anyio.to_thread.run_sync(server.proc.wait, TIMEOUT)
+
+    assert code == 0, server.log()
+    assert "exited with status" not in server.log()
+    assert " WARNING " not in server.log() and " ERROR " not in server.log()
+    assert len(lake_events(data_dir)) == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("sig", "to_group"),
+    [(signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGINT, True)],
+    ids=["sigterm", "sigterm-to-group", "ctrl-c"],
+)
+async def test_a_stdio_server_stopped_by_a_signal_mid_session_flushes_what_was_written_and_exits_0(
+    tmp_path: Path, sig: signal.Signals, to_group: bool
+) -> None:
+    """The client keeps stdin open (as `docker run -i` or a terminal does): the signal alone stops the server.
+    To the group (a terminal's Ctrl-C, systemd) it also reaches the flush process, which the server stops."""
+    data_dir = tmp_path / "data"
     command = [str(HEADLESSLY), "serve", "--data-dir", str(data_dir), "--tenant", TENANT, "--flush-interval", "3600"]
+    create = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+              "params": {"name": "do", "arguments": {"action": "create", "type": "Contact", "data": {"name": "Alice"}}}}  # fmt: skip
     with anyio.fail_after(TIMEOUT):
         async with await anyio.open_process(command, env=server_env(), start_new_session=True) as proc:
-            assert proc.stderr is not None
-            seen = b""
-            async for chunk in proc.stderr:
-                seen += chunk
-                if b"serving MCP over stdio" in seen:
+            assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+            replies = b""
+            for request in (INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, create):
+                await proc.stdin.send((json.dumps(request) + "\n").encode())
+            async for chunk in proc.stdout:  # both answers: the server now waits on its open stdin
+                replies += chunk
+                if b'"id":2' in replies.replace(b" ", b"") and replies.endswith(b"\n"):
                     break
-            proc.send_signal(signal.SIGTERM)
-            async for chunk in proc.stderr:
-                seen += chunk
+            assert b"contact_" in replies, replies.decode()
+            if to_group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
             code = await proc.wait()
+            seen = b"".join([chunk async for chunk in proc.stderr])
 
     assert code == 0, seen.decode()
     assert b"final flush: 1 events" in seen
     assert b"Traceback" not in seen
+    assert b" WARNING " not in seen and b" ERROR " not in seen
     assert len(lake_events(data_dir)) == 1
 
 

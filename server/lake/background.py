@@ -90,7 +90,8 @@ class BackgroundFlush:
                 return
             failures = 1 if time.monotonic() - started >= STEADY else failures + 1
             delay = min(self.interval * 2 ** (failures - 1), max(self.interval, MAX_BACKOFF))
-            say = log.error if failures >= 3 else log.warning
+            # Status 0 is a flush process told to stop (a SIGTERM to the group, the server shutting down too).
+            say = log.info if code == 0 else log.error if failures >= 3 else log.warning
             say("background flush process exited with status %s (%d time(s) in a row); starting another in %.1fs",
                 code, failures, delay)  # fmt: skip
 
@@ -169,10 +170,11 @@ def _follow(store: Store, interval: float) -> None:
         closed.set()
 
     threading.Thread(target=wait_for_eof, name="headlessly-flush-stdin", daemon=True).start()
-    # A Ctrl-C or a SIGTERM sent to the whole group (a terminal, systemd) ends us like the server's shutdown:
-    # after the flush in progress and one more.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda _sig, _frame: closed.set())
+    # A SIGTERM (to us alone, or to the whole group by systemd) ends us like the server's shutdown: after
+    # the flush in progress and one more. A Ctrl-C in a terminal reaches the whole group too, but it is the
+    # server's to act on: it stops us (closing our stdin) as it shuts down, so we ignore it.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: closed.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     flusher, watch, rounds = None, ChangeWatch(store), 0
     while True:
         if rounds % FULL_EVERY == 0:
