@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,37 +161,29 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
 
         background = BackgroundFlush(store, flush_interval, list(schema_dirs), log_level)
         background.start()
+
+    def shut_down() -> None:
+        if background is not None:
+            background.stop()  # and one last flush
+        store.close()
+
     try:
-        try:
-            if transport == "stdio":
-                _serve_stdio(store, config)
-            else:
-                _serve_http(store, config, transport, host, port, no_auth)
-        finally:
-            if background is not None:
-                background.stop()  # and one last flush
-            store.close()
-    except _Stopped:
         if transport == "stdio":
-            # The SDK's thread reading stdin may be blocked in read() for as long as the client keeps the
-            # pipe open, and the interpreter would wait for it at exit: everything is closed, so leave now.
-            logging.shutdown()
-            sys.stderr.flush()
-            os._exit(0)
-        raise SystemExit(0) from None
-
-
-class _Stopped(SystemExit):
-    """The server was asked to stop by a signal: its shutdown runs, then it exits 0."""
+            _serve_stdio(store, config, shut_down)
+        else:
+            _serve_http(store, config, transport, host, port, no_auth)
+    finally:
+        shut_down()
 
 
 def _stop_on_signals(stdio: bool) -> None:
     """SIGTERM (what supervisors, systemd and `docker stop` send) ends the server through its shutdown, so the
-    last flush runs; over stdio Ctrl-C (SIGINT) does too. Over HTTP uvicorn holds both while it drains
-    connections (see listen.py), and raises SIGTERM again when it is done: it lands here then."""
+    last flush runs; over stdio Ctrl-C (SIGINT) does too. This covers start-up: once serving, stdio watches
+    the signals itself (_serve_stdio), and over HTTP uvicorn holds them while it drains connections (see
+    listen.py) and raises SIGTERM again when it is done: it lands here then."""
 
     def stop(_signum: int, _frame: object) -> None:
-        raise _Stopped(0)
+        raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
     if stdio:
@@ -222,13 +215,38 @@ def _host_checks(shown_host: str, no_auth: bool) -> Any:
     )
 
 
-def _serve_stdio(store: Any, config: Config) -> None:
+def _serve_stdio(store: Any, config: Config, shut_down: Callable[[], None]) -> None:
+    """Serve until the client closes stdin, or SIGTERM/SIGINT. On a signal the session stops taking
+    requests, `shut_down` runs (the final flush) and the process leaves at once: the SDK's thread reading
+    stdin stays blocked in read() for as long as the client keeps the pipe open (a terminal, `docker run
+    -i`), and neither a cancellation nor the interpreter's exit would wait less."""
+    import anyio
+
     from .auth.identity import LocalIdentity
     from .tools.app import build_server
 
     server = build_server(store, LocalIdentity(config.tenant, config.actor), inline=True)
     log.info("headlessly serving MCP over stdio (data dir %s, tenant %s)", config.data_dir, config.tenant)
-    server.run("stdio")
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+                async def on_signal() -> None:
+                    async for signum in signals:
+                        log.info("%s: shutting down", signal.Signals(signum).name)
+                        serving.cancel()
+                        await anyio.to_thread.run_sync(shut_down)
+                        logging.shutdown()
+                        sys.stderr.flush()
+                        os._exit(0)
+
+                tg.start_soon(on_signal)
+                with anyio.CancelScope() as serving:
+                    await server.run_stdio_async()
+                tg.cancel_scope.cancel()  # stdin closed: no more signals to wait for
+
+    anyio.run(run)
 
 
 def _serve_http(store: Any, config: Config, transport: str, host: str, port: int, no_auth: bool) -> None:
