@@ -257,6 +257,27 @@ def test_a_before_hook_may_not_change_what_a_verb_sets_nor_return_anything_but_d
     assert event_count(store) == 1
 
 
+def test_a_before_hook_can_search_the_tenant_as_the_write_sees_it_earlier_operations_of_its_batch_included(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    @hooks.before("Contact.create")
+    def one_per_name(ctx: BeforeContext) -> None:
+        same = ctx.find("Contact", {"name": ctx.data["name"]}, limit=1)
+        if same["total"]:
+            raise HookRejected(f"{ctx.data['name']} exists already: {same['results'][0]['$id']}")
+
+    store = open_store(hooks)
+    create(store, "Contact", {"name": "Ada"})
+    with pytest.raises(ValidationFailed) as single:
+        create(store, "Contact", {"name": "Ada"})
+    assert "Ada exists already" in single.value.message
+    twice = [{"action": "create", "type": "Contact", "data": {"name": "Quinn"}}] * 2
+    with pytest.raises(ValidationFailed) as batch:
+        store.do(TENANT, AGENT, {"operations": twice})
+    assert "operations[1]" in batch.value.message and "Quinn exists already" in batch.value.message
+    assert [c["name"] for c in store.find(TENANT, "Contact")["results"]] == ["Ada"]
+
+
 def test_a_before_hook_that_edits_the_current_state_it_sees_changes_nothing_but_its_data(
     hooks: Hooks, open_store: Callable[[Hooks], Store]
 ) -> None:

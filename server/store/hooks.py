@@ -34,6 +34,9 @@ class BeforeContext:
     data: dict[str, Any]
     current: dict[str, Any] | None
     reason: str | None
+    # find(type, filter=None, query=None, sort=None, limit=None, include_deleted=False): a search of the
+    # tenant as this write sees it (what earlier operations of the same batch wrote included), as `search`.
+    find: Callable[..., dict[str, Any]]
     dry_run: bool = False  # a preview (dryRun): nothing will be written, whatever the hook says
 
 

@@ -571,6 +571,7 @@ class Mutator:
                 data=copy.deepcopy(patch),
                 current=copy.deepcopy(current),
                 reason=op.reason,
+                find=self.find_for_hooks,
                 dry_run=self.dry_run,
             )
             try:
@@ -599,6 +600,19 @@ class Mutator:
                     f"hook {hook_name(fn)} tried to set a '$' field", hint="Hooks may change fields, not meta fields."
                 )
         return patch
+
+    def find_for_hooks(
+        self, type: str, filter: Any = None, query: str | None = None, sort: str | None = None,
+        limit: int | None = None, include_deleted: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        """A search inside this transaction, for BEFORE hooks: it sees what this batch wrote so far."""
+        from .patterns import refuse_slow_patterns
+        from .queries import find  # (queries imports this module)
+
+        with refuse_slow_patterns():
+            return find(
+                self.conn, self.env.schemas, self.noun(type), filter, query, sort, limit, None, None, include_deleted
+            )
 
     def validate(self, noun: Noun, fields: dict[str, Any], changed: list[str] | None) -> dict[str, Any]:
         """Check types and formats (all fields, or only `changed` of an already valid entity),
