@@ -135,12 +135,25 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
     from .store.operations import check_actor
     from .store.tenants import check_tenant
 
-    try:
-        check_tenant(tenant)
-        if actor is not None:
-            check_actor(actor)
-    except HeadlesslyError as exc:
-        _fail(exc.message)
+    if transport == "stdio" or no_auth:
+        try:
+            check_tenant(tenant)
+            if actor is not None:
+                check_actor(actor)
+        except HeadlesslyError as exc:
+            _fail(exc.message)
+    else:  # with tokens each token names its tenant and actor
+        given = click.get_current_context().get_parameter_source
+        ignored = [
+            f"--{name} ({env})"
+            for name, env in (("tenant", ENV_TENANT), ("actor", ENV_ACTOR))
+            if given(name) != click.core.ParameterSource.DEFAULT
+        ]
+        if ignored:
+            log.warning(
+                "%s ignored: with tokens, each token names its tenant and actor (--no-auth serves one from the flags)",
+                " and ".join(ignored),
+            )
     if transport != "stdio" and no_auth and not _is_loopback(host):
         _fail(
             f"--no-auth is refused on {host}: without tokens the server may only listen on a loopback address (127.0.0.1, ::1, localhost)"

@@ -131,3 +131,16 @@ async def test_a_client_asking_for_debug_logging_does_not_change_the_servers_own
         log = srv.log()
     assert "Secret Alpha Person" not in log
     assert " DEBUG " not in log and " INFO " not in log
+
+
+@pytest.mark.anyio
+async def test_with_tokens_tenant_and_actor_flags_are_ignored_with_a_warning_not_checked(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    token = create_token(data_dir, "acme", "agent_real")
+    with http_server(data_dir, "--tenant", "Not_A_Tenant", "--actor", "nobody") as srv:
+        with anyio.fail_after(TIMEOUT):
+            async with httpx2.AsyncClient(timeout=httpx2.Timeout(10.0)) as http:
+                session = await open_session(http, srv, bearer(token))
+                assert (await http.post(srv.url, json=CREATE, headers=session)).status_code == 200
+        srv.wait_for_log(r"WARNING .*--tenant \(HEADLESSLY_TENANT\) and --actor \(HEADLESSLY_ACTOR\) ignored")
+    assert contacts(srv, "acme") == 1
