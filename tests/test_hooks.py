@@ -278,6 +278,31 @@ def test_a_before_hook_can_search_the_tenant_as_the_write_sees_it_earlier_operat
     assert [c["name"] for c in store.find(TENANT, "Contact")["results"]] == ["Ada"]
 
 
+def test_a_revert_runs_each_entitys_before_hooks_once_even_when_it_tries_again_without_an_entity(
+    hooks: Hooks, open_store: Callable[[Hooks], Store], clock: Any
+) -> None:
+    seen: list[str | None] = []
+
+    @hooks.before("Contact.revert")
+    def note(ctx: BeforeContext) -> None:
+        seen.append(ctx.id)
+
+    store = open_store(hooks)
+    org = create(store, "Organization", {"name": "Acme"})["entity"]["$id"]
+    linked = create(store, "Contact", {"name": "C1", "organization": org})["entity"]["$id"]
+    plain = create(store, "Contact", {"name": "C2"})["entity"]["$id"]
+    clock.advance(60)
+    rogue = "agent_rogue"
+    store.do(TENANT, rogue, {"action": "update", "type": "Contact", "id": linked, "data": {"organization": None}})
+    store.do(TENANT, rogue, {"action": "update", "type": "Contact", "id": plain, "data": {"name": "C2 renamed"}})
+    store.do(TENANT, AGENT, {"action": "delete", "type": "Organization", "id": org})  # C1's link cannot come back
+    clock.advance(60)
+    result = store.do(TENANT, AGENT, {"action": "revert", "actor": rogue, "since": "2026-01-15T10:00:30Z"})
+    assert [c["id"] for c in result["conflicts"]] == [linked]
+    assert [e["target"] for e in result["events"]] == [plain]
+    assert seen == [linked, plain]
+
+
 def test_a_before_hook_that_edits_the_current_state_it_sees_changes_nothing_but_its_data(
     hooks: Hooks, open_store: Callable[[Hooks], Store]
 ) -> None:

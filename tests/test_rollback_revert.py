@@ -521,3 +521,56 @@ def test_reverting_twice_changes_nothing_the_second_time(store: Store, clock: An
     assert again["events"] == []
     assert again["reverted"] == []
     assert event_count(store) == before
+
+
+def test_a_revert_restores_unique_values_swapped_inside_its_window(store: Store, clock: Any) -> None:
+    a = do(store, GOOD, action="create", type="Contact", data={"name": "A", "email": "x@a.io"})["entity"]["$id"]
+    c = do(store, GOOD, action="create", type="Contact", data={"name": "C", "email": "w@a.io"})["entity"]["$id"]
+    clock.advance(60)
+    do(store, ROGUE, action="update", type="Contact", id=a, data={"email": "z@a.io"})
+    do(store, ROGUE, action="update", type="Contact", id=c, data={"email": "x@a.io"})  # a's old value
+    clock.advance(60)
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z")
+    assert result["conflicts"] == []
+    assert store.get(TENANT, "Contact", a)["email"] == "x@a.io"
+    assert store.get(TENANT, "Contact", c)["email"] == "w@a.io"
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_a_revert_reports_both_sides_of_a_unique_value_exchanged_inside_its_window(store: Store, clock: Any) -> None:
+    a = do(store, GOOD, action="create", type="Contact", data={"name": "A", "email": "x@a.io"})["entity"]["$id"]
+    c = do(store, GOOD, action="create", type="Contact", data={"name": "C", "email": "y@a.io"})["entity"]["$id"]
+    clock.advance(60)
+    do(store, ROGUE, action="update", type="Contact", id=a, data={"email": "t@a.io"})
+    do(store, ROGUE, action="update", type="Contact", id=c, data={"email": "x@a.io"})
+    do(store, ROGUE, action="update", type="Contact", id=a, data={"email": "y@a.io"})  # a and c exchanged
+    spam = do(store, ROGUE, action="create", type="Contact", data={"name": "Spam"})["entity"]["$id"]
+    clock.advance(60)
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z")
+    assert sorted(conflict["id"] for conflict in result["conflicts"]) == sorted([a, c])
+    assert [ev["target"] for ev in result["events"]] == [spam]
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_a_revert_whose_every_entity_is_blocked_reports_them_all_within_the_request_budget(
+    store: Store, clock: Any
+) -> None:
+    org, _ = acme_and_bob(store)
+    big = "x" * 900_000  # 12 of them fit the request budget; passes tried once per blocked entity did not
+    contacts = [
+        do(store, GOOD, action="create", type="Contact", data={"name": f"C{i}", "title": big, "organization": org})[
+            "entity"
+        ]["$id"]
+        for i in range(12)
+    ]
+    clock.advance(60)
+    for contact in contacts:
+        do(store, ROGUE, action="update", type="Contact", id=contact, data={"organization": None})
+    do(store, GOOD, action="delete", type="Organization", id=org)
+    clock.advance(60)
+    before = event_count(store)
+    for dry_run in (True, False):
+        result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z", dryRun=dry_run)
+        assert [c["id"] for c in result["conflicts"]] == contacts
+        assert result["events"] == []
+    assert event_count(store) == before

@@ -9,6 +9,7 @@ import logging
 import math
 import re
 import sqlite3
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,28 +123,33 @@ class Unrestorable(ValidationFailed):
     """An earlier state that cannot be written again now (the schemas changed since it was written)."""
 
 
-class _Blocked(Exception):
-    """A revert cannot bring one entity back: its conflict entry, from the refusal that says why."""
+def _conflict(target: str, noun: str, refusal: ValidationFailed) -> dict[str, Any]:
+    """The conflict entry of an entity a revert cannot bring back, from the refusal that says why."""
+    existing, field = refusal.details.get("existing"), refusal.details.get("field")
+    if isinstance(refusal, Unrestorable):
+        message, hint = refusal.message, refusal.hint
+    else:
+        message = f"{target} cannot be brought back: {refusal.message}"
+        hint = (
+            f"Change {existing}'s {field} first, then revert again."
+            if existing
+            else "Bring the linked entity back first (rollback), or revert again after that."
+        )
+    return {
+        "id": target,
+        "type": noun,
+        "message": f"{message} (force does not change this)",
+        "hint": hint,
+        **refusal.details,
+    }
 
-    def __init__(self, target: str, noun: str, refusal: ValidationFailed) -> None:
-        super().__init__(refusal.message)
-        existing, field = refusal.details.get("existing"), refusal.details.get("field")
-        if isinstance(refusal, Unrestorable):
-            message, hint = refusal.message, refusal.hint
-        else:
-            message = f"{target} cannot be brought back: {refusal.message}"
-            hint = (
-                f"Change {existing}'s {field} first, then revert again."
-                if existing
-                else "Bring the linked entity back first (rollback), or revert again after that."
-            )
-        self.conflict: dict[str, Any] = {
-            "id": target,
-            "type": noun,
-            "message": f"{message} (force does not change this)",
-            "hint": hint,
-            **refusal.details,
-        }
+
+class _Blocked(Exception):
+    """Entities whose links failed at the end of a revert's pass: the pass is tried again without them."""
+
+    def __init__(self, conflicts: list[dict[str, Any]]) -> None:
+        super().__init__(", ".join(c["id"] for c in conflicts))
+        self.conflicts = conflicts
 
 
 class Mutator:
@@ -461,43 +467,51 @@ class Mutator:
             "WHERE actor = ? AND ts >= ? AND (? IS NULL OR ts <= ?) GROUP BY target, entity_type ORDER BY min(seq)",
             (victim, since, until, until),
         ).fetchall()
-        # An entity whose earlier state cannot be written now (its unique value is held by another
-        # entity, or a link points at an entity deleted since) is a conflict like one changed by
-        # someone else: the revert is tried again without it, so the others are still reverted.
+        # An entity whose earlier state cannot be written now (the schemas refuse it, a unique value is
+        # held by an entity this revert leaves alone, or a link points at an entity deleted since) is a
+        # conflict like one changed by someone else, and the others are still reverted. Links can only be
+        # checked once every entity is back: the pass is tried again without the entities whose links
+        # failed (with the same hook results: BEFORE hooks run once per entity).
         blocked: dict[str, dict[str, Any]] = {}
+        memo: dict[str, Any] = {}
         while True:
-            head = self.txn.head
+            head, written = self.txn.head, self.state_written
             self.conn.execute("SAVEPOINT revert")
             try:
-                outcome = self._revert_entities(rows, victim, op, blocked)
+                outcome = self._revert_entities(rows, victim, op, blocked, memo)
             except _Blocked as exc:
                 self.conn.execute("ROLLBACK TO revert")
                 self.conn.execute("RELEASE revert")
-                self.txn.head = head
-                blocked[exc.conflict["id"]] = exc.conflict
+                self.txn.head, self.state_written = head, written
+                blocked.update((conflict["id"], conflict) for conflict in exc.conflicts)
                 continue
             self.conn.execute("RELEASE revert")
             return {"entity": None, **outcome, "revertOf": {"actor": victim, "since": since, "until": until}}
 
     def _revert_entities(
-        self, rows: list[Any], victim: str, op: Operation, blocked: dict[str, dict[str, Any]]
+        self, rows: list[Any], victim: str, op: Operation, blocked: dict[str, dict[str, Any]], memo: dict[str, Any]
     ) -> dict[str, Any]:
         reverted: list[dict[str, Any]] = []
         conflicts: list[dict[str, Any]] = []
         unchanged: list[str] = []
         events: list[dict[str, Any]] = []
-        # Relationships are checked once every entity is back: a link may point at an entity that
-        # this same revert restores further on.
         links: list[tuple[str, Noun, dict[str, Any], list[str]]] = []
-        for target, entity_type, first_version, ids in rows:
+        queue = deque(rows)
+        pending = {row[0] for row in rows}  # targets not handled yet in this pass
+        waiting: set[str] = set()  # put back behind a unique value's holder since the last write
+        while queue:
+            row = queue.popleft()
+            target, entity_type, first_version, ids = row
             if target in blocked:
                 conflicts.append(blocked[target])
+                pending.discard(target)
                 continue
             noun = self.env.schemas.nouns.get(entity_type)
             if noun is None:
                 conflicts.append(
                     {"id": target, "type": entity_type, "message": f"{entity_type} is no longer a known noun"}
                 )
+                pending.discard(target)
                 continue
             others = [
                 r[0]
@@ -514,14 +528,17 @@ class Mutator:
                     "id": target, "type": entity_type, "changedBy": others,
                     "message": f"{target} was changed afterwards by {', '.join(others)}; pass force: true to revert it anyway",
                 })  # fmt: skip
+                pending.discard(target)
                 continue
             current = self.load(noun, target)
             revert_of = {"revertOf": ids.split(",")}
             if first_version == 1:
+                pending.discard(target)
                 if current.deleted:
                     unchanged.append(target)
                     continue
-                self.before_hooks(noun, "revert", "Deleted", target, {}, current.state, op)
+                if target not in memo:
+                    memo[target] = self.before_hooks(noun, "revert", "Deleted", target, {}, current.state, op)
                 event = self.write(
                     noun, target, "Deleted", current, current.fields, None, op, extra_data=revert_of, deleted=True
                 )
@@ -533,26 +550,49 @@ class Mutator:
                 target_fields = fields_of(before)
                 if not diff(current.fields, target_fields) and current.deleted == is_deleted(before):
                     unchanged.append(target)
+                    pending.discard(target)
                     continue
-                try:
-                    target_fields = self.restored(noun, "revert", current, target_fields, op)
-                except Unrestorable as exc:
-                    raise _Blocked(target, noun.name, exc) from None
-                links.append((target, noun, target_fields, links_to_check(current, target_fields, is_deleted(before))))
+                if target not in memo:
+                    try:
+                        memo[target] = self.restored(noun, "revert", current, target_fields, op)
+                    except Unrestorable as exc:
+                        blocked[target] = _conflict(target, noun.name, exc)
+                        queue.appendleft(row)  # reported in its place, as a blocked entity
+                        continue
+                target_fields = memo[target]
+                head, written = self.txn.head, self.state_written
+                self.conn.execute("SAVEPOINT revert_entity")
                 try:
                     event = self.write(
                         noun, target, "Updated", current, target_fields, None, op,
                         extra_data=revert_of, deleted=is_deleted(before),
                     )  # fmt: skip
                 except ValidationFailed as exc:  # a unique value another entity holds now
-                    raise _Blocked(target, noun.name, exc) from None
+                    self.conn.execute("ROLLBACK TO revert_entity")
+                    self.conn.execute("RELEASE revert_entity")
+                    self.txn.head, self.state_written = head, written
+                    holder = exc.details.get("existing")
+                    if holder in pending and holder != target and target not in waiting:
+                        waiting.add(target)  # the holder comes later in this revert and may let go of it
+                        queue.append(row)
+                        continue
+                    blocked[target] = _conflict(target, noun.name, exc)
+                    queue.appendleft(row)
+                    continue
+                self.conn.execute("RELEASE revert_entity")
+                pending.discard(target)
+                links.append((target, noun, target_fields, links_to_check(current, target_fields, is_deleted(before))))
+            waiting.clear()
             reverted.append(event.state)
             events.append(event.event)
+        failed = []
         for target, noun, fields, changed in links:
             try:
                 self.check_relations(noun, fields, changed)
             except ValidationFailed as exc:
-                raise _Blocked(target, noun.name, exc) from None
+                failed.append(_conflict(target, noun.name, exc))
+        if failed:
+            raise _Blocked(failed)
         return {"events": events, "reverted": reverted, "conflicts": conflicts, "unchanged": unchanged}
 
     # ---- shared machinery ---------------------------------------------------------------
