@@ -553,6 +553,46 @@ def test_after_hooks_that_fan_out_stop_at_a_budget_of_writes_per_request(
     assert event_count(store) == 3 + 2 * MAX_HOOK_WRITES
 
 
+def test_an_after_hook_may_write_from_another_thread_within_the_same_limits(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    from server.store.service import MAX_HOOK_WRITES
+
+    def elsewhere(ctx: AfterContext, request: dict[str, Any]) -> None:
+        """ctx.do from a thread of the hook's own, waited for."""
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                ctx.do(request)
+            except BaseException as exc:  # handed back to the hook, which raises it
+                failed.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(30)
+        if failed:
+            raise failed[0]
+
+    @hooks.after("Contact.Created")
+    def log_it(ctx: AfterContext) -> None:
+        elsewhere(ctx, {"action": "create", "type": "Activity", "data": {"subject": f"created {ctx.event['target']}"}})
+
+    @hooks.after("Contact.update")
+    def twice_elsewhere(ctx: AfterContext) -> None:  # fans out, from threads of its own
+        for _ in range(2):
+            title = uuid.uuid4().hex
+            elsewhere(ctx, {"action": "update", "type": "Contact", "id": ctx.event["target"], "data": {"title": title}})
+
+    store = open_store(hooks)
+    alice = create(store, "Contact", {"name": "Alice"})["entity"]
+    (activity,) = store.find(TENANT, "Activity")["results"]
+    assert activity["subject"] == f"created {alice['$id']}"
+    before = event_count(store)
+    store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "x"}})
+    assert event_count(store) == before + 1 + MAX_HOOK_WRITES
+
+
 def test_writes_made_by_an_after_hook_carry_caused_by(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:
     @hooks.after("Contact.Qualified")
     def open_deal(ctx: AfterContext) -> None:

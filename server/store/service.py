@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,30 @@ from .writer import read_head
 log = logging.getLogger(__name__)
 MAX_HOOK_DEPTH = 8
 MAX_HOOK_WRITES = 100  # writes AFTER hooks may make in reaction to one request, however they fan out
+
+
+class _Budget:
+    """The writes AFTER hooks may still make in reaction to one outside request (from any thread)."""
+
+    def __init__(self) -> None:
+        self._left = MAX_HOOK_WRITES
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._left <= 0:
+                return False
+            self._left -= 1
+            return True
+
+
+@dataclass(frozen=True)
+class _HookChain:
+    """Where a write stands in the chain of AFTER hooks' writes that one outside request set off: how deep
+    (the request itself is 0) and the budget they all share, carried with the write, not by the thread."""
+
+    depth: int
+    budget: _Budget
 
 
 class Store:
@@ -52,7 +77,6 @@ class Store:
         self.pool = TenantPool(
             self.data_dir, self.schemas, durability, clock, max_open_tenants, max_readers, follow_schemas=follow_schemas
         )
-        self._local = threading.local()
 
     def close(self) -> None:
         self.pool.close()
@@ -69,6 +93,12 @@ class Store:
         self, tenant: str, actor: str, request: dict[str, Any] | Operation, caused_by: str | None = None
     ) -> dict[str, Any]:
         """One operation, or `{"operations": [...], "dryRun"?}` as one atomic batch."""
+        return self._do(tenant, actor, request, caused_by, None)
+
+    def _do(
+        self, tenant: str, actor: str, request: dict[str, Any] | Operation, caused_by: str | None,
+        chain: _HookChain | None,
+    ) -> dict[str, Any]:  # fmt: skip
         check_tenant(tenant)
         check_actor(actor)
         if isinstance(request, dict) and "operations" in request:
@@ -98,34 +128,33 @@ class Store:
                     "dryRun applies to a whole batch: set it beside 'operations', not inside one",
                     hint='e.g. {"operations": [...], "dryRun": true}.',
                 )
-            results = self._write(tenant, actor, ops, True, dry_run, caused_by)
+            results = self._write(tenant, actor, ops, True, dry_run, caused_by, chain)
             out: dict[str, Any] = {"results": results}
             if dry_run:
                 out["dryRun"] = True
             return out
         op = parse_operation(request)  # type: ignore[arg-type]
-        (result,) = self._write(tenant, actor, [op], False, op.dryRun, caused_by)
+        (result,) = self._write(tenant, actor, [op], False, op.dryRun, caused_by, chain)
         if op.dryRun:
             result["dryRun"] = True
         return result
 
     def _write(
-        self, tenant: str, actor: str, ops: list[Operation], batch: bool, dry_run: bool, caused_by: str | None
-    ) -> list[dict[str, Any]]:
+        self, tenant: str, actor: str, ops: list[Operation], batch: bool, dry_run: bool, caused_by: str | None,
+        chain: _HookChain | None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
         with self.pool.lease(tenant) as t:
             results = t.writer.run(
                 lambda txn: Mutator(txn, self.env, actor, caused_by, dry_run).run(ops, batch), dry_run=dry_run
             )
         if not dry_run and self.hooks.after_hooks:
+            chain = chain or _HookChain(0, _Budget())  # a request from outside: the whole budget, for all its ops
             for op, result in zip(ops, results, strict=True):
                 if not result.get("replayed"):
-                    self._after(tenant, actor, op, result)
+                    self._after(tenant, actor, op, result, chain)
         return results
 
-    def _after(self, tenant: str, actor: str, op: Operation, result: dict[str, Any]) -> None:
-        depth = getattr(self._local, "depth", 0)
-        if depth == 0:  # a request from outside: its hooks start with the whole budget of writes
-            self._local.hook_writes = 0
+    def _after(self, tenant: str, actor: str, op: Operation, result: dict[str, Any], chain: _HookChain) -> None:
         # The state each event left its entity in: a revert's are under "reverted", one per event.
         states = {s["$id"]: s for s in [result.get("entity"), *result.get("reverted", [])] if s}
         for event in result.get("events", []):
@@ -136,22 +165,17 @@ class Store:
             entity = states.get(event["target"])
 
             def do(request: dict[str, Any], _event: str = event["id"]) -> dict[str, Any]:
-                if depth + 1 > MAX_HOOK_DEPTH:
+                if chain.depth + 1 > MAX_HOOK_DEPTH:
                     raise LimitExceeded(
                         f"AFTER hooks nest deeper than {MAX_HOOK_DEPTH} writes; stopping here",
                         hint="A hook's write triggers hooks again: make the chain end (check ctx.event before writing).",
                     )
-                if self._local.hook_writes >= MAX_HOOK_WRITES:
+                if not chain.budget.take():
                     raise LimitExceeded(
                         f"AFTER hooks already wrote {MAX_HOOK_WRITES} times in reaction to one request; stopping here",
                         hint="Hooks fan out (each write triggers hooks again): write less per event, or in one batch.",
                     )
-                self._local.hook_writes += 1
-                self._local.depth = depth + 1
-                try:
-                    return self.do(tenant, actor, request, caused_by=_event)
-                finally:
-                    self._local.depth = depth
+                return self._do(tenant, actor, request, _event, _HookChain(chain.depth + 1, chain.budget))
 
             for fn in hooks:  # copies: what a hook does to them must not change what the caller is told
                 ctx = AfterContext(
