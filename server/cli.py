@@ -249,15 +249,26 @@ def _serve_stdio(store: Any, config: Config, shut_down: Callable[[], None]) -> N
                     async for signum in signals:
                         log.info("%s: shutting down", signal.Signals(signum).name)
                         serving.cancel()
-                        await anyio.to_thread.run_sync(shut_down)
-                        logging.shutdown()
-                        sys.stderr.flush()
-                        os._exit(0)
+                        code = 0
+                        try:
+                            await anyio.to_thread.run_sync(shut_down)
+                        except BaseException:
+                            log.exception("the shutdown failed")
+                            code = 1
+                        finally:
+                            logging.shutdown()
+                            sys.stderr.flush()
+                            os._exit(code)
 
                 tg.start_soon(on_signal)
                 with anyio.CancelScope() as serving:
                     await server.run_stdio_async()
-                tg.cancel_scope.cancel()  # stdin closed: no more signals to wait for
+                tg.cancel_scope.cancel()  # stdin closed: the caller shuts down
+            # Leaving the receiver puts the signals back to their defaults (death): the shutdown that
+            # follows (the final flush) is already under way, so further signals are ignored instead.
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_IGN)
+            log.info("the client closed stdin: shutting down")
 
     anyio.run(run)
 

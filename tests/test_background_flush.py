@@ -311,6 +311,40 @@ async def test_a_stdio_server_stopped_by_a_signal_mid_session_flushes_what_was_w
     assert len(lake_events(data_dir)) == 1
 
 
+@pytest.mark.anyio
+async def test_a_stdio_server_whose_client_closes_stdin_then_sends_sigterm_still_finishes_its_final_flush(
+    tmp_path: Path,
+) -> None:
+    """The MCP spec's own order for stopping a stdio server: close its stdin, then SIGTERM if it lingers."""
+    data_dir = tmp_path / "data"
+    command = [str(HEADLESSLY), "serve", "--data-dir", str(data_dir), "--tenant", TENANT, "--flush-interval", "3600"]
+    create = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+              "params": {"name": "do", "arguments": {"action": "create", "type": "Contact", "data": {"name": "Alice"}}}}  # fmt: skip
+    with anyio.fail_after(TIMEOUT):
+        async with await anyio.open_process(command, env=server_env(), start_new_session=True) as proc:
+            assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+            for request in (INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, create):
+                await proc.stdin.send((json.dumps(request) + "\n").encode())
+            replies = b""
+            async for chunk in proc.stdout:
+                replies += chunk
+                if b"contact_" in replies and replies.endswith(b"\n"):
+                    break
+            await proc.stdin.aclose()
+            seen = b""
+            async for chunk in proc.stderr:  # the server is shutting down: its final flush is on its way
+                seen += chunk
+                if b"closed stdin: shutting down" in seen:
+                    break
+            proc.send_signal(signal.SIGTERM)
+            code = await proc.wait()
+            seen += b"".join([chunk async for chunk in proc.stderr])
+
+    assert code == 0, seen.decode()
+    assert len(lake_events(data_dir)) == 1, seen.decode()
+    assert b"Traceback" not in seen
+
+
 def test_a_round_of_the_flush_process_looks_only_at_tenants_written_since_their_last_flush(store: Store) -> None:
     for tenant in ("acme", "beta"):
         store.do(tenant, "agent_a", {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
