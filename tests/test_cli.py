@@ -210,9 +210,12 @@ def test_a_token_can_be_revoked_by_pasting_the_whole_token_and_its_secret_is_nev
     assert revoked.code == 0, revoked.err
     assert secret not in revoked.out + revoked.err
     assert run("token", "list", "--json", cwd=tmp_path, data_dir=data_dir).json_lines() == []
-    again = run("token", "revoke", token, cwd=tmp_path, data_dir=data_dir)
-    assert again.code != 0
-    assert "no active token" in again.err and secret not in again.out + again.err
+    for pasted in (token, f"Bearer {token}", f"  {token}\n"):
+        again = run("token", "revoke", pasted, cwd=tmp_path, data_dir=data_dir)
+        assert again.code != 0
+        assert "no active token" in again.err and secret not in again.out + again.err
+    (other,) = run("token", "create", "--tenant", TENANT, "--actor", AGENT, cwd=tmp_path, data_dir=data_dir).lines()
+    assert run("token", "revoke", f"Bearer {other}", cwd=tmp_path, data_dir=data_dir).code == 0
 
 
 @pytest.mark.parametrize(

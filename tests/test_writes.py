@@ -236,6 +236,13 @@ def test_a_whole_float_in_a_number_or_int_field_is_stored_as_an_integer_so_resen
     assert create(store, "Deal", {"name": "Vast", "value": 1e300})["entity"]["value"] == 1e300
     org = create(store, "Organization", {"name": "Acme", "employeeCount": 12.0})["entity"]
     assert org["employeeCount"] == 12 and type(org["employeeCount"]) is int
+    # and a filter takes 12.0 for an int field as writes do
+    for found in (
+        store.find(TENANT, "Organization", {"employeeCount": 12.0}),
+        store.find(TENANT, "Organization", {"employeeCount": {"$gte": 12.0}}),
+        store.find(TENANT, "Organization", {"$version": 1.0}),
+    ):
+        assert [o["$id"] for o in found["results"]] == [org["$id"]]
     with pytest.raises(ValidationFailed) as exc:
         create(store, "Organization", {"name": "Half", "employeeCount": 12.5})
     assert "employeeCount" in exc.value.message

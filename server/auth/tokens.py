@@ -91,6 +91,9 @@ class TokenStore:
     def revoke(self, token_id: str) -> TokenInfo:
         """Revoke by the id `token list` shows, or by the whole token (what someone holding a leaked
         one has at hand); only its id part is ever echoed."""
+        token_id = token_id.strip()
+        if token_id[:7].lower() == "bearer ":  # pasted from an Authorization header
+            token_id = token_id[7:].strip()
         if token_id.startswith(PREFIX):
             token_id = token_id[len(PREFIX) :].partition("_")[0]
         with self._lock:

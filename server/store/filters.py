@@ -297,6 +297,8 @@ class FilterCompiler:
         elif kind in ("number",):
             bad = not isinstance(value, (int, float)) or isinstance(value, bool)
         elif kind == "int":
+            if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+                value = int(value)  # JSON has one number type: 3.0 is the integer 3, as writes store it
             bad = not isinstance(value, int) or isinstance(value, bool)
         elif kind == "boolean":
             bad = not isinstance(value, bool)
