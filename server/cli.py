@@ -186,6 +186,9 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         else:
             _serve_http(store, config, transport, host, port, no_auth)
     finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):  # the shutdown is under way: let its final flush finish
+            signal.signal(signum, signal.SIG_IGN)
+        log.info("shutting down: a last flush, then exit (further signals are ignored)")
         shut_down()
 
 
@@ -268,7 +271,7 @@ def _serve_stdio(store: Any, config: Config, shut_down: Callable[[], None]) -> N
             # follows (the final flush) is already under way, so further signals are ignored instead.
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, signal.SIG_IGN)
-            log.info("the client closed stdin: shutting down")
+            log.info("the client closed stdin")
 
     anyio.run(run)
 

@@ -312,6 +312,23 @@ async def test_a_stdio_server_stopped_by_a_signal_mid_session_flushes_what_was_w
 
 
 @pytest.mark.anyio
+async def test_an_http_server_sent_sigterm_twice_still_finishes_its_final_flush(tmp_path: Path) -> None:
+    """A supervisor that repeats its SIGTERM (or an impatient operator) must not cut the final flush short."""
+    data_dir = tmp_path / "data"
+    with http_server(data_dir, "--no-auth", "--tenant", TENANT, "--flush-interval", "3600") as server:
+        with anyio.fail_after(TIMEOUT):
+            await create_contacts(server, ["Alice"])
+        server.proc.send_signal(signal.SIGTERM)
+        await anyio.to_thread.run_sync(server.wait_for_log, "shutting down: a last flush")
+        server.proc.send_signal(signal.SIGTERM)  # while the final flush runs
+        code = await anyio.to_thread.run_sync(server.proc.wait, TIMEOUT)
+
+    assert code == 0, server.log()
+    assert "final flush: 1 events" in server.log()
+    assert len(lake_events(data_dir)) == 1
+
+
+@pytest.mark.anyio
 async def test_a_stdio_server_whose_client_closes_stdin_then_sends_sigterm_still_finishes_its_final_flush(
     tmp_path: Path,
 ) -> None:
@@ -334,7 +351,7 @@ async def test_a_stdio_server_whose_client_closes_stdin_then_sends_sigterm_still
             seen = b""
             async for chunk in proc.stderr:  # the server is shutting down: its final flush is on its way
                 seen += chunk
-                if b"closed stdin: shutting down" in seen:
+                if b"shutting down: a last flush" in seen:
                     break
             proc.send_signal(signal.SIGTERM)
             code = await proc.wait()
