@@ -167,6 +167,7 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         actor=actor,
     )
     store = _open_store(config, serving=True)
+    _warn_if_exposed(data_dir)
     _stop_on_signals(stdio=transport == "stdio")
     background = None
     if not no_flush:
@@ -190,6 +191,21 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
             signal.signal(signum, signal.SIG_IGN)
         log.info("shutting down: a last flush, then exit (further signals are ignored)")
         shut_down()
+
+
+def _warn_if_exposed(data_dir: Path) -> None:
+    """A data dir (or what it holds) that other local users may read, e.g. made by an older version."""
+    exposed = [
+        f"{path} ({path.stat().st_mode & 0o777:o})"
+        for path in (data_dir, data_dir / "tenants", data_dir / "lakehouse", data_dir / "tokens.db")
+        if path.exists() and path.stat().st_mode & 0o077
+    ]
+    if exposed:
+        log.warning(
+            "readable by other local users: %s; `chmod -R go-rwx %s` keeps tenant data and tokens to this user",
+            ", ".join(exposed),
+            data_dir,
+        )
 
 
 def _stop_on_signals(stdio: bool) -> None:

@@ -194,6 +194,25 @@ def test_a_data_dir_the_server_creates_is_readable_by_its_user_only(tmp_path: Pa
     assert own.stat().st_mode & 0o777 == 0o755
 
 
+def test_serve_warns_when_other_local_users_may_read_the_data_dir(tmp_path: Path) -> None:
+    data_dir = tmp_path / "shared"
+    data_dir.mkdir()
+    data_dir.chmod(0o755)  # as an older version, or a hand-made mkdir, leaves it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADLESSLY_")}
+    serve = [HEADLESSLY, "serve", "--no-flush", "--data-dir", str(data_dir)]
+
+    def stderr_of_a_session_that_ends_at_once() -> str:
+        done = subprocess.run(serve, cwd=tmp_path, env=env, input="", capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    warned = stderr_of_a_session_that_ends_at_once()
+    assert f"readable by other local users: {data_dir} (755)" in warned
+    assert f"chmod -R go-rwx {data_dir}" in warned
+    data_dir.chmod(0o700)
+    assert "readable by other local users" not in stderr_of_a_session_that_ends_at_once()
+
+
 def test_revoking_an_unknown_token_fails_with_a_message(tmp_path: Path, data_dir: Path) -> None:
     result = run("token", "revoke", "nosuchtoken", cwd=tmp_path, data_dir=data_dir)
     assert result.code != 0
