@@ -10,6 +10,8 @@ import math
 import re
 import sqlite3
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -475,18 +477,27 @@ class Mutator:
         blocked: dict[str, dict[str, Any]] = {}
         memo: dict[str, Any] = {}
         while True:
-            head, written = self.txn.head, self.state_written
-            self.conn.execute("SAVEPOINT revert")
             try:
-                outcome = self._revert_entities(rows, victim, op, blocked, memo)
+                with self._savepoint("revert"):
+                    outcome = self._revert_entities(rows, victim, op, blocked, memo)
             except _Blocked as exc:
-                self.conn.execute("ROLLBACK TO revert")
-                self.conn.execute("RELEASE revert")
-                self.txn.head, self.state_written = head, written
                 blocked.update((conflict["id"], conflict) for conflict in exc.conflicts)
                 continue
-            self.conn.execute("RELEASE revert")
             return {"entity": None, **outcome, "revertOf": {"actor": victim, "since": since, "until": until}}
+
+    @contextmanager
+    def _savepoint(self, name: str) -> Iterator[None]:
+        """Undo everything the block wrote if it raises: the rows, and this run's log head and state count."""
+        head, written = self.txn.head, self.state_written
+        self.conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute(f"ROLLBACK TO {name}")
+            self.conn.execute(f"RELEASE {name}")
+            self.txn.head, self.state_written = head, written
+            raise
+        self.conn.execute(f"RELEASE {name}")
 
     def _revert_entities(
         self, rows: list[Any], victim: str, op: Operation, blocked: dict[str, dict[str, Any]], memo: dict[str, Any]
@@ -560,17 +571,13 @@ class Mutator:
                         queue.appendleft(row)  # reported in its place, as a blocked entity
                         continue
                 target_fields = memo[target]
-                head, written = self.txn.head, self.state_written
-                self.conn.execute("SAVEPOINT revert_entity")
                 try:
-                    event = self.write(
-                        noun, target, "Updated", current, target_fields, None, op,
-                        extra_data=revert_of, deleted=is_deleted(before),
-                    )  # fmt: skip
+                    with self._savepoint("revert_entity"):
+                        event = self.write(
+                            noun, target, "Updated", current, target_fields, None, op,
+                            extra_data=revert_of, deleted=is_deleted(before),
+                        )  # fmt: skip
                 except ValidationFailed as exc:  # a unique value another entity holds now
-                    self.conn.execute("ROLLBACK TO revert_entity")
-                    self.conn.execute("RELEASE revert_entity")
-                    self.txn.head, self.state_written = head, written
                     holder = exc.details.get("existing")
                     if holder in pending and holder != target and target not in waiting:
                         waiting.add(target)  # the holder comes later in this revert and may let go of it
@@ -579,7 +586,6 @@ class Mutator:
                     blocked[target] = _conflict(target, noun.name, exc)
                     queue.appendleft(row)
                     continue
-                self.conn.execute("RELEASE revert_entity")
                 pending.discard(target)
                 links.append((target, noun, target_fields, links_to_check(current, target_fields, is_deleted(before))))
             waiting.clear()
