@@ -80,20 +80,20 @@ Int64 = Annotated[StrictInt, annotated_types.Interval(ge=INT64_MIN, le=INT64_MAX
 EXACT_FLOAT_INT = 2**53  # below it every integer is a float exactly, and the other way round
 
 
-def _int64_or_float(value: Any) -> Any:
-    """A number field keeps integers exact: one past 64 bits is refused, not rounded to a float.
-    JSON has one number type, so `100.0` is stored as `100`: re-sending it is not a change."""
+def whole_as_int(value: Any) -> Any:
+    """JSON has one number type: a whole float (`3.0`) is the integer 3, where it is exact either way;
+    anything else as it is. Writes store numbers so (re-sending `100.0` for 100 is not a change; an int
+    field takes `3.0`, as JSON Schema's integer does), and filters read them so."""
     if isinstance(value, float) and value.is_integer() and abs(value) < EXACT_FLOAT_INT:
         return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
-        raise ValueError("integers must fit in 64 bits; send a float (such as 1.5e22) if rounding is acceptable")
     return value
 
 
-def _integral(value: Any) -> Any:
-    """An int field takes `3.0` as 3, as JSON Schema's integer does; `3.5` is still refused."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < EXACT_FLOAT_INT:
-        return int(value)
+def _int64_or_float(value: Any) -> Any:
+    """A number field keeps integers exact: one past 64 bits is refused, not rounded to a float."""
+    value = whole_as_int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError("integers must fit in 64 bits; send a float (such as 1.5e22) if rounding is acceptable")
     return value
 
 
@@ -101,7 +101,7 @@ _BASE: dict[str, Any] = {
     "string": StrictStr,
     "text": StrictStr,
     "number": Annotated[Int64 | Annotated[StrictFloat, AllowInfNan(False)], BeforeValidator(_int64_or_float)],
-    "int": Annotated[Int64, BeforeValidator(_integral)],
+    "int": Annotated[Int64, BeforeValidator(whole_as_int)],
     "boolean": StrictBool,
     "date": Annotated[StrictStr, AfterValidator(_check_date)],
     "datetime": Annotated[StrictStr, AfterValidator(_check_datetime)],

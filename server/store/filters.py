@@ -11,6 +11,7 @@ import regex
 
 from ..errors import InvalidFilter, InvalidSort
 from ..schema import Noun
+from ..schema.validation import whole_as_int
 from ..timeutil import between_microseconds, format_us, parse_time
 from .patterns import compile_pattern
 from .sqlite import json_path
@@ -297,8 +298,7 @@ class FilterCompiler:
         elif kind in ("number",):
             bad = not isinstance(value, (int, float)) or isinstance(value, bool)
         elif kind == "int":
-            if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-                value = int(value)  # JSON has one number type: 3.0 is the integer 3, as writes store it
+            value = whole_as_int(value)
             bad = not isinstance(value, int) or isinstance(value, bool)
         elif kind == "boolean":
             bad = not isinstance(value, bool)
