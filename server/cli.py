@@ -187,8 +187,7 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         else:
             _serve_http(store, config, transport, host, port, no_auth)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):  # the shutdown is under way: let its final flush finish
-            signal.signal(signum, signal.SIG_IGN)
+        _ignore_signals()  # the shutdown is under way: let its final flush finish
         log.info("shutting down: a last flush, then exit (further signals are ignored)")
         shut_down()
 
@@ -196,9 +195,9 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
 def _warn_if_exposed(data_dir: Path) -> None:
     """A data dir (or what it holds) that other local users may read, e.g. made by an older version."""
     exposed = [
-        f"{path} ({path.stat().st_mode & 0o777:o})"
+        f"{path} ({mode:o})"
         for path in (data_dir, data_dir / "tenants", data_dir / "lakehouse", data_dir / "tokens.db")
-        if path.exists() and path.stat().st_mode & 0o077
+        if path.exists() and (mode := path.stat().st_mode & 0o777) & 0o077
     ]
     if exposed:
         log.warning(
@@ -206,6 +205,11 @@ def _warn_if_exposed(data_dir: Path) -> None:
             ", ".join(exposed),
             data_dir,
         )
+
+
+def _ignore_signals() -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _stop_on_signals(stdio: bool) -> None:
@@ -285,8 +289,7 @@ def _serve_stdio(store: Any, config: Config, shut_down: Callable[[], None]) -> N
                 tg.cancel_scope.cancel()  # stdin closed: the caller shuts down
             # Leaving the receiver puts the signals back to their defaults (death): the shutdown that
             # follows (the final flush) is already under way, so further signals are ignored instead.
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, signal.SIG_IGN)
+            _ignore_signals()
             log.info("the client closed stdin")
 
     anyio.run(run)

@@ -220,6 +220,27 @@ def test_a_server_started_beside_a_server_py_still_flushes_with_its_own_package(
     assert len(lake_events(data_dir)) == 1
 
 
+def stdio_serve(data_dir: Path) -> list[str]:
+    """`headlessly serve` over stdio for tenant acme, flushing only at its shutdown."""
+    return [str(HEADLESSLY), "serve", "--data-dir", str(data_dir), "--tenant", TENANT, "--flush-interval", "3600"]
+
+
+async def create_alice_over_stdio(proc: anyio.abc.Process) -> None:
+    """initialize, initialized and a `do` create of Alice over the process's pipes; returns once she is
+    written (the server then waits on its stdin, which stays open)."""
+    assert proc.stdin is not None and proc.stdout is not None
+    create = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+              "params": {"name": "do", "arguments": {"action": "create", "type": "Contact", "data": {"name": "Alice"}}}}  # fmt: skip
+    for request in (INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, create):
+        await proc.stdin.send((json.dumps(request) + "\n").encode())
+    replies = b""
+    async for chunk in proc.stdout:
+        replies += chunk
+        if b'"id":2' in replies.replace(b" ", b"") and replies.endswith(b"\n"):
+            break
+    assert b"contact_" in replies, replies.decode()
+
+
 @pytest.mark.anyio
 async def test_a_sigterm_to_the_flush_process_ends_it_after_one_last_flush(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
@@ -283,20 +304,10 @@ async def test_a_stdio_server_stopped_by_a_signal_mid_session_flushes_what_was_w
     """The client keeps stdin open (as `docker run -i` or a terminal does): the signal alone stops the server.
     To the group (a terminal's Ctrl-C, systemd) it also reaches the flush process, which the server stops."""
     data_dir = tmp_path / "data"
-    command = [str(HEADLESSLY), "serve", "--data-dir", str(data_dir), "--tenant", TENANT, "--flush-interval", "3600"]
-    create = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-              "params": {"name": "do", "arguments": {"action": "create", "type": "Contact", "data": {"name": "Alice"}}}}  # fmt: skip
     with anyio.fail_after(TIMEOUT):
-        async with await anyio.open_process(command, env=server_env(), start_new_session=True) as proc:
-            assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-            replies = b""
-            for request in (INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, create):
-                await proc.stdin.send((json.dumps(request) + "\n").encode())
-            async for chunk in proc.stdout:  # both answers: the server now waits on its open stdin
-                replies += chunk
-                if b'"id":2' in replies.replace(b" ", b"") and replies.endswith(b"\n"):
-                    break
-            assert b"contact_" in replies, replies.decode()
+        async with await anyio.open_process(stdio_serve(data_dir), env=server_env(), start_new_session=True) as proc:
+            assert proc.stderr is not None
+            await create_alice_over_stdio(proc)
             if to_group:
                 os.killpg(proc.pid, sig)
             else:
@@ -334,19 +345,10 @@ async def test_a_stdio_server_whose_client_closes_stdin_then_sends_sigterm_still
 ) -> None:
     """The MCP spec's own order for stopping a stdio server: close its stdin, then SIGTERM if it lingers."""
     data_dir = tmp_path / "data"
-    command = [str(HEADLESSLY), "serve", "--data-dir", str(data_dir), "--tenant", TENANT, "--flush-interval", "3600"]
-    create = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-              "params": {"name": "do", "arguments": {"action": "create", "type": "Contact", "data": {"name": "Alice"}}}}  # fmt: skip
     with anyio.fail_after(TIMEOUT):
-        async with await anyio.open_process(command, env=server_env(), start_new_session=True) as proc:
-            assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-            for request in (INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, create):
-                await proc.stdin.send((json.dumps(request) + "\n").encode())
-            replies = b""
-            async for chunk in proc.stdout:
-                replies += chunk
-                if b"contact_" in replies and replies.endswith(b"\n"):
-                    break
+        async with await anyio.open_process(stdio_serve(data_dir), env=server_env(), start_new_session=True) as proc:
+            assert proc.stdin is not None and proc.stderr is not None
+            await create_alice_over_stdio(proc)
             await proc.stdin.aclose()
             seen = b""
             async for chunk in proc.stderr:  # the server is shutting down: its final flush is on its way
