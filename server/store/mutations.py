@@ -272,10 +272,10 @@ class Mutator:
         def named(value: Any) -> Any:
             if isinstance(value, list):
                 return [named(v) for v in value]
-            m = _REF.match(value) if isinstance(value, str) else None
-            if m and int(m.group(1)) < len(self.refs) and self.refs[int(m.group(1))] is not None:
-                return self.refs[int(m.group(1))]
-            return value
+            try:
+                return self._ref(value) if isinstance(value, str) else value
+            except ValidationFailed:  # names nothing yet: refused when the operation runs
+                return value
 
         if not self.refs:
             return op
