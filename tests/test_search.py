@@ -459,7 +459,7 @@ def test_default_sort_is_most_recently_updated_first(store: Store, clock: Any) -
     assert names(store.find(TENANT, "Contact")) == names(store.find(TENANT, "Contact", sort="-$updatedAt"))
 
 
-@pytest.mark.parametrize("sort", ["amount", "-amount", "name,nope", "", "--", 5])
+@pytest.mark.parametrize("sort", ["amount", "-amount", "name,nope", "", "--", "--value", "+value", "- value", 5])
 def test_an_unknown_or_malformed_sort_is_invalid_sort(store: Store, deals: dict[str, str], sort: Any) -> None:
     with pytest.raises(InvalidSort) as err:
         store.find(TENANT, "Deal", sort=sort)

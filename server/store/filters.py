@@ -359,7 +359,7 @@ def parse_sort(sort: Any, columns: dict[str, Column], what: str, default: str) -
     for part in text.split(","):
         part = part.strip()
         desc = part.startswith("-")
-        name = part.lstrip("-+")
+        name = part[1:] if desc else part
         col = columns.get(name)
         if col is None:
             raise InvalidSort(
