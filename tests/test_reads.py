@@ -187,6 +187,8 @@ def test_get_version_of_a_deleted_entity_still_returns_its_past_versions(store: 
     write(store, "delete", "Contact", history["id"])
 
     assert store.get(TENANT, "Contact", history["id"], version=2) == history["v2"]
+    deletion = store.get(TENANT, "Contact", history["id"], version=4)
+    assert deletion["$deletedBy"] == AGENT and deletion["name"] == history["v2"]["name"]
 
 
 def test_a_version_beyond_the_last_is_not_found_naming_the_range(store: Store, history: dict[str, Any]) -> None:
@@ -322,6 +324,17 @@ def test_fields_projection_keeps_id_type_and_version(store: Store, history: dict
         "title": "CEO",
         "email": "alice@acme.io",
     }
+
+
+def test_fields_keep_what_include_expands(store: Store) -> None:
+    acme = create(store, "Organization", name="Acme")
+    alice = create(store, "Contact", name="Alice", title="CEO", organization=acme["$id"])
+
+    got = store.get(TENANT, "Organization", acme["$id"], include=["contacts"], fields=["name"])
+    contact = store.get(TENANT, "Contact", alice["$id"], include=["organization"], fields=["title"])
+
+    assert got == {"$id": acme["$id"], "$type": "Organization", "$version": 1, "name": "Acme", "contacts": [alice]}
+    assert contact["organization"] == acme and contact["title"] == "CEO" and "name" not in contact
 
 
 def test_fields_may_name_meta_fields_but_not_unknown_dollar_names(store: Store, history: dict[str, Any]) -> None:

@@ -130,7 +130,7 @@ def get_entity(
     if include:
         expand(conn, schemas, noun, state, include, seq)
     if fields is not None:
-        state = project(noun, state, fields)
+        state = project(noun, state, [*fields, *(include or ())])  # what was asked to be included stays
     return state
 
 
