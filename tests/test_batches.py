@@ -134,6 +134,17 @@ def test_a_malformed_operation_in_a_batch_is_named_by_its_index(store: Store) ->
     nothing_written(store)
 
 
+@pytest.mark.parametrize("key", ["ifVersion", "toVersion"])
+def test_true_is_not_taken_for_version_1_in_a_batch(store: Store, key: str) -> None:
+    created = store.do("acme", "agent_a", {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+    contact = created["entity"]["$id"]
+    action = "update" if key == "ifVersion" else "rollback"
+    with pytest.raises(ValidationFailed) as exc:
+        batch(store, {"action": action, "type": "Contact", "id": contact, "data": {"title": "x"}, key: True})
+    assert f"'{key}'" in exc.value.message and "not true or false" in exc.value.message
+    assert store.get("acme", "Contact", contact)["$version"] == 1
+
+
 def test_unique_values_collide_inside_one_batch(store: Store) -> None:
     with pytest.raises(ValidationFailed) as exc:
         batch(

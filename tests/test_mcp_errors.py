@@ -199,6 +199,69 @@ async def test_an_argument_of_the_wrong_type_is_a_validation_error_naming_it(sto
     assert "limit" in body["message"]
 
 
+@pytest.mark.parametrize(
+    ("tool", "args", "named"),
+    [
+        ("fetch", {"type": "Schema", "id": "Deal", "version": 2}, ["version"]),
+        ("fetch", {"type": "Schema", "asOf": "garbage", "fields": ["nope"]}, ["asOf", "fields"]),
+        ("fetch", {"type": "Event", "id": "evt_123456789", "include": ["zzz"]}, ["include"]),
+        (
+            "fetch",
+            {"type": "Event", "id": "evt_123456789", "fields": ["type"], "asOf": "2026-01-01"},
+            ["asOf", "fields"],
+        ),
+        ("search", {"type": "Schema", "filter": {"nope": {"$bogus": 1}}}, ["filter"]),
+        ("search", {"type": "Schema", "sort": "nonsense", "query": "x"}, ["query", "sort"]),
+        ("search", {"type": "Schema", "asOf": "not-a-time", "includeDeleted": True}, ["asOf", "includeDeleted"]),
+        ("search", {"type": "Event", "query": "alice"}, ["query"]),
+        ("search", {"type": "Event", "asOf": "2026-01-01", "includeDeleted": True}, ["asOf", "includeDeleted"]),
+    ],
+)
+@pytest.mark.anyio
+async def test_an_argument_that_does_not_apply_to_events_or_the_schema_is_a_validation_error_naming_it(
+    store: Store, tool: str, args: dict[str, Any], named: list[str]
+) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool(tool, args)
+    body = check_error(result, "validation_error")
+    for name in named:
+        assert name in body["message"] and name in body["hint"]
+
+
+@pytest.mark.anyio
+async def test_a_forged_schema_search_cursor_is_invalid_cursor(store: Store) -> None:
+    async with connect(store) as client:
+        first = await client.call_tool("search", {"type": "Schema", "limit": 2})
+        assert first.is_error is False
+        forged = await client.call_tool("search", {"type": "Schema", "cursor": "eyJiIjoiIiwiYyI6IiJ9"})
+        of_events = await client.call_tool("search", {"type": "Event", "cursor": first.structured_content["cursor"]})  # type: ignore[index]
+    check_error(forged, "invalid_cursor")
+    check_error(of_events, "invalid_cursor")
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "named"),
+    [
+        ("do", {"action": "update", "type": "Contact", "data": {"title": "x"}, "ifVersion": True}, "ifVersion"),
+        ("do", {"action": "rollback", "type": "Contact", "toVersion": True}, "toVersion"),
+        ("do", {"action": "update", "type": "Contact", "data": {"title": "x"}, "dryRun": "yes"}, "dryRun"),
+        ("fetch", {"type": "Contact", "version": True}, "version"),
+        ("search", {"type": "Contact", "limit": True}, "limit"),
+        ("search", {"type": "Contact", "includeDeleted": 1}, "includeDeleted"),
+    ],
+)
+@pytest.mark.anyio
+async def test_true_for_a_number_or_a_number_for_a_flag_is_a_validation_error_and_writes_nothing(
+    store: Store, tool: str, args: dict[str, Any], named: str
+) -> None:
+    contact = create_contact(store)
+    async with connect(store) as client:
+        result = await client.call_tool(tool, {**args, "id": contact["$id"]} if tool != "search" else args)
+    body = check_error(result, "validation_error")
+    assert f"'{named}'" in body["message"]
+    assert store.get(TENANT, "Contact", contact["$id"])["$version"] == 1
+
+
 @pytest.mark.anyio
 async def test_operations_together_with_a_single_operation_is_a_validation_error(store: Store) -> None:
     async with connect(store) as client:

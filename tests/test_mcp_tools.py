@@ -221,6 +221,22 @@ async def test_fetch_schema_with_a_noun_gives_its_fields_enums_relationships_and
 
 
 @pytest.mark.anyio
+async def test_search_schema_pages_through_every_noun_once_with_the_default_limit_and_a_cursor(store: Store) -> None:
+    nouns = sorted(store.schema()["nouns"])
+    assert len(nouns) > 25  # so the default limit makes a second page
+    async with connect(store) as client:
+        first = await ok(client, "search", {"type": "Schema"})
+        second = await ok(client, "search", {"type": "Schema", "cursor": first["cursor"]})
+        small = await ok(client, "search", {"type": "Schema", "limit": 5})
+    assert [r["name"] for r in first["results"]] == nouns[:25]
+    assert first["total"] == len(nouns) and first["hasMore"] is True
+    assert [r["name"] for r in second["results"]] == nouns[25:]
+    assert second["hasMore"] is False and second["cursor"] is None
+    assert [r["name"] for r in small["results"]] == nouns[:5]
+    assert first["results"][0] == store.schema(nouns[0])
+
+
+@pytest.mark.anyio
 async def test_fetch_event_by_id_returns_the_event_as_written(store: Store) -> None:
     async with connect(store) as client:
         created = await ok(client, "do", {"action": "create", "type": "Contact", "data": {"name": "Alice"}})

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
 from ..errors import InvalidActor, ValidationFailed
 
 ACTOR = re.compile(r"^(agent|user|system)_[A-Za-z0-9_-]{1,64}$")
 CRUD_ACTIONS = ("create", "update", "delete", "rollback", "revert")
 MAX_BATCH = 1000
+
+
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a whole number is needed, not true or false")
+    return value
+
+
+# Arguments at the edge: a number may come as 3 or "3", but `true` is never a version or a page size; a flag
+# is `true` or `false`, never "yes" or 1 (pydantic's lax mode would take all of those).
+Whole = Annotated[int, BeforeValidator(_not_a_bool)]
+Flag = Annotated[bool, Strict()]
 
 
 class Operation(BaseModel):
@@ -23,16 +35,16 @@ class Operation(BaseModel):
     type: str | None = Field(default=None, max_length=64)
     id: str | None = Field(default=None, max_length=100)
     data: dict[str, Any] | None = None
-    ifVersion: int | None = Field(default=None, ge=1)
+    ifVersion: Whole | None = Field(default=None, ge=1)
     asOf: str | None = Field(default=None, max_length=128)
-    toVersion: int | None = Field(default=None, ge=1)
+    toVersion: Whole | None = Field(default=None, ge=1)
     actor: str | None = Field(default=None, max_length=80)
     since: str | None = Field(default=None, max_length=128)
     until: str | None = Field(default=None, max_length=128)
-    force: bool = False
+    force: Flag = False
     idempotencyKey: str | None = Field(default=None, min_length=1, max_length=200)
     reason: str | None = Field(default=None, max_length=2000)
-    dryRun: bool = False
+    dryRun: Flag = False
 
 
 OPERATION_KEYS = tuple(Operation.model_fields)

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidType, LimitExceeded, ValidationFailed
+from ..errors import InvalidCursor, InvalidType, LimitExceeded, ValidationFailed
 from ..schema import Noun, SchemaSet, load_schemas
 from ..schema.validation import Validators
-from . import queries
+from . import cursors, queries
 from .events import EVENT_ROW_COLUMNS, EventRow
 from .hooks import AfterContext, Hooks, run_after
 from .mutations import Env, Mutator
@@ -25,6 +25,7 @@ from .writer import read_head
 log = logging.getLogger(__name__)
 MAX_HOOK_DEPTH = 8
 MAX_HOOK_WRITES = 100  # writes AFTER hooks may make in reaction to one request, however they fan out
+_SCHEMA_QUERY = {"type": "Schema"}  # what a Schema search cursor is sealed to: the nouns are not tenant data
 
 
 class _Budget:
@@ -225,6 +226,28 @@ class Store:
                 hint='fetch {"type": "Schema"} describes them all (Event and Schema are built in, not nouns).',
             )
         return self.schemas[name].to_dict()
+
+    def schemas_page(self, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        """`search {"type": "Schema"}`: every noun's definition, in declaration order, page by page."""
+        size = queries.check_limit(limit)
+        names = self.schemas.names()
+        start = 0
+        if cursor is not None:
+            after = cursors.decode(cursor, _SCHEMA_QUERY, key_count=1, max_seq=0).keys[0]
+            if after not in names:
+                raise InvalidCursor(
+                    f"the cursor points after {after!r}, which is no longer a noun of this server",
+                    hint="Start again without a cursor.",
+                )
+            start = names.index(after) + 1
+        page = names[start : start + size]
+        more = start + size < len(names)
+        return {
+            "results": [self.schemas[n].to_dict() for n in page],
+            "total": len(names),
+            "hasMore": more,
+            "cursor": cursors.encode(cursors.Cursor([page[-1]], 0), _SCHEMA_QUERY) if more else None,
+        }
 
     def verify(self, tenant: str, progress: Any = None) -> dict[str, Any]:
         with self.pool.lease(tenant, create=False) as t, t.snapshot() as conn:

@@ -22,6 +22,7 @@ from ..errors import Forbidden, HeadlesslyError, InvalidId, InvalidType, NotFoun
 from ..store import Store
 from ..store.events import dumps
 from ..store.filters import LOGICAL, OPERATORS
+from ..store.operations import Flag, Whole
 from .models import INSTRUCTIONS, DoOutput, FetchOutput, SearchOutput
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def build_server(
         ] = None,
         asOf: AsOf = None,
         version: Annotated[
-            int | None, Field(description="Return the state right after this $version (1 = as created).", ge=1)
+            Whole | None, Field(description="Return the state right after this $version (1 = as created).", ge=1)
         ] = None,
         include: Annotated[
             list[str] | None,
@@ -201,6 +202,11 @@ def build_server(
         A deleted entity is not_found; its message says when and by whom it was deleted."""
 
         def go(caller: Caller) -> dict[str, Any]:
+            if type in ("Schema", "Event"):
+                _refuse_unused(
+                    type, {"asOf": asOf, "version": version, "include": include, "fields": fields},
+                    "an event never changes and is returned whole" if type == "Event" else "the schema is returned whole",
+                )  # fmt: skip
             if type == "Schema":
                 return store.schema(id)
             if type == "Event":
@@ -246,13 +252,13 @@ def build_server(
                 description="'field' ascending or '-field' descending, comma-separated ('-value,name'). Default '-$updatedAt'; events default 'seq' ('-seq' for newest first)."
             ),
         ] = None,
-        limit: Annotated[int | None, Field(description="Page size, 1 to 100 (default 25).")] = None,
+        limit: Annotated[Whole | None, Field(description="Page size, 1 to 100 (default 25).")] = None,
         cursor: Annotated[
             str | None, Field(description="The cursor of the previous page, unchanged, to get the next page.")
         ] = None,
         asOf: AsOf = None,
         includeDeleted: Annotated[
-            bool, Field(description="Also return deleted entities (they carry $deletedAt).")
+            Flag, Field(description="Also return deleted entities (they carry $deletedAt).")
         ] = False,
         ctx: Context | None = None,
     ) -> SearchOutput:
@@ -262,19 +268,18 @@ def build_server(
 
         def go(caller: Caller) -> dict[str, Any]:
             if type == "Event":
-                if query is not None or asOf is not None or includeDeleted:
-                    raise ValidationFailed(
-                        "query, asOf and includeDeleted do not apply to events: the log is immutable and complete",
-                        hint="Filter events by type, target, actor, timestamp, version or seq.",
-                    )
+                _refuse_unused(
+                    type, {"query": query, "asOf": asOf, "includeDeleted": includeDeleted or None},
+                    "the log is immutable and complete; filter events by type, target, actor, timestamp, version or seq",
+                )  # fmt: skip
                 return store.events(caller.tenant, filter, sort, limit, cursor)
             if type == "Schema":
-                return {
-                    "results": [store.schema(n) for n in nouns],
-                    "total": len(nouns),
-                    "hasMore": False,
-                    "cursor": None,
-                }
+                _refuse_unused(
+                    type,
+                    {"filter": filter, "query": query, "sort": sort, "asOf": asOf, "includeDeleted": includeDeleted or None},
+                    "it lists every noun by name, page by page (limit, cursor); fetch Schema with an id for one noun",
+                )  # fmt: skip
+                return store.schemas_page(limit, cursor)
             return store.find(caller.tenant, type, filter, query, sort, limit, cursor, asOf, includeDeleted)
 
         return await respond(ctx, go)  # type: ignore[no-any-return]
@@ -307,14 +312,14 @@ def build_server(
             ),
         ] = None,
         ifVersion: Annotated[
-            int | None,
+            Whole | None,
             Field(
                 description="Only write if the entity is at this $version, else version_conflict (optimistic concurrency).",
                 ge=1,
             ),
         ] = None,
         asOf: Annotated[str | None, Field(description="rollback: the time to go back to (RFC 3339 or a date).")] = None,
-        toVersion: Annotated[int | None, Field(description="rollback: the $version to go back to.", ge=1)] = None,
+        toVersion: Annotated[Whole | None, Field(description="rollback: the $version to go back to.", ge=1)] = None,
         actor: Annotated[
             str | None,
             Field(
@@ -324,7 +329,7 @@ def build_server(
         since: Annotated[str | None, Field(description="revert: start of the window (RFC 3339 or a date).")] = None,
         until: Annotated[str | None, Field(description="revert: end of the window (default: now).")] = None,
         force: Annotated[
-            bool, Field(description="revert: also revert entities someone else changed afterwards.")
+            Flag, Field(description="revert: also revert entities someone else changed afterwards.")
         ] = False,
         idempotencyKey: Annotated[
             str | None,
@@ -333,7 +338,7 @@ def build_server(
             ),
         ] = None,
         reason: Annotated[str | None, Field(description="Why: stored on the event.")] = None,
-        dryRun: Annotated[bool, Field(description="Validate and show the result and events, write nothing.")] = False,
+        dryRun: Annotated[Flag, Field(description="Validate and show the result and events, write nothing.")] = False,
         operations: Annotated[
             list[dict[str, Any]] | None,
             Field(
@@ -425,6 +430,17 @@ def build_server(
     for tool in mcp._tool_manager.list_tools():  # advertise what call_tool enforces: no unknown arguments
         tool.parameters["additionalProperties"] = False
     return mcp
+
+
+def _refuse_unused(type: str, args: dict[str, Any], why: str) -> None:
+    """A validation_error naming the arguments given that `type` has no use for, rather than ignoring them."""
+    given = [name for name, value in args.items() if value is not None]
+    if given:
+        names = " and ".join(", ".join(given).rsplit(", ", 1))
+        raise ValidationFailed(
+            f"{names} {'does' if len(given) == 1 else 'do'} not apply to {type}: {why}",
+            hint=f"Leave out {names}.",
+        )
 
 
 def _error_result(error: dict[str, Any]) -> CallToolResult:
