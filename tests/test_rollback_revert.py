@@ -429,13 +429,35 @@ def test_revert_dry_run_shows_the_plan_and_writes_nothing(store: Store, clock: A
 def test_until_bounds_the_window(store: Store, clock: Any) -> None:
     e = setup_rogue(store, clock)  # ROGUE acted 11:00 .. 11:03
     late = do(store, ROGUE, action="update", type="Organization", id=e["globex"]["$id"], data={"industry": "Late"})
+    acme = store.get(TENANT, "Organization", e["acme"]["$id"])
     result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T11:00:00Z", until="2026-01-15T11:01:30Z")
-    assert {ev["target"] for ev in result["events"]} == {e["spam"]["$id"], e["acme"]["$id"]}
+    assert {ev["target"] for ev in result["events"]} == {e["spam"]["$id"]}
     assert result["revertOf"]["until"] is not None
     assert store.get(TENANT, "Organization", e["globex"]["$id"]) == late["entity"]
-    # acme goes back to before ROGUE's first event in the window, though ROGUE's later change was outside it
-    assert "industry" not in store.get(TENANT, "Organization", e["acme"]["$id"])
     assert "$deletedAt" in store.find(TENANT, "Organization", {"name": "Initech"}, include_deleted=True)["results"][0]
+    # acme's state before the window would also undo ROGUE's change after `until`: a conflict, not done silently
+    (conflict,) = result["conflicts"]
+    assert conflict["id"] == e["acme"]["$id"] and conflict["changedBy"] == [ROGUE]
+    assert "after 'until'" in conflict["message"]
+    assert store.get(TENANT, "Organization", e["acme"]["$id"]) == acme
+
+
+def test_revert_with_until_and_force_also_undoes_the_actors_later_change_of_an_entity_it_touched_in_the_window(
+    store: Store, clock: Any
+) -> None:
+    e = setup_rogue(store, clock)
+    result = do(
+        store,
+        ADMIN,
+        action="revert",
+        actor=ROGUE,
+        since="2026-01-15T11:00:00Z",
+        until="2026-01-15T11:01:30Z",
+        force=True,
+    )
+    assert {ev["target"] for ev in result["events"]} == {e["spam"]["$id"], e["acme"]["$id"]}
+    assert result["conflicts"] == []
+    assert fields(store.get(TENANT, "Organization", e["acme"]["$id"])) == fields(e["acme"])
 
 
 def test_since_bounds_the_window(store: Store, clock: Any) -> None:

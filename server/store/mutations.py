@@ -479,7 +479,7 @@ class Mutator:
         while True:
             try:
                 with self._savepoint("revert"):
-                    outcome = self._revert_entities(rows, victim, op, blocked, memo)
+                    outcome = self._revert_entities(rows, victim, until, op, blocked, memo)
             except _Blocked as exc:
                 blocked.update((conflict["id"], conflict) for conflict in exc.conflicts)
                 continue
@@ -500,7 +500,13 @@ class Mutator:
         self.conn.execute(f"RELEASE {name}")
 
     def _revert_entities(
-        self, rows: list[Any], victim: str, op: Operation, blocked: dict[str, dict[str, Any]], memo: dict[str, Any]
+        self,
+        rows: list[Any],
+        victim: str,
+        until: str | None,
+        op: Operation,
+        blocked: dict[str, dict[str, Any]],
+        memo: dict[str, Any],
     ) -> dict[str, Any]:
         reverted: list[dict[str, Any]] = []
         conflicts: list[dict[str, Any]] = []
@@ -528,16 +534,20 @@ class Mutator:
                 r[0]
                 for r in self.conn.execute(
                     # An earlier revert of this same actor's events is not "someone else's change":
-                    # repeating a revert is a no-op. A revert of anyone else's events is a change.
-                    "SELECT DISTINCT e.actor FROM events e WHERE e.target = ? AND e.version > ? AND e.actor != ? "
+                    # repeating a revert is a no-op. A revert of anyone else's events is a change, and so
+                    # is the actor's own write after `until`: outside the window, it is not undone silently.
+                    "SELECT DISTINCT e.actor FROM events e WHERE e.target = ? AND e.version > ? "
+                    "AND (e.actor != ? OR e.ts > ?) "
                     "AND (SELECT r.actor FROM events r WHERE r.id = json_extract(e.data, '$.revertOf[0]')) IS NOT ?",
-                    (target, first_version, victim, victim),
+                    (target, first_version, victim, until, victim),
                 )
             ]
             if others and not op.force:
                 conflicts.append({
                     "id": target, "type": entity_type, "changedBy": others,
-                    "message": f"{target} was changed afterwards by {', '.join(others)}; pass force: true to revert it anyway",
+                    "message": f"{target} was changed afterwards by {', '.join(others)}"
+                    + (f" ({victim} after 'until')" if victim in others else "")
+                    + "; pass force: true to revert it anyway",
                 })  # fmt: skip
                 pending.discard(target)
                 continue
