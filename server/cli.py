@@ -5,12 +5,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -18,24 +20,103 @@ from .config import ENV_ACTOR, ENV_DATA_DIR, ENV_DURABILITY, ENV_TENANT, Config
 
 log = logging.getLogger("headlessly")
 
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar=ENV_DATA_DIR,
-    default=Path("./.headlessly"),
-    show_default=True,
-    callback=lambda _ctx, _param, value: Path(value).expanduser(),
-    help=f"Where tenant databases, tokens and the lakehouse live (env {ENV_DATA_DIR}).",
-)
+
+def _existing(_ctx: click.Context, _param: click.Parameter, value: Path) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise click.BadParameter(
+            f"there is no data dir at {path} (a typo, or the wrong working directory? give the one `serve` uses, "
+            f"with --data-dir or {ENV_DATA_DIR})"
+        )
+    return path
+
+
+def _finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value):  # nan passes FloatRange's bounds: every comparison with it is false
+        raise click.BadParameter(f"{value} is not a number of seconds from 0.1 to 86400")
+    return value
+
+
+def _data_dir(must_exist: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--data-dir; commands that only read or upkeep data refuse one that does not exist, rather than make it."""
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=ENV_DATA_DIR,
+        default=Path("./.headlessly"),
+        show_default=True,
+        callback=_existing if must_exist else lambda _ctx, _param, value: Path(value).expanduser(),
+        help=f"Where tenant databases, tokens and the lakehouse live (env {ENV_DATA_DIR}).",
+    )
+
+
+data_dir_option = _data_dir(must_exist=False)
+existing_data_dir_option = _data_dir(must_exist=True)
 schemas_option = click.option(
     "--schemas", "schema_dirs", multiple=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="An extra folder of noun definitions (repeatable); may add or redefine nouns.",
 )  # fmt: skip
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"headlessly: {message}", err=True)
-    sys.exit(2)
+    sys.exit(code)
+
+
+def _check_tenant_name(tenant: str) -> None:
+    from .errors import HeadlesslyError
+    from .store.tenants import check_tenant
+
+    try:
+        check_tenant(tenant)
+    except HeadlesslyError as exc:
+        _fail(exc.message)
+
+
+@contextmanager
+def _lake_errors(doing: str) -> Iterator[None]:
+    """A lakehouse that cannot be reached or read (a catalog that is down or damaged, a data file gone)
+    ends the command with what failed, not a traceback; the cause is logged at debug level."""
+    from .errors import HeadlesslyError
+
+    try:
+        yield
+    except (HeadlesslyError, click.exceptions.Exit, click.ClickException, click.Abort):
+        raise
+    except Exception as exc:
+        log.debug("the lakehouse failed while %s", doing, exc_info=True)
+        _fail(f"the lakehouse failed while {doing}: {_describe(exc)}; {_LAKE_HINT}", 1)
+
+
+_LAKE_HINT = (
+    "check the catalog (<data-dir>/lakehouse/catalog.db, or .pyiceberg.yaml / PYICEBERG_CATALOG__HEADLESSLY__*) "
+    "and its storage"
+)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class _Main(click.Group):
+    """A machine that refuses (a data dir that is not a writable folder, a full disk) ends a command with one
+    line saying what and where, and exit status 1, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .errors import HeadlesslyError
+
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # `headlessly events | head`: the reader has what it wanted
+            sys.stderr.close()
+            os._exit(0)
+        except OSError as exc:
+            log.debug("failed", exc_info=True)
+            where = f" ({exc.filename})" if exc.filename else ""
+            _fail(f"{exc.strerror or _describe(exc)}{where}: check the data dir and the free disk space", 1)
+        except HeadlesslyError as exc:
+            _fail(f"{exc.code}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), 1)
 
 
 def _open_store(config: Config, serving: bool = False) -> Any:
@@ -64,7 +145,7 @@ def _open_store(config: Config, serving: bool = False) -> Any:
     return Store(config.data_dir, schemas, durability=config.durability, hooks=hooks, follow_schemas=serving)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="headlessly")
 def main() -> None:
     """headlessly: an MCP server that gives AI agents a typed business database with an immutable event log."""
@@ -118,7 +199,8 @@ def main() -> None:
     show_default=True,
     help="SQLite synchronous mode: normal survives a process crash, full also a power cut.",
 )
-@click.option("--flush-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+@click.option("--flush-interval", type=click.FloatRange(min=0.1, max=86400.0), default=5.0, show_default=True,
+              callback=_finite,
               help="Seconds between background flushes of new events to the Iceberg table (one more at shutdown).")  # fmt: skip
 @click.option("--no-flush", is_flag=True, help="No background flush (run `headlessly flush` yourself).")
 @click.option(
@@ -154,6 +236,11 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
                 "%s ignored: with tokens, each token names its tenant and actor (--no-auth serves one from the flags)",
                 " and ".join(ignored),
             )
+    if (
+        no_flush
+        and click.get_current_context().get_parameter_source("flush_interval") != click.core.ParameterSource.DEFAULT
+    ):
+        _fail("--flush-interval and --no-flush contradict each other: give one of them")
     if transport != "stdio" and no_auth and not _is_loopback(host):
         _fail(
             f"--no-auth is refused on {host}: without tokens the server may only listen on a loopback address (127.0.0.1, ::1, localhost)"
@@ -166,6 +253,7 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         tenant=tenant,
         actor=actor,
     )
+    _check_writable(data_dir)
     store = _open_store(config, serving=True)
     _warn_if_exposed(data_dir)
     _stop_on_signals(stdio=transport == "stdio")
@@ -188,8 +276,22 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
             _serve_http(store, config, transport, host, port, no_auth)
     finally:
         _ignore_signals()  # the shutdown is under way: let its final flush finish
-        log.info("shutting down: a last flush, then exit (further signals are ignored)")
+        log.info("shutting down: %sexit (further signals are ignored)", "a last flush, then " if background else "")
         shut_down()
+
+
+def _check_writable(data_dir: Path) -> None:
+    """Refuse to start on a data dir no write could reach, rather than fail every write after a handshake."""
+    import tempfile
+
+    from .config import private_dir
+
+    try:
+        private_dir(data_dir)
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
+    except OSError as exc:
+        _fail(f"cannot write in the data dir {data_dir}: {exc.strerror or exc}", 1)
 
 
 def _warn_if_exposed(data_dir: Path) -> None:
@@ -366,11 +468,13 @@ def token_create(tenant: str, actor: str, read_only: bool, note: str | None, dat
 @click.option("--tenant", default=None, help="Only this tenant's tokens.")
 @click.option("--all", "include_revoked", is_flag=True, help="Include revoked tokens.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@data_dir_option
+@existing_data_dir_option
 def token_list(tenant: str | None, include_revoked: bool, as_json: bool, data_dir: Path) -> None:
     """List tokens (ids and who they stand for; never the secrets)."""
     from .auth.tokens import TokenStore
 
+    if tenant is not None:
+        _check_tenant_name(tenant)
     tokens = TokenStore(data_dir)
     rows = tokens.list(tenant, include_revoked)
     tokens.close()
@@ -384,7 +488,7 @@ def token_list(tenant: str | None, include_revoked: bool, as_json: bool, data_di
 
 @token.command("revoke")
 @click.argument("token_id")
-@data_dir_option
+@existing_data_dir_option
 def token_revoke(token_id: str, data_dir: Path) -> None:
     """Revoke a token by its id (or the whole token): every later request with it gets HTTP 401."""
     from .auth.tokens import TokenStore
@@ -441,36 +545,36 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
             )
         from .lake import catalog as cat
         from .lake.history import lake_events
-        from .store.tenants import check_tenant
 
-        try:
-            check_tenant(tenant)
-        except HeadlesslyError as exc:
-            _fail(exc.message)
-        table = _lake_table_if_any(data_dir)
-        if table is None:
-            _fail(f"no lakehouse in {data_dir}: `headlessly flush` (or a running server) fills it")
-        in_table = cat.watermarks(table)
-        if tenant not in in_table:
-            _fail(f"tenant {tenant!r} has no events in the table; its tenants: {', '.join(sorted(in_table)) or 'none'}")
-        try:
-            found = lake_events(table, tenant, type_, target, actor, since, until, limit, newest_first)
-        except ValueError as exc:
-            _fail(str(exc))
+        _check_tenant_name(tenant)
+        with _lake_errors("reading the events table"):
+            table = _lake_table_if_any(data_dir)
+            if table is None:
+                _fail(f"no lakehouse in {data_dir}: `headlessly flush` (or a running server) fills it")
+            in_table = cat.watermarks(table)
+            if tenant not in in_table:
+                _fail(
+                    f"tenant {tenant!r} has no events in the table; its tenants: {', '.join(sorted(in_table)) or 'none'}"
+                )
+            try:
+                found = lake_events(table, tenant, type_, target, actor, since, until, limit, newest_first)
+            except ValueError as exc:
+                _fail(str(exc))
         _print_events(found, as_json)
         return
 
-    flt: dict[str, Any] = {}
+    flags: dict[str, Any] = {
+        key: value for key, value in (("type", type_), ("target", target), ("actor", actor)) if value is not None
+    }
+    if since or until:
+        flags["timestamp"] = {**({"$gte": since} if since else {}), **({"$lte": until} if until else {})}
+    flt: Any = flags or None
     if filter_json:
         try:
-            flt = json.loads(filter_json)
+            given = json.loads(filter_json)
         except json.JSONDecodeError as exc:
             _fail(f"--filter is not JSON: {exc}")
-    for key, value in (("type", type_), ("target", target), ("actor", actor)):
-        if value is not None:
-            flt[key] = value
-    if since or until:
-        flt["timestamp"] = {**({"$gte": since} if since else {}), **({"$lte": until} if until else {})}
+        flt = {"$and": [given, flags]} if flags else given  # both hold, also on the same field
     store = _open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
     rows: list[dict[str, Any]] = []
     try:
@@ -478,9 +582,7 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
             _fail(f"tenant {tenant!r} does not exist in {data_dir}")
         cursor = None
         while len(rows) < limit:
-            page = store.events(
-                tenant, flt or None, "-seq" if newest_first else "seq", min(100, limit - len(rows)), cursor
-            )
+            page = store.events(tenant, flt, "-seq" if newest_first else "seq", min(100, limit - len(rows)), cursor)
             rows.extend(page["results"])
             cursor = page["cursor"]
             if not cursor:
@@ -490,6 +592,9 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
     finally:
         store.close()
     _print_events(rows, as_json)
+    if cursor:
+        total = f"{page['total']:,}{' or more' if page.get('totalIsLowerBound') else ''}"
+        click.echo(f"(the first {len(rows):,} of {total} events; raise --limit to see more)", err=True)
 
 
 def _print_events(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -505,24 +610,35 @@ def _print_events(rows: list[dict[str, Any]], as_json: bool) -> None:
 @click.option("--tenant", default=None, help="One tenant (default: every tenant in the data dir).")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
 @click.option("--no-lake", is_flag=True, help="Skip comparing the Iceberg table with the log.")
-@data_dir_option
+@existing_data_dir_option
 @schemas_option
 def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
     """Recompute every hash chain, re-derive every entity from its events, and compare the Iceberg
     table with the log (no gaps, no duplicates, same hashes up to the watermark); exit 1 on any problem."""
     from .errors import HeadlesslyError, TenantBusy
 
+    if tenant is not None:
+        _check_tenant_name(tenant)
     store = _open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
     ok = True
     try:
-        table = None if no_lake else _lake_table_if_any(data_dir)
         here = store.tenants()
         in_table: dict[str, tuple[int, str]] = {}
-        if table is not None:
-            from .lake import catalog as cat
+        table = None
+        try:
+            table = None if no_lake else _lake_table_if_any(data_dir)
+            if table is not None:
+                from .lake import catalog as cat
 
-            in_table = cat.watermarks(table)
-        names = [tenant] if tenant else sorted({*here, *in_table})
+                in_table = cat.watermarks(table)
+        except Exception as exc:  # the logs are still checked: say why the table is not
+            log.debug("opening the lakehouse failed", exc_info=True)
+            table, ok = None, False
+            unread = f"the lakehouse could not be read ({_describe(exc)}): not compared with the logs; {_LAKE_HINT}"
+            click.echo(
+                json.dumps({"lake": {"ok": False, "problems": [unread]}}) if as_json else f"lake: NOT CHECKED: {unread}"
+            )
+        names = [tenant] if tenant is not None else sorted({*here, *in_table})
         if not names:
             click.echo(f"no tenants in {data_dir}", err=True)
         for name in names:
@@ -549,7 +665,7 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                     click.echo(f"{name}: NOT CHECKED: {exc.message}")
                 continue
             except HeadlesslyError as exc:
-                if tenant:
+                if tenant is not None:
                     _fail(exc.message)
                 ok = False  # (an unreadable file): said, and the other tenants are still checked
                 if as_json:
@@ -561,8 +677,12 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                 from .lake import catalog as cat
                 from .lake.restore import check_tenant as check_lake
 
-                lake_problems = check_lake(store, table, name)
-                report["lake"] = {"watermark": cat.watermark(table, name)[0]}
+                try:
+                    lake_problems = check_lake(store, table, name)
+                    report["lake"] = {"watermark": cat.watermark(table, name)[0]}
+                except Exception as exc:  # one tenant's unreadable files: said, and the others still checked
+                    log.debug("checking the lakehouse failed", exc_info=True)
+                    lake_problems = [f"its events in the table could not be read ({_describe(exc)}); {_LAKE_HINT}"]
                 report["problems"].extend(lake_problems)
                 report["ok"] = report["ok"] and not lake_problems
             ok = ok and report["ok"]
@@ -607,7 +727,7 @@ def _lake_table_if_any(data_dir: Path) -> Any:
 
 @main.command()
 @click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable; default: every tenant).")
-@data_dir_option
+@existing_data_dir_option
 @schemas_option
 def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
     """Send every event not yet in the Iceberg table to it, exactly once, with progress."""
@@ -625,6 +745,8 @@ def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...
             if name not in present:
                 _fail(f"tenant {name!r} does not exist in {data_dir}")
         flusher = Flusher(store)
+        with _lake_errors("opening the events table"):
+            flusher.table  # noqa: B018 (opened now, so a catalog that fails is said before any progress)
         backlog, busy = 0, []
         for name in names:
             try:
@@ -633,10 +755,13 @@ def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...
                 busy.append(name)  # waited for once already: not again in the flush
             except HeadlesslyError:
                 pass  # unreadable: the flush names it, and still sends the other tenants
-        with click.progressbar(length=backlog, label="flushing", file=sys.stderr, show_pos=True) as bar:
+        with (
+            click.progressbar(length=backlog, label="flushing", file=sys.stderr, show_pos=True) as bar,
+            _lake_errors("flushing"),
+        ):
             try:
                 report = flusher.flush([n for n in names if n not in busy], progress=lambda _t, n: bar.update(n))
-            except LakeDiverged as exc:
+            except LakeDiverged as exc:  # some tenants could not be sent: named below, the others were
                 report, failed, problems = exc.report, exc.tenants, str(exc)
         busy += report.busy
         for name, n in report.tenants.items():
@@ -681,7 +806,8 @@ def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Pat
                 bar.label, bar.show_eta = f"{label} (indexing)", False  # the ETA of the events says nothing here
                 bar.render_progress()
 
-            count = restore_tenant(store, tenant, overwrite, progress, indexing)
+            with _lake_errors(f"reading tenant {tenant}'s events"):
+                count = restore_tenant(store, tenant, overwrite, progress, indexing)
             bar.update(1)
         report = store.verify(tenant)
     except HeadlesslyError as exc:
@@ -694,7 +820,7 @@ def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Pat
 
 @main.command()
 @click.option("--tenant", required=True, help="The tenant whose lookup keys and full text to rebuild.")
-@data_dir_option
+@existing_data_dir_option
 @schemas_option
 def reindex(tenant: str, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
     """Rebuild a tenant's lookup keys and full text from its entities' current states (every noun), e.g. when
@@ -743,16 +869,18 @@ def lake_maintain(retain_days: float, orphan_hours: float, data_dir: Path) -> No
     """Compact closed days, expire old snapshots, prune old metadata, remove orphan files."""
     from datetime import timedelta
 
-    from .lake import catalog as cat
     from .lake.maintain import maintain
 
-    table = cat.open_table(data_dir)
-    report = maintain(
-        table,
-        timedelta(days=retain_days),
-        timedelta(hours=orphan_hours),
-        progress=lambda t: click.echo(f"  {t}", err=True),
-    )
+    with _lake_errors("maintaining the events table"):
+        table = _lake_table_if_any(data_dir)
+        if table is None:
+            _fail(f"no lakehouse in {data_dir}: `headlessly flush` (or a running server) makes and fills it")
+        report = maintain(
+            table,
+            timedelta(days=retain_days),
+            timedelta(hours=orphan_hours),
+            progress=lambda t: click.echo(f"  {t}", err=True),
+        )
     click.echo(
         f"compacted {len(report.days_compacted)} day(s), expired {report.snapshots_expired} snapshot(s), "
         f"removed {report.orphans_removed} orphan data file(s) and {report.metadata_removed} unreferenced metadata "

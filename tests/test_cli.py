@@ -214,6 +214,7 @@ def test_serve_warns_when_other_local_users_may_read_the_data_dir(tmp_path: Path
 
 
 def test_revoking_an_unknown_token_fails_with_a_message(tmp_path: Path, data_dir: Path) -> None:
+    data_dir.mkdir()
     result = run("token", "revoke", "nosuchtoken", cwd=tmp_path, data_dir=data_dir)
     assert result.code != 0
     assert "nosuchtoken" in result.err
@@ -306,6 +307,34 @@ def test_events_newest_first_limit_and_filter_json(tmp_path: Path, data_dir: Pat
         "events", "--tenant", TENANT, "--filter", '{"version": {"$gt": 1}}', "--json", cwd=tmp_path, data_dir=data_dir
     )
     assert [e["seq"] for e in later_versions.json_lines()] == [2, 4, 5]
+
+
+def test_events_flags_and_filter_both_hold_also_on_the_same_field(
+    tmp_path: Path, data_dir: Path, history: History
+) -> None:
+    def seqs(*args: str) -> list[int]:
+        result = run("events", "--tenant", TENANT, *args, "--json", cwd=tmp_path, data_dir=data_dir)
+        assert result.code == 0, result.err
+        return [e["seq"] for e in result.json_lines()]
+
+    assert seqs("--type", "Deal.*", "--filter", '{"type": "Contact.Created"}') == []
+    assert seqs("--type", "Deal.*", "--filter", '{"type": "Deal.Won"}') == [4]
+    assert seqs("--since", "2026-01-15T10:30:00Z", "--filter", '{"timestamp": {"$lt": "2026-01-16T11:00:30Z"}}') == [
+        2,
+        3,
+    ]
+    assert seqs("--actor", BOB, "--filter", '{"actor": "nobody_x"}') == []
+    assert seqs("--target", history.alice, "--filter", '{"version": {"$gt": 1}}') == [2, 5]
+
+
+def test_events_says_on_stderr_when_more_events_match_than_the_limit(
+    tmp_path: Path, data_dir: Path, history: History
+) -> None:
+    cut = run("events", "--tenant", TENANT, "--limit", "2", "--json", cwd=tmp_path, data_dir=data_dir)
+    whole = run("events", "--tenant", TENANT, "--limit", "5", "--json", cwd=tmp_path, data_dir=data_dir)
+    assert len(cut.json_lines()) == 2
+    assert "the first 2 of 5 events; raise --limit" in cut.err
+    assert len(whole.json_lines()) == 5 and whole.err == ""
 
 
 def test_events_of_a_missing_tenant_or_with_a_bad_filter_fail_cleanly(
@@ -455,3 +484,59 @@ def test_serve_refuses_a_bad_actor(tmp_path: Path, data_dir: Path) -> None:
     assert result.code == 2
     assert "actor" in result.err
     assert "Traceback" not in result.err
+
+
+# ---- bad data dirs and flags ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command", [["verify"], ["flush"], ["reindex", "--tenant", TENANT], ["token", "list"], ["token", "revoke", "x"]]
+)
+def test_a_command_that_reads_a_data_dir_refuses_one_that_does_not_exist_and_does_not_make_it(
+    tmp_path: Path, command: list[str]
+) -> None:
+    typo = tmp_path / "dtaa"
+    result = run(*command, cwd=tmp_path, data_dir=typo)
+    assert result.code == 2
+    assert f"there is no data dir at {typo}" in result.err and "Traceback" not in result.err
+    assert not typo.exists()
+
+
+def test_a_data_dir_below_a_file_ends_a_command_with_one_line_and_status_1(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    below = tmp_path / "afile" / "data"
+    made = run("token", "create", "--tenant", TENANT, "--actor", AGENT, cwd=tmp_path, data_dir=below)
+    served = subprocess.run(
+        [HEADLESSLY, "serve", "--no-flush", "--data-dir", str(below)],
+        cwd=tmp_path, input="", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert made.code == 1 and "Not a directory" in made.err and "Traceback" not in made.err
+    assert served.returncode == 1
+    assert f"cannot write in the data dir {below}: Not a directory" in served.stderr
+    assert "Traceback" not in served.stderr and "serving" not in served.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--flush-interval", "nan"], "--flush-interval"),
+        (["--flush-interval", "inf"], "--flush-interval"),
+        (["--flush-interval", "1", "--no-flush"], "contradict"),
+    ],
+)
+def test_serve_refuses_a_flush_interval_that_is_not_a_finite_number_of_seconds_or_comes_with_no_flush(
+    tmp_path: Path, data_dir: Path, flags: list[str], says: str
+) -> None:
+    result = run("serve", *flags, cwd=tmp_path, data_dir=data_dir)
+    assert result.code == 2
+    assert says in result.err and "Traceback" not in result.err
+
+
+@pytest.mark.parametrize("command", [["verify", "--tenant", ""], ["token", "list", "--tenant", "../x"]])
+def test_a_bad_tenant_name_is_refused_by_verify_and_token_list(
+    tmp_path: Path, data_dir: Path, command: list[str]
+) -> None:
+    data_dir.mkdir()
+    result = run(*command, cwd=tmp_path, data_dir=data_dir)
+    assert result.code == 2
+    assert "invalid tenant" in result.err and "Traceback" not in result.err

@@ -294,3 +294,27 @@ def test_flush_leaves_a_tenant_being_restored_names_it_and_exits_1(
     assert f"not flushed: {TENANT}" in busy.stderr and "being restored" in busy.stderr
     assert tries_while_busy == 1  # waited for once, not again by the flush
     assert later.exit_code == 0 and "flushed 3 events of 2 tenant(s)" in later.stdout
+
+
+def test_a_damaged_catalog_ends_each_lake_command_with_one_line_and_verify_still_checks_the_logs(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
+    (data_dir / "lakehouse" / "catalog.db").write_bytes(b"this is not a catalog" * 100)
+
+    results = {
+        "flush": run(tmp_path, "flush", "--data-dir", str(data_dir)),
+        "events": run(tmp_path, "events", "--tenant", TENANT, "--from-lake", "--data-dir", str(data_dir)),
+        "maintain": run(tmp_path, "lake", "maintain", "--data-dir", str(data_dir)),
+        "restore": run(tmp_path, "restore", "--tenant", "beta", "--data-dir", str(data_dir)),
+        "overwrite": run(tmp_path, "restore", "--tenant", TENANT, "--overwrite", "--data-dir", str(data_dir)),
+    }
+    checked = run(tmp_path, "verify", "--data-dir", str(data_dir))
+
+    for name, result in results.items():
+        assert result.returncode == 1, (name, result.stderr)
+        assert "the lakehouse failed while" in result.stderr and "check the catalog" in result.stderr, name
+        assert "Traceback" not in result.stderr, name
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    assert "lake: NOT CHECKED: the lakehouse could not be read" in checked.stdout
+    assert "acme: ok: 3 events" in checked.stdout

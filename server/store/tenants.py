@@ -279,10 +279,10 @@ class TenantPool:
             with self._cv:
                 self._busy[name] = (attempt, exc)
             raise
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # OSError: making its folder or its lock file
             raise StorageError(
-                f"cannot open tenant {name!r}: {exc}",
-                hint="Nothing was written. Check the file's permissions and the free disk space, then retry.",
+                f"cannot open tenant {name!r} in {path.parent}: {exc}",
+                hint="Nothing was written. Check the data dir's permissions and the free disk space, then retry.",
             ) from None
         finally:
             with self._cv:
