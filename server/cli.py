@@ -690,7 +690,11 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                 click.echo(json.dumps(report))
                 continue
             status = "ok" if report["ok"] else "FAILED"
-            in_lake = f", {report['lake']['watermark']} in the lake" if "lake" in report else ""
+            in_lake = ""
+            if "lake" in report:  # the watermark: how far the table is known to hold this log, not a row count
+                flushed = report["lake"]["watermark"]
+                behind = report["events"] - flushed
+                in_lake = f", flushed up to seq {flushed}" + (f" ({behind} not yet)" if behind > 0 else "")
             click.echo(
                 f"{name}: {status}: {report['events']} events{in_lake}, {report['entities']} entities, head {report['headHash'][:16]}"
             )

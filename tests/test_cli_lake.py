@@ -150,7 +150,9 @@ def test_the_lakehouse_stays_in_a_data_dir_whose_path_has_url_characters(
 
     assert flushed.returncode == 0, flushed.stderr
     assert maintained.returncode == 0, maintained.stderr
-    assert verified.returncode == 0 and "3 in the lake" in verified.stdout, verified.stdout + verified.stderr
+    assert verified.returncode == 0 and "3 events, flushed up to seq 3, " in verified.stdout, (
+        verified.stdout + verified.stderr
+    )
     assert len(lake.stdout.splitlines()) == 3
     assert set(os.listdir(tmp_path)) == before  # nothing written beside it (c#-app used to leave a "c")
     assert (odd / "lakehouse" / "catalog.db").is_file() and not twin.exists()
@@ -169,7 +171,7 @@ def test_verify_compares_the_table_with_the_log(tmp_path: Path, data_dir: Path) 
 
     assert flushed.returncode == 0, flushed.stderr
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
-    assert "3 in the lake" in healthy.stdout
+    assert "3 events, flushed up to seq 3, " in healthy.stdout
     assert broken.returncode == 1
     assert "the table's hash differs from the log's" in broken.stdout
 
@@ -318,3 +320,17 @@ def test_a_damaged_catalog_ends_each_lake_command_with_one_line_and_verify_still
     assert checked.returncode == 1 and "Traceback" not in checked.stderr
     assert "lake: NOT CHECKED: the lakehouse could not be read" in checked.stdout
     assert "acme: ok: 3 events" in checked.stdout
+
+
+def test_verify_says_how_far_each_tenant_is_flushed_and_how_many_events_are_not_yet(
+    tmp_path: Path, data_dir: Path, schemas: SchemaSet
+) -> None:
+    assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
+    with Store(data_dir, schemas) as store:
+        store.do(TENANT, "agent_a", {"action": "create", "type": "Contact", "data": {"name": "Later"}})
+        store.do("beta", "agent_a", {"action": "create", "type": "Contact", "data": {"name": "Never flushed"}})
+    checked = run(tmp_path, "verify", "--data-dir", str(data_dir))
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "acme: ok: 4 events, flushed up to seq 3 (1 not yet), " in checked.stdout
+    assert "beta: ok: 1 events, flushed up to seq 0 (1 not yet), " in checked.stdout
