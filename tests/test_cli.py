@@ -540,3 +540,20 @@ def test_a_bad_tenant_name_is_refused_by_verify_and_token_list(
     result = run(*command, cwd=tmp_path, data_dir=data_dir)
     assert result.code == 2
     assert "invalid tenant" in result.err and "Traceback" not in result.err
+
+
+def test_events_piped_into_a_reader_that_stops_early_ends_quietly(
+    tmp_path: Path, data_dir: Path, schemas: SchemaSet
+) -> None:
+    with Store(data_dir, schemas) as store:
+        many = [{"action": "create", "type": "Contact", "data": {"name": "x" * 500}} for _ in range(1000)]
+        store.do(TENANT, AGENT, {"operations": many})
+    argv = [HEADLESSLY, "events", "--tenant", TENANT, "--json", "--limit", "1000", "--data-dir", str(data_dir)]
+    with subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read(100)  # like `| head -c 100`
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+    assert code == 0, err
+    assert err == ""
