@@ -6,9 +6,11 @@ of the machine (~/.pyiceberg.yaml, ./.pyiceberg.yaml, $PYICEBERG_HOME, PYICEBERG
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -625,3 +627,60 @@ def test_an_unreadable_tenant_file_is_named_and_the_other_tenants_are_flushed(
     assert failed.value.report.tenants == {"alpha": 2, "gamma": 3}
     assert_exactly_once(store, "alpha")
     assert_exactly_once(store, "gamma")
+
+
+def alter_event(store: Store, seq: int, tenant: str = TENANT) -> None:
+    """Edit an event's data in the tenant's file as someone with shell access can: the trigger that refuses
+    it dropped, the row changed, the trigger put back (its hash left as it was)."""
+    with closing(sqlite3.connect(tenant_path(store.data_dir, tenant), isolation_level=None)) as conn:
+        (guard,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events_refuse_update'").fetchone()
+        conn.execute("DROP TRIGGER events_refuse_update")
+        conn.execute("UPDATE events SET data = json_set(data, '$.title', 'forged') WHERE seq = ?", (seq,))
+        conn.execute(guard)
+
+
+@pytest.mark.parametrize("altered", [7, 9])  # the first event after the watermark, and one after others
+def test_a_flush_sends_a_tenant_only_up_to_an_event_altered_in_its_file_and_names_it_and_the_others_go(
+    store: Store, clock: Any, altered: int
+) -> None:
+    write_tenants(store, clock, {TENANT: 6, "beta": 2})
+    Flusher(store).flush()
+    write_tenants(store, clock, {TENANT: 6, "beta": 3})  # acme seq 7..12
+    intact = {e.seq: e.hash for e in store.log(TENANT, 0, 100)}
+    alter_event(store, altered)
+    assert not store.verify(TENANT)["ok"]
+
+    with pytest.raises(LakeDiverged) as refused:
+        Flusher(store).flush()
+    with pytest.raises(LakeDiverged) as again:  # not passed over on the next round either
+        Flusher(store).flush()
+
+    message = str(refused.value)
+    assert refused.value.tenants == ["acme"] and again.value.tenants == ["acme"]
+    assert f"tenant acme: event {store.log(TENANT, altered - 1, 1)[0].id} (seq {altered}) was altered" in message
+    assert f"flushed up to seq {altered - 1} only" in message and "headlessly verify --tenant acme" in message
+    sent = {TENANT: altered - 7, "beta": 3} if altered > 7 else {"beta": 3}
+    assert refused.value.report.tenants == sent and again.value.report.tenants == {}
+    table = lake_table(store.data_dir)
+    assert [r["seq"] for r in lake_rows(table, TENANT)] == list(range(1, altered))
+    assert cat.watermark(table, TENANT) == (altered - 1, intact[altered - 1])
+    assert check_tenant(store, table, TENANT) == []  # what went is the log's, unaltered
+    assert_exactly_once(store, "beta")
+
+
+def test_a_flush_refuses_a_log_whose_events_no_longer_chain_where_an_event_was_removed(
+    store: Store, clock: Any
+) -> None:
+    write_events(store, clock, 5)
+    with closing(sqlite3.connect(tenant_path(store.data_dir, TENANT), isolation_level=None)) as conn:
+        (guard,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events_refuse_delete'").fetchone()
+        conn.execute("DROP TRIGGER events_refuse_delete")
+        conn.execute("DELETE FROM events WHERE seq = 3")
+        conn.execute(guard)
+
+    with pytest.raises(LakeDiverged) as refused:
+        Flusher(store).flush()
+
+    assert "(seq 4) comes after seq 2: the log has a gap" in str(refused.value)
+    assert refused.value.report.tenants == {TENANT: 2}
+    assert [r["seq"] for r in lake_rows(lake_table(store.data_dir))] == [1, 2]

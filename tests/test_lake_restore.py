@@ -379,6 +379,49 @@ def test_restoring_a_tenant_the_table_does_not_have_is_refused_and_creates_nothi
     assert not fresh.pool.exists("nobody")
 
 
+def lose_the_last_event(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return []
+
+
+def replace_the_last_event(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    last = dict(rows[-1], actor="agent_mallory")
+    last["hash"] = digest(last)  # intact in itself and chained to seq 12: only the watermark tells
+    return [last]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lose_the_last_event, "holds 12 events of tenant 'acme' (up to seq 12), but its watermark records 13"),
+        (replace_the_last_event, "event at seq 13 of tenant 'acme' has another hash than the watermark records"),
+    ],
+)
+def test_restore_refuses_a_table_that_lost_the_tenants_last_events_and_creates_nothing(
+    store: Store, fresh: Store, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], problem: str
+) -> None:
+    import pyiceberg.expressions as ex
+
+    table = cat.events_table(cat.load(store.data_dir))
+    head = store.head(TENANT)
+    assert head[0] == 13 and cat.watermark(table, TENANT) == head
+    arrow = read_tenant(table, TENANT)
+    table.delete(ex.And(ex.EqualTo("tenant", TENANT), ex.EqualTo("seq", 13)))
+    if put_back := change(arrow.to_pylist()):
+        table.append(pa.Table.from_pylist(put_back, schema=arrow.schema))
+    assert read_tenant(table, TENANT).num_rows == 13 - (not put_back)
+    assert cat.watermark(table, TENANT) == head  # the watermark still says 13 were flushed
+
+    with pytest.raises(ValidationFailed) as exc:
+        restore_tenant(fresh, TENANT)
+
+    assert problem in exc.value.message
+    assert exc.value.hint and "Nothing was restored" in exc.value.hint
+    assert fresh.tenants() == [] and not fresh.pool.exists(TENANT)
+    tenants = fresh.data_dir / "tenants"
+    assert not tenants.exists() or list(tenants.iterdir()) == []
+    assert restore_tenant(fresh, "beta") == 1  # the other tenant's events are whole: it is restored
+
+
 def test_a_restore_larger_than_one_chunk_is_complete(
     tmp_path: Path, store: Store, schemas: SchemaSet, clock: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

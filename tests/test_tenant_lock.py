@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import AGENT, TENANT, create, widgets
 
-from server.errors import TenantBusy
+from server.errors import StorageError, TenantBusy
 from server.store import Store, tenants
 from server.store.filelock import TenantLock
 from server.store.tenants import tenant_path
@@ -93,8 +93,9 @@ def test_a_tenant_whose_writer_fails_to_start_lets_go_of_its_lock(
 
     monkeypatch.setattr(tenants, "Writer", broken_writer)
     for _ in range(2):
-        with pytest.raises(OSError):
+        with pytest.raises(StorageError) as failed:
             store.find(TENANT, "Contact")
+        assert "disk I/O error" in failed.value.message
     lock = TenantLock(tenant_path(store.data_dir, TENANT))
     try:
         assert lock.try_exclusive("restore")

@@ -29,7 +29,8 @@ Fault = Callable[[str], None]  # called at "before_write", "before_commit", "aft
 
 class LakeDiverged(Exception):
     """Some tenants were not flushed: a log that does not continue the table (flushing it would break
-    exactly-once), or one that could not be read. The others were; `report` says what was sent."""
+    exactly-once), one with an altered event (flushed only up to it), or one that could not be read. The
+    others were; `report` says what was sent."""
 
     def __init__(self, problems: dict[str, str], report: FlushReport) -> None:
         super().__init__("; ".join(f"tenant {tenant}: {problem}" for tenant, problem in problems.items()))
@@ -72,8 +73,9 @@ class Flusher:
     ) -> FlushReport:
         """Send each tenant's events up to the head it had when this round reached it, in commits of
         up to `batch` rows that take the tenants in turn; `progress(tenant, n)` right after each commit.
-        A tenant whose log does not continue the table is left out, and LakeDiverged is raised once
-        every other tenant is flushed."""
+        A tenant whose log does not continue the table is left out, one whose log has an event that is not
+        intact (its hash recomputed, chained from the watermark's) goes only up to that event, and
+        LakeDiverged is raised once every other tenant is flushed."""
         from pyiceberg.exceptions import CommitFailedException
 
         report = FlushReport()
@@ -103,7 +105,7 @@ class Flusher:
             self.fault("after_commit")
             races = 0  # the limit is on races lost in a row, for one commit
             self._record(group, report, progress)
-            done = {b.tenant for b in group if b.last_seq >= until[b.tenant]}
+            done = {b.tenant for b in group if b.last_seq >= until[b.tenant] or b.problem}
             pending[:] = [t for t in pending if t not in done]
         if diverged:
             raise LakeDiverged(diverged, report)
@@ -144,11 +146,19 @@ class Flusher:
                     "" if head[0] < seq else " with another hash"
                 )
                 batch = None
-            elif batch is not None and batch.prev_hash != h:
+            elif batch is not None and batch.size and batch.prev_hash != h:
                 diverged[tenant] = (
                     f"the table's watermark (seq {seq}) does not match the log's event before seq {seq + 1}"
                 )
                 batch = None
+            elif batch is not None and batch.problem:
+                # A tampered file: what comes before the first bad event goes, that event and the rest do not
+                # (in the table it would make the disaster-recovery copy as bad as the file).
+                diverged[tenant] = (
+                    f"{batch.problem} (flushed up to seq {batch.last_seq} only; run `headlessly verify --tenant {tenant}`)"
+                )
+                if not batch.size:
+                    batch = None
             if batch is None:
                 pending.remove(tenant)
                 continue

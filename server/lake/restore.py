@@ -68,6 +68,7 @@ def restore_tenant(
     _refuse(path, tenant, overwrite)  # early, before reading the table
     rows = read_tenant(table, tenant)
     total = rows.num_rows
+    _refuse_lost_events(rows, tenant, cat.watermark(table, tenant))
     if total == 0:
         raise ValidationFailed(
             f"the table has no events for tenant {tenant!r}", hint="Check the tenant name and the catalog."
@@ -104,6 +105,37 @@ def restore_tenant(
     finally:
         lock.release()
     return restored
+
+
+def _refuse_lost_events(rows: Any, tenant: str, watermark: tuple[int, str]) -> None:
+    """Refuse a table that has lost events it once held: it ends before the tenant's watermark (the last
+    event flushed), or its event at the watermark has another hash. Each event would still chain to the one
+    before it, so the load's checks alone would restore the truncated log as if it were the whole one."""
+    wm_seq, wm_hash = watermark
+    if not wm_seq:
+        return
+    seqs = rows.column("seq")
+    last = seqs[-1].as_py() if len(seqs) else 0
+    hint = (
+        "Nothing was restored. The table lost events that were flushed to it: roll it back to an Iceberg "
+        "snapshot that still holds them, or keep the tenant's database if it still exists; `headlessly verify` "
+        "compares the two."
+    )
+    if last < wm_seq:
+        raise ValidationFailed(
+            f"the table holds {rows.num_rows} events of tenant {tenant!r} (up to seq {last}), but its watermark "
+            f"records {wm_seq} flushed: the events after seq {last} are missing from the table",
+            hint=hint,
+        )
+    # Row wm_seq - 1 is the event at the watermark unless the table has a gap or a duplicate before it,
+    # which the load refuses.
+    at = wm_seq - 1 if len(seqs) >= wm_seq and seqs[wm_seq - 1].as_py() == wm_seq else None
+    if at is not None and rows.column("hash")[at].as_py() != wm_hash:
+        raise ValidationFailed(
+            f"the table's event at seq {wm_seq} of tenant {tenant!r} has another hash than the watermark records "
+            f"for it (the last of the {wm_seq} events flushed)",
+            hint=hint,
+        )
 
 
 def _refuse(path: Path, tenant: str, overwrite: bool) -> None:
