@@ -174,3 +174,36 @@ def test_callers_waiting_on_a_tenant_being_restored_share_one_wait_and_its_refus
 
     assert outcomes == ["storage_error: being restored"] * callers
     assert opens == [TENANT]
+
+
+def _first_write(data_dir: str, tenant: str, start: Any, results: Any) -> None:
+    try:
+        with Store(Path(data_dir)) as store:
+            start.wait(WAIT)  # both ready: the tenant's file is made by whichever open comes first
+            store.do(tenant, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
+        results.put("ok")
+    except Exception as exc:  # reported to the test, which shows it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_two_processes_writing_the_first_events_of_a_new_tenant_at_once_both_succeed(tmp_path: Path) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no threads of pytest's process carried into the children
+    outcomes: list[str] = []
+    for trial in range(6):  # the race was lost in about half of the tries: six make a miss very unlikely
+        start, results = context.Barrier(2), context.Queue()
+        tenant = f"fresh-{trial}"
+        workers = [
+            context.Process(target=_first_write, args=(str(tmp_path / "data"), tenant, start, results))
+            for _ in range(2)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(WAIT)
+        outcomes += [results.get(timeout=WAIT) for _ in workers]
+        with Store(tmp_path / "data") as store:
+            assert store.events(tenant)["total"] == 2
+            assert store.verify(tenant)["ok"] is True
+    assert outcomes == ["ok"] * 12

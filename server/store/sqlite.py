@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -190,6 +191,7 @@ _MIGRATIONS: list[tuple[str, str]] = [
     ),
 ]
 
+BUSY_TIMEOUT_MS = 10_000  # how long a statement waits for another connection's lock
 _SAFE_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -199,13 +201,13 @@ def connect(path: Path, durability: str = "normal", readonly: bool = False) -> s
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     if not readonly:
         # Small pages: a commit writes whole pages to the WAL, and a write touches ~10 of them
         # (the event, its indexes, the entity row); 1 KiB pages made commits ~40% faster than
         # 4 KiB here. Only takes effect on a new file.
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _wal(conn)
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
     conn.execute(f"PRAGMA synchronous = {DURABILITY[durability]}")
     conn.execute("PRAGMA temp_store = MEMORY")
@@ -213,6 +215,23 @@ def connect(path: Path, durability: str = "normal", readonly: bool = False) -> s
     conn.create_function("regexp", 2, regexp, deterministic=True)
     conn.create_function("words_match", 2, words_match, deterministic=True)
     return conn
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch a file to WAL. On a new file two processes may do so at the same moment (two servers taking
+    their first write for a new tenant), and SQLite answers the loser "database is locked" at once rather
+    than through the busy timeout: wait for the winner here, within the same limit."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
