@@ -23,6 +23,7 @@ def _not_a_bool(value: Any) -> Any:
 # Arguments at the edge: a number may come as 3 or "3", but `true` is never a version or a page size; a flag
 # is `true` or `false`, never "yes" or 1 (pydantic's lax mode would take all of those).
 Whole = Annotated[int, BeforeValidator(_not_a_bool)]
+Version = Annotated[int, Field(ge=1), BeforeValidator(_not_a_bool)]  # the bound inside: "minimum" in the schema
 Flag = Annotated[bool, Strict()]
 
 
@@ -35,9 +36,9 @@ class Operation(BaseModel):
     type: str | None = Field(default=None, max_length=64)
     id: str | None = Field(default=None, max_length=100)
     data: dict[str, Any] | None = None
-    ifVersion: Whole | None = Field(default=None, ge=1)
+    ifVersion: Version | None = None
     asOf: str | None = Field(default=None, max_length=128)
-    toVersion: Whole | None = Field(default=None, ge=1)
+    toVersion: Version | None = None
     actor: str | None = Field(default=None, max_length=80)
     since: str | None = Field(default=None, max_length=128)
     until: str | None = Field(default=None, max_length=128)

@@ -22,7 +22,7 @@ from ..errors import Forbidden, HeadlesslyError, InvalidId, InvalidType, NotFoun
 from ..store import Store
 from ..store.events import dumps
 from ..store.filters import LOGICAL, OPERATORS
-from ..store.operations import Flag, Whole
+from ..store.operations import Flag, Version, Whole
 from .models import INSTRUCTIONS, DoOutput, FetchOutput, SearchOutput
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def build_server(
         ] = None,
         asOf: AsOf = None,
         version: Annotated[
-            Whole | None, Field(description="Return the state right after this $version (1 = as created).", ge=1)
+            Version | None, Field(description="Return the state right after this $version (1 = as created).")
         ] = None,
         include: Annotated[
             list[str] | None,
@@ -312,14 +312,13 @@ def build_server(
             ),
         ] = None,
         ifVersion: Annotated[
-            Whole | None,
+            Version | None,
             Field(
                 description="Only write if the entity is at this $version, else version_conflict (optimistic concurrency).",
-                ge=1,
             ),
         ] = None,
         asOf: Annotated[str | None, Field(description="rollback: the time to go back to (RFC 3339 or a date).")] = None,
-        toVersion: Annotated[Whole | None, Field(description="rollback: the $version to go back to.", ge=1)] = None,
+        toVersion: Annotated[Version | None, Field(description="rollback: the $version to go back to.")] = None,
         actor: Annotated[
             str | None,
             Field(
