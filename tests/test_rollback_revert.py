@@ -460,6 +460,24 @@ def test_revert_with_until_and_force_also_undoes_the_actors_later_change_of_an_e
     assert fields(store.get(TENANT, "Organization", e["acme"]["$id"])) == fields(e["acme"])
 
 
+def test_the_actors_later_change_that_a_revert_already_undid_is_no_conflict_for_an_earlier_window(
+    store: Store, clock: Any
+) -> None:
+    org = do(store, GOOD, action="create", type="Organization", data={"name": "Acme"})["entity"]["$id"]
+    clock.advance(3600)  # 11:00
+    do(store, ROGUE, action="update", type="Organization", id=org, data={"industry": "A"})
+    clock.advance(3600)  # 12:00
+    do(store, ROGUE, action="update", type="Organization", id=org, data={"industry": "B"})
+    clock.advance(60)
+    later = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T11:30:00Z")
+    clock.advance(60)
+    earlier = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:30:00Z", until="2026-01-15T11:30:00Z")
+
+    assert later["conflicts"] == [] and earlier["conflicts"] == []
+    assert [e["target"] for e in earlier["events"]] == [org]
+    assert "industry" not in store.get(TENANT, "Organization", org)
+
+
 def test_since_bounds_the_window(store: Store, clock: Any) -> None:
     e = setup_rogue(store, clock)
     result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T11:01:30Z")

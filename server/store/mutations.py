@@ -535,9 +535,11 @@ class Mutator:
                 for r in self.conn.execute(
                     # An earlier revert of this same actor's events is not "someone else's change":
                     # repeating a revert is a no-op. A revert of anyone else's events is a change, and so
-                    # is the actor's own write after `until`: outside the window, it is not undone silently.
+                    # is the actor's own write after `until` (outside the window, it is not undone silently)
+                    # unless a revert has undone it already.
                     "SELECT DISTINCT e.actor FROM events e WHERE e.target = ? AND e.version > ? "
-                    "AND (e.actor != ? OR e.ts > ?) "
+                    "AND (e.actor != ? OR (e.ts > ? AND NOT EXISTS (SELECT 1 FROM events r, json_each(r.data, "
+                    "'$.revertOf') undone WHERE r.target = e.target AND r.version > e.version AND undone.value = e.id))) "
                     "AND (SELECT r.actor FROM events r WHERE r.id = json_extract(e.data, '$.revertOf[0]')) IS NOT ?",
                     (target, first_version, victim, until, victim),
                 )
