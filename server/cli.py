@@ -33,7 +33,7 @@ def _existing(_ctx: click.Context, _param: click.Parameter, value: Path) -> Path
 
 def _finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
     if not math.isfinite(value):  # nan passes FloatRange's bounds: every comparison with it is false
-        raise click.BadParameter(f"{value} is not a number of seconds from 0.1 to 86400")
+        raise click.BadParameter(f"{value} is not a finite number")
     return value
 
 
@@ -74,16 +74,22 @@ def _check_tenant_name(tenant: str) -> None:
 
 
 @contextmanager
-def _lake_errors(doing: str) -> Iterator[None]:
+def _lake_errors(doing: str, data_dir: Path) -> Iterator[None]:
     """A lakehouse that cannot be reached or read (a catalog that is down or damaged, a data file gone)
-    ends the command with what failed, not a traceback; the cause is logged at debug level."""
+    ends the command with what failed, not a traceback; the cause is logged at debug level. Failures of
+    the data dir itself (a tenant file being written) are left to the command line's own boundary."""
+    import sqlite3
+
     from .errors import HeadlesslyError
 
     try:
         yield
-    except (HeadlesslyError, click.exceptions.Exit, click.ClickException, click.Abort):
+    except (HeadlesslyError, sqlite3.Error, click.exceptions.Exit, click.ClickException, click.Abort):
         raise
     except Exception as exc:
+        name = exc.filename if isinstance(exc, OSError) else None
+        if _inside(name, data_dir) and not _inside(name, data_dir / "lakehouse"):
+            raise
         log.debug("the lakehouse failed while %s", doing, exc_info=True)
         _fail(f"the lakehouse failed while {doing}: {_describe(exc)}; {_LAKE_HINT}", 1)
 
@@ -92,6 +98,10 @@ _LAKE_HINT = (
     "check the catalog (<data-dir>/lakehouse/catalog.db, or .pyiceberg.yaml / PYICEBERG_CATALOG__HEADLESSLY__*) "
     "and its storage"
 )
+
+
+def _inside(path: object, folder: Path) -> bool:
+    return isinstance(path, str) and Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
 
 
 def _describe(exc: BaseException) -> str:
@@ -104,19 +114,27 @@ class _Main(click.Group):
     line saying what and where, and exit status 1, instead of a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from .errors import HeadlesslyError
+        import sqlite3
+
+        from .errors import HeadlesslyError, StorageError
 
         try:
             return super().invoke(ctx)
-        except BrokenPipeError:  # `headlessly events | head`: the reader has what it wanted
+        except BrokenPipeError:  # `headlessly events | head`: the reader stopped; end as a SIGPIPE would
             sys.stderr.close()
-            os._exit(0)
+            os._exit(128 + signal.SIGPIPE)
         except OSError as exc:
             log.debug("failed", exc_info=True)
             where = f" ({exc.filename})" if exc.filename else ""
             _fail(f"{exc.strerror or _describe(exc)}{where}: check the data dir and the free disk space", 1)
-        except HeadlesslyError as exc:
-            _fail(f"{exc.code}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), 1)
+        except sqlite3.Error as exc:
+            log.debug("failed", exc_info=True)
+            _fail(f"a database failed: {_describe(exc)}: check the data dir and the free disk space", 1)
+        except HeadlesslyError as exc:  # bad input is status 2, like a bad flag; a failing machine is 1
+            _fail(
+                f"{exc.code}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""),
+                1 if isinstance(exc, StorageError) else 2,
+            )
 
 
 def _open_store(config: Config, serving: bool = False) -> Any:
@@ -253,8 +271,8 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         tenant=tenant,
         actor=actor,
     )
+    store = _open_store(config, serving=True)  # bad schemas or hooks are refused before anything is made
     _check_writable(data_dir)
-    store = _open_store(config, serving=True)
     _warn_if_exposed(data_dir)
     _stop_on_signals(stdio=transport == "stdio")
     background = None
@@ -536,7 +554,6 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
            filter_json: str | None, limit: int, newest_first: bool, from_lake: bool, as_json: bool, data_dir: Path,
            schema_dirs: tuple[Path, ...]) -> None:  # fmt: skip
     """Audit from the shell: a tenant's events, filtered as in search."""
-    from .errors import HeadlesslyError
 
     if from_lake:
         if filter_json:
@@ -547,7 +564,7 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
         from .lake.history import lake_events
 
         _check_tenant_name(tenant)
-        with _lake_errors("reading the events table"):
+        with _lake_errors("reading the events table", data_dir):
             table = _lake_table_if_any(data_dir)
             if table is None:
                 _fail(f"no lakehouse in {data_dir}: `headlessly flush` (or a running server) fills it")
@@ -557,10 +574,12 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
                     f"tenant {tenant!r} has no events in the table; its tenants: {', '.join(sorted(in_table)) or 'none'}"
                 )
             try:
-                found = lake_events(table, tenant, type_, target, actor, since, until, limit, newest_first)
+                found = lake_events(table, tenant, type_, target, actor, since, until, limit + 1, newest_first)
             except ValueError as exc:
                 _fail(str(exc))
-        _print_events(found, as_json)
+        _print_events(found[:limit], as_json)
+        if len(found) > limit:
+            click.echo(f"(the first {limit:,} events; more are in the table: raise --limit to see them)", err=True)
         return
 
     flags: dict[str, Any] = {
@@ -587,8 +606,6 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
             cursor = page["cursor"]
             if not cursor:
                 break
-    except HeadlesslyError as exc:
-        _fail(f"{exc.code}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
     finally:
         store.close()
     _print_events(rows, as_json)
@@ -634,7 +651,10 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
         except Exception as exc:  # the logs are still checked: say why the table is not
             log.debug("opening the lakehouse failed", exc_info=True)
             table, ok = None, False
-            unread = f"the lakehouse could not be read ({_describe(exc)}): not compared with the logs; {_LAKE_HINT}"
+            why = (
+                f"{exc.message}; {exc.hint}" if isinstance(exc, HeadlesslyError) else f"{_describe(exc)}; {_LAKE_HINT}"
+            )
+            unread = f"the lakehouse could not be read, so it was not compared with the logs: {why}"
             click.echo(
                 json.dumps({"lake": {"ok": False, "problems": [unread]}}) if as_json else f"lake: NOT CHECKED: {unread}"
             )
@@ -749,7 +769,7 @@ def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...
             if name not in present:
                 _fail(f"tenant {name!r} does not exist in {data_dir}")
         flusher = Flusher(store)
-        with _lake_errors("opening the events table"):
+        with _lake_errors("opening the events table", data_dir):
             flusher.table  # noqa: B018 (opened now, so a catalog that fails is said before any progress)
         backlog, busy = 0, []
         for name in names:
@@ -761,7 +781,7 @@ def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...
                 pass  # unreadable: the flush names it, and still sends the other tenants
         with (
             click.progressbar(length=backlog, label="flushing", file=sys.stderr, show_pos=True) as bar,
-            _lake_errors("flushing"),
+            _lake_errors("flushing", data_dir),
         ):
             try:
                 report = flusher.flush([n for n in names if n not in busy], progress=lambda _t, n: bar.update(n))
@@ -794,7 +814,6 @@ def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...
 @schemas_option
 def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
     """Rebuild a tenant's database from the Iceberg table (events, hashes and state), then verify it."""
-    from .errors import HeadlesslyError
     from .lake.restore import restore_tenant
 
     store = _open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
@@ -810,12 +829,10 @@ def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Pat
                 bar.label, bar.show_eta = f"{label} (indexing)", False  # the ETA of the events says nothing here
                 bar.render_progress()
 
-            with _lake_errors(f"reading tenant {tenant}'s events"):
+            with _lake_errors(f"reading tenant {tenant}'s events", data_dir):
                 count = restore_tenant(store, tenant, overwrite, progress, indexing)
             bar.update(1)
         report = store.verify(tenant)
-    except HeadlesslyError as exc:
-        _fail(f"{exc.code}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
     finally:
         store.close()
     click.echo(f"restored {count} events into tenant {tenant}; verify: {'ok' if report['ok'] else 'FAILED'}")
@@ -830,7 +847,6 @@ def reindex(tenant: str, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
     """Rebuild a tenant's lookup keys and full text from its entities' current states (every noun), e.g. when
     verify reports keys that do not follow from the states. Events and states are not touched. Needs the
     tenant to itself: stop the servers using this --data-dir first."""
-    from .errors import HeadlesslyError
     from .store.reindex import reindex_tenant
     from .store.tenants import tenant_path
 
@@ -841,8 +857,6 @@ def reindex(tenant: str, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
         store.pool.forget(tenant)
         nouns = reindex_tenant(tenant_path(data_dir, tenant), store.schemas)
         report = store.verify(tenant)
-    except HeadlesslyError as exc:
-        _fail(f"{exc.code}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
     finally:
         store.close()
     click.echo(
@@ -864,9 +878,10 @@ def lake() -> None:
     default=7.0,
     show_default=True,
     type=click.FloatRange(min=0),
+    callback=_finite,
     help="Expire snapshots older than this.",
 )
-@click.option("--orphan-hours", default=1.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--orphan-hours", default=1.0, show_default=True, type=click.FloatRange(min=0), callback=_finite,
               help="Remove unreferenced data and metadata files older than this (younger ones may belong to a commit in flight).")  # fmt: skip
 @data_dir_option
 def lake_maintain(retain_days: float, orphan_hours: float, data_dir: Path) -> None:
@@ -875,7 +890,7 @@ def lake_maintain(retain_days: float, orphan_hours: float, data_dir: Path) -> No
 
     from .lake.maintain import maintain
 
-    with _lake_errors("maintaining the events table"):
+    with _lake_errors("maintaining the events table", data_dir):
         table = _lake_table_if_any(data_dir)
         if table is None:
             _fail(f"no lakehouse in {data_dir}: `headlessly flush` (or a running server) makes and fills it")

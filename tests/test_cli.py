@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -542,7 +543,7 @@ def test_a_bad_tenant_name_is_refused_by_verify_and_token_list(
     assert "invalid tenant" in result.err and "Traceback" not in result.err
 
 
-def test_events_piped_into_a_reader_that_stops_early_ends_quietly(
+def test_events_piped_into_a_reader_that_stops_early_ends_quietly_with_the_status_of_a_broken_pipe(
     tmp_path: Path, data_dir: Path, schemas: SchemaSet
 ) -> None:
     with Store(data_dir, schemas) as store:
@@ -555,5 +556,37 @@ def test_events_piped_into_a_reader_that_stops_early_ends_quietly(
         proc.stdout.close()
         err = proc.stderr.read().decode()
         code = proc.wait(timeout=60)
-    assert code == 0, err
+    assert code == 128 + signal.SIGPIPE, err  # as a shell reports a writer a closed pipe stopped
     assert err == ""
+
+
+def test_lake_maintain_refuses_a_period_that_is_not_a_finite_number(tmp_path: Path, data_dir: Path) -> None:
+    for flags in (["--retain-days", "nan"], ["--orphan-hours", "inf"]):
+        result = run("lake", "maintain", *flags, cwd=tmp_path, data_dir=data_dir)
+        assert result.code == 2, result.err
+        assert "is not a finite number" in result.err and "Traceback" not in result.err
+
+
+def test_serve_refused_for_its_hooks_leaves_no_data_dir_behind(tmp_path: Path, data_dir: Path) -> None:
+    result = run("serve", "--hooks", "no_such_hooks_module", cwd=tmp_path, data_dir=data_dir)
+    assert result.code == 2 and "no_such_hooks_module" in result.err
+    assert not data_dir.exists()
+
+
+def test_restore_into_a_data_dir_below_a_file_blames_the_data_dir_not_the_lakehouse(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    result = run("restore", "--tenant", TENANT, cwd=tmp_path, data_dir=tmp_path / "afile" / "data")
+    assert result.code == 1
+    assert "Not a directory" in result.err and "check the data dir" in result.err
+    assert "lakehouse failed" not in result.err and "Traceback" not in result.err
+
+
+def test_events_from_the_lake_say_on_stderr_when_more_events_are_in_the_table_than_the_limit(
+    tmp_path: Path, data_dir: Path, history: History
+) -> None:
+    assert run("flush", cwd=tmp_path, data_dir=data_dir).code == 0
+    cut = run("events", "--tenant", TENANT, "--from-lake", "--json", "--limit", "2", cwd=tmp_path, data_dir=data_dir)
+    whole = run("events", "--tenant", TENANT, "--from-lake", "--json", "--limit", "5", cwd=tmp_path, data_dir=data_dir)
+    assert [e["seq"] for e in cut.json_lines()] == [1, 2]
+    assert "the first 2 events; more are in the table" in cut.err
+    assert len(whole.json_lines()) == 5 and "more are in the table" not in whole.err
