@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -334,3 +335,38 @@ def test_verify_says_how_far_each_tenant_is_flushed_and_how_many_events_are_not_
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "acme: ok: 4 events, flushed up to seq 3 (1 not yet), " in checked.stdout
     assert "beta: ok: 1 events, flushed up to seq 0 (1 not yet), " in checked.stdout
+
+
+def test_every_lake_command_on_a_copied_data_dir_refuses_the_originals_table_in_one_line_and_writes_nothing(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy)
+    lake = data_dir / "lakehouse"
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in lake.rglob("*") if p.is_file()}
+
+    results = {
+        "flush": run(tmp_path, "flush", "--data-dir", str(copy)),
+        "maintain": run(
+            tmp_path, "lake", "maintain", "--retain-days", "0", "--orphan-hours", "0", "--data-dir", str(copy)
+        ),
+        "events": run(tmp_path, "events", "--tenant", TENANT, "--from-lake", "--data-dir", str(copy)),
+        "restore": run(tmp_path, "restore", "--tenant", TENANT, "--overwrite", "--data-dir", str(copy)),
+    }
+    checked = run(tmp_path, "verify", "--data-dir", str(copy))
+
+    refusal = (
+        f"the lakehouse catalog of this data dir ({copy.resolve() / 'lakehouse' / 'catalog.db'}) "
+        f"points at a table in {lake.resolve() / 'warehouse'}"
+    )
+    for name, result in results.items():
+        assert result.returncode != 0, (name, result.stdout)
+        assert refusal in result.stderr and "nothing was written" in result.stderr, (name, result.stderr)
+        said = [line for line in result.stderr.splitlines() if line.startswith("headlessly:")]
+        assert len(said) == 1 and "Traceback" not in result.stderr, (name, result.stderr)  # (restore: its bar first)
+    assert checked.returncode == 1 and "lake: NOT CHECKED" in checked.stdout and refusal in checked.stdout
+    assert "acme: ok: 3 events" in checked.stdout  # its logs are still checked
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in lake.rglob("*") if p.is_file()} == before
+    original = run(tmp_path, "verify", "--data-dir", str(data_dir))
+    assert original.returncode == 0 and "acme: ok: 3 events, flushed up to seq 3" in original.stdout

@@ -6,6 +6,8 @@ of the machine (~/.pyiceberg.yaml, ./.pyiceberg.yaml, $PYICEBERG_HOME, PYICEBERG
 
 from __future__ import annotations
 
+import logging
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -20,6 +22,8 @@ from conftest import EPOCH
 from pyiceberg.transforms import DayTransform, IdentityTransform
 from pyiceberg.types import LongType, StringType, TimestamptzType
 
+from server.errors import StorageError
+from server.lake import background
 from server.lake import catalog as cat
 from server.lake.flusher import Flusher, FlushReport, LakeDiverged
 from server.lake.restore import check_tenant, read_tenant
@@ -684,3 +688,116 @@ def test_a_flush_refuses_a_log_whose_events_no_longer_chain_where_an_event_was_r
     assert "(seq 4) comes after seq 2: the log has a gap" in str(refused.value)
     assert refused.value.report.tenants == {TENANT: 2}
     assert [r["seq"] for r in lake_rows(lake_table(store.data_dir))] == [1, 2]
+
+
+# ---- a data dir copied or moved -------------------------------------------------------------------
+
+
+def files_under(folder: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file under `folder`: its size, modification time and content."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def assert_refused_as_elsewhere(refusal: pytest.ExceptionInfo[StorageError], table_dir: Path) -> None:
+    """A refusal that names the table's other data dir, says nothing was written and what to do."""
+    message, hint = refusal.value.message, refusal.value.hint
+    assert f"points at a table in {table_dir.resolve() / 'lakehouse' / 'warehouse'}" in message
+    assert "copied or moved" in message and "nothing was written" in message
+    assert "Move the data dir back" in hint and "`lakehouse/` folder aside" in hint and "seq 1" in hint
+    assert "verify and restore of the original on the original" in hint
+
+
+def test_flushing_a_copy_of_a_flushed_data_dir_is_refused_and_the_originals_table_stays_as_it_was(
+    tmp_path: Path, store: Store, clock: Any, schemas: SchemaSet
+) -> None:
+    write_events(store, clock, 3)
+    Flusher(store).flush()
+    copy = tmp_path / "copy"
+    shutil.copytree(store.data_dir, copy)
+    original_lake = files_under(store.data_dir / "lakehouse")
+
+    refusals = []
+    with Store(copy, schemas, clock=clock) as copied:
+        write_events(copied, clock, 2)
+        for _ in range(3):  # flushes that used to write into the original's warehouse and prune its metadata
+            with pytest.raises(StorageError) as refused:
+                Flusher(copied).flush()
+            refusals.append(refused)
+        with pytest.raises(StorageError):
+            cat.open_table(copy)  # what maintain, verify, restore and events --from-lake open the table with
+
+    for refused in refusals:
+        assert_refused_as_elsewhere(refused, store.data_dir)
+    assert files_under(store.data_dir / "lakehouse") == original_lake
+    assert_exactly_once(store)
+    write_events(store, clock, 1)
+    assert Flusher(store).flush().tenants == {TENANT: 1}  # the original goes on as before
+    assert_exactly_once(store)
+
+
+def test_a_copy_whose_lakehouse_is_moved_aside_flushes_its_events_anew_into_a_table_of_its_own(
+    tmp_path: Path, store: Store, clock: Any, schemas: SchemaSet
+) -> None:
+    write_events(store, clock, 3)
+    Flusher(store).flush()
+    copy = tmp_path / "copy"
+    shutil.copytree(store.data_dir, copy)
+    (copy / "lakehouse").rename(copy / "lakehouse.aside")  # as the refusal advises
+    original_lake = files_under(store.data_dir / "lakehouse")
+
+    with Store(copy, schemas, clock=clock) as copied:
+        write_events(copied, clock, 2)
+        report = Flusher(copied).flush()
+        assert report.tenants == {TENANT: 5}  # from seq 1
+        assert lake_table(copy).location().startswith(f"{(copy / 'lakehouse' / 'warehouse').resolve()}/")
+        assert_exactly_once(copied)
+
+    assert files_under(store.data_dir / "lakehouse") == original_lake
+    assert_exactly_once(store)
+
+
+def test_a_moved_data_dir_refuses_its_lakehouse_the_same_way_and_works_again_once_moved_back(
+    tmp_path: Path, clock: Any, schemas: SchemaSet
+) -> None:
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    with Store(first, schemas, clock=clock) as store:
+        write_events(store, clock, 3)
+        Flusher(store).flush()
+    shutil.move(first, moved)
+
+    with Store(moved, schemas, clock=clock) as store:
+        write_events(store, clock, 2)
+        with pytest.raises(StorageError) as refused:
+            Flusher(store).flush()
+    assert_refused_as_elsewhere(refused, first)
+    assert not first.exists()  # nothing was written where it was
+
+    shutil.move(moved, first)
+    with Store(first, schemas, clock=clock) as store:
+        assert Flusher(store).flush().tenants == {TENANT: 2}
+        assert_exactly_once(store)
+
+
+def test_the_background_flush_of_a_copied_data_dir_logs_the_refusal_without_a_traceback(
+    tmp_path: Path, store: Store, clock: Any, schemas: SchemaSet, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_events(store, clock, 2)
+    Flusher(store).flush()
+    copy = tmp_path / "copy"
+    shutil.copytree(store.data_dir, copy)
+    original_lake = files_under(store.data_dir / "lakehouse")
+
+    with Store(copy, schemas, clock=clock) as copied:
+        write_events(copied, clock, 2)
+        with caplog.at_level(logging.ERROR, logger=background.MODULE):
+            flusher, left = background.flush_once(copied, None, "background flush")
+
+    assert (flusher, left) == (None, None)  # the next round tries again
+    [record] = [r for r in caplog.records if r.name == background.MODULE]
+    assert "points at a table in" in record.getMessage() and "nothing was written" in record.getMessage()
+    assert record.exc_info is None
+    assert files_under(store.data_dir / "lakehouse") == original_lake

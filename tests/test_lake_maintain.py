@@ -13,10 +13,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from pyiceberg.exceptions import CommitFailedException
 
 from server.lake import catalog as cat
 from server.lake.flusher import Flusher
-from server.lake.maintain import MaintainReport, maintain
+from server.lake.maintain import MAX_RACES, MaintainReport, maintain
 from server.lake.restore import check_tenant, read_tenant
 from server.store import Store
 from server.timeutil import parse_time
@@ -230,6 +231,46 @@ def test_a_flush_racing_maintenance_writes_its_rows_once(store: Store, clock: An
     assert report.tenants == {TENANT: 3} and report.commits == 1
     table = lake_table(store.data_dir)
     assert files_per_partition(table) == {(TENANT, date(2026, 1, 15)): 2}
+    assert_exactly_once(store, table)
+
+
+def test_maintenance_whose_compaction_loses_a_race_with_a_flush_redoes_it_and_keeps_every_row_once(
+    store: Store, clock: Any
+) -> None:
+    flush_rounds(store, clock, 3, 2)  # three files on the 15th
+    write_events(store, clock, 3)  # also on the 15th, flushed while maintenance is about to commit
+    flushed: list[Any] = []
+    stages: list[str] = []
+
+    def flush_meanwhile(stage: str) -> None:
+        stages.append(stage)
+        if stage == "before_commit" and not flushed:  # the flush commits first: maintenance's commit fails
+            flushed.append(Flusher(store).flush())
+
+    report = maintain(lake_table(store.data_dir), now=later(), fault=flush_meanwhile)
+
+    assert flushed[0].tenants == {TENANT: 3} and flushed[0].commits == 1
+    assert stages == ["before_commit", "before_commit", "before_expire"]  # the compaction, redone once
+    assert report.days_compacted == [f"{TENANT}/2026-01-15"]
+    table = lake_table(store.data_dir)
+    assert files_per_partition(table) == {(TENANT, date(2026, 1, 15)): 1}  # the flushed rows compacted too
+    assert data_files_on_disk(table) == referenced_files(table)  # the lost commit's file was swept
+    assert_exactly_once(store, table)
+
+
+def test_maintenance_that_keeps_losing_races_gives_up_and_leaves_every_row_once(store: Store, clock: Any) -> None:
+    flush_rounds(store, clock, 3, 2)
+
+    def flush_each_time(stage: str) -> None:
+        if stage == "before_commit":
+            write_events(store, clock, 1)
+            Flusher(store).flush()
+
+    with pytest.raises(CommitFailedException):
+        maintain(lake_table(store.data_dir), now=later(), fault=flush_each_time)
+
+    table = lake_table(store.data_dir)
+    assert files_per_partition(table) == {(TENANT, date(2026, 1, 15)): 3 + MAX_RACES + 1}  # nothing compacted
     assert_exactly_once(store, table)
 
 

@@ -453,6 +453,58 @@ def test_a_restore_larger_than_one_chunk_is_complete(
             fresh.do(TENANT, ACTOR, {"action": "create", "type": "Contact", "data": {"name": "X", "email": "p25-199@x.io"}})  # fmt: skip
 
 
+_KILLED_WRITER = """
+import os, sys
+from server.store import Store
+store = Store(sys.argv[1])
+store.do("acme", "agent_lake", {"action": "create", "type": "Contact", "data": {"name": "Written, then killed"}})
+os.kill(os.getpid(), 9)
+"""
+
+
+def a_database_with_its_last_write_only_in_its_wal(path: Path) -> None:
+    """`path` and its -wal as a process killed after a commit leaves them (the row is in the -wal alone)."""
+    scratch = path.with_name("scratch.db")
+    with closing(sqlite3.connect(scratch)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE kept (note TEXT)")
+        conn.execute("INSERT INTO kept VALUES ('only in the wal')")
+        conn.commit()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").write_bytes(Path(f"{scratch}{suffix}").read_bytes())
+    scratch.unlink()
+
+
+def test_a_restore_removes_what_killed_restores_left_and_sets_the_old_file_aside_without_its_wal_or_shm(
+    store: Store, fresh: Store, clock: Any
+) -> None:
+    History(fresh, clock).create("Contact", {"name": "Stranger"})
+    fresh.pool.forget(TENANT)
+    subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(fresh.data_dir)], timeout=60)
+    tenants = fresh.data_dir / "tenants"
+    assert Path(f"{tenant_path(fresh.data_dir, TENANT)}-wal").exists()  # the killed writer's, with its event
+    killed = tenants / f"{TENANT}.db.restoring-20260101T000000-4242"  # a restore killed while building
+    killed.write_bytes(b"\0" * 65536)
+    Path(f"{killed}-journal").write_bytes(b"\0" * 512)
+    not_ours = tenants / "beta.db.restoring-20260101T000000-4242"  # another tenant's: not this restore's business
+    not_ours.write_bytes(b"\0" * 512)
+    earlier = tenants / f"{TENANT}.db.replaced-20260101T000000"  # set aside with its -wal by an older release
+    a_database_with_its_last_write_only_in_its_wal(earlier)
+
+    assert restore_tenant(fresh, TENANT, overwrite=True) == store.head(TENANT)[0]
+
+    left = sorted(p.name for p in tenants.iterdir())
+    replaced = [name for name in left if name.startswith(f"{TENANT}.db.replaced-") and name != earlier.name]
+    assert len(replaced) == 1
+    assert left == sorted([f"{TENANT}.db", f"{TENANT}.db-lock", earlier.name, *replaced, not_ours.name])
+    with closing(sqlite3.connect(tenants / replaced[0])) as old:
+        names = [row[0] for row in old.execute("SELECT json_extract(state, '$.name') FROM events ORDER BY seq")]
+    assert names == ["Stranger", "Written, then killed"]  # its WAL was in it when it was set aside
+    with closing(sqlite3.connect(f"file:{earlier}?mode=ro", uri=True)) as old:
+        assert old.execute("SELECT note FROM kept").fetchall() == [("only in the wal",)]
+    assert log_of(fresh) == log_of(store) and fresh.verify(TENANT)["ok"] is True
+
+
 # ---- the bulk load: the same database as the writer's, and a refusal of any broken log ------------
 
 

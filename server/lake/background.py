@@ -23,6 +23,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
 
+from ..errors import HeadlesslyError
 from ..store import Store
 from ..store.tenants import tenant_path
 
@@ -122,6 +123,9 @@ def flush_once(store: Store, flusher: Any, what: str, tenants: list[str] | None 
             report = exc.report
         if report.events:
             log.info("%s: %d events of %d tenant(s) to the lakehouse", what, report.events, len(report.tenants))
+    except HeadlesslyError as exc:  # a refusal that says what to do (a copied data dir's lakehouse): no traceback
+        log.error("%s refused; the next round retries: %s%s", what, exc.message, f" ({exc.hint})" if exc.hint else "")
+        return None, None
     except Exception:
         log.exception("%s failed; the next round retries", what)
         return None, None  # and starts from a fresh catalog and table

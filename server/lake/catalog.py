@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..config import private_dir
+from ..errors import StorageError
 
 CATALOG = "headlessly"
 NAMESPACE = "headlessly"
@@ -55,14 +57,84 @@ def load(data_dir: Path) -> Any:
 
 def open_table(data_dir: Path) -> Any:
     """The events table of this data dir's catalog, created on first use; with the local catalog,
-    first use is serialized across processes by a file lock (its SQL has check-then-create races)."""
+    first use is serialized across processes by a file lock (its SQL has check-then-create races), and a
+    table outside this data dir's warehouse (the data dir was copied or moved) is refused before it is read."""
     from pyiceberg.utils.config import Config
 
     if Config().get_catalog_config(CATALOG):
         return events_table(load(data_dir))
     catalog = load(data_dir)
     with _local_lock(data_dir / "lakehouse"):
-        return events_table(catalog)
+        stored = _stored_metadata_location(catalog)
+        if stored is not None:
+            _refuse_foreign(data_dir, stored, stored)
+        table = events_table(catalog)
+        _refuse_foreign(data_dir, table.metadata_location, table.location())
+        return table
+
+
+def _stored_metadata_location(catalog: Any) -> str | None:
+    """Where the local catalog says the events table's current metadata file is, without reading it (the
+    file may be gone with the data dir it was written in); None when the catalog has no such table."""
+    from pyiceberg.catalog.sql import IcebergTables
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    with Session(catalog.engine) as session:
+        found: str | None = session.scalar(
+            select(IcebergTables.metadata_location).where(
+                IcebergTables.catalog_name == catalog.name,
+                IcebergTables.table_namespace == NAMESPACE,
+                IcebergTables.table_name == TABLE,
+            )
+        )
+    return found
+
+
+def _refuse_foreign(data_dir: Path, *locations: str) -> None:
+    """Refuse a local catalog whose table lies outside this data dir's own warehouse. Its locations are
+    absolute: a copied data dir's catalog still names the original's table (writing through it would add
+    files to the original's warehouse and prune the original's metadata), a moved one's names files gone."""
+    warehouse = data_dir / "lakehouse" / "warehouse"
+    outside = [location for location in locations if not _inside(location, warehouse)]
+    if not outside:
+        return
+    where = local_path(outside[-1])  # the table's location when it is known, else its metadata file's
+    if where.endswith(".metadata.json"):
+        where = os.path.dirname(os.path.dirname(where))  # <table>/metadata/<file>
+    raise StorageError(
+        f"the lakehouse catalog of this data dir ({data_dir / 'lakehouse' / 'catalog.db'}) points at a table in "
+        f"{where}, not in {warehouse}: the data dir was copied or moved; nothing was written",
+        hint=(
+            "Move the data dir back where it was; or give the copy a lakehouse of its own by moving its "
+            "`lakehouse/` folder aside (its events are then flushed anew from seq 1). Run verify and restore "
+            "of the original on the original data dir."
+        ),
+    )
+
+
+def _inside(location: str, folder: Path) -> bool:
+    """Whether a local location lies in `folder`, also when either is reached through a symlink or a bind
+    mount (the same folder under another name)."""
+    if urllib.parse.urlparse(location).scheme not in ("", "file"):
+        return False  # an object store: never this data dir's warehouse
+    path = Path(os.path.realpath(local_path(location)))
+    real = Path(os.path.realpath(folder))
+    if path == real or real in path.parents:
+        return True
+    for parent in path.parents:
+        with suppress(OSError):
+            if os.path.samefile(parent, real):
+                return True
+    return False
+
+
+def local_path(uri: str) -> str:
+    """The local path of a location: a plain path as it is (it may hold '#' or '?'), a file URI's path."""
+    parsed = urllib.parse.urlparse(uri)
+    if not parsed.scheme:
+        return os.path.normpath(uri)
+    return os.path.normpath(parsed.path if parsed.scheme == "file" else uri)
 
 
 @contextmanager

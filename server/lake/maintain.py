@@ -7,13 +7,22 @@ the data files no kept snapshot reads stay on disk until the orphan sweep here r
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
-from urllib.parse import urlparse
+
+from .catalog import local_path
+
+log = logging.getLogger(__name__)
+MAX_RACES = 20  # commits lost in a row by one step
+
+# Called at "before_commit" (of a compaction) and "before_expire": a test's interleaving point.
+Fault = Callable[[str], None]
 
 
 @dataclass
@@ -32,21 +41,24 @@ def maintain(
     orphan_age: timedelta = timedelta(hours=1),
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
+    fault: Fault | None = None,
 ) -> MaintainReport:
     """Compact every closed day that has several files, expire snapshots older than `retain`
     (the current one always stays), then delete the data and metadata files no kept snapshot
-    references that are older than `orphan_age` (younger ones may belong to a commit in flight)."""
+    references that are older than `orphan_age` (younger ones may belong to a commit in flight).
+    A commit that loses a race (a flush committed meanwhile) is redone on the table as it is then."""
     now = now or datetime.now(UTC)
     say = progress or (lambda _text: None)
+    hook = fault or (lambda _stage: None)
     report = MaintainReport(files_before=_data_file_count(table))
     for tenant, day in _days_to_compact(table, now):
-        _compact_day(table, tenant, day)
+        _retrying(table, partial(_compact_day, tenant=tenant, day=day, fault=hook))
         report.days_compacted.append(f"{tenant}/{day.isoformat()}")
         say(f"compacted {tenant} {day.isoformat()}")
-    before = len(table.metadata.snapshots)
-    table.maintenance.expire_snapshots().older_than(now - retain).commit()
+    before = {snapshot.snapshot_id for snapshot in table.metadata.snapshots}
+    _retrying(table, lambda t: _expire(t, now - retain, hook))
     table = table.refresh()
-    report.snapshots_expired = before - len(table.metadata.snapshots)
+    report.snapshots_expired = len(before - {snapshot.snapshot_id for snapshot in table.metadata.snapshots})
     say(f"expired {report.snapshots_expired} snapshots")
     report.orphans_removed = _remove_orphans(table, now - orphan_age)
     say(f"removed {report.orphans_removed} orphan data files")
@@ -54,6 +66,31 @@ def maintain(
     say(f"removed {report.metadata_removed} unreferenced metadata files")
     report.files_after = _data_file_count(table)
     return report
+
+
+def _retrying(table: Any, step: Callable[[Any], None]) -> None:
+    """Run one committing step; when its commit loses a race (pyiceberg's own retry is off for this table,
+    see catalog.TABLE_PROPERTIES), reload the table and redo the whole step from what it holds now, up to
+    MAX_RACES times in a row. A lost commit changed nothing (its written files are orphans, swept later)."""
+    from pyiceberg.exceptions import CommitFailedException
+
+    races = 0
+    while True:
+        try:
+            step(table)
+            return
+        except CommitFailedException:
+            races += 1
+            if races > MAX_RACES:
+                raise
+            log.info("a maintenance commit lost a race with another commit; redoing it")
+            table.refresh()
+
+
+def _expire(table: Any, older_than: datetime, fault: Fault) -> None:
+    update = table.maintenance.expire_snapshots().older_than(older_than)
+    fault("before_expire")
+    update.commit()
 
 
 def _data_file_count(table: Any) -> int:
@@ -74,7 +111,7 @@ def _days_to_compact(table: Any, now: datetime) -> list[tuple[str, Any]]:
     return out
 
 
-def _compact_day(table: Any, tenant: str, day: Any) -> None:
+def _compact_day(table: Any, tenant: str, day: Any, fault: Fault) -> None:
     """Rewrite one closed day of one tenant as one file, in one snapshot that keeps every row
     (and every table property: the watermarks)."""
     import pyiceberg.expressions
@@ -89,28 +126,29 @@ def _compact_day(table: Any, tenant: str, day: Any) -> None:
     rows = table.scan(row_filter=window).to_arrow().sort_by("seq")
     with table.transaction() as tx:
         tx.overwrite(rows, overwrite_filter=window)
+        fault("before_commit")
 
 
 def _remove_orphans(table: Any, older_than: datetime) -> int:
     referenced = (
-        {_local(p) for p in table.inspect.all_files().column("file_path").to_pylist()}
+        {local_path(p) for p in table.inspect.all_files().column("file_path").to_pylist()}
         if table.metadata.snapshots
         else set()
     )
-    return _sweep(os.path.join(_local(table.location()), "data"), referenced, older_than, lambda _name: True)
+    return _sweep(os.path.join(local_path(table.location()), "data"), referenced, older_than, lambda _name: True)
 
 
 def _remove_orphan_metadata(table: Any, older_than: datetime) -> int:
     """Manifest lists and manifests of no kept snapshot, and metadata files that are neither current nor in
     the metadata log. Only files of those kinds are touched."""
     metadata = table.metadata
-    referenced = {_local(table.metadata_location)}
-    referenced |= {_local(entry.metadata_file) for entry in metadata.metadata_log}
-    referenced |= {_local(snapshot.manifest_list) for snapshot in metadata.snapshots}
+    referenced = {local_path(table.metadata_location)}
+    referenced |= {local_path(entry.metadata_file) for entry in metadata.metadata_log}
+    referenced |= {local_path(snapshot.manifest_list) for snapshot in metadata.snapshots}
     if metadata.snapshots:
-        referenced |= {_local(p) for p in table.inspect.all_manifests().column("path").to_pylist()}
+        referenced |= {local_path(p) for p in table.inspect.all_manifests().column("path").to_pylist()}
     return _sweep(
-        os.path.join(_local(table.location()), "metadata"),
+        os.path.join(local_path(table.location()), "metadata"),
         referenced,
         older_than,
         lambda name: name.endswith((".avro", ".metadata.json")),
@@ -130,11 +168,3 @@ def _sweep(folder: str, referenced: set[str], older_than: datetime, kind: Callab
                 os.remove(path)
                 removed += 1
     return removed
-
-
-def _local(uri: str) -> str:
-    """The local path of a location: a plain path as it is (it may hold '#' or '?'), a file URI's path."""
-    parsed = urlparse(uri)
-    if not parsed.scheme:
-        return os.path.normpath(uri)
-    return os.path.normpath(parsed.path if parsed.scheme == "file" else uri)

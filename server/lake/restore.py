@@ -6,7 +6,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ def restore_tenant(
             raise _open_elsewhere(tenant)
         store.pool.forget(tenant)
         _refuse(path, tenant, overwrite)  # again, now that nobody of ours can open it
+        _remove_leftovers(path)  # of earlier restores, killed (no other restore can run while we hold the lock)
         building = Path(f"{path}.restoring-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
         try:
             restored = bulk_load(
@@ -185,8 +186,44 @@ def _refuse_open_elsewhere(path: Path, tenant: str) -> None:
         probe.close()
 
 
+SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
+
+
+def _remove_leftovers(path: Path) -> None:
+    """With the tenant held exclusive: delete the `<tenant>.db.restoring-*` files (and their journals) of
+    restores that were killed while building, and fold the -wal/-shm files left beside files set aside
+    earlier into those files."""
+    prefix = f"{path.name}."
+    for entry in list(path.parent.iterdir()):
+        if not entry.name.startswith(prefix):
+            continue
+        rest = entry.name[len(prefix) :]
+        if rest.startswith("restoring-"):
+            with suppress(OSError):  # best effort: (where there is no flock) one still open cannot be removed
+                entry.unlink(missing_ok=True)
+        elif (
+            rest.startswith("replaced-")
+            and not rest.endswith(SQLITE_SIDE_FILES)
+            and any(Path(f"{entry}{suffix}").exists() for suffix in SQLITE_SIDE_FILES)
+        ):
+            _fold_wal(entry)
+
+
+def _fold_wal(path: Path) -> None:
+    """Checkpoint a database's WAL into it and close it: the last connection to close deletes the -wal and
+    -shm files (when another process still has it open, or it cannot be read, they stay)."""
+    if not path.exists():
+        return
+    with suppress(sqlite3.Error), closing(sqlite3.connect(path, timeout=10)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    if not Path(f"{path}-wal").exists():
+        Path(f"{path}-shm").unlink(missing_ok=True)  # an index of a WAL that is no more
+
+
 def _set_aside(path: Path) -> list[tuple[Path, Path]]:
-    """Move the tenant's files to `<tenant>.db.replaced-<time>`; returns (new, old) paths."""
+    """Move the tenant's files to `<tenant>.db.replaced-<time>`, its WAL folded into it first (so that only
+    that file remains, unless another process holds it open); returns (new, old) paths."""
+    _fold_wal(path)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     moved = []
     for suffix in ("", "-wal", "-shm"):
