@@ -14,10 +14,20 @@ def listen(app: Any, host: str, port: int, announce: Callable[[int], None]) -> N
 
     uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
 
+    failed: list[SystemExit] = []
+
+    async def serve() -> None:
+        try:
+            await uv.serve()
+        except SystemExit as exc:  # uvicorn could not start (a port in use) and has said why on stderr
+            failed.append(exc)
+
     async def run() -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(uv.serve)
+            tg.start_soon(serve)
             while not uv.started:
+                if failed:
+                    return
                 await anyio.sleep(0.01)
             sockets = uv.servers[0].sockets if uv.servers else ()
             if sockets:  # none when a signal stopped it while it started
@@ -32,6 +42,8 @@ def listen(app: Any, host: str, port: int, announce: Callable[[int], None]) -> N
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         anyio.run(run)
+        if failed:
+            raise SystemExit(1)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -590,3 +590,15 @@ def test_events_from_the_lake_say_on_stderr_when_more_events_are_in_the_table_th
     assert [e["seq"] for e in cut.json_lines()] == [1, 2]
     assert "the first 2 events; more are in the table" in cut.err
     assert len(whole.json_lines()) == 5 and "more are in the table" not in whole.err
+
+
+def test_serve_on_a_port_in_use_says_so_and_exits_1_without_a_traceback(tmp_path: Path, data_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run("serve", "--transport", "http", "--no-auth", "--no-flush", "--port", port, cwd=tmp_path, data_dir=data_dir)  # fmt: skip
+    assert result.code == 1
+    assert "address already in use" in result.err and "Traceback" not in result.err
