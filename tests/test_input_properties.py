@@ -270,7 +270,7 @@ def part(edits: dict[str, Callable[[str], str]], alphabet: str) -> st.SearchStra
 
 
 # Any character, lone surrogates included (st.text() leaves those out; st.characters() does not).
-UTF8 = st.characters()
+UTF8 = st.characters(exclude_categories=("Cs",))  # what UTF-8 can carry: no lone surrogates
 
 
 @budget(300)
