@@ -242,6 +242,8 @@ def test_a_field_may_not_take_the_name_of_an_event_marker(tmp_path: Path, reserv
         ({"name": "string", "2fast": "string"}, "2fast", ["field name"]),
         ({"name": "string", "blob": 42}, "blob", ["42"]),
         ({"name": "string", "blob": ""}, "blob", ["empty"]),
+        ({"name": "string", "meta": "json##"}, "meta", ["json", "cannot be unique"]),
+        ({"name": "string", "meta": "json[]##"}, "meta", ["json", "cannot be unique"]),
     ],
 )
 def test_a_malformed_field_fails_naming_file_noun_field_and_problem(

@@ -126,6 +126,11 @@ def _typed(text: str) -> FieldSpec:
     kind = m["type"]
     if kind not in TYPES:
         raise NotationError(f"unknown type {kind!r}; valid types: {', '.join(TYPES)}")
+    if kind == "json" and m["index"] == "##":
+        raise NotationError(
+            f"{text!r}: a json field cannot be unique (an object has no one value to compare); "
+            "make it 'json#' or put the unique value in a field of its own"
+        )
     default = _default(kind, m["default"], bool(m["array"])) if m["default"] is not None else None
     return FieldSpec(
         type=kind,
