@@ -629,3 +629,16 @@ def test_updates_are_validated_like_creates(gadgets: Store) -> None:
 
     assert "'units'" in err.value.message
     assert gadgets.get(TENANT, "Gadget", gadget["$id"])["units"] == 1
+
+
+def test_a_redefined_noun_that_drops_a_link_another_noun_relies_on_names_both_files_and_the_way_out(
+    tmp_path: Path,
+) -> None:
+    extra = folder(tmp_path, "extra", {"crm.json": {"$domain": "CRM", "Contact": {"name": "string!"}}})
+
+    with pytest.raises(SchemaError) as err:
+        load_schemas([extra])
+
+    assert err.value.noun == "Organization" and err.value.field == "contacts"
+    assert str(extra / "crm.json") in err.value.problem
+    assert "keep organization as '-> Organization', or redefine Organization too" in err.value.problem

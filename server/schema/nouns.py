@@ -327,7 +327,16 @@ def _check_links(nouns: dict[str, Noun]) -> None:
             target = other.fields.get(r.field)
             if target is None or target.relation != noun.name:
                 raise SchemaError(
-                    noun.source, noun.name, r.name, f"{r.noun}.{r.field} is not a '-> {noun.name}' relationship"
+                    noun.source,
+                    noun.name,
+                    r.name,
+                    f"{r.noun}.{r.field} (in {other.source}) is not a '-> {noun.name}' relationship"
+                    + (
+                        f"; a noun redefined in another folder keeps the links other nouns have to it: keep "
+                        f"{r.field} as '-> {noun.name}', or redefine {noun.name} too"
+                        if other.source != noun.source
+                        else ""
+                    ),
                 )
         pasts = [v.past for v in noun.verbs.values()]
         if len(set(pasts)) != len(pasts):
