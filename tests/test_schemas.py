@@ -244,6 +244,8 @@ def test_a_field_may_not_take_the_name_of_an_event_marker(tmp_path: Path, reserv
         ({"name": "string", "blob": ""}, "blob", ["empty"]),
         ({"name": "string", "meta": "json##"}, "meta", ["json", "cannot be unique"]),
         ({"name": "string", "meta": "json[]##"}, "meta", ["json", "cannot be unique"]),
+        ({"name": "string", "frob": "frobbed"}, "frob", ["unknown type 'frobbed'", "'frob': 'Frobbed'"]),
+        ({"name": "string", "Frob": "Frobbed"}, "Frob", ["'frob': 'Frobbed'", "starts lowercase"]),
     ],
 )
 def test_a_malformed_field_fails_naming_file_noun_field_and_problem(
@@ -642,3 +644,22 @@ def test_a_redefined_noun_that_drops_a_link_another_noun_relies_on_names_both_fi
     assert err.value.noun == "Organization" and err.value.field == "contacts"
     assert str(extra / "crm.json") in err.value.problem
     assert "keep organization as '-> Organization', or redefine Organization too" in err.value.problem
+
+
+def test_a_schema_folder_without_json_files_fails_and_other_files_in_one_are_named_as_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    yaml_only = tmp_path / "yaml_only"
+    yaml_only.mkdir()
+    (yaml_only / "widgets.yaml").write_text("Widget:\n  name: string\n")
+    mixed = folder(tmp_path, "mixed", {"widgets.json": {"Widget": {"name": "string"}}})
+    (mixed / "notes.txt").write_text("not a schema")
+
+    with pytest.raises(SchemaError) as err:
+        load_schemas([yaml_only])
+    with caplog.at_level("WARNING"):
+        loaded = load_schemas([mixed])
+
+    assert err.value.file == str(yaml_only) and "no *.json file" in err.value.problem
+    assert "Widget" in loaded.nouns
+    assert "ignoring notes.txt" in caplog.text

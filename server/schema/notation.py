@@ -76,6 +76,16 @@ def parse_entry(key: str, value: object) -> Spec:
         return ReverseSpec(noun=m["noun"], field=m["field"])
     if "|" in text and not _TYPED.fullmatch(text):  # ("string = a|b" is a typed field with a default)
         return _enum(text)
+    if PAST_TENSE.fullmatch(text):  # a verb spelt with a capital: 'Frob': 'Frobbed'
+        raise NotationError(
+            f"cannot read {text!r} as a type; if '{key}' is meant as a verb, its name starts lowercase "
+            f"('{key[0].lower() + key[1:]}': '{text}')"
+        )
+    if VERB_NAME.fullmatch(key) and text.isalpha() and text.islower() and text not in TYPES:  # 'frob': 'frobbed'
+        raise NotationError(
+            f"unknown type {text!r}; valid types: {', '.join(TYPES)}; if '{key}' is meant as a verb, its value "
+            f"is the past tense in PascalCase ('{key}': '{text[0].upper() + text[1:]}')"
+        )
     return _typed(text)
 
 

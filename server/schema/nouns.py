@@ -166,7 +166,13 @@ def load_schemas(extra_dirs: list[Path] | tuple[Path, ...] = (), include_builtin
         if not folder.is_dir():
             raise SchemaError(str(folder), None, None, "schema folder does not exist")
         seen_here: dict[str, str] = {}
-        for path in sorted(folder.glob("*.json")):
+        files = sorted(folder.glob("*.json"))
+        if not files and not (include_builtin and folder is dirs[0]):
+            raise SchemaError(str(folder), None, None, "schema folder holds no *.json file (schemas are JSON files)")
+        ignored = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix != ".json")
+        if ignored:
+            log.warning("schema folder %s: ignoring %s (only *.json files hold schemas)", folder, ", ".join(ignored))
+        for path in files:
             for noun_name, domain, body in _read_file(path):
                 if noun_name in seen_here:
                     raise SchemaError(str(path), noun_name, None, f"noun already defined in {seen_here[noun_name]}")
