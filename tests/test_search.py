@@ -926,7 +926,7 @@ def test_an_indexed_json_field_holding_lists_counts_entities_not_values(tmp_path
 def test_an_indexed_json_list_may_mix_strings_and_numbers(tmp_path: Path) -> None:
     extra = tmp_path / "schemas"
     extra.mkdir()
-    (extra / "widgets.json").write_text('{"$domain": "Widgets", "Widget": {"name": "string!", "meta": "json##"}}')
+    (extra / "widgets.json").write_text('{"$domain": "Widgets", "Widget": {"name": "string!", "meta": "json#"}}')
     with Store(tmp_path / "data", load_schemas([extra])) as s:
         s.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": "Mixed", "meta": ["7", 7, "x"]}})
         by_text = s.find(TENANT, "Widget", filter={"meta": {"$in": ["7"]}})
