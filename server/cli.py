@@ -87,21 +87,25 @@ def _lake_errors(doing: str, data_dir: Path) -> Iterator[None]:
     except (HeadlesslyError, sqlite3.Error, click.exceptions.Exit, click.ClickException, click.Abort):
         raise
     except Exception as exc:
+        from .lake.catalog import inside
+
         name = exc.filename if isinstance(exc, OSError) else None
-        if _inside(name, data_dir) and not _inside(name, data_dir / "lakehouse"):
+        if isinstance(name, str) and inside(name, data_dir) and not inside(name, data_dir / "lakehouse"):
             raise
         log.debug("the lakehouse failed while %s", doing, exc_info=True)
-        _fail(f"the lakehouse failed while {doing}: {_describe(exc)}; {_LAKE_HINT}", 1)
+        _fail(f"the lakehouse failed while {doing}: {_lake_failure(exc)}", 1)
 
 
-_LAKE_HINT = (
-    "check the catalog (<data-dir>/lakehouse/catalog.db, or .pyiceberg.yaml / PYICEBERG_CATALOG__HEADLESSLY__*) "
-    "and its storage"
-)
+def _lake_failure(exc: BaseException) -> str:
+    """What went wrong with the lakehouse, and where to look."""
+    from .errors import HeadlesslyError
 
-
-def _inside(path: object, folder: Path) -> bool:
-    return isinstance(path, str) and Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
+    if isinstance(exc, HeadlesslyError):  # a refusal of ours says what to do itself
+        return f"{exc.message}; {exc.hint}"
+    return (
+        f"{_describe(exc)}; check the catalog (<data-dir>/lakehouse/catalog.db, or .pyiceberg.yaml / "
+        "PYICEBERG_CATALOG__HEADLESSLY__*) and its storage"
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -651,10 +655,7 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
         except Exception as exc:  # the logs are still checked: say why the table is not
             log.debug("opening the lakehouse failed", exc_info=True)
             table, ok = None, False
-            why = (
-                f"{exc.message}; {exc.hint}" if isinstance(exc, HeadlesslyError) else f"{_describe(exc)}; {_LAKE_HINT}"
-            )
-            unread = f"the lakehouse could not be read, so it was not compared with the logs: {why}"
+            unread = f"the lakehouse could not be read, so it was not compared with the logs: {_lake_failure(exc)}"
             click.echo(
                 json.dumps({"lake": {"ok": False, "problems": [unread]}}) if as_json else f"lake: NOT CHECKED: {unread}"
             )
@@ -702,7 +703,7 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                     report["lake"] = {"watermark": cat.watermark(table, name)[0]}
                 except Exception as exc:  # one tenant's unreadable files: said, and the others still checked
                     log.debug("checking the lakehouse failed", exc_info=True)
-                    lake_problems = [f"its events in the table could not be read ({_describe(exc)}); {_LAKE_HINT}"]
+                    lake_problems = [f"its events in the table could not be read: {_lake_failure(exc)}"]
                 report["problems"].extend(lake_problems)
                 report["ok"] = report["ok"] and not lake_problems
             ok = ok and report["ok"]

@@ -711,14 +711,19 @@ def assert_refused_as_elsewhere(refusal: pytest.ExceptionInfo[StorageError], tab
     assert "verify and restore of the original on the original" in hint
 
 
+def flushed_copy(store: Store, clock: Any, events: int, copy: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Write and flush `events` events, copy the data dir to `copy`; the original lakehouse's files."""
+    write_events(store, clock, events)
+    Flusher(store).flush()
+    shutil.copytree(store.data_dir, copy)
+    return files_under(store.data_dir / "lakehouse")
+
+
 def test_flushing_a_copy_of_a_flushed_data_dir_is_refused_and_the_originals_table_stays_as_it_was(
     tmp_path: Path, store: Store, clock: Any, schemas: SchemaSet
 ) -> None:
-    write_events(store, clock, 3)
-    Flusher(store).flush()
     copy = tmp_path / "copy"
-    shutil.copytree(store.data_dir, copy)
-    original_lake = files_under(store.data_dir / "lakehouse")
+    original_lake = flushed_copy(store, clock, 3, copy)
 
     refusals = []
     with Store(copy, schemas, clock=clock) as copied:
@@ -742,12 +747,9 @@ def test_flushing_a_copy_of_a_flushed_data_dir_is_refused_and_the_originals_tabl
 def test_a_copy_whose_lakehouse_is_moved_aside_flushes_its_events_anew_into_a_table_of_its_own(
     tmp_path: Path, store: Store, clock: Any, schemas: SchemaSet
 ) -> None:
-    write_events(store, clock, 3)
-    Flusher(store).flush()
     copy = tmp_path / "copy"
-    shutil.copytree(store.data_dir, copy)
+    original_lake = flushed_copy(store, clock, 3, copy)
     (copy / "lakehouse").rename(copy / "lakehouse.aside")  # as the refusal advises
-    original_lake = files_under(store.data_dir / "lakehouse")
 
     with Store(copy, schemas, clock=clock) as copied:
         write_events(copied, clock, 2)
@@ -785,11 +787,8 @@ def test_a_moved_data_dir_refuses_its_lakehouse_the_same_way_and_works_again_onc
 def test_the_background_flush_of_a_copied_data_dir_logs_the_refusal_without_a_traceback(
     tmp_path: Path, store: Store, clock: Any, schemas: SchemaSet, caplog: pytest.LogCaptureFixture
 ) -> None:
-    write_events(store, clock, 2)
-    Flusher(store).flush()
     copy = tmp_path / "copy"
-    shutil.copytree(store.data_dir, copy)
-    original_lake = files_under(store.data_dir / "lakehouse")
+    original_lake = flushed_copy(store, clock, 2, copy)
 
     with Store(copy, schemas, clock=clock) as copied:
         write_events(copied, clock, 2)

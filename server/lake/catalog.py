@@ -96,7 +96,7 @@ def _refuse_foreign(data_dir: Path, *locations: str) -> None:
     absolute: a copied data dir's catalog still names the original's table (writing through it would add
     files to the original's warehouse and prune the original's metadata), a moved one's names files gone."""
     warehouse = data_dir / "lakehouse" / "warehouse"
-    outside = [location for location in locations if not _inside(location, warehouse)]
+    outside = [location for location in locations if not inside(location, warehouse)]
     if not outside:
         return
     where = local_path(outside[-1])  # the table's location when it is known, else its metadata file's
@@ -113,7 +113,7 @@ def _refuse_foreign(data_dir: Path, *locations: str) -> None:
     )
 
 
-def _inside(location: str, folder: Path) -> bool:
+def inside(location: str, folder: Path) -> bool:
     """Whether a local location lies in `folder`, also when either is reached through a symlink or a bind
     mount (the same folder under another name)."""
     if urllib.parse.urlparse(location).scheme not in ("", "file"):
