@@ -544,6 +544,26 @@ def test_bringing_back_a_deleted_entity_whose_link_points_at_an_entity_deleted_s
     assert event_count(store) == before
 
 
+def test_a_rollback_or_revert_that_leaves_an_entity_deleted_ignores_its_links_to_entities_deleted_since(
+    store: Store, clock: Any
+) -> None:
+    org, bob = acme_and_bob(store)
+    do(store, GOOD, action="delete", type="Contact", id=bob)  # v2: deleted, still pointing at Acme
+    clock.advance(60)
+    do(store, ROGUE, action="rollback", type="Contact", id=bob, toVersion=1)  # v3: ROGUE brings Bob back
+    do(store, ROGUE, action="update", type="Contact", id=bob, data={"organization": None})  # v4
+    do(store, GOOD, action="delete", type="Organization", id=org)
+
+    reverted = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z")
+    assert reverted["conflicts"] == []
+    assert [e["version"] for e in reverted["events"]] == [5]
+    with pytest.raises(NotFound):
+        store.get(TENANT, "Contact", bob)
+    rolled = do(store, ADMIN, action="rollback", type="Contact", id=bob, toVersion=2)  # deleted again: no link is live
+    assert rolled["entity"]["$version"] == 6 and rolled["entity"]["$deletedAt"] is not None
+    assert store.verify(TENANT)["ok"] is True
+
+
 def test_revert_refuses_an_until_before_its_since(store: Store, clock: Any) -> None:
     setup_rogue(store, clock)
     before = event_count(store)

@@ -924,9 +924,12 @@ def index_keys(noun: Noun, state: dict[str, Any]) -> set[tuple[str, Any]]:
 
 
 def links_to_check(current: Loaded, fields: dict[str, Any], deleted: bool) -> list[str]:
-    """The fields whose relationships a rollback or revert must check: those it changes, and all of them
-    when it brings a deleted entity back (its links may point at entities deleted since)."""
-    if current.deleted and not deleted:
+    """The fields whose relationships a rollback or revert must check: none when it leaves the entity deleted
+    (no link of a deleted entity is live), all of them when it brings a deleted entity back (they may point at
+    entities deleted since), else those it changes."""
+    if deleted:
+        return []
+    if current.deleted:
         return list(fields)
     return list(diff(current.fields, fields))
 
