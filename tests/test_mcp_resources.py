@@ -110,6 +110,24 @@ async def test_an_entity_resource_reads_the_same_in_the_legacy_era(store: Store)
 
 
 @pytest.mark.anyio
+async def test_every_type_the_errors_name_is_readable_event_and_schema_too(store: Store) -> None:
+    alice = create_contact(store)
+    (created,) = store.events(TENANT)["results"]
+    async with connect(store) as client:
+        with pytest.raises(MCPError) as exc:
+            await client.read_resource("headlessly://Nope/x")
+        valid = json.loads(exc.value.error.message)["message"].split("valid types: ")[1].split(", ")
+        event = await read_json(client, f"headlessly://Event/{created['id']}")
+        schema = await read_json(client, "headlessly://Schema/Contact")
+        with pytest.raises(MCPError) as missing:
+            await client.read_resource("headlessly://Event/evt_doesNotExist")
+    assert {"Event", "Schema"} <= set(valid)
+    assert event == created and event["target"] == alice
+    assert schema == store.schema("Contact")
+    assert json.loads(missing.value.error.message)["error"] == "not_found"
+
+
+@pytest.mark.anyio
 async def test_an_unknown_entity_resource_is_an_mcp_error_saying_not_found(store: Store) -> None:
     create_contact(store)
     async with connect(store) as client:

@@ -403,13 +403,16 @@ def build_server(
         "headlessly://{noun}/{id}",
         name="entity",
         mime_type="application/json",
-        description="The current state of one entity of the caller's tenant.",
+        description="The current state of one entity of the caller's tenant (headlessly://Event/{id}: one event).",
     )
     async def entity(noun: str, id: str, ctx: Context) -> str:
-        if noun == "schema":
+        if noun in ("schema", "Schema"):
             return schema_one(id)
         try:
-            state = await run(ctx, lambda caller: store.get(caller.tenant, noun, id))
+            if noun == "Event":  # as fetch takes it, so that every type the errors list is readable
+                state = await run(ctx, lambda caller: store.event(caller.tenant, id))
+            else:
+                state = await run(ctx, lambda caller: store.get(caller.tenant, noun, id))
         except (NotFound, InvalidType, InvalidId) as err:
             raise ResourceNotFoundError(error_text(err)) from None
         except HeadlesslyError as err:
