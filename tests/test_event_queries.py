@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -290,6 +291,8 @@ def test_an_unknown_event_field_or_bad_value_is_invalid_filter(store: Store, log
         store.events(TENANT, filter=bad)
 
     assert "actor" in err.value.hint and "timestamp" in err.value.hint
+    example = err.value.hint.split("Example: ")[1].rstrip(".")
+    assert store.events(TENANT, filter=json.loads(example))["total"] >= 0  # an example that works on events
 
 
 def test_event_limits_are_those_of_search(store: Store, log: Log) -> None:

@@ -88,6 +88,10 @@ class KeyedTerm:
     values: list[Any]
 
 
+NOUN_EXAMPLE = '{"stage": "Lead", "value": {"$gte": 1000}}'
+EVENT_EXAMPLE = '{"type": "Deal.*", "actor": "agent_mR4nVkTw", "timestamp": {"$gte": "2026-01-15"}}'
+
+
 class FilterCompiler:
     """Compiles one filter document into a WHERE clause and its parameters."""
 
@@ -115,7 +119,7 @@ class FilterCompiler:
         return InvalidFilter(
             message,
             hint=f"Filter fields of {self.what}: {', '.join(self.columns)}. Operators: {', '.join(OPERATORS + LOGICAL)}; "
-            'a bare value means $eq. Example: {"stage": "Lead", "value": {"$gte": 1000}}.',
+            f"a bare value means $eq. Example: {EVENT_EXAMPLE if self.glob_type else NOUN_EXAMPLE}.",
         )
 
     def _doc(self, doc: Any, depth: int) -> str:
