@@ -37,6 +37,18 @@ def _finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float
     return value
 
 
+def _time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A time flag, checked here so that its error names the flag; passed on as given."""
+    from .timeutil import parse_time
+
+    if value is not None:
+        try:
+            parse_time(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def _data_dir(must_exist: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--data-dir; commands that only read or upkeep data refuse one that does not exist, rather than make it."""
     return click.option(
@@ -232,9 +244,9 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
           schema_dirs: tuple[Path, ...], hook_modules: tuple[str, ...], durability: str, flush_interval: float,
           no_flush: bool, log_level: str) -> None:  # fmt: skip
     """Run the MCP server (logs go to stderr)."""
-    logging.basicConfig(
-        stream=sys.stderr, level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from .logsetup import log_to_stderr
+
+    log_to_stderr(log_level)
     from .errors import HeadlesslyError
     from .store.operations import check_actor
     from .store.tenants import check_tenant
@@ -536,8 +548,8 @@ def token_revoke(token_id: str, data_dir: Path) -> None:
 )
 @click.option("--target", default=None, help="An entity's $id: its whole history.")
 @click.option("--actor", default=None, help="Only events by this actor.")
-@click.option("--since", default=None, help="From this time (RFC 3339 or a date), inclusive.")
-@click.option("--until", default=None, help="Up to this time, inclusive.")
+@click.option("--since", default=None, callback=_time, help="From this time (RFC 3339 or a date), inclusive.")
+@click.option("--until", default=None, callback=_time, help="Up to this time, inclusive.")
 @click.option(
     "--filter",
     "filter_json",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 from contextlib import AbstractContextManager, suppress
@@ -253,6 +254,18 @@ async def test_a_sigterm_to_the_flush_process_ends_it_after_one_last_flush(tmp_p
         assert len(lake_events(data_dir)) == 3  # before the server's shutdown flush
 
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.anyio
+async def test_the_flush_logs_at_info_without_pyicebergs_notice_at_every_table_load(tmp_path: Path) -> None:
+    with flushing_server(tmp_path / "data") as server:
+        with anyio.fail_after(TIMEOUT):
+            await first_flush(server)
+            start = len(server.stderr_lines)
+            await create_contacts(server, ["Bob"])
+            await logged(server, FLUSHED, start)
+    assert re.search(FLUSHED, server.log())
+    assert "FileIO" not in server.log()
 
 
 @pytest.mark.anyio

@@ -301,6 +301,14 @@ def test_events_filter_by_time_window(tmp_path: Path, data_dir: Path, history: H
     assert [e["seq"] for e in window.json_lines()] == [2, 3]
 
 
+def test_events_refuses_a_time_it_cannot_read_naming_the_flag(tmp_path: Path, data_dir: Path, history: History) -> None:
+    for flag in ("--since", "--until"):
+        for lake in ((), ("--from-lake",)):
+            bad = run("events", "--tenant", TENANT, flag, "yesterday", *lake, cwd=tmp_path, data_dir=data_dir)
+            assert bad.code == 2
+            assert f"'{flag}'" in bad.err and "RFC 3339" in bad.err and "Traceback" not in bad.err
+
+
 def test_events_newest_first_limit_and_filter_json(tmp_path: Path, data_dir: Path, history: History) -> None:
     newest = run("events", "--tenant", TENANT, "--newest-first", "--limit", "2", "--json", cwd=tmp_path, data_dir=data_dir)  # fmt: skip
     assert [e["seq"] for e in newest.json_lines()] == [5, 4]

@@ -204,9 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, required=True)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from ..logsetup import log_to_stderr
+
+    log_to_stderr(args.log_level)
     from ..schema import load_schemas
 
     store = Store(args.data_dir, load_schemas(args.schemas), follow_schemas=False)  # its server rebuilds keys
