@@ -231,7 +231,7 @@ def main() -> None:
     envvar=ENV_DURABILITY,
     default="normal",
     show_default=True,
-    help="SQLite synchronous mode: normal survives a process crash, full also a power cut.",
+    help=f"SQLite synchronous mode: normal survives a process crash, full also a power cut (env {ENV_DURABILITY}).",
 )
 @click.option("--flush-interval", type=click.FloatRange(min=0.1, max=86400.0), default=5.0, show_default=True,
               callback=_finite,
@@ -542,7 +542,9 @@ def token_revoke(token_id: str, data_dir: Path) -> None:
 
 
 @main.command()
-@click.option("--tenant", envvar=ENV_TENANT, default="default", show_default=True)
+@click.option(
+    "--tenant", envvar=ENV_TENANT, default="default", show_default=True, help=f"The tenant (env {ENV_TENANT})."
+)
 @click.option(
     "--type", "type_", default=None, help="Event type, exact or a glob: Contact.Qualified, Deal.*, *.Deleted."
 )
