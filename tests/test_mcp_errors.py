@@ -14,6 +14,7 @@ from mcp_types import CallToolResult
 
 from server.auth.identity import LocalIdentity, TokenVerifier
 from server.auth.tokens import TokenStore
+from server.errors import ValidationFailed
 from server.store import Store
 from server.tools.app import build_server
 
@@ -260,6 +261,31 @@ async def test_true_for_a_number_or_a_number_for_a_flag_is_a_validation_error_an
     body = check_error(result, "validation_error")
     assert f"'{named}'" in body["message"]
     assert store.get(TENANT, "Contact", contact["$id"])["$version"] == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("tool", "args"),
+    [
+        ("fetch", {"type": "Contact", "version": 2**63}),
+        ("do", {"action": "rollback", "type": "Contact", "toVersion": 2**63}),
+        ("do", {"action": "update", "type": "Contact", "ifVersion": 2**63, "data": {"title": "CTO"}}),
+        ("do", {"operations": [{"action": "rollback", "type": "Contact", "toVersion": 2**63}]}),
+    ],
+)
+async def test_a_version_past_64_bits_is_a_validation_error_and_writes_nothing(
+    store: Store, tool: str, args: dict[str, Any]
+) -> None:
+    contact = create_contact(store)
+    if "operations" in args:
+        args = {"operations": [{**args["operations"][0], "id": contact["$id"]}]}
+    async with connect(store) as client:
+        result = await client.call_tool(tool, {**args, "id": contact["$id"]} if "operations" not in args else args)
+    body = check_error(result, "validation_error")
+    assert "9223372036854775807" in body["message"]
+    assert store.get(TENANT, "Contact", contact["$id"])["$version"] == 1
+    with pytest.raises(ValidationFailed):
+        store.get(TENANT, "Contact", contact["$id"], version=2**63)
 
 
 @pytest.mark.anyio

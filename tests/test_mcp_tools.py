@@ -100,7 +100,7 @@ async def test_type_of_fetch_and_search_is_an_enum_of_the_nouns_plus_event_and_s
 
 
 @pytest.mark.anyio
-async def test_versions_are_published_as_integers_from_1_and_flags_as_booleans(store: Store) -> None:
+async def test_versions_are_published_as_64_bit_integers_from_1_and_flags_as_booleans(store: Store) -> None:
     async with connect(store) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
 
@@ -114,7 +114,7 @@ async def test_versions_are_published_as_integers_from_1_and_flags_as_booleans(s
         ]
 
     for tool, name in (("fetch", "version"), ("do", "ifVersion"), ("do", "toVersion")):
-        assert kinds(tool, name) == [{"type": "integer", "minimum": 1}], (tool, name)
+        assert kinds(tool, name) == [{"type": "integer", "minimum": 1, "maximum": 2**63 - 1}], (tool, name)
     assert kinds("search", "limit") == [{"type": "integer"}]
     for tool, name in (("search", "includeDeleted"), ("do", "force"), ("do", "dryRun")):
         assert kinds(tool, name) == [{"type": "boolean"}], (tool, name)

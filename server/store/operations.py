@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
 from ..errors import InvalidActor, ValidationFailed
+from ..schema.validation import INT64_MAX
 
 ACTOR = re.compile(r"^(agent|user|system)_[A-Za-z0-9_-]{1,64}$")
 CRUD_ACTIONS = ("create", "update", "delete", "rollback", "revert")
@@ -23,7 +24,8 @@ def _not_a_bool(value: Any) -> Any:
 # Arguments at the edge: a number may come as 3 or "3", but `true` is never a version or a page size; a flag
 # is `true` or `false`, never "yes" or 1 (pydantic's lax mode would take all of those).
 Whole = Annotated[int, BeforeValidator(_not_a_bool)]
-Version = Annotated[int, Field(ge=1), BeforeValidator(_not_a_bool)]  # the bound inside: "minimum" in the schema
+# the bounds inside: "minimum"/"maximum" in the schema; past 2**63-1 SQLite could not even look a version up
+Version = Annotated[int, Field(ge=1, le=INT64_MAX), BeforeValidator(_not_a_bool)]
 Flag = Annotated[bool, Strict()]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import InvalidFilter, LimitExceeded, NotFound, ValidationFailed
 from ..schema import Noun, SchemaSet
+from ..schema.validation import INT64_MAX
 from ..timeutil import between_microseconds, format_us, parse_as_of
 from . import cursors
 from .events import EVENT_ROW_COLUMNS, EventRow
@@ -90,8 +91,10 @@ def get_entity(
         )
     seq: int | None = None
     if version is not None:
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise ValidationFailed(f"version must be a whole number from 1, got {version!r}", hint='e.g. "version": 2.')
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= INT64_MAX:
+            raise ValidationFailed(
+                f"version must be a whole number from 1 to {INT64_MAX}, got {version!r}", hint='e.g. "version": 2.'
+            )
         row = conn.execute(
             "SELECT state, seq FROM events WHERE target = ? AND version = ?", (entity_id, version)
         ).fetchone()
