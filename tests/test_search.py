@@ -400,6 +400,21 @@ def test_a_query_with_a_lone_surrogate_searches_its_words_or_says_there_are_none
         store.find(TENANT, "Contact", query="\ud800")
 
 
+@pytest.mark.parametrize(
+    "flt", [{"name": "\ud800"}, {"name": {"$regex": "\ud800"}}, {"name": {"$in": ["x", "\ud800"]}}]
+)
+def test_a_filter_with_a_lone_surrogate_is_invalid_filter(store: Store, people: None, flt: dict[str, Any]) -> None:
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, "Contact", flt)
+    assert "not valid Unicode" in err.value.message
+
+
+def test_an_event_filter_with_a_lone_surrogate_is_invalid_filter(store: Store, people: None) -> None:
+    for flt in ({"type": "\ud800"}, {"actor": {"$regex": "\ud800"}}):
+        with pytest.raises(InvalidFilter):
+            store.events(TENANT, flt)
+
+
 def test_query_combines_with_a_filter(store: Store, people: None) -> None:
     assert found(store, "Contact", {"email": {"$regex": "acme"}}, query="sales") == {"Alice Smith"}
 

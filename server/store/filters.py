@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -113,7 +114,14 @@ class FilterCompiler:
     def compile(self, doc: Any) -> str:
         if doc is None:
             return "1"
-        return self._doc(doc, 0)
+        sql = self._doc(doc, 0)  # (which also bounds how deep `doc` nests)
+        try:  # SQLite binds text as UTF-8: a lone surrogate (\ud800-\udfff) anywhere would fail there
+            json.dumps(doc, ensure_ascii=False, default=repr).encode()
+        except UnicodeEncodeError as exc:
+            raise self._fail(
+                f"the filter holds text that is not valid Unicode ({exc.reason}: {exc.object[exc.start : exc.end]!r})"
+            ) from None
+        return sql
 
     def _fail(self, message: str) -> InvalidFilter:
         return InvalidFilter(
