@@ -337,6 +337,20 @@ def test_fields_keep_what_include_expands(store: Store) -> None:
     assert contact["organization"] == acme and contact["title"] == "CEO" and "name" not in contact
 
 
+def test_fields_naming_a_reverse_relationship_without_include_is_refused_with_the_include_to_pass(
+    store: Store,
+) -> None:
+    acme = create(store, "Organization", name="Acme")
+    alice = create(store, "Contact", name="Alice", organization=acme["$id"])
+
+    with pytest.raises(ValidationFailed) as err:
+        store.get(TENANT, "Organization", acme["$id"], fields=["name", "contacts"])
+    both = store.get(TENANT, "Organization", acme["$id"], include=["contacts"], fields=["name", "contacts"])
+
+    assert "contacts" in err.value.message and '"include": ["contacts"]' in err.value.hint
+    assert both["contacts"] == [alice]
+
+
 def test_fields_may_name_meta_fields_but_not_unknown_dollar_names(store: Store, history: dict[str, Any]) -> None:
     got = store.get(TENANT, "Contact", history["id"], fields=["$createdBy", "title"])
     with pytest.raises(ValidationFailed) as err:

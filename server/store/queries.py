@@ -133,7 +133,7 @@ def get_entity(
     if include:
         expand(conn, schemas, noun, state, include, seq)
     if fields is not None:
-        state = project(noun, state, [*fields, *(include or ())])  # what was asked to be included stays
+        state = project(noun, state, fields, include or [])
     return state
 
 
@@ -150,14 +150,21 @@ META_FIELDS = (
 )
 
 
-def project(noun: Noun, state: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+def project(noun: Noun, state: dict[str, Any], fields: list[str], include: list[str]) -> dict[str, Any]:
+    """Only `fields` of `state` (and what `include` expanded, which stays)."""
     unknown = [f for f in fields if f not in noun.fields and f not in noun.reverses and f not in META_FIELDS]
     if unknown:
         raise ValidationFailed(
             f"unknown fields {unknown} for {noun.name}",
             hint=f"{noun.name} fields: {', '.join([*noun.fields, *noun.reverses, *META_FIELDS])}.",
         )
-    keep = {"$id", "$type", "$version", "$includeTruncated", *fields}
+    reverses = [f for f in fields if f in noun.reverses and f not in include]
+    if reverses:  # not stored: only include lists them
+        raise ValidationFailed(
+            f"{', '.join(reverses)}: a reverse relationship of {noun.name} is not stored, so fields alone cannot return it",
+            hint=f"Also pass it in include to list those entities: {json.dumps({'include': reverses})}.",
+        )
+    keep = {"$id", "$type", "$version", "$includeTruncated", *fields, *include}
     return {k: v for k, v in state.items() if k in keep}
 
 
