@@ -147,6 +147,16 @@ def test_a_rollback_that_deletes_names_its_own_actor_and_time_as_the_deletion(st
     assert store.verify(TENANT)["ok"] is True
 
 
+def test_a_rollback_to_the_state_the_entity_is_in_still_appends_its_event_with_empty_changes(
+    store: Store, clock: Any
+) -> None:
+    alice = alice_history(store, clock)
+    result = do(store, GOOD, action="rollback", type="Contact", id=alice, toVersion=3)
+    (event,) = result["events"]
+    assert (event["version"], event["data"], event["changes"]) == (4, {"rollbackTo": 3}, {})
+    assert fields(result["entity"]) == fields(store.get(TENANT, "Contact", alice, version=3))
+
+
 def test_rollback_to_before_creation_is_refused(store: Store, clock: Any) -> None:
     alice = alice_history(store, clock)
     for as_of in ("2026-01-15T09:59:59.999999Z", "2026-01-14"):
