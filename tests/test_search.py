@@ -226,6 +226,25 @@ def test_regex_matches_text_fields(store: Store, deals: dict[str, str]) -> None:
     assert found(store, "Deal", {"name": {"$regex": "(Cafe|Stall)$"}}) == {"Small Cafe", "Tiny Stall"}
 
 
+@pytest.mark.parametrize(
+    ("noun", "flt", "said"),
+    [
+        ("Deal", {"value": {"$regex": "1"}}, "applies to text fields"),
+        ("Contact", {"$createdAt": {"$regex": "2026"}}, "not datetime"),
+        ("Contact", {"name": {"$regex": 5}}, "takes a pattern string, got int"),
+        ("Contact", {"name": {"$regex": "a" * 257}}, "at most 256 characters, got 257"),
+        ("Experiment", {"variants": {"$eq": ["a", "b"]}}, "string, number or boolean on a json field, not list"),
+        ("Experiment", {"variants": {"a": 1}}, "not dict"),
+    ],
+)
+def test_an_unusable_regex_or_json_condition_says_which_part_is_wrong(
+    store: Store, noun: str, flt: dict[str, Any], said: str
+) -> None:
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, noun, flt)
+    assert said in err.value.message
+
+
 def test_a_pattern_that_backtracks_without_end_is_invalid_filter_and_stalls_nothing(store: Store) -> None:
     create(store, "Contact", name="a" * 40 + "!")
     create(store, "Contact", name="Alice")

@@ -17,6 +17,7 @@ from ..timeutil import between_microseconds, format_us, parse_time
 from .patterns import compile_pattern
 from .sqlite import json_path
 
+TEXT_KINDS = ("string", "text", "email", "url", "id")
 OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$regex", "$not")
 LOGICAL = ("$and", "$or")
 MAX_IN = 500
@@ -181,14 +182,12 @@ class FilterCompiler:
         if arg is None and op in ("$eq", "$ne"):  # null is the absent value: {"$eq": null} is {"$exists": false}
             return self._missing(col, op == "$eq")
         if op == "$regex":
-            if (
-                not isinstance(arg, str)
-                or len(arg) > MAX_REGEX
-                or col.kind not in ("string", "text", "email", "url", "id")
-            ):
-                raise self._fail(
-                    f"{col.name}: $regex takes a pattern string of at most {MAX_REGEX} characters, on text fields"
-                )
+            if col.kind not in TEXT_KINDS:
+                raise self._fail(f"{col.name}: $regex applies to text fields ({', '.join(TEXT_KINDS)}), not {col.kind}")
+            if not isinstance(arg, str):
+                raise self._fail(f"{col.name}: $regex takes a pattern string, got {type(arg).__name__}")
+            if len(arg) > MAX_REGEX:
+                raise self._fail(f"{col.name}: a $regex pattern is at most {MAX_REGEX} characters, got {len(arg)}")
             try:
                 compile_pattern(arg)
             except regex.error as exc:
@@ -306,6 +305,11 @@ class FilterCompiler:
         kind = col.kind
         bad = False
         if isinstance(value, (dict, list)):
+            if kind == "json":  # a json field is compared by its scalars (or a list's elements)
+                raise self._fail(
+                    f"{col.name}: {op} takes a string, number or boolean on a json field, not {type(value).__name__}"
+                    " (objects and whole lists are not compared)"
+                )
             bad = True
         elif kind in ("number",):
             bad = not isinstance(value, (int, float)) or isinstance(value, bool)
