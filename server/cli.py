@@ -193,7 +193,13 @@ def main() -> None:
     show_default=True,
     help="stdio for local clients; http (streamable HTTP at /mcp) or sse (at /sse) to serve over the network.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind for http/sse.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    callback=lambda _ctx, _param, value: value[1:-1] if value.startswith("[") and value.endswith("]") else value,
+    help="Address to bind for http/sse (an IPv6 one with or without brackets).",
+)
 @click.option(
     "--port",
     default=8000,

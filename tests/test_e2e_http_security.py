@@ -50,7 +50,7 @@ def contacts(server: HttpServer, tenant: str) -> int:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]"])
 async def test_without_tokens_a_request_addressed_to_another_host_is_refused_on_any_loopback_address(
     tmp_path: Path, host: str
 ) -> None:
@@ -67,7 +67,7 @@ async def test_without_tokens_a_request_addressed_to_another_host_is_refused_on_
                     refused = await http.post(srv.url, json=INITIALIZE, headers={**MCP_HEADERS, **headers})
                     assert refused.status_code in (403, 421), (headers, refused.status_code)
                 # addressed to the loopback name it listens on (or localhost), it is served
-                for name in (host, "localhost"):
+                for name in (f"[{host.strip('[]')}]" if ":" in host else host, "localhost"):
                     named = {"Host": f"{name}:{port}", "Origin": f"http://{name}:{port}"}
                     session = await open_session(http, srv, named)
                     assert (await http.post(srv.url, json=CREATE, headers=session)).status_code == 200
