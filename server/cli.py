@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .config import ENV_ACTOR, ENV_DATA_DIR, ENV_DURABILITY, ENV_TENANT, Config
+from .config import ENV_ACTOR, ENV_DATA_DIR, ENV_DURABILITY, ENV_TENANT, SESSIONS_PER_TOKEN, Config
 
 log = logging.getLogger("headlessly")
 
@@ -244,11 +244,18 @@ def main() -> None:
               help="Seconds between background flushes of new events to the Iceberg table (one more at shutdown).")  # fmt: skip
 @click.option("--no-flush", is_flag=True, help="No background flush (run `headlessly flush` yourself).")
 @click.option(
+    "--sessions-per-token",
+    type=click.IntRange(min=1),
+    default=SESSIONS_PER_TOKEN,
+    show_default=True,
+    help="http: the most streamable-HTTP sessions one token may hold open (so no token can fill the server's).",
+)
+@click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
 def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, tenant: str, actor: str | None,
           schema_dirs: tuple[Path, ...], hook_modules: tuple[str, ...], durability: str, flush_interval: float,
-          no_flush: bool, log_level: str) -> None:  # fmt: skip
+          no_flush: bool, sessions_per_token: int, log_level: str) -> None:  # fmt: skip
     """Run the MCP server (logs go to stderr)."""
     from .logsetup import log_to_stderr
 
@@ -313,7 +320,7 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         if transport == "stdio":
             _serve_stdio(store, config, shut_down)
         else:
-            _serve_http(store, config, transport, host, port, no_auth)
+            _serve_http(store, config, transport, host, port, no_auth, sessions_per_token)
     finally:
         _ignore_signals()  # the shutdown is under way: let its final flush finish
         log.info("shutting down: %sexit (further signals are ignored)", "a last flush, then " if background else "")
@@ -437,8 +444,11 @@ def _serve_stdio(store: Any, config: Config, shut_down: Callable[[], None]) -> N
     anyio.run(run)
 
 
-def _serve_http(store: Any, config: Config, transport: str, host: str, port: int, no_auth: bool) -> None:
+def _serve_http(
+    store: Any, config: Config, transport: str, host: str, port: int, no_auth: bool, sessions_per_token: int
+) -> None:
     from .auth.identity import LocalIdentity
+    from .auth.sessions import limit_sessions_per_token
     from .auth.tokens import TokenStore
     from .listen import listen
     from .tools.app import build_server
@@ -450,6 +460,8 @@ def _serve_http(store: Any, config: Config, transport: str, host: str, port: int
     security = _host_checks(shown_host, no_auth)
     if transport == "http":
         app = server.streamable_http_app(host=host, transport_security=security)
+        if tokens is not None:
+            limit_sessions_per_token(app, server.session_manager, sessions_per_token)
     else:
         app = server.sse_app(host=host, transport_security=security)
     path = "/mcp" if transport == "http" else "/sse"

@@ -10,6 +10,7 @@ ENV_DATA_DIR = "HEADLESSLY_DATA_DIR"
 ENV_TENANT = "HEADLESSLY_TENANT"
 ENV_ACTOR = "HEADLESSLY_ACTOR"
 ENV_DURABILITY = "HEADLESSLY_DURABILITY"
+SESSIONS_PER_TOKEN = 100  # streamable-HTTP sessions one token may hold open (the SDK's table holds 10,000)
 
 
 def private_dir(path: Path) -> None:

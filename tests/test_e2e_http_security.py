@@ -111,6 +111,30 @@ async def test_a_session_refuses_another_tokens_requests_even_when_both_tokens_h
 
 
 @pytest.mark.anyio
+async def test_a_token_holding_its_most_open_sessions_cannot_open_another_but_other_tokens_can(
+    tmp_path: Path,
+) -> None:
+    """The session table is shared by every tenant: one token must not be able to fill it."""
+    data_dir = tmp_path / "data"
+    greedy = create_token(data_dir, "mallory", "agent_greedy", read_only=True)
+    victim = create_token(data_dir, "victim", "agent_victim")
+    with http_server(data_dir, "--sessions-per-token", "2", "--no-flush") as srv:
+        with anyio.fail_after(TIMEOUT):
+            async with httpx2.AsyncClient(timeout=httpx2.Timeout(10.0)) as http:
+                first = await open_session(http, srv, bearer(greedy))
+                await open_session(http, srv, bearer(greedy))
+                refused = await http.post(srv.url, json=INITIALIZE, headers={**MCP_HEADERS, **bearer(greedy)})
+                assert refused.status_code == 429
+                assert "2 open sessions" in refused.json()["error"]["message"]
+                assert (await http.post(srv.url, json=CREATE, headers=first)).status_code == 200  # still served
+                other = await open_session(http, srv, bearer(victim))
+                assert (await http.post(srv.url, json=CREATE, headers=other)).status_code == 200
+                assert (await http.delete(srv.url, headers=first)).status_code == 200
+                await open_session(http, srv, bearer(greedy))  # an ended session makes room
+    assert contacts(srv, "victim") == 1
+
+
+@pytest.mark.anyio
 @pytest.mark.filterwarnings(
     "ignore::mcp.shared.exceptions.MCPDeprecationWarning"
 )  # logging/setLevel is a handshake-era request
