@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Callable
 from typing import Any
+
+
+class _RefusedSseRequest(logging.Filter):
+    """The MCP SDK's SSE endpoint answers a request its Host/Origin check refuses (421/403, with a warning
+    saying why) and then raises ValueError("Request validation failed"), which uvicorn would log with a
+    whole traceback: one per refused request, for anyone to flood the log with."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, ValueError) and str(exc) == "Request validation failed")
 
 
 def listen(app: Any, host: str, port: int, announce: Callable[[int], None]) -> None:
@@ -13,6 +24,7 @@ def listen(app: Any, host: str, port: int, announce: Callable[[int], None]) -> N
     import uvicorn
 
     uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    logging.getLogger("uvicorn.error").addFilter(_RefusedSseRequest())  # (uvicorn.Config set its loggers up)
 
     failed: list[SystemExit] = []
 

@@ -75,6 +75,19 @@ async def test_without_tokens_a_request_addressed_to_another_host_is_refused_on_
 
 
 @pytest.mark.anyio
+async def test_without_tokens_an_sse_stream_asked_for_under_another_host_is_refused_with_one_warning_line(
+    tmp_path: Path,
+) -> None:
+    with http_server(tmp_path / "data", "--no-auth", "--no-flush", transport="sse") as srv:
+        with anyio.fail_after(TIMEOUT):
+            async with httpx2.AsyncClient(timeout=httpx2.Timeout(10.0)) as http:
+                refused = await http.get(srv.url, headers={"Host": f"attacker.example:{srv.port}"})
+                assert refused.status_code == 421
+            await anyio.to_thread.run_sync(srv.wait_for_log, "Invalid Host header", TIMEOUT, 0)
+    assert "Traceback" not in srv.log() and "Exception in ASGI application" not in srv.log()
+
+
+@pytest.mark.anyio
 async def test_with_tokens_a_request_forwarded_by_a_reverse_proxy_under_its_own_name_is_served(
     tmp_path: Path,
 ) -> None:
