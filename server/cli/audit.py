@@ -1,0 +1,234 @@
+"""`headlessly events` and `headlessly verify`: reading and checking the logs from the shell."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..config import ENV_TENANT, Config
+from .common import (
+    check_tenant_name,
+    data_dir_option,
+    existing_data_dir_option,
+    fail,
+    lake_errors,
+    lake_failure,
+    lake_table_if_any,
+    log,
+    main,
+    open_store,
+    print_table,
+    schemas_option,
+    short,
+    time_flag,
+)
+
+
+@main.command()
+@click.option(
+    "--tenant", envvar=ENV_TENANT, default="default", show_default=True, help=f"The tenant (env {ENV_TENANT})."
+)
+@click.option(
+    "--type", "type_", default=None, help="Event type, exact or a glob: Contact.Qualified, Deal.*, *.Deleted."
+)
+@click.option("--target", default=None, help="An entity's $id: its whole history.")
+@click.option("--actor", default=None, help="Only events by this actor.")
+@click.option("--since", default=None, callback=time_flag, help="From this time (RFC 3339 or a date), inclusive.")
+@click.option("--until", default=None, callback=time_flag, help="Up to this time, inclusive.")
+@click.option(
+    "--filter",
+    "filter_json",
+    default=None,
+    help='A search filter as JSON, as in the search tool: {"version": {"$gt": 3}}.',
+)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1), help="At most this many events.")
+@click.option("--newest-first", is_flag=True, help="Newest first (default: oldest first).")
+@click.option(
+    "--from-lake",
+    is_flag=True,
+    help="Read the Iceberg table instead of the live store (flushed events; not with --filter).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line instead of a table.")
+@data_dir_option
+@schemas_option
+def events(tenant: str, type_: str | None, target: str | None, actor: str | None, since: str | None, until: str | None,
+           filter_json: str | None, limit: int, newest_first: bool, from_lake: bool, as_json: bool, data_dir: Path,
+           schema_dirs: tuple[Path, ...]) -> None:  # fmt: skip
+    """Audit from the shell: a tenant's events, filtered as in search."""
+
+    if from_lake:
+        if filter_json:
+            fail("--filter applies to the live store; with --from-lake use --type, --target, --actor, --since, --until")
+        from ..lake import catalog as cat
+        from ..lake.history import lake_events
+
+        check_tenant_name(tenant)
+        with lake_errors("reading the events table", data_dir):
+            table = lake_table_if_any(data_dir)
+            if table is None:
+                fail(f"no lakehouse in {data_dir}: `headlessly flush` (or a running server) fills it")
+            in_table = cat.watermarks(table)
+            if tenant not in in_table:
+                fail(
+                    f"tenant {tenant!r} has no events in the table; its tenants: {', '.join(sorted(in_table)) or 'none'}"
+                )
+            try:
+                found = lake_events(table, tenant, type_, target, actor, since, until, limit + 1, newest_first)
+            except ValueError as exc:
+                fail(str(exc))
+        _print_events(found[:limit], as_json)
+        if len(found) > limit:
+            click.echo(f"(the first {limit:,} events; more are in the table: raise --limit to see them)", err=True)
+        return
+
+    flags: dict[str, Any] = {
+        key: value for key, value in (("type", type_), ("target", target), ("actor", actor)) if value is not None
+    }
+    if since or until:
+        flags["timestamp"] = {**({"$gte": since} if since else {}), **({"$lte": until} if until else {})}
+    flt: Any = flags or None
+    if filter_json:
+        try:
+            given = json.loads(filter_json)
+        except json.JSONDecodeError as exc:
+            fail(f"--filter is not JSON: {exc}")
+        flt = {"$and": [given, flags]} if flags else given  # both hold, also on the same field
+    store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
+    rows: list[dict[str, Any]] = []
+    try:
+        if not store.pool.exists(tenant):
+            fail(f"tenant {tenant!r} does not exist in {data_dir}")
+        cursor = None
+        while len(rows) < limit:
+            page = store.events(tenant, flt, "-seq" if newest_first else "seq", min(100, limit - len(rows)), cursor)
+            rows.extend(page["results"])
+            cursor = page["cursor"]
+            if not cursor:
+                break
+    finally:
+        store.close()
+    _print_events(rows, as_json)
+    if cursor:
+        total = f"{page['total']:,}{' or more' if page.get('totalIsLowerBound') else ''}"
+        click.echo(f"(the first {len(rows):,} of {total} events; raise --limit to see more)", err=True)
+
+
+def _print_events(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        for e in rows:
+            click.echo(json.dumps(e, ensure_ascii=False))
+        return
+    print_table(["seq", "timestamp", "type", "target", "v", "actor", "data"],
+           [[str(e["seq"]), e["timestamp"], e["type"], e["target"], str(e["version"]), e["actor"], short(e["data"])] for e in rows])  # fmt: skip
+
+
+@main.command()
+@click.option("--tenant", default=None, help="One tenant (default: every tenant in the data dir).")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.option("--no-lake", is_flag=True, help="Skip comparing the Iceberg table with the log.")
+@existing_data_dir_option
+@schemas_option
+def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
+    """Recompute every hash chain, re-derive every entity from its events, and compare the Iceberg
+    table with the log (no gaps, no duplicates, same hashes up to the watermark); exit 1 on any problem."""
+    from ..errors import HeadlesslyError, TenantBusy
+
+    if tenant is not None:
+        check_tenant_name(tenant)
+    store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
+    ok = True
+    try:
+        here = store.tenants()
+        in_table: dict[str, tuple[int, str]] = {}
+        table = None
+        try:
+            table = None if no_lake else lake_table_if_any(data_dir)
+            if table is not None:
+                from ..lake import catalog as cat
+
+                in_table = cat.watermarks(table)
+        except Exception as exc:  # the logs are still checked: say why the table is not
+            log.debug("opening the lakehouse failed", exc_info=True)
+            table, ok = None, False
+            unread = f"the lakehouse could not be read, so it was not compared with the logs: {lake_failure(exc)}"
+            click.echo(
+                json.dumps({"lake": {"ok": False, "problems": [unread]}}) if as_json else f"lake: NOT CHECKED: {unread}"
+            )
+        names = [tenant] if tenant is not None else sorted({*here, *in_table})
+        if not names:
+            click.echo(f"no tenants in {data_dir}", err=True)
+        for name in names:
+            if name not in here and name in in_table:  # its log is gone: the table is all that is left
+                ok = False
+                lost = (
+                    f"it has {in_table[name][0]} events in the table but no database here; "
+                    f"`headlessly restore --tenant {name}` rebuilds it from the table"
+                )
+                if as_json:
+                    click.echo(json.dumps({"tenant": name, "ok": False, "problems": [lost]}))
+                else:
+                    click.echo(f"{name}: FAILED: {lost}")
+                continue
+            try:
+                report = store.verify(
+                    name, progress=lambda n, what, t=name: click.echo(f"  {t}: {n} events {what}", err=True)
+                )
+            except TenantBusy as exc:  # another tenant's check need not wait for this one
+                ok = False
+                if as_json:
+                    click.echo(json.dumps({"tenant": name, "ok": False, "notChecked": exc.message}))
+                else:
+                    click.echo(f"{name}: NOT CHECKED: {exc.message}")
+                continue
+            except HeadlesslyError as exc:
+                if tenant is not None:
+                    fail(exc.message)
+                ok = False  # (an unreadable file): said, and the other tenants are still checked
+                if as_json:
+                    click.echo(json.dumps({"tenant": name, "ok": False, "problems": [exc.message]}))
+                else:
+                    click.echo(f"{name}: FAILED: {exc.message}")
+                continue
+            if table is not None:
+                from ..lake import catalog as cat
+                from ..lake.restore import check_tenant as check_lake
+
+                try:
+                    lake_problems = check_lake(store, table, name)
+                    report["lake"] = {"watermark": cat.watermark(table, name)[0]}
+                except Exception as exc:  # one tenant's unreadable files: said, and the others still checked
+                    log.debug("checking the lakehouse failed", exc_info=True)
+                    lake_problems = [f"its events in the table could not be read: {lake_failure(exc)}"]
+                report["problems"].extend(lake_problems)
+                report["ok"] = report["ok"] and not lake_problems
+            ok = ok and report["ok"]
+            if as_json:
+                click.echo(json.dumps(report))
+                continue
+            status = "ok" if report["ok"] else "FAILED"
+            in_lake = ""
+            if "lake" in report:  # the watermark: how far the table is known to hold this log, not a row count
+                flushed = report["lake"]["watermark"]
+                behind = report["events"] - flushed
+                in_lake = f", flushed up to seq {flushed}" + (f" ({behind} not yet)" if behind > 0 else "")
+            click.echo(
+                f"{name}: {status}: {report['events']} events{in_lake}, {report['entities']} entities, head {report['headHash'][:16]}"
+            )
+            for problem in report["problems"]:
+                click.echo(f"  - {problem}")
+            if report.get("builtForOtherSchemas"):
+                click.echo(
+                    f"  (lookup keys and full text of {', '.join(report['builtForOtherSchemas'])} were built for other "
+                    "schemas: not checked; `serve` rebuilds them when it opens the tenant)"
+                )
+            if any("lookup key" in p or "full text" in p for p in report["problems"]):
+                click.echo(
+                    f"  lookup keys and full text can be rebuilt from the states: headlessly reindex --tenant {name}"
+                )
+    finally:
+        store.close()
+    sys.exit(0 if ok else 1)

@@ -1,0 +1,179 @@
+"""`headlessly flush`, `restore`, `reindex` and `lake maintain`: upkeep of the logs and the Iceberg table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..config import Config
+from .common import (
+    data_dir_option,
+    existing_data_dir_option,
+    fail,
+    finite,
+    lake_errors,
+    lake_table_if_any,
+    main,
+    open_store,
+    schemas_option,
+)
+
+
+@main.command()
+@click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable; default: every tenant).")
+@existing_data_dir_option
+@schemas_option
+def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
+    """Send every event not yet in the Iceberg table to it, exactly once, with progress."""
+    from ..errors import HeadlesslyError, TenantBusy
+    from ..lake import catalog as cat
+    from ..lake.flusher import Flusher, LakeDiverged
+
+    store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
+    failed: list[str] = []
+    problems = ""
+    try:
+        present = store.tenants()
+        names = list(dict.fromkeys(tenants)) or present
+        for name in tenants:
+            if name not in present:
+                fail(f"tenant {name!r} does not exist in {data_dir}")
+        flusher = Flusher(store)
+        with lake_errors("opening the events table", data_dir):
+            flusher.table  # noqa: B018 (opened now, so a catalog that fails is said before any progress)
+        backlog, busy = 0, []
+        for name in names:
+            try:
+                backlog += max(0, store.head(name)[0] - cat.watermark(flusher.table, name)[0])
+            except TenantBusy:
+                busy.append(name)  # waited for once already: not again in the flush
+            except HeadlesslyError:
+                pass  # unreadable: the flush names it, and still sends the other tenants
+        with (
+            click.progressbar(length=backlog, label="flushing", file=sys.stderr, show_pos=True) as bar,
+            lake_errors("flushing", data_dir),
+        ):
+            try:
+                report = flusher.flush([n for n in names if n not in busy], progress=lambda _t, n: bar.update(n))
+            except LakeDiverged as exc:  # some tenants could not be sent: named below, the others were
+                report, failed, problems = exc.report, exc.tenants, str(exc)
+        busy += report.busy
+        for name, n in report.tenants.items():
+            click.echo(f"  {name}: {n} events (oldest was {report.lag_seconds[name]:.1f}s old)", err=True)
+    finally:
+        store.close()
+    click.echo(f"flushed {report.events} events of {len(names) - len(busy) - len(failed)} tenant(s)")
+    if busy:
+        click.echo(
+            f"headlessly: not flushed: {', '.join(busy)} (being restored, reindexed or rebuilt by another "
+            "process); run flush again when that has finished",
+            err=True,
+        )
+    if failed:
+        click.echo(f"headlessly: not flushed: {problems}", err=True)
+    if busy or failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--tenant", required=True, help="The tenant to rebuild from the table.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace a tenant that has events (its file is kept aside as .replaced-<time>)."
+)
+@data_dir_option
+@schemas_option
+def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
+    """Rebuild a tenant's database from the Iceberg table (events, hashes and state), then verify it."""
+    from ..lake.restore import restore_tenant
+
+    store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
+    try:
+        label = f"restoring {tenant}"
+        with click.progressbar(length=1, label=label, file=sys.stderr, show_percent=True) as bar:
+            # One step more than the events: the bar reaches 100% only once entities and indexes are built.
+            def progress(done: int, total: int) -> None:
+                bar.length = total + 1
+                bar.update(done - bar.pos)
+
+            def indexing() -> None:
+                bar.label, bar.show_eta = f"{label} (indexing)", False  # the ETA of the events says nothing here
+                bar.render_progress()
+
+            with lake_errors(f"reading tenant {tenant}'s events", data_dir):
+                count = restore_tenant(store, tenant, overwrite, progress, indexing)
+            bar.update(1)
+        report = store.verify(tenant)
+    finally:
+        store.close()
+    click.echo(f"restored {count} events into tenant {tenant}; verify: {'ok' if report['ok'] else 'FAILED'}")
+    sys.exit(0 if report["ok"] else 1)
+
+
+@main.command()
+@click.option("--tenant", required=True, help="The tenant whose lookup keys and full text to rebuild.")
+@existing_data_dir_option
+@schemas_option
+def reindex(tenant: str, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
+    """Rebuild a tenant's lookup keys and full text from its entities' current states (every noun), e.g. when
+    verify reports keys that do not follow from the states. Events and states are not touched. Needs the
+    tenant to itself: stop the servers using this --data-dir first."""
+    from ..store.reindex import reindex_tenant
+    from ..store.tenants import tenant_path
+
+    store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
+    try:
+        with store.pool.lease(tenant, create=False):
+            pass  # opened once: an older file is migrated first
+        store.pool.forget(tenant)
+        nouns = reindex_tenant(tenant_path(data_dir, tenant), store.schemas)
+        report = store.verify(tenant)
+    finally:
+        store.close()
+    click.echo(
+        f"rebuilt the lookup keys and full text of {len(nouns)} nouns in tenant {tenant}; verify: {'ok' if report['ok'] else 'FAILED'}"
+    )
+    for problem in report["problems"]:
+        click.echo(f"  - {problem}")
+    sys.exit(0 if report["ok"] else 1)
+
+
+@main.group()
+def lake() -> None:
+    """Upkeep of the Iceberg table."""
+
+
+@lake.command("maintain")
+@click.option(
+    "--retain-days",
+    default=7.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    callback=finite,
+    help="Expire snapshots older than this.",
+)
+@click.option("--orphan-hours", default=1.0, show_default=True, type=click.FloatRange(min=0), callback=finite,
+              help="Remove unreferenced data and metadata files older than this (younger ones may belong to a commit in flight).")  # fmt: skip
+@data_dir_option
+def lake_maintain(retain_days: float, orphan_hours: float, data_dir: Path) -> None:
+    """Compact closed days, expire old snapshots, prune old metadata, remove orphan files."""
+    from datetime import timedelta
+
+    from ..lake.maintain import maintain
+
+    with lake_errors("maintaining the events table", data_dir):
+        table = lake_table_if_any(data_dir)
+        if table is None:
+            fail(f"no lakehouse in {data_dir}: `headlessly flush` (or a running server) makes and fills it")
+        report = maintain(
+            table,
+            timedelta(days=retain_days),
+            timedelta(hours=orphan_hours),
+            progress=lambda t: click.echo(f"  {t}", err=True),
+        )
+    click.echo(
+        f"compacted {len(report.days_compacted)} day(s), expired {report.snapshots_expired} snapshot(s), "
+        f"removed {report.orphans_removed} orphan data file(s) and {report.metadata_removed} unreferenced metadata "
+        f"file(s); data files {report.files_before} -> {report.files_after}"
+    )
