@@ -144,3 +144,39 @@ def test_callers_that_waited_for_room_open_a_tenant_once_and_its_lock_is_let_go(
     assert len(got) == 2 and got[0] is got[1] and isinstance(got[0], Tenant), got
     assert lock.try_exclusive("test"), "a second, orphaned open of x still holds its lock file"
     lock.release()
+
+
+def test_tenants_opened_by_many_callers_at_once_are_each_opened_once_and_let_go_when_closed(tmp_path: Path) -> None:
+    """Callers arriving just as an open of their tenant ends must find it open, not open it a second time (a
+    second writer on the file, whose lock file would stay held for the life of the process)."""
+    from server.store.filelock import TenantLock
+
+    store = Store(tmp_path / "data", max_open_tenants=2)
+    names = ("t0", "t1", "t2")
+    failures: list[BaseException] = []
+    for _ in range(30):  # before the fix, 30 rounds of this left a second open behind every time it was run
+        store.pool.close_idle()
+        start = threading.Barrier(16)
+
+        def write(i: int, start: threading.Barrier = start) -> None:
+            try:
+                start.wait(WAIT)
+                store.do(names[i % 3], AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        assert len(store.pool._open) <= 2
+    totals = {name: store.events(name)["total"] for name in names}
+    store.close()
+
+    assert failures == []
+    assert totals == {"t0": 30 * 6, "t1": 30 * 5, "t2": 30 * 5}  # 16 writers a round, taking t0, t1, t2 in turn
+    for name in names:
+        lock = TenantLock(tmp_path / "data" / "tenants" / f"{name}.db")
+        assert lock.try_exclusive("test"), f"a second, orphaned open of {name} still holds its lock file"
+        lock.release()

@@ -270,8 +270,9 @@ class TenantPool:
             attempt = self._opening[name] = next(self._opens)
         # Opened outside the pool's lock: a long first open (a migration, a rebuild for new schemas)
         # holds up only the callers of this tenant.
+        opened: Tenant | None = None
         try:
-            tenant = Tenant(
+            opened = Tenant(
                 name, path, self.schemas, self.durability, self.clock, self.max_readers,
                 functools.partial(self.checkpoints.request, name), self.follow_schemas,
             )  # fmt: skip
@@ -285,14 +286,14 @@ class TenantPool:
                 hint="Nothing was written. Check the data dir's permissions and the free disk space, then retry.",
             ) from None
         finally:
-            with self._cv:
+            with self._cv:  # no longer opening and (when it opened) open, in one step: nobody opens it twice
                 del self._opening[name]
+                if opened is not None:
+                    self._busy.pop(name, None)
+                    opened.leases += 1
+                    self._open[name] = opened
                 self._cv.notify_all()
-        with self._cv:
-            self._busy.pop(name, None)
-            tenant.leases += 1
-            self._open[name] = tenant
-            return tenant
+        return opened
 
     def _make_room(self) -> bool:
         while len(self._open) + len(self._opening) >= self.max_open:
