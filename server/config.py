@@ -11,6 +11,7 @@ ENV_TENANT = "HEADLESSLY_TENANT"
 ENV_ACTOR = "HEADLESSLY_ACTOR"
 ENV_DURABILITY = "HEADLESSLY_DURABILITY"
 SESSIONS_PER_TOKEN = 100  # streamable-HTTP sessions one token may hold open (the SDK's table holds 10,000)
+SESSION_IDLE_SECONDS = 1800.0  # how long a session with no request in flight is kept (the SDK's default)
 
 
 def private_dir(path: Path) -> None:

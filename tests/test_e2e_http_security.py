@@ -148,6 +148,21 @@ async def test_a_token_holding_its_most_open_sessions_cannot_open_another_but_ot
 
 
 @pytest.mark.anyio
+async def test_a_session_idle_past_the_session_idle_timeout_is_closed(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    token = create_token(data_dir, "acme", "agent_idle")
+    with http_server(data_dir, "--session-idle-timeout", "1", "--no-flush") as srv:
+        with anyio.fail_after(TIMEOUT):
+            async with httpx2.AsyncClient(timeout=httpx2.Timeout(10.0)) as http:
+                session = await open_session(http, srv, bearer(token))
+                await anyio.to_thread.run_sync(srv.wait_for_log, "idle timeout", TIMEOUT, 0)
+                assert (await http.post(srv.url, json=CREATE, headers=session)).status_code == 404
+                fresh = await open_session(http, srv, bearer(token))
+                assert (await http.post(srv.url, json=CREATE, headers=fresh)).status_code == 200
+    assert contacts(srv, "acme") == 1
+
+
+@pytest.mark.anyio
 @pytest.mark.filterwarnings(
     "ignore::mcp.shared.exceptions.MCPDeprecationWarning"
 )  # logging/setLevel is a handshake-era request

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ..config import ENV_ACTOR, ENV_DURABILITY, ENV_TENANT, SESSIONS_PER_TOKEN, Config
+from ..config import ENV_ACTOR, ENV_DURABILITY, ENV_TENANT, SESSION_IDLE_SECONDS, SESSIONS_PER_TOKEN, Config
 from .common import data_dir_option, fail, finite, log, main, open_store, schemas_option
 
 
@@ -83,11 +83,19 @@ from .common import data_dir_option, fail, finite, log, main, open_store, schema
     help="http: the most streamable-HTTP sessions one token may hold open (so no token can fill the server's).",
 )
 @click.option(
+    "--session-idle-timeout",
+    type=click.FloatRange(min=1, max=86400),
+    default=SESSION_IDLE_SECONDS,
+    show_default=True,
+    callback=finite,
+    help="http: seconds a session may go without a request in flight before it is closed.",
+)
+@click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
 def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, tenant: str, actor: str | None,
           schema_dirs: tuple[Path, ...], hook_modules: tuple[str, ...], durability: str, flush_interval: float,
-          no_flush: bool, sessions_per_token: int, log_level: str) -> None:  # fmt: skip
+          no_flush: bool, sessions_per_token: int, session_idle_timeout: float, log_level: str) -> None:  # fmt: skip
     """Run the MCP server (logs go to stderr)."""
     from ..logsetup import log_to_stderr
 
@@ -152,7 +160,7 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         if transport == "stdio":
             _serve_stdio(store, config, shut_down)
         else:
-            _serve_http(store, config, transport, host, port, no_auth, sessions_per_token)
+            _serve_http(store, config, transport, host, port, no_auth, (sessions_per_token, session_idle_timeout))
     finally:
         _ignore_signals()  # the shutdown is under way: let its final flush finish
         log.info("shutting down: %sexit (further signals are ignored)", "a last flush, then " if background else "")
@@ -277,8 +285,9 @@ def _serve_stdio(store: Any, config: Config, shut_down: Callable[[], None]) -> N
 
 
 def _serve_http(
-    store: Any, config: Config, transport: str, host: str, port: int, no_auth: bool, sessions_per_token: int
+    store: Any, config: Config, transport: str, host: str, port: int, no_auth: bool, sessions: tuple[int, float]
 ) -> None:
+    """`sessions`: the most sessions one token may hold, and the seconds an idle session is kept."""
     from ..auth.identity import LocalIdentity
     from ..auth.sessions import limit_sessions_per_token
     from ..auth.tokens import TokenStore
@@ -291,9 +300,10 @@ def _serve_http(
     server = build_server(store, LocalIdentity(config.tenant, config.actor) if no_auth else None, tokens, base_url)
     security = _host_checks(shown_host, no_auth)
     if transport == "http":
-        app = server.streamable_http_app(host=host, transport_security=security)
+        per_token, idle_seconds = sessions
+        app = server.streamable_http_app(host=host, transport_security=security, session_idle_timeout=idle_seconds)
         if tokens is not None:
-            limit_sessions_per_token(app, server.session_manager, sessions_per_token)
+            limit_sessions_per_token(app, server.session_manager, per_token)
     else:
         app = server.sse_app(host=host, transport_security=security)
     path = "/mcp" if transport == "http" else "/sse"
