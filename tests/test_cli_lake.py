@@ -247,6 +247,18 @@ def test_restore_rebuilds_a_lost_tenant_and_refuses_a_live_one(tmp_path: Path, d
     assert after == before
 
 
+def test_restore_into_a_log_says_how_far_it_got_in_lines(tmp_path: Path, data_dir: Path) -> None:
+    """Where a progress bar cannot be redrawn (stderr is a file or pipe), restore still shows progress."""
+    run(tmp_path, "flush", "--data-dir", str(data_dir))
+    for path in (data_dir / "tenants").glob(f"{TENANT}.db*"):
+        path.unlink()
+    restored = run(tmp_path, "restore", "--tenant", TENANT, "--data-dir", str(data_dir))
+
+    assert restored.returncode == 0, restored.stderr
+    assert f"  {TENANT}: 3 of 3 events read" in restored.stderr
+    assert f"  {TENANT}: writing entities and building indexes" in restored.stderr
+
+
 def test_serve_flushes_at_shutdown(tmp_path: Path, data_dir: Path) -> None:
     """stdio server with a long interval: closing its stdin ends it, and it flushes on the way out."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYICEBERG_", "HEADLESSLY_"))}

@@ -25,6 +25,7 @@ from .common import (
     schemas_option,
     short,
     time_flag,
+    verify_progress,
 )
 
 
@@ -174,9 +175,7 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                     click.echo(f"{name}: FAILED: {lost}")
                 continue
             try:
-                report = store.verify(
-                    name, progress=lambda n, what, t=name: click.echo(f"  {t}: {n} events {what}", err=True)
-                )
+                report = store.verify(name, progress=verify_progress(name))
             except TenantBusy as exc:  # another tenant's check need not wait for this one
                 ok = False
                 if as_json:

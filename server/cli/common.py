@@ -206,3 +206,8 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def verify_progress(tenant: str) -> Callable[[int, str], None]:
+    """What `store.verify` reports as it goes: a line on stderr every 10,000 events of each pass."""
+    return lambda n, what: click.echo(f"  {tenant}: {n} events {what}", err=True)

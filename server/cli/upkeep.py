@@ -18,6 +18,7 @@ from .common import (
     main,
     open_store,
     schemas_option,
+    verify_progress,
 )
 
 
@@ -91,20 +92,27 @@ def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Pat
     store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
     try:
         label = f"restoring {tenant}"
+        lines = not sys.stderr.isatty()  # where a bar cannot be redrawn (a log, CI): a line per tenth of the way
+        said = [0]
         with click.progressbar(length=1, label=label, file=sys.stderr, show_percent=True) as bar:
             # One step more than the events: the bar reaches 100% only once entities and indexes are built.
             def progress(done: int, total: int) -> None:
                 bar.length = total + 1
                 bar.update(done - bar.pos)
+                if lines and total and (tenth := 10 * done // total) > said[0]:
+                    said[0] = tenth
+                    click.echo(f"  {tenant}: {done} of {total} events read", err=True)
 
             def indexing() -> None:
                 bar.label, bar.show_eta = f"{label} (indexing)", False  # the ETA of the events says nothing here
                 bar.render_progress()
+                if lines:
+                    click.echo(f"  {tenant}: writing entities and building indexes", err=True)
 
             with lake_errors(f"reading tenant {tenant}'s events", data_dir):
                 count = restore_tenant(store, tenant, overwrite, progress, indexing)
             bar.update(1)
-        report = store.verify(tenant)
+        report = store.verify(tenant, progress=verify_progress(tenant))
     finally:
         store.close()
     click.echo(f"restored {count} events into tenant {tenant}; verify: {'ok' if report['ok'] else 'FAILED'}")
@@ -128,7 +136,7 @@ def reindex(tenant: str, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
             pass  # opened once: an older file is migrated first
         store.pool.forget(tenant)
         nouns = reindex_tenant(tenant_path(data_dir, tenant), store.schemas)
-        report = store.verify(tenant)
+        report = store.verify(tenant, progress=verify_progress(tenant))
     finally:
         store.close()
     click.echo(
