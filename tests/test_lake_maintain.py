@@ -162,6 +162,26 @@ def test_maintenance_leaves_an_open_day_and_young_snapshots_alone(store: Store, 
     assert_exactly_once(store, table)
 
 
+def test_maintenance_compacts_an_open_day_once_it_has_many_files_and_flushes_go_on_after_it(
+    store: Store, clock: Any
+) -> None:
+    flusher = flush_rounds(store, clock, 3, 2)
+    today = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=clock.now)
+    table = lake_table(store.data_dir)
+    before_rows, before_marks = rows(table, TENANT), cat.watermarks(table)
+
+    report = maintain(table, retain=timedelta(days=7), now=today, open_day_files=3)
+    write_events(store, clock, 2)
+    flusher.flush()  # the open day goes on taking flushes
+
+    table = lake_table(store.data_dir)
+    assert report.days_compacted == [f"{TENANT}/{today.date().isoformat()}"]
+    assert (report.files_before, report.files_after) == (3, 1)
+    assert rows(table, TENANT)[: len(before_rows)] == before_rows and len(rows(table, TENANT)) == 8
+    assert cat.watermarks(table)[TENANT][0] == before_marks[TENANT][0] + 2
+    assert_exactly_once(store, table)
+
+
 def test_maintenance_of_a_table_with_no_snapshot_does_nothing(store: Store) -> None:
     table = cat.events_table(cat.load(store.data_dir))
 

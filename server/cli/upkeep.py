@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..config import Config
+from ..lake.maintain import OPEN_DAY_FILES
 from .common import (
     data_dir_option,
     existing_data_dir_option,
@@ -163,8 +164,10 @@ def lake() -> None:
 )
 @click.option("--orphan-hours", default=1.0, show_default=True, type=click.FloatRange(min=0), callback=finite,
               help="Remove unreferenced data and metadata files older than this (younger ones may belong to a commit in flight).")  # fmt: skip
+@click.option("--open-day-files", default=OPEN_DAY_FILES, show_default=True, type=click.IntRange(min=2),
+              help="Also compact today's files of a tenant once it has this many (one per flush round).")  # fmt: skip
 @data_dir_option
-def lake_maintain(retain_days: float, orphan_hours: float, data_dir: Path) -> None:
+def lake_maintain(retain_days: float, orphan_hours: float, open_day_files: int, data_dir: Path) -> None:
     """Compact closed days, expire old snapshots, prune old metadata, remove orphan files."""
     from datetime import timedelta
 
@@ -179,6 +182,7 @@ def lake_maintain(retain_days: float, orphan_hours: float, data_dir: Path) -> No
             timedelta(days=retain_days),
             timedelta(hours=orphan_hours),
             progress=lambda t: click.echo(f"  {t}", err=True),
+            open_day_files=open_day_files,
         )
     click.echo(
         f"compacted {len(report.days_compacted)} day(s), expired {report.snapshots_expired} snapshot(s), "

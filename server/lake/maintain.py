@@ -1,4 +1,4 @@
-"""Table upkeep: expire old snapshots, compact closed days, remove orphan files.
+"""Table upkeep: expire old snapshots, compact closed days (and open ones with many files), remove orphan files.
 
 Old metadata files are pruned on every commit by the table properties
 `write.metadata.delete-after-commit.enabled` / `write.metadata.previous-versions-max`. Expiring a
@@ -20,6 +20,7 @@ from .catalog import local_path
 
 log = logging.getLogger(__name__)
 MAX_RACES = 20  # commits lost in a row by one step
+OPEN_DAY_FILES = 100  # files of today (one per flush round that had its events) that make it worth compacting
 
 # Called at "before_commit" (of a compaction) and "before_expire": a test's interleaving point.
 Fault = Callable[[str], None]
@@ -42,16 +43,18 @@ def maintain(
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
     fault: Fault | None = None,
+    open_day_files: int = OPEN_DAY_FILES,
 ) -> MaintainReport:
-    """Compact every closed day that has several files, expire snapshots older than `retain`
-    (the current one always stays), then delete the data and metadata files no kept snapshot
+    """Compact every closed day that has several files, and the open day (today, UTC) of a tenant once it
+    has `open_day_files` (flushes go on adding to it: it is compacted again later), expire snapshots older
+    than `retain` (the current one always stays), then delete the data and metadata files no kept snapshot
     references that are older than `orphan_age` (younger ones may belong to a commit in flight).
     A commit that loses a race (a flush committed meanwhile) is redone on the table as it is then."""
     now = now or datetime.now(UTC)
     say = progress or (lambda _text: None)
     hook = fault or (lambda _stage: None)
     report = MaintainReport(files_before=_data_file_count(table))
-    for tenant, day in _days_to_compact(table, now):
+    for tenant, day in _days_to_compact(table, now, open_day_files):
         _retrying(table, partial(_compact_day, tenant=tenant, day=day, fault=hook))
         report.days_compacted.append(f"{tenant}/{day.isoformat()}")
         say(f"compacted {tenant} {day.isoformat()}")
@@ -97,7 +100,7 @@ def _data_file_count(table: Any) -> int:
     return table.inspect.data_files().num_rows if table.metadata.current_snapshot() else 0
 
 
-def _days_to_compact(table: Any, now: datetime) -> list[tuple[str, Any]]:
+def _days_to_compact(table: Any, now: datetime, open_day_files: int) -> list[tuple[str, Any]]:
     if not table.metadata.current_snapshot():
         return []
     files = table.inspect.data_files().column("partition").to_pylist()
@@ -106,14 +109,15 @@ def _days_to_compact(table: Any, now: datetime) -> list[tuple[str, Any]]:
     out = []
     for (tenant, day), n in sorted(counts.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
         day_date = day if hasattr(day, "isoformat") else (datetime(1970, 1, 1).date() + timedelta(days=int(day)))
-        if n > 1 and day_date < today:
+        if n > 1 and (day_date < today or n >= open_day_files):
             out.append((tenant, day_date))
     return out
 
 
 def _compact_day(table: Any, tenant: str, day: Any, fault: Fault) -> None:
-    """Rewrite one closed day of one tenant as one file, in one snapshot that keeps every row
-    (and every table property: the watermarks)."""
+    """Rewrite one day of one tenant as one file, in one snapshot that keeps every row (and every table
+    property: the watermarks). A flush that commits first (into an open day, say) makes this commit fail,
+    so no row it added is overwritten: `_retrying` redoes the day from the table as it then is."""
     import pyiceberg.expressions
 
     ex: Any = pyiceberg.expressions  # its constructors are typed for bound terms; we pass names
