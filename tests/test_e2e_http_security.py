@@ -134,8 +134,15 @@ async def test_a_token_holding_its_most_open_sessions_cannot_open_another_but_ot
     with http_server(data_dir, "--sessions-per-token", "2", "--no-flush") as srv:
         with anyio.fail_after(TIMEOUT):
             async with httpx2.AsyncClient(timeout=httpx2.Timeout(10.0)) as http:
-                first = await open_session(http, srv, bearer(greedy))
-                await open_session(http, srv, bearer(greedy))
+                opened: list[dict[str, str]] = []
+
+                async def open_one() -> None:
+                    opened.append(await open_session(http, srv, bearer(greedy)))
+
+                async with anyio.create_task_group() as tg:  # at once: each is counted once, none refused early
+                    tg.start_soon(open_one)
+                    tg.start_soon(open_one)
+                first = opened[0]
                 refused = await http.post(srv.url, json=INITIALIZE, headers={**MCP_HEADERS, **bearer(greedy)})
                 assert refused.status_code == 429
                 assert "2 open sessions" in refused.json()["error"]["message"]
@@ -144,6 +151,9 @@ async def test_a_token_holding_its_most_open_sessions_cannot_open_another_but_ot
                 assert (await http.post(srv.url, json=CREATE, headers=other)).status_code == 200
                 assert (await http.delete(srv.url, headers=first)).status_code == 200
                 await open_session(http, srv, bearer(greedy))  # an ended session makes room
+            async with http_mcp_client(srv, greedy) as client:  # a later protocol version opens no session,
+                for _ in range(3):  # so the token at its cap still makes as many requests as it likes
+                    assert not (await client.call_tool("search", {"type": "Contact"})).is_error
     assert contacts(srv, "victim") == 1
 
 

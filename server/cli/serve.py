@@ -160,7 +160,10 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         if transport == "stdio":
             _serve_stdio(store, config, shut_down)
         else:
-            _serve_http(store, config, transport, host, port, no_auth, (sessions_per_token, session_idle_timeout))
+            _serve_http(
+                store, config, transport, host, port, no_auth,
+                per_token=sessions_per_token, idle_seconds=session_idle_timeout,
+            )  # fmt: skip
     finally:
         _ignore_signals()  # the shutdown is under way: let its final flush finish
         log.info("shutting down: %sexit (further signals are ignored)", "a last flush, then " if background else "")
@@ -219,7 +222,7 @@ def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(host).is_loopback  # (--host takes off an IPv6 address's brackets)
     except ValueError:
         return False
 
@@ -285,9 +288,17 @@ def _serve_stdio(store: Any, config: Config, shut_down: Callable[[], None]) -> N
 
 
 def _serve_http(
-    store: Any, config: Config, transport: str, host: str, port: int, no_auth: bool, sessions: tuple[int, float]
+    store: Any,
+    config: Config,
+    transport: str,
+    host: str,
+    port: int,
+    no_auth: bool,
+    *,
+    per_token: int,
+    idle_seconds: float,
 ) -> None:
-    """`sessions`: the most sessions one token may hold, and the seconds an idle session is kept."""
+    """`per_token`: the most sessions one token may hold; `idle_seconds`: how long an idle one is kept."""
     from ..auth.identity import LocalIdentity
     from ..auth.sessions import limit_sessions_per_token
     from ..auth.tokens import TokenStore
@@ -300,10 +311,9 @@ def _serve_http(
     server = build_server(store, LocalIdentity(config.tenant, config.actor) if no_auth else None, tokens, base_url)
     security = _host_checks(shown_host, no_auth)
     if transport == "http":
-        per_token, idle_seconds = sessions
         app = server.streamable_http_app(host=host, transport_security=security, session_idle_timeout=idle_seconds)
         if tokens is not None:
-            limit_sessions_per_token(app, server.session_manager, per_token)
+            limit_sessions_per_token(app, server.session_manager, per_token, idle_seconds)
     else:
         app = server.sse_app(host=host, transport_security=security)
     path = "/mcp" if transport == "http" else "/sse"
