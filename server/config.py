@@ -12,6 +12,7 @@ ENV_ACTOR = "HEADLESSLY_ACTOR"
 ENV_DURABILITY = "HEADLESSLY_DURABILITY"
 SESSIONS_PER_TOKEN = 100  # streamable-HTTP sessions one token may hold open (the SDK's table holds 10,000)
 SESSION_IDLE_SECONDS = 1800.0  # how long a session with no request in flight is kept (the SDK's default)
+OPEN_DAY_FILES = 100  # files of today (one per flush round with events) that make `lake maintain` compact it
 
 
 def private_dir(path: Path) -> None:

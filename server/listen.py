@@ -24,7 +24,9 @@ def listen(app: Any, host: str, port: int, announce: Callable[[int], None]) -> N
     import uvicorn
 
     uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
-    logging.getLogger("uvicorn.error").addFilter(_RefusedSseRequest())  # (uvicorn.Config set its loggers up)
+    errors = logging.getLogger("uvicorn.error")  # (uvicorn.Config has set its loggers up)
+    if not any(isinstance(f, _RefusedSseRequest) for f in errors.filters):
+        errors.addFilter(_RefusedSseRequest())
 
     failed: list[SystemExit] = []
 

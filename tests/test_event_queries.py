@@ -292,7 +292,7 @@ def test_an_unknown_event_field_or_bad_value_is_invalid_filter(store: Store, log
 
     assert "actor" in err.value.hint and "timestamp" in err.value.hint
     example = err.value.hint.split("Example: ")[1].rstrip(".")
-    assert store.events(TENANT, filter=json.loads(example))["total"] >= 0  # an example that works on events
+    store.events(TENANT, filter=json.loads(example))  # the hint's example is a valid event filter: no InvalidFilter
 
 
 def test_event_limits_are_those_of_search(store: Store, log: Log) -> None:

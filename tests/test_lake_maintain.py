@@ -294,6 +294,28 @@ def test_maintenance_that_keeps_losing_races_gives_up_and_leaves_every_row_once(
     assert_exactly_once(store, table)
 
 
+def test_an_open_day_whose_compaction_keeps_losing_to_flushes_is_left_and_the_rest_of_maintenance_runs(
+    store: Store, clock: Any
+) -> None:
+    flush_rounds(store, clock, 3, 2)
+    today = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=clock.now)
+    stages: list[str] = []
+
+    def flush_each_time(stage: str) -> None:
+        stages.append(stage)
+        if stage == "before_commit":
+            write_events(store, clock, 1)
+            Flusher(store).flush()
+
+    report = maintain(lake_table(store.data_dir), now=today, fault=flush_each_time, open_day_files=3)
+
+    table = lake_table(store.data_dir)
+    assert report.days_compacted == []
+    assert stages == ["before_commit"] * (MAX_RACES + 1) + ["before_expire"]  # then the expiry still ran
+    assert files_per_partition(table) == {(TENANT, today.date()): 3 + MAX_RACES + 1}
+    assert_exactly_once(store, table)
+
+
 # ---- metadata -------------------------------------------------------------------------------------
 
 

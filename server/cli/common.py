@@ -186,8 +186,6 @@ def main() -> None:
 
 def lake_table_if_any(data_dir: Path) -> Any:
     """The events table when a lakehouse is configured or exists locally; None otherwise."""
-    import os
-
     configured = any(k.startswith("PYICEBERG_CATALOG__HEADLESSLY__") for k in os.environ)
     if not configured and not (data_dir / "lakehouse" / "catalog.db").exists():
         return None

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..config import Config
-from ..lake.maintain import OPEN_DAY_FILES
+from ..config import OPEN_DAY_FILES, Config
 from .common import (
     data_dir_option,
     existing_data_dir_option,
@@ -168,7 +167,8 @@ def lake() -> None:
               help="Also compact today's files of a tenant once it has this many (one per flush round).")  # fmt: skip
 @data_dir_option
 def lake_maintain(retain_days: float, orphan_hours: float, open_day_files: int, data_dir: Path) -> None:
-    """Compact closed days, expire old snapshots, prune old metadata, remove orphan files."""
+    """Compact closed days (and today's files of a tenant once there are --open-day-files of them), expire old
+    snapshots, prune old metadata, remove orphan files."""
     from datetime import timedelta
 
     from ..lake.maintain import maintain
