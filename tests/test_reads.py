@@ -394,3 +394,29 @@ def test_reads_see_the_fields_of_each_version(store: Store, history: dict[str, A
     titles = [fields(store.get(TENANT, "Contact", history["id"], version=n))["title"] for n in (1, 2, 3)]
 
     assert titles == ["Engineer", "CTO", "CEO"]
+
+
+# ---- a tenant with no file yet ---------------------------------------------------------------------
+
+
+def test_reads_of_a_tenant_with_no_file_answer_as_an_empty_tenant_and_make_no_file(store: Store) -> None:
+    from server.errors import InvalidCursor, InvalidFilter
+    from server.store.tenants import tenant_path
+
+    path = tenant_path(store.data_dir, "nobody")
+    found = store.find("nobody", "Contact", {"name": "Ada"})
+    events = store.events("nobody", {"type": "Contact.*"})
+    with pytest.raises(NotFound):
+        store.get("nobody", "Contact", "contact_abcdefghij")
+    with pytest.raises(NotFound):
+        store.event("nobody", "evt_abcdefghijkl")
+    with pytest.raises(InvalidFilter):  # arguments are still checked
+        store.find("nobody", "Contact", {"nonsense": 1})
+    with pytest.raises(InvalidCursor):
+        store.find("nobody", "Contact", cursor=store.find(TENANT, "Contact", limit=1)["cursor"] or "x")
+
+    assert (found["results"], found["total"], found["hasMore"]) == ([], 0, False)
+    assert (events["results"], events["total"]) == ([], 0)
+    assert not path.exists() and "nobody" not in store.tenants()
+    store.do("nobody", AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})  # a write makes it
+    assert path.exists() and store.find("nobody", "Contact")["total"] == 1

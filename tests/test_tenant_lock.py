@@ -93,8 +93,8 @@ def test_a_tenant_whose_writer_fails_to_start_lets_go_of_its_lock(
 
     monkeypatch.setattr(tenants, "Writer", broken_writer)
     for _ in range(2):
-        with pytest.raises(StorageError) as failed:
-            store.find(TENANT, "Contact")
+        with pytest.raises(StorageError) as failed:  # a write opens the tenant (a read of one with no file would not)
+            store.do(TENANT, "agent_x", {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
         assert "disk I/O error" in failed.value.message
     lock = TenantLock(tenant_path(store.data_dir, TENANT))
     try:

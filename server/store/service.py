@@ -5,7 +5,10 @@ from __future__ import annotations
 import bisect
 import copy
 import logging
+import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from .hooks import AfterContext, Hooks, run_after
 from .mutations import Env, Mutator
 from .operations import MAX_BATCH, Operation, check_actor, parse_operation
 from .patterns import refuse_slow_patterns
+from .sqlite import connect, migrate
 from .tenants import TenantPool, check_tenant
 from .verify import verify_tenant
 from .writer import read_head
@@ -198,24 +202,37 @@ class Store:
     def get(self, tenant: str, type: str, id: str, as_of: str | None = None, version: int | None = None,
             include: list[str] | None = None, fields: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
         noun = self.noun(type)
-        with self.pool.lease(tenant) as t, t.snapshot() as conn:
+        with self._reading(tenant) as conn:
             return queries.get_entity(conn, self.schemas, noun, id, as_of, version, include, fields)
 
     def find(self, tenant: str, type: str, filter: Any = None, query: str | None = None, sort: str | None = None,
              limit: int | None = None, cursor: str | None = None, as_of: str | None = None,
              include_deleted: bool = False) -> dict[str, Any]:  # fmt: skip
         noun = self.noun(type)
-        with self.pool.lease(tenant) as t, t.snapshot() as conn, refuse_slow_patterns():
+        with self._reading(tenant) as conn, refuse_slow_patterns():
             return queries.find(conn, self.schemas, noun, filter, query, sort, limit, cursor, as_of, include_deleted)
 
     def events(self, tenant: str, filter: Any = None, sort: str | None = None, limit: int | None = None,
                cursor: str | None = None) -> dict[str, Any]:  # fmt: skip
-        with self.pool.lease(tenant) as t, t.snapshot() as conn, refuse_slow_patterns():
+        with self._reading(tenant) as conn, refuse_slow_patterns():
             return queries.find_events(conn, filter, sort, limit, cursor)
 
     def event(self, tenant: str, id: str) -> dict[str, Any]:
-        with self.pool.lease(tenant) as t, t.reader() as conn:
+        with self._reading(tenant) as conn:
             return queries.get_event(conn, id)
+
+    @contextmanager
+    def _reading(self, tenant: str) -> Iterator[sqlite3.Connection]:
+        """What a read of `tenant` reads, in one read transaction: its database or, while it has none, an
+        empty one in memory, so that the read checks its arguments and answers as for an empty tenant
+        without making the tenant's file (a write makes it)."""
+        if self.pool.exists(tenant):  # (which checks the name first)
+            with self.pool.lease(tenant) as t, t.snapshot() as conn:
+                yield conn
+            return
+        with closing(connect(Path(":memory:"))) as conn:
+            migrate(conn)
+            yield conn
 
     def schema(self, name: str | None = None) -> dict[str, Any]:
         if name is None:
