@@ -24,6 +24,8 @@ def nothing_written(store: Store) -> None:
     assert store.events(TENANT)["total"] == 0
     for noun in ("Organization", "Contact", "Deal"):
         assert store.find(TENANT, noun, include_deleted=True)["total"] == 0
+    if TENANT not in store.tenants():
+        return  # refused before the tenant was opened: it has no file at all
     report = store.verify(TENANT)
     assert report["ok"] is True, report["problems"]
     assert report["events"] == 0

@@ -25,11 +25,15 @@ ACTIVITIES = {
 }
 
 
+def lock_path(db_path: Path) -> Path:
+    return Path(f"{db_path}-lock")
+
+
 class TenantLock:
     """A tenant's lock file, opened; held shared, exclusive or not at all. `release()` closes it."""
 
     def __init__(self, db_path: Path) -> None:
-        self.path = Path(f"{db_path}-lock")
+        self.path = lock_path(db_path)
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def _take(self, how: int) -> bool:

@@ -18,12 +18,13 @@ from ..schema import Noun, SchemaSet, load_schemas
 from ..schema.validation import Validators
 from . import cursors, queries
 from .events import EVENT_ROW_COLUMNS, EventRow
+from .filelock import lock_path
 from .hooks import AfterContext, Hooks, run_after
 from .mutations import Env, Mutator
 from .operations import MAX_BATCH, Operation, check_actor, parse_operation
 from .patterns import refuse_slow_patterns
 from .sqlite import connect, migrate
-from .tenants import TenantPool, check_tenant
+from .tenants import TenantPool, check_tenant, tenant_path
 from .verify import verify_tenant
 from .writer import read_head
 
@@ -223,10 +224,12 @@ class Store:
 
     @contextmanager
     def _reading(self, tenant: str) -> Iterator[sqlite3.Connection]:
-        """What a read of `tenant` reads, in one read transaction: its database or, while it has none, an
-        empty one in memory, so that the read checks its arguments and answers as for an empty tenant
-        without making the tenant's file (a write makes it)."""
-        if self.pool.exists(tenant):  # (which checks the name first)
+        """What a read of `tenant` reads, in one read transaction: its database or, for a tenant never opened
+        (no file, no lock file), an empty one in memory, so that the read checks its arguments and answers as
+        for an empty tenant without making the tenant's file (a write makes it). A tenant with a lock file but
+        no database (one being restored, say) is opened as before: the lock decides."""
+        path = tenant_path(self.pool.data_dir, tenant)  # (which checks the name first)
+        if path.exists() or lock_path(path).exists():
             with self.pool.lease(tenant) as t, t.snapshot() as conn:
                 yield conn
             return
