@@ -243,6 +243,28 @@ def test_include_lists_a_reverse_relationship(store: Store) -> None:
     assert got["name"] == "Acme"
 
 
+def test_a_relationship_named_many_times_in_include_is_expanded_once(store: Store) -> None:
+    from contextlib import closing
+
+    from server.store import queries
+    from server.store.sqlite import connect
+    from server.store.tenants import tenant_path
+
+    acme = create(store, "Organization", name="Acme")
+    create(store, "Contact", name="Alice", organization=acme["$id"])
+    noun = store.schemas["Organization"]
+
+    def statements(include: list[str]) -> tuple[int, dict[str, Any]]:
+        ran: list[str] = []
+        with closing(connect(tenant_path(store.data_dir, TENANT))) as conn:
+            conn.set_trace_callback(ran.append)
+            got = queries.get_entity(conn, store.schemas, noun, acme["$id"], include=include)
+        return len(ran), got
+
+    once, repeated = statements(["contacts"]), statements(["contacts"] * 50)
+    assert repeated == once
+
+
 def test_a_reverse_include_past_100_entities_says_it_is_cut_and_how_to_read_the_rest(store: Store) -> None:
     acme = create(store, "Organization", name="Acme")
     small = create(store, "Organization", name="Small")

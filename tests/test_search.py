@@ -245,6 +245,38 @@ def test_an_unusable_regex_or_json_condition_says_which_part_is_wrong(
     assert said in err.value.message
 
 
+@pytest.mark.parametrize("pattern", ["(?:b{2000}){2000}", "x{5000}", "(?:(?:ab){40}c){40}"])
+def test_a_pattern_whose_counts_would_compile_to_a_huge_program_is_refused_before_compiling(
+    store: Store, pattern: str
+) -> None:
+    create(store, "Contact", name="Alice")
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, "Contact", {"name": {"$regex": pattern}})
+    assert "counted repetitions" in err.value.message and "1,000" in err.value.message
+
+
+def test_patterns_with_modest_counts_still_match(store: Store) -> None:
+    create(store, "Contact", name="Alice", phone="555-0100")
+    create(store, "Contact", name="Bob", phone="call me")
+    assert found(store, "Contact", {"phone": {"$regex": r"^\d{3}-\d{4}$"}}) == {"Alice"}
+    assert found(store, "Contact", {"name": {"$regex": "^[A-Z][a-z]{1,50}$"}}) == {"Alice", "Bob"}
+
+
+def test_the_patterns_of_one_search_share_one_time_budget(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each value keeps its own limit too, but a pattern kept just under it must not run on every row for ever."""
+    from server.store import patterns
+
+    for i in range(20):
+        create(store, "Contact", name=f"Person {i}")
+    monkeypatch.setattr(patterns, "SEARCH_SECONDS", 0.0)  # the budget is spent before the first value
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, "Contact", {"name": {"$regex": "Person"}})
+    monkeypatch.undo()
+
+    assert "in all" in err.value.message
+    assert len(found(store, "Contact", {"name": {"$regex": "Person"}})) == 20  # a budget per search, not per server
+
+
 def test_a_pattern_that_backtracks_without_end_is_invalid_filter_and_stalls_nothing(store: Store) -> None:
     create(store, "Contact", name="a" * 40 + "!")
     create(store, "Contact", name="Alice")

@@ -84,6 +84,8 @@ def get_entity(
     fields: list[str] | None = None,
 ) -> dict[str, Any]:
     check_id(noun, entity_id)
+    if include:  # each name once: a name repeated would be expanded (a search each) as many times
+        include = list(dict.fromkeys(include))
     if as_of is not None and version is not None:
         raise ValidationFailed(
             "pass asOf or version, not both",
