@@ -187,6 +187,8 @@ def test_a_data_dir_the_server_creates_is_readable_by_its_user_only(tmp_path: Pa
     for directory in (tmp_path / "new", data_dir, data_dir / "tenants", data_dir / "lakehouse"):
         assert directory.stat().st_mode & 0o777 == 0o700 & ~umask, directory
     assert (data_dir / "tokens.db").stat().st_mode & 0o777 == 0o600 & ~umask
+    made_by_flush = [p for p in (data_dir / "lakehouse").rglob("*")]  # catalog, metadata, Parquet: umask 077
+    assert made_by_flush and all(p.stat().st_mode & 0o077 == 0 for p in made_by_flush), made_by_flush
     # a data dir the operator made keeps the mode they gave it
     own = tmp_path / "own"
     own.mkdir(mode=0o755)

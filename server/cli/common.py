@@ -182,6 +182,7 @@ def open_store(config: Config, serving: bool = False) -> Any:
 @click.version_option(package_name="headlessly")
 def main() -> None:
     """headlessly: an MCP server that gives AI agents a typed business database with an immutable event log."""
+    os.umask(0o077)  # tenant files, tokens and the lakehouse are this user's alone, whatever folder they are in
 
 
 def lake_table_if_any(data_dir: Path) -> Any:
