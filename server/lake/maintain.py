@@ -50,12 +50,12 @@ def maintain(
     than `retain` (the current one always stays), then delete the data and metadata files no kept snapshot
     references that are older than `orphan_age` (younger ones may belong to a commit in flight).
     A commit that loses a race (a flush committed meanwhile) is redone on the table as it is then."""
+    from pyiceberg.exceptions import CommitFailedException
+
     now = now or datetime.now(UTC)
     say = progress or (lambda _text: None)
     hook = fault or (lambda _stage: None)
     report = MaintainReport(files_before=_data_file_count(table))
-    from pyiceberg.exceptions import CommitFailedException
-
     for tenant, day in _days_to_compact(table, now, open_day_files):
         try:
             _retrying(table, partial(_compact_day, tenant=tenant, day=day, fault=hook))

@@ -61,23 +61,26 @@ def expansion(pattern: str) -> int:
             i += 1
             continue
         if c == "|":
-            frame[0], frame[1] = frame[0] + frame[1], 0
+            _then(frame, 0)  # a new alternative: nothing for a count to repeat yet
         elif c == "(":
             frames.append([0, 0])
         elif c == ")" and len(frames) > 1:
-            inner = frames.pop()
-            frames[-1][0], frames[-1][1] = frames[-1][0] + frames[-1][1], inner[0] + inner[1]
+            _then(frames[-2], sum(frames.pop()))
         else:
             if c == "\\":
                 i += 1
             elif c == "[":
                 i = _class_end(pattern, i)
-            frame[0], frame[1] = frame[0] + frame[1], 1
+            _then(frame, 1)
         i += 1
-    while len(frames) > 1:
-        inner = frames.pop()
-        frames[-1][0] += inner[0] + inner[1]
-    return frames[0][0] + frames[0][1]
+    while len(frames) > 1:  # groups left open
+        _then(frames[-2], sum(frames.pop()))
+    return sum(frames[0])
+
+
+def _then(frame: list[int], size: int) -> None:
+    """In `frame`, the last item is done and an item of `size` follows (the one a count would repeat)."""
+    frame[0], frame[1] = frame[0] + frame[1], size
 
 
 def _class_end(pattern: str, start: int) -> int:
