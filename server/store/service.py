@@ -18,13 +18,12 @@ from ..schema import Noun, SchemaSet, load_schemas
 from ..schema.validation import Validators
 from . import cursors, queries
 from .events import EVENT_ROW_COLUMNS, EventRow
-from .filelock import lock_path
 from .hooks import AfterContext, Hooks, run_after
 from .mutations import Env, Mutator
 from .operations import MAX_BATCH, Operation, check_actor, parse_operation
 from .patterns import refuse_slow_patterns
 from .sqlite import connect, migrate
-from .tenants import TenantPool, check_tenant, tenant_path
+from .tenants import TenantPool, check_tenant
 from .verify import verify_tenant
 from .writer import read_head
 
@@ -228,8 +227,7 @@ class Store:
         (no file, no lock file), an empty one in memory, so that the read checks its arguments and answers as
         for an empty tenant without making the tenant's file (a write makes it). A tenant with a lock file but
         no database (one being restored, say) is opened as before: the lock decides."""
-        path = tenant_path(self.pool.data_dir, tenant)  # (which checks the name first)
-        if path.exists() or lock_path(path).exists():
+        if self.pool.ever_opened(tenant):
             with self.pool.lease(tenant) as t, t.snapshot() as conn:
                 yield conn
             return

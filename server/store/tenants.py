@@ -19,7 +19,7 @@ from ..config import private_dir
 from ..errors import InvalidTenant, LimitExceeded, NotFound, StorageError, TenantBusy
 from ..schema import SchemaSet
 from .checkpoints import Checkpointer
-from .filelock import TenantLock
+from .filelock import TenantLock, lock_path
 from .reindex import open_elsewhere, rebuild_alone, stale
 from .sqlite import connect, migrate
 from .writer import Writer
@@ -216,6 +216,14 @@ class TenantPool:
 
     def exists(self, name: str) -> bool:
         return tenant_path(self.data_dir, name).exists()
+
+    def ever_opened(self, name: str) -> bool:
+        """Whether the tenant is open here, or has a file or a lock file (so was opened, here or elsewhere).
+        Open ones answer from memory: this is asked on every read."""
+        if isinstance(name, str) and name in self._open:  # (lock-free: one closing meanwhile keeps its files)
+            return True
+        path = tenant_path(self.data_dir, name)  # (which checks the name)
+        return path.exists() or lock_path(path).exists()
 
     def names(self) -> list[str]:
         folder = self.data_dir / "tenants"
