@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pyiceberg.catalog
 import pytest
 from conftest import held_open
@@ -24,6 +25,7 @@ from server.errors import HeadlesslyError, ValidationFailed
 from server.lake import catalog as cat
 from server.lake.flusher import Flusher
 from server.lake.restore import CHUNK, check_tenant, read_tenant, restore_tenant
+from server.lake.scan import TenantRows
 from server.schema import SchemaSet
 from server.store import Store
 from server.store.events import GENESIS_HASH, chain_hash
@@ -726,3 +728,111 @@ def test_check_tenant_reports_a_log_that_is_not_the_one_in_the_table(store: Stor
         History(short, clock).create("Contact", {"name": "Only One"})
         problems = check_tenant(short, table, TENANT)
     assert problems and any("log ends at" in p or "hash" in p for p in problems)
+
+
+def rewrite(store: Store, change: Callable[[list[dict[str, Any]]], None]) -> Any:
+    """Replace the original tenant's rows in the table (one new file, its watermark kept) by `change`d ones."""
+    table = cat.events_table(cat.load(store.data_dir))
+    arrow = read_tenant(table, TENANT)
+    rows = arrow.to_pylist()
+    change(rows)
+    table.delete(f"tenant == '{TENANT}'")
+    table.append(pa.Table.from_pylist(rows, schema=arrow.schema))
+    return table
+
+
+def a_duplicate_row_in_a_file_out_of_order(rows: list[dict[str, Any]]) -> None:
+    rows.append(dict(rows[4]))
+    rows.reverse()
+
+
+def a_missing_row(rows: list[dict[str, Any]]) -> None:
+    del rows[6]
+
+
+def an_edited_row(rows: list[dict[str, Any]]) -> None:
+    rows[6]["actor"] = "agent_mallory"  # its hash column still matches the log's
+
+
+@pytest.mark.parametrize(
+    ("change", "problems"),
+    [
+        (a_duplicate_row_in_a_file_out_of_order, ["lake: tenant acme has duplicate rows (1 extra)"]),
+        (
+            a_missing_row,
+            [
+                "lake: tenant acme has gaps (missing seq [7]...)",
+                "lake: tenant acme seq 7: the table's hash differs from the log's",
+            ],
+        ),
+        (an_edited_row, ["lake: tenant acme seq 7: the table's row was altered (its content does not give its hash)"]),
+    ],
+)
+def test_check_tenant_names_each_row_the_table_lost_doubled_or_altered(
+    store: Store, original: dict[str, str], change: Callable[[list[dict[str, Any]]], None], problems: list[str]
+) -> None:
+    table = rewrite(store, change)
+
+    assert check_tenant(store, table, TENANT) == problems
+
+
+def the_last_row_lost(rows: list[dict[str, Any]]) -> None:
+    del rows[-1]
+
+
+def test_check_tenant_reports_a_table_that_ends_before_its_watermark(store: Store, original: dict[str, str]) -> None:
+    table = rewrite(store, the_last_row_lost)
+
+    assert check_tenant(store, table, TENANT) == [
+        "lake: tenant acme watermark is seq 13 but the table holds up to 12",
+        "lake: tenant acme seq 13: the table's hash differs from the log's",
+    ]
+
+
+# ---- reading the table a file at a time ---------------------------------------------------------------
+
+
+def forge_in_runs(store: Store, runs: list[slice]) -> list[str]:
+    """The original tenant's rows appended as tenant `forged`, one file per run of seqs, in the order given;
+    returns the files' paths in that order."""
+    table = cat.events_table(cat.load(store.data_dir))
+    arrow = read_tenant(table, TENANT)
+    rows = [dict(row, tenant=FORGED) for row in arrow.to_pylist()]
+    paths: list[str] = []
+    for run in runs:
+        table.append(pa.Table.from_pylist(rows[run], schema=arrow.schema))
+        (added,) = {f.file.file_path for f in table.scan(row_filter=f"tenant == '{FORGED}'").plan_files()} - set(paths)
+        paths.append(added)
+    return paths
+
+
+def test_a_tenant_in_several_files_is_restored_in_seq_order_a_file_at_a_time(store: Store, fresh: Store) -> None:
+    forge_in_runs(store, [slice(8, None), slice(4, 8), slice(0, 4)])
+    rows = TenantRows(cat.events_table(cat.load(store.data_dir)), FORGED)
+
+    assert (rows.streamed, rows.total, rows.last_seq) == (True, 13, 13)
+    assert [seq for batch in rows.batches(("seq",)) for seq in batch.column("seq").to_pylist()] == list(range(1, 14))
+    assert restore_tenant(fresh, FORGED) == 13
+    assert log_of(fresh, FORGED) == log_of(store)
+    assert fresh.verify(FORGED)["ok"] is True
+
+
+def test_reading_a_tenants_rows_opens_a_file_only_when_its_turn_comes(store: Store, original: dict[str, str]) -> None:
+    later, _ = forge_in_runs(store, [slice(6, None), slice(0, 6)])
+    rows = TenantRows(cat.events_table(cat.load(store.data_dir)), FORGED)
+    Path(cat.local_path(later)).unlink()  # after planning: the file of seqs 7-13 is gone
+
+    batches = rows.batches(("seq",))
+    assert next(batches).column("seq").to_pylist() == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(FileNotFoundError):
+        next(batches)
+
+
+def test_a_file_whose_rows_are_out_of_order_is_restored_in_seq_order(store: Store, fresh: Store) -> None:
+    forge(store, lambda rows: rows.reverse())
+    table = cat.events_table(cat.load(store.data_dir))
+    (task,) = list(table.scan(row_filter=f"tenant == '{FORGED}'").plan_files())
+    assert pq.read_table(cat.local_path(task.file.file_path), columns=["seq"]).column("seq").to_pylist()[:2] == [13, 12]
+
+    assert restore_tenant(fresh, FORGED) == 13
+    assert log_of(fresh, FORGED) == log_of(store)

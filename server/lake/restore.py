@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any
@@ -14,12 +14,13 @@ from ..config import private_dir
 from ..errors import HeadlesslyError, StorageError, ValidationFailed
 from ..store import Store
 from ..store.bulk import EVENT_COLUMNS, EventTuple, bulk_load
-from ..store.events import GENESIS_HASH, EventRow, row_hash
+from ..store.events import EventRow, row_hash
 from ..store.filelock import TenantLock
 from ..store.tenants import tenant_path
 from . import catalog as cat
+from .scan import CHUNK, TenantRows
 
-CHUNK = 5_000
+__all__ = ["CHUNK", "check_tenant", "read_tenant", "restore_tenant"]
 
 
 class TenantExists(HeadlesslyError):
@@ -66,8 +67,8 @@ def restore_tenant(
     path = tenant_path(store.data_dir, tenant)
     store.pool.forget(tenant)  # our own connections
     _refuse(path, tenant, overwrite)  # early, before reading the table
-    rows = read_tenant(table, tenant)
-    total = rows.num_rows
+    rows = TenantRows(table, tenant)
+    total = rows.total
     _refuse_lost_events(rows, tenant, cat.watermark(table, tenant))
     if total == 0:
         raise ValidationFailed(
@@ -86,7 +87,7 @@ def restore_tenant(
             restored = bulk_load(
                 building,
                 store.schemas,
-                _event_tuples(rows),
+                _event_tuples(rows.batches()),
                 store.pool.durability,
                 (lambda done: progress(done, total)) if progress else None,
                 indexing,
@@ -108,15 +109,14 @@ def restore_tenant(
     return restored
 
 
-def _refuse_lost_events(rows: Any, tenant: str, watermark: tuple[int, str]) -> None:
+def _refuse_lost_events(rows: TenantRows, tenant: str, watermark: tuple[int, str]) -> None:
     """Refuse a table that has lost events it once held: it ends before the tenant's watermark (the last
     event flushed), or its event at the watermark has another hash. Each event would still chain to the one
     before it, so the load's checks alone would restore the truncated log as if it were the whole one."""
     wm_seq, wm_hash = watermark
     if not wm_seq:
         return
-    seqs = rows.column("seq")
-    last = seqs[-1].as_py() if len(seqs) else 0
+    last = rows.last_seq
     hint = (
         "Nothing was restored. The table lost events that were flushed to it: roll it back to an Iceberg "
         "snapshot that still holds them, or keep the tenant's database if it still exists; `headlessly verify` "
@@ -124,14 +124,12 @@ def _refuse_lost_events(rows: Any, tenant: str, watermark: tuple[int, str]) -> N
     )
     if last < wm_seq:
         raise ValidationFailed(
-            f"the table holds {rows.num_rows} events of tenant {tenant!r} (up to seq {last}), but its watermark "
+            f"the table holds {rows.total} events of tenant {tenant!r} (up to seq {last}), but its watermark "
             f"records {wm_seq} flushed: the events after seq {last} are missing from the table",
             hint=hint,
         )
-    # Row wm_seq - 1 is the event at the watermark unless the table has a gap or a duplicate before it,
-    # which the load refuses.
-    at = wm_seq - 1 if len(seqs) >= wm_seq and seqs[wm_seq - 1].as_py() == wm_seq else None
-    if at is not None and rows.column("hash")[at].as_py() != wm_hash:
+    found = rows.hash_at(wm_seq)  # (none: a gap, which the load refuses)
+    if found is not None and found != wm_hash:
         raise ValidationFailed(
             f"the table's event at seq {wm_seq} of tenant {tenant!r} has another hash than the watermark records "
             f"for it (the last of the {wm_seq} events flushed)",
@@ -235,12 +233,13 @@ def _set_aside(path: Path) -> list[tuple[Path, Path]]:
     return moved
 
 
-def _event_tuples(rows: Any) -> Iterator[list[EventTuple]]:
-    """The table's rows as events in EVENT_COLUMNS order, CHUNK at a time, converted column by column."""
+def _event_tuples(batches: Iterable[Any]) -> Iterator[list[EventTuple]]:
+    """Record batches of the table as events in EVENT_COLUMNS order, a batch at a time, converted column by
+    column."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    for batch in rows.to_batches(max_chunksize=CHUNK):
+    for batch in batches:
         # format_us's text: Arrow's cast of a timestamp[us] prints `2026-01-16 09:30:00.000000` (8x faster
         # than its strftime); the T and the Z make it ours. A text that differed would fail the hash check.
         text = batch.column("timestamp").cast(pa.timestamp("us")).cast(pa.string())
@@ -252,64 +251,82 @@ def _event_tuples(rows: Any) -> Iterator[list[EventTuple]]:
         yield list(zip(*(column.to_pylist() for column in columns), strict=True))
 
 
+MOST_PROBLEMS = 20
+
+
 def check_tenant(store: Store, table: Any, tenant: str) -> list[str]:
-    """Problems between the table and the log: gaps, duplicates, hashes that differ, up to the watermark."""
-    problems: list[str] = []
+    """Problems between the table and the log, up to the watermark: gaps, duplicates, rows out of order,
+    hashes that differ from the log's, and rows whose content no longer gives their hash (an edited Parquet
+    file: the hash column alone can still match the log). One pass over the table in seq order beside the
+    log, a batch of each at a time; at most MOST_PROBLEMS of each kind are listed."""
     wm_seq, wm_hash = cat.watermark(table, tenant)
-    rows = read_tenant(table, tenant, ("seq", "hash", "prev_hash"))
-    seqs = rows.column("seq").to_pylist()
-    hashes = rows.column("hash").to_pylist()
-    if len(set(seqs)) != len(seqs):
-        problems.append(f"lake: tenant {tenant} has duplicate rows ({len(seqs) - len(set(seqs))} extra)")
-    if seqs != list(range(1, len(seqs) + 1)):
-        missing = sorted(set(range(1, (max(seqs) if seqs else 0) + 1)) - set(seqs))[:5]
-        problems.append(
-            f"lake: tenant {tenant} has gaps (missing seq {missing}...)"
-            if missing
-            else f"lake: tenant {tenant} rows out of order"
-        )
-    if (seqs[-1] if seqs else 0) != wm_seq:
-        problems.append(
-            f"lake: tenant {tenant} watermark is seq {wm_seq} but the table holds up to {seqs[-1] if seqs else 0}"
-        )
-    log_seq, prev = 0, GENESIS_HASH
-    by_seq = dict(zip(seqs, hashes, strict=True))
-    while log_seq < wm_seq:
-        chunk = store.log(tenant, log_seq, 10_000)
-        if not chunk:
-            problems.append(f"lake: tenant {tenant}: the table goes to seq {wm_seq} but the log ends at {log_seq}")
-            break
-        for e in chunk:
-            if e.seq > wm_seq:
-                break
-            if by_seq.get(e.seq) != e.hash:
-                problems.append(f"lake: tenant {tenant} seq {e.seq}: the table's hash differs from the log's")
-                if len(problems) > 20:
-                    return problems
-            prev = e.hash
-        log_seq = chunk[-1].seq
-    if wm_seq and prev != wm_hash and not problems:
-        problems.append(f"lake: tenant {tenant} watermark hash differs from the log's hash at seq {wm_seq}")
-    problems += _altered_rows(table, tenant, 20 - len(problems))
-    return problems
-
-
-def _altered_rows(table: Any, tenant: str, most: int) -> list[str]:
-    """Rows whose content no longer gives their hash (an edited Parquet file, say): the hash column
-    alone can still match the log. Streamed a batch at a time, in whatever order the files come."""
-    import pyarrow as pa
-    import pyiceberg.expressions
-
-    ex: Any = pyiceberg.expressions
-    reader = table.scan(row_filter=ex.EqualTo("tenant", tenant)).to_arrow_batch_reader()
+    log = _LogHashes(store, tenant, wm_seq)
+    duplicates, disorder, last = 0, False, 0
+    missing: list[int] = []
+    differ: list[int] = []  # seqs
+    altered: list[int] = []
+    for chunk in _event_tuples(TenantRows(table, tenant).batches()):
+        for values in chunk:
+            event = EventRow(*values)
+            if event.seq <= last:
+                duplicates += event.seq == last
+                disorder = disorder or event.seq < last
+                continue
+            missing.extend(range(last + 1, min(event.seq, last + 1 + 5 - len(missing))))
+            differ.extend(log.without_row(last, event.seq, MOST_PROBLEMS - len(differ)))
+            if len(differ) < MOST_PROBLEMS and log.hash(event.seq) not in (None, event.hash):
+                differ.append(event.seq)
+            if len(altered) < MOST_PROBLEMS and row_hash(event) != event.hash:
+                altered.append(event.seq)
+            last = event.seq
+    differ.extend(log.without_row(last, wm_seq + 1, MOST_PROBLEMS - len(differ)))
     problems: list[str] = []
-    for batch in reader:
-        for chunk in _event_tuples(pa.Table.from_batches([batch])):
-            for values in chunk:
-                event = EventRow(*values)
-                if row_hash(event) != event.hash and len(problems) < most:
-                    problems.append(
-                        f"lake: tenant {tenant} seq {event.seq}: the table's row was altered (its content does "
-                        "not give its hash)"
-                    )
-    return problems
+    if duplicates:
+        problems.append(f"lake: tenant {tenant} has duplicate rows ({duplicates} extra)")
+    if missing:
+        problems.append(f"lake: tenant {tenant} has gaps (missing seq {missing}...)")
+    if disorder:
+        problems.append(f"lake: tenant {tenant} rows out of order")
+    if last != wm_seq:
+        problems.append(f"lake: tenant {tenant} watermark is seq {wm_seq} but the table holds up to {last}")
+    if log.ended is not None:
+        problems.append(f"lake: tenant {tenant}: the table goes to seq {wm_seq} but the log ends at {log.ended}")
+    problems += [f"lake: tenant {tenant} seq {seq}: the table's hash differs from the log's" for seq in differ]
+    if wm_seq and log.hash(wm_seq) not in (None, wm_hash) and not problems:
+        problems.append(f"lake: tenant {tenant} watermark hash differs from the log's hash at seq {wm_seq}")
+    return problems + [
+        f"lake: tenant {tenant} seq {seq}: the table's row was altered (its content does not give its hash)"
+        for seq in altered
+    ]
+
+
+class _LogHashes:
+    """The log's hashes up to seq `until`, read forward 10,000 events at a time."""
+
+    def __init__(self, store: Store, tenant: str, until: int) -> None:
+        self.store, self.tenant, self.until = store, tenant, until
+        self.hashes: dict[int, str] = {}
+        self.read_to = 0  # seq
+        self.ended: int | None = None  # where the log ended before `until`
+
+    def hash(self, seq: int) -> str | None:
+        """The log's hash at `seq` (seqs asked for only grow); None past `until` or the log's end."""
+        if seq > self.until:
+            return None
+        while seq > self.read_to and self.ended is None:
+            self.hashes = {e.seq: e.hash for e in self.store.log(self.tenant, self.read_to, 10_000)}
+            if not self.hashes:
+                self.ended = self.read_to
+                break
+            self.read_to = max(self.hashes)
+        return self.hashes.get(seq)
+
+    def without_row(self, after: int, before: int, most: int) -> list[int]:
+        """Up to `most` of the log's seqs strictly between `after` and `before` (up to `until`): seqs the table
+        has no row for."""
+        found: list[int] = []
+        for seq in range(after + 1, min(before, self.until + 1)):
+            if len(found) >= most or self.hash(seq) is None:
+                break  # (None: the log ended)
+            found.append(seq)
+        return found

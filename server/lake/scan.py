@@ -1,0 +1,110 @@
+"""A tenant's rows in the table, in seq order, read one file and one batch at a time.
+
+Flushes and compactions write each file as a run of increasing seqs, and one tenant's files do not overlap,
+so putting the files in order of their first seq and reading each a batch at a time gives the log in order
+while holding one batch, not the tenant. Each file's seq column is read first (8 bytes a row) to find its
+range and whether it is in order. A table that is not like that (files whose ranges overlap, delete files,
+a file without one of our columns) is read whole and sorted instead, as a table written by other tools may
+need."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+CHUNK = 5_000  # rows per batch
+
+
+@dataclass(frozen=True)
+class _File:
+    task: Any  # pyiceberg's FileScanTask
+    first: int  # seq
+    last: int
+    rows: int  # of this tenant
+    ordered: bool  # seqs strictly increasing through the file
+    columns: frozenset[str]
+
+
+class TenantRows:
+    """The rows of `tenant` in `table` (its current snapshot), planned on construction."""
+
+    def __init__(self, table: Any, tenant: str) -> None:
+        import pyiceberg.expressions
+
+        ex: Any = pyiceberg.expressions  # its constructors are typed for bound terms; we pass names
+        self.table, self.tenant = table, tenant
+        tasks = list(table.scan(row_filter=ex.EqualTo("tenant", tenant)).plan_files())
+        files = sorted((f for f in map(self._plan, tasks) if f.rows), key=lambda f: f.first)
+        self._files = files
+        self.total = sum(f.rows for f in files)
+        self.last_seq = max((f.last for f in files), default=0)
+        self.streamed = not any(task.delete_files for task in tasks) and all(
+            a.last < b.first for a, b in pairwise(files)
+        )
+        self._names = table.schema().column_names
+
+    def batches(self, columns: tuple[str, ...] | None = None) -> Iterator[Any]:
+        """The rows as Arrow record batches of at most CHUNK rows, in seq order, with `columns` (default all)."""
+        wanted = list(columns or self._names)
+        if not self.streamed or any(not set(wanted) <= f.columns for f in self._files):
+            from .restore import read_tenant
+
+            yield from read_tenant(self.table, self.tenant, tuple(wanted)).to_batches(max_chunksize=CHUNK)
+            return
+        for file in self._files:
+            yield from self._read(file, wanted)
+
+    def hash_at(self, seq: int) -> str | None:
+        """The hash of the row at `seq` (None when the table has none)."""
+        import pyarrow.compute as pc
+
+        for file in self._files:
+            if file.first <= seq <= file.last:
+                with self._parquet(file.task) as parquet:
+                    rows = self._own(parquet.read(columns=["tenant", "seq", "hash"]))
+                found = rows.filter(pc.equal(rows.column("seq"), seq)).column("hash")
+                return found[0].as_py() if len(found) else None
+        return None
+
+    def _read(self, file: _File, wanted: list[str]) -> Iterator[Any]:
+        import pyarrow as pa
+
+        columns = list(dict.fromkeys([*wanted, "tenant"]))
+        with self._parquet(file.task) as parquet:
+            if not file.ordered:  # (a file another tool wrote): sorted in memory, one file
+                rows = self._own(parquet.read(columns=columns)).sort_by("seq")
+                yield from rows.select(wanted).to_batches(max_chunksize=CHUNK)
+                return
+            for batch in parquet.iter_batches(batch_size=CHUNK, columns=columns):
+                yield from self._own(pa.Table.from_batches([batch])).select(wanted).to_batches()
+
+    def _plan(self, task: Any) -> _File:
+        import pyarrow.compute as pc
+
+        with self._parquet(task) as parquet:
+            columns = frozenset(parquet.schema_arrow.names)
+            seq = self._own(parquet.read(columns=["tenant", "seq"])).column("seq")
+        if not len(seq):
+            return _File(task, 0, 0, 0, True, columns)
+        ordered = len(seq) < 2 or bool(pc.all(pc.greater(seq[1:], seq[:-1])).as_py())
+        bounds = pc.min_max(seq)
+        return _File(task, bounds["min"].as_py(), bounds["max"].as_py(), len(seq), ordered, columns)
+
+    def _own(self, rows: Any) -> Any:
+        """`rows` of this tenant only (a file of a tenant's partition holds only its rows; checked anyway)."""
+        import pyarrow.compute as pc
+
+        tenant = rows.column("tenant")
+        if pc.all(pc.equal(tenant, self.tenant)).as_py():
+            return rows
+        return rows.filter(pc.equal(tenant, self.tenant))
+
+    @contextmanager
+    def _parquet(self, task: Any) -> Iterator[Any]:
+        import pyarrow.parquet as pq
+
+        with self.table.io.new_input(task.file.file_path).open() as stream:
+            yield pq.ParquetFile(stream)
