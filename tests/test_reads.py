@@ -442,3 +442,21 @@ def test_reads_of_a_tenant_with_no_file_answer_as_an_empty_tenant_and_make_no_fi
     assert not path.exists() and "nobody" not in store.tenants()
     store.do("nobody", AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})  # a write makes it
     assert path.exists() and store.find("nobody", "Contact")["total"] == 1
+
+
+def test_a_dry_run_on_a_tenant_with_no_file_shows_its_result_and_makes_no_file(store: Store) -> None:
+    from server.store.tenants import lock_path, tenant_path
+
+    path = tenant_path(store.data_dir, "nobody")
+    create = {"action": "create", "type": "Contact", "data": {"name": "Ada", "email": "ada@x.io"}}
+    one = store.do("nobody", AGENT, {**create, "dryRun": True})
+    batch = store.do("nobody", AGENT, {"operations": [create, {**create, "data": {"name": "Bo"}}], "dryRun": True})
+    with pytest.raises(ValidationFailed):  # still checked as a write to an empty tenant
+        store.do("nobody", AGENT, {"operations": [create, create], "dryRun": True})  # the email twice
+
+    assert one["dryRun"] is True and one["entity"]["name"] == "Ada" and one["entity"]["$version"] == 1
+    assert [e["seq"] for e in one["events"]] == [1]
+    assert [r["entity"]["name"] for r in batch["results"]] == ["Ada", "Bo"]
+    assert not path.exists() and not lock_path(path).exists() and "nobody" not in store.tenants()
+    written = store.do("nobody", AGENT, create)  # the real write makes it, as the dry run showed
+    assert written["events"][0]["seq"] == 1 and written["entity"]["name"] == "Ada" and path.exists()

@@ -25,7 +25,7 @@ from .patterns import refuse_slow_patterns
 from .sqlite import connect, migrate
 from .tenants import TenantPool, check_tenant
 from .verify import verify_tenant
-from .writer import read_head
+from .writer import Txn, Writer, read_head
 
 log = logging.getLogger(__name__)
 MAX_HOOK_DEPTH = 8
@@ -149,10 +149,14 @@ class Store:
         self, tenant: str, actor: str, ops: list[Operation], batch: bool, dry_run: bool, caused_by: str | None,
         chain: _HookChain | None,
     ) -> list[dict[str, Any]]:  # fmt: skip
+        def write(txn: Txn) -> list[dict[str, Any]]:
+            return Mutator(txn, self.env, actor, caused_by, dry_run).run(ops, batch)
+
+        if dry_run and not self.pool.ever_opened(tenant):  # as a read: against an empty tenant, making no file
+            with self._empty() as conn:
+                return Writer(conn, self.pool.clock).run(write, dry_run=True)
         with self.pool.lease(tenant) as t:
-            results = t.writer.run(
-                lambda txn: Mutator(txn, self.env, actor, caused_by, dry_run).run(ops, batch), dry_run=dry_run
-            )
+            results = t.writer.run(write, dry_run=dry_run)
         if not dry_run and self.hooks.after_hooks:
             chain = chain or _HookChain(0, _Budget())  # a request from outside: the whole budget, for all its ops
             for op, result in zip(ops, results, strict=True):
@@ -231,6 +235,12 @@ class Store:
             with self.pool.lease(tenant) as t, t.snapshot() as conn:
                 yield conn
             return
+        with self._empty() as conn:
+            yield conn
+
+    @contextmanager
+    def _empty(self) -> Iterator[sqlite3.Connection]:
+        """An empty tenant database in memory, for a tenant never opened."""
         with closing(connect(Path(":memory:"))) as conn:
             migrate(conn)
             yield conn
