@@ -11,6 +11,7 @@ ENV_TENANT = "HEADLESSLY_TENANT"
 ENV_ACTOR = "HEADLESSLY_ACTOR"
 ENV_DURABILITY = "HEADLESSLY_DURABILITY"
 SESSIONS_PER_TOKEN = 100  # streamable-HTTP sessions one token may hold open (the SDK's table holds 10,000)
+CALLS_PER_TENANT = 16  # tool calls of one tenant run at once over HTTP/SSE (of anyio's 40 worker threads)
 SESSION_IDLE_SECONDS = 1800.0  # how long a session with no request in flight is kept (the SDK's default)
 OPEN_DAY_FILES = 100  # files of today (one per flush round with events) that make `lake maintain` compact it
 

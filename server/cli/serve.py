@@ -13,7 +13,15 @@ from typing import Any
 
 import click
 
-from ..config import ENV_ACTOR, ENV_DURABILITY, ENV_TENANT, SESSION_IDLE_SECONDS, SESSIONS_PER_TOKEN, Config
+from ..config import (
+    CALLS_PER_TENANT,
+    ENV_ACTOR,
+    ENV_DURABILITY,
+    ENV_TENANT,
+    SESSION_IDLE_SECONDS,
+    SESSIONS_PER_TOKEN,
+    Config,
+)
 from .common import data_dir_option, fail, finite, log, main, open_store, schemas_option
 
 
@@ -83,6 +91,14 @@ from .common import data_dir_option, fail, finite, log, main, open_store, schema
     help="http: the most streamable-HTTP sessions one token may hold open (so no token can fill the server's).",
 )
 @click.option(
+    "--calls-per-tenant",
+    type=click.IntRange(min=1),
+    default=CALLS_PER_TENANT,
+    show_default=True,
+    help="http/sse: the most tool calls of one tenant that run at once (the others wait their turn), so that no "
+    "tenant can take every worker thread (40) from the others.",
+)
+@click.option(
     "--session-idle-timeout",
     type=click.FloatRange(min=1, max=86400),
     default=SESSION_IDLE_SECONDS,
@@ -95,7 +111,8 @@ from .common import data_dir_option, fail, finite, log, main, open_store, schema
 )
 def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, tenant: str, actor: str | None,
           schema_dirs: tuple[Path, ...], hook_modules: tuple[str, ...], durability: str, flush_interval: float,
-          no_flush: bool, sessions_per_token: int, session_idle_timeout: float, log_level: str) -> None:  # fmt: skip
+          no_flush: bool, sessions_per_token: int, calls_per_tenant: int, session_idle_timeout: float,
+          log_level: str) -> None:  # fmt: skip
     """Run the MCP server (logs go to stderr)."""
     from ..logsetup import log_to_stderr
 
@@ -162,7 +179,7 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         else:
             _serve_http(
                 store, config, transport, host, port, no_auth,
-                per_token=sessions_per_token, idle_seconds=session_idle_timeout,
+                per_token=sessions_per_token, idle_seconds=session_idle_timeout, calls_per_tenant=calls_per_tenant,
             )  # fmt: skip
     finally:
         _ignore_signals()  # the shutdown is under way: let its final flush finish
@@ -297,8 +314,10 @@ def _serve_http(
     *,
     per_token: int,
     idle_seconds: float,
+    calls_per_tenant: int,
 ) -> None:
-    """`per_token`: the most sessions one token may hold; `idle_seconds`: how long an idle one is kept."""
+    """`per_token`: the most sessions one token may hold; `idle_seconds`: how long an idle one is kept;
+    `calls_per_tenant`: the most calls of one tenant that run at once."""
     from ..auth.identity import LocalIdentity
     from ..auth.sessions import limit_sessions_per_token
     from ..auth.tokens import TokenStore
@@ -308,7 +327,8 @@ def _serve_http(
     tokens = None if no_auth else TokenStore(config.data_dir)
     shown_host = f"[{host}]" if ":" in host else host
     base_url = f"http://{shown_host}:{port}"
-    server = build_server(store, LocalIdentity(config.tenant, config.actor) if no_auth else None, tokens, base_url)
+    identity = LocalIdentity(config.tenant, config.actor) if no_auth else None
+    server = build_server(store, identity, tokens, base_url, calls_per_tenant=calls_per_tenant)
     security = _host_checks(shown_host, no_auth)
     if transport == "http":
         app = server.streamable_http_app(host=host, transport_security=security, session_idle_timeout=idle_seconds)

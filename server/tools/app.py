@@ -18,11 +18,13 @@ from pydantic import AnyHttpUrl, Field, ValidationError
 
 from ..auth.identity import Caller, LocalIdentity, TokenVerifier, resolve_caller
 from ..auth.tokens import TokenStore
+from ..config import CALLS_PER_TENANT
 from ..errors import Forbidden, HeadlesslyError, InvalidId, InvalidType, NotFound, ValidationFailed
 from ..store import Store
 from ..store.events import dumps
 from ..store.filters import LOGICAL, OPERATORS
 from ..store.operations import Flag, Version, Whole
+from .calls import TenantCalls
 from .models import INSTRUCTIONS, DoOutput, FetchOutput, SearchOutput
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,7 @@ def build_server(
     tokens: TokenStore | None = None,
     base_url: str | None = None,
     inline: bool = False,
+    calls_per_tenant: int = CALLS_PER_TENANT,
 ) -> MCPServer:
     """The server for one data directory. `local` is the identity of stdio / --no-auth HTTP;
     with `tokens`, every request must bear a token and the token decides the caller.
@@ -107,7 +110,8 @@ def build_server(
     `inline` runs the store's work on the event loop instead of a worker thread: for stdio, where
     one client's requests come one after another, it saves a thread hand-off per call. Not when the
     store has hooks: they are the operator's code, and a slow one would hold up the whole session.
-    Over HTTP the worker threads let concurrent requests overlap (and writers share a commit)."""
+    Over HTTP the worker threads let concurrent requests overlap (and writers share a commit); at most
+    `calls_per_tenant` of one tenant's run at once, so that no tenant takes them all."""
     nouns = store.schemas.names()
     auth_kwargs: dict[str, Any] = {}
     if tokens is not None:
@@ -123,6 +127,8 @@ def build_server(
         **auth_kwargs,
     )
 
+    calls = TenantCalls(calls_per_tenant)
+
     async def run(ctx: Context | None, fn: Callable[[Caller], T], write: bool = False) -> T:
         """Resolve the caller, refuse writes on read-only connections, run `fn` off the event loop.
 
@@ -137,7 +143,8 @@ def build_server(
             )
         if inline and not store.hooks:
             return fn(caller)
-        return await anyio.to_thread.run_sync(partial(fn, caller))
+        async with calls.slot(caller.tenant):
+            return await anyio.to_thread.run_sync(partial(fn, caller))
 
     async def respond(ctx: Context | None, fn: Callable[[Caller], dict[str, Any]], write: bool = False) -> Any:
         """The tool result: structured content plus its JSON text, or a tool error whose text is
