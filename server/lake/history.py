@@ -1,15 +1,17 @@
 """The audit trail read from the table, without touching the live store.
 
 Filters become an Iceberg row filter, so partitions (tenant, day) and files (column statistics)
-that cannot match are skipped, and only the columns an event needs are read."""
+that cannot match are skipped, and only the columns an event needs are read, a batch at a time."""
 
 from __future__ import annotations
 
 import fnmatch
 import json
+from collections import deque
 from typing import Any
 
 from ..timeutil import between_microseconds, format_us, parse_time
+from .scan import TenantRows
 
 COLUMNS = (
     "seq",
@@ -46,10 +48,13 @@ def lake_events(
     limit: int = 100,
     newest_first: bool = False,
 ) -> list[dict[str, Any]]:
+    """Up to `limit` of the tenant's events in the table that match, oldest (or newest) first. The table is
+    read a file and a batch at a time, in seq order, until `limit` are found: newest first, each file is
+    read forwards keeping only its last matches."""
     import pyiceberg.expressions
 
     ex: Any = pyiceberg.expressions  # its constructors are typed for bound terms; we pass names
-    cond = ex.EqualTo("tenant", tenant)
+    cond = ex.AlwaysTrue()
     glob = None
     if type is not None:
         if not any(c in type for c in "*?["):
@@ -66,24 +71,53 @@ def lake_events(
         cond = ex.And(cond, ex.GreaterThanOrEqual("timestamp", _iceberg_time(since, since=True)))
     if until is not None:
         cond = ex.And(cond, ex.LessThanOrEqual("timestamp", _iceberg_time(until)))
-    rows = table.scan(row_filter=cond, selected_fields=COLUMNS).to_arrow()
-    rows = rows.sort_by([("seq", "descending" if newest_first else "ascending")])
-    out: list[dict[str, Any]] = []
-    for r in rows.to_pylist():
-        if glob is not None and not fnmatch.fnmatchcase(r["type"], glob):
-            continue
-        ts = r["timestamp"]
-        event: dict[str, Any] = {
-            "id": r["id"], "seq": r["seq"], "type": r["type"], "target": r["target"], "actor": r["actor"],
-            "timestamp": format_us(int(ts.timestamp()) * 1_000_000 + ts.microsecond), "version": r["version"],
-            "data": json.loads(r["data"]), "changes": json.loads(r["changes"]),
-        }  # fmt: skip
-        if r["reason"] is not None:
-            event["reason"] = r["reason"]
-        if r["caused_by"] is not None:
-            event["causedBy"] = r["caused_by"]
-        event["hash"] = r["hash"]
-        out.append(event)
-        if len(out) >= limit:
+    runs = TenantRows(table, tenant, cond).runs(COLUMNS)
+    found: list[dict[str, Any]] = []
+    for run in reversed(list(runs)) if newest_first else runs:
+        wanted = limit - len(found)
+        if not newest_first:
+            for batch in run:
+                found += _matching(batch, glob).slice(0, limit - len(found)).to_pylist()
+                if len(found) >= limit:
+                    break
+        else:
+            tail: deque[Any] = deque()  # the run's last matching batches, `wanted` rows or a few more
+            kept = 0
+            for batch in run:
+                batch = _matching(batch, glob)
+                tail.append(batch)
+                kept += batch.num_rows
+                while tail and kept - tail[0].num_rows >= wanted:
+                    kept -= tail.popleft().num_rows
+            rows = [r for batch in tail for r in batch.to_pylist()]
+            found += reversed(rows[-wanted:] if wanted else [])
+        if len(found) >= limit:
             break
-    return out
+    return [_event(r) for r in found[:limit]]
+
+
+def _matching(batch: Any, glob: str | None) -> Any:
+    """The rows of `batch` whose type matches `glob` (each distinct type tested once)."""
+    if glob is None:
+        return batch
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    types = batch.column("type")
+    allowed = [t for t in pc.unique(types).to_pylist() if fnmatch.fnmatchcase(t, glob)]
+    return batch.filter(pc.is_in(types, value_set=pa.array(allowed, type=types.type)))
+
+
+def _event(r: dict[str, Any]) -> dict[str, Any]:
+    ts = r["timestamp"]
+    event: dict[str, Any] = {
+        "id": r["id"], "seq": r["seq"], "type": r["type"], "target": r["target"], "actor": r["actor"],
+        "timestamp": format_us(int(ts.timestamp()) * 1_000_000 + ts.microsecond), "version": r["version"],
+        "data": json.loads(r["data"]), "changes": json.loads(r["changes"]),
+    }  # fmt: skip
+    if r["reason"] is not None:
+        event["reason"] = r["reason"]
+    if r["caused_by"] is not None:
+        event["causedBy"] = r["caused_by"]
+    event["hash"] = r["hash"]
+    return event

@@ -29,14 +29,26 @@ class _File:
 
 
 class TenantRows:
-    """The rows of `tenant` in `table` (its current snapshot), planned on construction."""
+    """The rows of `tenant` in `table` (its current snapshot) that match `row_filter` (a pyiceberg expression
+    on its columns, unbound; default all), planned on construction: only the files that may hold such rows
+    are read. `total` and `last_seq` count the tenant's rows in those files, matching or not."""
 
-    def __init__(self, table: Any, tenant: str) -> None:
+    def __init__(self, table: Any, tenant: str, row_filter: Any = None) -> None:
         import pyiceberg.expressions
+        from pyiceberg.expressions.visitors import bind, extract_field_ids
+        from pyiceberg.io.pyarrow import expression_to_pyarrow
 
         ex: Any = pyiceberg.expressions  # its constructors are typed for bound terms; we pass names
         self.table, self.tenant = table, tenant
-        tasks = list(table.scan(row_filter=ex.EqualTo("tenant", tenant)).plan_files())
+        cond = ex.EqualTo("tenant", tenant)
+        if row_filter is not None:
+            cond = ex.And(cond, row_filter)
+        schema = table.schema()
+        bound = bind(schema, cond, case_sensitive=True)
+        self._match = expression_to_pyarrow(bound)
+        self._needs = [schema.find_column_name(i) for i in sorted(extract_field_ids(bound))]
+        self._cond = cond
+        tasks = list(table.scan(row_filter=cond).plan_files())
         files = sorted((f for f in map(self._plan, tasks) if f.rows), key=lambda f: f.first)
         self._files = files
         self.total = sum(f.rows for f in files)
@@ -44,18 +56,23 @@ class TenantRows:
         self.streamed = not any(task.delete_files for task in tasks) and all(
             a.last < b.first for a, b in pairwise(files)
         )
-        self._names = table.schema().column_names
+        self._names = schema.column_names
 
     def batches(self, columns: tuple[str, ...] | None = None) -> Iterator[Any]:
         """The rows as Arrow record batches of at most CHUNK rows, in seq order, with `columns` (default all)."""
-        wanted = list(columns or self._names)
-        if not self.streamed or any(not set(wanted) <= f.columns for f in self._files):
-            from .restore import read_tenant
+        for run in self.runs(columns):
+            yield from run
 
-            yield from read_tenant(self.table, self.tenant, tuple(wanted)).to_batches(max_chunksize=CHUNK)
+    def runs(self, columns: tuple[str, ...] | None = None) -> Iterator[Iterator[Any]]:
+        """The rows as runs of consecutive seqs, in seq order (a file each, read when its turn comes), each an
+        iterator of record batches as `batches` gives them (to read newest first, reverse the list of runs)."""
+        wanted = list(columns or self._names)
+        if not self.streamed or any(not {*wanted, *self._needs} <= f.columns for f in self._files):
+            rows = self.table.scan(row_filter=self._cond, selected_fields=tuple(wanted)).to_arrow()
+            yield iter(rows.sort_by("seq").to_batches(max_chunksize=CHUNK))
             return
         for file in self._files:
-            yield from self._read(file, wanted)
+            yield self._read(file, wanted)
 
     def hash_at(self, seq: int) -> str | None:
         """The hash of the row at `seq` (None when the table has none)."""
@@ -72,14 +89,16 @@ class TenantRows:
     def _read(self, file: _File, wanted: list[str]) -> Iterator[Any]:
         import pyarrow as pa
 
-        columns = list(dict.fromkeys([*wanted, "tenant"]))
+        columns = list(dict.fromkeys([*wanted, *self._needs]))
         with self._parquet(file.task) as parquet:
             if not file.ordered:  # (a file another tool wrote): sorted in memory, one file
-                rows = self._own(parquet.read(columns=columns)).sort_by("seq")
+                rows = parquet.read(columns=columns).filter(self._match).sort_by("seq")
                 yield from rows.select(wanted).to_batches(max_chunksize=CHUNK)
                 return
             for batch in parquet.iter_batches(batch_size=CHUNK, columns=columns):
-                yield from self._own(pa.Table.from_batches([batch])).select(wanted).to_batches()
+                rows = pa.Table.from_batches([batch]).filter(self._match)
+                if rows.num_rows:
+                    yield from rows.select(wanted).to_batches()
 
     def _plan(self, task: Any) -> _File:
         import pyarrow.compute as pc
