@@ -26,7 +26,6 @@ EVENT_COLUMNS = EventRow._fields
 EventTuple = tuple[Any, ...]  # one event's stored values in EVENT_COLUMNS order: an EventRow, or a plain tuple
 
 LOADED_TABLES = ("events", "entities", "entity_keys")
-_ENTITY_TYPE, _STATE = 3, 11
 
 
 def bulk_load(
@@ -109,19 +108,19 @@ class _Log:
 
     def __init__(self) -> None:
         self.seq, self.hash, self.ts = 0, GENESIS_HASH, ""
-        self.last: dict[str, EventTuple] = {}  # in order of each target's first event
+        self.last: dict[str, tuple[str, str]] = {}  # target -> (entity type, state), in order of first event
 
     def check(self, chunk: Sequence[EventTuple]) -> None:
         seq, prev, prev_ts, last = self.seq, self.hash, self.ts, self.last
         for event in chunk:
-            (n, event_id, type_, _entity_type, _action, target, actor, ts, version, data, changes, state,
+            (n, event_id, type_, entity_type, _action, target, actor, ts, version, data, changes, state,
              reason, caused_by, prev_hash, h) = event  # fmt: skip
             digest = chain_hash(
                 prev_hash, n, event_id, type_, target, actor, ts, version, data, changes, state, reason, caused_by
             )
             if n != seq + 1 or prev_hash != prev or ts <= prev_ts or h != digest:
                 raise _refusal(event, seq, prev, prev_ts)
-            last[target] = event
+            last[target] = (entity_type, state)  # all an entity's row needs: not the whole event
             seq, prev, prev_ts = n, h, ts
         self.seq, self.hash, self.ts = seq, prev, prev_ts
 
@@ -142,19 +141,18 @@ def _refusal(event: EventTuple, seq: int, prev: str, prev_ts: str) -> Validation
     )
 
 
-def _write_entities(conn: sqlite3.Connection, schemas: SchemaSet, last: dict[str, EventTuple]) -> None:
+def _write_entities(conn: sqlite3.Connection, schemas: SchemaSet, last: dict[str, tuple[str, str]]) -> None:
     """Each entity's row, lookup keys and full text, from its last state, as the writer leaves them. An
     entity of a noun these schemas lack is kept as it is, without keys or text, as in the live file (they
     are built if the noun comes back)."""
     entities: list[tuple[Any, ...]] = []
     keys: list[tuple[Any, ...]] = []
     texts: list[tuple[int, str]] = []
-    for rowid, (entity_id, event) in enumerate(last.items(), start=1):
-        noun = schemas.nouns.get(event[_ENTITY_TYPE])
-        state_text = event[_STATE]
+    for rowid, (entity_id, (entity_type, state_text)) in enumerate(last.items(), start=1):
+        noun = schemas.nouns.get(entity_type)
         state = json.loads(state_text)
         deleted_at = state.get("$deletedAt")
-        entities.append((rowid, entity_id, event[_ENTITY_TYPE], state["$version"], state["$createdAt"], state["$updatedAt"], deleted_at, state_text))  # fmt: skip
+        entities.append((rowid, entity_id, entity_type, state["$version"], state["$createdAt"], state["$updatedAt"], deleted_at, state_text))  # fmt: skip
         if noun is None:
             continue
         keys.extend(key_rows(noun, entity_id, state))
