@@ -23,7 +23,7 @@ from pyiceberg.transforms import DayTransform, IdentityTransform
 from pyiceberg.types import LongType, StringType, TimestamptzType
 
 from server.errors import StorageError
-from server.lake import background
+from server.lake import background, batches
 from server.lake import catalog as cat
 from server.lake.flusher import Flusher, FlushReport, LakeDiverged
 from server.lake.restore import check_tenant, read_tenant
@@ -154,6 +154,20 @@ def test_flushing_twice_puts_every_event_in_the_table_once_in_log_order(store: S
     assert first.tenants == {TENANT: 7} and first.commits == 1
     assert second.tenants == {TENANT: 5} and second.commits == 1
     assert_exactly_once(store)
+
+
+def test_a_log_read_a_few_events_at_a_time_goes_into_the_table_whole_and_in_order(
+    store: Store, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batches, "READ_CHUNK", 3)
+    write_events(store, clock, 7)
+    flusher = Flusher(store)
+    assert flusher.flush().tenants == {TENANT: 7}
+    write_events(store, clock, 5)
+    assert flusher.flush().tenants == {TENANT: 5}
+
+    assert_exactly_once(store)
+    assert check_tenant(store, lake_table(store.data_dir), TENANT) == []
 
 
 def test_a_flush_with_nothing_new_commits_nothing(store: Store, clock: Any) -> None:
@@ -643,10 +657,12 @@ def alter_event(store: Store, seq: int, tenant: str = TENANT) -> None:
         conn.execute(guard)
 
 
-@pytest.mark.parametrize("altered", [7, 9])  # the first event after the watermark, and one after others
+@pytest.mark.parametrize("altered", [7, 9, 10])  # the first event after the watermark, and ones after others
+@pytest.mark.parametrize("read_chunk", [batches.READ_CHUNK, 2])  # 2: the log is read two events at a time
 def test_a_flush_sends_a_tenant_only_up_to_an_event_altered_in_its_file_and_names_it_and_the_others_go(
-    store: Store, clock: Any, altered: int
+    store: Store, clock: Any, altered: int, read_chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(batches, "READ_CHUNK", read_chunk)
     write_tenants(store, clock, {TENANT: 6, "beta": 2})
     Flusher(store).flush()
     write_tenants(store, clock, {TENANT: 6, "beta": 3})  # acme seq 7..12

@@ -15,6 +15,7 @@ LOG_COLUMNS = (
     "seq, id, type, entity_type, target, actor, ts, version, data, changes, state, reason, hash, caused_by, prev_hash"
 )
 _SEQ, _TS, _HASH, _PREV_HASH = 0, 6, 12, 14
+READ_CHUNK = 10_000  # rows read from the log and converted to Arrow at a time
 
 
 @dataclass(frozen=True)
@@ -37,23 +38,41 @@ class Batch:
 def read_batch(store: Store, tenant: str, after_seq: int, until_seq: int, limit: int) -> Batch | None:
     """Up to `limit` events of `tenant` with `after_seq` < seq <= `until_seq` (None when there is none),
     stopping before the first that is not intact (see `intact`): the batch then says what is wrong with it,
-    and may hold no event."""
-    rows = read_rows(store, tenant, after_seq, until_seq, limit)
-    if not rows:
+    and may hold no event. Read and converted READ_CHUNK rows at a time (in one read transaction), so only
+    the Arrow columns of the whole batch are held, not a Python tuple per event."""
+    import pyarrow as pa
+
+    tables: list[Any] = []
+    first: tuple[Any, ...] | None = None
+    problem = None
+    seq, prev = after_seq, ""
+    with store.pool.lease(tenant, create=False) as t, t.reader() as conn:
+        cursor = conn.execute(
+            f"SELECT {LOG_COLUMNS} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (after_seq, until_seq, limit),
+        )
+        while rows := cursor.fetchmany(READ_CHUNK):
+            if first is None:
+                first, prev = rows[0], rows[0][_PREV_HASH]
+            good, problem = intact(rows, seq, prev)
+            if good:
+                tables.append(arrow_batch(tenant, rows[:good]))
+                seq, prev = rows[good - 1][_SEQ], rows[good - 1][_HASH]
+            if problem:
+                break
+    if first is None:
         return None
-    good, problem = intact(rows, after_seq)
-    first, kept = rows[0], rows[:good]
-    last_seq, last_hash = (kept[-1][_SEQ], kept[-1][_HASH]) if kept else (after_seq, first[_PREV_HASH])
-    arrow = arrow_batch(tenant, kept) if kept else _arrow_schema().empty_table()
-    return Batch(tenant, arrow, first[_PREV_HASH], last_seq, last_hash, first[_TS], problem)
+    arrow = pa.concat_tables(tables) if tables else _arrow_schema().empty_table()
+    return Batch(tenant, arrow, first[_PREV_HASH], seq, prev, first[_TS], problem)
 
 
-def intact(rows: list[tuple[Any, ...]], after_seq: int) -> tuple[int, str | None]:
+def intact(rows: list[tuple[Any, ...]], after_seq: int, prev: str) -> tuple[int, str | None]:
     """How many of `rows` (LOG_COLUMNS tuples), from the first, are intact: each the seq after the one before
-    (the first right after `after_seq`), chained to its hash, with the hash its content gives (one hash per
-    event, as the writer made it and verify recomputes it); and what is wrong with the next one, if any. The
-    first's link to the table (its previous hash against the watermark's) is the flusher's to check."""
-    seq, prev = after_seq, rows[0][_PREV_HASH] if rows else ""
+    (the first right after `after_seq`, chained to `prev`), chained to its hash, with the hash its content
+    gives (one hash per event, as the writer made it and verify recomputes it); and what is wrong with the
+    next one, if any. The first batch's link to the table (its previous hash against the watermark's) is the
+    flusher's to check: it passes the first row's own previous hash."""
+    seq = after_seq
     for i, row in enumerate(rows):
         (n, event_id, type_, _entity_type, target, actor, ts, version, data, changes, state, reason, h,
          caused_by, prev_hash) = row  # fmt: skip
