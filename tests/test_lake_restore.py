@@ -754,6 +754,16 @@ def an_edited_row(rows: list[dict[str, Any]]) -> None:
     rows[6]["actor"] = "agent_mallory"  # its hash column still matches the log's
 
 
+def an_edited_copy_of_a_row_after_it(rows: list[dict[str, Any]]) -> None:
+    rows.append(dict(rows[6], actor="agent_mallory"))
+
+
+def a_forged_copy_of_a_row_after_it(rows: list[dict[str, Any]]) -> None:
+    forged = dict(rows[6], actor="agent_mallory")
+    forged["hash"] = digest(forged)  # intact in itself: only the log tells
+    rows.append(forged)
+
+
 @pytest.mark.parametrize(
     ("change", "problems"),
     [
@@ -766,6 +776,20 @@ def an_edited_row(rows: list[dict[str, Any]]) -> None:
             ],
         ),
         (an_edited_row, ["lake: tenant acme seq 7: the table's row was altered (its content does not give its hash)"]),
+        (
+            an_edited_copy_of_a_row_after_it,
+            [
+                "lake: tenant acme has duplicate rows (1 extra)",
+                "lake: tenant acme seq 7: the table's row was altered (its content does not give its hash)",
+            ],
+        ),
+        (
+            a_forged_copy_of_a_row_after_it,
+            [
+                "lake: tenant acme has duplicate rows (1 extra)",
+                "lake: tenant acme seq 7: the table's hash differs from the log's",
+            ],
+        ),
     ],
 )
 def test_check_tenant_names_each_row_the_table_lost_doubled_or_altered(
@@ -836,3 +860,73 @@ def test_a_file_whose_rows_are_out_of_order_is_restored_in_seq_order(store: Stor
 
     assert restore_tenant(fresh, FORGED) == 13
     assert log_of(fresh, FORGED) == log_of(store)
+
+
+def delete_rows_as_other_engines_do(table: Any, tenant: str, positions: list[int]) -> Any:
+    """Commit a position-delete file (what Trino's or Spark's merge-on-read DELETE writes on a v2 table) for
+    `positions` of the tenant's one data file. pyiceberg writes deletes only by rewriting files, so its
+    manifest writer is told, for this commit, that the manifest it adds holds deletes."""
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat, ManifestContent, ManifestWriterV2
+
+    (task,) = table.scan(row_filter=f"tenant == '{tenant}'").plan_files()
+    data = task.file.file_path
+    path = str(Path(cat.local_path(data)).parent / "deletes-of-another-engine.parquet")
+    schema = pa.schema([
+        pa.field("file_path", pa.string(), nullable=False, metadata={b"PARQUET:field_id": b"2147483546"}),
+        pa.field("pos", pa.int64(), nullable=False, metadata={b"PARQUET:field_id": b"2147483545"}),
+    ])  # fmt: skip
+    pq.write_table(pa.table({"file_path": [data] * len(positions), "pos": positions}, schema=schema), path)
+    deletes = DataFile.from_args(
+        content=DataFileContent.POSITION_DELETES, file_path=path, file_format=FileFormat.PARQUET,
+        partition=task.file.partition, record_count=len(positions), file_size_in_bytes=Path(path).stat().st_size,
+        spec_id=task.file.spec_id,
+    )  # fmt: skip
+    content = ManifestWriterV2.content
+    ManifestWriterV2.content = lambda self: ManifestContent.DELETES  # type: ignore[method-assign]
+    try:
+        with table.transaction() as tx, tx.update_snapshot().fast_append() as append:
+            append.append_data_file(deletes)
+    finally:
+        ManifestWriterV2.content = content  # type: ignore[method-assign]
+    table = table.refresh()
+    assert len(read_tenant(table, tenant)) == 13 - len(positions)  # pyiceberg's own read leaves them out
+    return table
+
+
+def the_last_event_deleted(store: Store, table: Any) -> Any:
+    return delete_rows_as_other_engines_do(table, TENANT, [12])
+
+
+def every_event_deleted(store: Store, table: Any) -> Any:
+    return delete_rows_as_other_engines_do(table, TENANT, list(range(13)))
+
+
+def a_forged_last_event(store: Store, table: Any) -> Any:
+    """Seq 13 deleted row by row, and a forged seq 13 (intact in itself, chained to seq 12) appended."""
+    rows = read_tenant(table, TENANT)
+    forged = dict(rows.to_pylist()[-1], actor="agent_mallory")
+    forged["hash"] = digest(forged)
+    table = delete_rows_as_other_engines_do(table, TENANT, [12])
+    table.append(pa.Table.from_pylist([forged], schema=rows.schema))
+    return table.refresh()
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (the_last_event_deleted, "holds 12 events of tenant 'acme' (up to seq 12), but its watermark records 13"),
+        (every_event_deleted, "holds 0 events of tenant 'acme' (up to seq 0), but its watermark records 13"),
+        (a_forged_last_event, "event at seq 13 of tenant 'acme' has another hash than the watermark records"),
+    ],
+)
+def test_restore_refuses_a_table_whose_last_events_another_engine_deleted_row_by_row(
+    store: Store, fresh: Store, change: Callable[[Store, Any], Any], problem: str
+) -> None:
+    table = change(store, cat.events_table(cat.load(store.data_dir)))
+    assert any(task.delete_files for task in table.scan(row_filter=f"tenant == '{TENANT}'").plan_files())
+
+    with pytest.raises(ValidationFailed) as exc:
+        restore_tenant(fresh, TENANT)
+
+    assert problem in exc.value.message
+    assert fresh.tenants() == [] and not fresh.pool.exists(TENANT)

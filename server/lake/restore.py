@@ -268,17 +268,22 @@ def check_tenant(store: Store, table: Any, tenant: str) -> list[str]:
     for chunk in _event_tuples(TenantRows(table, tenant).batches()):
         for values in chunk:
             event = EventRow(*values)
-            if event.seq <= last:
+            if event.seq > last:
+                missing.extend(range(last + 1, min(event.seq, last + 1 + 5 - len(missing))))
+                differ.extend(log.without_row(last, event.seq, MOST_PROBLEMS - len(differ)))
+            else:  # every copy of a duplicated row is checked too: any of them may be the forged one
                 duplicates += event.seq == last
                 disorder = disorder or event.seq < last
-                continue
-            missing.extend(range(last + 1, min(event.seq, last + 1 + 5 - len(missing))))
-            differ.extend(log.without_row(last, event.seq, MOST_PROBLEMS - len(differ)))
-            if len(differ) < MOST_PROBLEMS and log.hash(event.seq) not in (None, event.hash):
+            if (
+                event.seq >= last  # (the log is read forwards)
+                and len(differ) < MOST_PROBLEMS
+                and differ[-1:] != [event.seq]
+                and log.hash(event.seq) not in (None, event.hash)
+            ):
                 differ.append(event.seq)
-            if len(altered) < MOST_PROBLEMS and row_hash(event) != event.hash:
+            if len(altered) < MOST_PROBLEMS and row_hash(event) != event.hash and altered[-1:] != [event.seq]:
                 altered.append(event.seq)
-            last = event.seq
+            last = max(last, event.seq)
     differ.extend(log.without_row(last, wm_seq + 1, MOST_PROBLEMS - len(differ)))
     problems: list[str] = []
     if duplicates:

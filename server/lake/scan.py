@@ -4,8 +4,8 @@ Flushes and compactions write each file as a run of increasing seqs, and one ten
 so putting the files in order of their first seq and reading each a batch at a time gives the log in order
 while holding one batch, not the tenant. Each file's seq column is read first (8 bytes a row) to find its
 range and whether it is in order. A table that is not like that (files whose ranges overlap, delete files,
-a file without one of our columns) is read whole and sorted instead, as a table written by other tools may
-need."""
+a file without one of our columns) is read whole by pyiceberg and sorted instead, as a table written by other
+tools may need."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class TenantRows:
     are read. `total` and `last_seq` count the tenant's rows in those files, matching or not."""
 
     def __init__(self, table: Any, tenant: str, row_filter: Any = None) -> None:
+        import pyarrow.compute as pc
         import pyiceberg.expressions
         from pyiceberg.expressions.visitors import bind, extract_field_ids
         from pyiceberg.io.pyarrow import expression_to_pyarrow
@@ -49,14 +50,19 @@ class TenantRows:
         self._needs = [schema.find_column_name(i) for i in sorted(extract_field_ids(bound))]
         self._cond = cond
         tasks = list(table.scan(row_filter=cond).plan_files())
-        files = sorted((f for f in map(self._plan, tasks) if f.rows), key=lambda f: f.first)
+        planned = [self._plan(task) for task in tasks]
+        files = sorted((f for f in planned if f is not None and f.rows), key=lambda f: f.first)
         self._files = files
         self.total = sum(f.rows for f in files)
         self.last_seq = max((f.last for f in files), default=0)
-        self.streamed = not any(task.delete_files for task in tasks) and all(
-            a.last < b.first for a, b in pairwise(files)
-        )
+        # Rows deleted by other engines (merge-on-read delete files), or files without the tenant or seq column
+        # (legal for a partition's source column): only pyiceberg's own read gets them right.
+        whole = any(task.delete_files for task in tasks) or None in planned
+        self.streamed = not whole and all(a.last < b.first for a, b in pairwise(files))
         self._names = schema.column_names
+        if whole:
+            seq = self._whole(("seq",)).column("seq")
+            self.total, self.last_seq = len(seq), pc.max(seq).as_py() if len(seq) else 0
 
     def batches(self, columns: tuple[str, ...] | None = None) -> Iterator[Any]:
         """The rows as Arrow record batches of at most CHUNK rows, in seq order, with `columns` (default all)."""
@@ -68,8 +74,7 @@ class TenantRows:
         iterator of record batches as `batches` gives them (to read newest first, reverse the list of runs)."""
         wanted = list(columns or self._names)
         if not self.streamed or any(not {*wanted, *self._needs} <= f.columns for f in self._files):
-            rows = self.table.scan(row_filter=self._cond, selected_fields=tuple(wanted)).to_arrow()
-            yield iter(rows.sort_by("seq").to_batches(max_chunksize=CHUNK))
+            yield iter(self._whole(tuple(wanted)).sort_by("seq").to_batches(max_chunksize=CHUNK))
             return
         for file in self._files:
             yield self._read(file, wanted)
@@ -77,7 +82,12 @@ class TenantRows:
     def hash_at(self, seq: int) -> str | None:
         """The hash of the row at `seq` (None when the table has none)."""
         import pyarrow.compute as pc
+        import pyiceberg.expressions
 
+        if not self.streamed:
+            ex: Any = pyiceberg.expressions
+            found = self._whole(("seq", "hash"), ex.EqualTo("seq", seq)).column("hash")
+            return found[0].as_py() if len(found) else None
         for file in self._files:
             if file.first <= seq <= file.last:
                 with self._parquet(file.task) as parquet:
@@ -85,6 +95,14 @@ class TenantRows:
                 found = rows.filter(pc.equal(rows.column("seq"), seq)).column("hash")
                 return found[0].as_py() if len(found) else None
         return None
+
+    def _whole(self, columns: tuple[str, ...], also: Any = None) -> Any:
+        """The matching rows (and `also`'s) read whole by pyiceberg, which applies delete files."""
+        import pyiceberg.expressions
+
+        ex: Any = pyiceberg.expressions
+        cond = self._cond if also is None else ex.And(self._cond, also)
+        return self.table.scan(row_filter=cond, selected_fields=columns).to_arrow()
 
     def _read(self, file: _File, wanted: list[str]) -> Iterator[Any]:
         import pyarrow as pa
@@ -100,11 +118,14 @@ class TenantRows:
                 if rows.num_rows:
                     yield from rows.select(wanted).to_batches()
 
-    def _plan(self, task: Any) -> _File:
+    def _plan(self, task: Any) -> _File | None:
+        """The file's seq range and order; None for a file without a tenant or seq column."""
         import pyarrow.compute as pc
 
         with self._parquet(task) as parquet:
             columns = frozenset(parquet.schema_arrow.names)
+            if not {"tenant", "seq"} <= columns:
+                return None
             seq = self._own(parquet.read(columns=["tenant", "seq"])).column("seq")
         if not len(seq):
             return _File(task, 0, 0, 0, True, columns)
