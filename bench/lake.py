@@ -86,8 +86,8 @@ from _common import FINGERPRINT, log, warn_if_sources_changed  # noqa: E402
 from server.lake import catalog as cat  # noqa: E402  (imports no pyiceberg at module level)
 from server.lake.batches import arrow_batch, read_rows  # noqa: E402
 from server.lake.flusher import BATCH, Flusher  # noqa: E402
-from server.lake.restore import CHUNK as RESTORE_CHUNK  # noqa: E402
 from server.lake.restore import read_tenant, restore_tenant  # noqa: E402
+from server.lake.scan import CHUNK as RESTORE_CHUNK  # noqa: E402
 from server.store import Store  # noqa: E402
 from server.store.events import EVENT_ROW_COLUMNS  # noqa: E402
 from server.store.sqlite import connect, migrate  # noqa: E402

@@ -24,8 +24,8 @@ from pyiceberg.utils.config import Config
 from server.errors import HeadlesslyError, ValidationFailed
 from server.lake import catalog as cat
 from server.lake.flusher import Flusher
-from server.lake.restore import CHUNK, check_tenant, read_tenant, restore_tenant
-from server.lake.scan import TenantRows
+from server.lake.restore import check_tenant, read_tenant, restore_tenant
+from server.lake.scan import CHUNK, TenantRows
 from server.schema import SchemaSet
 from server.store import Store
 from server.store.events import GENESIS_HASH, chain_hash

@@ -18,9 +18,7 @@ from ..store.events import EventRow, row_hash
 from ..store.filelock import TenantLock
 from ..store.tenants import tenant_path
 from . import catalog as cat
-from .scan import CHUNK, TenantRows
-
-__all__ = ["CHUNK", "check_tenant", "read_tenant", "restore_tenant"]
+from .scan import TenantRows
 
 
 class TenantExists(HeadlesslyError):
