@@ -213,6 +213,23 @@ def test_a_before_hook_that_writes_to_its_own_tenant_is_refused_instead_of_hangi
     assert event_count(hooked) == 0
 
 
+def test_a_before_hook_that_writes_during_a_dry_run_on_a_tenant_with_no_file_is_refused_and_writes_nothing(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    from server.store.tenants import tenant_path
+
+    @hooks.before("Contact.create")
+    def write_too(ctx: BeforeContext) -> None:
+        hooked.do(TENANT, AGENT, {"action": "create", "type": "Organization", "data": {"name": "Side"}})
+
+    hooked = open_store(hooks)
+    with pytest.raises(ValidationFailed) as refused:
+        hooked.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}, "dryRun": True})
+
+    assert "would wait for itself" in refused.value.message
+    assert not tenant_path(hooked.data_dir, TENANT).exists()  # the dry run left no trace, nor did the hook
+
+
 def test_a_before_hook_that_crashes_is_an_internal_error_whose_details_stay_in_the_log(
     hooks: Hooks, open_store: Callable[[Hooks], Store], caplog: pytest.LogCaptureFixture
 ) -> None:

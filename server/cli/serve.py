@@ -92,7 +92,7 @@ from .common import data_dir_option, fail, finite, log, main, open_store, schema
 )
 @click.option(
     "--calls-per-tenant",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=40),
     default=CALLS_PER_TENANT,
     show_default=True,
     help="http/sse: the most tool calls of one tenant that run at once (the others wait their turn), so that no "

@@ -3,6 +3,7 @@ fetch and one Arrow array per column, no object per event."""
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,11 +47,16 @@ def read_batch(store: Store, tenant: str, after_seq: int, until_seq: int, limit:
     first: tuple[Any, ...] | None = None
     problem = None
     seq, prev = after_seq, ""
-    with store.pool.lease(tenant, create=False) as t, t.reader() as conn:
-        cursor = conn.execute(
-            f"SELECT {LOG_COLUMNS} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-            (after_seq, until_seq, limit),
-        )
+    with (
+        store.pool.lease(tenant, create=False) as t,
+        t.reader() as conn,
+        closing(  # (a statement left open would keep the reader's snapshot after it goes back to the pool)
+            conn.execute(
+                f"SELECT {LOG_COLUMNS} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (after_seq, until_seq, limit),
+            )
+        ) as cursor,
+    ):
         while rows := cursor.fetchmany(READ_CHUNK):
             if first is None:
                 first, prev = rows[0], rows[0][_PREV_HASH]

@@ -25,7 +25,7 @@ from .patterns import refuse_slow_patterns
 from .sqlite import connect, migrate
 from .tenants import TenantPool, check_tenant
 from .verify import verify_tenant
-from .writer import Txn, Writer, read_head
+from .writer import Txn, Writer, read_head, write_inside_a_write
 
 log = logging.getLogger(__name__)
 MAX_HOOK_DEPTH = 8
@@ -83,6 +83,7 @@ class Store:
         self.pool = TenantPool(
             self.data_dir, self.schemas, durability, clock, max_open_tenants, max_readers, follow_schemas=follow_schemas
         )
+        self._dry_in_memory = threading.local()  # .tenant: this thread is dry-running a write to it in memory
 
     def close(self) -> None:
         self.pool.close()
@@ -152,9 +153,15 @@ class Store:
         def write(txn: Txn) -> list[dict[str, Any]]:
             return Mutator(txn, self.env, actor, caused_by, dry_run).run(ops, batch)
 
+        if getattr(self._dry_in_memory, "tenant", None) == tenant:  # (its own writer's check, for the one below)
+            raise write_inside_a_write()
         if dry_run and not self.pool.ever_opened(tenant):  # as a read: against an empty tenant, making no file
-            with self._empty() as conn:
-                return Writer(conn, self.pool.clock).run(write, dry_run=True)
+            self._dry_in_memory.tenant = tenant
+            try:
+                with self._empty() as conn:
+                    return Writer(conn, self.pool.clock).run(write, dry_run=True)
+            finally:
+                self._dry_in_memory.tenant = None
         with self.pool.lease(tenant) as t:
             results = t.writer.run(write, dry_run=dry_run)
         if not dry_run and self.hooks.after_hooks:

@@ -39,6 +39,13 @@ class Head:
     ts_us: int
 
 
+def write_inside_a_write() -> ValidationFailed:
+    return ValidationFailed(
+        "a write to this tenant from inside one of its writes (a BEFORE hook that writes?) would wait for itself",
+        hint="BEFORE hooks must not write: change ctx.data, or write from an AFTER hook.",
+    )
+
+
 class Txn:
     """What a write job sees: the writer connection inside an open transaction, and the log head."""
 
@@ -137,10 +144,7 @@ class Writer:
 
         With `dry_run`, everything `fn` wrote is rolled back and its result returned."""
         if self._leader == threading.get_ident():
-            raise ValidationFailed(
-                "a write to this tenant from inside one of its writes (a BEFORE hook that writes?) would wait for itself",
-                hint="BEFORE hooks must not write: change ctx.data, or write from an AFTER hook.",
-            )
+            raise write_inside_a_write()
         job: _Job[T] = _Job(fn, dry_run)
         with self._mutex:
             self._pending.append(job)
