@@ -13,9 +13,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pyiceberg.exceptions import CommitFailedException
 
 from server.lake import catalog as cat
+from server.lake import maintain as maintain_module
 from server.lake.flusher import Flusher
 from server.lake.maintain import MAX_RACES, MaintainReport, maintain
 from server.lake.restore import check_tenant, read_tenant
@@ -144,6 +147,49 @@ def test_maintenance_compacts_each_closed_day_into_one_file_and_keeps_every_row(
     on_disk = data_files_on_disk(table)
     assert on_disk == referenced_files(table)  # the compacted-away files went with the expired snapshots
     assert report.orphans_removed == len(files_before - on_disk) == 9
+
+
+def test_a_day_larger_than_a_compacted_file_becomes_files_of_at_most_that_many_rows_and_stays_so(
+    store: Store, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maintain_module, "COMPACT_ROWS", 5)  # (100,000 by default)
+    clock.now = at("2026-01-15T09:00:00Z")
+    flush_rounds(store, clock, 9, 2)  # 9 files of 2 rows: 18 rows
+    table = lake_table(store.data_dir)
+    before = rows(table)
+
+    report = maintain(table, retain=timedelta(days=1), now=later())
+    table = lake_table(store.data_dir)
+    sizes = table.inspect.data_files().column("record_count").to_pylist()
+    again = maintain(table, retain=timedelta(days=1), now=later())
+
+    assert report.days_compacted == ["acme/2026-01-15"] and (report.files_before, report.files_after) == (9, 5)
+    assert sorted(sizes) == [2, 4, 4, 4, 4]  # runs of files that fit in 5 rows, each one file
+    assert rows(lake_table(store.data_dir)) == before
+    assert_exactly_once(store, lake_table(store.data_dir))
+    assert again.days_compacted == [] and again.files_after == 5  # merging again would change nothing
+
+
+@given(st.lists(st.integers(min_value=1, max_value=150_000), max_size=30))
+def test_runs_to_merge_are_consecutive_files_that_fit_and_leave_nothing_to_merge_again(sizes: list[int]) -> None:
+    spans, seq = [], 1
+    for n in sizes:  # files of a day in seq order: (first seq, last seq, rows)
+        spans.append((seq, seq + n - 1, n))
+        seq += n
+
+    runs = maintain_module._runs_to_merge(spans)
+
+    first_of = {first: i for i, (first, _, _) in enumerate(spans)}
+    last_of = {last: i for i, (_, last, _) in enumerate(spans)}
+    ends = {first_of[a]: last_of[b] for a, b in runs}  # each run starts and ends at a file's boundary
+    for i, j in ends.items():
+        assert j > i and sum(n for *_, n in spans[i : j + 1]) <= maintain_module.COMPACT_ROWS
+    merged, i = [], 0
+    while i < len(spans):
+        j = ends.get(i, i)
+        merged.append((spans[i][0], spans[j][1], sum(n for *_, n in spans[i : j + 1])))
+        i = j + 1
+    assert maintain_module._runs_to_merge(merged) == []  # a second maintenance run merges nothing
 
 
 def test_maintenance_leaves_an_open_day_and_young_snapshots_alone(store: Store, clock: Any) -> None:

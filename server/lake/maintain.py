@@ -14,13 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import OPEN_DAY_FILES
 from .catalog import local_path
+from .scan import TenantRows
 
 log = logging.getLogger(__name__)
 MAX_RACES = 20  # commits lost in a row by one step
+COMPACT_ROWS = 100_000  # rows a compacted file holds at most: what one compaction commit holds in memory, as a flush's
+T = TypeVar("T")
 
 # Called at "before_commit" (of a compaction) and "before_expire": a test's interleaving point.
 Fault = Callable[[str], None]
@@ -58,7 +61,7 @@ def maintain(
     report = MaintainReport(files_before=_data_file_count(table))
     for tenant, day in _days_to_compact(table, now, open_day_files):
         try:
-            _retrying(table, partial(_compact_day, tenant=tenant, day=day, fault=hook))
+            compacted = _retrying(table, partial(_compact_day, tenant=tenant, day=day, fault=hook))
         except CommitFailedException:
             if day < now.date():
                 raise
@@ -67,6 +70,8 @@ def maintain(
             say(f"left {tenant} {day.isoformat()} (today): the flushes kept committing first")
             table = table.refresh()
             continue
+        if not compacted:
+            continue  # (a day of files too large to merge)
         report.days_compacted.append(f"{tenant}/{day.isoformat()}")
         say(f"compacted {tenant} {day.isoformat()}")
     before = {snapshot.snapshot_id for snapshot in table.metadata.snapshots}
@@ -82,7 +87,7 @@ def maintain(
     return report
 
 
-def _retrying(table: Any, step: Callable[[Any], None]) -> None:
+def _retrying(table: Any, step: Callable[[Any], T]) -> T:
     """Run one committing step; when its commit loses a race (pyiceberg's own retry is off for this table,
     see catalog.TABLE_PROPERTIES), reload the table and redo the whole step from what it holds now, up to
     MAX_RACES times in a row. A lost commit changed nothing (its written files are orphans, swept later)."""
@@ -91,8 +96,7 @@ def _retrying(table: Any, step: Callable[[Any], None]) -> None:
     races = 0
     while True:
         try:
-            step(table)
-            return
+            return step(table)
         except CommitFailedException:
             races += 1
             if races > MAX_RACES:
@@ -125,23 +129,49 @@ def _days_to_compact(table: Any, now: datetime, open_day_files: int) -> list[tup
     return out
 
 
-def _compact_day(table: Any, tenant: str, day: Any, fault: Fault) -> None:
-    """Rewrite one day of one tenant as one file, in one snapshot that keeps every row (and every table
-    property: the watermarks). A flush that commits first (into an open day, say) makes this commit fail,
-    so no row it added is overwritten: `_retrying` redoes the day from the table as it then is."""
+def _compact_day(table: Any, tenant: str, day: Any, fault: Fault) -> bool:
+    """Rewrite one day of one tenant as few files as it takes to hold at most COMPACT_ROWS rows each: each run
+    of consecutive smaller files (in seq order) that fits in COMPACT_ROWS becomes one file, in a snapshot of
+    its own that keeps every row (and every table property: the watermarks), read and written a run at a time.
+    Returns whether it committed anything. A flush that commits first (into an open day, say) makes a commit
+    fail, so no row it added is overwritten: `_retrying` redoes the day from the table as it then is (runs
+    already merged are single files by then, and are left)."""
+    import pyarrow as pa
     import pyiceberg.expressions
 
     ex: Any = pyiceberg.expressions  # its constructors are typed for bound terms; we pass names
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     end = start + timedelta(days=1)
-    window = ex.And(
-        ex.EqualTo("tenant", tenant),
-        ex.And(ex.GreaterThanOrEqual("timestamp", start.isoformat()), ex.LessThan("timestamp", end.isoformat())),
-    )
-    rows = table.scan(row_filter=window).to_arrow().sort_by("seq")
-    with table.transaction() as tx:
-        tx.overwrite(rows, overwrite_filter=window)
-        fault("before_commit")
+    window = ex.And(ex.GreaterThanOrEqual("timestamp", start.isoformat()), ex.LessThan("timestamp", end.isoformat()))
+    rows = TenantRows(table, tenant, window)
+    if not rows.streamed:  # (overlapping files, delete files: a table other tools wrote) the whole day at once
+        whole = ex.And(ex.EqualTo("tenant", tenant), window)
+        with table.transaction() as tx:
+            tx.overwrite(table.scan(row_filter=whole).to_arrow().sort_by("seq"), overwrite_filter=whole)
+            fault("before_commit")
+        return True
+    committed = False
+    for first, last in _runs_to_merge(rows.spans):
+        span = ex.And(ex.GreaterThanOrEqual("seq", first), ex.LessThanOrEqual("seq", last))
+        merged = TenantRows(table, tenant, ex.And(window, span))
+        data = pa.Table.from_batches(list(merged.batches()))
+        with table.transaction() as tx:
+            tx.overwrite(data, overwrite_filter=ex.And(ex.EqualTo("tenant", tenant), ex.And(window, span)))
+            fault("before_commit")
+        committed = True
+    return committed
+
+
+def _runs_to_merge(spans: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """The (first, last) seqs of each run of two or more consecutive files (spans: first seq, last seq, rows,
+    in seq order) of fewer than COMPACT_ROWS rows together; greedy, so no two runs it leaves (merged or not)
+    fit in COMPACT_ROWS together: merging again changes nothing."""
+    runs: list[list[tuple[int, int, int]]] = [[]]
+    for span in spans:
+        if runs[-1] and sum(r for *_, r in runs[-1]) + span[2] > COMPACT_ROWS:
+            runs.append([])
+        runs[-1].append(span)
+    return [(run[0][0], run[-1][1]) for run in runs if len(run) > 1]
 
 
 def _remove_orphans(table: Any, older_than: datetime) -> int:

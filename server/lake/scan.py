@@ -64,6 +64,11 @@ class TenantRows:
             seq = self._whole(("seq",)).column("seq")
             self.total, self.last_seq = len(seq), pc.max(seq).as_py() if len(seq) else 0
 
+    @property
+    def spans(self) -> list[tuple[int, int, int]]:
+        """Each file's first seq, last seq and rows of this tenant, in seq order."""
+        return [(f.first, f.last, f.rows) for f in self._files]
+
     def batches(self, columns: tuple[str, ...] | None = None) -> Iterator[Any]:
         """The rows as Arrow record batches of at most CHUNK rows, in seq order, with `columns` (default all)."""
         for run in self.runs(columns):
