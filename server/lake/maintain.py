@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from itertools import pairwise
 from typing import Any, TypeVar
 
 from ..config import OPEN_DAY_FILES
@@ -116,15 +116,34 @@ def _data_file_count(table: Any) -> int:
 
 
 def _days_to_compact(table: Any, now: datetime, open_day_files: int) -> list[tuple[str, Any]]:
+    """The (tenant, day)s with files to merge, told from the table's metadata (each file's rows and seq
+    bounds), so that days already compacted cost nothing to pass over."""
     if not table.metadata.current_snapshot():
         return []
-    files = table.inspect.data_files().column("partition").to_pylist()
-    counts = Counter((p["tenant"], p["timestamp_day"]) for p in files)
+    files = table.inspect.data_files()
+    days: dict[tuple[str, Any], list[tuple[Any, Any, int]]] = {}
+    for partition, metrics, count in zip(
+        files.column("partition").to_pylist(),
+        files.column("readable_metrics").to_pylist(),
+        files.column("record_count").to_pylist(),
+        strict=True,
+    ):
+        seq = metrics["seq"]
+        days.setdefault((partition["tenant"], partition["timestamp_day"]), []).append(
+            (seq["lower_bound"], seq["upper_bound"], count)
+        )
     today = now.date()
     out = []
-    for (tenant, day), n in sorted(counts.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+    for (tenant, day), spans in sorted(days.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
         day_date = day if hasattr(day, "isoformat") else (datetime(1970, 1, 1).date() + timedelta(days=int(day)))
-        if n > 1 and (day_date < today or n >= open_day_files):
+        if len(spans) < 2 or (day_date >= today and len(spans) < open_day_files):
+            continue
+        if any(first is None or last is None for first, last, _ in spans):
+            out.append((tenant, day_date))  # (no seq bounds: a file another tool wrote) let the day's read decide
+            continue
+        spans.sort()
+        overlapping = any(b[0] <= a[1] for a, b in pairwise(spans))
+        if overlapping or _runs_to_merge(spans):
             out.append((tenant, day_date))
     return out
 
