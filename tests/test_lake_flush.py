@@ -816,3 +816,20 @@ def test_the_background_flush_of_a_copied_data_dir_logs_the_refusal_without_a_tr
     assert "points at a table in" in record.getMessage() and "nothing was written" in record.getMessage()
     assert record.exc_info is None
     assert files_under(store.data_dir / "lakehouse") == original_lake
+
+
+def test_a_flush_gives_a_table_made_before_the_file_size_property_that_property_with_its_first_commit(
+    store: Store, clock: Any
+) -> None:
+    write_events(store, clock, 3)
+    flusher = Flusher(store)
+    flusher.flush()
+    table = lake_table(store.data_dir)
+    with table.transaction() as tx:  # as a table made by an older version: pyiceberg's 512 MB default
+        tx.remove_properties("write.target-file-size-bytes")
+    write_events(store, clock, 2)
+
+    flusher.flush()
+
+    assert cat.missing_file_properties(lake_table(store.data_dir)) == {}
+    assert_exactly_once(store)

@@ -423,3 +423,90 @@ def test_maintenance_keeps_young_unreferenced_metadata_which_may_belong_to_a_com
     assert report.snapshots_expired == 3  # three flushes; the compaction's snapshot stays
     assert report.metadata_removed == 0
     assert before <= metadata_files_on_disk(lake_table(store.data_dir))
+
+
+def seq_spans(table: Any, tenant: str = TENANT) -> list[tuple[int, int, int]]:
+    """Each of the tenant's data files' first seq, last seq and rows, in seq order, from the table's metadata."""
+    files = table.inspect.data_files()
+    return sorted(
+        (m["seq"]["lower_bound"], m["seq"]["upper_bound"], n)
+        for p, m, n in zip(
+            files.column("partition").to_pylist(),
+            files.column("readable_metrics").to_pylist(),
+            files.column("record_count").to_pylist(),
+            strict=True,
+        )
+        if p["tenant"] == tenant
+    )
+
+
+def test_a_table_made_before_the_file_size_property_gets_it_and_compacted_runs_stay_one_file_in_seq_order(
+    store: Store, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maintain_module, "COMPACT_ROWS", 12)
+    clock.now = at("2026-01-15T09:00:00Z")
+    for k in range(6):  # rows of different sizes, two to a flush
+        clock.advance(1)
+        store.do(TENANT, ACTOR, {"action": "create", "type": "Contact", "data": {"name": "x" * (200 + 700 * (k % 3))}})
+        store.do(TENANT, ACTOR, {"action": "create", "type": "Contact", "data": {"name": "y"}})
+        Flusher(store).flush()
+    table = lake_table(store.data_dir)
+    with table.transaction() as tx:  # as pyiceberg's default (512 MB) would for runs larger than it: split
+        tx.set_properties({"write.target-file-size-bytes": "6000"})
+
+    first = maintain(lake_table(store.data_dir), now=later())
+    after = seq_spans(lake_table(store.data_dir))
+    second = maintain(lake_table(store.data_dir), now=later())
+
+    assert (
+        lake_table(store.data_dir).properties["write.target-file-size-bytes"]
+        == cat.FILE_PROPERTIES["write.target-file-size-bytes"]
+    )
+    assert first.days_compacted == ["acme/2026-01-15"] and after == [(1, 12, 12)]  # one file, not overlapping parts
+    assert second.days_compacted == []
+    assert_exactly_once(store, lake_table(store.data_dir))
+
+
+def test_a_day_of_many_runs_whose_commits_lose_a_race_now_and_then_is_compacted_whole(
+    store: Store, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maintain_module, "COMPACT_ROWS", 2)
+    clock.now = at("2026-01-15T09:00:00Z")
+    flush_rounds(store, clock, 2 * (MAX_RACES + 2), 1)  # one-row files: MAX_RACES + 2 runs of two
+    commits: list[str] = []
+
+    def every_other(stage: str) -> None:  # another tenant's flush wins every other commit: never two in a row
+        if stage == "before_commit":
+            commits.append(stage)
+            if len(commits) % 2:
+                write_events(store, clock, 1, "beta")
+                Flusher(store).flush(["beta"])
+
+    report = maintain(lake_table(store.data_dir), now=later(), fault=every_other)
+
+    assert report.days_compacted == ["acme/2026-01-15"]
+    assert seq_spans(lake_table(store.data_dir)) == [(n, n + 1, 2) for n in range(1, 2 * (MAX_RACES + 2), 2)]
+    assert_exactly_once(store, lake_table(store.data_dir))
+    assert_exactly_once(store, lake_table(store.data_dir), "beta")
+
+
+def test_a_day_whose_runs_another_maintenance_finished_is_still_reported_by_the_one_that_began_them(
+    store: Store, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maintain_module, "COMPACT_ROWS", 5)
+    clock.now = at("2026-01-15T09:00:00Z")
+    flush_rounds(store, clock, 4, 2)  # files of 2, 2, 2, 2 rows: runs [2, 2] and [2, 2]
+    commits: list[str] = []
+    other: list[MaintainReport] = []
+
+    def fault(stage: str) -> None:
+        if stage == "before_commit":
+            commits.append(stage)
+            if len(commits) == 2:  # our first run is in: another maintenance merges the second first
+                other.append(maintain(lake_table(store.data_dir), now=later()))
+
+    report = maintain(lake_table(store.data_dir), now=later(), fault=fault)
+
+    assert report.days_compacted == ["acme/2026-01-15"] and other[0].days_compacted == ["acme/2026-01-15"]
+    assert seq_spans(lake_table(store.data_dir)) == [(1, 4, 4), (5, 8, 4)]
+    assert_exactly_once(store, lake_table(store.data_dir))

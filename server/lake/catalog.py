@@ -17,7 +17,13 @@ NAMESPACE = "headlessly"
 TABLE = "events"
 WATERMARK_PREFIX = "headlessly.watermark."  # + tenant -> "<seq>:<hash>"
 
+# pyiceberg splits what one commit writes to a partition into files of this size, packing its batches out of
+# order (each file's seqs would overlap the others'): no split, so each commit's rows of a partition are one
+# file, in seq order. Commits are bounded by rows instead (a flush's BATCH, maintenance's COMPACT_ROWS).
+FILE_PROPERTIES = {"write.target-file-size-bytes": str(1 << 40)}
+
 TABLE_PROPERTIES = {
+    **FILE_PROPERTIES,
     # A commit that loses a race must not be re-applied blindly (it would append the rows twice):
     # the flusher re-reads the watermark and retries itself.
     "commit.retry.num-retries": "0",
@@ -209,6 +215,11 @@ def events_table(catalog: Any) -> Any:
         )
     except TableAlreadyExistsError:  # another flusher created it in between
         return catalog.load_table(identifier)
+
+
+def missing_file_properties(table: Any) -> dict[str, str]:
+    """FILE_PROPERTIES the table does not have (a table made by an older version)."""
+    return {k: v for k, v in FILE_PROPERTIES.items() if table.metadata.properties.get(k) != v}
 
 
 def watermark(table: Any, tenant: str) -> tuple[int, str]:

@@ -92,6 +92,8 @@ class Flusher:
             self.fault("before_write")
             try:
                 with table.transaction() as tx:
+                    if missing := cat.missing_file_properties(table):
+                        tx.set_properties(missing)  # first, so that the append writes under them
                     tx.append(_concat([b.rows for b in group]))
                     tx.set_properties({cat.WATERMARK_PREFIX + b.tenant: f"{b.last_seq}:{b.last_hash}" for b in group})
                     self.fault("before_commit")

@@ -12,11 +12,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from itertools import pairwise
 from typing import Any, TypeVar
 
 from ..config import OPEN_DAY_FILES
+from . import catalog as cat
 from .catalog import local_path
 from .scan import TenantRows
 
@@ -59,9 +59,11 @@ def maintain(
     say = progress or (lambda _text: None)
     hook = fault or (lambda _stage: None)
     report = MaintainReport(files_before=_data_file_count(table))
+    _retrying(table, _keep_files_whole)
     for tenant, day in _days_to_compact(table, now, open_day_files):
+        done = _Progress()
         try:
-            compacted = _retrying(table, partial(_compact_day, tenant=tenant, day=day, fault=hook))
+            _compact_day(table, tenant, day, hook, done)
         except CommitFailedException:
             if day < now.date():
                 raise
@@ -69,11 +71,9 @@ def maintain(
             log.warning("compacting %s's open day %s lost %d races with flushes in a row: left", tenant, day, MAX_RACES)
             say(f"left {tenant} {day.isoformat()} (today): the flushes kept committing first")
             table = table.refresh()
-            continue
-        if not compacted:
-            continue  # (a day of files too large to merge)
-        report.days_compacted.append(f"{tenant}/{day.isoformat()}")
-        say(f"compacted {tenant} {day.isoformat()}")
+        if done.commits:  # (none: files too large to merge, or another maintenance merged them first)
+            report.days_compacted.append(f"{tenant}/{day.isoformat()}")
+            say(f"compacted {tenant} {day.isoformat()}")
     before = {snapshot.snapshot_id for snapshot in table.metadata.snapshots}
     _retrying(table, lambda t: _expire(t, now - retain, hook))
     table = table.refresh()
@@ -103,6 +103,14 @@ def _retrying(table: Any, step: Callable[[Any], T]) -> T:
                 raise
             log.info("a maintenance commit lost a race with another commit; redoing it")
             table.refresh()
+
+
+def _keep_files_whole(table: Any) -> None:
+    """Set the table's file-size properties (see catalog.FILE_PROPERTIES) when a table made before them lacks
+    them: a compacted run must be one file, in seq order."""
+    if missing := cat.missing_file_properties(table):
+        with table.transaction() as tx:
+            tx.set_properties(missing)
 
 
 def _expire(table: Any, older_than: datetime, fault: Fault) -> None:
@@ -148,13 +156,36 @@ def _days_to_compact(table: Any, now: datetime, open_day_files: int) -> list[tup
     return out
 
 
-def _compact_day(table: Any, tenant: str, day: Any, fault: Fault) -> bool:
+@dataclass
+class _Progress:
+    commits: int = 0  # of one day's compaction, across the races it lost
+
+
+def _compact_day(table: Any, tenant: str, day: Any, fault: Fault, done: _Progress) -> None:
     """Rewrite one day of one tenant as few files as it takes to hold at most COMPACT_ROWS rows each: each run
     of consecutive smaller files (in seq order) that fits in COMPACT_ROWS becomes one file, in a snapshot of
     its own that keeps every row (and every table property: the watermarks), read and written a run at a time.
-    Returns whether it committed anything. A flush that commits first (into an open day, say) makes a commit
-    fail, so no row it added is overwritten: `_retrying` redoes the day from the table as it then is (runs
-    already merged are single files by then, and are left)."""
+    A flush that commits first (into an open day, say) makes a commit fail, so no row it added is overwritten:
+    the day is planned again from the table as it then is (runs already merged are single files by then) and
+    goes on; MAX_RACES lost in a row raise CommitFailedException. `done` counts the commits made."""
+    from pyiceberg.exceptions import CommitFailedException
+
+    races, commits = 0, done.commits
+    while True:
+        try:
+            if not _compact_runs(table, tenant, day, fault, done):
+                return
+        except CommitFailedException:
+            races = 1 if done.commits > commits else races + 1  # lost in a row: none committed in between
+            commits = done.commits
+            if races > MAX_RACES:
+                raise
+            log.info("a compaction commit lost a race with another commit; planning the day again")
+            table.refresh()
+
+
+def _compact_runs(table: Any, tenant: str, day: Any, fault: Fault, done: _Progress) -> bool:
+    """Commit the day's runs to merge as planned now; whether there were any (False: the day is done)."""
     import pyarrow as pa
     import pyiceberg.expressions
 
@@ -164,21 +195,24 @@ def _compact_day(table: Any, tenant: str, day: Any, fault: Fault) -> bool:
     window = ex.And(ex.GreaterThanOrEqual("timestamp", start.isoformat()), ex.LessThan("timestamp", end.isoformat()))
     rows = TenantRows(table, tenant, window)
     if not rows.streamed:  # (overlapping files, delete files: a table other tools wrote) the whole day at once
+        if len(rows.spans) < 2 and rows.total == sum(n for *_, n in rows.spans):
+            return False  # (one file, no deletes left to apply)
         whole = ex.And(ex.EqualTo("tenant", tenant), window)
         with table.transaction() as tx:
             tx.overwrite(table.scan(row_filter=whole).to_arrow().sort_by("seq"), overwrite_filter=whole)
             fault("before_commit")
+        done.commits += 1
         return True
-    committed = False
-    for first, last in _runs_to_merge(rows.spans):
+    runs = _runs_to_merge(rows.spans)
+    for first, last in runs:
         span = ex.And(ex.GreaterThanOrEqual("seq", first), ex.LessThanOrEqual("seq", last))
         merged = TenantRows(table, tenant, ex.And(window, span))
         data = pa.Table.from_batches(list(merged.batches()))
         with table.transaction() as tx:
             tx.overwrite(data, overwrite_filter=ex.And(ex.EqualTo("tenant", tenant), ex.And(window, span)))
             fault("before_commit")
-        committed = True
-    return committed
+        done.commits += 1
+    return bool(runs)
 
 
 def _runs_to_merge(spans: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
