@@ -230,6 +230,26 @@ def test_a_before_hook_that_writes_during_a_dry_run_on_a_tenant_with_no_file_is_
     assert not tenant_path(hooked.data_dir, TENANT).exists()  # the dry run left no trace, nor did the hook
 
 
+def test_a_hook_that_dry_runs_another_tenant_then_writes_to_its_own_during_its_dry_run_is_still_refused(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    from server.store.tenants import tenant_path
+
+    @hooks.before("Contact.create")
+    def preview_elsewhere_then_write(ctx: BeforeContext) -> None:
+        if ctx.data["name"] == "Alice":
+            side = {"action": "create", "type": "Organization", "data": {"name": "Side"}}
+            hooked.do("other", AGENT, {**side, "dryRun": True})  # fine: a preview of another tenant
+            hooked.do(TENANT, AGENT, side)
+
+    hooked = open_store(hooks)
+    with pytest.raises(ValidationFailed) as refused:
+        hooked.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}, "dryRun": True})
+
+    assert "would wait for itself" in refused.value.message
+    assert not tenant_path(hooked.data_dir, TENANT).exists() and not tenant_path(hooked.data_dir, "other").exists()
+
+
 def test_a_before_hook_that_crashes_is_an_internal_error_whose_details_stay_in_the_log(
     hooks: Hooks, open_store: Callable[[Hooks], Store], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -156,12 +156,12 @@ class Store:
         if getattr(self._dry_in_memory, "tenant", None) == tenant:  # (its own writer's check, for the one below)
             raise write_inside_a_write()
         if dry_run and not self.pool.ever_opened(tenant):  # as a read: against an empty tenant, making no file
-            self._dry_in_memory.tenant = tenant
+            outer, self._dry_in_memory.tenant = getattr(self._dry_in_memory, "tenant", None), tenant
             try:
                 with self._empty() as conn:
                     return Writer(conn, self.pool.clock).run(write, dry_run=True)
             finally:
-                self._dry_in_memory.tenant = None
+                self._dry_in_memory.tenant = outer  # (a hook's dry run of another tenant, inside ours)
         with self.pool.lease(tenant) as t:
             results = t.writer.run(write, dry_run=dry_run)
         if not dry_run and self.hooks.after_hooks:
