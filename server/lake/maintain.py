@@ -173,8 +173,8 @@ def _compact_day(table: Any, tenant: str, day: Any, fault: Fault, done: _Progres
     races, commits = 0, done.commits
     while True:
         try:
-            if not _compact_runs(table, tenant, day, fault, done):
-                return
+            _compact_runs(table, tenant, day, fault, done)
+            return  # (its runs, merged, are done: merging again would change nothing)
         except CommitFailedException:
             races = 1 if done.commits > commits else races + 1  # lost in a row: none committed in between
             commits = done.commits
@@ -184,8 +184,8 @@ def _compact_day(table: Any, tenant: str, day: Any, fault: Fault, done: _Progres
             table.refresh()
 
 
-def _compact_runs(table: Any, tenant: str, day: Any, fault: Fault, done: _Progress) -> bool:
-    """Commit the day's runs to merge as planned now; whether there were any (False: the day is done)."""
+def _compact_runs(table: Any, tenant: str, day: Any, fault: Fault, done: _Progress) -> None:
+    """Commit the day's runs to merge, as planned from the table now."""
     import pyarrow as pa
     import pyiceberg.expressions
 
@@ -196,15 +196,14 @@ def _compact_runs(table: Any, tenant: str, day: Any, fault: Fault, done: _Progre
     rows = TenantRows(table, tenant, window)
     if not rows.streamed:  # (overlapping files, delete files: a table other tools wrote) the whole day at once
         if len(rows.spans) < 2 and rows.total == sum(n for *_, n in rows.spans):
-            return False  # (one file, no deletes left to apply)
+            return  # (one file, no deletes left to apply)
         whole = ex.And(ex.EqualTo("tenant", tenant), window)
         with table.transaction() as tx:
             tx.overwrite(table.scan(row_filter=whole).to_arrow().sort_by("seq"), overwrite_filter=whole)
             fault("before_commit")
         done.commits += 1
-        return True
-    runs = _runs_to_merge(rows.spans)
-    for first, last in runs:
+        return
+    for first, last in _runs_to_merge(rows.spans):
         span = ex.And(ex.GreaterThanOrEqual("seq", first), ex.LessThanOrEqual("seq", last))
         merged = TenantRows(table, tenant, ex.And(window, span))
         data = pa.Table.from_batches(list(merged.batches()))
@@ -212,7 +211,6 @@ def _compact_runs(table: Any, tenant: str, day: Any, fault: Fault, done: _Progre
             tx.overwrite(data, overwrite_filter=ex.And(ex.EqualTo("tenant", tenant), ex.And(window, span)))
             fault("before_commit")
         done.commits += 1
-    return bool(runs)
 
 
 def _runs_to_merge(spans: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
