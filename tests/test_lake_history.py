@@ -74,3 +74,13 @@ def test_the_tables_events_are_the_logs_for_every_filter_limit_and_order(
                 expected = (matching[::-1] if newest_first else matching)[:limit]
                 found = lake_events(table, TENANT, limit=limit, newest_first=newest_first, **where)
                 assert found == expected, (where, limit, newest_first)
+
+
+@pytest.mark.parametrize("glob", ["Contact.[^C]*", "Deal.[!W]*", "*.[CW]*", "Deal.[^]W]*"])
+def test_a_type_glob_with_a_class_matches_the_tables_events_as_it_matches_the_logs(
+    store: Store, clock: Any, glob: str
+) -> None:
+    history_in_three_files(store, clock)
+    table = cat.events_table(cat.load(store.data_dir))
+    log = store.events(TENANT, filter={"type": glob}, limit=100)["results"]
+    assert lake_events(table, TENANT, type=glob, limit=100) == log

@@ -5,9 +5,10 @@ that cannot match are skipped, and only the columns an event needs are read, a b
 
 from __future__ import annotations
 
-import fnmatch
 import json
+import sqlite3
 from collections import deque
+from contextlib import closing
 from typing import Any
 
 from ..timeutil import between_microseconds, format_us, parse_time
@@ -97,14 +98,19 @@ def lake_events(
 
 
 def _matching(batch: Any, glob: str | None) -> Any:
-    """The rows of `batch` whose type matches `glob` (each distinct type tested once)."""
+    """The rows of `batch` whose type matches `glob` (each distinct type tested once), by SQLite's GLOB as
+    the live store matches it (`[^...]` negates a class there, where fnmatch would take `[!...]`)."""
     if glob is None:
         return batch
     import pyarrow as pa
     import pyarrow.compute as pc
 
     types = batch.column("type")
-    allowed = [t for t in pc.unique(types).to_pylist() if fnmatch.fnmatchcase(t, glob)]
+    with closing(sqlite3.connect(":memory:")) as conn:
+        found = conn.execute(
+            "SELECT value FROM json_each(?) WHERE value GLOB ?", (json.dumps(pc.unique(types).to_pylist()), glob)
+        )
+        allowed = [t for (t,) in found]
     return batch.filter(pc.is_in(types, value_set=pa.array(allowed, type=types.type)))
 
 
