@@ -481,6 +481,17 @@ def test_serve_refuses_no_auth_on_a_non_loopback_host(tmp_path: Path, data_dir: 
     assert "Traceback" not in result.err
 
 
+@pytest.mark.parametrize("transport", ["http", "sse"])
+@pytest.mark.parametrize("host", ["999.1.1.1", "not a host", ""])
+def test_serve_refuses_a_host_that_is_not_an_address_or_a_name(
+    tmp_path: Path, data_dir: Path, host: str, transport: str
+) -> None:
+    result = run("serve", "--transport", transport, "--host", host, "--port", "0", cwd=tmp_path, data_dir=data_dir)
+    assert result.code == 2
+    assert f"--host {host!r} is not an IP address or a host name" in result.err
+    assert "Traceback" not in result.err
+
+
 @pytest.mark.parametrize("tenant", ["Bad_Tenant", "../etc", "-x"])
 def test_serve_refuses_a_bad_tenant(tmp_path: Path, data_dir: Path, tenant: str) -> None:
     result = run("serve", f"--tenant={tenant}", cwd=tmp_path, data_dir=data_dir)

@@ -145,6 +145,8 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         and click.get_current_context().get_parameter_source("flush_interval") != click.core.ParameterSource.DEFAULT
     ):
         fail("--flush-interval and --no-flush contradict each other: give one of them")
+    if transport != "stdio":
+        _check_host(host)
     if transport != "stdio" and no_auth and not _is_loopback(host):
         fail(
             f"--no-auth is refused on {host}: without tokens the server may only listen on a loopback address (127.0.0.1, ::1, localhost)"
@@ -233,6 +235,21 @@ def _stop_on_signals(stdio: bool) -> None:
     signal.signal(signal.SIGTERM, stop)
     if stdio:
         signal.signal(signal.SIGINT, stop)
+
+
+def _check_host(host: str) -> None:
+    """Refuse a --host that is neither an IP address nor a host name (it would fail as the server's URL)."""
+    from pydantic import AnyHttpUrl, ValidationError
+
+    try:
+        AnyHttpUrl(f"http://{_shown(host)}")
+    except ValidationError:
+        fail(f"--host {host!r} is not an IP address or a host name (e.g. 127.0.0.1, ::1, localhost, 0.0.0.0)")
+
+
+def _shown(host: str) -> str:
+    """The host as a URL spells it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _is_loopback(host: str) -> bool:
@@ -325,7 +342,7 @@ def _serve_http(
     from ..tools.app import build_server
 
     tokens = None if no_auth else TokenStore(config.data_dir)
-    shown_host = f"[{host}]" if ":" in host else host
+    shown_host = _shown(host)
     base_url = f"http://{shown_host}:{port}"
     identity = LocalIdentity(config.tenant, config.actor) if no_auth else None
     server = build_server(store, identity, tokens, base_url, calls_per_tenant=calls_per_tenant)
