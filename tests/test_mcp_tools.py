@@ -9,11 +9,14 @@ from typing import Any
 
 import pytest
 from conftest import advance_to
+from hypothesis import given
+from hypothesis import strategies as st
 from mcp import Client, Implementation
 from mcp_types import CallToolResult
 
-from server.auth.identity import LocalIdentity
+from server.auth.identity import LocalIdentity, actor_from_client_name
 from server.store import Store
+from server.store.operations import ACTOR
 from server.tools.app import build_server
 
 TENANT = "acme"
@@ -429,6 +432,18 @@ async def test_the_default_actor_is_agent_and_the_slugged_client_name(store: Sto
         created = await ok(client, "do", {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
     assert created["entity"]["$createdBy"] == "agent_Claude-Code"
     assert created["events"][0]["actor"] == "agent_Claude-Code"
+
+
+@given(st.text(max_size=120))
+def test_a_client_name_becomes_an_actor_with_no_dash_at_either_end_of_its_slug(name: str) -> None:
+    actor = actor_from_client_name(name)
+    slug = actor.removeprefix("agent_")
+    assert ACTOR.fullmatch(actor)
+    assert not slug.startswith("-") and not slug.endswith("-")
+
+
+def test_a_long_client_name_is_cut_to_64_characters_without_a_trailing_dash() -> None:
+    assert actor_from_client_name("a" * 63 + " b") == "agent_" + "a" * 63
 
 
 @pytest.mark.anyio

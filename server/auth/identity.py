@@ -23,7 +23,7 @@ class Caller:
 def actor_from_client_name(name: str | None) -> str:
     """`agent_<client name, slugged>`, or `agent_anonymous` when the client gave no usable name."""
     if name:
-        slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name.strip()).strip("-")[:64]
+        slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name.strip()).strip("-")[:64].rstrip("-")
         if slug and ACTOR.fullmatch(f"agent_{slug}"):
             return f"agent_{slug}"
     return "agent_anonymous"
