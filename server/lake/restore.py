@@ -153,7 +153,10 @@ def _refuse(path: Path, tenant: str, overwrite: bool) -> None:
     if has_events:
         raise TenantExists(
             f"tenant {tenant!r} already has events in {path.parent.parent}",
-            hint="Restore into another --data-dir, or pass --overwrite (the current file is kept aside).",
+            hint=(
+                "Pass --overwrite to replace it (the current file is kept aside); `headlessly events --from-lake "
+                f"--tenant {tenant}` lists what the table holds, to compare first."
+            ),
         )
 
 
