@@ -120,6 +120,12 @@ class StorageError(HeadlesslyError):
     code = "storage_error"
 
 
+class Conflict(HeadlesslyError):
+    """A command refused because of the state things are in (a tenant that has events, or is open elsewhere)."""
+
+    code = "conflict"
+
+
 class TenantBusy(StorageError):
     """Another process has the tenant to itself (a restore, a reindex, a rebuild for new schemas)."""
 

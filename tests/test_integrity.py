@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from server.errors import HeadlesslyError, NotFound, StorageError, ValidationFailed, VersionConflict
+from server.errors import Conflict, HeadlesslyError, NotFound, ValidationFailed, VersionConflict
 from server.schema import SchemaSet, load_schemas
 from server.store import Store, verify
 from server.store.events import EVENT_ROW_COLUMNS, GENESIS_HASH, EventRow, row_hash
@@ -378,11 +378,29 @@ def test_reindex_is_refused_while_a_store_has_the_tenant_open_and_changes_nothin
     with raw_sql(store) as conn:
         conn.execute("DELETE FROM entity_keys")
 
-    with pytest.raises(StorageError) as refused:
+    with pytest.raises(Conflict) as refused:
         reindex_tenant(tenant_file(store), store.schemas)  # the store still has it open
 
+    assert refused.value.code == "conflict"
     assert "open in another process" in refused.value.message and refused.value.hint
     assert any("'Software' is missing" in p for p in store.verify(TENANT)["problems"])
+
+
+def test_reindex_is_refused_as_a_conflict_while_a_process_without_the_lock_file_has_the_tenant_open(
+    store: Store, clock: Any
+) -> None:
+    create(store, "Organization", {"name": "Acme", "industry": "Software"})
+    path = tenant_file(store)
+    store.close()
+    shell = sqlite3.connect(path)  # as the sqlite3 shell would: no lock file taken
+    try:
+        shell.execute("SELECT count(*) FROM events").fetchone()
+        with pytest.raises(Conflict) as refused:
+            reindex_tenant(path, store.schemas)
+    finally:
+        shell.close()
+
+    assert "open in another process" in refused.value.message and refused.value.hint
 
 
 def test_verify_is_ok_on_a_healthy_tenant_with_many_kinds_of_operation(store: Store, clock: Any) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import private_dir
-from ..errors import HeadlesslyError, StorageError, ValidationFailed
+from ..errors import Conflict, StorageError, ValidationFailed
 from ..store import Store
 from ..store.bulk import EVENT_COLUMNS, EventTuple, bulk_load
 from ..store.events import EventRow, row_hash
@@ -21,8 +21,8 @@ from . import catalog as cat
 from .scan import TenantRows
 
 
-class TenantExists(HeadlesslyError):
-    code = "conflict"
+class TenantExists(Conflict):
+    pass
 
 
 def read_tenant(table: Any, tenant: str, columns: tuple[str, ...] | None = None) -> Any:

@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import NotFound, StorageError
+from ..errors import Conflict, NotFound, StorageError
 from ..schema import Noun, SchemaSet
 from .filelock import TenantLock
 from .mutations import INSERT_KEY, key_rows, search_body
@@ -85,9 +85,13 @@ def _has_entities(conn: sqlite3.Connection, noun: Noun) -> bool:
     return conn.execute("SELECT 1 FROM entities WHERE type = ? LIMIT 1", (noun.name,)).fetchone() is not None
 
 
+class OpenElsewhere(StorageError):
+    """A rebuild refused because another process has the tenant open."""
+
+
 def open_elsewhere(name: str, why: str = "") -> StorageError:
     """The refusal of a rebuild for new schemas while another process has the tenant open."""
-    return StorageError(
+    return OpenElsewhere(
         f"tenant {name!r} {why}is open in another process, so its lookup keys cannot be rebuilt now",
         hint="Stop the other server or command using this --data-dir (or start it with the same "
         "--schemas); the keys are rebuilt when the tenant is next opened alone.",
@@ -130,14 +134,18 @@ def reindex_tenant(path: Path, schemas: SchemaSet) -> list[str]:
         raise NotFound(
             f"tenant {path.stem!r} does not exist in {path.parent.parent}", hint="Check --data-dir and --tenant."
         )
+    refusal = Conflict(
+        f"tenant {path.stem!r} is open in another process, so its lookup keys cannot be rebuilt now",
+        hint="Stop every server and command using this --data-dir, then run reindex again.",
+    )
     lock = TenantLock(path)
     try:
         if not lock.try_exclusive("reindex"):
-            raise StorageError(
-                f"tenant {path.stem!r} is open in another process, so its lookup keys cannot be rebuilt now",
-                hint="Stop every server and command using this --data-dir, then run reindex again.",
-            )
-        return rebuild_alone(path, schemas, every=True)
+            raise refusal
+        try:
+            return rebuild_alone(path, schemas, every=True)
+        except OpenElsewhere:  # (a process that does not take the lock file: an older server, the sqlite3 shell)
+            raise refusal from None
     finally:
         lock.release()
 
