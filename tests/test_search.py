@@ -245,6 +245,47 @@ def test_an_unusable_regex_or_json_condition_says_which_part_is_wrong(
     assert said in err.value.message
 
 
+def nested(shape: str, levels: int, field: str, inner: Any) -> dict[str, Any]:
+    """`{field: inner}` nested `levels` deep: in $not, in $or, or alternately."""
+    cond: Any = inner
+    doc: dict[str, Any] | None = None
+    for level in range(levels):
+        if shape == "not" or (shape == "mixed" and level % 2 == 0):
+            if doc is not None:  # ($not holds an operator object: once in $or, the rest nests as $or does)
+                doc = {"$or": [doc]}
+            else:
+                cond = {"$not": cond}
+        else:
+            doc = {"$or": [doc if doc is not None else {field: cond}]}
+    return doc if doc is not None else {field: cond}
+
+
+@pytest.mark.parametrize("shape", ["not", "or", "mixed"])
+@pytest.mark.parametrize("how", ["now", "asOf", "events"])
+def test_filters_nest_to_eight_levels_and_deeper_ones_are_refused_not_crashed(
+    store: Store, clock: Any, shape: str, how: str
+) -> None:
+    create(store, "Contact", name="Alice")
+    clock.advance(1)
+    noun, field, inner = ("Event", "version", {"$eq": 1}) if how == "events" else ("Contact", "name", {"$eq": "Alice"})
+
+    def search(flt: dict[str, Any]) -> int:
+        if how == "events":
+            return int(store.events(TENANT, filter=flt)["total"])
+        return int(store.find(TENANT, noun, flt, as_of="2100-01-01" if how == "asOf" else None)["total"])
+
+    deepest = search(nested(shape, 8, field, inner))
+    refusals = []
+    for levels in (9, 16, 40):
+        with pytest.raises(InvalidFilter) as err:
+            search(nested(shape, levels, field, inner))
+        refusals.append(err.value.message)
+
+    nots = sum(1 for level in range(8) if shape == "not" or (shape == "mixed" and level == 0))
+    assert deepest == (0 if nots % 2 else 1)
+    assert all("filter nests deeper than 8 levels" in m for m in refusals), refusals
+
+
 @pytest.mark.parametrize("pattern", ["(?:b{2000}){2000}", "x{5000}", "(?:(?:ab){40}c){40}"])
 def test_a_pattern_whose_counts_would_compile_to_a_huge_program_is_refused_before_compiling(
     store: Store, pattern: str

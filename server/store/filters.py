@@ -133,7 +133,7 @@ class FilterCompiler:
 
     def _doc(self, doc: Any, depth: int) -> str:
         if depth > MAX_DEPTH:
-            raise self._fail(f"filter nests deeper than {MAX_DEPTH} levels")
+            raise self._fail(f"filter nests deeper than {MAX_DEPTH} levels ($and, $or and $not count alike)")
         if not isinstance(doc, dict):
             raise self._fail(f"a filter must be an object of field conditions, got {type(doc).__name__}")
         parts = []
@@ -153,26 +153,28 @@ class FilterCompiler:
                     raise self._fail(
                         f"unknown field {key!r} for {self.what}; its fields are: {', '.join(self.columns)}"
                     )
-                parts.append(self._field(col, value))
+                parts.append(self._field(col, value, depth))
         return "(" + " AND ".join(parts) + ")" if parts else "1"
 
-    def _field(self, col: Column, cond: Any) -> str:
+    def _field(self, col: Column, cond: Any, depth: int) -> str:
         if isinstance(cond, dict) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond):
-            return "(" + " AND ".join(self._op(col, op, arg) for op, arg in cond.items()) + ")"
-        return self._op(col, "$eq", cond)
+            return "(" + " AND ".join(self._op(col, op, arg, depth) for op, arg in cond.items()) + ")"
+        return self._op(col, "$eq", cond, depth)
 
     @staticmethod
     def _missing(col: Column, missing: bool) -> str:
         return f"({col.sql} IS {'' if missing else 'NOT '}NULL)"
 
-    def _op(self, col: Column, op: str, arg: Any) -> str:
+    def _op(self, col: Column, op: str, arg: Any, depth: int) -> str:
         self.terms += 1
         if self.terms > MAX_TERMS:
             raise self._fail(f"a filter may have at most {MAX_TERMS} conditions")
         if op == "$not":
             if not isinstance(arg, dict) or not arg:
                 raise self._fail(f'{col.name}: $not takes an operator object such as {{"$eq": 1}}')
-            return f"NOT coalesce({self._field(col, arg)}, 0)"
+            if depth + 1 > MAX_DEPTH:  # ($not nests as $and and $or do: SQLite's parser has a depth limit)
+                raise self._fail(f"filter nests deeper than {MAX_DEPTH} levels ($and, $or and $not count alike)")
+            return f"NOT coalesce({self._field(col, arg, depth + 1)}, 0)"
         if op == "$exists":
             if not isinstance(arg, bool):
                 raise self._fail(f"{col.name}: $exists takes true or false")

@@ -471,7 +471,7 @@ class _EventFilter(FilterCompiler):
             self.seq_range_only = False
         return super()._doc(doc, depth)
 
-    def _op(self, col: Column, op: str, arg: Any) -> str:
+    def _op(self, col: Column, op: str, arg: Any, depth: int) -> str:
         if col.name not in ("seq", "timestamp") or op not in _RANGE_OPS:
             self.seq_range_only = False
         if col.name == "timestamp" and op in ("$gt", "$gte", "$lt", "$lte"):
@@ -485,7 +485,7 @@ class _EventFilter(FilterCompiler):
                 return f"(seq >= coalesce((SELECT seq FROM events WHERE ts {cmp} ? ORDER BY ts LIMIT 1), 9223372036854775807))"
             cmp = "<" if op == "$lt" else "<="
             return f"(seq <= coalesce((SELECT seq FROM events WHERE ts {cmp} ? ORDER BY ts DESC LIMIT 1), 0))"
-        return super()._op(col, op, arg)
+        return super()._op(col, op, arg, depth)
 
 
 def find_events(
