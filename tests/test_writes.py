@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import widgets
 
 from server.errors import (
     HeadlesslyError,
@@ -664,6 +665,40 @@ def test_a_relationship_to_a_deleted_entity_is_refused(store: Store) -> None:
             {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"organization": org["$id"]}},
         )
     assert "organization" not in store.get(TENANT, "Contact", alice["$id"])
+
+
+def test_an_update_that_sends_back_a_link_to_an_entity_deleted_since_unchanged_is_not_refused_for_it(
+    store: Store,
+) -> None:
+    org = create(store, "Organization", {"name": "Acme"})["entity"]
+    alice = contact(store, organization=org["$id"])
+    store.do(TENANT, AGENT, {"action": "delete", "type": "Organization", "id": org["$id"]})
+    update = {"action": "update", "type": "Contact", "id": alice["$id"]}
+
+    same = store.do(TENANT, AGENT, {**update, "data": {"name": alice["name"], "organization": org["$id"]}})
+    edited = store.do(TENANT, AGENT, {**update, "data": {"title": "CTO", "organization": org["$id"]}})
+    qualified = store.do(TENANT, AGENT, {**update, "action": "qualify", "data": {"organization": org["$id"]}})
+
+    assert same["unchanged"] is True and same["events"] == []
+    assert edited["events"][0]["changes"] == {"title": {"from": None, "to": "CTO"}}
+    assert qualified["entity"]["stage"] == "Qualified" and qualified["entity"]["organization"] == org["$id"]
+
+
+def test_a_list_of_links_may_keep_a_member_deleted_since_but_not_gain_one(tmp_path: Path) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"orgs": "-> Organization[]"')) as store:
+        first, second, third = (create(store, "Organization", {"name": n})["entity"]["$id"] for n in "ABC")
+        widget = create(store, "Widget", {"name": "w", "orgs": [first, second]})["entity"]
+        for gone in (second, third):
+            store.do(TENANT, AGENT, {"action": "delete", "type": "Organization", "id": gone})
+        update = {"action": "update", "type": "Widget", "id": widget["$id"]}
+
+        reordered = store.do(TENANT, AGENT, {**update, "data": {"orgs": [second, first]}})
+        with pytest.raises(ValidationFailed) as gained:
+            store.do(TENANT, AGENT, {**update, "data": {"orgs": [second, first, third]}})
+
+        assert reordered["entity"]["orgs"] == [second, first]
+        assert third in gained.value.message and "deleted" in gained.value.message
+        assert store.get(TENANT, "Widget", widget["$id"])["orgs"] == [second, first]
 
 
 def test_a_relationship_in_another_tenant_does_not_count(store: Store) -> None:

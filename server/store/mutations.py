@@ -354,7 +354,7 @@ class Mutator:
             noun, "update", "Updated", entity_id, self.patch_of(noun, op, current), current.state, op
         )
         merged = merge(current.fields, patch)
-        merged = self.validate(noun, merged, list(patch))
+        merged = self.validate(noun, merged, list(patch), kept=current.fields)
         changes = diff(current.fields, merged)
         if not changes:
             return {"entity": current.state, "events": [], "unchanged": True}
@@ -378,7 +378,7 @@ class Mutator:
                 hint="This is a fault in the server's hooks: a hook may reject a verb, not change what it sets.",
             )
         merged = merge(current.fields, patch)
-        merged = self.validate(noun, merged, list(patch))
+        merged = self.validate(noun, merged, list(patch), kept=current.fields)
         event = self.write(noun, entity_id, past, current, merged, None, op)
         return event.result()
 
@@ -424,7 +424,9 @@ class Mutator:
             rollback_to = op.toVersion
         past_state = json.loads(row[0])
         target_fields = self.restored(noun, "rollback", current, fields_of(past_state), op)
-        self.check_relations(noun, target_fields, links_to_check(current, target_fields, is_deleted(past_state)))
+        self.check_relations(
+            noun, target_fields, links_to_check(current, target_fields, is_deleted(past_state)), kept_links(current)
+        )
         event = self.write(
             noun, entity_id, "Updated", current, target_fields, None, op,
             extra_data={"rollbackTo": rollback_to}, deleted=is_deleted(past_state),
@@ -512,7 +514,7 @@ class Mutator:
         conflicts: list[dict[str, Any]] = []
         unchanged: list[str] = []
         events: list[dict[str, Any]] = []
-        links: list[tuple[str, Noun, dict[str, Any], list[str]]] = []
+        links: list[tuple[str, Noun, dict[str, Any], list[str], dict[str, Any] | None]] = []
         queue = deque(rows)
         pending = {row[0] for row in rows}  # targets not handled yet in this pass
         waiting: set[str] = set()  # put back behind a unique value's holder since the last write
@@ -599,14 +601,22 @@ class Mutator:
                     queue.appendleft(row)
                     continue
                 pending.discard(target)
-                links.append((target, noun, target_fields, links_to_check(current, target_fields, is_deleted(before))))
+                links.append(
+                    (
+                        target,
+                        noun,
+                        target_fields,
+                        links_to_check(current, target_fields, is_deleted(before)),
+                        kept_links(current),
+                    )
+                )
             waiting.clear()
             reverted.append(event.state)
             events.append(event.event)
         failed = []
-        for target, noun, fields, changed in links:
+        for target, noun, fields, changed, kept in links:
             try:
-                self.check_relations(noun, fields, changed)
+                self.check_relations(noun, fields, changed, kept)
             except ValidationFailed as exc:
                 failed.append(_conflict(target, noun.name, exc))
         if failed:
@@ -672,22 +682,32 @@ class Mutator:
                 self.conn, self.env.schemas, self.noun(type), filter, query, sort, limit, None, None, include_deleted
             )
 
-    def validate(self, noun: Noun, fields: dict[str, Any], changed: list[str] | None) -> dict[str, Any]:
+    def validate(
+        self, noun: Noun, fields: dict[str, Any], changed: list[str] | None, kept: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Check types and formats (all fields, or only `changed` of an already valid entity),
-        and that every changed relationship points at a live entity of the right noun."""
+        and that every changed relationship points at a live entity of the right noun (see check_relations)."""
         validator = self.env.validators[noun.name]
         fields = validator.validate(fields) if changed is None else validator.validate_changed(fields, changed)
-        self.check_relations(noun, fields, list(fields) if changed is None else changed)
+        self.check_relations(noun, fields, list(fields) if changed is None else changed, kept)
         return fields
 
-    def check_relations(self, noun: Noun, fields: dict[str, Any], names: list[str]) -> None:
-        """Every relationship among `names` points at a live entity of the right noun, as of now."""
+    def check_relations(
+        self, noun: Noun, fields: dict[str, Any], names: list[str], kept: dict[str, Any] | None = None
+    ) -> None:
+        """Every relationship among `names` points at a live entity of the right noun, as of now, except the
+        links the entity already has (`kept`, its live fields): a write that leaves a link to an entity deleted
+        since as it is does not make it, so the rest of the write is not refused for it."""
         for name in names:
             f = noun.fields.get(name)
             value = fields.get(name)
             if f is None or f.relation is None or value is None:
                 continue
+            had = (kept or {}).get(name)
+            old = set(had if isinstance(had, list) else [had]) if had is not None else set()
             for ref in value if isinstance(value, list) else [value]:
+                if ref in old:
+                    continue
                 row = self.conn.execute("SELECT type, deleted_at FROM entities WHERE id = ?", (ref,)).fetchone()
                 if row is None or row[0] != f.relation:
                     raise ValidationFailed(
@@ -932,6 +952,11 @@ def links_to_check(current: Loaded, fields: dict[str, Any], deleted: bool) -> li
     if current.deleted:
         return list(fields)
     return list(diff(current.fields, fields))
+
+
+def kept_links(current: Loaded) -> dict[str, Any] | None:
+    """The links a rollback or revert leaves in place need no check, unless it brings a deleted entity back."""
+    return None if current.deleted else current.fields
 
 
 def is_deleted(state: dict[str, Any]) -> bool:
