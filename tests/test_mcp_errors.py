@@ -417,11 +417,24 @@ async def test_a_limit_below_1_is_a_validation_error(store: Store, limit: int) -
 
 
 @pytest.mark.anyio
-async def test_fetch_without_an_id_is_not_found_with_a_hint_to_search(store: Store) -> None:
+@pytest.mark.parametrize("noun", ["Contact", "Event"])
+async def test_fetch_without_an_id_is_invalid_id_with_a_hint_to_search(store: Store, noun: str) -> None:
     async with connect(store) as client:
-        result = await client.call_tool("fetch", {"type": "Contact"})
-    body = check_error(result, "not_found")
-    assert "Search" in body["hint"] or "search" in body["hint"]
+        result = await client.call_tool("fetch", {"type": noun})
+    body = check_error(result, "invalid_id")
+    assert body["message"] == f"fetch needs an id: the {'id' if noun == 'Event' else '$id'} of the {noun} to read"
+    assert "Search" in body["hint"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("action", ["update", "delete", "qualify", "rollback"])
+async def test_a_write_without_an_id_is_invalid_id_saying_what_needs_it(store: Store, action: str) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool("do", {"action": action, "type": "Contact"})
+    body = check_error(result, "invalid_id")
+    assert body["message"] == f"{action} needs an id: the $id of the Contact to {action}"
+    assert "contact_" in body["hint"]
+    assert event_count(store) == 0
 
 
 @pytest.mark.anyio

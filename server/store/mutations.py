@@ -226,7 +226,7 @@ class Mutator:
                 f"{noun.name} has no action {op.action!r}; its actions are: {valid}",
                 hint=f'Use one of: {valid}. fetch {{"type": "Schema", "id": "{noun.name}"}} shows what each verb sets.',
             )
-        target = self.resolve_id(noun, op.id)
+        target = self.resolve_id(noun, op.id, op.action)
         if op.action == "update":
             return self.update(noun, target, op)
         if op.action == "delete":
@@ -248,9 +248,12 @@ class Mutator:
             )
         return self.env.schemas[name]
 
-    def resolve_id(self, noun: Noun, raw: str | None) -> str:
+    def resolve_id(self, noun: Noun, raw: str | None, action: str) -> str:
         if raw is None:
-            raise InvalidId(f"'id' is required to {noun.name}", hint=f"Pass the entity's $id ({noun.prefix}...).")
+            raise InvalidId(
+                f"{action} needs an id: the $id of the {noun.name} to {action}",
+                hint=f"Pass the entity's $id ({noun.prefix}...) as id.",
+            )
         return check_id(noun, self._ref(raw))
 
     def _ref(self, value: str) -> str:

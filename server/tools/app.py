@@ -218,11 +218,14 @@ def build_server(
                 return store.schema(id)
             if type == "Event":
                 if id is None:
-                    raise NotFound("fetch of an Event needs its id", hint='Search {"type": "Event"} to list events.')
+                    raise InvalidId(
+                        "fetch needs an id: the id of the Event to read",
+                        hint='Search {"type": "Event"} to list events.',
+                    )
                 return store.event(caller.tenant, id)
             if id is None:
                 store.noun(type)
-                raise NotFound(f"fetch of a {type} needs its id", hint=f"Search {type} to find ids.")
+                raise InvalidId(f"fetch needs an id: the $id of the {type} to read", hint=f"Search {type} to find ids.")
             return store.get(caller.tenant, type, id, as_of=asOf, version=version, include=include, fields=fields)
 
         return await respond(ctx, go)  # type: ignore[no-any-return]

@@ -40,7 +40,7 @@ event in an immutable log.
   {"action": "qualify", "type": "Contact", "id": "contact_..."}. Pass ifVersion to avoid lost updates,
   reason to say why, dryRun to preview. {"operations": [...]} is one atomic batch ("$ref:N" = entity of op N).
 - Every change is an event (search {"type": "Event", "filter": {"target": id}} is the history). Read the
-  past with asOf (a time) or version on fetch and search.
+  past with asOf (a time) on fetch and search, or version (a number) on fetch.
 - Undo with do rollback {"type", "id", "asOf" | "toVersion"}, or revert everything one actor did since a
   time with do revert {"actor", "since"}. Nothing is ever erased: undo appends new events.
 - Errors come back as JSON {"error", "message", "hint"}: read the hint and retry.
