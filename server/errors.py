@@ -5,12 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 
+MAX_TEXT = 2_000  # characters of a message or hint: whatever the request held, an error fits in an agent's context
+
+
+def bounded(text: str) -> str:
+    """`text`, or its start and end with what lies between left out, past MAX_TEXT characters (the end
+    often lists what is valid)."""
+    if len(text) <= MAX_TEXT:
+        return text
+    keep = MAX_TEXT // 2 - 40
+    return f"{text[:keep]} ... ({len(text) - 2 * keep:,} characters left out) ... {text[-keep:]}"
+
+
 class HeadlesslyError(Exception):
     """A refusal the caller can understand and act on: `code`, `message` and `hint`."""
 
     code = "error"
 
     def __init__(self, message: str, hint: str = "", **details: Any) -> None:
+        message, hint = bounded(message), bounded(hint)
         super().__init__(message)
         self.message = message
         self.hint = hint

@@ -326,6 +326,32 @@ async def test_an_unknown_tool_is_not_found_naming_the_tools(store: Store) -> No
     assert "do, fetch, search" in body["message"]
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("tool", "arguments", "code", "said"),
+    [
+        ("do", {"action": "create", "type": "Contact", "data": {f"k{i}": 1 for i in range(50_000)}},
+         "validation_error", "and 49,990 more unknown fields (known fields: name, "),
+        ("fetch", {"type": "Contact", "fields": [f"f{i}" for i in range(20_000)]}, "validation_error",
+         "characters left out"),
+        ("search", {"type": "Contact", "filter": {"stage": "x" * 100_000}}, "invalid_filter", "characters left out"),
+        ("search", {"type": "Contact", "filter": {"n" * 100_000: 1}}, "invalid_filter", "characters left out"),
+    ],
+)  # fmt: skip
+async def test_an_error_stays_short_however_large_the_request_that_caused_it(
+    store: Store, tool: str, arguments: dict[str, Any], code: str, said: str
+) -> None:
+    alice = create_contact(store)["$id"]
+    if tool == "fetch":
+        arguments = {**arguments, "id": alice}
+    async with connect(store) as client:
+        result = await client.call_tool(tool, arguments)
+    body = check_error(result, code)
+    assert said in body["message"]
+    assert len(body["message"]) <= 2_000 and len(body.get("hint", "")) <= 2_000
+    assert event_count(store) == 1
+
+
 # ---- search errors ------------------------------------------------------------------------------
 
 

@@ -78,6 +78,7 @@ Int64 = Annotated[StrictInt, annotated_types.Interval(ge=INT64_MIN, le=INT64_MAX
 
 
 EXACT_FLOAT_INT = 2**53  # below it every integer is a float exactly, and the other way round
+UNKNOWN_SHOWN = 10  # unknown fields a refusal names one by one
 
 
 def whole_as_int(value: Any) -> Any:
@@ -177,7 +178,8 @@ class NounValidator:
         """Fields the noun does not have: refused even when they are only being removed (null)."""
         raise ValidationFailed(
             f"{self.noun.name}: "
-            + "; ".join(f"unknown field '{name}'" for name in names)
+            + "; ".join(f"unknown field '{name}'" for name in names[:UNKNOWN_SHOWN])
+            + (f"; and {len(names) - UNKNOWN_SHOWN:,} more unknown fields" if len(names) > UNKNOWN_SHOWN else "")
             + f" (known fields: {', '.join(self.noun.fields)})",
             hint=self._hint(),
         )
