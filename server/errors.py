@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 MAX_TEXT = 2_000  # characters of a message or hint: whatever the request held, an error fits in an agent's context
 
 
