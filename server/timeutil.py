@@ -11,8 +11,10 @@ from .errors import InvalidAsOf
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
 MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$", re.ASCII)  # (ASCII: \d would also take other scripts' digits)
+_DATETIME = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-](?P<oh>\d{2}):?(?P<om>\d{2}))$", re.ASCII
+)
 
 
 def now_us() -> int:
@@ -51,9 +53,14 @@ def parse_time(value: object) -> int:
         raise ValueError(f"expected a time string, got {type(value).__name__}")
     text = value.strip()
     if _DATE.fullmatch(text):
-        d = date.fromisoformat(text)
+        try:
+            d = date.fromisoformat(text)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a valid date: {exc}") from None
         dt = datetime(d.year, d.month, d.day, tzinfo=UTC)
-    elif _DATETIME.fullmatch(text):
+    elif m := _DATETIME.fullmatch(text):
+        if m["oh"] is not None and (int(m["oh"]) > 23 or int(m["om"]) > 59):
+            raise ValueError(f"{value!r} is not a valid time: its offset is past 23:59 hours")
         frac = re.search(r"\.(\d+)", text)
         if frac and len(frac.group(1)) > 6:  # fromisoformat takes at most microseconds
             text = text.replace(frac.group(0), "." + frac.group(1)[:6], 1)

@@ -484,6 +484,27 @@ async def test_an_unreadable_time_is_invalid_as_of(store: Store, as_of: str) -> 
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("as_of", "said"),
+    [
+        (
+            "2026-01-15T10:00:10+24:00",
+            "'2026-01-15T10:00:10+24:00' is not a valid time: its offset is past 23:59 hours",
+        ),
+        ("2026-02-29", "'2026-02-29' is not a valid date: day is out of range for month"),
+        ("\uff12\uff10\uff12\uff16-01-15", "is not an RFC 3339 time with an offset"),
+    ],
+)
+async def test_an_invalid_time_says_what_is_wrong_with_it_in_plain_words(store: Store, as_of: str, said: str) -> None:
+    alice = create_contact(store)["$id"]
+    async with connect(store) as client:
+        result = await client.call_tool("fetch", {"type": "Contact", "id": alice, "asOf": as_of})
+    body = check_error(result, "invalid_as_of")
+    assert said in body["message"]
+    assert "timedelta" not in body["message"] and "isoformat" not in body["message"]
+
+
+@pytest.mark.anyio
 async def test_a_rollback_to_an_unreadable_time_is_invalid_as_of_and_writes_nothing(store: Store) -> None:
     alice = create_contact(store)["$id"]
     async with connect(store) as client:

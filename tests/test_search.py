@@ -126,6 +126,52 @@ def test_range_operators_compare_datetimes_as_times_whatever_their_offset(store:
     assert found(store, "Deal", {"closedAt": {"$gte": "2026-02-02"}}) == {"Corner Shop"}
 
 
+DAY_OPERANDS = [
+    "2026-01-15", "2026-01-15T00:00:00Z", "2026-01-15T10:00:00Z", "2026-01-15T00:00:00.0000001Z",
+    "2026-01-15T23:59:59.999999Z", "2026-01-15T01:00:00+02:00", "2026-01-15T20:00:00-05:00",
+    "2026-01-14T19:00:00-05:00", "2026-01-16",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("index", [False, True])
+def test_a_date_field_compares_with_a_time_as_the_start_of_its_day(tmp_path: Path, clock: Any, index: bool) -> None:
+    """Dates and datetimes compare as times: each operator on a date field, against dates and times (any
+    offset, within a day or at its start, past the microsecond), gives what comparing the day's start gives,
+    also among $in / $nin and on an indexed field."""
+    from server.timeutil import parse_time
+
+    schemas = widgets(tmp_path, f'"due": "date{"#" if index else ""}"')
+    days = ["2026-01-13", "2026-01-14", "2026-01-15", "2026-01-16", "2026-01-17"]
+    with Store(tmp_path / "data", schemas, clock=clock) as s:
+        for day in days:
+            s.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": day, "due": day}})
+        s.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": "none"}})
+        compare = {
+            "$eq": lambda a, b: a == b, "$ne": lambda a, b: a != b, "$gt": lambda a, b: a > b,
+            "$gte": lambda a, b: a >= b, "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b,
+        }  # fmt: skip
+        for operand in DAY_OPERANDS:
+            t = parse_time(operand) + (1 if operand.endswith(".0000001Z") else 0)  # (past the microsecond: after it)
+            for op, holds in compare.items():
+                expected = {d for d in days if holds(parse_time(d), t)} | ({"none"} if op == "$ne" else set())
+                assert found(s, "Widget", {"due": {op: operand}}) == expected, (op, operand)
+            equal = {d for d in days if parse_time(d) == t}
+            assert found(s, "Widget", {"due": {"$in": [operand, "2026-01-17"]}}) == equal | {"2026-01-17"}, operand
+            assert found(s, "Widget", {"due": {"$nin": [operand]}}) == set(days) - equal | {"none"}, operand
+
+
+def test_an_int_field_compares_with_a_fraction(tmp_path: Path, clock: Any) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"n": "int#"'), clock=clock) as s:
+        for n in (1, 2, 3):
+            s.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": str(n), "n": n}})
+
+        assert found(s, "Widget", {"n": {"$gt": 1.5}}) == {"2", "3"}
+        assert found(s, "Widget", {"n": {"$lte": 2.5}}) == {"1", "2"}
+        assert found(s, "Widget", {"n": 2.5}) == set()
+        assert found(s, "Widget", {"n": {"$in": [2.0, 2.5]}}) == {"2"}
+        assert found(s, "Widget", {"$version": {"$lt": 1.5}}) == {"1", "2", "3"}
+
+
 def test_meta_datetimes_filter_as_times(store: Store, clock: Any) -> None:
     advance_to(clock, "2026-01-15T10:00:00Z")
     create(store, "Contact", name="Early")

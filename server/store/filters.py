@@ -207,10 +207,12 @@ class FilterCompiler:
         value = self._value(col, arg, op)
         if op in ("$gt", "$gte", "$lt", "$lte") and (col.kind not in _ORDERABLE or isinstance(value, bool)):
             raise self._fail(f"{col.name}: {op} needs an orderable field (numbers, dates, times, text)")
-        if col.kind == "datetime" and between_microseconds(arg):  # every stored time is a whole microsecond
+        if (col.kind == "datetime" and between_microseconds(arg)) or (col.kind == "date" and within_a_day(arg)):
+            # Every stored time is a whole microsecond, and a date is the start of its day: a time between
+            # them equals none, and is compared as the one before it (X < t  <=>  trunc(X) < t, and so on).
             if op in ("$eq", "$ne"):
                 return "0" if op == "$eq" else "1"
-            op = {"$gte": "$gt", "$lt": "$lte"}.get(op, op)  # X < t  <=>  trunc(X) < t, and so on
+            op = {"$gte": "$gt", "$lt": "$lte"}.get(op, op)
         sql_op = {"$eq": "=", "$ne": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[op]
         if op in ("$gt", "$gte", "$lt", "$lte") and col.json_path is not None:
             # SQLite orders every number below every text: a value stored under an older type of the field
@@ -235,7 +237,10 @@ class FilterCompiler:
         plain = [  # a time between two microseconds equals no stored time (checked before it is rounded)
             self._value(col, v, op)
             for v in arg
-            if v is not None and not self._is_glob(col, v) and not (col.kind == "datetime" and between_microseconds(v))
+            if v is not None
+            and not self._is_glob(col, v)
+            and not (col.kind == "datetime" and between_microseconds(v))
+            and not (col.kind == "date" and within_a_day(v))
         ]
         parts = globs + ([self._missing(col, True)] if None in arg else [])
         if plain:
@@ -315,9 +320,9 @@ class FilterCompiler:
             bad = True
         elif kind in ("number",):
             bad = not isinstance(value, (int, float)) or isinstance(value, bool)
-        elif kind == "int":
+        elif kind == "int":  # (2.5 is a fine bound for an int field: SQLite compares the two as numbers)
             value = whole_as_int(value)
-            bad = not isinstance(value, int) or isinstance(value, bool)
+            bad = not isinstance(value, (int, float)) or isinstance(value, bool)
         elif kind == "boolean":
             bad = not isinstance(value, bool)
         elif kind == "datetime":
@@ -327,9 +332,11 @@ class FilterCompiler:
                 raise self._fail(f"{col.name}: {exc}") from None
         elif kind == "date":
             try:
-                return date.fromisoformat(value).isoformat() if isinstance(value, str) else parse_time(value)
+                return day_of(value)[0]
             except ValueError:
-                raise self._fail(f"{col.name}: {value!r} is not a date (YYYY-MM-DD)") from None
+                raise self._fail(
+                    f"{col.name}: {value!r} is neither a date (2026-01-16) nor an RFC 3339 time (2026-01-16T09:30:00Z)"
+                ) from None
         elif kind == "json":
             bad = value is None
         elif kind == "email" and isinstance(value, str) and op != "$regex":
@@ -345,6 +352,29 @@ class FilterCompiler:
         if col.enum and op in ("$eq", "$ne", "$in", "$nin") and value not in col.enum:
             raise self._fail(f"{col.name}: {value!r} is not one of {', '.join(col.enum)}")
         return value
+
+
+DAY_US = 86_400_000_000
+
+
+_PLAIN_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+
+
+def day_of(value: Any) -> tuple[str, bool]:
+    """A date field's operand as a day, and whether it is that day's start: a date is, a time gives its day
+    in UTC (dates and datetimes compare as times: a date is the start of its day). ValueError otherwise."""
+    if isinstance(value, str) and _PLAIN_DATE.fullmatch(value.strip()):
+        return date.fromisoformat(value.strip()).isoformat(), True
+    us = parse_time(value)
+    return format_us(us)[:10], us % DAY_US == 0
+
+
+def within_a_day(value: Any) -> bool:
+    """A time after the start of its day: a date field's day never equals it."""
+    try:
+        return between_microseconds(value) or not day_of(value)[1]
+    except ValueError:
+        return False
 
 
 def _normalized_email(value: str) -> str:
