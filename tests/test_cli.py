@@ -311,6 +311,19 @@ def test_events_refuses_a_time_it_cannot_read_naming_the_flag(tmp_path: Path, da
             assert f"'{flag}'" in bad.err and "RFC 3339" in bad.err and "Traceback" not in bad.err
 
 
+def test_events_refuses_an_actor_that_is_not_one_and_a_window_that_ends_before_it_starts(
+    tmp_path: Path, data_dir: Path, history: History
+) -> None:
+    for lake in ((), ("--from-lake",)):
+        actor = run("events", "--tenant", TENANT, "--actor", "bot", *lake, cwd=tmp_path, data_dir=data_dir)
+        window = run(
+            "events", "--tenant", TENANT, "--since", "2026-12-01", "--until", "2026-01-01", *lake,
+            cwd=tmp_path, data_dir=data_dir,
+        )  # fmt: skip
+        assert actor.code == 2 and "'--actor'" in actor.err and "invalid actor 'bot'" in actor.err
+        assert window.code == 2 and "--until 2026-01-01 is before --since 2026-12-01" in window.err
+
+
 def test_events_newest_first_limit_and_filter_json(tmp_path: Path, data_dir: Path, history: History) -> None:
     newest = run("events", "--tenant", TENANT, "--newest-first", "--limit", "2", "--json", cwd=tmp_path, data_dir=data_dir)  # fmt: skip
     assert [e["seq"] for e in newest.json_lines()] == [5, 4]
@@ -522,6 +535,18 @@ def test_a_command_that_reads_a_data_dir_refuses_one_that_does_not_exist_and_doe
     assert result.code == 2
     assert f"there is no data dir at {typo}" in result.err and "Traceback" not in result.err
     assert not typo.exists()
+
+
+@pytest.mark.parametrize("command", [["serve"], ["events"], ["verify"], ["token", "list"]])
+@pytest.mark.parametrize("given", ["", "afile"])
+def test_a_data_dir_that_is_empty_or_a_file_is_refused_as_bad_input(
+    tmp_path: Path, command: list[str], given: str
+) -> None:
+    (tmp_path / "afile").write_text("")
+    result = run(*command, "--data-dir", given, cwd=tmp_path)
+    assert result.code == 2 and "'--data-dir'" in result.err and "Traceback" not in result.err
+    assert ("is empty" if not given else "is a file") in result.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_a_data_dir_below_a_file_ends_a_command_with_one_line_and_status_1(tmp_path: Path) -> None:

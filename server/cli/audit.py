@@ -11,6 +11,7 @@ import click
 
 from ..config import ENV_TENANT, Config
 from .common import (
+    actor_flag,
     check_tenant_name,
     data_dir_option,
     existing_data_dir_option,
@@ -37,7 +38,7 @@ from .common import (
     "--type", "type_", default=None, help="Event type, exact or a glob: Contact.Qualified, Deal.*, *.Deleted."
 )
 @click.option("--target", default=None, help="An entity's $id: its whole history.")
-@click.option("--actor", default=None, help="Only events by this actor.")
+@click.option("--actor", default=None, callback=actor_flag, help="Only events by this actor.")
 @click.option("--since", default=None, callback=time_flag, help="From this time (RFC 3339 or a date), inclusive.")
 @click.option("--until", default=None, callback=time_flag, help="Up to this time, inclusive.")
 @click.option(
@@ -60,7 +61,10 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
            filter_json: str | None, limit: int, newest_first: bool, from_lake: bool, as_json: bool, data_dir: Path,
            schema_dirs: tuple[Path, ...]) -> None:  # fmt: skip
     """Audit from the shell: a tenant's events, filtered as in search."""
+    from ..timeutil import parse_time
 
+    if since and until and parse_time(until) < parse_time(since):
+        fail(f"--until {until} is before --since {since}: no event could match; give an until at or after the since")
     if from_lake:
         if filter_json:
             fail("--filter applies to the live store; with --from-lake use --type, --target, --actor, --since, --until")

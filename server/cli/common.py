@@ -20,8 +20,14 @@ from ..config import ENV_DATA_DIR, Config
 log = logging.getLogger("headlessly")
 
 
-def existing_dir(_ctx: click.Context, _param: click.Parameter, value: Path) -> Path:
-    path = Path(value).expanduser()
+def given_dir(_ctx: click.Context, _param: click.Parameter, value: str) -> Path:
+    if not value.strip():
+        raise click.BadParameter("is empty: give a folder (`.` for this one)")
+    return Path(value).expanduser()
+
+
+def existing_dir(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    path = given_dir(ctx, param, value)
     if not path.is_dir():
         raise click.BadParameter(
             f"there is no data dir at {path} (a typo, or the wrong working directory? give the one `serve` uses, "
@@ -33,6 +39,19 @@ def existing_dir(_ctx: click.Context, _param: click.Parameter, value: Path) -> P
 def finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
     if not math.isfinite(value):  # nan passes FloatRange's bounds: every comparison with it is false
         raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def actor_flag(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """An actor flag, checked here so that a mistyped one is refused rather than matching nothing."""
+    from ..errors import HeadlesslyError
+    from ..store.operations import check_actor
+
+    if value is not None:
+        try:
+            check_actor(value)
+        except HeadlesslyError as exc:
+            raise click.BadParameter(exc.message) from None
     return value
 
 
@@ -52,11 +71,11 @@ def _data_dir(must_exist: bool) -> Callable[[Callable[..., Any]], Callable[..., 
     """--data-dir; commands that only read or upkeep data refuse one that does not exist, rather than make it."""
     return click.option(
         "--data-dir",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=click.Path(file_okay=False),
         envvar=ENV_DATA_DIR,
-        default=Path("./.headlessly"),
+        default="./.headlessly",
         show_default=True,
-        callback=existing_dir if must_exist else lambda _ctx, _param, value: Path(value).expanduser(),
+        callback=existing_dir if must_exist else given_dir,
         help=f"Where tenant databases, tokens and the lakehouse live (env {ENV_DATA_DIR}).",
     )
 
