@@ -579,14 +579,23 @@ def test_serve_refuses_a_flush_interval_that_is_not_a_finite_number_of_seconds_o
     assert says in result.err and "Traceback" not in result.err
 
 
-@pytest.mark.parametrize("command", [["verify", "--tenant", ""], ["token", "list", "--tenant", "../x"]])
-def test_a_bad_tenant_name_is_refused_by_verify_and_token_list(
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["verify", "--tenant", ""], ["token", "list", "--tenant", "../x"], ["flush", "--tenant", "acme", "--tenant", "../x"],
+        ["restore", "--tenant", "../x"], ["reindex", "--tenant", "CON"], ["events", "--tenant", "a/b"],
+        ["events", "--tenant", "a/b", "--from-lake"], ["token", "create", "--tenant", "X", "--actor", AGENT],
+    ],
+)  # fmt: skip
+def test_a_bad_tenant_name_is_refused_by_every_command_before_it_reads_or_says_anything(
     tmp_path: Path, data_dir: Path, command: list[str]
 ) -> None:
     data_dir.mkdir()
     result = run(*command, cwd=tmp_path, data_dir=data_dir)
     assert result.code == 2
-    assert "invalid tenant" in result.err and "Traceback" not in result.err
+    assert "Invalid value for '--tenant': invalid tenant name" in result.err and "Traceback" not in result.err
+    assert result.out == "" and "restoring" not in result.err
+    assert list(data_dir.iterdir()) == []
 
 
 def test_events_piped_into_a_reader_that_stops_early_ends_quietly_with_the_status_of_a_broken_pipe(

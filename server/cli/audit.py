@@ -12,7 +12,6 @@ import click
 from ..config import ENV_TENANT, Config
 from .common import (
     actor_flag,
-    check_tenant_name,
     data_dir_option,
     existing_data_dir_option,
     fail,
@@ -25,6 +24,7 @@ from .common import (
     print_table,
     schemas_option,
     short,
+    tenant_flag,
     time_flag,
     verify_progress,
 )
@@ -32,7 +32,12 @@ from .common import (
 
 @main.command()
 @click.option(
-    "--tenant", envvar=ENV_TENANT, default="default", show_default=True, help=f"The tenant (env {ENV_TENANT})."
+    "--tenant",
+    envvar=ENV_TENANT,
+    default="default",
+    show_default=True,
+    callback=tenant_flag,
+    help=f"The tenant (env {ENV_TENANT}).",
 )
 @click.option(
     "--type", "type_", default=None, help="Event type, exact or a glob: Contact.Qualified, Deal.*, *.Deleted."
@@ -71,7 +76,6 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
         from ..lake import catalog as cat
         from ..lake.history import lake_events
 
-        check_tenant_name(tenant)
         with lake_errors("reading the events table", data_dir):
             table = lake_table_if_any(data_dir)
             if table is None:
@@ -132,7 +136,9 @@ def _print_events(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--tenant", default=None, help="One tenant (default: every tenant in the data dir).")
+@click.option(
+    "--tenant", default=None, callback=tenant_flag, help="One tenant (default: every tenant in the data dir)."
+)
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
 @click.option("--no-lake", is_flag=True, help="Skip comparing the Iceberg table with the log.")
 @existing_data_dir_option
@@ -142,8 +148,6 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
     table with the log (no gaps, no duplicates, same hashes up to the watermark); exit 1 on any problem."""
     from ..errors import HeadlesslyError, TenantBusy
 
-    if tenant is not None:
-        check_tenant_name(tenant)
     store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
     ok = True
     try:

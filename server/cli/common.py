@@ -93,14 +93,17 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def check_tenant_name(tenant: str) -> None:
+def tenant_flag(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+    """A --tenant flag (one, none, or repeated), checked before anything reads or prints it."""
     from ..errors import HeadlesslyError
     from ..store.tenants import check_tenant
 
-    try:
-        check_tenant(tenant)
-    except HeadlesslyError as exc:
-        fail(exc.message)
+    for name in value if isinstance(value, tuple) else [value] if value is not None else []:
+        try:
+            check_tenant(name)
+        except HeadlesslyError as exc:
+            raise click.BadParameter(exc.message) from None
+    return value
 
 
 @contextmanager

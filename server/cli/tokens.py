@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import check_tenant_name, data_dir_option, existing_data_dir_option, fail, main, print_table
+from .common import data_dir_option, existing_data_dir_option, fail, main, print_table, tenant_flag
 
 
 @main.group()
@@ -16,7 +16,7 @@ def token() -> None:
 
 
 @token.command("create")
-@click.option("--tenant", required=True, help="The tenant this token reaches (and no other).")
+@click.option("--tenant", required=True, callback=tenant_flag, help="The tenant this token reaches (and no other).")
 @click.option("--actor", required=True, help="The actor recorded on every event written with this token.")
 @click.option("--read-only", is_flag=True, help="fetch and search only; do is forbidden.")
 @click.option("--note", default=None, help="A label to recognise the token by in `token list`.")
@@ -42,7 +42,7 @@ def token_create(tenant: str, actor: str, read_only: bool, note: str | None, dat
 
 
 @token.command("list")
-@click.option("--tenant", default=None, help="Only this tenant's tokens.")
+@click.option("--tenant", default=None, callback=tenant_flag, help="Only this tenant's tokens.")
 @click.option("--all", "include_revoked", is_flag=True, help="Include revoked tokens.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @existing_data_dir_option
@@ -50,8 +50,6 @@ def token_list(tenant: str | None, include_revoked: bool, as_json: bool, data_di
     """List tokens (ids and who they stand for; never the secrets)."""
     from ..auth.tokens import TokenStore
 
-    if tenant is not None:
-        check_tenant_name(tenant)
     tokens = TokenStore(data_dir)
     rows = tokens.list(tenant, include_revoked)
     tokens.close()

@@ -18,12 +18,19 @@ from .common import (
     main,
     open_store,
     schemas_option,
+    tenant_flag,
     verify_progress,
 )
 
 
 @main.command()
-@click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable; default: every tenant).")
+@click.option(
+    "--tenant",
+    "tenants",
+    multiple=True,
+    callback=tenant_flag,
+    help="Only this tenant (repeatable; default: every tenant).",
+)
 @existing_data_dir_option
 @schemas_option
 def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
@@ -79,7 +86,7 @@ def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...
 
 
 @main.command()
-@click.option("--tenant", required=True, help="The tenant to rebuild from the table.")
+@click.option("--tenant", required=True, callback=tenant_flag, help="The tenant to rebuild from the table.")
 @click.option(
     "--overwrite", is_flag=True, help="Replace a tenant that has events (its file is kept aside as .replaced-<time>)."
 )
@@ -120,7 +127,9 @@ def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Pat
 
 
 @main.command()
-@click.option("--tenant", required=True, help="The tenant whose lookup keys and full text to rebuild.")
+@click.option(
+    "--tenant", required=True, callback=tenant_flag, help="The tenant whose lookup keys and full text to rebuild."
+)
 @existing_data_dir_option
 @schemas_option
 def reindex(tenant: str, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
