@@ -161,6 +161,22 @@ def test_token_list_as_a_table_and_per_tenant(tmp_path: Path, data_dir: Path) ->
     assert [row["tenant"] for row in only_acme] == ["acme"]
 
 
+def test_token_list_shows_a_note_with_line_breaks_on_one_line(tmp_path: Path, data_dir: Path) -> None:
+    run("token", "create", "--tenant", "acme", "--actor", AGENT, "--note", "ci\nbot\tone", cwd=tmp_path, data_dir=data_dir)  # fmt: skip
+    table = run("token", "list", cwd=tmp_path, data_dir=data_dir)
+    as_json = run("token", "list", "--json", cwd=tmp_path, data_dir=data_dir).json_lines()
+    header, *rows = table.lines()
+    assert len(rows) == 1 and rows[0].endswith("ci\\nbot\\tone")
+    assert as_json[0]["note"] == "ci\nbot\tone"
+
+
+def test_token_list_on_a_data_dir_without_tokens_lists_none_and_makes_no_file(tmp_path: Path, data_dir: Path) -> None:
+    data_dir.mkdir()
+    table = run("token", "list", cwd=tmp_path, data_dir=data_dir)
+    assert table.code == 0 and table.lines()[0].split()[:3] == ["id", "tenant", "actor"] and len(table.lines()) == 1
+    assert list(data_dir.iterdir()) == []
+
+
 def test_a_created_token_is_accepted_by_the_token_store(tmp_path: Path, data_dir: Path) -> None:
     from server.auth.tokens import TokenStore
 

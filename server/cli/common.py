@@ -222,7 +222,12 @@ def short(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+_ESCAPED = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """Aligned columns, one line per row: a cell's line breaks and tabs are shown escaped (`\\n`)."""
+    rows = [[c.translate(_ESCAPED) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for r in rows:

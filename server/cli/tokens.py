@@ -50,9 +50,11 @@ def token_list(tenant: str | None, include_revoked: bool, as_json: bool, data_di
     """List tokens (ids and who they stand for; never the secrets)."""
     from ..auth.tokens import TokenStore
 
-    tokens = TokenStore(data_dir)
-    rows = tokens.list(tenant, include_revoked)
-    tokens.close()
+    rows = []
+    if (data_dir / "tokens.db").exists():  # (no tokens yet: nothing to list, and nothing to make)
+        tokens = TokenStore(data_dir)
+        rows = tokens.list(tenant, include_revoked)
+        tokens.close()
     if as_json:
         for t in rows:
             click.echo(json.dumps(t.to_dict()))
