@@ -165,7 +165,7 @@ def test_token_list_shows_a_note_with_line_breaks_on_one_line(tmp_path: Path, da
     run("token", "create", "--tenant", "acme", "--actor", AGENT, "--note", "ci\nbot\tone", cwd=tmp_path, data_dir=data_dir)  # fmt: skip
     table = run("token", "list", cwd=tmp_path, data_dir=data_dir)
     as_json = run("token", "list", "--json", cwd=tmp_path, data_dir=data_dir).json_lines()
-    header, *rows = table.lines()
+    _header, *rows = table.lines()
     assert len(rows) == 1 and rows[0].endswith("ci\\nbot\\tone")
     assert as_json[0]["note"] == "ci\nbot\tone"
 
