@@ -521,6 +521,20 @@ def test_serve_refuses_a_host_that_is_not_an_address_or_a_name(
     assert "Traceback" not in result.err
 
 
+def test_serve_over_stdio_says_that_the_network_flags_it_was_given_are_ignored(tmp_path: Path, data_dir: Path) -> None:
+    served = subprocess.run(
+        [HEADLESSLY, "serve", "--no-flush", "--port", "9", "--no-auth", "--data-dir", str(data_dir)],
+        cwd=tmp_path, input="", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    plain = subprocess.run(
+        [HEADLESSLY, "serve", "--no-flush", "--data-dir", str(data_dir)],
+        cwd=tmp_path, input="", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert served.returncode == 0 and plain.returncode == 0
+    assert "--port, --no-auth ignored: they apply to --transport http or sse" in served.stderr
+    assert "apply to --transport" not in plain.stderr
+
+
 @pytest.mark.parametrize("tenant", ["Bad_Tenant", "../etc", "-x"])
 def test_serve_refuses_a_bad_tenant(tmp_path: Path, data_dir: Path, tenant: str) -> None:
     result = run("serve", f"--tenant={tenant}", cwd=tmp_path, data_dir=data_dir)

@@ -121,6 +121,15 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
     from ..store.operations import check_actor
     from ..store.tenants import check_tenant
 
+    given = click.get_current_context().get_parameter_source
+    if transport == "stdio":
+        network = [
+            f"--{name.replace('_', '-')}"
+            for name in ("host", "port", "no_auth", "sessions_per_token", "calls_per_tenant", "session_idle_timeout")
+            if given(name) not in (click.core.ParameterSource.DEFAULT, None)
+        ]
+        if network:
+            log.warning("%s ignored: they apply to --transport http or sse", ", ".join(network))
     if transport == "stdio" or no_auth:
         try:
             check_tenant(tenant)
@@ -129,7 +138,6 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         except HeadlesslyError as exc:
             fail(exc.message)
     else:  # with tokens each token names its tenant and actor
-        given = click.get_current_context().get_parameter_source
         ignored = [
             f"--{name} ({env})"
             for name, env in (("tenant", ENV_TENANT), ("actor", ENV_ACTOR))
