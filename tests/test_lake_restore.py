@@ -613,6 +613,10 @@ def an_altered_event(rows: list[dict[str, Any]]) -> None:
     rows[6]["actor"] = "agent_mallory"
 
 
+def another_entity_type(rows: list[dict[str, Any]]) -> None:
+    rows[6]["entity_type"] = "Invoice"  # (not hashed: derived from the type, which is)
+
+
 def a_timestamp_that_does_not_move_forward(rows: list[dict[str, Any]]) -> None:
     rows[6]["timestamp"] = rows[5]["timestamp"]
     rehash(rows, 6)
@@ -629,6 +633,7 @@ def a_duplicate_event_id(rows: list[dict[str, Any]]) -> None:
         (a_gap, "(seq 8) comes after seq 6: the log has a gap"),
         (a_broken_chain, "(seq 7) does not chain to the hash of seq 6"),
         (an_altered_event, "(seq 7) was altered"),
+        (another_entity_type, "(seq 7) was altered: its entity_type 'Invoice' is not the noun of its type"),
         (a_timestamp_that_does_not_move_forward, "(seq 7) has timestamp"),
         (a_duplicate_event_id, "two events with the same id"),
     ],
@@ -754,6 +759,10 @@ def an_edited_row(rows: list[dict[str, Any]]) -> None:
     rows[6]["actor"] = "agent_mallory"  # its hash column still matches the log's
 
 
+def an_edited_entity_type(rows: list[dict[str, Any]]) -> None:
+    rows[6]["entity_type"] = "Invoice"
+
+
 def an_edited_copy_of_a_row_after_it(rows: list[dict[str, Any]]) -> None:
     rows.append(dict(rows[6], actor="agent_mallory"))
 
@@ -775,12 +784,24 @@ def a_forged_copy_of_a_row_after_it(rows: list[dict[str, Any]]) -> None:
                 "lake: tenant acme seq 7: the table's hash differs from the log's",
             ],
         ),
-        (an_edited_row, ["lake: tenant acme seq 7: the table's row was altered (its content does not give its hash)"]),
+        (
+            an_edited_row,
+            [
+                "lake: tenant acme seq 7: the table's row was altered (its content does not give its hash, or its entity_type is not its type's noun)"
+            ],
+        ),
+        (
+            an_edited_entity_type,
+            [
+                "lake: tenant acme seq 7: the table's row was altered (its content does not give its hash, or its "
+                "entity_type is not its type's noun)"
+            ],
+        ),
         (
             an_edited_copy_of_a_row_after_it,
             [
                 "lake: tenant acme has duplicate rows (1 extra)",
-                "lake: tenant acme seq 7: the table's row was altered (its content does not give its hash)",
+                "lake: tenant acme seq 7: the table's row was altered (its content does not give its hash, or its entity_type is not its type's noun)",
             ],
         ),
         (

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..store import Store
-from ..store.events import chain_hash
+from ..store.events import chain_hash, noun_of
 from . import catalog as cat
 
 # The table's columns after `tenant`, in its order, as the events table of a tenant's file names them.
@@ -78,7 +78,7 @@ def intact(rows: list[tuple[Any, ...]], after_seq: int, prev: str) -> tuple[int,
     flusher's to check: it passes the first row's own previous hash."""
     seq = after_seq
     for i, row in enumerate(rows):
-        (n, event_id, type_, _entity_type, target, actor, ts, version, data, changes, state, reason, h,
+        (n, event_id, type_, entity_type, target, actor, ts, version, data, changes, state, reason, h,
          caused_by, prev_hash) = row  # fmt: skip
         where = f"event {event_id} (seq {n})"
         if n != seq + 1:
@@ -87,6 +87,8 @@ def intact(rows: list[tuple[Any, ...]], after_seq: int, prev: str) -> tuple[int,
             return i, f"{where} does not chain to the hash of seq {seq}"
         if h != chain_hash(prev_hash, n, event_id, type_, target, actor, ts, version, data, changes, state, reason, caused_by):  # fmt: skip
             return i, f"{where} was altered: its hash does not match its content"
+        if entity_type != noun_of(type_):
+            return i, f"{where} was altered: its entity_type {entity_type!r} is not the noun of its type {type_}"
         seq, prev = n, h
     return len(rows), None
 

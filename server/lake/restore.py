@@ -14,7 +14,7 @@ from ..config import private_dir
 from ..errors import Conflict, StorageError, ValidationFailed
 from ..store import Store
 from ..store.bulk import EVENT_COLUMNS, EventTuple, bulk_load
-from ..store.events import EventRow, row_hash
+from ..store.events import EventRow, noun_of, row_hash
 from ..store.filelock import TenantLock
 from ..store.tenants import tenant_path
 from . import catalog as cat
@@ -282,7 +282,11 @@ def check_tenant(store: Store, table: Any, tenant: str) -> list[str]:
                 and log.hash(event.seq) not in (None, event.hash)
             ):
                 differ.append(event.seq)
-            if len(altered) < MOST_PROBLEMS and row_hash(event) != event.hash and altered[-1:] != [event.seq]:
+            if (
+                len(altered) < MOST_PROBLEMS
+                and (row_hash(event) != event.hash or event.entity_type != noun_of(event.type))
+                and altered[-1:] != [event.seq]
+            ):
                 altered.append(event.seq)
             last = max(last, event.seq)
     differ.extend(log.without_row(last, wm_seq + 1, MOST_PROBLEMS - len(differ)))
@@ -301,7 +305,7 @@ def check_tenant(store: Store, table: Any, tenant: str) -> list[str]:
     if wm_seq and log.hash(wm_seq) not in (None, wm_hash) and not problems:
         problems.append(f"lake: tenant {tenant} watermark hash differs from the log's hash at seq {wm_seq}")
     return problems + [
-        f"lake: tenant {tenant} seq {seq}: the table's row was altered (its content does not give its hash)"
+        f"lake: tenant {tenant} seq {seq}: the table's row was altered (its content does not give its hash, or its entity_type is not its type's noun)"
         for seq in altered
     ]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import StorageError, ValidationFailed
 from ..schema import SchemaSet
-from .events import GENESIS_HASH, EventRow, chain_hash
+from .events import GENESIS_HASH, EventRow, chain_hash, noun_of
 from .mutations import INSERT_KEY, key_rows, search_body
 from .reindex import record
 from .sqlite import ENTITY_COUNTS, KEY_COUNTS, connect, migrate
@@ -118,7 +118,7 @@ class _Log:
             digest = chain_hash(
                 prev_hash, n, event_id, type_, target, actor, ts, version, data, changes, state, reason, caused_by
             )
-            if n != seq + 1 or prev_hash != prev or ts <= prev_ts or h != digest:
+            if n != seq + 1 or prev_hash != prev or ts <= prev_ts or h != digest or entity_type != noun_of(type_):
                 raise _refusal(event, seq, prev, prev_ts)
             last[target] = (entity_type, state)  # all an entity's row needs: not the whole event
             seq, prev, prev_ts = n, h, ts
@@ -126,7 +126,7 @@ class _Log:
 
 
 def _refusal(event: EventTuple, seq: int, prev: str, prev_ts: str) -> ValidationFailed:
-    n, event_id, ts, prev_hash = event[0], event[1], event[7], event[14]
+    n, event_id, type_, entity_type, ts, prev_hash = event[0], event[1], event[2], event[3], event[7], event[14]
     where = f"event {event_id} (seq {n})"
     if n != seq + 1:
         problem = f"{where} comes after seq {seq}: the log has a gap or a duplicate"
@@ -134,6 +134,8 @@ def _refusal(event: EventTuple, seq: int, prev: str, prev_ts: str) -> Validation
         problem = f"{where} does not chain to the hash of seq {seq}"
     elif ts <= prev_ts:
         problem = f"{where} has timestamp {ts}, not after the previous event's {prev_ts}"
+    elif entity_type != noun_of(type_):
+        problem = f"{where} was altered: its entity_type {entity_type!r} is not the noun of its type {type_}"
     else:
         problem = f"{where} was altered: its hash does not match its content"
     return ValidationFailed(

@@ -119,6 +119,12 @@ def chain_hash(
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
+def noun_of(event_type: str) -> str:
+    """`Contact.Qualified` -> `Contact`: what an event's entity_type must be. The hash covers the type, not the
+    entity_type derived from it, so every check of an event's hash checks this too."""
+    return event_type.partition(".")[0]
+
+
 def row_hash(row: EventRow) -> str:
     return chain_hash(
         row.prev_hash, row.seq, row.id, row.type, row.target, row.actor, row.ts, row.version,
