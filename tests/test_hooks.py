@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from server.errors import ValidationFailed
+from server.errors import HookFailed, ValidationFailed
 from server.schema import SchemaSet
 from server.store import AfterContext, BeforeContext, HookRejected, Hooks, Store
 
@@ -209,12 +209,12 @@ def test_a_before_hook_that_writes_to_its_own_tenant_is_refused_instead_of_hangi
     thread.join(30)
 
     assert not thread.is_alive(), "the write waited for itself"
-    assert isinstance(outcome[0], ValidationFailed) and "would wait for itself" in outcome[0].message
+    assert isinstance(outcome[0], HookFailed) and "failed (validation_error)" in outcome[0].message
     assert event_count(hooked) == 0
 
 
 def test_a_before_hook_that_writes_during_a_dry_run_on_a_tenant_with_no_file_is_refused_and_writes_nothing(
-    hooks: Hooks, open_store: Callable[[Hooks], Store]
+    hooks: Hooks, open_store: Callable[[Hooks], Store], caplog: pytest.LogCaptureFixture
 ) -> None:
     from server.store.tenants import tenant_path
 
@@ -223,15 +223,15 @@ def test_a_before_hook_that_writes_during_a_dry_run_on_a_tenant_with_no_file_is_
         hooked.do(TENANT, AGENT, {"action": "create", "type": "Organization", "data": {"name": "Side"}})
 
     hooked = open_store(hooks)
-    with pytest.raises(ValidationFailed) as refused:
+    with pytest.raises(HookFailed) as refused:
         hooked.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}, "dryRun": True})
 
-    assert "would wait for itself" in refused.value.message
+    assert "failed (validation_error)" in refused.value.message and "would wait for itself" in caplog.text
     assert not tenant_path(hooked.data_dir, TENANT).exists()  # the dry run left no trace, nor did the hook
 
 
 def test_a_hook_that_dry_runs_another_tenant_then_writes_to_its_own_during_its_dry_run_is_still_refused(
-    hooks: Hooks, open_store: Callable[[Hooks], Store]
+    hooks: Hooks, open_store: Callable[[Hooks], Store], caplog: pytest.LogCaptureFixture
 ) -> None:
     from server.store.tenants import tenant_path
 
@@ -243,30 +243,58 @@ def test_a_hook_that_dry_runs_another_tenant_then_writes_to_its_own_during_its_d
             hooked.do(TENANT, AGENT, side)
 
     hooked = open_store(hooks)
-    with pytest.raises(ValidationFailed) as refused:
+    with pytest.raises(HookFailed) as refused:
         hooked.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}, "dryRun": True})
 
-    assert "would wait for itself" in refused.value.message
+    assert "failed (validation_error)" in refused.value.message and "would wait for itself" in caplog.text
     assert not tenant_path(hooked.data_dir, TENANT).exists() and not tenant_path(hooked.data_dir, "other").exists()
 
 
-def test_a_before_hook_that_crashes_is_an_internal_error_whose_details_stay_in_the_log(
-    hooks: Hooks, open_store: Callable[[Hooks], Store], caplog: pytest.LogCaptureFixture
-) -> None:
-    from server.errors import HookFailed
+def find_wrong_noun(ctx: BeforeContext) -> None:
+    ctx.find("Nope", {"x": "password=hunter2"})
 
-    @hooks.before("Contact.create")
-    def broken(ctx: BeforeContext) -> None:
-        raise RuntimeError("password=hunter2 at db.internal:5432")
+
+def find_wrong_field(ctx: BeforeContext) -> None:
+    ctx.find("Deal", {"password=hunter2": 1})
+
+
+def exit_(ctx: BeforeContext) -> None:
+    raise SystemExit("password=hunter2")
+
+
+def interrupt(ctx: BeforeContext) -> None:
+    raise KeyboardInterrupt("password=hunter2")
+
+
+def crash(ctx: BeforeContext) -> None:
+    raise RuntimeError("password=hunter2 at db.internal:5432")
+
+
+@pytest.mark.parametrize(
+    ("broken", "named"),
+    [
+        (crash, "RuntimeError"), (exit_, "SystemExit"), (interrupt, "KeyboardInterrupt"),
+        (find_wrong_noun, "invalid_type"), (find_wrong_field, "invalid_filter"),
+    ],
+)  # fmt: skip
+def test_a_before_hook_that_fails_in_any_way_is_an_internal_error_whose_details_stay_in_the_log(
+    hooks: Hooks,
+    open_store: Callable[[Hooks], Store],
+    caplog: pytest.LogCaptureFixture,
+    broken: Callable[[BeforeContext], None],
+    named: str,
+) -> None:
+    hooks.before("Contact.create")(broken)
 
     store = open_store(hooks)
     with caplog.at_level(logging.ERROR), pytest.raises(HookFailed) as exc:
         create(store, "Contact", {"name": "Alice"})
     assert exc.value.to_dict()["error"] == "internal_error"
-    assert "broken" in exc.value.message and "RuntimeError" in exc.value.message
+    assert broken.__name__ in exc.value.message and f"failed ({named})" in exc.value.message
     assert "hunter2" not in exc.value.message + exc.value.hint
     assert "hunter2" in caplog.text
     assert event_count(store) == 0
+    assert create(store, "Organization", {"name": "Acme"})["entity"]["$id"]  # the store goes on
 
 
 def test_a_before_hook_may_not_change_what_a_verb_sets_nor_return_anything_but_data(
@@ -528,12 +556,13 @@ def test_after_hooks_do_not_run_for_refused_or_dry_run_writes(
     assert seen == ["Deal.Created"]
 
 
+@pytest.mark.parametrize("failure", [RuntimeError, SystemExit, KeyboardInterrupt])
 def test_a_failing_after_hook_is_logged_and_the_write_stands(
-    hooks: Hooks, open_store: Callable[[Hooks], Store], caplog: pytest.LogCaptureFixture
+    hooks: Hooks, open_store: Callable[[Hooks], Store], caplog: pytest.LogCaptureFixture, failure: type[BaseException]
 ) -> None:
     @hooks.after("Contact.Created")
     def explode(ctx: AfterContext) -> None:
-        raise RuntimeError("crm sync is down")
+        raise failure("crm sync is down")
 
     hooked = open_store(hooks)
     with caplog.at_level(logging.WARNING):

@@ -137,5 +137,5 @@ def hook_name(fn: Callable[..., Any]) -> str:
 def run_after(fn: AfterHook, ctx: AfterContext) -> None:
     try:
         fn(ctx)
-    except Exception:
+    except (Exception, SystemExit, KeyboardInterrupt):  # (a hook's sys.exit() must not end the server)
         log.exception("AFTER hook %s failed on event %s; the write stands", hook_name(fn), ctx.event.get("id"))

@@ -651,12 +651,13 @@ class Mutator:
                 raise ValidationFailed(
                     f"rejected by hook {hook_name(fn)}: {exc}", hint="Change the data so the hook accepts it."
                 ) from None
-            except HeadlesslyError:
-                raise
-            except Exception as exc:  # the operator's bug: its details go to the log, not to the agent
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:
+                # The operator's bug (also one of our refusals of what the hook did, such as a search it got
+                # wrong or a write it must not make: not the agent's request): the details go to the log.
                 log.exception("BEFORE hook %s failed; the write was refused", hook_name(fn))
+                what = exc.code if isinstance(exc, HeadlesslyError) else type(exc).__name__
                 raise HookFailed(
-                    f"the server's hook {hook_name(fn)} failed ({type(exc).__name__}); nothing was written",
+                    f"the server's hook {hook_name(fn)} failed ({what}); nothing was written",
                     hint="This is a fault in the server's hooks, not in the request: report it to the operator "
                     "(the server's log has the details). Retrying will likely fail the same way.",
                 ) from None
