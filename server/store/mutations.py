@@ -441,7 +441,7 @@ class Mutator:
     ) -> dict[str, Any]:
         """The fields a rollback or revert brings `current` back to, after the BEFORE hooks (which see
         the change as a merge patch: each differing field, null where it goes away) and type checks."""
-        patch = {k: target_fields.get(k) for k in set(current.fields) | set(target_fields)}
+        patch = {k: target_fields.get(k) for k in diff(current.fields, target_fields)}
         patch = self.before_hooks(noun, action, "Updated", current.state["$id"], patch, current.state, op)
         merged = merge(current.fields, patch)
         changed = list(diff(current.fields, merged))
