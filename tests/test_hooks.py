@@ -297,6 +297,26 @@ def test_a_before_hook_that_fails_in_any_way_is_an_internal_error_whose_details_
     assert create(store, "Organization", {"name": "Acme"})["entity"]["$id"]  # the store goes on
 
 
+@pytest.mark.parametrize("how", ["edit", "return"])
+def test_a_before_hook_that_gives_a_delete_data_is_an_internal_error_and_nothing_is_deleted(
+    hooks: Hooks, open_store: Callable[[Hooks], Store], how: str
+) -> None:
+    @hooks.before("Contact.delete")
+    def archive_instead(ctx: BeforeContext) -> Any:
+        if how == "edit":
+            ctx.data["status"] = "Inactive"
+            return None
+        return {"status": "Inactive"}
+
+    store = open_store(hooks)
+    alice = create(store, "Contact", {"name": "Alice"})["entity"]
+    with pytest.raises(HookFailed) as refused:
+        store.do(TENANT, AGENT, {"action": "delete", "type": "Contact", "id": alice["$id"]})
+
+    assert "gave data to a delete" in refused.value.message
+    assert store.get(TENANT, "Contact", alice["$id"]) == alice and event_count(store) == 1
+
+
 def test_a_before_hook_may_not_change_what_a_verb_sets_nor_return_anything_but_data(
     hooks: Hooks, open_store: Callable[[Hooks], Store]
 ) -> None:

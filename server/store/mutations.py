@@ -389,7 +389,11 @@ class Mutator:
         if op.data:
             raise ValidationFailed("delete takes no data", hint="Remove 'data', or update first and then delete.")
         current = self.load_live(noun, entity_id, op)
-        self.before_hooks(noun, "delete", "Deleted", entity_id, {}, current.state, op)
+        if self.before_hooks(noun, "delete", "Deleted", entity_id, {}, current.state, op):
+            raise HookFailed(
+                f"a BEFORE hook gave data to a delete of {entity_id}, which writes none; nothing was written",
+                hint="This is a fault in the server's hooks: a hook may reject a delete, not change it.",
+            )
         event = self.write(noun, entity_id, "Deleted", current, current.fields, None, op, deleted=True)
         return event.result()
 
