@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -331,14 +332,93 @@ def test_a_verb_named_like_a_crud_action_fails(tmp_path: Path, verb: str, past: 
     assert err.value.file.endswith("widgets.json")
 
 
-def test_a_verb_whose_past_tense_is_a_crud_event_fails(tmp_path: Path) -> None:
+def test_a_verb_whose_past_tense_is_a_crud_event_fails_naming_the_verb(tmp_path: Path) -> None:
     extra = folder(tmp_path, "extra", {"widgets.json": {"Widget": {"name": "string", "remove": "Deleted"}}})
 
     with pytest.raises(SchemaError) as err:
         load_schemas([extra])
 
-    assert err.value.noun == "Widget"
-    assert "Deleted" in err.value.problem
+    assert (err.value.noun, err.value.field) == ("Widget", "remove")
+    assert "'Deleted' is the event of a CRUD action" in err.value.problem
+
+
+def test_two_verbs_with_one_past_tense_fail_naming_the_second_and_the_first(tmp_path: Path) -> None:
+    extra = folder(tmp_path, "extra", {"widgets.json": {"Widget": {"name": "string", "ship": "Sent", "mail": "Sent"}}})
+
+    with pytest.raises(SchemaError) as err:
+        load_schemas([extra])
+
+    assert (err.value.noun, err.value.field) == ("Widget", "mail")
+    assert "'Sent' is also ship's" in err.value.problem
+
+
+def test_a_unique_field_with_a_default_fails_at_start_up(tmp_path: Path) -> None:
+    extra = folder(tmp_path, "extra", {"widgets.json": {"Widget": {"name": "string", "code": "string## = ABC"}}})
+
+    with pytest.raises(SchemaError) as err:
+        load_schemas([extra])
+
+    assert (err.value.noun, err.value.field) == ("Widget", "code")
+    assert "unique field (##) cannot have a default" in err.value.problem
+
+
+@pytest.mark.parametrize(
+    ("nouns", "chain"),
+    [
+        ({"Widget": {"name": "string", "parent": "-> Widget.children!"}}, "Widget.parent -> Widget"),
+        (
+            {"Widget": {"name": "string", "gizmo": "-> Gizmo.widgets!"}, "Gizmo": {"name": "string", "part": "-> Part!"},
+             "Part": {"name": "string", "widget": "-> Widget.parts!"}},
+            "Widget.gizmo -> Gizmo.part -> Part.widget -> Widget",
+        ),
+    ],
+)  # fmt: skip
+def test_required_relationships_that_lead_back_where_they_start_fail_at_start_up(
+    tmp_path: Path, nouns: dict[str, Any], chain: str
+) -> None:
+    extra = folder(tmp_path, "extra", {"widgets.json": nouns})
+
+    with pytest.raises(SchemaError) as err:
+        load_schemas([extra])
+
+    assert err.value.noun == "Widget" and chain in err.value.problem
+    assert "none of them could be created first" in err.value.problem
+
+
+def test_optional_or_list_relationships_may_lead_back_where_they_start(tmp_path: Path) -> None:
+    extra = folder(
+        tmp_path, "extra",
+        {"widgets.json": {"Widget": {"name": "string", "parent": "-> Widget.children", "gizmo": "-> Gizmo!"},
+                          "Gizmo": {"name": "string", "widgets": "-> Widget[]!"}}},
+    )  # fmt: skip
+
+    assert load_schemas([extra])["Widget"].fields["parent"].relation == "Widget"
+
+
+def test_an_unknown_dollar_key_in_a_file_fails_naming_the_known_ones(tmp_path: Path) -> None:
+    extra = folder(tmp_path, "extra", {"widgets.json": {"$domian": "Widgets", "Widget": {"name": "string"}}})
+
+    with pytest.raises(SchemaError) as err:
+        load_schemas([extra])
+
+    assert err.value.file.endswith("widgets.json")
+    assert "unknown key '$domian'" in err.value.problem and "$domain" in err.value.problem
+
+
+def test_a_noun_redefined_by_a_later_operator_folder_is_a_warning_naming_both_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = folder(tmp_path, "first", {"a.json": {"Widget": {"name": "string"}}})
+    second = folder(tmp_path, "second", {"b.json": {"Widget": {"name": "string", "size": "int"}}})
+    (second / "more").mkdir()
+
+    with caplog.at_level(logging.INFO):
+        schemas = load_schemas([first, second])
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "size" in schemas["Widget"].fields
+    assert any(str(second / "b.json") in w and "redefines Widget" in w and str(first / "a.json") in w for w in warnings)
+    assert any("ignoring more/" in w for w in warnings)
 
 
 def test_invalid_json_fails_naming_the_file(tmp_path: Path) -> None:

@@ -155,6 +155,9 @@ def builtin_schema_dir() -> Path:
     raise SchemaError(str(here), None, None, "the built-in schemas folder is missing from this installation")
 
 
+FILE_KEYS = ("$domain",)  # a schema file's keys that are not nouns
+
+
 def load_schemas(extra_dirs: list[Path] | tuple[Path, ...] = (), include_builtin: bool = True) -> SchemaSet:
     """Read every `*.json` in the built-in folder and each extra folder, in order.
 
@@ -169,23 +172,63 @@ def load_schemas(extra_dirs: list[Path] | tuple[Path, ...] = (), include_builtin
         files = sorted(folder.glob("*.json"))
         if not files and not (include_builtin and folder is dirs[0]):
             raise SchemaError(str(folder), None, None, "schema folder holds no *.json file (schemas are JSON files)")
-        ignored = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix != ".json")
+        ignored = sorted(
+            p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.is_dir() or p.suffix != ".json"
+        )
         if ignored:
-            log.warning("schema folder %s: ignoring %s (only *.json files hold schemas)", folder, ", ".join(ignored))
+            log.warning(
+                "schema folder %s: ignoring %s (only its own *.json files hold schemas, not its subfolders')",
+                folder, ", ".join(ignored),
+            )  # fmt: skip
         for path in files:
             for noun_name, domain, body in _read_file(path):
                 if noun_name in seen_here:
                     raise SchemaError(str(path), noun_name, None, f"noun already defined in {seen_here[noun_name]}")
                 seen_here[noun_name] = str(path)
                 if noun_name in raw:
-                    log.info("schema %s redefines %s from %s", path, noun_name, raw[noun_name][0])
+                    earlier = raw[noun_name][0]
+                    builtin = include_builtin and Path(earlier).parent == dirs[0]
+                    (log.info if builtin else log.warning)(
+                        "schema %s redefines %s from %s (the later folder's definition replaces it whole)",
+                        path, noun_name, earlier,
+                    )  # fmt: skip
                 raw[noun_name] = (str(path), domain, body)
     nouns = {name: _build_noun(name, src, domain, body) for name, (src, domain, body) in raw.items()}
     _check_prefixes(nouns)
     _check_links(nouns)
     _link_reverses(nouns)
     _check_defaults(nouns)
+    _check_required_links(nouns)
     return SchemaSet(nouns)
+
+
+def _check_required_links(nouns: dict[str, Noun]) -> None:
+    """Required relationships (`-> Noun!`) that lead back to where they start: no entity of those nouns
+    could be created first (each needs one of the next to exist)."""
+    state: dict[str, int] = {}  # 1: on the path being walked, 2: done (no cycle through it)
+
+    def walk(name: str, path: list[tuple[Noun, Field]]) -> None:
+        state[name] = 1
+        for f in nouns[name].fields.values():
+            if not (f.relation and f.required and not f.array):
+                continue
+            if state.get(f.relation) == 1:
+                steps = [*path, (nouns[name], f)]
+                loop = steps[next(i for i, (n, _) in enumerate(steps) if n.name == f.relation) :]
+                noun, field = loop[0]
+                chain = " -> ".join(f"{n.name}.{g.name}" for n, g in loop) + f" -> {f.relation}"
+                raise SchemaError(
+                    noun.source, noun.name, field.name,
+                    f"required relationships lead back to {f.relation} ({chain}): none of them could be created "
+                    "first; make one of them optional",
+                )  # fmt: skip
+            if state.get(f.relation) is None:
+                walk(f.relation, [*path, (nouns[name], f)])
+        state[name] = 2
+
+    for name in nouns:
+        if state.get(name) is None:
+            walk(name, [])
 
 
 def _link_reverses(nouns: dict[str, Noun]) -> None:
@@ -218,7 +261,8 @@ def _link_reverses(nouns: dict[str, Noun]) -> None:
 
 
 def _check_defaults(nouns: dict[str, Noun]) -> None:
-    """A default must be a valid value of its field: found now, not by every create that leaves it out."""
+    """A default must be a valid value of its field: found now, not by every create that leaves it out;
+    and a unique field has none (every create after the first that left it out would be refused)."""
     from ..errors import ValidationFailed
     from .validation import NounValidator
 
@@ -226,6 +270,12 @@ def _check_defaults(nouns: dict[str, Noun]) -> None:
         defaults = {f.name: f.default for f in noun.fields.values() if f.default is not None}
         if not defaults:
             continue
+        unique = next((name for name in defaults if noun.fields[name].unique), None)
+        if unique is not None:
+            raise SchemaError(
+                noun.source, noun.name, unique,
+                "a unique field (##) cannot have a default: only one entity could ever hold it",
+            )  # fmt: skip
         validator = NounValidator(noun)
         for name, value in defaults.items():
             try:
@@ -277,6 +327,10 @@ def _read_file(path: Path) -> list[tuple[str, str, dict[str, Any]]]:
     out = []
     for name, body in doc.items():
         if name.startswith("$"):
+            if name not in FILE_KEYS:
+                raise SchemaError(
+                    str(path), None, None, f"unknown key {name!r}; a file's own keys: {', '.join(FILE_KEYS)}"
+                )
             continue
         if not NOUN_NAME.fullmatch(name):
             raise SchemaError(str(path), name, None, f"noun names are PascalCase ({NOUN_NAME.pattern})")
@@ -344,11 +398,16 @@ def _check_links(nouns: dict[str, Noun]) -> None:
                         else ""
                     ),
                 )
-        pasts = [v.past for v in noun.verbs.values()]
-        if len(set(pasts)) != len(pasts):
-            raise SchemaError(noun.source, noun.name, None, "two verbs share one past tense")
-        clash = {"Created", "Updated", "Deleted"} & set(pasts)
-        if clash:
-            raise SchemaError(
-                noun.source, noun.name, None, f"verb past tense {sorted(clash)} clashes with a CRUD event"
-            )
+        first: dict[str, str] = {}
+        for verb in noun.verbs.values():
+            if verb.past in ("Created", "Updated", "Deleted"):
+                raise SchemaError(
+                    noun.source, noun.name, verb.name,
+                    f"its past tense {verb.past!r} is the event of a CRUD action: name another",
+                )  # fmt: skip
+            earlier = first.setdefault(verb.past, verb.name)
+            if earlier != verb.name:
+                raise SchemaError(
+                    noun.source, noun.name, verb.name,
+                    f"its past tense {verb.past!r} is also {earlier}'s: each verb's event type must be its own",
+                )  # fmt: skip
