@@ -852,6 +852,13 @@ def test_load_module_refuses_a_module_without_register(tmp_path: Path, monkeypat
     assert not hooks
 
 
+@pytest.mark.parametrize("given", ["myhooks.py", "./myhooks.py", "hooks/myhooks.py"])
+def test_hooks_given_as_a_file_are_refused_with_the_module_name_to_give(given: str) -> None:
+    with pytest.raises(ImportError) as refused:
+        Hooks().load_module(given)
+    assert f"not a file: {given!r} would be --hooks myhooks" in str(refused.value)
+
+
 def test_load_module_of_a_missing_module_fails() -> None:
     with pytest.raises(ImportError):
         Hooks().load_module(f"no_such_module_{uuid.uuid4().hex[:8]}")

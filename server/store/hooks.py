@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .operations import CRUD_ACTIONS
@@ -112,6 +113,12 @@ class Hooks:
     def load_module(self, name: str) -> None:
         """Import `name` and call its `register(hooks)`. A module that is not installed is also looked
         for in the working directory (after everything else, so it never shadows a library)."""
+        if name.endswith(".py") or "/" in name or "\\" in name:
+            module_name = Path(name).stem
+            raise ImportError(
+                f"--hooks takes a module name, not a file: {name!r} would be --hooks {module_name} (run from the "
+                "folder that holds the file, or put that folder on PYTHONPATH)"
+            )
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
