@@ -162,12 +162,24 @@ def test_token_list_as_a_table_and_per_tenant(tmp_path: Path, data_dir: Path) ->
 
 
 def test_token_list_shows_a_note_with_line_breaks_on_one_line(tmp_path: Path, data_dir: Path) -> None:
-    run("token", "create", "--tenant", "acme", "--actor", AGENT, "--note", "ci\nbot\tone", cwd=tmp_path, data_dir=data_dir)  # fmt: skip
+    note = "ci\nbot\tone\x0bv\u2028w\x85x\x1b[31m"
+    run("token", "create", "--tenant", "acme", "--actor", AGENT, "--note", note, cwd=tmp_path, data_dir=data_dir)
     table = run("token", "list", cwd=tmp_path, data_dir=data_dir)
     as_json = run("token", "list", "--json", cwd=tmp_path, data_dir=data_dir).json_lines()
     _header, *rows = table.lines()
-    assert len(rows) == 1 and rows[0].endswith("ci\\nbot\\tone")
-    assert as_json[0]["note"] == "ci\nbot\tone"
+    assert len(rows) == 1 and rows[0].endswith("ci\\nbot\\tone\\x0bv\\u2028w\\x85x\\x1b[31m")
+    assert as_json[0]["note"] == note
+
+
+def test_token_revoke_on_a_data_dir_without_tokens_and_create_with_a_bad_actor_make_no_file(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    data_dir.mkdir()
+    revoked = run("token", "revoke", "tok_abc", cwd=tmp_path, data_dir=data_dir)
+    created = run("token", "create", "--tenant", "acme", "--actor", "bot", cwd=tmp_path, data_dir=tmp_path / "new")
+    assert revoked.code == 2 and "no active token with id 'tok_abc'" in revoked.err
+    assert created.code == 2 and "Invalid value for '--actor': invalid actor 'bot'" in created.err
+    assert list(data_dir.iterdir()) == [] and not (tmp_path / "new").exists()
 
 
 def test_token_list_on_a_data_dir_without_tokens_lists_none_and_makes_no_file(tmp_path: Path, data_dir: Path) -> None:
@@ -447,6 +459,22 @@ def test_verify_without_a_tenant_checks_every_tenant(
     assert all(r["ok"] for r in result.json_lines())
 
 
+@pytest.mark.parametrize("reason", ["restore", "reindex"])
+def test_reindex_of_a_tenant_another_restore_or_reindex_holds_is_refused_as_a_conflict(
+    tmp_path: Path, data_dir: Path, history: History, reason: str
+) -> None:
+    from server.store.filelock import TenantLock
+
+    lock = TenantLock(data_dir / "tenants" / f"{TENANT}.db")
+    try:
+        assert lock.try_exclusive(reason)
+        refused = run("reindex", "--tenant", TENANT, cwd=tmp_path, data_dir=data_dir)
+    finally:
+        lock.release()
+
+    assert refused.code == 2 and f"conflict: tenant '{TENANT}' is being {reason}" in refused.err
+
+
 def test_verify_points_at_reindex_for_broken_lookup_keys_and_reindex_repairs_them(
     tmp_path: Path, data_dir: Path, history: History
 ) -> None:
@@ -511,13 +539,17 @@ def test_serve_refuses_no_auth_on_a_non_loopback_host(tmp_path: Path, data_dir: 
 
 
 @pytest.mark.parametrize("transport", ["http", "sse"])
-@pytest.mark.parametrize("host", ["999.1.1.1", "not a host", ""])
+@pytest.mark.parametrize(
+    "host", ["999.1.1.1", "not a host", "", "a/b", "ab@cd", "-bad", "a..b", "x?y", "0.0.0.0 ", "fe80::1%eth0"]
+)
 def test_serve_refuses_a_host_that_is_not_an_address_or_a_name(
     tmp_path: Path, data_dir: Path, host: str, transport: str
 ) -> None:
     result = run("serve", "--transport", transport, "--host", host, "--port", "0", cwd=tmp_path, data_dir=data_dir)
     assert result.code == 2
-    assert f"--host {host!r} is not an IP address or a host name" in result.err
+    assert f"--host {host!r}" in result.err and (
+        "is not an IP address or a host name" in result.err or "zone" in result.err
+    )
     assert "Traceback" not in result.err
 
 
@@ -533,6 +565,21 @@ def test_serve_over_stdio_says_that_the_network_flags_it_was_given_are_ignored(t
     assert served.returncode == 0 and plain.returncode == 0
     assert "--port, --no-auth ignored: they apply to --transport http or sse" in served.stderr
     assert "apply to --transport" not in plain.stderr
+
+
+def test_serve_over_sse_says_that_the_streamable_http_session_flags_are_ignored(tmp_path: Path, data_dir: Path) -> None:
+    refused = run(
+        "serve",
+        "--transport",
+        "sse",
+        "--sessions-per-token",
+        "3",
+        "--host",
+        "not a host",
+        cwd=tmp_path,
+        data_dir=data_dir,
+    )  # (the bad host ends it before it serves; the warning comes first)
+    assert refused.code == 2 and "--sessions-per-token ignored: they apply to --transport http" in refused.err
 
 
 @pytest.mark.parametrize("tenant", ["Bad_Tenant", "../etc", "-x"])
@@ -577,6 +624,22 @@ def test_a_data_dir_that_is_empty_or_a_file_is_refused_as_bad_input(
     assert result.code == 2 and "'--data-dir'" in result.err and "Traceback" not in result.err
     assert ("is empty" if not given else "is a file") in result.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize(
+    "command", [["serve"], ["events"], ["verify"], ["token", "create", "--tenant", "acme", "--actor", AGENT]]
+)
+def test_a_data_dir_given_with_a_tilde_is_checked_after_the_tilde_is_expanded(
+    tmp_path: Path, command: list[str]
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "afile").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADLESSLY_")}
+    env |= {"HOME": str(home), "HEADLESSLY_DATA_DIR": "~/afile"}  # (as an mcp.json env block gives it: no shell)
+    done = subprocess.run([HEADLESSLY, *command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and f"'{home / 'afile'}' is a file, not a folder" in done.stderr
+    assert sorted(p.name for p in home.iterdir()) == ["afile"]
 
 
 def test_a_data_dir_below_a_file_ends_a_command_with_one_line_and_status_1(tmp_path: Path) -> None:

@@ -242,7 +242,7 @@ def test_restore_rebuilds_a_lost_tenant_and_refuses_a_live_one(tmp_path: Path, d
 
     assert refused.returncode == 2
     assert "conflict" in refused.stderr and "--overwrite" in refused.stderr
-    assert f"events --from-lake --tenant {TENANT}" in refused.stderr
+    assert f"events --from-lake --tenant {TENANT} --data-dir {data_dir}" in refused.stderr
     assert restored.returncode == 0, restored.stderr
     assert "restored 3 events into tenant acme; verify: ok" in restored.stdout
     assert after == before

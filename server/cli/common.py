@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,9 +22,15 @@ log = logging.getLogger("headlessly")
 
 
 def given_dir(_ctx: click.Context, _param: click.Parameter, value: str) -> Path:
-    if not value.strip():
+    """--data-dir, `~` expanded (as no shell does in `--data-dir=~/x` or an mcp.json `env`) before it is checked."""
+    if not value:
         raise click.BadParameter("is empty: give a folder (`.` for this one)")
-    return Path(value).expanduser()
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise click.BadParameter(f"{str(path)!r} is a file, not a folder")
+    if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+        raise click.BadParameter(f"{str(path)!r} is a folder this user may not read")
+    return path
 
 
 def existing_dir(ctx: click.Context, param: click.Parameter, value: str) -> Path:
@@ -71,7 +78,7 @@ def _data_dir(must_exist: bool) -> Callable[[Callable[..., Any]], Callable[..., 
     """--data-dir; commands that only read or upkeep data refuse one that does not exist, rather than make it."""
     return click.option(
         "--data-dir",
-        type=click.Path(file_okay=False),
+        type=str,
         envvar=ENV_DATA_DIR,
         default="./.headlessly",
         show_default=True,
@@ -222,12 +229,24 @@ def short(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-_ESCAPED = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_ESCAPED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _one_line(cell: str) -> str:
+    """`cell` with its control characters and line or paragraph separators shown escaped."""
+    if cell.isprintable():
+        return cell
+    return "".join(
+        _ESCAPED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        if unicodedata.category(c) in ("Cc", "Zl", "Zp")
+        else c
+        for c in cell
+    )
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    """Aligned columns, one line per row: a cell's line breaks and tabs are shown escaped (`\\n`)."""
-    rows = [[c.translate(_ESCAPED) for c in r] for r in rows]
+    """Aligned columns, one line per row: a cell's control characters and line breaks are shown escaped."""
+    rows = [[_one_line(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for r in rows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -130,6 +131,14 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
         ]
         if network:
             log.warning("%s ignored: they apply to --transport http or sse", ", ".join(network))
+    elif transport == "sse":
+        streamable = [
+            f"--{name.replace('_', '-')}"
+            for name in ("sessions_per_token", "session_idle_timeout")
+            if given(name) not in (click.core.ParameterSource.DEFAULT, None)
+        ]
+        if streamable:
+            log.warning("%s ignored: they apply to --transport http", ", ".join(streamable))
     if transport == "stdio" or no_auth:
         try:
             check_tenant(tenant)
@@ -245,14 +254,22 @@ def _stop_on_signals(stdio: bool) -> None:
         signal.signal(signal.SIGINT, stop)
 
 
-def _check_host(host: str) -> None:
-    """Refuse a --host that is neither an IP address nor a host name (it would fail as the server's URL)."""
-    from pydantic import AnyHttpUrl, ValidationError
+_HOST_NAME = re.compile(
+    r"(?!.{254})([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+)
 
+
+def _check_host(host: str) -> None:
+    """Refuse a --host that is neither an IP address nor a host name, before it fails to bind or to make
+    the server's URL."""
     try:
-        AnyHttpUrl(f"http://{_shown(host)}")
-    except ValidationError:
-        fail(f"--host {host!r} is not an IP address or a host name (e.g. 127.0.0.1, ::1, localhost, 0.0.0.0)")
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host) or host.replace(".", "").isdigit():
+            fail(f"--host {host!r} is not an IP address or a host name (e.g. 127.0.0.1, ::1, localhost, 0.0.0.0)")
+        return
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        fail(f"--host {host!r}: an IPv6 address with a zone (%{address.scope_id}) is not supported; give one without")
 
 
 def _shown(host: str) -> str:

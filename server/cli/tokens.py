@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import data_dir_option, existing_data_dir_option, fail, main, print_table, tenant_flag
+from .common import actor_flag, data_dir_option, existing_data_dir_option, fail, main, print_table, tenant_flag
 
 
 @main.group()
@@ -17,7 +17,9 @@ def token() -> None:
 
 @token.command("create")
 @click.option("--tenant", required=True, callback=tenant_flag, help="The tenant this token reaches (and no other).")
-@click.option("--actor", required=True, help="The actor recorded on every event written with this token.")
+@click.option(
+    "--actor", required=True, callback=actor_flag, help="The actor recorded on every event written with this token."
+)
 @click.option("--read-only", is_flag=True, help="fetch and search only; do is forbidden.")
 @click.option("--note", default=None, help="A label to recognise the token by in `token list`.")
 @data_dir_option
@@ -71,6 +73,8 @@ def token_revoke(token_id: str, data_dir: Path) -> None:
     from ..auth.tokens import TokenStore
     from ..errors import HeadlesslyError
 
+    if not (data_dir / "tokens.db").exists():  # (no token was ever made here: nothing to revoke, nothing to make)
+        fail(f"no active token with id {token_id!r}: there are no tokens in {data_dir}")
     tokens = TokenStore(data_dir)
     try:
         info = tokens.revoke(token_id)

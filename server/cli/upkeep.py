@@ -136,13 +136,26 @@ def reindex(tenant: str, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
     """Rebuild a tenant's lookup keys and full text from its entities' current states (every noun), e.g. when
     verify reports keys that do not follow from the states. Events and states are not touched. Needs the
     tenant to itself: stop the servers using this --data-dir first."""
+    from ..errors import Conflict, TenantBusy
+    from ..store.filelock import TenantLock
     from ..store.reindex import reindex_tenant
     from ..store.tenants import tenant_path
 
+    path = tenant_path(data_dir, tenant)
+    if path.exists():  # another restore or reindex has it: refused now (a refusal, as when a server has it open)
+        lock = TenantLock(path)
+        try:
+            if not lock.try_share():
+                raise Conflict(f"tenant {tenant!r} is {lock.activity()}", hint="Run reindex when that has finished.")
+        finally:
+            lock.release()
     store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
     try:
-        with store.pool.lease(tenant, create=False):
-            pass  # opened once: an older file is migrated first
+        try:
+            with store.pool.lease(tenant, create=False):
+                pass  # opened once: an older file is migrated first
+        except TenantBusy as exc:  # (one that began just now)
+            raise Conflict(exc.message, hint="Run reindex when that has finished.") from None
         store.pool.forget(tenant)
         nouns = reindex_tenant(tenant_path(data_dir, tenant), store.schemas)
         report = store.verify(tenant, progress=verify_progress(tenant))

@@ -155,7 +155,7 @@ def _refuse(path: Path, tenant: str, overwrite: bool) -> None:
             f"tenant {tenant!r} already has events in {path.parent.parent}",
             hint=(
                 "Pass --overwrite to replace it (the current file is kept aside); `headlessly events --from-lake "
-                f"--tenant {tenant}` lists what the table holds, to compare first."
+                f"--tenant {tenant} --data-dir {path.parent.parent}` lists what the table holds, to compare first."
             ),
         )
 
