@@ -301,7 +301,7 @@ def test_a_before_hook_that_fails_in_any_way_is_an_internal_error_whose_details_
 def test_a_before_hook_that_gives_a_delete_data_is_an_internal_error_and_nothing_is_deleted(
     hooks: Hooks, open_store: Callable[[Hooks], Store], how: str
 ) -> None:
-    @hooks.before("Contact.delete")
+    @hooks.before("Contact.Deleted")
     def archive_instead(ctx: BeforeContext) -> Any:
         if how == "edit":
             ctx.data["status"] = "Inactive"
@@ -312,8 +312,10 @@ def test_a_before_hook_that_gives_a_delete_data_is_an_internal_error_and_nothing
     alice = create(store, "Contact", {"name": "Alice"})["entity"]
     with pytest.raises(HookFailed) as refused:
         store.do(TENANT, AGENT, {"action": "delete", "type": "Contact", "id": alice["$id"]})
+    with pytest.raises(HookFailed) as by_revert:  # undoing a create deletes too
+        store.do(TENANT, "user_admin", {"action": "revert", "actor": AGENT, "since": "2000-01-01"})
 
-    assert "gave data to a delete" in refused.value.message
+    assert "gave data to a delete" in refused.value.message and "gave data to a delete" in by_revert.value.message
     assert store.get(TENANT, "Contact", alice["$id"]) == alice and event_count(store) == 1
 
 

@@ -336,6 +336,8 @@ async def test_an_unknown_tool_is_not_found_naming_the_tools(store: Store) -> No
          "characters left out"),
         ("search", {"type": "Contact", "filter": {"stage": "x" * 100_000}}, "invalid_filter", "characters left out"),
         ("search", {"type": "Contact", "filter": {"n" * 100_000: 1}}, "invalid_filter", "characters left out"),
+        ("do", {"operations": [{"action": "create", "type": "Contact", "data": {"n" * 100_000: 1}}]},
+         "validation_error", "(the whole batch was refused; nothing was written)"),
     ],
 )  # fmt: skip
 async def test_an_error_stays_short_however_large_the_request_that_caused_it(

@@ -160,6 +160,22 @@ def test_a_date_field_compares_with_a_time_as_the_start_of_its_day(tmp_path: Pat
             assert found(s, "Widget", {"due": {"$nin": [operand]}}) == set(days) - equal | {"none"}, operand
 
 
+@pytest.mark.parametrize(
+    ("operand", "said"),
+    [
+        ("2026-02-29", "is not a valid date: day is out of range"),
+        ("2026-01-15T10:00+24:00", "is not a valid time: its offset is past 23:59"),
+    ],
+)
+def test_a_date_field_says_what_is_wrong_with_an_impossible_date_or_time(
+    tmp_path: Path, clock: Any, operand: str, said: str
+) -> None:
+    schemas = widgets(tmp_path, '"due": "date"')
+    with Store(tmp_path / "data", schemas, clock=clock) as s, pytest.raises(InvalidFilter) as err:
+        s.find(TENANT, "Widget", {"due": {"$gt": operand}})
+    assert f"due: {operand!r} {said}" in err.value.message
+
+
 def test_an_int_field_compares_with_a_fraction(tmp_path: Path, clock: Any) -> None:
     with Store(tmp_path / "data", widgets(tmp_path, '"n": "int#"'), clock=clock) as s:
         for n in (1, 2, 3):

@@ -701,6 +701,19 @@ def test_a_list_of_links_may_keep_a_member_deleted_since_but_not_gain_one(tmp_pa
         assert store.get(TENANT, "Widget", widget["$id"])["orgs"] == [second, first]
 
 
+@pytest.mark.parametrize("old", [{"old": "shape"}, [{"a": 1}, "x"], 7])
+def test_a_link_field_that_holds_a_value_of_an_older_type_can_be_pointed_at_an_entity(tmp_path: Path, old: Any) -> None:
+    as_json, as_link = widgets(tmp_path, '"link": "json"'), widgets(tmp_path, '"link": "-> Organization"')
+    with Store(tmp_path / "data", as_json) as before:
+        widget = create(before, "Widget", {"name": "w", "link": old})["entity"]
+    with Store(tmp_path / "data", as_link) as store:
+        org = create(store, "Organization", {"name": "Acme"})["entity"]["$id"]
+        updated = store.do(
+            TENANT, AGENT, {"action": "update", "type": "Widget", "id": widget["$id"], "data": {"link": org}}
+        )
+    assert updated["entity"]["link"] == org
+
+
 def test_a_relationship_in_another_tenant_does_not_count(store: Store) -> None:
     org = store.do("other", AGENT, {"action": "create", "type": "Organization", "data": {"name": "Acme"}})["entity"]
     with pytest.raises(ValidationFailed):

@@ -155,7 +155,7 @@ def builtin_schema_dir() -> Path:
     raise SchemaError(str(here), None, None, "the built-in schemas folder is missing from this installation")
 
 
-FILE_KEYS = ("$domain",)  # a schema file's keys that are not nouns
+FILE_KEYS = ("$domain", "$schema", "$comment")  # a schema file's keys that are not nouns (the last two ignored)
 
 
 def load_schemas(extra_dirs: list[Path] | tuple[Path, ...] = (), include_builtin: bool = True) -> SchemaSet:
@@ -203,8 +203,9 @@ def load_schemas(extra_dirs: list[Path] | tuple[Path, ...] = (), include_builtin
 
 
 def _check_required_links(nouns: dict[str, Noun]) -> None:
-    """Required relationships (`-> Noun!`) that lead back to where they start: no entity of those nouns
-    could be created first (each needs one of the next to exist)."""
+    """Warn of required relationships (`-> Noun!`) that lead back to where they start: in a tenant without
+    entities of those nouns none could be created first (each needs one of the next to exist). A warning,
+    not a refusal: a tenant that has some may go on linking new ones to them."""
     state: dict[str, int] = {}  # 1: on the path being walked, 2: done (no cycle through it)
 
     def walk(name: str, path: list[tuple[Noun, Field]]) -> None:
@@ -217,11 +218,12 @@ def _check_required_links(nouns: dict[str, Noun]) -> None:
                 loop = steps[next(i for i, (n, _) in enumerate(steps) if n.name == f.relation) :]
                 noun, field = loop[0]
                 chain = " -> ".join(f"{n.name}.{g.name}" for n, g in loop) + f" -> {f.relation}"
-                raise SchemaError(
-                    noun.source, noun.name, field.name,
-                    f"required relationships lead back to {f.relation} ({chain}): none of them could be created "
-                    "first; make one of them optional",
+                log.warning(
+                    "%s: %s.%s: required relationships lead back to %s (%s): in a tenant without any of them, "
+                    "none could be created first; make one of them optional",
+                    noun.source, noun.name, field.name, f.relation, chain,
                 )  # fmt: skip
+                continue
             if state.get(f.relation) is None:
                 walk(f.relation, [*path, (nouns[name], f)])
         state[name] = 2

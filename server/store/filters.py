@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import date
 from typing import Any
 
 import regex
@@ -333,10 +332,8 @@ class FilterCompiler:
         elif kind == "date":
             try:
                 return day_of(value)[0]
-            except ValueError:
-                raise self._fail(
-                    f"{col.name}: {value!r} is neither a date (2026-01-16) nor an RFC 3339 time (2026-01-16T09:30:00Z)"
-                ) from None
+            except ValueError as exc:  # (parse_time says what is wrong: an impossible day, an offset past 24 h)
+                raise self._fail(f"{col.name}: {exc}") from None
         elif kind == "json":
             bad = value is None
         elif kind == "email" and isinstance(value, str) and op != "$regex":
@@ -363,9 +360,9 @@ _PLAIN_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 def day_of(value: Any) -> tuple[str, bool]:
     """A date field's operand as a day, and whether it is that day's start: a date is, a time gives its day
     in UTC (dates and datetimes compare as times: a date is the start of its day). ValueError otherwise."""
+    us = parse_time(value)  # (a date is the start of its day)
     if isinstance(value, str) and _PLAIN_DATE.fullmatch(value.strip()):
-        return date.fromisoformat(value.strip()).isoformat(), True
-    us = parse_time(value)
+        return value.strip(), True
     return format_us(us)[:10], us % DAY_US == 0
 
 

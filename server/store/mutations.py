@@ -27,6 +27,7 @@ from ..errors import (
     UnknownVerb,
     ValidationFailed,
     VersionConflict,
+    bounded,
 )
 from ..schema import Noun, SchemaSet
 from ..schema.validation import Validators
@@ -176,7 +177,9 @@ class Mutator:
                 result = self.apply(op)
             except HeadlesslyError as exc:
                 if batch:
-                    exc.message = f"operations[{i}] ({op.action}): {exc.message} (the whole batch was refused; nothing was written)"
+                    exc.message = bounded(
+                        f"operations[{i}] ({op.action}): {exc.message} (the whole batch was refused; nothing was written)"
+                    )
                     exc.args = (exc.message,)
                     exc.details.setdefault("index", i)
                 raise
@@ -390,10 +393,7 @@ class Mutator:
             raise ValidationFailed("delete takes no data", hint="Remove 'data', or update first and then delete.")
         current = self.load_live(noun, entity_id, op)
         if self.before_hooks(noun, "delete", "Deleted", entity_id, {}, current.state, op):
-            raise HookFailed(
-                f"a BEFORE hook gave data to a delete of {entity_id}, which writes none; nothing was written",
-                hint="This is a fault in the server's hooks: a hook may reject a delete, not change it.",
-            )
+            raise gave_a_delete_data(entity_id)
         event = self.write(noun, entity_id, "Deleted", current, current.fields, None, op, deleted=True)
         return event.result()
 
@@ -571,6 +571,8 @@ class Mutator:
                     continue
                 if target not in memo:
                     memo[target] = self.before_hooks(noun, "revert", "Deleted", target, {}, current.state, op)
+                if memo[target]:
+                    raise gave_a_delete_data(target)
                 event = self.write(
                     noun, target, "Deleted", current, current.fields, None, op, extra_data=revert_of, deleted=True
                 )
@@ -711,8 +713,8 @@ class Mutator:
             value = fields.get(name)
             if f is None or f.relation is None or value is None:
                 continue
-            had = (kept or {}).get(name)
-            old = set(had if isinstance(had, list) else [had]) if had is not None else set()
+            had = (kept or {}).get(name)  # (ids only: a value written under an older type may be anything)
+            old = {r for r in (had if isinstance(had, list) else [had]) if isinstance(r, str)}
             for ref in value if isinstance(value, list) else [value]:
                 if ref in old:
                     continue
@@ -960,6 +962,13 @@ def links_to_check(current: Loaded, fields: dict[str, Any], deleted: bool) -> li
     if current.deleted:
         return list(fields)
     return list(diff(current.fields, fields))
+
+
+def gave_a_delete_data(entity_id: str) -> HookFailed:
+    return HookFailed(
+        f"a BEFORE hook gave data to a delete of {entity_id}, which writes none; nothing was written",
+        hint="This is a fault in the server's hooks: a hook may reject a delete, not change it.",
+    )
 
 
 def kept_links(current: Loaded) -> dict[str, Any] | None:
