@@ -493,6 +493,7 @@ def test_verify_points_at_reindex_for_broken_lookup_keys_and_reindex_repairs_the
     assert f"headlessly reindex --tenant {TENANT}" in broken.out
     assert repaired.code == 0, repaired.out + repaired.err
     assert "verify: ok" in repaired.out
+    assert f"{TENANT}: rebuilding the lookup keys and full text of every noun..." in repaired.err
     assert after.code == 0 and f"{TENANT}: ok" in after.out
     assert missing.code == 2 and "does not exist" in missing.err
 

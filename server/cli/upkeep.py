@@ -157,6 +157,7 @@ def reindex(tenant: str, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
         except TenantBusy as exc:  # (one that began just now)
             raise Conflict(exc.message, hint="Run reindex when that has finished.") from None
         store.pool.forget(tenant)
+        click.echo(f"  {tenant}: rebuilding the lookup keys and full text of every noun...", err=True)
         nouns = reindex_tenant(tenant_path(data_dir, tenant), store.schemas)
         report = store.verify(tenant, progress=verify_progress(tenant))
     finally:
