@@ -354,6 +354,46 @@ async def test_an_error_stays_short_however_large_the_request_that_caused_it(
     assert event_count(store) == 1
 
 
+# ---- errors that say how to recover in one step ----------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("tool", "arguments", "code", "said"),
+    [
+        ("do", {}, "validation_error", "'action' is missing: pass action (with type, id, data ...), or operations"),
+        ("do", {"action": "rollback", "type": "Contact", "id": "contact_aaaaaaaaaaaa", "version": 3},
+         "validation_error", "did you mean toVersion or ifVersion?"),
+        ("search", {"type": "Contact", "filter": {"stage": {"in": ["Lead"]}}}, "invalid_filter",
+         "stage: operator keys start with '$' (did you mean $in?)"),
+        ("do", {"operations": [{"action": "create", "type": "Contact", "data": {"name": "A", "organization": "$ref:1"}}]},
+         "validation_error", "only earlier operations can be named (none here)"),
+        ("do", {"action": "frob", "type": "Contact", "id": "contact_aaaaaaaaaaaa"}, "unknown_verb",
+         "its actions are: create, update, delete, rollback, qualify, capture, assign, merge, enrich (and revert, which takes no type)"),
+    ],
+)  # fmt: skip
+async def test_a_common_slip_gets_an_error_that_names_the_fix(
+    store: Store, tool: str, arguments: dict[str, Any], code: str, said: str
+) -> None:
+    async with connect(store) as client:
+        result = await client.call_tool(tool, arguments)
+    body = check_error(result, code)
+    assert said in body["message"] + " " + body.get("hint", "")
+
+
+@pytest.mark.anyio
+async def test_the_example_in_every_nouns_filter_hint_is_a_filter_that_noun_accepts(store: Store) -> None:
+    async with connect(store) as client:
+        for noun in store.schemas.names():
+            refused = check_error(
+                await client.call_tool("search", {"type": noun, "filter": {"nope": 1}}), "invalid_filter"
+            )
+            example = json.loads(refused["hint"].split("Example: ")[1].rstrip("."))
+            accepted = await client.call_tool("search", {"type": noun, "filter": example})
+            assert accepted.is_error is False, (noun, example, accepted.content)
+            assert "$updatedAt" in example
+
+
 # ---- search errors ------------------------------------------------------------------------------
 
 

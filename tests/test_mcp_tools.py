@@ -91,6 +91,32 @@ async def test_every_input_property_of_every_tool_has_a_description(store: Store
 
 
 @pytest.mark.anyio
+async def test_dos_output_schema_declares_every_key_its_results_carry(store: Store, clock: Any) -> None:
+    import jsonschema
+
+    async with connect(store, actor="agent_rogue") as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        declared = set(tools["do"].output_schema["properties"])
+        created = await ok(
+            client, "do", {"action": "create", "type": "Contact", "data": {"name": "A"}, "idempotencyKey": "k"}
+        )
+        alice = created["entity"]["$id"]
+        results = [
+            created,
+            await ok(
+                client, "do", {"action": "create", "type": "Contact", "data": {"name": "A"}, "idempotencyKey": "k"}
+            ),
+            await ok(client, "do", {"action": "update", "type": "Contact", "id": alice, "data": {"name": "A"}}),
+            await ok(client, "do", {"action": "qualify", "type": "Contact", "id": alice, "dryRun": True}),
+            await ok(client, "do", {"action": "revert", "actor": "agent_rogue", "since": "2000-01-01", "dryRun": True}),
+            await ok(client, "do", {"operations": [{"action": "delete", "type": "Contact", "id": alice}]}),
+        ]
+    for result in results:
+        assert set(result) <= declared, set(result) - declared
+        jsonschema.validate(result, tools["do"].output_schema)
+
+
+@pytest.mark.anyio
 async def test_type_of_fetch_and_search_is_an_enum_of_the_nouns_plus_event_and_schema(store: Store) -> None:
     nouns = set(store.schema()["nouns"])
     assert {"Contact", "Deal", "Organization"} <= nouns

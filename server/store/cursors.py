@@ -42,7 +42,10 @@ def decode(token: object, query: dict[str, Any], key_count: int, max_seq: int) -
     """The cursor, if this server made it for this very query; else InvalidCursor.
 
     `key_count` is how many values a cursor of this query carries; `max_seq` the log's head."""
-    hint = "Pass back the cursor of the previous page unchanged, with the same type, filter, query and sort."
+    hint = (
+        "Pass back the cursor of the previous page unchanged, with the same type, filter, query, sort, asOf and "
+        "includeDeleted (only limit may change)."
+    )
     foreign = InvalidCursor("the cursor is not one this server issued for this search", hint=hint)
     if not isinstance(token, str) or not token or len(token) > 8192:
         raise foreign

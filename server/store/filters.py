@@ -89,7 +89,6 @@ class KeyedTerm:
     values: list[Any]
 
 
-NOUN_EXAMPLE = '{"stage": "Lead", "value": {"$gte": 1000}}'
 EVENT_EXAMPLE = '{"type": "Deal.*", "actor": "agent_mR4nVkTw", "timestamp": {"$gte": "2026-01-15"}}'
 
 
@@ -127,8 +126,16 @@ class FilterCompiler:
         return InvalidFilter(
             message,
             hint=f"Filter fields of {self.what}: {', '.join(self.columns)}. Operators: {', '.join(OPERATORS + LOGICAL)}; "
-            f"a bare value means $eq. Example: {EVENT_EXAMPLE if self.glob_type else NOUN_EXAMPLE}.",
+            f"a bare value means $eq. Example: {EVENT_EXAMPLE if self.glob_type else self._example()}.",
         )
+
+    def _example(self) -> str:
+        """A filter on this noun's own fields: an enum (or else a text field) and a time."""
+        fields = [c for c in self.columns.values() if not c.name.startswith("$")]
+        enum = next(((c.name, c.enum[0]) for c in fields if c.enum), None)
+        text = next((c.name for c in fields if c.kind in ("string", "text") and not c.array), None)
+        first = dict([enum]) if enum else {text: "..."} if text else {}
+        return json.dumps({**first, "$updatedAt": {"$gte": "2026-01-15"}})
 
     def _doc(self, doc: Any, depth: int) -> str:
         if depth > MAX_DEPTH:
@@ -156,6 +163,8 @@ class FilterCompiler:
         return "(" + " AND ".join(parts) + ")" if parts else "1"
 
     def _field(self, col: Column, cond: Any, depth: int) -> str:
+        if isinstance(cond, dict) and col.kind != "json" and (bare := [k for k in cond if f"${k}" in OPERATORS]):
+            raise self._fail(f"{col.name}: operator keys start with '$' (did you mean ${bare[0]}?)")
         if isinstance(cond, dict) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond):
             return "(" + " AND ".join(self._op(col, op, arg, depth) for op, arg in cond.items()) + ")"
         return self._op(col, "$eq", cond, depth)

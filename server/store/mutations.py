@@ -224,9 +224,9 @@ class Mutator:
             return self.create(noun, op)
         verb = noun.verbs.get(op.action)
         if op.action not in CRUD_ACTIONS and verb is None:
-            valid = ", ".join([*CRUD_ACTIONS, *noun.verbs])
+            valid = ", ".join([*(a for a in CRUD_ACTIONS if a != "revert"), *noun.verbs])
             raise UnknownVerb(
-                f"{noun.name} has no action {op.action!r}; its actions are: {valid}",
+                f"{noun.name} has no action {op.action!r}; its actions are: {valid} (and revert, which takes no type)",
                 hint=f'Use one of: {valid}. fetch {{"type": "Schema", "id": "{noun.name}"}} shows what each verb sets.',
             )
         target = self.resolve_id(noun, op.id, op.action)
@@ -267,7 +267,10 @@ class Mutator:
         if index >= len(self.refs) or self.refs[index] is None:
             raise ValidationFailed(
                 f"{value} does not name an entity created earlier in this batch",
-                hint=f"$ref:N refers to operations[N]; here N must be below {len(self.refs)}.",
+                hint=f"$ref:N names the entity operations[N] created; only earlier operations can be named "
+                f"(here $ref:0 to $ref:{len(self.refs) - 1})"
+                if self.refs
+                else "$ref:N names the entity operations[N] created; only earlier operations can be named (none here).",
             )
         return self.refs[index]  # type: ignore[return-value]
 

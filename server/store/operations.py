@@ -69,6 +69,8 @@ def parse_operation(raw: Operation | dict[str, Any], where: str = "") -> Operati
             key = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
                 problems.append(f"unknown key '{key}'")
+            elif key == "action" and err["type"] == "missing":
+                problems.append("'action' is missing: pass action (with type, id, data ...), or operations for a batch")
             else:
                 problems.append(f"'{key}': {err['msg']}")
         raise ValidationFailed(where + "; ".join(problems), hint=f"Valid keys: {', '.join(OPERATION_KEYS)}.") from None

@@ -3,6 +3,7 @@
 No `from __future__ import annotations` here: the SDK reads these annotations at run time,
 and some of them (the noun enum) are built from the loaded schemas."""
 
+import difflib
 import json
 import logging
 from collections.abc import Callable
@@ -60,17 +61,19 @@ class HeadlesslyMCP(MCPServer):
             known = self._known_arguments[name] = frozenset((tool.parameters.get("properties") or {}).keys())
         unknown = sorted(set(arguments or {}) - known) if known is not None else []
         if unknown:
+            close = {k: difflib.get_close_matches(k, sorted(known or ()), n=2, cutoff=0.6) for k in unknown}
+            meant = "; ".join(f"for {k!r} did you mean {' or '.join(c)}?" for k, c in close.items() if c)
             hint = (
                 "The tenant and the writing actor come from the connection, never from arguments."
                 if "tenant" in unknown
-                else ""
+                else f"Remove {', '.join(unknown)}" + (f" ({meant})" if meant else "") + "."
             )
             raise ToolError(
                 json.dumps(
                     {
                         "error": "validation_error",
                         "message": f"{name}: unknown argument(s) {', '.join(repr(k) for k in unknown)}; valid arguments: {', '.join(sorted(known or ()))}",
-                        "hint": hint or f"Remove {', '.join(unknown)}.",
+                        "hint": hint,
                     }
                 )
             )
@@ -246,7 +249,9 @@ def build_server(
                     f"Operators: {', '.join(OPERATORS + LOGICAL)}. Dates and datetimes compare as times. "
                     'Examples: {"stage": "Lead"}; {"value": {"$gte": 1000}, "stage": {"$in": ["Proposal", "Negotiation"]}}; '
                     '{"$or": [{"title": {"$regex": "^VP"}}, {"title": {"$exists": false}}]}. '
-                    "For type Event the fields are type (exact or a glob like 'Deal.*' or '*.Qualified'), target, actor, timestamp, version, seq."
+                    'An email matches as stored (its domain lowercased; for any case use {"$regex": "(?i)^bob@acme\\\\.com$"}). '
+                    "For type Event the fields are type (the full 'Contact.Updated', or a glob like 'Deal.*' or '*.Qualified'), "
+                    "target, actor, timestamp, version, seq, id, causedBy."
                 )
             ),
         ] = None,
@@ -264,7 +269,11 @@ def build_server(
         ] = None,
         limit: Annotated[Whole | None, Field(description="Page size, 1 to 100 (default 25).")] = None,
         cursor: Annotated[
-            str | None, Field(description="The cursor of the previous page, unchanged, to get the next page.")
+            str | None,
+            Field(
+                description="The cursor of the previous page, unchanged, to get the next page: resend it with the same type, "
+                "filter, query, sort, asOf and includeDeleted (only limit may change)."
+            ),
         ] = None,
         asOf: AsOf = None,
         includeDeleted: Annotated[
@@ -335,10 +344,16 @@ def build_server(
                 description="revert: the actor whose writes to undo (e.g. 'agent_mR4nVkTw'). It is never who writes: that is always the caller."
             ),
         ] = None,
-        since: Annotated[str | None, Field(description="revert: start of the window (RFC 3339 or a date).")] = None,
-        until: Annotated[str | None, Field(description="revert: end of the window (default: now).")] = None,
+        since: Annotated[
+            str | None, Field(description="revert: start of the window, inclusive (RFC 3339 or a date).")
+        ] = None,
+        until: Annotated[str | None, Field(description="revert: end of the window, inclusive (default: now).")] = None,
         force: Annotated[
-            Flag, Field(description="revert: also revert entities someone else changed afterwards.")
+            Flag,
+            Field(
+                description="revert: also revert entities changed after the window (by others, or by this actor after "
+                "until); those later changes are undone too."
+            ),
         ] = False,
         idempotencyKey: Annotated[
             str | None,
@@ -347,11 +362,17 @@ def build_server(
             ),
         ] = None,
         reason: Annotated[str | None, Field(description="Why: stored on the event.")] = None,
-        dryRun: Annotated[Flag, Field(description="Validate and show the result and events, write nothing.")] = False,
+        dryRun: Annotated[
+            Flag,
+            Field(
+                description="Validate and show the result and events, write nothing (ids and times shown are provisional)."
+            ),
+        ] = False,
         operations: Annotated[
             list[dict[str, Any]] | None,
             Field(
-                description="An atomic batch: a list of operations (objects with the keys above). All are written or none."
+                description="An atomic batch: a list of operations (objects with the keys above). All are written or none. "
+                "Only dryRun may sit beside it: put reason and idempotencyKey in each operation."
             ),
         ] = None,
         ctx: Context | None = None,
@@ -363,7 +384,11 @@ def build_server(
         {"action": "rollback", "type": "Contact", "id": "contact_fX9bL5nRd", "toVersion": 1};
         {"action": "revert", "actor": "agent_x", "since": "2026-01-16T00:00:00Z", "dryRun": true};
         {"operations": [{"action": "create", "type": "Organization", "data": {"name": "Acme"}},
-        {"action": "create", "type": "Contact", "data": {"name": "Bob", "organization": "$ref:0"}}]}."""
+        {"action": "create", "type": "Contact", "data": {"name": "Bob", "organization": "$ref:0"}}]}.
+        Keys per action (others are refused): create type, data; update and verbs type, id, data, ifVersion; delete
+        type, id, ifVersion; rollback type, id, asOf or toVersion, ifVersion; revert actor, since, until, force; all
+        also reason, idempotencyKey, dryRun. A verb sets the field shown in fetch Schema (verbs.<verb>.sets, often
+        none) and applies data in the same event."""
         single = {
             "action": action, "type": type, "id": id, "data": data, "ifVersion": ifVersion, "asOf": asOf,
             "toVersion": toVersion, "actor": actor, "since": since, "until": until, "force": force,

@@ -26,9 +26,19 @@ class SearchOutput(BaseModel):
 class DoOutput(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    entity: dict[str, Any] | None = Field(default=None, description="The entity after the write.")
+    entity: dict[str, Any] | None = Field(default=None, description="The entity after the write (null for a revert).")
     events: list[dict[str, Any]] | None = Field(default=None, description="The events appended (none for a no-op).")
     results: list[dict[str, Any]] | None = Field(default=None, description="For a batch: one result per operation.")
+    unchanged: Any = Field(
+        default=None, description="update: true when nothing changed (no event); revert: the $ids already as they were."
+    )
+    replayed: bool | None = Field(default=None, description="True when an idempotencyKey replayed the first result.")
+    dryRun: bool | None = Field(default=None, description="True for a preview: nothing was written.")
+    reverted: list[dict[str, Any]] | None = Field(default=None, description="revert: each entity as it was left.")
+    conflicts: list[dict[str, Any]] | None = Field(
+        default=None, description="revert: entities left alone (changed after the window; force reverts them)."
+    )
+    revertOf: dict[str, Any] | None = Field(default=None, description="revert: the actor and window reverted.")
 
 
 INSTRUCTIONS = """\
@@ -41,6 +51,8 @@ event in an immutable log.
   reason to say why, dryRun to preview. {"operations": [...]} is one atomic batch ("$ref:N" = entity of op N).
 - Every change is an event (search {"type": "Event", "filter": {"target": id}} is the history). Read the
   past with asOf (a time) on fetch and search, or version (a number) on fetch.
+- fetch {"type": "Schema", "id": "Contact"} describes one noun (fields, enums, relationships, and what each
+  verb sets); without an id it describes every noun, which is large.
 - Undo with do rollback {"type", "id", "asOf" | "toVersion"}, or revert everything one actor did since a
   time with do revert {"actor", "since"}. Nothing is ever erased: undo appends new events.
 - Errors come back as JSON {"error", "message", "hint"}: read the hint and retry.
