@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -344,3 +344,52 @@ def test_no_auth_is_refused_on_a_non_loopback_address(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "--no-auth" in done.stderr
+
+
+# ---- stopping -------------------------------------------------------------------------------------
+
+SLOW_HOOKS = """\
+import logging, pathlib, time
+
+def register(hooks):
+    @hooks.before("Contact.create")
+    def wait_for_go(ctx):
+        logging.getLogger("slowhooks").warning("write started")
+        deadline = time.monotonic() + 60
+        while not pathlib.Path("go").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+"""
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_sigterm_answers_the_calls_in_flight_before_the_server_stops(tmp_path: Path, transport: str) -> None:
+    import signal
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "slowhooks.py").write_text(SLOW_HOOKS)
+    answers: list[dict[str, Any]] = []
+    with http_server(
+        tmp_path / "data", "--no-auth", "--no-flush", "--hooks", "slowhooks", transport=transport, cwd=work
+    ) as srv:
+        # (the client's own goodbye may find the server gone: only the answer to the write counts here)
+        with anyio.fail_after(TIMEOUT), suppress(Exception):
+            async with http_mcp_client(srv) as c, anyio.create_task_group() as tg:
+
+                async def write() -> None:
+                    answers.append(
+                        await call(c, "do", {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
+                    )
+
+                await c.list_tools()  # (as an agent has: the client checks a result against the tool's schema)
+                tg.start_soon(write)
+                await anyio.to_thread.run_sync(srv.wait_for_log, "write started")
+                srv.proc.send_signal(signal.SIGTERM)
+                await anyio.to_thread.run_sync(srv.wait_for_log, "answering 1 call")
+                (work / "go").write_text("")  # the write may end now: the server is stopping meanwhile
+        exit_code = await anyio.to_thread.run_sync(srv.proc.wait, TIMEOUT)
+
+    assert [a["entity"]["name"] for a in answers] == ["Ada"]
+    assert exit_code == 0
+    assert rows(tenant_db(tmp_path / "data", "default"), "SELECT count(*) FROM events") == [(1,)]

@@ -390,7 +390,7 @@ def _serve_http(
         )
 
     try:
-        listen(app, host, port, announce)
+        listen(app, host, port, announce, in_flight=lambda: server.calls_in_flight)
     finally:
         if tokens is not None:
             tokens.close()

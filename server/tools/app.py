@@ -42,6 +42,7 @@ class HeadlesslyMCP(MCPServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._known_arguments: dict[str, frozenset[str]] = {}
+        self.calls_in_flight = 0  # tool calls running in worker threads (on the event loop's thread only)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         known = self._known_arguments.get(name)
@@ -106,7 +107,7 @@ def build_server(
     base_url: str | None = None,
     inline: bool = False,
     calls_per_tenant: int = CALLS_PER_TENANT,
-) -> MCPServer:
+) -> HeadlesslyMCP:
     """The server for one data directory. `local` is the identity of stdio / --no-auth HTTP;
     with `tokens`, every request must bear a token and the token decides the caller.
 
@@ -146,8 +147,12 @@ def build_server(
             )
         if inline and not store.hooks:
             return fn(caller)
-        async with calls.slot(caller.tenant):
-            return await anyio.to_thread.run_sync(partial(fn, caller))
+        mcp.calls_in_flight += 1  # (a stopping server answers these before it ends its streams: listen.py)
+        try:
+            async with calls.slot(caller.tenant):
+                return await anyio.to_thread.run_sync(partial(fn, caller))
+        finally:
+            mcp.calls_in_flight -= 1
 
     async def respond(ctx: Context | None, fn: Callable[[Caller], dict[str, Any]], write: bool = False) -> Any:
         """The tool result: structured content plus its JSON text, or a tool error whose text is
