@@ -137,9 +137,13 @@ class FilterCompiler:
         first = dict([enum]) if enum else {text: "..."} if text else {}
         return json.dumps({**first, "$updatedAt": {"$gte": "2026-01-15"}})
 
+    def _too_deep(self) -> InvalidFilter:
+        # ($not nests as $and and $or do: each level is one more for SQLite's parser, whose stack is bounded)
+        return self._fail(f"filter nests deeper than {MAX_DEPTH} levels ($and, $or and $not count alike)")
+
     def _doc(self, doc: Any, depth: int) -> str:
         if depth > MAX_DEPTH:
-            raise self._fail(f"filter nests deeper than {MAX_DEPTH} levels ($and, $or and $not count alike)")
+            raise self._too_deep()
         if not isinstance(doc, dict):
             raise self._fail(f"a filter must be an object of field conditions, got {type(doc).__name__}")
         parts = []
@@ -163,6 +167,8 @@ class FilterCompiler:
         return "(" + " AND ".join(parts) + ")" if parts else "1"
 
     def _field(self, col: Column, cond: Any, depth: int) -> str:
+        if depth > MAX_DEPTH:  # (reached by $not: a field's own conditions are at its document's depth)
+            raise self._too_deep()
         if isinstance(cond, dict) and col.kind != "json" and (bare := [k for k in cond if f"${k}" in OPERATORS]):
             raise self._fail(f"{col.name}: operator keys start with '$' (did you mean ${bare[0]}?)")
         if isinstance(cond, dict) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond):
@@ -180,8 +186,6 @@ class FilterCompiler:
         if op == "$not":
             if not isinstance(arg, dict) or not arg:
                 raise self._fail(f'{col.name}: $not takes an operator object such as {{"$eq": 1}}')
-            if depth + 1 > MAX_DEPTH:  # ($not nests as $and and $or do: SQLite's parser has a depth limit)
-                raise self._fail(f"filter nests deeper than {MAX_DEPTH} levels ($and, $or and $not count alike)")
             return f"NOT coalesce({self._field(col, arg, depth + 1)}, 0)"
         if op == "$exists":
             if not isinstance(arg, bool):
@@ -363,15 +367,10 @@ class FilterCompiler:
 DAY_US = 86_400_000_000
 
 
-_PLAIN_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
-
-
 def day_of(value: Any) -> tuple[str, bool]:
-    """A date field's operand as a day, and whether it is that day's start: a date is, a time gives its day
-    in UTC (dates and datetimes compare as times: a date is the start of its day). ValueError otherwise."""
-    us = parse_time(value)  # (a date is the start of its day)
-    if isinstance(value, str) and _PLAIN_DATE.fullmatch(value.strip()):
-        return value.strip(), True
+    """A date field's operand as a day, and whether it is that day's start: a date is (parse_time takes it as
+    its start), a time gives its day in UTC (dates and datetimes compare as times). ValueError otherwise."""
+    us = parse_time(value)
     return format_us(us)[:10], us % DAY_US == 0
 
 
