@@ -42,12 +42,17 @@ class TokenInfo:
         }  # fmt: skip
 
 
+def tokens_path(data_dir: Path) -> Path:
+    """Where a data dir's tokens are kept (made by the first `TokenStore` opened on it)."""
+    return data_dir / "tokens.db"
+
+
 class TokenStore:
     """The token table in `<data-dir>/tokens.db`."""
 
     def __init__(self, data_dir: Path) -> None:
         private_dir(data_dir)
-        self.path = data_dir / "tokens.db"
+        self.path = tokens_path(data_dir)
         with contextlib.suppress(FileExistsError):  # created for our user only; SQLite's -wal/-shm copy its mode
             os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

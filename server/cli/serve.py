@@ -123,22 +123,15 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
     from ..store.tenants import check_tenant
 
     given = click.get_current_context().get_parameter_source
-    if transport == "stdio":
-        network = [
-            f"--{name.replace('_', '-')}"
-            for name in ("host", "port", "no_auth", "sessions_per_token", "calls_per_tenant", "session_idle_timeout")
-            if given(name) not in (click.core.ParameterSource.DEFAULT, None)
-        ]
-        if network:
-            log.warning("%s ignored: they apply to --transport http or sse", ", ".join(network))
-    elif transport == "sse":
-        streamable = [
-            f"--{name.replace('_', '-')}"
-            for name in ("sessions_per_token", "session_idle_timeout")
-            if given(name) not in (click.core.ParameterSource.DEFAULT, None)
-        ]
-        if streamable:
-            log.warning("%s ignored: they apply to --transport http", ", ".join(streamable))
+    unused, applies_to = {
+        "stdio": (("host", "port", "no_auth", "sessions_per_token", "calls_per_tenant", "session_idle_timeout"),
+                  "--transport http or sse"),
+        "sse": (("sessions_per_token", "session_idle_timeout"), "--transport http"),
+    }.get(transport, ((), ""))  # fmt: skip
+    if flags := [
+        f"--{n.replace('_', '-')}" for n in unused if given(n) not in (click.core.ParameterSource.DEFAULT, None)
+    ]:
+        log.warning("%s ignored: they apply to %s", ", ".join(flags), applies_to)
     if transport == "stdio" or no_auth:
         try:
             check_tenant(tenant)
@@ -222,9 +215,11 @@ def _check_writable(data_dir: Path) -> None:
 
 def _warn_if_exposed(data_dir: Path) -> None:
     """A data dir (or what it holds) that other local users may read, e.g. made by an older version."""
+    from ..auth.tokens import tokens_path
+
     exposed = [
         f"{path} ({mode:o})"
-        for path in (data_dir, data_dir / "tenants", data_dir / "lakehouse", data_dir / "tokens.db")
+        for path in (data_dir, data_dir / "tenants", data_dir / "lakehouse", tokens_path(data_dir))
         if path.exists() and (mode := path.stat().st_mode & 0o777) & 0o077
     ]
     if exposed:

@@ -50,10 +50,10 @@ def token_create(tenant: str, actor: str, read_only: bool, note: str | None, dat
 @existing_data_dir_option
 def token_list(tenant: str | None, include_revoked: bool, as_json: bool, data_dir: Path) -> None:
     """List tokens (ids and who they stand for; never the secrets)."""
-    from ..auth.tokens import TokenStore
+    from ..auth.tokens import TokenStore, tokens_path
 
     rows = []
-    if (data_dir / "tokens.db").exists():  # (no tokens yet: nothing to list, and nothing to make)
+    if tokens_path(data_dir).exists():  # (no tokens yet: nothing to list, and nothing to make)
         tokens = TokenStore(data_dir)
         rows = tokens.list(tenant, include_revoked)
         tokens.close()
@@ -70,10 +70,10 @@ def token_list(tenant: str | None, include_revoked: bool, as_json: bool, data_di
 @existing_data_dir_option
 def token_revoke(token_id: str, data_dir: Path) -> None:
     """Revoke a token by its id (or the whole token): every later request with it gets HTTP 401."""
-    from ..auth.tokens import TokenStore
+    from ..auth.tokens import TokenStore, tokens_path
     from ..errors import HeadlesslyError
 
-    if not (data_dir / "tokens.db").exists():  # (no token was ever made here: nothing to revoke, nothing to make)
+    if not tokens_path(data_dir).exists():  # (no token was ever made here: nothing to revoke, nothing to make)
         fail(f"no active token with id {token_id!r}: there are no tokens in {data_dir}")
     tokens = TokenStore(data_dir)
     try:
