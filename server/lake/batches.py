@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..store import Store
-from ..store.events import chain_hash, noun_of
+from ..store.events import chain_hash, misnamed
 from . import catalog as cat
 
 # The table's columns after `tenant`, in its order, as the events table of a tenant's file names them.
@@ -87,8 +87,8 @@ def intact(rows: list[tuple[Any, ...]], after_seq: int, prev: str) -> tuple[int,
             return i, f"{where} does not chain to the hash of seq {seq}"
         if h != chain_hash(prev_hash, n, event_id, type_, target, actor, ts, version, data, changes, state, reason, caused_by):  # fmt: skip
             return i, f"{where} was altered: its hash does not match its content"
-        if entity_type != noun_of(type_):
-            return i, f"{where} was altered: its entity_type {entity_type!r} is not the noun of its type {type_}"
+        if wrong := misnamed(type_, entity_type):
+            return i, f"{where} was altered: {wrong}"
         seq, prev = n, h
     return len(rows), None
 

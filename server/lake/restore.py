@@ -14,7 +14,7 @@ from ..config import private_dir
 from ..errors import Conflict, StorageError, ValidationFailed
 from ..store import Store
 from ..store.bulk import EVENT_COLUMNS, EventTuple, bulk_load
-from ..store.events import EventRow, noun_of, row_hash
+from ..store.events import EventRow, misnamed, row_hash
 from ..store.filelock import TenantLock
 from ..store.tenants import tenant_path
 from . import catalog as cat
@@ -284,7 +284,7 @@ def check_tenant(store: Store, table: Any, tenant: str) -> list[str]:
                 differ.append(event.seq)
             if (
                 len(altered) < MOST_PROBLEMS
-                and (row_hash(event) != event.hash or event.entity_type != noun_of(event.type))
+                and (row_hash(event) != event.hash or misnamed(event.type, event.entity_type))
                 and altered[-1:] != [event.seq]
             ):
                 altered.append(event.seq)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import StorageError, ValidationFailed
 from ..schema import SchemaSet
-from .events import GENESIS_HASH, EventRow, chain_hash, noun_of
+from .events import GENESIS_HASH, EventRow, chain_hash, misnamed
 from .mutations import INSERT_KEY, key_rows, search_body
 from .reindex import record
 from .sqlite import ENTITY_COUNTS, KEY_COUNTS, connect, migrate
@@ -118,7 +118,7 @@ class _Log:
             digest = chain_hash(
                 prev_hash, n, event_id, type_, target, actor, ts, version, data, changes, state, reason, caused_by
             )
-            if n != seq + 1 or prev_hash != prev or ts <= prev_ts or h != digest or entity_type != noun_of(type_):
+            if n != seq + 1 or prev_hash != prev or ts <= prev_ts or h != digest or misnamed(type_, entity_type):
                 raise _refusal(event, seq, prev, prev_ts)
             last[target] = (entity_type, state)  # all an entity's row needs: not the whole event
             seq, prev, prev_ts = n, h, ts
@@ -134,8 +134,8 @@ def _refusal(event: EventTuple, seq: int, prev: str, prev_ts: str) -> Validation
         problem = f"{where} does not chain to the hash of seq {seq}"
     elif ts <= prev_ts:
         problem = f"{where} has timestamp {ts}, not after the previous event's {prev_ts}"
-    elif entity_type != noun_of(type_):
-        problem = f"{where} was altered: its entity_type {entity_type!r} is not the noun of its type {type_}"
+    elif wrong := misnamed(type_, entity_type):
+        problem = f"{where} was altered: {wrong}"
     else:
         problem = f"{where} was altered: its hash does not match its content"
     return ValidationFailed(

@@ -119,10 +119,13 @@ def chain_hash(
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
-def noun_of(event_type: str) -> str:
-    """`Contact.Qualified` -> `Contact`: what an event's entity_type must be. The hash covers the type, not the
-    entity_type derived from it, so every check of an event's hash checks this too."""
-    return event_type.partition(".")[0]
+def misnamed(event_type: str, entity_type: str) -> str | None:
+    """What is wrong with an event's entity_type, which must be its type's noun (`Contact` for
+    `Contact.Qualified`), or None. The hash covers the type, not the entity_type derived from it, so every
+    check of an event's hash checks this too."""
+    if entity_type == event_type.partition(".")[0]:
+        return None
+    return f"its entity_type {entity_type!r} is not the noun of its type {event_type}"
 
 
 def row_hash(row: EventRow) -> str:

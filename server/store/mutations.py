@@ -267,10 +267,8 @@ class Mutator:
         if index >= len(self.refs) or self.refs[index] is None:
             raise ValidationFailed(
                 f"{value} does not name an entity created earlier in this batch",
-                hint=f"$ref:N names the entity operations[N] created; only earlier operations can be named "
-                f"(here $ref:0 to $ref:{len(self.refs) - 1})"
-                if self.refs
-                else "$ref:N names the entity operations[N] created; only earlier operations can be named (none here).",
+                hint="$ref:N names the entity operations[N] created; only earlier operations can be named "
+                + (f"(here $ref:0 to $ref:{len(self.refs) - 1})." if self.refs else "(none here)."),
             )
         return self.refs[index]  # type: ignore[return-value]
 
