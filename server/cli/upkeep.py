@@ -141,12 +141,13 @@ def reindex(tenant: str, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
     from ..store.reindex import reindex_tenant
     from ..store.tenants import tenant_path
 
+    later = "Run reindex when that has finished."
     path = tenant_path(data_dir, tenant)
     if path.exists():  # another restore or reindex has it: refused now (a refusal, as when a server has it open)
         lock = TenantLock(path)
         try:
             if not lock.try_share():
-                raise Conflict(f"tenant {tenant!r} is {lock.activity()}", hint="Run reindex when that has finished.")
+                raise Conflict(f"tenant {tenant!r} is {lock.activity()}", hint=later)
         finally:
             lock.release()
     store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
@@ -155,10 +156,10 @@ def reindex(tenant: str, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
             with store.pool.lease(tenant, create=False):
                 pass  # opened once: an older file is migrated first
         except TenantBusy as exc:  # (one that began just now)
-            raise Conflict(exc.message, hint="Run reindex when that has finished.") from None
+            raise Conflict(exc.message, hint=later) from None
         store.pool.forget(tenant)
         click.echo(f"  {tenant}: rebuilding the lookup keys and full text of every noun...", err=True)
-        nouns = reindex_tenant(tenant_path(data_dir, tenant), store.schemas)
+        nouns = reindex_tenant(path, store.schemas)
         report = store.verify(tenant, progress=verify_progress(tenant))
     finally:
         store.close()
