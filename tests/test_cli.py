@@ -298,10 +298,26 @@ def test_events_table_shows_one_row_per_event(tmp_path: Path, data_dir: Path, hi
     result = run("events", "--tenant", TENANT, cwd=tmp_path, data_dir=data_dir)
     assert result.code == 0, result.err
     header, *rows = result.lines()
-    assert header.split() == ["seq", "timestamp", "type", "target", "v", "actor", "data"]
+    assert header.split() == ["seq", "timestamp", "type", "target", "v", "actor", "data", "why"]
     assert len(rows) == 5
     assert rows[0].split()[:6] == ["1", "2026-01-15T10:00:00.000000Z", "Contact.Created", history.alice, "1", AGENT]
     assert rows[3].split()[:6] == ["4", "2026-01-16T11:01:00.000000Z", "Deal.Won", history.deal, "2", BOB]
+
+
+def test_events_table_shows_each_events_reason_and_the_event_that_caused_it(
+    tmp_path: Path, data_dir: Path, schemas: SchemaSet
+) -> None:
+    with Store(data_dir, schemas) as store:
+        deal = store.do(TENANT, BOB, {"action": "create", "type": "Deal", "data": {"name": "Big", "value": 5000}})
+        won = store.do(TENANT, BOB, {"action": "win", "type": "Deal", "id": deal["entity"]["$id"], "reason": "signed " + "x" * 60})  # fmt: skip
+        cause = won["events"][0]["id"]
+        store.do(TENANT, AGENT, {"action": "create", "type": "Activity", "data": {"subject": "won"}}, caused_by=cause)
+    result = run("events", "--tenant", TENANT, cwd=tmp_path, data_dir=data_dir)
+    assert result.code == 0, result.err
+    created, winning, caused = result.lines()[1:]
+    assert created.endswith("}")  # no reason, no cause: the column is empty
+    assert winning.endswith("signed " + "x" * 32 + "…")
+    assert caused.endswith(f"caused by {cause}")
 
 
 def test_events_filter_by_type_glob(tmp_path: Path, data_dir: Path, history: History) -> None:

@@ -131,8 +131,18 @@ def _print_events(rows: list[dict[str, Any]], as_json: bool) -> None:
         for e in rows:
             click.echo(json.dumps(e, ensure_ascii=False))
         return
-    print_table(["seq", "timestamp", "type", "target", "v", "actor", "data"],
-           [[str(e["seq"]), e["timestamp"], e["type"], e["target"], str(e["version"]), e["actor"], short(e["data"])] for e in rows])  # fmt: skip
+    print_table(["seq", "timestamp", "type", "target", "v", "actor", "data", "why"],
+           [[str(e["seq"]), e["timestamp"], e["type"], e["target"], str(e["version"]), e["actor"], short(e["data"]), _why(e)] for e in rows])  # fmt: skip
+
+
+def _why(event: dict[str, Any]) -> str:
+    """The event's reason (its start, if long) and the event that caused it (an AFTER hook's write)."""
+    parts = []
+    if reason := event.get("reason"):
+        parts.append(reason if len(reason) <= 40 else reason[:39] + "…")
+    if event.get("causedBy"):
+        parts.append(f"caused by {event['causedBy']}")
+    return "; ".join(parts)
 
 
 @main.command()
