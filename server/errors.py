@@ -132,6 +132,10 @@ class StorageError(HeadlesslyError):
     code = "storage_error"
 
 
+class DamagedFile(StorageError):
+    """SQLite says a tenant's database file is damaged: retrying cannot help; a restore can."""
+
+
 class Conflict(HeadlesslyError):
     """A command refused because of the state things are in (a tenant that has events, or is open elsewhere)."""
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,18 @@ def held_open(path: Path) -> Iterator[None]:
         yield
     finally:
         holder.communicate(input="", timeout=30)
+
+
+def damage_the_actor_index(path: Path) -> None:
+    """Zero the root page of the events' actor index, as a failing disk or a stray write would: the file is
+    then damaged where SQLite's own check and every read or write through that index find it."""
+    with closing(sqlite3.connect(path)) as conn:
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'events_by_actor'").fetchone()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(bytes(page_size))
 
 
 def widget_folder(tmp_path: Path, fields: str) -> Path:

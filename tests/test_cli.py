@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import damage_the_actor_index
 
 from server.schema import SchemaSet
 from server.store import Store
@@ -460,6 +461,26 @@ def test_verify_exits_1_after_the_event_log_is_tampered_with(tmp_path: Path, dat
     (report,) = as_json.json_lines()
     assert report["ok"] is False
     assert report["problems"]
+
+
+def test_verify_names_a_damaged_file_and_how_to_rebuild_it_checks_the_other_tenants_and_exits_1(
+    tmp_path: Path, data_dir: Path, schemas: SchemaSet, clock: Any
+) -> None:
+    with Store(data_dir, schemas, clock=clock) as store:
+        for tenant in ("acme", "globex"):
+            store.do(tenant, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Alice"}})
+    damage_the_actor_index(data_dir / "tenants" / "acme.db")
+
+    result = run("verify", cwd=tmp_path, data_dir=data_dir)
+    as_json = run("verify", "--json", cwd=tmp_path, data_dir=data_dir)
+
+    assert result.code == 1 and as_json.code == 1
+    assert "acme: FAILED: its database file is damaged" in result.out
+    assert "headlessly restore --tenant acme --overwrite" in result.out
+    assert re.search(r"^globex: ok: 1 events", result.out, re.MULTILINE)
+    reports = {r["tenant"]: r for r in as_json.json_lines()}
+    assert reports["acme"]["damaged"] is True and reports["acme"]["ok"] is False
+    assert reports["globex"]["ok"] is True
 
 
 def test_verify_without_a_tenant_checks_every_tenant(

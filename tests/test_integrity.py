@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import damage_the_actor_index
 
-from server.errors import Conflict, HeadlesslyError, NotFound, ValidationFailed, VersionConflict
+from server.errors import Conflict, DamagedFile, HeadlesslyError, NotFound, ValidationFailed, VersionConflict
 from server.schema import SchemaSet, load_schemas
 from server.store import Store, verify
 from server.store.events import EVENT_ROW_COLUMNS, GENESIS_HASH, EventRow, row_hash
@@ -438,7 +439,48 @@ def test_verify_reports_progress_through_each_pass(store: Store, clock: Any, mon
 
     store.verify(TENANT, progress=lambda n, what: seen.append((n, what)))
 
-    assert seen == [(2, "chained"), (4, "chained"), (2, "replayed"), (4, "replayed")]
+    assert seen == [
+        (0, "checking the file's structure"),
+        (2, "chained"),
+        (4, "chained"),
+        (2, "replayed"),
+        (4, "replayed"),
+    ]
+
+
+@pytest.fixture
+def damaged(tmp_path: Path, schemas: SchemaSet, clock: Any) -> Iterator[Store]:
+    """A store over a tenant whose file was damaged while no store had it open."""
+    with Store(tmp_path / "data", schemas, clock=clock) as store:
+        small_history(store, clock)
+        path = tenant_file(store)
+    damage_the_actor_index(path)
+    with Store(tmp_path / "data", schemas, clock=clock) as store:
+        yield store
+
+
+def test_verify_reports_a_damaged_file_as_such_and_reads_it_no_further(damaged: Store) -> None:
+    report = damaged.verify(TENANT)
+
+    assert report["ok"] is False and report["damaged"] is True
+    assert report["events"] is None and report["entities"] is None
+    assert report["problems"] and all(p.startswith("the database file is damaged: ") for p in report["problems"])
+
+
+def test_a_read_or_write_of_a_damaged_file_is_a_storage_error_naming_the_tenant_and_the_remedy(
+    damaged: Store,
+) -> None:
+    with pytest.raises(DamagedFile) as read:
+        damaged.events(TENANT, {"actor": AGENT})
+    with pytest.raises(DamagedFile) as write:
+        damaged.do(TENANT, AGENT, {"action": "create", "type": "Organization", "data": {"name": "Initech"}})
+
+    for refusal in (read.value, write.value):
+        assert refusal.code == "storage_error"
+        assert refusal.message.startswith(f"the database file of tenant {TENANT!r} is damaged: ")
+        assert f"headlessly restore --tenant {TENANT} --overwrite" in (refusal.hint or "")
+    assert (write.value.hint or "").startswith("Nothing was written.")
+    assert not (read.value.hint or "").startswith("Nothing was written.")
 
 
 def test_verify_of_a_tenant_that_does_not_exist_is_not_found(tmp_path: Path, store: Store) -> None:

@@ -145,6 +145,12 @@ def _why(event: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+_REBUILD = (
+    "  the tenant can be rebuilt from the lakehouse: headlessly restore --tenant {name} --overwrite "
+    "(the damaged file is kept aside)"
+)
+
+
 @main.command()
 @click.option(
     "--tenant", default=None, callback=tenant_flag, help="One tenant (default: every tenant in the data dir)."
@@ -156,7 +162,7 @@ def _why(event: dict[str, Any]) -> str:
 def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
     """Recompute every hash chain, re-derive every entity from its events, and compare the Iceberg
     table with the log (no gaps, no duplicates, same hashes up to the watermark); exit 1 on any problem."""
-    from ..errors import HeadlesslyError, TenantBusy
+    from ..errors import DamagedFile, HeadlesslyError, StorageError, TenantBusy
 
     store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
     ok = True
@@ -202,13 +208,26 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                     click.echo(f"{name}: NOT CHECKED: {exc.message}")
                 continue
             except HeadlesslyError as exc:
-                if tenant is not None:
-                    fail(exc.message)
+                if tenant is not None:  # (a failing file is status 1, as every command's)
+                    fail(exc.message, 1 if isinstance(exc, StorageError) else 2)
                 ok = False  # (an unreadable file): said, and the other tenants are still checked
+                damage = isinstance(exc, DamagedFile)
                 if as_json:
-                    click.echo(json.dumps({"tenant": name, "ok": False, "problems": [exc.message]}))
+                    click.echo(json.dumps({"tenant": name, "ok": False, "problems": [exc.message], "damaged": damage}))
                 else:
                     click.echo(f"{name}: FAILED: {exc.message}")
+                    if damage:
+                        click.echo(_REBUILD.format(name=name))
+                continue
+            if report.get("damaged"):  # nothing more to check in it: the remedy is a restore
+                ok = False
+                if as_json:
+                    click.echo(json.dumps(report))
+                    continue
+                click.echo(f"{name}: FAILED: its database file is damaged (SQLite's own check); not read further")
+                for problem in report["problems"]:
+                    click.echo(f"  - {problem}")
+                click.echo(_REBUILD.format(name=name))
                 continue
             if table is not None:
                 from ..lake import catalog as cat

@@ -254,5 +254,5 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def verify_progress(tenant: str) -> Callable[[int, str], None]:
-    """What `store.verify` reports as it goes: a line on stderr every 10,000 events of each pass."""
-    return lambda n, what: click.echo(f"  {tenant}: {n} events {what}", err=True)
+    """What `store.verify` reports as it goes: a line on stderr as it starts, and every 10,000 events of each pass."""
+    return lambda n, what: click.echo(f"  {tenant}: {f'{n} events ' if n else ''}{what}", err=True)

@@ -22,7 +22,7 @@ from .hooks import AfterContext, Hooks, run_after
 from .mutations import Env, Mutator
 from .operations import MAX_BATCH, Operation, check_actor, parse_operation
 from .patterns import refuse_slow_patterns
-from .sqlite import connect, migrate
+from .sqlite import connect, damage_said, migrate
 from .tenants import TenantPool, check_tenant
 from .verify import verify_tenant
 from .writer import Txn, Writer, read_head, write_inside_a_write
@@ -239,7 +239,7 @@ class Store:
         for an empty tenant without making the tenant's file (a write makes it). A tenant with a lock file but
         no database (one being restored, say) is opened as before: the lock decides."""
         if self.pool.ever_opened(tenant):
-            with self.pool.lease(tenant) as t, t.snapshot() as conn:
+            with damage_said(tenant), self.pool.lease(tenant) as t, t.snapshot() as conn:
                 yield conn
             return
         with self._empty() as conn:
@@ -281,7 +281,7 @@ class Store:
         }
 
     def verify(self, tenant: str, progress: Any = None) -> dict[str, Any]:
-        with self.pool.lease(tenant, create=False) as t, t.snapshot() as conn:
+        with damage_said(tenant), self.pool.lease(tenant, create=False) as t, t.snapshot() as conn:
             report = verify_tenant(conn, progress, self.schemas)
         report["tenant"] = tenant
         return report
@@ -293,7 +293,7 @@ class Store:
 
     def log(self, tenant: str, after_seq: int = 0, limit: int = 10_000) -> list[EventRow]:
         """Up to `limit` stored events after `after_seq`, in seq order, exactly as recorded."""
-        with self.pool.lease(tenant, create=False) as t, t.reader() as conn:
+        with damage_said(tenant), self.pool.lease(tenant, create=False) as t, t.reader() as conn:
             rows = conn.execute(
                 f"SELECT {EVENT_ROW_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
             ).fetchall()
@@ -301,6 +301,6 @@ class Store:
 
     def head(self, tenant: str) -> tuple[int, str]:
         """The last seq of the tenant's log and its hash."""
-        with self.pool.lease(tenant, create=False) as t, t.reader() as conn:
+        with damage_said(tenant), self.pool.lease(tenant, create=False) as t, t.reader() as conn:
             head = read_head(conn)
         return head.seq, head.hash

@@ -6,9 +6,11 @@ import functools
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import DamagedFile
 from .patterns import regexp
 from .words import words_match
 
@@ -35,6 +37,37 @@ _ENTITY_COUNT_NEW = (
     "ON CONFLICT (type, live) DO UPDATE SET n = n + 1;"
 )
 _ENTITY_UNCOUNT_OLD = "UPDATE entity_counts SET n = n - 1 WHERE type = OLD.type AND live = (OLD.deleted_at IS NULL);"
+
+# What SQLite answers when the file itself is damaged (pages overwritten, truncated, not a database at all).
+_DAMAGE = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def damaged(exc: BaseException, tenant: str | None, writing: bool = False) -> DamagedFile | None:
+    """The error to give when `exc` is SQLite saying the tenant's file is damaged (else None): retrying cannot
+    help, and what can (verify, restore from the lakehouse) is the operator's to run."""
+    code = getattr(exc, "sqlite_errorcode", None)  # (None on errors of the sqlite3 module itself)
+    if not isinstance(exc, sqlite3.DatabaseError) or code is None or (code & 0xFF) not in _DAMAGE:
+        return None
+    flag = f" --tenant {tenant}" if tenant else ""
+    return DamagedFile(
+        f"the database file of {f'tenant {tenant!r}' if tenant else 'the tenant'} is damaged: {exc}",
+        hint=("Nothing was written. " if writing else "")
+        + f"Retrying will not help: the server's operator can check the file with `headlessly verify{flag}` and "
+        f"rebuild the tenant from the lakehouse with `headlessly restore{flag} --overwrite`.",
+    )
+
+
+@contextmanager
+def damage_said(tenant: str) -> Iterator[None]:
+    """Say a damaged file as such (a StorageError naming the tenant and the remedy) for what runs inside."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        err = damaged(exc, tenant)
+        if err is None:
+            raise
+        raise err from exc
+
 
 _MIGRATIONS: list[tuple[str, str]] = [
     (

@@ -21,7 +21,7 @@ from ..schema import SchemaSet
 from .checkpoints import Checkpointer
 from .filelock import TenantLock, lock_path
 from .reindex import open_elsewhere, rebuild_alone, stale
-from .sqlite import connect, migrate
+from .sqlite import connect, damaged, migrate
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class Tenant:
                         f"tenant {name!r} is being re-indexed for other schemas by another process",
                         hint="Run every server on this --data-dir with the same --schemas.",
                     )
-            self.writer = Writer(conn, clock, checkpoint_due)
+            self.writer = Writer(conn, clock, checkpoint_due, tenant=name)
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -165,7 +165,9 @@ class Tenant:
                 yield conn
             finally:
                 if conn.in_transaction:
-                    conn.execute("COMMIT")
+                    conn.execute(
+                        "ROLLBACK"
+                    )  # (a read keeps nothing; after SQLite finds the file damaged, COMMIT fails too)
 
     def checkpoint(self) -> None:
         """Copy committed WAL pages into the database file without blocking anyone (PASSIVE)."""
@@ -289,6 +291,8 @@ class TenantPool:
                 self._busy[name] = (attempt, exc)
             raise
         except (sqlite3.Error, OSError) as exc:  # OSError: making its folder or its lock file
+            if (damage := damaged(exc, name)) is not None:
+                raise damage from None
             raise StorageError(
                 f"cannot open tenant {name!r} in {path.parent}: {exc}",
                 hint="Nothing was written. Check the data dir's permissions and the free disk space, then retry.",

@@ -46,6 +46,17 @@ def guard_problems(conn: sqlite3.Connection) -> list[str]:
     ]
 
 
+def file_problems(conn: sqlite3.Connection) -> list[str]:
+    """What SQLite's integrity check finds wrong with the file's structure (pages, b-trees, indexes): at most 10."""
+    try:
+        found = [line for (text,) in conn.execute("PRAGMA integrity_check(10)") for line in text.splitlines()]
+    except sqlite3.DatabaseError as exc:  # too damaged to be checked at all
+        found = [str(exc)]
+    if found == ["ok"]:
+        return []
+    return [f"the database file is damaged: {line}" for line in found if not line.startswith("*** in database")][:10]
+
+
 def replay(prev: dict[str, Any], event: EventRow, changes: dict[str, Any]) -> dict[str, Any]:
     """The entity state after `event`, from the state before it and the event's typed changes."""
     fields = {k: v for k, v in prev.items() if not k.startswith("$")}
@@ -87,7 +98,15 @@ def verify_tenant(
 
     Two passes over the log, each holding one event or one entity at a time (memory stays flat however
     large the tenant): the chain in seq order, then each entity's events in version order.
-    `progress(n, "chained" | "replayed")` every PROGRESS_EVERY events of each pass."""
+    `progress(n, "chained" | "replayed")` every PROGRESS_EVERY events of each pass (and `progress(0, what)`
+    before the file's own check).
+
+    A file whose structure SQLite's own check finds damaged is reported as such (`damaged`, no counts) and not
+    read further: what the passes would read cannot be trusted, and the remedy is a restore, not a repair."""
+    if progress:
+        progress(0, "checking the file's structure")
+    if damage := file_problems(conn):
+        return {"ok": False, "events": None, "entities": None, "headHash": None, "damaged": True, "problems": damage}
     problems: list[str] = guard_problems(conn)
 
     def problem(text: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 from ..errors import HeadlesslyError, StorageError, ValidationFailed
 from .checkpoints import EVERY_COMMITS
 from .events import EVENT_ROW_COLUMNS, GENESIS_HASH, EventRow, chain_hash
+from .sqlite import damaged
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,11 @@ class Writer:
     """The one writer connection of a tenant, shared by leader/follower group commit."""
 
     def __init__(
-        self, conn: sqlite3.Connection, clock: Callable[[], int], checkpoint_due: Callable[[], None] | None = None
-    ) -> None:
+        self, conn: sqlite3.Connection, clock: Callable[[], int], checkpoint_due: Callable[[], None] | None = None,
+        tenant: str | None = None,
+    ) -> None:  # fmt: skip
         self._conn = conn
+        self._tenant = tenant  # (named in the errors of a damaged file)
         self._clock = clock
         self._checkpoint_due = checkpoint_due
         # data_version first: a commit by another connection in between then shows as a change, and the
@@ -228,7 +231,7 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):  # (a closed connection cannot even say)
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-            _fail_all(group, exc)
+            _fail_all(group, exc, self._tenant)
             return
         start = self._head
         single = len(group) == 1
@@ -248,7 +251,7 @@ class Writer:
                 job.done = True
                 continue
             except BaseException as exc:
-                job.error = _translate(exc)
+                job.error = _translate(exc, self._tenant)
                 self._undo_job(single)
                 job.done = True
                 if single:
@@ -267,7 +270,7 @@ class Writer:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._head = start
-            _fail_all(ok, exc)
+            _fail_all(ok, exc, self._tenant)
         for job in ok:
             job.done = True
         if self._checkpoint_due is not None and self.commits % EVERY_COMMITS == 0:
@@ -288,15 +291,17 @@ class Writer:
             self._conn.close()
 
 
-def _fail_all(jobs: list[_Job[Any]], exc: BaseException) -> None:
-    err = _translate(exc)
+def _fail_all(jobs: list[_Job[Any]], exc: BaseException, tenant: str | None) -> None:
+    err = _translate(exc, tenant)
     for job in jobs:
         job.error, job.result, job.done = err, None, True
 
 
-def _translate(exc: BaseException) -> BaseException:
+def _translate(exc: BaseException, tenant: str | None) -> BaseException:
     if isinstance(exc, HeadlesslyError) or not isinstance(exc, sqlite3.Error):
         return exc
+    if (damage := damaged(exc, tenant, writing=True)) is not None:
+        return damage
     return StorageError(
         f"the tenant database refused the write: {exc}",
         hint="Nothing was written; retry, and run `headlessly verify` if it persists.",
