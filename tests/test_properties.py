@@ -817,3 +817,59 @@ def test_the_words_of_any_text_are_what_the_fts5_tokenizer_makes_of_it(text: str
         conn.execute("INSERT INTO t (rowid, body) VALUES (1, ?)", (text,))
         indexed = [row[0] for row in conn.execute("SELECT term FROM v ORDER BY offset")]
     assert words(text) == indexed
+
+
+PAST_WORDS = ("alpha", "beta", "gamma")
+past_history = st.lists(
+    st.tuples(
+        st.sampled_from(["create", "update", "delete", "rollback"]), st.integers(0, 7), st.sampled_from(PAST_WORDS)
+    ),
+    min_size=1,
+    max_size=24,
+)
+
+
+@budget(40)
+@given(
+    history=past_history, points=st.lists(st.integers(0, 50), min_size=1, max_size=3), word=st.sampled_from(PAST_WORDS)
+)
+def test_a_search_of_the_past_finds_exactly_the_entities_fetch_shows_as_of_that_time(
+    crm: SchemaSet, history: list[tuple[str, int, str]], points: list[int], word: str
+) -> None:
+    """Entities unchanged since the asOf are read from the table, the others from the log: one answer either way."""
+    with fresh_store(crm) as store:
+        ids: list[str] = []
+        for kind, which, w in history:
+            if kind == "create" or not ids:
+                data = {"name": f"{w} {len(ids)}", "title": w}
+                ids.append(
+                    store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": data})["entity"]["$id"]
+                )
+                continue
+            op: dict[str, Any] = {"type": "Contact", "id": ids[which % len(ids)]}
+            if kind == "update":
+                op |= {"action": "update", "data": {"title": w}}
+            elif kind == "delete":
+                op |= {"action": "delete"}
+            else:
+                op |= {"action": "rollback", "toVersion": 1}
+            with suppress(HeadlesslyError):  # (a write to a deleted entity; a rollback to where it is)
+                store.do(TENANT, AGENT, op)
+        times = [e["timestamp"] for e in store.events(TENANT, limit=100)["results"]]
+        for point in points:
+            as_of = times[point % len(times)]
+            then: dict[str, dict[str, Any]] = {}
+            for entity_id in ids:
+                with suppress(NotFound):  # not yet created, or deleted by then
+                    then[entity_id] = store.get(TENANT, "Contact", entity_id, as_of=as_of)
+
+            everything = store.find(TENANT, "Contact", as_of=as_of, limit=100)
+            titled = store.find(TENANT, "Contact", {"title": word}, as_of=as_of, limit=100)
+            worded = store.find(TENANT, "Contact", query=word, as_of=as_of, limit=100)
+
+            assert {e["$id"]: e for e in everything["results"]} == then
+            assert everything["total"] == len(then)
+            assert {e["$id"] for e in titled["results"]} == {i for i, e in then.items() if e["title"] == word}
+            assert {e["$id"] for e in worded["results"]} == {
+                i for i, e in then.items() if e["title"] == word or e["name"].startswith(word)
+            }

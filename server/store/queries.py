@@ -224,18 +224,27 @@ def _fts_query(text: str) -> list[str]:
     return tokens
 
 
+def _changed_since(noun: Noun) -> str:
+    """SQL for the ids of `noun`'s entities with an event after the seq bound as its one parameter."""
+    return f"SELECT target FROM events WHERE entity_type = {noun_literal(noun.name)} AND seq > ?"
+
+
 def _source(noun: Noun, seq: int | None) -> tuple[str, list[Any]]:
-    """The rows to search: the materialized table, or every entity's last state at `seq`."""
+    """The rows to search: the materialized table, or every entity's last state at `seq`. An entity with no
+    event after `seq` is now as it was then, so only the others' states are read from the log (a cursor's
+    later pages and an asOf close to now read little more than the table)."""
     if seq is None:
         return "entities", []
-    lit = noun_literal(noun.name)
+    changed = _changed_since(noun)
     sql = (
-        "(SELECT e.rowid AS rowid, e.target AS id, e.entity_type AS type, e.version AS version, "
-        """json_extract(e.state, '$."$createdAt"') AS created_at, e.ts AS updated_at, """
-        """json_extract(e.state, '$."$deletedAt"') AS deleted_at, e.state AS state FROM events e """
-        f"WHERE e.seq IN (SELECT max(seq) FROM events WHERE entity_type = {lit} AND seq <= ? GROUP BY target))"
+        "(SELECT rowid, id, type, version, created_at, updated_at, deleted_at, state FROM entities "
+        f"WHERE type = {noun_literal(noun.name)} AND id NOT IN ({changed}) UNION ALL "
+        "SELECT e.rowid, e.target, e.entity_type, e.version, "
+        """json_extract(e.state, '$."$createdAt"'), e.ts, json_extract(e.state, '$."$deletedAt"'), e.state """
+        f"FROM events e WHERE e.seq IN (SELECT max(seq) FROM events WHERE target IN ({changed}) AND seq <= ? "
+        "GROUP BY target))"
     )
-    return sql, [seq]
+    return sql, [seq, seq, seq]
 
 
 def _order(keys: list[SortKey]) -> str:
@@ -311,14 +320,20 @@ def find(
     source, source_params = _source(noun, seq_bound)
     if query is not None:
         tokens = _fts_query(query)
+        matched = "SELECT rowid FROM entities_fts WHERE entities_fts MATCH ?"
+        fts = " ".join('"' + t.replace('"', '""') + '"*' for t in tokens)
         if seq_bound is None:
-            where.append("rowid IN (SELECT rowid FROM entities_fts WHERE entities_fts MATCH ?)")
-            params.append(" ".join('"' + t.replace('"', '""') + '"*' for t in tokens))
+            where.append(f"rowid IN ({matched})")
+            params.append(fts)
         else:
-            # Past states are not in the FTS index: match them the way FTS5 does (words, prefixes, no accents).
+            # An entity with no event after seq_bound is now as it was then: the FTS index answers for it. Past
+            # states of the others are not in the index: match them the way FTS5 does (words, prefixes, no accents).
             body = " || char(10) || ".join(text_of(f, noun.fields[f].array) for f in noun.text_fields) or "''"
-            where.append(f"words_match({body}, ?)")
-            params.append(" ".join(tokens))
+            where.append(
+                f"(CASE WHEN id IN ({_changed_since(noun)}) THEN words_match({body}, ?) "
+                f"ELSE id IN (SELECT id FROM entities WHERE rowid IN ({matched})) END)"
+            )
+            params += [seq_bound, " ".join(tokens), fts]
     base_where = " AND ".join(where)
     base_params = source_params + params
     total, exact = None, False  # exact: taken from a kept count, so true however large
