@@ -284,6 +284,21 @@ def test_dates_are_only_yyyy_mm_dd_and_urls_may_not_hold_spaces_or_control_chara
     assert event_count(store) == 2
 
 
+def test_text_and_a_reason_holding_a_nul_character_are_refused_naming_it(store: Store) -> None:
+    """SQLite's JSON functions end a string at a NUL: stored, such text could not be searched as it is."""
+    for noun, data, reason in [
+        ("Contact", {"name": "Ann\x00Marie"}, None),
+        ("Contact", {"name": "Ann", "title": "CTO\x00"}, None),
+        ("Funnel", {"name": "F", "steps": ["visit", "sign\x00up"]}, None),
+        ("Contact", {"name": "Ann"}, "because\x00"),
+    ]:
+        with pytest.raises(ValidationFailed) as exc:
+            store.do(TENANT, AGENT, {"action": "create", "type": noun, "data": data, "reason": reason})
+        assert "cannot hold a NUL character" in exc.value.message
+    assert event_count(store) == 0
+    assert create(store, "Contact", {"name": "Ann\tMarie \u2028 \x01"})["events"]  # other control characters are text
+
+
 def test_a_verb_refuses_data_that_sets_its_own_field_to_another_value(store: Store) -> None:
     deal = create(store, "Deal", {"name": "D", "value": 1})["entity"]
     with pytest.raises(ValidationFailed) as exc:

@@ -57,6 +57,17 @@ def _check_url(value: str) -> str:
     return value
 
 
+def no_nul(value: str) -> str:
+    """Text holds no NUL (U+0000): SQLite's JSON functions end a string at one, so a search could not see
+    what follows it, nor match the value as stored."""
+    if "\x00" in value:
+        raise ValueError("text cannot hold a NUL character (\\u0000); remove it")
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(no_nul)]
+
+
 def _finite_json(value: Any) -> Any:
     """JSON cannot hold NaN or ±Infinity: refuse them anywhere in a json field."""
     stack = [value]
@@ -99,8 +110,8 @@ def _int64_or_float(value: Any) -> Any:
 
 
 _BASE: dict[str, Any] = {
-    "string": StrictStr,
-    "text": StrictStr,
+    "string": Text,
+    "text": Text,
     "number": Annotated[Int64 | Annotated[StrictFloat, AllowInfNan(False)], BeforeValidator(_int64_or_float)],
     "int": Annotated[Int64, BeforeValidator(whole_as_int)],
     "boolean": StrictBool,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
 from ..errors import InvalidActor, ValidationFailed
-from ..schema.validation import INT64_MAX
+from ..schema.validation import INT64_MAX, no_nul
 
 ACTOR = re.compile(r"^(agent|user|system)_[A-Za-z0-9_-]{1,64}$")
 CRUD_ACTIONS = ("create", "update", "delete", "rollback", "revert")
@@ -46,7 +46,7 @@ class Operation(BaseModel):
     until: str | None = Field(default=None, max_length=128)
     force: Flag = False
     idempotencyKey: str | None = Field(default=None, min_length=1, max_length=200)
-    reason: str | None = Field(default=None, max_length=2000)
+    reason: Annotated[str, AfterValidator(no_nul)] | None = Field(default=None, max_length=2000)
     dryRun: Flag = False
 
 
@@ -72,7 +72,7 @@ def parse_operation(raw: Operation | dict[str, Any], where: str = "") -> Operati
             elif key == "action" and err["type"] == "missing":
                 problems.append("'action' is missing: pass action (with type, id, data ...), or operations for a batch")
             else:
-                problems.append(f"'{key}': {err['msg']}")
+                problems.append(f"'{key}': {err['msg'].removeprefix('Value error, ')}")
         raise ValidationFailed(where + "; ".join(problems), hint=f"Valid keys: {', '.join(OPERATION_KEYS)}.") from None
 
 
