@@ -395,6 +395,31 @@ def test_a_pattern_that_backtracks_without_end_is_invalid_filter_and_stalls_noth
     assert found(store, "Contact", {"name": {"$regex": "^Al"}}) == {"Alice"}  # the next query runs as usual
 
 
+def test_a_search_past_its_time_limit_is_stopped_as_limit_exceeded_and_the_next_one_runs(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.store import sqlite as store_sqlite
+
+    ops = [
+        {"action": "create", "type": "Contact", "data": {"name": f"Person {i}", "title": "CTO"}} for i in range(1000)
+    ]
+    store.do(TENANT, AGENT, {"operations": ops})
+    monkeypatch.setattr(store_sqlite, "SEARCH_SECONDS", 0.0)  # every search has taken too long at its first look
+
+    with pytest.raises(LimitExceeded) as search:
+        store.find(TENANT, "Contact", {"title": {"$ne": "CEO"}}, sort="name", as_of="2100-01-01")
+    with pytest.raises(LimitExceeded) as events:
+        store.events(TENANT, {"actor": {"$regex": "^agent"}}, sort="-timestamp")
+    monkeypatch.undo()
+
+    assert "the search took longer than 0 s" in search.value.message and "longer words in query" in (
+        search.value.hint or ""
+    )
+    assert "the search took longer than 0 s" in events.value.message
+    assert store.find(TENANT, "Contact", {"title": {"$ne": "CEO"}}, sort="name", as_of="2100-01-01")["total"] == 1000
+    assert store.events(TENANT, {"actor": {"$regex": "^agent"}}, sort="-timestamp")["total"] == 1000
+
+
 def test_not_negates_an_operator(store: Store, deals: dict[str, str]) -> None:
     assert found(store, "Deal", {"value": {"$not": {"$gte": 1000}}}) == {"Small Cafe", "Tiny Stall"}
     assert found(store, "Deal", {"name": {"$not": {"$regex": "^Big"}}}) == {"Corner Shop", "Small Cafe", "Tiny Stall"}

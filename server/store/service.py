@@ -22,7 +22,7 @@ from .hooks import AfterContext, Hooks, run_after
 from .mutations import Env, Mutator
 from .operations import MAX_BATCH, Operation, check_actor, parse_operation
 from .patterns import refuse_slow_patterns
-from .sqlite import connect, damage_said, migrate
+from .sqlite import connect, damage_said, migrate, time_limit
 from .tenants import TenantPool, check_tenant
 from .verify import verify_tenant
 from .writer import Txn, Writer, read_head, write_inside_a_write
@@ -30,6 +30,11 @@ from .writer import Txn, Writer, read_head, write_inside_a_write
 log = logging.getLogger(__name__)
 MAX_HOOK_DEPTH = 8
 MAX_HOOK_WRITES = 100  # writes AFTER hooks may make in reaction to one request, however they fan out
+_NARROW_SEARCH = (
+    "Narrow it: longer words in query (a word of one or two letters matches the start of very many words), "
+    "a filter on an indexed field, a later asOf, or fewer $regex conditions."
+)
+_NARROW_EVENTS = "Narrow it: a target, an exact type or actor, or a timestamp or seq range."
 _SCHEMA_QUERY = {"type": "Schema"}  # what a Schema search cursor is sealed to: the nouns are not tenant data
 
 
@@ -220,12 +225,12 @@ class Store:
              limit: int | None = None, cursor: str | None = None, as_of: str | None = None,
              include_deleted: bool = False) -> dict[str, Any]:  # fmt: skip
         noun = self.noun(type)
-        with self._reading(tenant) as conn, refuse_slow_patterns():
+        with self._reading(tenant) as conn, refuse_slow_patterns(), time_limit(conn, "the search", _NARROW_SEARCH):
             return queries.find(conn, self.schemas, noun, filter, query, sort, limit, cursor, as_of, include_deleted)
 
     def events(self, tenant: str, filter: Any = None, sort: str | None = None, limit: int | None = None,
                cursor: str | None = None) -> dict[str, Any]:  # fmt: skip
-        with self._reading(tenant) as conn, refuse_slow_patterns():
+        with self._reading(tenant) as conn, refuse_slow_patterns(), time_limit(conn, "the search", _NARROW_EVENTS):
             return queries.find_events(conn, filter, sort, limit, cursor)
 
     def event(self, tenant: str, id: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import DamagedFile
+from ..errors import DamagedFile, LimitExceeded
 from .patterns import regexp
 from .words import words_match
 
@@ -67,6 +67,34 @@ def damage_said(tenant: str) -> Iterator[None]:
         if err is None:
             raise
         raise err from exc
+
+
+SEARCH_SECONDS = 10.0  # what one search may take before it is stopped
+_STEPS = 10_000  # SQLite instructions between looks at the clock (a few microseconds of work each)
+
+
+@contextmanager
+def time_limit(conn: sqlite3.Connection, what: str, hint: str) -> Iterator[None]:
+    """Stop what runs on `conn` inside after SEARCH_SECONDS, as `limit_exceeded`: a search whose words or
+    filters make SQLite read most of a large tenant is refused rather than holding a worker (or, over stdio,
+    the whole session) for as long as it takes."""
+    deadline = time.monotonic() + SEARCH_SECONDS
+    stopped = False
+
+    def look() -> int:
+        nonlocal stopped
+        stopped = time.monotonic() > deadline
+        return stopped
+
+    conn.set_progress_handler(look, _STEPS)
+    try:
+        yield
+    except sqlite3.OperationalError:
+        if not stopped:
+            raise
+        raise LimitExceeded(f"{what} took longer than {SEARCH_SECONDS:g} s and was stopped", hint=hint) from None
+    finally:
+        conn.set_progress_handler(None, 0)
 
 
 _MIGRATIONS: list[tuple[str, str]] = [
