@@ -10,7 +10,8 @@ from typing import Any
 
 import anyio
 import pytest
-from e2e_helpers import HEADLESSLY, payload, tenant_db
+from anyio.streams.buffered import BufferedByteReceiveStream
+from e2e_helpers import HEADLESSLY, INITIALIZE, payload, stdio_process, tenant_db
 from mcp import Client, StdioServerParameters
 from mcp_types import Implementation
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
@@ -92,3 +93,34 @@ async def test_stdio_server_without_actor_writes_as_the_client_name(
             fetched = await call(c, "fetch", {"type": "Organization", "id": created["entity"]["$id"]})
             assert fetched["$createdBy"] == "agent_E2E-Runner"
     assert actors_in_file(tenant_db(data_dir, "acme")) == {"agent_E2E-Runner"}
+
+
+@pytest.mark.anyio
+async def test_a_line_that_is_no_json_rpc_message_is_answered_with_a_parse_error_and_the_session_goes_on(
+    tmp_path: Path,
+) -> None:
+    """The SDK drops such lines: a client whose request held a lone surrogate escape waited for ever."""
+    async with stdio_process(tmp_path / "data") as process:
+        assert process.stdin is not None and process.stdout is not None
+        replies = BufferedByteReceiveStream(process.stdout)
+
+        async def exchange(line: str) -> dict[str, Any]:
+            assert process.stdin is not None
+            await process.stdin.send(line.encode() + b"\n")
+            with anyio.fail_after(SESSION_TIMEOUT):
+                reply: dict[str, Any] = json.loads(await replies.receive_until(b"\n", 1_000_000))
+            return reply
+
+        assert "result" in await exchange(json.dumps(INITIALIZE))
+        await process.stdin.send(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n')
+        not_json = await exchange("{bad json")
+        half_pair = await exchange(
+            '{"jsonrpc": "2.0", "id": 7, "method": "tools/call", '
+            '"params": {"name": "search", "arguments": {"type": "Contact", "query": "caf\\ud83d"}}}'
+        )
+        after = await exchange('{"jsonrpc": "2.0", "id": 8, "method": "ping"}')
+
+    assert not_json["id"] is None and not_json["error"]["code"] == -32700
+    assert half_pair["id"] == 7 and half_pair["error"]["code"] == -32700
+    assert "half of a surrogate pair" in half_pair["error"]["message"]
+    assert after == {"jsonrpc": "2.0", "id": 8, "result": {}}

@@ -14,6 +14,7 @@ import anyio.to_thread
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.server.stdio import stdio_server
 from mcp_types import CallToolResult, EmptyResult, SetLevelRequestParams, TextContent, ToolAnnotations
 from pydantic import AnyHttpUrl, Field, ValidationError
 
@@ -21,6 +22,7 @@ from ..auth.identity import Caller, LocalIdentity, TokenVerifier, resolve_caller
 from ..auth.tokens import TokenStore
 from ..config import CALLS_PER_TENANT
 from ..errors import Forbidden, HeadlesslyError, InvalidId, InvalidType, NotFound, ValidationFailed
+from ..stdio import AnsweringBadLines
 from ..store import Store
 from ..store.events import dumps
 from ..store.filters import LOGICAL, OPERATORS
@@ -43,6 +45,14 @@ class HeadlesslyMCP(MCPServer):
         super().__init__(*args, **kwargs)
         self._known_arguments: dict[str, frozenset[str]] = {}
         self.calls_in_flight = 0  # tool calls running in worker threads (on the event loop's thread only)
+
+    async def run_stdio_async(self) -> None:
+        """The SDK's stdio transport, with each line it cannot read answered (see server/stdio.py)."""
+        async with stdio_server() as (read_stream, write_stream):
+            low = self._lowlevel_server
+            await low.run(
+                AnsweringBadLines(read_stream, write_stream), write_stream, low.create_initialization_options()
+            )
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         known = self._known_arguments.get(name)
