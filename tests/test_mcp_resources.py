@@ -174,3 +174,49 @@ async def test_a_bad_resource_uri_is_an_mcp_error_with_the_contract_code(store: 
     body = json.loads(exc.value.error.message)
     assert body["error"] == code
     assert body["hint"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_the_capabilities_promise_no_change_notifications_since_none_are_sent(store: Store, mode: str) -> None:
+    async with connect(store, mode) as client:
+        capabilities = client.server_capabilities
+    assert capabilities.resources is not None and capabilities.tools is not None
+    assert not capabilities.resources.subscribe and not capabilities.resources.list_changed
+    assert not capabilities.tools.list_changed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_prompt_that_does_not_exist_is_invalid_params_saying_there_are_none(store: Store, mode: str) -> None:
+    async with connect(store, mode) as client:
+        assert (await client.list_prompts()).prompts == []
+        with pytest.raises(MCPError) as refused:
+            await client.get_prompt("summarize")
+    assert refused.value.error.code == -32602
+    assert (
+        refused.value.error.message
+        == "Unknown prompt: summarize (this server offers no prompts: prompts/list is empty)"
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "headlessly://Contact",
+        "headlessly://Schema",
+        "headlessly://Contact/contact_abc/def",
+        "headlessly://schema/Contact?x=1",
+    ],
+)
+async def test_an_address_that_names_no_resource_is_refused_in_the_error_json_naming_what_can_be_read(
+    store: Store, uri: str
+) -> None:
+    async with connect(store) as client:
+        with pytest.raises(MCPError) as refused:
+            await client.read_resource(uri)
+    assert refused.value.error.code == -32602
+    error = json.loads(refused.value.error.message)
+    assert error["error"] == "not_found" and error["message"].startswith(f"Unknown resource: {uri} ")
+    assert "headlessly://{noun}/{id}" in error["message"] and "$id" in error["hint"]

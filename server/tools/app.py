@@ -15,7 +15,8 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.stdio import stdio_server
-from mcp_types import CallToolResult, EmptyResult, SetLevelRequestParams, TextContent, ToolAnnotations
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult, EmptyResult, SetLevelRequestParams, TextContent, ToolAnnotations
 from pydantic import AnyHttpUrl, Field, ValidationError
 
 from ..auth.identity import Caller, LocalIdentity, TokenVerifier, resolve_caller
@@ -32,6 +33,7 @@ from .models import INSTRUCTIONS, DoOutput, FetchOutput, SearchOutput
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+READABLE = "headlessly://schema, headlessly://schema/{noun} and headlessly://{noun}/{id}"
 
 
 def error_text(err: HeadlesslyError) -> str:
@@ -53,6 +55,26 @@ class HeadlesslyMCP(MCPServer):
             await low.run(
                 AnsweringBadLines(read_stream, write_stream), write_stream, low.create_initialization_options()
             )
+
+    async def read_resource(self, uri: Any, context: Any = None) -> Any:
+        """As the SDK's, but an address no resource or template matches is refused in our error JSON too,
+        naming the addresses that can be read (the SDK says only "Unknown resource")."""
+        try:
+            return await super().read_resource(uri, context)
+        except ResourceNotFoundError as exc:
+            if str(exc).startswith("{"):  # ours: already the error JSON
+                raise
+            refusal = NotFound(
+                f"Unknown resource: {uri} (nothing is at that address; the addresses that can be read are {READABLE})",
+                hint="An entity is read with its $id, as headlessly://Contact/contact_..., an event as "
+                "headlessly://Event/evt_...; an address takes no query (?...) and no further segments.",
+            )
+            raise ResourceNotFoundError(error_text(refusal)) from None
+
+    async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:
+        """The server has no prompts: a request for one is invalid params (the SDK's answer was an internal
+        error, or error code 0, with a traceback in the log)."""
+        raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name} (this server offers no prompts: prompts/list is empty)")
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         known = self._known_arguments.get(name)
@@ -138,6 +160,10 @@ def build_server(
         title="headlessly: a typed business database with an immutable event log",
         instructions=INSTRUCTIONS,
         version=_version(),
+        # No change notifications are sent (writes may come from other processes on the data dir, and the
+        # SDK's bus is process-wide, not per tenant): leaving subscriptions/listen unserved makes the
+        # capabilities say so (resources.subscribe and every listChanged false) instead of promising them.
+        subscriptions=False,
         **auth_kwargs,
     )
 
