@@ -145,10 +145,14 @@ def _why(event: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-_REBUILD = (
-    "  the tenant can be rebuilt from the lakehouse: headlessly restore --tenant {name} --overwrite "
-    "(the damaged file is kept aside)"
-)
+def _rebuild(name: str, table: Any, in_table: dict[str, Any]) -> str:
+    """What can be done about a tenant whose file is damaged, as far as the lakehouse (if read) can tell."""
+    if table is not None and name not in in_table:
+        return f"  the lakehouse holds no events of {name} to rebuild it from (it was never flushed)"
+    return (
+        f"  the tenant can be rebuilt from the lakehouse: headlessly restore --tenant {name} --overwrite "
+        "(the damaged file is kept aside)"
+    )
 
 
 @main.command()
@@ -217,7 +221,7 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                 else:
                     click.echo(f"{name}: FAILED: {exc.message}")
                     if damage:
-                        click.echo(_REBUILD.format(name=name))
+                        click.echo(_rebuild(name, table, in_table))
                 continue
             if report.get("damaged"):  # nothing more to check in it: the remedy is a restore
                 ok = False
@@ -227,7 +231,7 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                 click.echo(f"{name}: FAILED: its database file is damaged (SQLite's own check); not read further")
                 for problem in report["problems"]:
                     click.echo(f"  - {problem}")
-                click.echo(_REBUILD.format(name=name))
+                click.echo(_rebuild(name, table, in_table))
                 continue
             if table is not None:
                 from ..lake import catalog as cat
