@@ -88,7 +88,7 @@ def test_a_tenant_held_shared_by_a_store_cannot_be_taken_exclusive_until_the_sto
 def test_a_tenant_whose_writer_fails_to_start_lets_go_of_its_lock(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_writer(*args: Any) -> None:
+    def broken_writer(*args: Any, **kwargs: Any) -> None:
         raise OSError("disk I/O error")  # as a damaged file would fail reading the log's head
 
     monkeypatch.setattr(tenants, "Writer", broken_writer)
