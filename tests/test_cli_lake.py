@@ -338,6 +338,56 @@ def test_a_damaged_catalog_ends_each_lake_command_with_one_line_and_verify_still
     assert "acme: ok: 3 events" in checked.stdout
 
 
+def test_events_from_a_lake_whose_data_file_is_cut_short_fail_as_the_lakehouse_exit_1(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
+    (data_file,) = (data_dir / "lakehouse" / "warehouse").rglob("*.parquet")
+    data_file.write_bytes(data_file.read_bytes()[:100])
+
+    listed = run(tmp_path, "events", "--tenant", TENANT, "--from-lake", "--data-dir", str(data_dir))
+
+    assert listed.returncode == 1, listed.stderr  # a failing lakehouse, not bad input (2)
+    assert "the lakehouse failed while reading" in listed.stderr and "Traceback" not in listed.stderr
+
+
+@pytest.mark.parametrize("loss", ["deleted", "emptied"])
+def test_a_lost_catalog_is_refused_by_every_lake_command_until_lake_register_brings_its_table_back(
+    tmp_path: Path, data_dir: Path, loss: str
+) -> None:
+    """Going on would have started a new table beside the old one, and maintain would have removed the old
+    one's files as orphans: the tenants' history, perhaps their last copy."""
+    assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
+    catalog = data_dir / "lakehouse" / "catalog.db"
+    catalog.unlink() if loss == "deleted" else catalog.write_bytes(b"")
+    warehouse = data_dir / "lakehouse" / "warehouse"
+    before = sorted(p for p in warehouse.rglob("*") if p.is_file())
+
+    results = {
+        "flush": run(tmp_path, "flush", "--data-dir", str(data_dir)),
+        "maintain": run(tmp_path, "lake", "maintain", "--orphan-hours", "0", "--data-dir", str(data_dir)),
+        "events": run(tmp_path, "events", "--tenant", TENANT, "--from-lake", "--data-dir", str(data_dir)),
+        "restore": run(tmp_path, "restore", "--tenant", TENANT, "--overwrite", "--data-dir", str(data_dir)),
+    }
+    unchecked = run(tmp_path, "verify", "--data-dir", str(data_dir))
+    after = sorted(p for p in warehouse.rglob("*") if p.is_file())
+    catalog_made = catalog.exists()
+    registered = run(tmp_path, "lake", "register", "--data-dir", str(data_dir))
+    again = run(tmp_path, "lake", "register", "--data-dir", str(data_dir))
+    checked = run(tmp_path, "verify", "--data-dir", str(data_dir))
+
+    for name, result in results.items():
+        assert result.returncode == 1, (name, result.stdout, result.stderr)
+        assert "has no events table, but its warehouse holds one" in result.stderr, name
+        assert "headlessly lake register" in result.stderr, name
+    assert unchecked.returncode == 1 and "lake: NOT CHECKED" in unchecked.stdout
+    assert after == before
+    assert catalog_made == (loss == "emptied")  # no empty catalog was made in its place
+    assert registered.returncode == 0 and "registered the events table from" in registered.stdout
+    assert again.returncode == 1 and "already has the events table" in again.stderr
+    assert checked.returncode == 0 and "acme: ok: 3 events, flushed up to seq 3," in checked.stdout
+
+
 def test_verify_says_how_far_each_tenant_is_flushed_and_how_many_events_are_not_yet(
     tmp_path: Path, data_dir: Path, schemas: SchemaSet
 ) -> None:

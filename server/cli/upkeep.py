@@ -176,6 +176,19 @@ def lake() -> None:
     """Upkeep of the Iceberg table."""
 
 
+@lake.command("register")
+@existing_data_dir_option
+def lake_register(data_dir: Path) -> None:
+    """Register the events table left in this data dir's warehouse with its local catalog, after the catalog
+    (lakehouse/catalog.db) was lost or emptied: from the table's newest metadata file. Then run verify."""
+    from ..lake.catalog import register
+
+    with lake_errors("registering the events table", data_dir):
+        table, metadata = register(data_dir)
+        snapshots = len(table.metadata.snapshots)
+    click.echo(f"registered the events table from {metadata} ({snapshots} snapshot(s)); run `headlessly verify` next")
+
+
 @lake.command("maintain")
 @click.option(
     "--retain-days",

@@ -69,11 +69,15 @@ def open_table(data_dir: Path) -> Any:
 
     if Config().get_catalog_config(CATALOG):
         return events_table(load(data_dir))
+    if not (data_dir / "lakehouse" / "catalog.db").exists() and (left := newest_metadata(data_dir)) is not None:
+        _refuse_lost(data_dir, left)  # (before load, which would make an empty catalog)
     catalog = load(data_dir)
     with _local_lock(data_dir / "lakehouse"):
         stored = _stored_metadata_location(catalog)
         if stored is not None:
             _refuse_foreign(data_dir, stored, stored)
+        elif (left := newest_metadata(data_dir)) is not None:
+            _refuse_lost(data_dir, left)
         table = events_table(catalog)
         _refuse_foreign(data_dir, table.metadata_location, table.location())
         return table
@@ -117,6 +121,65 @@ def _refuse_foreign(data_dir: Path, *locations: str) -> None:
             "of the original on the original data dir."
         ),
     )
+
+
+def newest_metadata(data_dir: Path) -> Path | None:
+    """The newest metadata file of an events table in this data dir's warehouse (by its version number), if any."""
+    found = (data_dir / "lakehouse" / "warehouse").glob(f"*/{TABLE}/metadata/*.metadata.json")
+    numbered = [(int(p.name.split("-", 1)[0]), p) for p in found if p.name.split("-", 1)[0].isdigit()]
+    return max(numbered)[1] if numbered else None
+
+
+def _refuse_lost(data_dir: Path, metadata: Path) -> None:
+    """Refuse a local catalog without the events table while the warehouse holds one: the catalog was lost or
+    emptied. Going on would start a new table beside the old one (every event flushed again) and the next
+    `lake maintain` would remove the old table's files as orphans: its history, the tenants' last copy."""
+    raise StorageError(
+        f"the lakehouse catalog of this data dir ({data_dir / 'lakehouse' / 'catalog.db'}) has no events table, "
+        f"but its warehouse holds one ({metadata.parent.parent}): the catalog was lost or emptied; nothing was written",
+        hint=(
+            "Put catalog.db back from a backup, or register the table it held: `headlessly lake register` (from "
+            f"its newest metadata file, {metadata.name}), then `headlessly verify`. To start the lakehouse anew "
+            "instead, move the lakehouse/ folder aside."
+        ),
+    )
+
+
+def register(data_dir: Path) -> tuple[Any, Path]:
+    """Register the events table left in this data dir's warehouse (its newest metadata file) with a local
+    catalog that has none; StorageError when there is nothing to register or the catalog has a table."""
+    from pyiceberg.utils.config import Config
+
+    if Config().get_catalog_config(CATALOG):
+        raise StorageError(
+            "pyiceberg's configuration names the catalog here: register works on the local catalog "
+            "(lakehouse/catalog.db) only; nothing was changed",
+            hint="Register the table with that catalog's own tools.",
+        )
+    catalog = load(data_dir)
+    with _local_lock(data_dir / "lakehouse"):
+        stored = _stored_metadata_location(catalog)
+        if stored is not None:
+            raise StorageError(
+                f"the lakehouse catalog already has the events table ({local_path(stored)}); nothing was changed",
+                hint="register is for a catalog that lost its table: `headlessly verify` checks this one.",
+            )
+        metadata = newest_metadata(data_dir)
+        if metadata is None:
+            raise StorageError(
+                f"no events table in {data_dir / 'lakehouse' / 'warehouse'} to register; nothing was changed",
+                hint="`headlessly flush` makes the table.",
+            )
+        with suppress(_namespace_exists()):
+            catalog.create_namespace(NAMESPACE)
+        table = catalog.register_table(f"{NAMESPACE}.{TABLE}", str(metadata))
+    return table, metadata
+
+
+def _namespace_exists() -> type[Exception]:
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError
+
+    return NamespaceAlreadyExistsError
 
 
 def inside(location: str, folder: Path) -> bool:
