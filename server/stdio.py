@@ -60,7 +60,11 @@ class AnsweringBadLines:
         return await self.inner.__aexit__(exc_type, exc, tb)
 
     async def _answer(self, exc: Exception) -> None:
-        reply = error_for(exc)
+        try:
+            reply = error_for(exc)
+        except Exception:  # whatever the line held, the session goes on: answered without its id
+            log.exception("stdio: reading a bad line's id failed")
+            reply = _error(None, types.PARSE_ERROR, f"Parse error: {_first(exc)}")
         log.warning("stdio: a line that is no JSON-RPC message: %s", reply.error.message)
         await self.replies.send(SessionMessage(reply))
 
@@ -76,14 +80,48 @@ def error_for(exc: Exception) -> types.JSONRPCError:
             " (a \\u escape that is half of a surrogate pair, such as \\ud83d alone, is not text: send each character "
             "whole, one beyond U+FFFF as both halves of its pair or as UTF-8)"
         )
-    try:
-        parsed = json.loads(line)  # Python's parser takes some of what the SDK's refused (lone surrogate escapes)
-    except ValueError:
-        return _error(None, types.PARSE_ERROR, f"Parse error: {detail}: {line[:SHOWN]!r}")
-    request_id = parsed.get("id") if isinstance(parsed, dict) else None
-    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
-        request_id = None
-    return _error(request_id, types.PARSE_ERROR, f"Parse error: {detail}")
+    request_id = top_level_id(line)
+    shown = "" if request_id is not None else f": {line[:SHOWN]!r}"
+    return _error(request_id, types.PARSE_ERROR, f"Parse error: {detail}{shown}")
+
+
+def top_level_id(line: str) -> int | str | None:
+    """The `id` member of the object `line` holds, read without parsing the rest (which may be nested deeper
+    than any parser goes, or hold what a parser refuses): None when there is no such member, or it is no id."""
+    depth, i, n = 0, 0, len(line)
+    while i < n:
+        c = line[i]
+        if c == '"':
+            end = _string_end(line, i)
+            if depth == 1 and line[i:end] == '"id"' and line[end:].lstrip().startswith(":"):
+                value = line[end:].lstrip()[1:].lstrip()
+                try:
+                    found, _ = json.JSONDecoder().raw_decode(value)
+                except (ValueError, RecursionError):
+                    return None
+                ok = isinstance(found, int | str) and not isinstance(found, bool)
+                return found if ok else None
+            i = end
+            continue
+        if c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+        i += 1
+    return None
+
+
+def _string_end(line: str, start: int) -> int:
+    """The index just past the JSON string that starts at `start` (or the line's end)."""
+    i = start + 1
+    while i < len(line):
+        if line[i] == "\\":
+            i += 2
+        elif line[i] == '"':
+            return i + 1
+        else:
+            i += 1
+    return len(line)
 
 
 def _json_invalid_input(exc: Exception) -> str | None:

@@ -124,3 +124,23 @@ async def test_a_line_that_is_no_json_rpc_message_is_answered_with_a_parse_error
     assert half_pair["id"] == 7 and half_pair["error"]["code"] == -32700
     assert "half of a surrogate pair" in half_pair["error"]["message"]
     assert after == {"jsonrpc": "2.0", "id": 8, "result": {}}
+
+
+@pytest.mark.anyio
+async def test_a_request_nested_deeper_than_any_parser_goes_is_answered_and_the_session_goes_on(tmp_path: Path) -> None:
+    async with stdio_process(tmp_path / "data") as process:
+        assert process.stdin is not None and process.stdout is not None
+        replies = BufferedByteReceiveStream(process.stdout)
+        deep = "[" * 5000 + "]" * 5000
+        lines = [
+            json.dumps(INITIALIZE),
+            '{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "do", "arguments": '
+            f'{{"action": "create", "type": "Plan", "data": {{"name": "P", "limits": {deep}}}}}}}}}',
+            '{"jsonrpc": "2.0", "id": 8, "method": "ping"}',
+        ]
+        await process.stdin.send("\n".join(lines).encode() + b"\n")
+        with anyio.fail_after(SESSION_TIMEOUT):
+            answers = [json.loads(await replies.receive_until(b"\n", 1_000_000)) for _ in lines]
+
+    assert answers[1]["id"] == 7 and answers[1]["error"]["code"] == -32700
+    assert answers[2] == {"jsonrpc": "2.0", "id": 8, "result": {}}
