@@ -420,6 +420,22 @@ def test_a_search_past_its_time_limit_is_stopped_as_limit_exceeded_and_the_next_
     assert store.events(TENANT, {"actor": {"$regex": "^agent"}}, sort="-timestamp")["total"] == 1000
 
 
+def test_a_page_of_large_entities_ends_early_and_its_cursor_goes_on_from_there(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queries, "PAGE_CHARS", 1_000)  # (4,000,000 in use: pages of 1 MB entities stay bounded)
+    ops = [{"action": "create", "type": "Contact", "data": {"name": f"P{i}", "title": "x" * 600}} for i in range(10)]
+    store.do(TENANT, AGENT, {"operations": ops})
+
+    first = store.find(TENANT, "Contact", sort="name", limit=10)
+    events = store.events(TENANT, limit=10)
+    everything = walk(store, "Contact", 10, sort="name")
+
+    assert len(first["results"]) == 1 and first["hasMore"] is True and first["total"] == 10  # one ~900 characters
+    assert len(events["results"]) == 1 and events["hasMore"] is True and events["cursor"]
+    assert [e["name"] for e in everything] == [f"P{i}" for i in range(10)]
+
+
 def test_not_negates_an_operator(store: Store, deals: dict[str, str]) -> None:
     assert found(store, "Deal", {"value": {"$not": {"$gte": 1000}}}) == {"Small Cafe", "Tiny Stall"}
     assert found(store, "Deal", {"name": {"$not": {"$regex": "^Big"}}}) == {"Corner Shop", "Small Cafe", "Tiny Stall"}

@@ -30,6 +30,7 @@ DEFAULT_LIMIT = 25
 MAX_LIMIT = 100
 COUNT_CAP = 10_000
 WALK_FROM = 1_000  # matches of an indexed filter from which the first page walks the default order
+PAGE_CHARS = 4_000_000  # characters of entity state (events: of data and changes) a page holds past its first result
 MAX_INCLUDE = 100
 
 
@@ -371,6 +372,8 @@ def find(
         ).fetchall()
     has_more = len(rows) > n
     rows = rows[:n]
+    if (keep := _within([len(r[1]) for r in rows])) < len(rows):
+        rows, has_more = rows[:keep], True
     next_cursor = None
     if has_more:
         last = rows[-1]
@@ -384,6 +387,17 @@ def find(
     if not exact and total > COUNT_CAP:
         result["totalIsLowerBound"] = True
     return result
+
+
+def _within(sizes: list[int]) -> int:
+    """How many of a page's results to give: every one, or as many as PAGE_CHARS holds (at least one), so that
+    a page of large entities (100 of 1 MB) cannot make a response of hundreds of megabytes."""
+    total = 0
+    for i, size in enumerate(sizes):
+        total += size
+        if total > PAGE_CHARS and i > 0:
+            return i
+    return len(sizes)
 
 
 def _entity_where(
@@ -559,6 +573,8 @@ def find_events(
     ).fetchall()
     has_more = len(rows) > n
     events = [EventRow(*r) for r in rows[:n]]
+    if (keep := _within([len(e.data) + len(e.changes) for e in events])) < len(events):
+        events, has_more = events[:keep], True
     result: dict[str, Any] = {
         "results": [e.to_dict() for e in events],
         "total": total if exact else COUNT_CAP,

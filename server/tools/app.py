@@ -308,7 +308,12 @@ def build_server(
                 description="'field' ascending or '-field' descending, comma-separated ('-value,name'). Default '-$updatedAt'; events default 'seq' ('-seq' for newest first)."
             ),
         ] = None,
-        limit: Annotated[Whole | None, Field(description="Page size, 1 to 100 (default 25).")] = None,
+        limit: Annotated[
+            Whole | None,
+            Field(
+                description="Page size, 1 to 100 (default 25). A page of large entities ends sooner (hasMore, cursor) once it holds about 4 MB."
+            ),
+        ] = None,
         cursor: Annotated[
             str | None,
             Field(
