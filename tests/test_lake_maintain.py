@@ -197,6 +197,17 @@ def test_runs_to_merge_are_consecutive_files_that_fit_and_leave_nothing_to_merge
     assert maintain_module._runs_to_merge(merged) == []  # a second maintenance run merges nothing
 
 
+def test_maintenance_says_when_each_step_starts_and_what_it_did(store: Store, clock: Any) -> None:
+    flush_rounds(store, clock, 2, 2)
+    said: list[str] = []
+
+    maintain(lake_table(store.data_dir), retain=timedelta(days=1), now=later(), progress=said.append)
+
+    steps = [line.split(" ")[0] for line in said if not line.startswith("compacted ")]
+    assert steps == ["expiring", "expired", "looking", "removed", "looking", "removed"]
+    assert said[-2] == "looking for unreferenced metadata files..."
+
+
 def test_maintenance_leaves_an_open_day_and_young_snapshots_alone(store: Store, clock: Any) -> None:
     flush_rounds(store, clock, 3, 2)
     table = lake_table(store.data_dir)

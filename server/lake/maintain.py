@@ -75,12 +75,17 @@ def maintain(
             report.days_compacted.append(f"{tenant}/{day.isoformat()}")
             say(f"compacted {tenant} {day.isoformat()}")
     before = {snapshot.snapshot_id for snapshot in table.metadata.snapshots}
+    # Each sweep below reads every kept snapshot's manifests: seconds to minutes on an old table, so each says
+    # when it starts as well as what it did.
+    say(f"expiring snapshots older than {(now - retain).isoformat(timespec='seconds')}...")
     _retrying(table, lambda t: _expire(t, now - retain, hook))
     table = table.refresh()
     report.snapshots_expired = len(before - {snapshot.snapshot_id for snapshot in table.metadata.snapshots})
     say(f"expired {report.snapshots_expired} snapshots")
+    say("looking for orphan data files...")
     report.orphans_removed = _remove_orphans(table, now - orphan_age)
     say(f"removed {report.orphans_removed} orphan data files")
+    say("looking for unreferenced metadata files...")
     report.metadata_removed = _remove_orphan_metadata(table, now - orphan_age)
     say(f"removed {report.metadata_removed} unreferenced metadata files")
     report.files_after = _data_file_count(table)
