@@ -170,16 +170,16 @@ def register(data_dir: Path) -> tuple[Any, Path]:
                 f"no events table in {data_dir / 'lakehouse' / 'warehouse'} to register; nothing was changed",
                 hint="`headlessly flush` makes the table.",
             )
-        with suppress(_namespace_exists()):
-            catalog.create_namespace(NAMESPACE)
+        _ensure_namespace(catalog)
         table = catalog.register_table(f"{NAMESPACE}.{TABLE}", str(metadata))
     return table, metadata
 
 
-def _namespace_exists() -> type[Exception]:
+def _ensure_namespace(catalog: Any) -> None:
     from pyiceberg.exceptions import NamespaceAlreadyExistsError
 
-    return NamespaceAlreadyExistsError
+    with suppress(NamespaceAlreadyExistsError):
+        catalog.create_namespace(NAMESPACE)
 
 
 def inside(location: str, folder: Path) -> bool:
@@ -259,7 +259,7 @@ def partition_spec(s: Any) -> Any:
 
 def events_table(catalog: Any) -> Any:
     """The table, created on first use (by whichever process gets there first)."""
-    from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+    from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
     from pyiceberg.table.sorting import SortField, SortOrder
     from pyiceberg.transforms import IdentityTransform
 
@@ -268,8 +268,7 @@ def events_table(catalog: Any) -> Any:
         return catalog.load_table(identifier)  # the usual case: no create attempt, no stray metadata file
     except NoSuchTableError:
         pass
-    with suppress(NamespaceAlreadyExistsError):
-        catalog.create_namespace(NAMESPACE)
+    _ensure_namespace(catalog)
     s = schema()
     order = SortOrder(SortField(source_id=s.find_field("seq").field_id, transform=IdentityTransform()))
     try:
