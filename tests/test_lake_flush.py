@@ -824,18 +824,108 @@ def test_the_background_flush_of_a_copied_data_dir_logs_the_refusal_without_a_tr
     assert files_under(store.data_dir / "lakehouse") == original_lake
 
 
-def test_a_flush_gives_a_table_made_before_the_file_size_property_that_property_with_its_first_commit(
+def test_a_flush_gives_a_table_made_before_the_write_properties_those_properties_with_its_first_commit(
     store: Store, clock: Any
 ) -> None:
     write_events(store, clock, 3)
     flusher = Flusher(store)
     flusher.flush()
     table = lake_table(store.data_dir)
-    with table.transaction() as tx:  # as a table made by an older version: pyiceberg's 512 MB default
-        tx.remove_properties("write.target-file-size-bytes")
+    with table.transaction() as tx:  # as a table made by an older version: pyiceberg's defaults
+        tx.remove_properties("write.target-file-size-bytes", "commit.manifest-merge.enabled")
     write_events(store, clock, 2)
 
     flusher.flush()
 
-    assert cat.missing_file_properties(lake_table(store.data_dir)) == {}
+    assert cat.missing_write_properties(lake_table(store.data_dir)) == {}
+    assert_exactly_once(store)
+
+
+# ---- superseded snapshots and manifests -----------------------------------------------------------
+
+
+def data_files(table: Any) -> set[str]:
+    return set(table.inspect.data_files().column("file_path").to_pylist())
+
+
+def test_a_flush_expires_the_snapshots_its_appends_superseded_once_enough_have_gathered(
+    store: Store, clock: Any
+) -> None:
+    flusher = Flusher(store, expire_at=3, grace=timedelta(0))
+    reports = []
+    for _ in range(4):
+        write_events(store, clock, 2)
+        reports.append(flusher.flush())
+
+    table = lake_table(store.data_dir)
+    assert [r.snapshots_expired for r in reports] == [0, 0, 0, 3]  # three superseded by the fourth round
+    assert len(table.metadata.snapshots) == 1
+    assert len(data_files(table)) == 4  # each round's file, still in the table
+    assert_exactly_once(store)
+
+
+def test_a_flush_keeps_superseded_snapshots_that_were_current_less_than_the_grace_ago(store: Store, clock: Any) -> None:
+    flusher = Flusher(store, expire_at=1)  # the default grace: a minute, longer than this test
+    for _ in range(3):
+        write_events(store, clock, 1)
+        assert flusher.flush().snapshots_expired == 0
+
+    assert snapshot_count(store.data_dir) == 3
+
+
+def test_an_expiry_that_loses_a_race_keeps_the_flush_and_a_later_round_expires_what_is_left(
+    store: Store, clock: Any
+) -> None:
+    for _ in range(2):
+        write_events(store, clock, 1)
+        Flusher(store).flush()
+    raced: list[FlushReport] = []
+
+    def rival_expires_first(stage: str) -> None:
+        if stage == "before_expire" and not raced:  # another process flushes and expires the same snapshots
+            write_events(store, clock, 1, "beta")
+            raced.append(Flusher(store, expire_at=1, grace=timedelta(0)).flush(tenants=["beta"]))
+
+    flusher = Flusher(store, fault=rival_expires_first, expire_at=1, grace=timedelta(0))
+    write_events(store, clock, 2)
+    lost = flusher.flush(tenants=[TENANT])
+    write_events(store, clock, 2)
+    later = flusher.flush(tenants=[TENANT])
+
+    assert (raced[0].tenants, raced[0].snapshots_expired) == ({"beta": 1}, 3)
+    assert (lost.tenants, lost.snapshots_expired) == ({TENANT: 2}, 0)
+    assert (later.tenants, later.snapshots_expired) == ({TENANT: 2}, 1)  # the rival's snapshot
+    assert snapshot_count(store.data_dir) == 1
+    assert_exactly_once(store)
+    assert_exactly_once(store, "beta")
+
+
+def test_a_crash_before_an_expiry_loses_nothing_and_the_next_flush_expires(store: Store, clock: Any) -> None:
+    for _ in range(2):
+        write_events(store, clock, 1)
+        Flusher(store).flush()
+    write_events(store, clock, 1)
+
+    with pytest.raises(Crash):
+        Flusher(store, fault=CrashAt("before_expire"), expire_at=2, grace=timedelta(0)).flush()
+    assert snapshot_count(store.data_dir) == 3
+    write_events(store, clock, 1)
+    report = Flusher(store, expire_at=2, grace=timedelta(0)).flush()
+
+    assert report.snapshots_expired == 3 and snapshot_count(store.data_dir) == 1
+    assert_exactly_once(store)
+
+
+def test_flush_commits_merge_small_manifests_so_a_read_opens_few_of_them(store: Store, clock: Any) -> None:
+    write_events(store, clock, 1)
+    Flusher(store).flush()
+    with lake_table(store.data_dir).transaction() as tx:
+        tx.set_properties({"commit.manifest.min-count-to-merge": "4"})  # pyiceberg's default: 100
+    for _ in range(10):
+        write_events(store, clock, 1)
+        Flusher(store).flush()
+
+    table = lake_table(store.data_dir)
+    assert len(table.current_snapshot().manifests(table.io)) < 4  # a fast append would have left 11
+    assert len(data_files(table)) == 11
     assert_exactly_once(store)

@@ -244,6 +244,48 @@ def test_maintenance_compacts_an_open_day_once_it_has_many_files_and_flushes_go_
     assert_exactly_once(store, table)
 
 
+def test_maintenance_expires_snapshots_an_append_superseded_and_keeps_the_one_before_a_compaction_to_the_end_of_retention(
+    store: Store, clock: Any
+) -> None:
+    clock.now = at("2026-01-15T09:00:00Z")
+    flush_rounds(store, clock, 3, 2)  # three snapshots, three files of a day that is closed by later()
+    flushed_files = data_files_on_disk(lake_table(store.data_dir))
+
+    first = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=later())
+
+    table = lake_table(store.data_dir)
+    # Kept: the last flush's snapshot (a compaction replaced its files) and the compaction's own result.
+    assert first.snapshots_expired == 3 and len(table.metadata.snapshots) == 2
+    assert first.orphans_removed == 0 and flushed_files < data_files_on_disk(table) == referenced_files(table)
+    assert_exactly_once(store, table)
+
+    second = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=later() + timedelta(days=8))
+
+    table = lake_table(store.data_dir)
+    assert second.snapshots_expired == 1 and len(table.metadata.snapshots) == 1
+    assert second.orphans_removed == 3 and data_files_on_disk(table) == referenced_files(table)
+    assert_exactly_once(store, table)
+
+
+def test_maintenance_whose_expiry_loses_to_a_flushers_expiry_redoes_it(store: Store, clock: Any) -> None:
+    flush_rounds(store, clock, 3, 1)
+    stages: list[str] = []
+
+    def flusher_expires_first(stage: str) -> None:
+        stages.append(stage)
+        if stages.count("before_expire") == 1:  # a background flush expires the same snapshots first
+            write_events(store, clock, 1)
+            Flusher(store, expire_at=1, grace=timedelta(0)).flush()
+
+    report = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=later(), fault=flusher_expires_first)
+
+    table = lake_table(store.data_dir)
+    assert stages.count("before_expire") == 2  # lost once, then redone on the table as it was
+    # Kept: the one before the compaction, and the flush's. Gone: the two flushes' and both of the compaction's.
+    assert len(table.metadata.snapshots) == 2 and report.snapshots_expired == 4
+    assert_exactly_once(store, table)
+
+
 def test_maintenance_of_a_table_with_no_snapshot_does_nothing(store: Store) -> None:
     table = cat.events_table(cat.load(store.data_dir))
 
@@ -471,7 +513,7 @@ def test_a_table_made_before_the_file_size_property_gets_it_and_compacted_runs_s
 
     assert (
         lake_table(store.data_dir).properties["write.target-file-size-bytes"]
-        == cat.FILE_PROPERTIES["write.target-file-size-bytes"]
+        == cat.WRITE_PROPERTIES["write.target-file-size-bytes"]
     )
     assert first.days_compacted == ["acme/2026-01-15"] and after == [(1, 12, 12)]  # one file, not overlapping parts
     assert second.days_compacted == []

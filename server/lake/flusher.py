@@ -4,13 +4,15 @@ Each commit appends batches of events of one or more tenants AND moves each of t
 watermarks (table properties, which survive snapshot expiry) in ONE Iceberg transaction. pyiceberg's
 own commit retry is off for this table: a flusher that loses a race refreshes the table, re-reads the
 watermarks and sends only what is still missing. So a crash at any step, or two flushers at once, can
-neither lose nor duplicate a row."""
+neither lose nor duplicate a row. A flush also expires, now and then, the snapshots its appends superseded
+(see snapshots.py): otherwise every commit would cost more than the one before."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +20,15 @@ from ..errors import HeadlesslyError, TenantBusy
 from ..store import Store
 from ..timeutil import now_us, parse_time
 from . import catalog as cat
+from . import snapshots
 from .batches import Batch, read_batch
 
 log = logging.getLogger(__name__)
 BATCH = 100_000  # rows per commit, all its tenants together: what a commit holds in memory
 MAX_RACES = 20
 
-Fault = Callable[[str], None]  # called at "before_write", "before_commit", "after_commit": a test's crash point
+# Called at "before_write", "before_commit", "after_commit" and "before_expire": a test's crash point.
+Fault = Callable[[str], None]
 
 
 class LakeDiverged(Exception):
@@ -42,6 +46,7 @@ class LakeDiverged(Exception):
 class FlushReport:
     tenants: dict[str, int] = field(default_factory=dict)  # events flushed per tenant
     commits: int = 0
+    snapshots_expired: int = 0  # superseded snapshots expired after the round
     lag_seconds: dict[str, float] = field(default_factory=dict)  # age of the oldest event flushed
     busy: list[str] = field(default_factory=list)  # left for the next round: another process had them to itself
 
@@ -54,12 +59,20 @@ class Flusher:
     """Flushes the tenants of one store into one table."""
 
     def __init__(
-        self, store: Store, data_dir: Path | None = None, fault: Fault | None = None, batch: int = BATCH
+        self,
+        store: Store,
+        data_dir: Path | None = None,
+        fault: Fault | None = None,
+        batch: int = BATCH,
+        expire_at: int = snapshots.EXPIRE_AT,
+        grace: timedelta = snapshots.SUPERSEDED_GRACE,
     ) -> None:
         self.store = store
         self.data_dir = Path(data_dir or store.data_dir)
         self.fault = fault or (lambda _stage: None)
         self.batch = batch
+        self.expire_at = expire_at
+        self.grace = grace
         self._table: Any = None
 
     @property
@@ -92,7 +105,7 @@ class Flusher:
             self.fault("before_write")
             try:
                 with table.transaction() as tx:
-                    if missing := cat.missing_file_properties(table):
+                    if missing := cat.missing_write_properties(table):
                         tx.set_properties(missing)  # first, so that the append writes under them
                     tx.append(_concat([b.rows for b in group]))
                     tx.set_properties({cat.WATERMARK_PREFIX + b.tenant: f"{b.last_seq}:{b.last_hash}" for b in group})
@@ -109,6 +122,8 @@ class Flusher:
             self._record(group, report, progress)
             done = {b.tenant for b in group if b.last_seq >= until[b.tenant] or b.problem}
             pending[:] = [t for t in pending if t not in done]
+        if report.commits:
+            report.snapshots_expired = self._expire_superseded()
         if diverged:
             raise LakeDiverged(diverged, report)
         return report
@@ -167,6 +182,24 @@ class Flusher:
             group.append(batch)
             room -= batch.size
         return group
+
+    def _expire_superseded(self) -> int:
+        """Expire the snapshots superseded by appends once `expire_at` of them have gathered; a race lost to
+        another commit leaves them for a later round. Returns how many were expired."""
+        from pyiceberg.exceptions import CommitFailedException
+
+        table = self.table
+        ids = snapshots.superseded_by_appends(table, datetime.now(UTC), self.grace)
+        if len(ids) < self.expire_at:
+            return 0
+        self.fault("before_expire")
+        try:
+            snapshots.expire(table, ids)
+        except CommitFailedException:
+            log.info("expiring %d superseded snapshots lost a commit race; a later round will", len(ids))
+            self._table = None
+            return 0
+        return len(ids)
 
     @staticmethod
     def _record(group: list[Batch], report: FlushReport, progress: Callable[[str, int], None] | None) -> None:

@@ -1,4 +1,5 @@
-"""Table upkeep: expire old snapshots, compact closed days (and open ones with many files), remove orphan files.
+"""Table upkeep: expire old and superseded snapshots, compact closed days (and open ones with many files),
+remove orphan files.
 
 Old metadata files are pruned on every commit by the table properties
 `write.metadata.delete-after-commit.enabled` / `write.metadata.previous-versions-max`. Expiring a
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 from ..config import OPEN_DAY_FILES
 from . import catalog as cat
+from . import snapshots
 from .catalog import local_path
 from .scan import TenantRows
 
@@ -59,7 +61,7 @@ def maintain(
     say = progress or (lambda _text: None)
     hook = fault or (lambda _stage: None)
     report = MaintainReport(files_before=_data_file_count(table))
-    _retrying(table, _keep_files_whole)
+    _retrying(table, _set_write_properties)
     for tenant, day in _days_to_compact(table, now, open_day_files):
         done = _Progress()
         try:
@@ -77,8 +79,11 @@ def maintain(
     before = {snapshot.snapshot_id for snapshot in table.metadata.snapshots}
     # Each sweep below reads every kept snapshot's manifests: seconds to minutes on an old table, so each says
     # when it starts as well as what it did.
-    say(f"expiring snapshots older than {(now - retain).isoformat(timespec='seconds')}...")
-    _retrying(table, lambda t: _expire(t, now - retain, hook))
+    say(
+        f"expiring snapshots older than {(now - retain).isoformat(timespec='seconds')}, and those superseded by "
+        "an append..."
+    )
+    _retrying(table, lambda t: _expire(t, now, retain, hook))
     table = table.refresh()
     report.snapshots_expired = len(before - {snapshot.snapshot_id for snapshot in table.metadata.snapshots})
     say(f"expired {report.snapshots_expired} snapshots")
@@ -110,18 +115,20 @@ def _retrying(table: Any, step: Callable[[Any], T]) -> T:
             table.refresh()
 
 
-def _keep_files_whole(table: Any) -> None:
-    """Set the table's file-size properties (see catalog.FILE_PROPERTIES) when a table made before them lacks
-    them: a compacted run must be one file, in seq order."""
-    if missing := cat.missing_file_properties(table):
+def _set_write_properties(table: Any) -> None:
+    """Set the table's write properties (see catalog.WRITE_PROPERTIES) when a table made before them lacks
+    them: a compacted run must be one file, in seq order, and its commit must merge small manifests."""
+    if missing := cat.missing_write_properties(table):
         with table.transaction() as tx:
             tx.set_properties(missing)
 
 
-def _expire(table: Any, older_than: datetime, fault: Fault) -> None:
-    update = table.maintenance.expire_snapshots().older_than(older_than)
+def _expire(table: Any, now: datetime, retain: timedelta, fault: Fault) -> None:
+    """Expire the snapshots older than `retain`, and those an append superseded (snapshots.py: they hold no
+    file their successor lacks), in one commit."""
+    ids = dict.fromkeys(snapshots.older_than(table, now - retain) + snapshots.superseded_by_appends(table, now))
     fault("before_expire")
-    update.commit()
+    snapshots.expire(table, list(ids))
 
 
 def _data_file_count(table: Any) -> int:

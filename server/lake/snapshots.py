@@ -1,0 +1,77 @@
+"""Which snapshots of `headlessly.events` hold nothing their successor lacks, and expiring them.
+
+Every commit adds a snapshot, and every later commit copies the whole snapshot list (pyiceberg deep-copies
+the table's metadata once per update it applies), so a commit's cost grows with the snapshots kept: about
+1.4 ms more per kept snapshot on this project's 2-core machines, where the background flush commits every
+few seconds. A snapshot followed by an append (a flush, or the second half of a compaction's overwrite)
+holds a subset of its successor's data files: expiring it orphans no data file, only its manifest list
+(and, once manifests are merged, the manifests its successor merged away), which `lake maintain` sweeps.
+Its rows are still in the table, so nothing is lost; only the state the table had for those few seconds
+goes. A snapshot followed by anything else (the delete half of a compaction) references files its
+successor replaced: it is kept for the retention period, so that readers and recovery find them."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# How long after it was superseded a snapshot stays: a scan plans on the snapshot current when it starts and
+# reads its manifest list and manifests then; a minute is ample for that on a local table.
+SUPERSEDED_GRACE = timedelta(minutes=1)
+# The flusher expires superseded snapshots once this many have gathered: an expiry is a commit of its own.
+EXPIRE_AT = 20
+
+
+def superseded_by_appends(table: Any, now: datetime, grace: timedelta = SUPERSEDED_GRACE) -> list[int]:
+    """The ids of the snapshots whose one child is an append committed before `now - grace`, other than
+    branch and tag heads."""
+    from pyiceberg.table.snapshots import Operation
+
+    metadata = table.metadata
+    heads = _heads(table)
+    children: dict[int, list[Any]] = {}
+    for snapshot in metadata.snapshots:
+        if snapshot.parent_snapshot_id is not None:
+            children.setdefault(snapshot.parent_snapshot_id, []).append(snapshot)
+    cutoff_ms = int((now - grace).timestamp() * 1000)
+    out = []
+    for snapshot in metadata.snapshots:
+        below = children.get(snapshot.snapshot_id, [])
+        if snapshot.snapshot_id in heads or len(below) != 1:
+            continue
+        child = below[0]
+        if child.summary is not None and child.summary.operation == Operation.APPEND and child.timestamp_ms < cutoff_ms:
+            out.append(snapshot.snapshot_id)
+    return out
+
+
+def older_than(table: Any, when: datetime) -> list[int]:
+    """The ids of the snapshots committed before `when`, other than branch and tag heads."""
+    cutoff_ms = int(when.timestamp() * 1000)
+    heads = _heads(table)
+    return [
+        s.snapshot_id for s in table.metadata.snapshots if s.timestamp_ms < cutoff_ms and s.snapshot_id not in heads
+    ]
+
+
+def _heads(table: Any) -> set[int]:
+    return {ref.snapshot_id for ref in table.metadata.refs.values()}
+
+
+def expire(table: Any, ids: list[int]) -> None:
+    """Expire these snapshots in one commit (none: no commit). Raises CommitFailedException, as for any commit
+    that lost a race, when another process expired one of them first (pyiceberg applies the removal to the
+    table as the catalog has it, and refuses an unknown id)."""
+    from pyiceberg.exceptions import CommitFailedException
+
+    if not ids:
+        return
+    try:
+        table.maintenance.expire_snapshots().by_ids(ids).commit()
+    except ValueError as exc:
+        if not str(exc).startswith("Snapshot with snapshot id "):
+            raise
+        raise CommitFailedException(f"a snapshot to expire was expired meanwhile: {str(exc)[:200]}") from exc
