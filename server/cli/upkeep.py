@@ -196,7 +196,7 @@ def lake_register(data_dir: Path) -> None:
     show_default=True,
     type=click.FloatRange(min=0),
     callback=finite,
-    help="Expire snapshots older than this.",
+    help="Expire snapshots older than this (those an append superseded go sooner: they hold nothing more).",
 )
 @click.option("--orphan-hours", default=1.0, show_default=True, type=click.FloatRange(min=0), callback=finite,
               help="Remove unreferenced data and metadata files older than this (younger ones may belong to a commit in flight).")  # fmt: skip
@@ -205,7 +205,7 @@ def lake_register(data_dir: Path) -> None:
 @data_dir_option
 def lake_maintain(retain_days: float, orphan_hours: float, open_day_files: int, data_dir: Path) -> None:
     """Compact closed days (and today's files of a tenant once there are --open-day-files of them), expire old
-    snapshots, prune old metadata, remove orphan files."""
+    and superseded snapshots, prune old metadata, remove orphan files."""
     from datetime import timedelta
 
     from ..lake.maintain import maintain

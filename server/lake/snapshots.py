@@ -1,9 +1,9 @@
 """Which snapshots of `headlessly.events` hold nothing their successor lacks, and expiring them.
 
 Every commit adds a snapshot, and every later commit copies the whole snapshot list (pyiceberg deep-copies
-the table's metadata once per update it applies), so a commit's cost grows with the snapshots kept: about
-1.4 ms more per kept snapshot on this project's 2-core machines, where the background flush commits every
-few seconds. A snapshot followed by an append (a flush, or the second half of a compaction's overwrite)
+the table's metadata once per update it applies), so a commit's cost grows with the snapshots kept: 1-2 ms
+more per kept snapshot on this project's 2-core machines (bench/lake_growth.py), where the background flush
+commits every few seconds. A snapshot followed by an append (a flush, or the second half of a compaction's overwrite)
 holds a subset of its successor's data files: expiring it orphans no data file, only its manifest list
 (and, once manifests are merged, the manifests its successor merged away), which `lake maintain` sweeps.
 Its rows are still in the table, so nothing is lost; only the state the table had for those few seconds
@@ -12,11 +12,8 @@ successor replaced: it is kept for the retention period, so that readers and rec
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 # How long after it was superseded a snapshot stays: a scan plans on the snapshot current when it starts and
 # reads its manifest list and manifests then; a minute is ample for that on a local table.
