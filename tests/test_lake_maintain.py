@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -265,6 +266,70 @@ def test_maintenance_expires_snapshots_an_append_superseded_and_keeps_the_one_be
     assert second.snapshots_expired == 1 and len(table.metadata.snapshots) == 1
     assert second.orphans_removed == 3 and data_files_on_disk(table) == referenced_files(table)
     assert_exactly_once(store, table)
+
+
+def test_a_maintenance_run_keeps_one_snapshot_from_before_its_compactions_however_many_it_commits(
+    store: Store, clock: Any
+) -> None:
+    clock.now = at("2026-01-15T09:00:00Z")
+    flusher = Flusher(store)
+    for _ in range(3):  # three files a day in each of two tenants: two compaction commits
+        write_events(store, clock, 2, "acme")
+        write_events(store, clock, 2, "beta")
+        flusher.flush()
+    flushed_files = data_files_on_disk(lake_table(store.data_dir))
+
+    first = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=later())
+
+    table = lake_table(store.data_dir)
+    assert first.days_compacted == ["acme/2026-01-15", "beta/2026-01-15"]
+    # Kept: the snapshot before the first compaction (it holds every file the run replaced) and the last.
+    assert len(table.metadata.snapshots) == 2
+    assert flushed_files < data_files_on_disk(table) == referenced_files(table)
+    for tenant in ("acme", "beta"):
+        assert_exactly_once(store, table, tenant)
+
+    second = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=later() + timedelta(days=8))
+
+    table = lake_table(store.data_dir)
+    assert len(table.metadata.snapshots) == 1 and second.orphans_removed == len(flushed_files) == 6
+    for tenant in ("acme", "beta"):
+        assert_exactly_once(store, table, tenant)
+
+
+def test_a_file_flushed_during_a_run_and_compacted_by_it_stays_on_disk_for_the_orphan_age(
+    store: Store, clock: Any
+) -> None:
+    flusher = Flusher(store)
+    for _ in range(3):  # two tenants' open days, three files each
+        write_events(store, clock, 1, "acme")
+        write_events(store, clock, 1, "beta")
+        flusher.flush()
+    today = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=clock.now)
+    commits: list[str] = []
+
+    def flush_before_the_second_compaction(stage: str) -> None:
+        commits.append(stage)
+        if commits.count("before_commit") == 2:  # acme's committed; beta's now loses to this flush, then redoes
+            write_events(store, clock, 1, "beta")
+            flusher.flush()
+
+    before = data_files_on_disk(lake_table(store.data_dir))
+    report = maintain(lake_table(store.data_dir), now=today, open_day_files=3, fault=flush_before_the_second_compaction)
+
+    table = lake_table(store.data_dir)
+    assert report.days_compacted == [f"acme/{today.date()}", f"beta/{today.date()}"]
+    unreferenced = data_files_on_disk(table) - referenced_files(table)  # (also the lost commit's merged file)
+    [flushed_during] = [f for f in unreferenced if pq.read_metadata(f).num_rows == 1]
+    # Only the snapshot it was flushed into referenced it, and this run expired that one (it kept the one
+    # from before its first compaction): the file is younger than the orphan age, so it is still there.
+    assert flushed_during not in before
+    for tenant in ("acme", "beta"):
+        assert_exactly_once(store, table, tenant)
+
+    maintain(lake_table(store.data_dir), now=later())  # an orphan age later, every file is older than it
+
+    assert flushed_during not in data_files_on_disk(lake_table(store.data_dir))
 
 
 def test_maintenance_whose_expiry_loses_to_a_flushers_expiry_redoes_it(store: Store, clock: Any) -> None:

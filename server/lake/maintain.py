@@ -62,8 +62,9 @@ def maintain(
     hook = fault or (lambda _stage: None)
     report = MaintainReport(files_before=_data_file_count(table))
     _retrying(table, _set_write_properties)
+    bases: list[int] = []  # the snapshot each compaction commit was made on, in order
     for tenant, day in _days_to_compact(table, now, open_day_files):
-        done = _Progress()
+        done = _Progress(bases=bases)
         try:
             _compact_day(table, tenant, day, hook, done)
         except CommitFailedException:
@@ -83,7 +84,7 @@ def maintain(
         f"expiring snapshots older than {(now - retain).isoformat(timespec='seconds')}, and those superseded by "
         "an append..."
     )
-    _retrying(table, lambda t: _expire(t, now, retain, hook))
+    _retrying(table, lambda t: _expire(t, now, retain, hook, bases[1:]))
     table = table.refresh()
     report.snapshots_expired = len(before - {snapshot.snapshot_id for snapshot in table.metadata.snapshots})
     say(f"expired {report.snapshots_expired} snapshots")
@@ -123,10 +124,18 @@ def _set_write_properties(table: Any) -> None:
             tx.set_properties(missing)
 
 
-def _expire(table: Any, now: datetime, retain: timedelta, fault: Fault) -> None:
-    """Expire the snapshots older than `retain`, and those an append superseded (snapshots.py: they hold no
-    file their successor lacks), in one commit."""
-    ids = dict.fromkeys(snapshots.older_than(table, now - retain) + snapshots.superseded_by_appends(table, now))
+def _expire(table: Any, now: datetime, retain: timedelta, fault: Fault, later_bases: list[int]) -> None:
+    """Expire, in one commit, the snapshots older than `retain`, those an append superseded (snapshots.py: they
+    hold no file their successor lacks), and `later_bases`: the snapshots this run's compaction commits after
+    its first were made on. The first one's is kept (for `retain`, as the state before the run): it holds every
+    file the run replaced, but for files flushed during the run, which are younger than the orphan sweep's age
+    and so stay on disk for that long. One snapshot kept per run, not one per compaction commit: each kept
+    snapshot makes every later commit slower."""
+    ids = dict.fromkeys(
+        snapshots.older_than(table, now - retain)
+        + snapshots.superseded_by_appends(table, now)
+        + snapshots.present(table, later_bases)
+    )
     fault("before_expire")
     snapshots.expire(table, list(ids))
 
@@ -171,6 +180,7 @@ def _days_to_compact(table: Any, now: datetime, open_day_files: int) -> list[tup
 @dataclass
 class _Progress:
     commits: int = 0  # of one day's compaction, across the races it lost
+    bases: list[int] = field(default_factory=list)  # each commit's snapshot before it (the run's, shared)
 
 
 def _compact_day(table: Any, tenant: str, day: Any, fault: Fault, done: _Progress) -> None:
@@ -210,19 +220,23 @@ def _compact_runs(table: Any, tenant: str, day: Any, fault: Fault, done: _Progre
         if len(rows.spans) < 2 and rows.total == sum(n for *_, n in rows.spans):
             return  # (one file, no deletes left to apply)
         whole = ex.And(ex.EqualTo("tenant", tenant), window)
+        base = table.metadata.current_snapshot_id
         with table.transaction() as tx:
             tx.overwrite(table.scan(row_filter=whole).to_arrow().sort_by("seq"), overwrite_filter=whole)
             fault("before_commit")
         done.commits += 1
+        done.bases.append(base)
         return
     for first, last in _runs_to_merge(rows.spans):
         span = ex.And(ex.GreaterThanOrEqual("seq", first), ex.LessThanOrEqual("seq", last))
         merged = TenantRows(table, tenant, ex.And(window, span))
         data = pa.Table.from_batches(list(merged.batches()))
+        base = table.metadata.current_snapshot_id  # (a commit made on another fails: a race lost)
         with table.transaction() as tx:
             tx.overwrite(data, overwrite_filter=ex.And(ex.EqualTo("tenant", tenant), ex.And(window, span)))
             fault("before_commit")
         done.commits += 1
+        done.bases.append(base)
 
 
 def _runs_to_merge(spans: list[tuple[int, int, int]]) -> list[tuple[int, int]]:

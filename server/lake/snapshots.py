@@ -54,6 +54,12 @@ def older_than(table: Any, when: datetime) -> list[int]:
     ]
 
 
+def present(table: Any, ids: list[int]) -> list[int]:
+    """Those of `ids` the table still has, other than branch and tag heads."""
+    have = {s.snapshot_id for s in table.metadata.snapshots} - _heads(table)
+    return [i for i in ids if i in have]
+
+
 def _heads(table: Any) -> set[int]:
     return {ref.snapshot_id for ref in table.metadata.refs.values()}
 
