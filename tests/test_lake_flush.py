@@ -23,7 +23,7 @@ from pyiceberg.transforms import DayTransform, IdentityTransform
 from pyiceberg.types import LongType, StringType, TimestamptzType
 
 from server.errors import StorageError
-from server.lake import background, batches
+from server.lake import background, batches, snapshots
 from server.lake import catalog as cat
 from server.lake.flusher import Flusher, FlushReport, LakeDiverged
 from server.lake.restore import check_tenant, read_tenant
@@ -913,6 +913,32 @@ def test_a_crash_before_an_expiry_loses_nothing_and_the_next_flush_expires(store
     report = Flusher(store, expire_at=2, grace=timedelta(0)).flush()
 
     assert report.snapshots_expired == 3 and snapshot_count(store.data_dir) == 1
+    assert_exactly_once(store)
+
+
+def test_an_expiry_that_fails_otherwise_keeps_the_flush_says_so_and_a_later_round_expires(
+    store: Store, clock: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(2):
+        write_events(store, clock, 1)
+        Flusher(store).flush()
+    expire = snapshots.expire
+
+    def catalog_locked(table: Any, ids: list[int]) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(snapshots, "expire", catalog_locked)
+    flusher = Flusher(store, expire_at=2, grace=timedelta(0))
+    write_events(store, clock, 2)
+    with caplog.at_level(logging.WARNING, logger="server.lake.flusher"):
+        failed = flusher.flush()
+
+    assert (failed.tenants, failed.snapshots_expired) == ({TENANT: 2}, 0)
+    assert "expiring 2 superseded snapshots failed" in caplog.text
+    assert snapshot_count(store.data_dir) == 3
+    monkeypatch.setattr(snapshots, "expire", expire)
+    write_events(store, clock, 1)
+    assert flusher.flush().snapshots_expired == 3 and snapshot_count(store.data_dir) == 1
     assert_exactly_once(store)
 
 

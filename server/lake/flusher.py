@@ -184,8 +184,9 @@ class Flusher:
         return group
 
     def _expire_superseded(self) -> int:
-        """Expire the snapshots superseded by appends once `expire_at` of them have gathered; a race lost to
-        another commit leaves them for a later round. Returns how many were expired."""
+        """Expire the snapshots superseded by appends once `expire_at` of them have gathered. Best effort: the
+        round's rows are committed already, so a race lost to another commit, or any other failure (logged),
+        leaves them for a later round. Returns how many were expired."""
         from pyiceberg.exceptions import CommitFailedException
 
         table = self.table
@@ -197,6 +198,10 @@ class Flusher:
             snapshots.expire(table, ids)
         except CommitFailedException:
             log.info("expiring %d superseded snapshots lost a commit race; a later round will", len(ids))
+            self._table = None
+            return 0
+        except Exception:
+            log.warning("expiring %d superseded snapshots failed; a later round will retry", len(ids), exc_info=True)
             self._table = None
             return 0
         return len(ids)
