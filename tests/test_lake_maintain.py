@@ -140,14 +140,21 @@ def test_maintenance_compacts_each_closed_day_into_one_file_and_keeps_every_row(
     assert files_per_partition(table) == {
         ("acme", date(2026, 1, 15)): 1, ("acme", date(2026, 1, 16)): 1, ("beta", date(2026, 1, 15)): 1,
     }  # fmt: skip
-    assert len(table.metadata.snapshots) == 1 and report.snapshots_expired >= 6
+    assert len(table.metadata.snapshots) == 2 and report.snapshots_expired >= 6  # the run's kept one stays
     assert cat.watermarks(table) == before_marks
     assert {t: rows(table, t) for t in ("acme", "beta")} == before_rows
     for tenant in ("acme", "beta"):
         assert_exactly_once(store, table, tenant)
+    assert report.orphans_removed == 0 and files_before < data_files_on_disk(table) == referenced_files(table)
+
+    again = maintain(lake_table(store.data_dir), retain=timedelta(days=1), now=later())
+
+    table = lake_table(store.data_dir)
+    assert again.days_compacted == [] and len(table.metadata.snapshots) == 1
     on_disk = data_files_on_disk(table)
-    assert on_disk == referenced_files(table)  # the compacted-away files went with the expired snapshots
-    assert report.orphans_removed == len(files_before - on_disk) == 9
+    assert on_disk == referenced_files(table)  # the compacted-away files went with the expired snapshot
+    assert again.orphans_removed == len(files_before - on_disk) == 9
+    assert {t: rows(table, t) for t in ("acme", "beta")} == before_rows
 
 
 def test_a_day_larger_than_a_compacted_file_becomes_files_of_at_most_that_many_rows_and_stays_so(
@@ -268,6 +275,28 @@ def test_maintenance_expires_snapshots_an_append_superseded_and_keeps_the_one_be
     assert_exactly_once(store, table)
 
 
+def test_a_run_on_a_table_idle_for_longer_than_the_retention_keeps_the_snapshot_before_it_until_the_next_run(
+    store: Store, clock: Any
+) -> None:
+    clock.now = at("2026-01-15T09:00:00Z")
+    flush_rounds(store, clock, 3, 2)  # the last commit: more than --retain-days before the runs below
+    flushed_files = data_files_on_disk(lake_table(store.data_dir))
+    idle = later() + timedelta(days=8)
+
+    first = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=idle)
+
+    table = lake_table(store.data_dir)  # a reader that planned on the state before the run still finds its files
+    assert first.days_compacted == ["acme/2026-01-15"] and len(table.metadata.snapshots) == 2
+    assert first.orphans_removed == 0 and flushed_files < data_files_on_disk(table) == referenced_files(table)
+    assert_exactly_once(store, table)
+
+    second = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=idle + timedelta(hours=1))
+
+    table = lake_table(store.data_dir)
+    assert len(table.metadata.snapshots) == 1 and second.orphans_removed == len(flushed_files) == 3
+    assert_exactly_once(store, table)
+
+
 def test_a_maintenance_run_keeps_one_snapshot_from_before_its_compactions_however_many_it_commits(
     store: Store, clock: Any
 ) -> None:
@@ -278,21 +307,32 @@ def test_a_maintenance_run_keeps_one_snapshot_from_before_its_compactions_howeve
         write_events(store, clock, 2, "beta")
         flusher.flush()
     flushed_files = data_files_on_disk(lake_table(store.data_dir))
+    found = {snapshot.snapshot_id for snapshot in lake_table(store.data_dir).metadata.snapshots}
 
-    first = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=later())
+    first = maintain(lake_table(store.data_dir), retain=timedelta(days=7))  # now: the wall clock, as the CLI runs
 
     table = lake_table(store.data_dir)
     assert first.days_compacted == ["acme/2026-01-15", "beta/2026-01-15"]
-    # Kept: the snapshot before the first compaction (it holds every file the run replaced) and the last.
-    assert len(table.metadata.snapshots) == 2
+    # Two commits of a delete and an append each: the run adds only its last snapshot to those it found (the
+    # flushes', younger than the grace for superseded ones), the newest of which holds every file it replaced.
+    assert {snapshot.snapshot_id for snapshot in table.metadata.snapshots} == found | {
+        table.metadata.current_snapshot_id
+    }
     assert flushed_files < data_files_on_disk(table) == referenced_files(table)
     for tenant in ("acme", "beta"):
         assert_exactly_once(store, table, tenant)
 
-    second = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=later() + timedelta(days=8))
+    second = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=later())
+
+    table = lake_table(store.data_dir)  # the flushes' first two, superseded, are gone; the run's base stays
+    assert second.days_compacted == [] and len(table.metadata.snapshots) == 2
+    for tenant in ("acme", "beta"):
+        assert_exactly_once(store, table, tenant)
+
+    third = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=later() + timedelta(days=8))
 
     table = lake_table(store.data_dir)
-    assert len(table.metadata.snapshots) == 1 and second.orphans_removed == len(flushed_files) == 6
+    assert len(table.metadata.snapshots) == 1 and third.orphans_removed == len(flushed_files) == 6
     for tenant in ("acme", "beta"):
         assert_exactly_once(store, table, tenant)
 
@@ -521,9 +561,9 @@ def test_maintenance_removes_the_manifests_of_expired_snapshots_and_every_row_st
 
     table = lake_table(store.data_dir)
     assert unreferenced_before == set()  # expiry is what leaves them behind
-    assert len(table.metadata.snapshots) == 1  # six flushes and the day's compaction: only the last stays
-    assert report.snapshots_expired == 7
-    assert report.metadata_removed >= 7  # at least the seven manifest lists
+    assert len(table.metadata.snapshots) == 2  # of six flushes and a compaction: the run's kept one and the last
+    assert report.snapshots_expired == 6
+    assert report.metadata_removed >= 6  # at least the six manifest lists
     assert metadata_files_on_disk(table) == referenced_metadata(table)
     write_events(store, clock, 1)
     assert flusher.flush().tenants == {TENANT: 1}  # a kept flusher (as the server's) saw a swept snapshot
@@ -538,7 +578,7 @@ def test_maintenance_keeps_young_unreferenced_metadata_which_may_belong_to_a_com
 
     report = maintain(lake_table(store.data_dir), retain=timedelta(0), orphan_age=timedelta(hours=1))
 
-    assert report.snapshots_expired == 3  # three flushes; the compaction's snapshot stays
+    assert report.snapshots_expired == 3  # two flushes, the compaction's delete half; the run's kept one stays
     assert report.metadata_removed == 0
     assert before <= metadata_files_on_disk(lake_table(store.data_dir))
 

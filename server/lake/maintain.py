@@ -63,8 +63,9 @@ def maintain(
     report = MaintainReport(files_before=_data_file_count(table))
     _retrying(table, _set_write_properties)
     bases: list[int] = []  # the snapshot each compaction commit was made on, in order
+    made: list[int] = []  # the snapshots the compaction commits added (a delete and an append each)
     for tenant, day in _days_to_compact(table, now, open_day_files):
-        done = _Progress(bases=bases)
+        done = _Progress(bases=bases, made=made)
         try:
             _compact_day(table, tenant, day, hook, done)
         except CommitFailedException:
@@ -84,7 +85,7 @@ def maintain(
         f"expiring snapshots older than {(now - retain).isoformat(timespec='seconds')}, and those superseded by "
         "an append..."
     )
-    _retrying(table, lambda t: _expire(t, now, retain, hook, bases[1:]))
+    _retrying(table, lambda t: _expire(t, now, retain, hook, bases[:1], bases[1:] + made))
     table = table.refresh()
     report.snapshots_expired = len(before - {snapshot.snapshot_id for snapshot in table.metadata.snapshots})
     say(f"expired {report.snapshots_expired} snapshots")
@@ -124,20 +125,23 @@ def _set_write_properties(table: Any) -> None:
             tx.set_properties(missing)
 
 
-def _expire(table: Any, now: datetime, retain: timedelta, fault: Fault, later_bases: list[int]) -> None:
+def _expire(
+    table: Any, now: datetime, retain: timedelta, fault: Fault, kept: list[int], of_this_run: list[int]
+) -> None:
     """Expire, in one commit, the snapshots older than `retain`, those an append superseded (snapshots.py: they
-    hold no file their successor lacks), and `later_bases`: the snapshots this run's compaction commits after
-    its first were made on. The first one's is kept (for `retain`, as the state before the run): it holds every
-    file the run replaced, but for files flushed during the run, which are younger than the orphan sweep's age
-    and so stay on disk for that long. One snapshot kept per run, not one per compaction commit: each kept
-    snapshot makes every later commit slower."""
+    hold no file their successor lacks), and `of_this_run`: the snapshots the run's compaction commits made
+    and those after its first were made on (the table's current snapshot stays, whichever it is). `kept`, the
+    snapshot the first was made on, stays (for `retain` from its own commit, and at least until the next run,
+    as the state before this one): it holds every file the run replaced, but for files written during the run,
+    which are younger than the orphan sweep's age and so stay on disk for that long. One snapshot kept per
+    run, not two or three per compaction commit: each kept snapshot makes every later commit slower."""
     ids = dict.fromkeys(
         snapshots.older_than(table, now - retain)
         + snapshots.superseded_by_appends(table, now)
-        + snapshots.present(table, later_bases)
+        + snapshots.present(table, of_this_run)
     )
     fault("before_expire")
-    snapshots.expire(table, list(ids))
+    snapshots.expire(table, [i for i in ids if i not in kept])
 
 
 def _data_file_count(table: Any) -> int:
@@ -181,6 +185,14 @@ def _days_to_compact(table: Any, now: datetime, open_day_files: int) -> list[tup
 class _Progress:
     commits: int = 0  # of one day's compaction, across the races it lost
     bases: list[int] = field(default_factory=list)  # each commit's snapshot before it (the run's, shared)
+    made: list[int] = field(default_factory=list)  # the snapshots each commit added (the run's, shared)
+
+    def record(self, table: Any, base: int | None) -> None:
+        """Count a commit just made on `base`."""
+        self.commits += 1
+        if base is not None:
+            self.bases.append(base)
+        self.made.extend(snapshots.made_on(table, base))
 
 
 def _compact_day(table: Any, tenant: str, day: Any, fault: Fault, done: _Progress) -> None:
@@ -224,8 +236,7 @@ def _compact_runs(table: Any, tenant: str, day: Any, fault: Fault, done: _Progre
         with table.transaction() as tx:
             tx.overwrite(table.scan(row_filter=whole).to_arrow().sort_by("seq"), overwrite_filter=whole)
             fault("before_commit")
-        done.commits += 1
-        done.bases.append(base)
+        done.record(table, base)
         return
     for first, last in _runs_to_merge(rows.spans):
         span = ex.And(ex.GreaterThanOrEqual("seq", first), ex.LessThanOrEqual("seq", last))
@@ -235,8 +246,7 @@ def _compact_runs(table: Any, tenant: str, day: Any, fault: Fault, done: _Progre
         with table.transaction() as tx:
             tx.overwrite(data, overwrite_filter=ex.And(ex.EqualTo("tenant", tenant), ex.And(window, span)))
             fault("before_commit")
-        done.commits += 1
-        done.bases.append(base)
+        done.record(table, base)
 
 
 def _runs_to_merge(spans: list[tuple[int, int, int]]) -> list[tuple[int, int]]:

@@ -8,7 +8,8 @@ holds a subset of its successor's data files: expiring it orphans no data file, 
 (and, once manifests are merged, the manifests its successor merged away), which `lake maintain` sweeps.
 Its rows are still in the table, so nothing is lost; only the state the table had for those few seconds
 goes. A snapshot followed by anything else (the delete half of a compaction) references files its
-successor replaced: it is kept for the retention period, so that readers and recovery find them."""
+successor replaced: `lake maintain` keeps one such per run for the retention period, so that readers and
+recovery find them, and expires the others its run made (maintain.py)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,21 @@ def present(table: Any, ids: list[int]) -> list[int]:
     """Those of `ids` the table still has, other than branch and tag heads."""
     have = {s.snapshot_id for s in table.metadata.snapshots} - _heads(table)
     return [i for i in ids if i in have]
+
+
+def made_on(table: Any, base: int | None) -> list[int]:
+    """The ids of the snapshots from the current one back to `base` (not included): those a commit just made
+    on `base` added. Empty when `base` is not an ancestor of the current snapshot."""
+    if base is None:
+        return []
+    by_id = {s.snapshot_id: s for s in table.metadata.snapshots}
+    out: list[int] = []
+    sid = table.metadata.current_snapshot_id
+    while sid is not None and sid != base:
+        out.append(sid)
+        snapshot = by_id.get(sid)
+        sid = snapshot.parent_snapshot_id if snapshot else None
+    return out if sid == base else []
 
 
 def _heads(table: Any) -> set[int]:
