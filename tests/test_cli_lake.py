@@ -63,6 +63,29 @@ def test_flush_sends_several_tenants_in_one_commit_and_reports_each(tmp_path: Pa
     assert len(cat.events_table(cat.load(data_dir)).metadata.snapshots) == 1
 
 
+@pytest.mark.usefixtures("no_pyiceberg_config")
+def test_lake_maintain_says_what_it_did_and_names_the_tag_of_the_table_before_it(
+    tmp_path: Path, data_dir: Path, schemas: SchemaSet
+) -> None:
+    from server.lake import catalog as cat
+
+    run(tmp_path, "flush", "--data-dir", str(data_dir))
+    with Store(data_dir, schemas) as store:
+        store.do(TENANT, "agent_a", {"action": "create", "type": "Contact", "data": {"name": "Bob"}})
+    run(tmp_path, "flush", "--data-dir", str(data_dir))  # today's second file
+    before = cat.events_table(cat.load(data_dir)).metadata.current_snapshot_id
+
+    maintained = run(tmp_path, "lake", "maintain", "--open-day-files", "2", "--data-dir", str(data_dir))
+
+    assert maintained.returncode == 0, maintained.stderr
+    assert "compacted 1 day(s), expired 1 snapshot(s) and 0 tag(s)" in maintained.stdout
+    tag = maintained.stdout.split("; the table before this run is tag ")[1].strip()
+    assert tag.startswith("headlessly-maintain-") and f"tagged the table's state before this run {tag}" in (
+        maintained.stderr
+    )
+    assert cat.events_table(cat.load(data_dir)).metadata.refs[tag].snapshot_id == before
+
+
 def test_events_from_the_lake_match_the_live_log(tmp_path: Path, data_dir: Path) -> None:
     run(tmp_path, "flush", "--data-dir", str(data_dir))
     live = run(tmp_path, "events", "--tenant", TENANT, "--json", "--data-dir", str(data_dir))

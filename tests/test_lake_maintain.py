@@ -20,6 +20,7 @@ from pyiceberg.exceptions import CommitFailedException
 
 from server.lake import catalog as cat
 from server.lake import maintain as maintain_module
+from server.lake import snapshots
 from server.lake.flusher import Flusher
 from server.lake.maintain import MAX_RACES, MaintainReport, maintain
 from server.lake.restore import check_tenant, read_tenant
@@ -140,17 +141,21 @@ def test_maintenance_compacts_each_closed_day_into_one_file_and_keeps_every_row(
     assert files_per_partition(table) == {
         ("acme", date(2026, 1, 15)): 1, ("acme", date(2026, 1, 16)): 1, ("beta", date(2026, 1, 15)): 1,
     }  # fmt: skip
-    assert len(table.metadata.snapshots) == 2 and report.snapshots_expired >= 6  # the run's kept one stays
+    assert len(table.metadata.snapshots) == 2 and report.snapshots_expired >= 6
+    # The state before the run stays, tagged: the run's time names it, for --retain-days from then.
+    assert report.tag is not None and report.tag.startswith("headlessly-maintain-")
+    assert table.metadata.refs[report.tag].snapshot_id != table.metadata.current_snapshot_id
     assert cat.watermarks(table) == before_marks
     assert {t: rows(table, t) for t in ("acme", "beta")} == before_rows
     for tenant in ("acme", "beta"):
         assert_exactly_once(store, table, tenant)
     assert report.orphans_removed == 0 and files_before < data_files_on_disk(table) == referenced_files(table)
 
-    again = maintain(lake_table(store.data_dir), retain=timedelta(days=1), now=later())
+    again = maintain(lake_table(store.data_dir), retain=timedelta(days=1), now=later() + timedelta(days=1, hours=1))
 
     table = lake_table(store.data_dir)
-    assert again.days_compacted == [] and len(table.metadata.snapshots) == 1
+    assert again.days_compacted == [] and again.tag is None and again.tags_removed == 1
+    assert len(table.metadata.snapshots) == 1 and set(table.metadata.refs) == {"main"}
     on_disk = data_files_on_disk(table)
     assert on_disk == referenced_files(table)  # the compacted-away files went with the expired snapshot
     assert again.orphans_removed == len(files_before - on_disk) == 9
@@ -212,7 +217,7 @@ def test_maintenance_says_when_each_step_starts_and_what_it_did(store: Store, cl
     maintain(lake_table(store.data_dir), retain=timedelta(days=1), now=later(), progress=said.append)
 
     steps = [line.split(" ")[0] for line in said if not line.startswith("compacted ")]
-    assert steps == ["expiring", "expired", "looking", "removed", "looking", "removed"]
+    assert steps == ["tagged", "expiring", "expired", "looking", "removed", "looking", "removed"]
     assert said[-2] == "looking for unreferenced metadata files..."
 
 
@@ -275,7 +280,7 @@ def test_maintenance_expires_snapshots_an_append_superseded_and_keeps_the_one_be
     assert_exactly_once(store, table)
 
 
-def test_a_run_on_a_table_idle_for_longer_than_the_retention_keeps_the_snapshot_before_it_until_the_next_run(
+def test_a_run_on_a_table_idle_for_longer_than_the_retention_keeps_the_snapshot_before_it_for_the_retention(
     store: Store, clock: Any
 ) -> None:
     clock.now = at("2026-01-15T09:00:00Z")
@@ -290,10 +295,13 @@ def test_a_run_on_a_table_idle_for_longer_than_the_retention_keeps_the_snapshot_
     assert first.orphans_removed == 0 and flushed_files < data_files_on_disk(table) == referenced_files(table)
     assert_exactly_once(store, table)
 
-    second = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=idle + timedelta(hours=1))
+    kept = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=idle + timedelta(days=6))
+    assert kept.tags_removed == 0 and len(lake_table(store.data_dir).metadata.snapshots) == 2
+    second = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=idle + timedelta(days=7, hours=1))
 
-    table = lake_table(store.data_dir)
-    assert len(table.metadata.snapshots) == 1 and second.orphans_removed == len(flushed_files) == 3
+    table = lake_table(store.data_dir)  # the run's tag has aged out: its snapshot and files go
+    assert second.tags_removed == 1 and len(table.metadata.snapshots) == 1
+    assert second.orphans_removed == len(flushed_files) == 3
     assert_exactly_once(store, table)
 
 
@@ -335,6 +343,136 @@ def test_a_maintenance_run_keeps_one_snapshot_from_before_its_compactions_howeve
     assert len(table.metadata.snapshots) == 1 and third.orphans_removed == len(flushed_files) == 6
     for tenant in ("acme", "beta"):
         assert_exactly_once(store, table, tenant)
+
+
+def test_a_run_overlapping_another_keeps_its_own_state_before_it_and_the_other_keeps_its_own(
+    store: Store, clock: Any
+) -> None:
+    clock.now = at("2026-01-15T09:00:00Z")
+    flusher = Flusher(store)
+    for _ in range(3):
+        write_events(store, clock, 2, "acme")
+        write_events(store, clock, 2, "beta")
+        flusher.flush()
+    found = {snapshot.snapshot_id for snapshot in lake_table(store.data_dir).metadata.snapshots}
+    inner: list[MaintainReport] = []
+    stages: list[str] = []
+
+    def second_run_during_the_firsts_second_commit(stage: str) -> None:
+        stages.append(stage)
+        if stages.count("before_commit") == 2:  # the first run has compacted acme; the second compacts beta on it
+            inner.append(maintain(lake_table(store.data_dir), retain=timedelta(days=7)))
+
+    outer = maintain(
+        lake_table(store.data_dir), retain=timedelta(days=7), fault=second_run_during_the_firsts_second_commit
+    )
+
+    table = lake_table(store.data_dir)
+    assert inner[0].days_compacted == ["beta/2026-01-15"] and outer.days_compacted == ["acme/2026-01-15"]
+    ids = {snapshot.snapshot_id for snapshot in table.metadata.snapshots}
+    assert outer.tag and inner[0].tag
+    assert table.metadata.refs[outer.tag].snapshot_id in found & ids
+    assert table.metadata.refs[inner[0].tag].snapshot_id in ids - found  # the first run made it, yet it stays
+    assert referenced_files(table) <= data_files_on_disk(table)
+    for tenant in ("acme", "beta"):
+        assert_exactly_once(store, table, tenant)
+
+
+def test_runs_started_at_the_same_time_that_overlap_each_tag_their_own_state_before_them(
+    store: Store, clock: Any
+) -> None:
+    clock.now = at("2026-01-15T09:00:00Z")
+    flusher = flush_rounds(store, clock, 3, 2)
+    first_base = lake_table(store.data_dir).metadata.current_snapshot_id
+    now = later()
+    inner: list[MaintainReport] = []
+    second_base: list[int] = []
+
+    def another_run_and_a_flush_before_the_firsts_first_commit(stage: str) -> None:
+        if stage == "before_commit" and not inner:
+            inner.append(maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=now))
+            write_events(store, clock, 2)
+            flusher.flush()  # the day has two files again: the first run's redone compaction merges them
+            second_base.append(lake_table(store.data_dir).metadata.current_snapshot_id)
+
+    outer = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=now, fault=another_run_and_a_flush_before_the_firsts_first_commit)  # fmt: skip
+
+    table = lake_table(store.data_dir)
+    assert inner[0].tag and outer.tag and inner[0].tag != outer.tag
+    assert table.metadata.refs[inner[0].tag].snapshot_id == first_base  # not moved by the first run's tag
+    assert table.metadata.refs[outer.tag].snapshot_id == second_base[0]
+    assert outer.tag == snapshots.TAG_PREFIX + now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond + 1:06d}Z"
+    assert_exactly_once(store, table)
+
+
+def test_a_run_given_a_naive_time_takes_it_as_local_time_and_ages_the_tags_by_it(store: Store, clock: Any) -> None:
+    clock.now = at("2026-01-15T09:00:00Z")
+    flush_rounds(store, clock, 3, 2)
+    first = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=later())
+    assert first.tag
+    local = (later() + timedelta(days=1)).astimezone().replace(tzinfo=None)  # the same instant, naive
+
+    young = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=local)
+    old = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=local + timedelta(days=7))
+
+    assert young.tags_removed == 0 and old.tags_removed == 1
+    assert set(lake_table(store.data_dir).metadata.refs) == {"main"}
+
+
+def test_two_runs_removing_the_same_aged_tag_count_it_once(store: Store, clock: Any) -> None:
+    clock.now = at("2026-01-15T09:00:00Z")
+    flush_rounds(store, clock, 3, 2)
+    assert maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=later()).tag
+    stages: list[str] = []
+    inner: list[MaintainReport] = []
+    aged = later() + timedelta(days=8)
+
+    def another_run_removes_it_first(stage: str) -> None:
+        stages.append(stage)
+        if stage == "before_untag" and not inner:
+            inner.append(maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=aged))
+
+    outer = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=aged, fault=another_run_removes_it_first)
+
+    assert inner[0].tags_removed == 1 and outer.tags_removed == 0
+    assert stages.count("before_untag") == 2  # the first run's removal lost the race, and was redone without it
+    assert set(lake_table(store.data_dir).metadata.refs) == {"main"}
+
+
+def test_maintenance_sets_again_the_no_blind_retry_property_another_tool_unset(store: Store, clock: Any) -> None:
+    clock.now = at("2026-01-15T09:00:00Z")
+    flush_rounds(store, clock, 3, 2)
+    with lake_table(store.data_dir).transaction() as tx:
+        tx.set_properties({"commit.retry.num-retries": "4"})
+
+    report = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=later())
+
+    table = lake_table(store.data_dir)
+    assert table.metadata.properties["commit.retry.num-retries"] == "0"
+    assert report.tag and table.metadata.refs[report.tag].snapshot_id in {
+        s.snapshot_id for s in table.metadata.snapshots
+    }
+
+
+def test_a_run_whose_tag_was_not_kept_says_so_and_still_keeps_the_state_before_it(
+    store: Store, clock: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock.now = at("2026-01-15T09:00:00Z")
+    flush_rounds(store, clock, 3, 2)
+    base = lake_table(store.data_dir).metadata.current_snapshot_id
+    # As pyiceberg's own commit retry does (were it on): the overwrite re-applied, the tag dropped.
+    monkeypatch.setattr(snapshots, "stage_tag", lambda tx, snapshot_id, name: None)
+
+    idle = later() + timedelta(days=8)  # the table idle for longer than the retention: the base is old
+
+    report = maintain(lake_table(store.data_dir), retain=timedelta(days=7), now=idle)
+
+    table = lake_table(store.data_dir)
+    assert report.days_compacted == [f"{TENANT}/2026-01-15"] and report.tag is None
+    assert "was not kept" in caplog.text and set(table.metadata.refs) == {"main"}
+    assert base in {snapshot.snapshot_id for snapshot in table.metadata.snapshots}
+    assert report.orphans_removed == 0  # the files it replaced are still the kept snapshot's
+    assert_exactly_once(store, table)
 
 
 def test_a_file_flushed_during_a_run_and_compacted_by_it_stays_on_disk_for_the_orphan_age(
@@ -479,7 +617,7 @@ def test_maintenance_whose_compaction_loses_a_race_with_a_flush_redoes_it_and_ke
     report = maintain(lake_table(store.data_dir), now=later(), fault=flush_meanwhile)
 
     assert flushed[0].tenants == {TENANT: 3} and flushed[0].commits == 1
-    assert stages == ["before_commit", "before_commit", "before_expire"]  # the compaction, redone once
+    assert stages == ["before_commit", "before_commit", "before_untag", "before_expire"]  # the compaction, redone once
     assert report.days_compacted == [f"{TENANT}/2026-01-15"]
     table = lake_table(store.data_dir)
     assert files_per_partition(table) == {(TENANT, date(2026, 1, 15)): 1}  # the flushed rows compacted too
@@ -520,7 +658,7 @@ def test_an_open_day_whose_compaction_keeps_losing_to_flushes_is_left_and_the_re
 
     table = lake_table(store.data_dir)
     assert report.days_compacted == []
-    assert stages == ["before_commit"] * (MAX_RACES + 1) + ["before_expire"]  # then the expiry still ran
+    assert stages == ["before_commit"] * (MAX_RACES + 1) + ["before_untag", "before_expire"]  # then the expiry ran
     assert files_per_partition(table) == {(TENANT, today.date()): 3 + MAX_RACES + 1}
     assert_exactly_once(store, table)
 

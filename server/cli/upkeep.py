@@ -196,7 +196,8 @@ def lake_register(data_dir: Path) -> None:
     show_default=True,
     type=click.FloatRange(min=0),
     callback=finite,
-    help="Expire snapshots older than this (those an append superseded go sooner: they hold nothing more).",
+    help="Expire snapshots, and the tags of the table's state before each run, older than this (snapshots an "
+    "append superseded go sooner: they hold nothing more).",
 )
 @click.option("--orphan-hours", default=1.0, show_default=True, type=click.FloatRange(min=0), callback=finite,
               help="Remove unreferenced data and metadata files older than this (younger ones may belong to a commit in flight).")  # fmt: skip
@@ -222,7 +223,8 @@ def lake_maintain(retain_days: float, orphan_hours: float, open_day_files: int, 
             open_day_files=open_day_files,
         )
     click.echo(
-        f"compacted {len(report.days_compacted)} day(s), expired {report.snapshots_expired} snapshot(s), "
-        f"removed {report.orphans_removed} orphan data file(s) and {report.metadata_removed} unreferenced metadata "
-        f"file(s); data files {report.files_before} -> {report.files_after}"
+        f"compacted {len(report.days_compacted)} day(s), expired {report.snapshots_expired} snapshot(s) and "
+        f"{report.tags_removed} tag(s), removed {report.orphans_removed} orphan data file(s) and "
+        f"{report.metadata_removed} unreferenced metadata file(s); data files {report.files_before} -> "
+        f"{report.files_after}" + (f"; the table before this run is tag {report.tag}" if report.tag else "")
     )

@@ -23,13 +23,17 @@ WATERMARK_PREFIX = "headlessly.watermark."  # + tenant -> "<seq>:<hash>"
 # A fast append (pyiceberg's default) adds a manifest per commit and keeps every earlier one, so reading the
 # table (verify, restore, maintenance) opened one more manifest per flush; appends merge small manifests instead
 # (into 8 MB ones, once 100 have gathered).
-WRITE_PROPERTIES = {"write.target-file-size-bytes": str(1 << 40), "commit.manifest-merge.enabled": "true"}
+WRITE_PROPERTIES = {
+    "write.target-file-size-bytes": str(1 << 40),
+    "commit.manifest-merge.enabled": "true",
+    # A commit that loses a race must not be re-applied blindly: a flush's would append its rows twice (the
+    # flusher re-reads the watermark and retries itself), and pyiceberg's re-application drops the tag of a
+    # maintenance run's first commit. Set again by the flusher and `lake maintain` when another tool unset it.
+    "commit.retry.num-retries": "0",
+}
 
 TABLE_PROPERTIES = {
     **WRITE_PROPERTIES,
-    # A commit that loses a race must not be re-applied blindly (it would append the rows twice):
-    # the flusher re-reads the watermark and retries itself.
-    "commit.retry.num-retries": "0",
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "20",
     "format-version": "2",

@@ -27,7 +27,7 @@ MAX_RACES = 20  # commits lost in a row by one step
 COMPACT_ROWS = 100_000  # rows a compacted file holds at most: what one compaction commit holds in memory, as a flush's
 T = TypeVar("T")
 
-# Called at "before_commit" (of a compaction) and "before_expire": a test's interleaving point.
+# Called at "before_commit" (of a compaction), "before_untag" and "before_expire": a test's interleaving point.
 Fault = Callable[[str], None]
 
 
@@ -39,6 +39,8 @@ class MaintainReport:
     files_after: int = 0
     orphans_removed: int = 0  # data files
     metadata_removed: int = 0  # manifest lists, manifests and metadata files
+    tag: str | None = None  # the tag of the table's state before the run (when it compacted)
+    tags_removed: int = 0  # runs' tags older than the retention
 
 
 def maintain(
@@ -57,15 +59,16 @@ def maintain(
     A commit that loses a race (a flush committed meanwhile) is redone on the table as it is then."""
     from pyiceberg.exceptions import CommitFailedException
 
-    now = now or datetime.now(UTC)
+    now = (now or datetime.now(UTC)).astimezone(UTC)  # (a naive time is local, as Python takes it)
     say = progress or (lambda _text: None)
     hook = fault or (lambda _stage: None)
     report = MaintainReport(files_before=_data_file_count(table))
     _retrying(table, _set_write_properties)
     bases: list[int] = []  # the snapshot each compaction commit was made on, in order
     made: list[int] = []  # the snapshots the compaction commits added (a delete and an append each)
+    done = _Progress(bases=bases, made=made, now=now)
     for tenant, day in _days_to_compact(table, now, open_day_files):
-        done = _Progress(bases=bases, made=made)
+        done.commits = 0
         try:
             _compact_day(table, tenant, day, hook, done)
         except CommitFailedException:
@@ -78,17 +81,23 @@ def maintain(
         if done.commits:  # (none: files too large to merge, or another maintenance merged them first)
             report.days_compacted.append(f"{tenant}/{day.isoformat()}")
             say(f"compacted {tenant} {day.isoformat()}")
+    if done.tag:
+        report.tag = done.tag
+        say(f"tagged the table's state before this run {done.tag}")
     before = {snapshot.snapshot_id for snapshot in table.metadata.snapshots}
     # Each sweep below reads every kept snapshot's manifests: seconds to minutes on an old table, so each says
     # when it starts as well as what it did.
     say(
-        f"expiring snapshots older than {(now - retain).isoformat(timespec='seconds')}, and those superseded by "
-        "an append..."
+        f"expiring snapshots and runs' tags older than {(now - retain).isoformat(timespec='seconds')}, and the "
+        "snapshots superseded by an append..."
     )
-    _retrying(table, lambda t: _expire(t, now, retain, hook, bases[:1], bases[1:] + made))
+    removed: list[str] = []
+    # (the first base is tagged, so no expiry takes it; kept here too, should its tag have been lost)
+    _retrying(table, lambda t: _expire(t, now, retain, hook, bases[1:] + made, bases[:1], removed))
     table = table.refresh()
     report.snapshots_expired = len(before - {snapshot.snapshot_id for snapshot in table.metadata.snapshots})
-    say(f"expired {report.snapshots_expired} snapshots")
+    report.tags_removed = len(removed)
+    say(f"expired {report.snapshots_expired} snapshots and removed {report.tags_removed} tags")
     say("looking for orphan data files...")
     report.orphans_removed = _remove_orphans(table, now - orphan_age)
     say(f"removed {report.orphans_removed} orphan data files")
@@ -126,15 +135,26 @@ def _set_write_properties(table: Any) -> None:
 
 
 def _expire(
-    table: Any, now: datetime, retain: timedelta, fault: Fault, kept: list[int], of_this_run: list[int]
+    table: Any,
+    now: datetime,
+    retain: timedelta,
+    fault: Fault,
+    of_this_run: list[int],
+    kept: list[int],
+    removed: list[str],
 ) -> None:
-    """Expire, in one commit, the snapshots older than `retain`, those an append superseded (snapshots.py: they
-    hold no file their successor lacks), and `of_this_run`: the snapshots the run's compaction commits made
-    and those after its first were made on (the table's current snapshot stays, whichever it is). `kept`, the
-    snapshot the first was made on, stays (for `retain` from its own commit, and at least until the next run,
-    as the state before this one): it holds every file the run replaced, but for files written during the run,
-    which are younger than the orphan sweep's age and so stay on disk for that long. One snapshot kept per
-    run, not two or three per compaction commit: each kept snapshot makes every later commit slower."""
+    """Remove the runs' tags older than `retain` (one commit; their names go to `removed`), then expire, in
+    one commit, the snapshots older than `retain`, those an append superseded (snapshots.py: they hold no file
+    their successor lacks), and `of_this_run`: snapshots the run's compaction commits were made on and made
+    (not `kept`, the first's base: never expired by its own run, tagged or not). Tagged snapshots stay
+    (the state before this run and before the other runs of the last `retain`: each holds every file its run
+    replaced, but for files written during the run, which are younger than the orphan sweep's age and so stay
+    on disk that long), and so does the current one. One snapshot kept per run, not two or three per
+    compaction commit: each kept snapshot makes every later commit slower."""
+    stale = snapshots.tags_before(table, now - retain)
+    fault("before_untag")
+    snapshots.remove_tags(table, stale)  # (another run removing one first: a race lost, redone without it)
+    removed.extend(stale)
     ids = dict.fromkeys(
         snapshots.older_than(table, now - retain)
         + snapshots.superseded_by_appends(table, now)
@@ -186,9 +206,27 @@ class _Progress:
     commits: int = 0  # of one day's compaction, across the races it lost
     bases: list[int] = field(default_factory=list)  # each commit's snapshot before it (the run's, shared)
     made: list[int] = field(default_factory=list)  # the snapshots each commit added (the run's, shared)
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))  # the run's start: its tag's name
+    tag: str = ""  # the run's tag, of the snapshot its first commit was made on (once committed)
+    staged: str = ""  # the tag the pending commit stages
+
+    def tag_first(self, tx: Any, base: int | None) -> None:
+        """In the run's first commit (`tx`, its overwrite staged), tag its base: atomically, so that no other
+        run's expiry can take the state before this run from it. The name is free in the table as `tx` sees it;
+        a run that added one since also moved main, so this commit fails (a race lost) and is redone."""
+        if self.bases or base is None:
+            return
+        self.staged = snapshots.free_tag(tx.table_metadata.refs, self.now)
+        snapshots.stage_tag(tx, base, self.staged)
 
     def record(self, table: Any, base: int | None) -> None:
         """Count a commit just made on `base`."""
+        if not self.bases and base is not None:
+            ref = table.metadata.refs.get(self.staged)
+            if ref is not None and ref.snapshot_id == base:
+                self.tag = self.staged
+            else:  # (re-applied by pyiceberg's own retry, which drops it: commit.retry.num-retries set again)
+                log.warning("the tag %s of the state before this maintenance run was not kept", self.staged)
         self.commits += 1
         if base is not None:
             self.bases.append(base)
@@ -235,6 +273,7 @@ def _compact_runs(table: Any, tenant: str, day: Any, fault: Fault, done: _Progre
         base = table.metadata.current_snapshot_id
         with table.transaction() as tx:
             tx.overwrite(table.scan(row_filter=whole).to_arrow().sort_by("seq"), overwrite_filter=whole)
+            done.tag_first(tx, base)
             fault("before_commit")
         done.record(table, base)
         return
@@ -245,6 +284,7 @@ def _compact_runs(table: Any, tenant: str, day: Any, fault: Fault, done: _Progre
         base = table.metadata.current_snapshot_id  # (a commit made on another fails: a race lost)
         with table.transaction() as tx:
             tx.overwrite(data, overwrite_filter=ex.And(ex.EqualTo("tenant", tenant), ex.And(window, span)))
+            done.tag_first(tx, base)
             fault("before_commit")
         done.record(table, base)
 

@@ -8,12 +8,13 @@ holds a subset of its successor's data files: expiring it orphans no data file, 
 (and, once manifests are merged, the manifests its successor merged away), which `lake maintain` sweeps.
 Its rows are still in the table, so nothing is lost; only the state the table had for those few seconds
 goes. A snapshot followed by anything else (the delete half of a compaction) references files its
-successor replaced: `lake maintain` keeps one such per run for the retention period, so that readers and
-recovery find them, and expires the others its run made (maintain.py)."""
+successor replaced: `lake maintain` keeps one such per run for the retention period, the state before the
+run, under a tag (no expiry removes a tagged snapshot), so that readers and recovery find them, and expires
+the others its run made (maintain.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 # How long after it was superseded a snapshot stays: a scan plans on the snapshot current when it starts and
@@ -21,6 +22,9 @@ from typing import Any
 SUPERSEDED_GRACE = timedelta(minutes=1)
 # The flusher expires superseded snapshots once this many have gathered: an expiry is a commit of its own.
 EXPIRE_AT = 20
+# `lake maintain` tags the table's state before each run that compacts "<prefix><the run's time, UTC>".
+TAG_PREFIX = "headlessly-maintain-"
+_TAG_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def superseded_by_appends(table: Any, now: datetime, grace: timedelta = SUPERSEDED_GRACE) -> list[int]:
@@ -74,6 +78,49 @@ def made_on(table: Any, base: int | None) -> list[int]:
         snapshot = by_id.get(sid)
         sid = snapshot.parent_snapshot_id if snapshot else None
     return out if sid == base else []
+
+
+def free_tag(refs: Any, now: datetime) -> str:
+    """The tag name of the state before a maintenance run at `now`, not among `refs` (runs that started at the
+    same microsecond: a microsecond later each)."""
+    at = now.astimezone(UTC)
+    while (name := TAG_PREFIX + at.strftime(_TAG_TIME)) in refs:
+        at += timedelta(microseconds=1)
+    return name
+
+
+def stage_tag(tx: Any, snapshot_id: int, name: str) -> None:
+    """Stage, in the transaction `tx`, a tag `name` on the snapshot. Stage it after the transaction's
+    overwrite or append: pyiceberg keeps one requirement of each kind per transaction, the first staged, and
+    the commit's "main is still where this view saw it" must be the one kept, not the tag's ("the tag is
+    where this view saw it": absent). So the tag's own requirement is not checked: `name` must be free in the
+    view `tx` was made on (free_tag), and any commit that has added it since moved main."""
+    from pyiceberg.table.update.snapshot import ManageSnapshots
+
+    ManageSnapshots(transaction=tx).create_tag(snapshot_id, name).commit()
+
+
+def tags_before(table: Any, when: datetime) -> list[str]:
+    """The names of the maintenance runs' tags whose run was before `when` (other tags are not ours)."""
+    out = []
+    for name in table.metadata.refs:
+        if not name.startswith(TAG_PREFIX):
+            continue
+        try:
+            made = datetime.strptime(name.removeprefix(TAG_PREFIX), _TAG_TIME).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        if made < when:
+            out.append(name)
+    return out
+
+
+def remove_tags(table: Any, names: list[str]) -> None:
+    """Remove these tags in one commit (none: no commit)."""
+    if names:
+        with table.manage_snapshots() as ms:
+            for name in names:
+                ms.remove_tag(name)
 
 
 def _heads(table: Any) -> set[int]:
