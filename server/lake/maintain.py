@@ -64,9 +64,7 @@ def maintain(
     hook = fault or (lambda _stage: None)
     report = MaintainReport(files_before=_data_file_count(table))
     _retrying(table, _set_write_properties)
-    bases: list[int] = []  # the snapshot each compaction commit was made on, in order
-    made: list[int] = []  # the snapshots the compaction commits added (a delete and an append each)
-    done = _Progress(bases=bases, made=made, now=now)
+    done = _Progress(now=now)  # the run's compaction commits, and its tag
     for tenant, day in _days_to_compact(table, now, open_day_files):
         done.commits = 0
         try:
@@ -93,7 +91,7 @@ def maintain(
     )
     removed: list[str] = []
     # (the first base is tagged, so no expiry takes it; kept here too, should its tag have been lost)
-    _retrying(table, lambda t: _expire(t, now, retain, hook, bases[1:] + made, bases[:1], removed))
+    _retrying(table, lambda t: _expire(t, now, retain, hook, done.bases[1:] + done.made, done.bases[:1], removed))
     table = table.refresh()
     report.snapshots_expired = len(before - {snapshot.snapshot_id for snapshot in table.metadata.snapshots})
     report.tags_removed = len(removed)
@@ -203,10 +201,10 @@ def _days_to_compact(table: Any, now: datetime, open_day_files: int) -> list[tup
 
 @dataclass
 class _Progress:
-    commits: int = 0  # of one day's compaction, across the races it lost
-    bases: list[int] = field(default_factory=list)  # each commit's snapshot before it (the run's, shared)
-    made: list[int] = field(default_factory=list)  # the snapshots each commit added (the run's, shared)
-    now: datetime = field(default_factory=lambda: datetime.now(UTC))  # the run's start: its tag's name
+    now: datetime  # the run's start: its tag's name
+    commits: int = 0  # of one day's compaction, across the races it lost (reset for each day)
+    bases: list[int] = field(default_factory=list)  # each of the run's commits' snapshot before it, in order
+    made: list[int] = field(default_factory=list)  # the snapshots the run's commits added (a delete, an append)
     tag: str = ""  # the run's tag, of the snapshot its first commit was made on (once committed)
     staged: str = ""  # the tag the pending commit stages
 
