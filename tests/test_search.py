@@ -985,6 +985,26 @@ def test_find_as_of_pages_through_the_past(store: Store, clock: Any, many: dict[
 # ---- indexed fields and hostile values -------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("filter", "expected"),
+    [
+        ({"$or": [{}, {"industry": "Software"}]}, {"Acme", "Initech", "Plain"}),
+        ({"$or": [{"industry": "Software"}, {}]}, {"Acme", "Initech", "Plain"}),
+        ({"$or": [{}, {"industry": {"$gt": "S"}}]}, {"Acme", "Initech", "Plain"}),
+        ({"$and": [{}, {"industry": "Software"}]}, {"Acme"}),
+        ({"$or": [{}]}, {"Acme", "Initech", "Plain"}),
+    ],
+)
+def test_an_empty_filter_inside_or_matches_everything_beside_an_indexed_condition(
+    store: Store, filter: dict[str, Any], expected: set[str]
+) -> None:
+    create(store, "Organization", name="Acme", industry="Software")
+    create(store, "Organization", name="Initech", industry="Retail")
+    create(store, "Organization", name="Plain")
+
+    assert found(store, "Organization", filter) == expected  # (found also checks total)
+
+
 def test_find_by_an_indexed_field_treats_sql_looking_values_as_plain_values(store: Store) -> None:
     create(store, "Organization", name="Acme", industry="Software")
     create(store, "Organization", name="Globex", industry="Software")

@@ -164,6 +164,10 @@ class FilterCompiler:
                         f"unknown field {key!r} for {self.what}; its fields are: {', '.join(self.columns)}"
                     )
                 parts.append(self._field(col, value, depth))
+        if not parts and depth > 0:
+            # `{}` inside $and/$or is a condition of its own (true): the fast paths that take a filter of one
+            # indexed condition for that condition alone must not miss it (`{"$or": [{}, X]}` matches all).
+            self.terms += 1
         return "(" + " AND ".join(parts) + ")" if parts else "1"
 
     def _field(self, col: Column, cond: Any, depth: int) -> str:
