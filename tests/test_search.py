@@ -832,6 +832,26 @@ def test_a_cursor_over_a_full_text_search_stays_stable_while_others_write(store:
     assert sorted(names(first) + [e["name"] for e in rest]) == [f"Sonny {i:02d}" for i in range(12)]
 
 
+@pytest.mark.parametrize("letter", ["x", "日", "😀"], ids=["ascii", "cjk", "emoji"])
+def test_a_sort_by_long_text_pages_on_with_a_short_cursor_while_others_write(
+    store: Store, clock: Any, letter: str
+) -> None:
+    titles = {f"P{i}": letter * 7000 + str(i) for i in range(5)}  # longer than a cursor may be, escaped
+    ids = {name: create(store, "Contact", name=name, title=title)["$id"] for name, title in titles.items()}
+
+    first = store.find(TENANT, "Contact", sort="title,-name", limit=2)
+    assert names(first) == ["P0", "P1"]
+    assert len(first["cursor"]) < 1000
+    # The row the cursor stopped at moves to the end of the order: the next pages still go on from where it was.
+    clock.advance(1)
+    store.do(TENANT, OTHER, {"action": "update", "type": "Contact", "id": ids["P1"], "data": {"title": "z"}})
+
+    rest = walk_from(store, first["cursor"], sort="title,-name", limit=2)
+
+    assert [e["name"] for e in rest] == ["P2", "P3", "P4"]
+    assert [e["title"] for e in rest] == [titles["P2"], titles["P3"], titles["P4"]]
+
+
 def walk_from(store: Store, cursor: str | None, **kwargs: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     while cursor:

@@ -11,11 +11,17 @@ from typing import Any
 
 from ..errors import InvalidCursor
 
+# A sort value whose JSON is longer than this is left out of the cursor (its `elided` positions): a long text
+# would make the cursor longer than `decode` takes. The search reads it back from the last row's state at `seq`.
+MAX_KEY_JSON = 256
+MAX_TOKEN = 8192
+
 
 @dataclass(frozen=True)
 class Cursor:
-    keys: list[Any]  # sort-key values of the last row returned, then its id (or seq)
+    keys: list[Any]  # sort-key values of the last row returned (None where elided), then its id (or seq)
     seq: int  # the log position the first page read: later pages read the same state
+    elided: tuple[int, ...] = ()  # positions in `keys` whose value is not carried
 
 
 def sealed_for(conn: sqlite3.Connection, query: dict[str, Any]) -> dict[str, Any]:
@@ -33,7 +39,10 @@ def _seal(body: str, query: dict[str, Any]) -> str:
 
 
 def encode(cursor: Cursor, query: dict[str, Any]) -> str:
-    body = json.dumps({"k": cursor.keys, "s": cursor.seq}, separators=(",", ":"))
+    fields: dict[str, Any] = {"k": cursor.keys, "s": cursor.seq}
+    if cursor.elided:
+        fields["e"] = list(cursor.elided)
+    body = json.dumps(fields, separators=(",", ":"))
     token = json.dumps({"b": body, "c": _seal(body, query)}, separators=(",", ":"))
     return base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
 
@@ -47,7 +56,7 @@ def decode(token: object, query: dict[str, Any], key_count: int, max_seq: int) -
         "includeDeleted (only limit may change)."
     )
     foreign = InvalidCursor("the cursor is not one this server issued for this search", hint=hint)
-    if not isinstance(token, str) or not token or len(token) > 8192:
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN:
         raise foreign
     try:
         outer = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
@@ -55,7 +64,7 @@ def decode(token: object, query: dict[str, Any], key_count: int, max_seq: int) -
             raise ValueError
         body, check = outer["b"], outer["c"]
         inner = json.loads(body)
-        keys, seq = inner["k"], inner["s"]
+        keys, seq, elided = inner["k"], inner["s"], inner.get("e", [])
     except (ValueError, KeyError, TypeError):
         raise foreign from None
     if not isinstance(body, str) or not isinstance(check, str) or check != _seal(body, query):
@@ -68,6 +77,9 @@ def decode(token: object, query: dict[str, Any], key_count: int, max_seq: int) -
         or not isinstance(seq, int)
         or isinstance(seq, bool)
         or not 0 <= seq <= max_seq
+        or not isinstance(elided, list)
+        or sorted(set(elided)) != elided
+        or not all(type(i) is int and 0 <= i < key_count - 1 and keys[i] is None for i in elided)
     ):
         raise foreign
-    return Cursor(keys=keys, seq=seq)
+    return Cursor(keys=keys, seq=seq, elided=tuple(elided))

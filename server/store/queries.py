@@ -7,7 +7,7 @@ import re
 import sqlite3
 from typing import Any
 
-from ..errors import InvalidFilter, LimitExceeded, NotFound, ValidationFailed
+from ..errors import InvalidCursor, InvalidFilter, LimitExceeded, NotFound, ValidationFailed
 from ..schema import Noun, SchemaSet
 from ..schema.validation import INT64_MAX
 from ..timeutil import between_microseconds, format_us, parse_as_of
@@ -362,7 +362,7 @@ def find(
             base_where, base_params = " AND ".join(where), params
         page_where, page_params = base_where, list(base_params)
         if cursor is not None:
-            after_sql, after_params = _after(keys, page.keys[:-1], page.keys[-1])
+            after_sql, after_params = _after(keys, _cursor_values(conn, noun, keys, page), page.keys[-1])
             page_where += " AND " + after_sql
             page_params += after_params
         select_keys = ", ".join(f"{k.column.sql}" for k in keys)
@@ -377,7 +377,13 @@ def find(
     next_cursor = None
     if has_more:
         last = rows[-1]
-        next_cursor = cursors.encode(cursors.Cursor(keys=[*last[2:], last[0]], seq=pinned), identity)
+        values = list(last[2:])
+        elided = tuple(
+            i for i, v in enumerate(values) if isinstance(v, str) and len(json.dumps(v)) > cursors.MAX_KEY_JSON
+        )
+        for i in elided:
+            values[i] = None
+        next_cursor = cursors.encode(cursors.Cursor(keys=[*values, last[0]], seq=pinned, elided=elided), identity)
     result: dict[str, Any] = {
         "results": [json.loads(r[1]) for r in rows],
         "total": total if exact else min(total, COUNT_CAP),
@@ -387,6 +393,20 @@ def find(
     if not exact and total > COUNT_CAP:
         result["totalIsLowerBound"] = True
     return result
+
+
+def _cursor_values(conn: sqlite3.Connection, noun: Noun, keys: list[SortKey], page: cursors.Cursor) -> list[Any]:
+    """The sort values of a cursor's last row: as carried, with the elided ones read from that row as the
+    cursor's first page saw it."""
+    values = page.keys[:-1]
+    if page.elided:
+        source, params = _source(noun, page.seq)
+        select = ", ".join(k.column.sql for k in keys)
+        row = conn.execute(f"SELECT {select} FROM {source} WHERE id = ?", [*params, page.keys[-1]]).fetchone()
+        if row is None:
+            raise InvalidCursor("the cursor's last row is not in this tenant", hint="Search again from page 1.")
+        values = [row[i] if i in page.elided else v for i, v in enumerate(values)]
+    return values
 
 
 def _within(sizes: list[int]) -> int:
