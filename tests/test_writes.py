@@ -75,6 +75,14 @@ def test_a_given_value_wins_over_the_default(store: Store) -> None:
     assert entity["stage"] == "Customer"
 
 
+def test_a_field_given_as_null_on_create_gets_its_default(store: Store) -> None:
+    result = create(store, "Contact", {"name": "Alice", "stage": None, "title": None})
+
+    assert fields(result["entity"]) == {"name": "Alice", "stage": "Lead"}
+    assert result["events"][0]["data"] == {"name": "Alice", "stage": "Lead"}
+    assert [e["name"] for e in store.find(TENANT, "Contact", filter={"stage": "Lead"})["results"]] == ["Alice"]
+
+
 def test_ids_are_the_noun_lowercased_and_base62_and_never_repeat(store: Store) -> None:
     ids = [contact(store)["$id"] for _ in range(20)]
     assert len(set(ids)) == 20

@@ -348,7 +348,10 @@ class Mutator:
 
     def create(self, noun: Noun, op: Operation) -> dict[str, Any]:
         patch = self.before_hooks(noun, "create", "Created", None, self.patch_of(noun, op, None), None, op)
-        fields = {f.name: f.default for f in noun.fields.values() if f.default is not None and f.name not in patch}
+        # null is the absent value: a field given as null gets its default, as one left out does
+        fields = {
+            f.name: f.default for f in noun.fields.values() if f.default is not None and patch.get(f.name) is None
+        }
         fields.update({k: v for k, v in patch.items() if v is not None})
         fields = self.validate(noun, fields, None)
         entity_id = new_id(noun.prefix)
