@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from conftest import widgets
 
 from server.errors import HeadlesslyError, InvalidAsOf, NotFound, ValidationFailed, VersionConflict
 from server.store import Store
@@ -607,7 +608,12 @@ def test_a_revert_restores_unique_values_swapped_inside_its_window(store: Store,
     assert store.verify(TENANT)["ok"] is True
 
 
-def test_a_revert_reports_both_sides_of_a_unique_value_exchanged_inside_its_window(store: Store, clock: Any) -> None:
+def emails(store: Store, *ids: str) -> list[str]:
+    return [store.get(TENANT, "Contact", i)["email"] for i in ids]
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_revert_restores_unique_values_exchanged_inside_its_window(store: Store, clock: Any, dry_run: bool) -> None:
     a = do(store, GOOD, action="create", type="Contact", data={"name": "A", "email": "x@a.io"})["entity"]["$id"]
     c = do(store, GOOD, action="create", type="Contact", data={"name": "C", "email": "y@a.io"})["entity"]["$id"]
     clock.advance(60)
@@ -616,10 +622,74 @@ def test_a_revert_reports_both_sides_of_a_unique_value_exchanged_inside_its_wind
     do(store, ROGUE, action="update", type="Contact", id=a, data={"email": "y@a.io"})  # a and c exchanged
     spam = do(store, ROGUE, action="create", type="Contact", data={"name": "Spam"})["entity"]["$id"]
     clock.advance(60)
+    before = event_count(store)
+
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z", dryRun=dry_run)
+
+    assert result["conflicts"] == []
+    assert sorted(ev["target"] for ev in result["events"]) == sorted([a, c, spam])
+    assert {e["$id"]: e.get("email") for e in result["reverted"]} == {a: "x@a.io", c: "y@a.io", spam: None}
+    if dry_run:
+        assert event_count(store) == before
+        assert emails(store, a, c) == ["y@a.io", "x@a.io"]
+    else:
+        assert emails(store, a, c) == ["x@a.io", "y@a.io"]
+        assert [e["email"] for e in store.find(TENANT, "Contact", filter={"email": "x@a.io"})["results"]] == ["x@a.io"]
+        assert store.verify(TENANT)["ok"] is True
+
+
+def test_a_revert_restores_unique_values_rotated_among_three_entities(store: Store, clock: Any) -> None:
+    ids = [
+        do(store, GOOD, action="create", type="Contact", data={"name": n, "email": f"{n}@a.io"})["entity"]["$id"]
+        for n in "abc"
+    ]
+    clock.advance(60)
+    do(store, ROGUE, operations=[
+        {"action": "update", "type": "Contact", "id": ids[0], "data": {"email": "tmp@a.io"}},
+        {"action": "update", "type": "Contact", "id": ids[2], "data": {"email": "a@a.io"}},
+        {"action": "update", "type": "Contact", "id": ids[1], "data": {"email": "c@a.io"}},
+        {"action": "update", "type": "Contact", "id": ids[0], "data": {"email": "b@a.io"}},
+    ])  # fmt: skip
+    clock.advance(60)
+
     result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z")
-    assert sorted(conflict["id"] for conflict in result["conflicts"]) == sorted([a, c])
-    assert [ev["target"] for ev in result["events"]] == [spam]
+
+    assert result["conflicts"] == []
+    assert emails(store, *ids) == ["a@a.io", "b@a.io", "c@a.io"]
     assert store.verify(TENANT)["ok"] is True
+
+
+def test_a_revert_writes_none_of_an_exchange_that_one_side_cannot_complete(tmp_path: Any, clock: Any) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"code": "string##", "tag": "string##"'), clock=clock) as store:
+
+        def widget(**data: Any) -> str:
+            return str(store.do(TENANT, GOOD, {"action": "create", "type": "Widget", "data": data})["entity"]["$id"])
+
+        a, c = widget(name="A", code="1", tag="p"), widget(name="C", code="2", tag="q")
+        clock.advance(60)
+        store.do(TENANT, ROGUE, {"operations": [
+            {"action": "update", "type": "Widget", "id": a, "data": {"code": "0", "tag": "r"}},
+            {"action": "update", "type": "Widget", "id": c, "data": {"code": "1"}},
+            {"action": "update", "type": "Widget", "id": a, "data": {"code": "2"}},
+        ]})  # fmt: skip
+        clock.advance(60)
+        d = widget(name="D", tag="p")  # a's old tag, taken by an entity the revert leaves alone
+        clock.advance(60)
+        before = event_count(store)
+
+        result = store.do(TENANT, ADMIN, {"action": "revert", "actor": ROGUE, "since": "2026-01-15T10:00:30Z"})
+
+        assert sorted(conflict["id"] for conflict in result["conflicts"]) == sorted([a, c])
+        why = {conflict["id"]: conflict for conflict in result["conflicts"]}
+        assert why[a]["existing"] == d  # the real obstacle, not the exchange
+        assert why[c]["exchangesWith"] == [a]
+        assert a in why[c]["hint"]
+        assert result["events"] == []
+        assert event_count(store) == before
+        codes = [store.get(TENANT, "Widget", i)["code"] for i in (a, c)]
+        assert codes == ["2", "1"]
+        assert store.find(TENANT, "Widget", filter={"code": "1"})["total"] == 1
+        assert store.verify(TENANT)["ok"] is True
 
 
 def test_a_revert_whose_every_entity_is_blocked_reports_them_all_within_the_request_budget(

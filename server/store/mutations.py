@@ -147,6 +147,47 @@ def _conflict(target: str, noun: str, refusal: ValidationFailed) -> dict[str, An
     }
 
 
+@dataclass(frozen=True)
+class _Restore:
+    """A revert's write of one entity back to an earlier state, as prepared before it is tried."""
+
+    row: Any  # the revert's row of this entity: target, noun, first version, event ids
+    noun: Noun
+    fields: dict[str, Any]
+    deleted: bool
+
+    @property
+    def target(self) -> str:
+        return str(self.row[0])
+
+
+def _cycle(start: str, holders: dict[str, str]) -> list[str] | None:
+    """The entities that each wait for the next one's unique value, around to the first, on the way from `start`."""
+    path: list[str] = []
+    at: str | None = start
+    while at is not None and at not in path:
+        path.append(at)
+        at = holders.get(at)
+    return None if at is None else path[path.index(at) :]
+
+
+def _exchange_conflict(
+    restore: _Restore, cycle: list[str], refused: _Restore, refusal: ValidationFailed
+) -> dict[str, Any]:
+    """The conflict entry of an entity in an exchange of unique values that cannot be completed."""
+    if restore is refused:
+        return _conflict(restore.target, restore.noun.name, refusal)
+    others = ", ".join(t for t in cycle if t != restore.target)
+    return {
+        "id": restore.target,
+        "type": restore.noun.name,
+        "message": f"{restore.target} cannot be brought back: it takes back a unique value from {others}, which "
+        f"takes its own back in turn, and {refused.target} cannot be brought back (force does not change this)",
+        "hint": f"Resolve {refused.target}'s conflict first, then revert again.",
+        "exchangesWith": [t for t in cycle if t != restore.target],
+    }
+
+
 class _Blocked(Exception):
     """Entities whose links failed at the end of a revert's pass: the pass is tried again without them."""
 
@@ -528,7 +569,24 @@ class Mutator:
         links: list[tuple[str, Noun, dict[str, Any], list[str], dict[str, Any] | None]] = []
         queue = deque(rows)
         pending = {row[0] for row in rows}  # targets not handled yet in this pass
-        waiting: set[str] = set()  # put back behind a unique value's holder since the last write
+        waiting: dict[str, str] = {}  # put back behind a unique value's holder since the last write: the holder
+        tried: dict[str, _Restore] = {}
+
+        def done(restore: _Restore, current: Loaded, event: Written) -> None:
+            pending.discard(restore.target)
+            links.append(
+                (
+                    restore.target,
+                    restore.noun,
+                    restore.fields,
+                    links_to_check(current, restore.fields, restore.deleted),
+                    kept_links(current),
+                )
+            )
+            waiting.clear()
+            reverted.append(event.state)
+            events.append(event.event)
+
         while queue:
             row = queue.popleft()
             target, entity_type, first_version, ids = row
@@ -597,32 +655,41 @@ class Mutator:
                         blocked[target] = _conflict(target, noun.name, exc)
                         queue.appendleft(row)  # reported in its place, as a blocked entity
                         continue
-                target_fields = memo[target]
+                restore = tried[target] = _Restore(row, noun, memo[target], is_deleted(before))
                 try:
                     with self._savepoint("revert_entity"):
-                        event = self.write(
-                            noun, target, "Updated", current, target_fields, None, op,
-                            extra_data=revert_of, deleted=is_deleted(before),
-                        )  # fmt: skip
+                        event = self._restore(restore, current, op)
                 except ValidationFailed as exc:  # a unique value another entity holds now
                     holder = exc.details.get("existing")
-                    if holder in pending and holder != target and target not in waiting:
-                        waiting.add(target)  # the holder comes later in this revert and may let go of it
-                        queue.append(row)
-                        continue
+                    if isinstance(holder, str) and holder in pending and holder != target and holder not in blocked:
+                        again = target in waiting
+                        waiting[target] = holder  # the holder comes later in this revert and may let go of it
+                        if not again:
+                            queue.append(row)
+                            continue
+                        # No write since: the entities wait for each other's values (a swap). Write them together.
+                        cycle = _cycle(target, waiting)
+                        if cycle is not None:
+                            swapped = self._restore_together([tried[t] for t in cycle], op)
+                            if isinstance(swapped, list):
+                                for restore, current, event in swapped:
+                                    done(restore, current, event)
+                                queue = deque(r for r in queue if r[0] not in cycle)
+                            else:  # one of them cannot be brought back: so none of them
+                                for t in cycle:
+                                    blocked[t] = _exchange_conflict(tried[t], cycle, *swapped)
+                                    waiting.pop(t)
+                            if target not in pending:
+                                continue  # written with the others
+                            # Reported in its place if blocked; else tried again, as its holder has let go.
+                            queue.appendleft(row)
+                            continue
                     blocked[target] = _conflict(target, noun.name, exc)
+                    waiting.pop(target, None)  # (not part of a swap any more)
                     queue.appendleft(row)
                     continue
-                pending.discard(target)
-                links.append(
-                    (
-                        target,
-                        noun,
-                        target_fields,
-                        links_to_check(current, target_fields, is_deleted(before)),
-                        kept_links(current),
-                    )
-                )
+                done(restore, current, event)
+                continue
             waiting.clear()
             reverted.append(event.state)
             events.append(event.event)
@@ -635,6 +702,30 @@ class Mutator:
         if failed:
             raise _Blocked(failed)
         return {"events": events, "reverted": reverted, "conflicts": conflicts, "unchanged": unchanged}
+
+    def _restore(self, restore: _Restore, current: Loaded, op: Operation) -> Written:
+        revert_of = {"revertOf": restore.row[3].split(",")}
+        return self.write(
+            restore.noun, restore.target, "Updated", current, restore.fields, None, op,
+            extra_data=revert_of, deleted=restore.deleted,
+        )  # fmt: skip
+
+    def _restore_together(
+        self, restores: list[_Restore], op: Operation
+    ) -> list[tuple[_Restore, Loaded, Written]] | tuple[_Restore, ValidationFailed]:
+        """Write entities that each take back a unique value another of them holds now: their lookup keys are
+        let go first (each write puts its own back), so all are written, or none (the one refused, and why)."""
+        ids = [r.target for r in restores]
+        written = []
+        try:
+            with self._savepoint("revert_together"):
+                self.conn.execute(f"DELETE FROM entity_keys WHERE id IN ({','.join('?' * len(ids))})", ids)
+                for restore in restores:
+                    current = self.load(restore.noun, restore.target)
+                    written.append((restore, current, self._restore(restore, current, op)))
+        except ValidationFailed as exc:
+            return restores[len(written)], exc
+        return written
 
     # ---- shared machinery ---------------------------------------------------------------
 
