@@ -552,6 +552,52 @@ def test_an_idempotency_key_sent_again_with_another_request_is_refused_and_write
     assert event_count(store) == 1
 
 
+@pytest.mark.parametrize(
+    ("first", "again"),
+    [
+        ({"name": "D", "value": 100}, {"name": "D", "value": 100.0}),
+        (
+            {"name": "D", "value": 1, "closedAt": "2026-03-01T00:00:00Z"},
+            {"name": "D", "value": 1, "closedAt": "2026-03-01T01:00:00+01:00"},
+        ),
+    ],
+    ids=["a-whole-float", "another-offset"],
+)
+def test_an_idempotency_key_sent_again_with_values_spelt_another_way_but_stored_alike_replays(
+    store: Store, first: dict[str, Any], again: dict[str, Any]
+) -> None:
+    request = {"action": "create", "type": "Deal", "idempotencyKey": "k"}
+    written = store.do(TENANT, AGENT, {**request, "data": first})
+    replay = store.do(TENANT, AGENT, {**request, "data": again})
+
+    assert replay["replayed"] is True and replay["entity"] == written["entity"]
+    assert event_count(store) == 1
+    with pytest.raises(ValidationFailed):  # a value that is stored otherwise is another request
+        store.do(TENANT, AGENT, {**request, "data": {**first, "value": 100.5}})
+
+
+def test_an_idempotency_key_of_a_contact_sent_again_with_the_email_domain_in_capitals_replays(store: Store) -> None:
+    request = {"action": "create", "type": "Contact", "idempotencyKey": "k"}
+    written = store.do(TENANT, AGENT, {**request, "data": {"name": "A", "email": "ann@example.com"}})
+    replay = store.do(TENANT, AGENT, {**request, "data": {"name": "A", "email": "ann@EXAMPLE.com"}})
+
+    assert replay["replayed"] is True and replay["entity"] == written["entity"]
+    with pytest.raises(ValidationFailed):  # the part before @ is kept as written: another address
+        store.do(TENANT, AGENT, {**request, "data": {"name": "A", "email": "ANN@example.com"}})
+
+
+def test_an_idempotent_rollback_sent_again_with_its_time_at_another_offset_replays(store: Store, clock: Any) -> None:
+    deal = create(store, "Deal", {"name": "D", "value": 1})["entity"]
+    clock.advance(60)
+    store.do(TENANT, AGENT, {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": 2}})
+    request = {"action": "rollback", "type": "Deal", "id": deal["$id"], "idempotencyKey": "undo"}
+    written = store.do(TENANT, AGENT, {**request, "asOf": "2026-01-15T10:00:30Z"})
+    replay = store.do(TENANT, AGENT, {**request, "asOf": "2026-01-15T05:00:30-05:00"})
+
+    assert replay["replayed"] is True and replay["events"] == written["events"]
+    assert event_count(store) == 3
+
+
 def test_a_refused_write_does_not_burn_its_idempotency_key(store: Store) -> None:
     request: dict[str, Any] = {"action": "create", "type": "Deal", "data": {"name": "D"}, "idempotencyKey": "k"}
     with pytest.raises(ValidationFailed):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from datetime import date
@@ -180,6 +181,16 @@ class NounValidator:
         if not subset:
             return merged
         return {**merged, **self._run(self._partial, subset)}
+
+    def normalized(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """`fields` with each valid value as a write stores it (`100.0` as 100, a time in UTC, an email's domain
+        lowercased); unknown fields, nulls and invalid values as they are."""
+        out = dict(fields)
+        for name, value in fields.items():
+            if name in self.noun.fields and value is not None:
+                with contextlib.suppress(ValidationError):  # (refused when the write runs)
+                    out[name] = self._partial.validate_python({name: value})[name]
+        return out
 
     def check_value(self, name: str, value: Any) -> None:
         """ValidationFailed unless `value` is valid for the field `name` alone."""

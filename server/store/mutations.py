@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -232,7 +233,7 @@ class Mutator:
     def apply(self, op: Operation) -> dict[str, Any]:
         asked = None
         if op.idempotencyKey is not None:
-            asked = request_digest(self._refs_named(op))
+            asked = request_digest(self._as_stored(self._refs_named(op)))
             row = self.conn.execute(
                 "SELECT result, request FROM idempotency WHERE actor = ? AND key = ?", (self.actor, op.idempotencyKey)
             ).fetchone()
@@ -332,6 +333,20 @@ class Mutator:
         if data and noun is not None:
             data = {k: named(v) if k in noun.fields and noun.fields[k].relation else v for k, v in data.items()}
         return op.model_copy(update={"id": named(op.id), "data": data})
+
+    def _as_stored(self, op: Operation) -> Operation:
+        """`op` with its data and times as a write would store them: what an idempotency key stands for, so
+        that a retry spelling a value another way (`100.0` for 100, `+00:00` for `Z`) is the same request."""
+        data = op.data
+        if data and op.type in self.env.schemas.nouns:
+            data = self.env.validators[op.type].normalized(data)
+        times = {}
+        for name in ("asOf", "since", "until"):
+            text = getattr(op, name)
+            if text is not None and not between_microseconds(text):  # (a revert's since rounds such a time up)
+                with contextlib.suppress(HeadlesslyError):  # (refused when the operation runs)
+                    times[name] = format_us(parse_as_of(text, name))
+        return op.model_copy(update={"data": data, **times})
 
     def _resolve_refs(self, value: Any) -> Any:
         if isinstance(value, str):
