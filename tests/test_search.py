@@ -348,6 +348,17 @@ def test_filters_nest_to_eight_levels_and_deeper_ones_are_refused_not_crashed(
     assert all("filter nests deeper than 8 levels" in m for m in refusals), refusals
 
 
+@pytest.mark.parametrize("logical", ["$or", "$and"])
+def test_a_filter_of_thousands_of_empty_conditions_is_refused_not_crashed(store: Store, logical: str) -> None:
+    create(store, "Contact", name="Alice")
+
+    assert store.find(TENANT, "Contact", {logical: [{}] * 64})["total"] == 1
+    for flt in ({logical: [{}] * 65}, {logical: [{}] * 5000}, {logical: [{}] * 64 + [{"name": "Alice"}]}):
+        with pytest.raises(InvalidFilter) as err:
+            store.find(TENANT, "Contact", flt)
+        assert "at most 64 conditions" in err.value.message
+
+
 @pytest.mark.parametrize("pattern", ["(?:b{2000}){2000}", "x{5000}", "(?:(?:ab){40}c){40}"])
 def test_a_pattern_whose_counts_would_compile_to_a_huge_program_is_refused_before_compiling(
     store: Store, pattern: str

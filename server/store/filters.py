@@ -167,8 +167,13 @@ class FilterCompiler:
         if not parts and depth > 0:
             # `{}` inside $and/$or is a condition of its own (true): the fast paths that take a filter of one
             # indexed condition for that condition alone must not miss it (`{"$or": [{}, X]}` matches all).
-            self.terms += 1
+            self._count_term()
         return "(" + " AND ".join(parts) + ")" if parts else "1"
+
+    def _count_term(self) -> None:
+        self.terms += 1
+        if self.terms > MAX_TERMS:
+            raise self._fail(f"a filter may have at most {MAX_TERMS} conditions")
 
     def _field(self, col: Column, cond: Any, depth: int) -> str:
         if depth > MAX_DEPTH:  # (reached by $not: a field's own conditions are at its document's depth)
@@ -184,9 +189,7 @@ class FilterCompiler:
         return f"({col.sql} IS {'' if missing else 'NOT '}NULL)"
 
     def _op(self, col: Column, op: str, arg: Any, depth: int) -> str:
-        self.terms += 1
-        if self.terms > MAX_TERMS:
-            raise self._fail(f"a filter may have at most {MAX_TERMS} conditions")
+        self._count_term()
         if op == "$not":
             if not isinstance(arg, dict) or not arg:
                 raise self._fail(f'{col.name}: $not takes an operator object such as {{"$eq": 1}}')
