@@ -692,6 +692,67 @@ def test_a_revert_writes_none_of_an_exchange_that_one_side_cannot_complete(tmp_p
         assert store.verify(TENANT)["ok"] is True
 
 
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_revert_reports_an_exchange_whose_earlier_states_would_hold_one_value_twice(
+    tmp_path: Any, clock: Any, dry_run: bool
+) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"code": "string##", "tag": "string##"'), clock=clock) as store:
+
+        def do_(who: str, **request: Any) -> dict[str, Any]:
+            return store.do(TENANT, who, request)
+
+        y = do_(GOOD, action="create", type="Widget", data={"name": "Y", "code": "v", "tag": "q"})["entity"]["$id"]
+        x = do_(GOOD, action="create", type="Widget", data={"name": "X", "code": "x0", "tag": "p"})["entity"]["$id"]
+        clock.advance(60)
+        do_(ROGUE, action="update", type="Widget", id=y, data={"code": "w"})  # Y lets go of v
+        do_(GOOD, action="update", type="Widget", id=x, data={"code": "v"})  # X takes v, before the rogue touches X
+        do_(ROGUE, action="update", type="Widget", id=x, data={"tag": "r"})
+        do_(ROGUE, action="update", type="Widget", id=y, data={"tag": "p"})  # Y takes X's old tag
+        spam = do_(ROGUE, action="create", type="Widget", data={"name": "Spam"})["entity"]["$id"]
+        clock.advance(60)
+        before = event_count(store)
+
+        result = do_(ADMIN, action="revert", actor=ROGUE, since="2026-01-15T10:00:30Z", dryRun=dry_run)
+
+        # Y's earlier state has code v, which X keeps: they cannot both come back, and neither does.
+        assert {c["id"]: c["exchangesWith"] for c in result["conflicts"]} == {x: [y], y: [x]}
+        assert all(c["field"] == "code" for c in result["conflicts"])
+        assert [e["target"] for e in result["events"]] == [spam]
+        assert event_count(store) == before + (0 if dry_run else 1)
+        assert [store.get(TENANT, "Widget", i)["code"] for i in (x, y)] == ["v", "w"]
+        assert store.verify(TENANT)["ok"] is True
+
+
+def test_a_revert_restores_an_entity_that_exchanged_values_with_two_others(tmp_path: Any, clock: Any) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"code": "string##", "tag": "string##"'), clock=clock) as store:
+
+        def widget(**data: Any) -> str:
+            return str(store.do(TENANT, GOOD, {"action": "create", "type": "Widget", "data": data})["entity"]["$id"])
+
+        a, b, c = widget(name="A", code="a", tag="ta"), widget(name="B", code="b"), widget(name="C", tag="tc")
+        clock.advance(60)
+        store.do(
+            TENANT,
+            ROGUE,
+            {
+                "operations": [
+                    {"action": "update", "type": "Widget", "id": a, "data": {"code": "tmp", "tag": "ttmp"}},
+                    {"action": "update", "type": "Widget", "id": b, "data": {"code": "a"}},
+                    {"action": "update", "type": "Widget", "id": c, "data": {"tag": "ta"}},
+                    {"action": "update", "type": "Widget", "id": a, "data": {"code": "b", "tag": "tc"}},
+                ]
+            },
+        )  # fmt: skip  (A took B's code and C's tag; B and C took A's)
+        clock.advance(60)
+
+        result = store.do(TENANT, ADMIN, {"action": "revert", "actor": ROGUE, "since": "2026-01-15T10:00:30Z"})
+
+        assert result["conflicts"] == []
+        got = [store.get(TENANT, "Widget", i) for i in (a, b, c)]
+        assert [(w.get("code"), w.get("tag")) for w in got] == [("a", "ta"), ("b", None), (None, "tc")]
+        assert store.verify(TENANT)["ok"] is True
+
+
 def test_a_revert_whose_every_entity_is_blocked_reports_them_all_within_the_request_budget(
     store: Store, clock: Any
 ) -> None:

@@ -173,19 +173,29 @@ def _cycle(start: str, holders: dict[str, str]) -> list[str] | None:
 
 
 def _exchange_conflict(
-    restore: _Restore, cycle: list[str], refused: _Restore, refusal: ValidationFailed
+    restore: _Restore, group: list[str], refused: _Restore, refusal: ValidationFailed
 ) -> dict[str, Any]:
-    """The conflict entry of an entity in an exchange of unique values that cannot be completed."""
+    """The conflict entry of an entity among others that exchanged unique values with it, when their earlier
+    states cannot all be written (`refused` could not be, for `refusal`)."""
+    others = [t for t in group if t != restore.target]
+    entry = {"id": restore.target, "type": restore.noun.name, "exchangesWith": others}
+    field = refusal.details.get("field")
+    if refusal.details.get("existing") in group:  # their earlier states hold one value twice
+        return {
+            **entry,
+            "message": f"{restore.target} cannot be brought back: its earlier state and those of {', '.join(others)}, "
+            f"which exchanged unique values with it in the window, would give two of them the same {field} "
+            "(force does not change this)",
+            "hint": f"Bring them back by hand (update or rollback), choosing which of them keeps that {field}.",
+            "field": field,
+        }
     if restore is refused:
-        return _conflict(restore.target, restore.noun.name, refusal)
-    others = ", ".join(t for t in cycle if t != restore.target)
+        return {**_conflict(restore.target, restore.noun.name, refusal), **entry}
     return {
-        "id": restore.target,
-        "type": restore.noun.name,
-        "message": f"{restore.target} cannot be brought back: it takes back a unique value from {others}, which "
-        f"takes its own back in turn, and {refused.target} cannot be brought back (force does not change this)",
+        **entry,
+        "message": f"{restore.target} cannot be brought back: it exchanged unique values with {', '.join(others)} in "
+        f"the window, and {refused.target} cannot be brought back (force does not change this)",
         "hint": f"Resolve {refused.target}'s conflict first, then revert again.",
-        "exchangesWith": [t for t in cycle if t != restore.target],
     }
 
 
@@ -209,6 +219,7 @@ class Mutator:
         self.caused_by = caused_by
         self.refs: list[str | None] = []
         self.state_written = 0  # characters of state this run has written, against MAX_REQUEST_STATE
+        self.keys_let_go: set[str] = set()  # entities whose lookup keys a revert removed before writing them
 
     # ---- entry points -------------------------------------------------------------------
 
@@ -686,6 +697,12 @@ class Mutator:
                         cycle = _cycle(target, waiting)
                         if cycle is not None:
                             swapped = self._restore_together([tried[t] for t in cycle], op)
+                            while not isinstance(swapped, list):  # a value held by one more entity of the revert?
+                                more = swapped[1].details.get("existing")
+                                if more not in tried or more in cycle or more not in pending or more in blocked:
+                                    break
+                                cycle.append(more)
+                                swapped = self._restore_together([tried[t] for t in cycle], op)
                             if isinstance(swapped, list):
                                 for restore, current, event in swapped:
                                     done(restore, current, event)
@@ -732,6 +749,7 @@ class Mutator:
         let go first (each write puts its own back), so all are written, or none (the one refused, and why)."""
         ids = [r.target for r in restores]
         written = []
+        self.keys_let_go = set(ids)
         try:
             with self._savepoint("revert_together"):
                 self.conn.execute(f"DELETE FROM entity_keys WHERE id IN ({','.join('?' * len(ids))})", ids)
@@ -740,6 +758,8 @@ class Mutator:
                     written.append((restore, current, self._restore(restore, current, op)))
         except ValidationFailed as exc:
             return restores[len(written)], exc
+        finally:
+            self.keys_let_go = set()
         return written
 
     # ---- shared machinery ---------------------------------------------------------------
@@ -974,14 +994,15 @@ class Mutator:
     def _keys(self, noun: Noun, entity_id: str, old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
         """Keep `entity_keys` (the lookup rows of indexed fields) equal to the new state; False when
         the rows already list the same keys (only their updated_at is then behind)."""
-        old_keys = index_keys(noun, old) if old is not None else set()
+        let_go = entity_id in self.keys_let_go  # its rows are gone: every key is put back, and checked
+        old_keys = index_keys(noun, old) if old is not None and not let_go else set()
         new_keys = index_keys(noun, new)
         live = new.get("$deletedAt") is None
-        if old_keys == new_keys and (old is None or (old.get("$deletedAt") is None) == live):
+        if not let_go and old_keys == new_keys and (old is None or (old.get("$deletedAt") is None) == live):
             return False
         if live:
             for field_name, value in sorted(
-                new_keys - (old_keys if old is not None and old.get("$deletedAt") is None else set()),
+                new_keys - (old_keys if old is not None and old.get("$deletedAt") is None and not let_go else set()),
                 key=lambda key: (key[0], repr(key[1])),  # a json# list may mix strings and numbers
             ):
                 if noun.fields[field_name].unique:
