@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from server.errors import (
     VersionConflict,
 )
 from server.store import Store
+from server.store.mutations import request_digest
+from server.store.operations import Operation
+from server.store.tenants import tenant_path
 
 TENANT = "acme"
 AGENT = "agent_mR4nVkTw"
@@ -596,6 +600,30 @@ def test_an_idempotent_rollback_sent_again_with_its_time_at_another_offset_repla
 
     assert replay["replayed"] is True and replay["events"] == written["events"]
     assert event_count(store) == 3
+
+
+def test_an_idempotent_create_sent_again_with_nulls_for_fields_it_left_out_replays(store: Store) -> None:
+    request = {"action": "create", "type": "Contact", "idempotencyKey": "k"}
+    written = store.do(TENANT, AGENT, {**request, "data": {"name": "A"}})
+    replay = store.do(TENANT, AGENT, {**request, "data": {"name": "A", "stage": None, "title": None}})
+
+    assert replay["replayed"] is True and replay["entity"] == written["entity"]
+    assert event_count(store) == 1
+
+
+def test_a_key_kept_before_requests_were_compared_as_stored_still_replays_the_same_request(
+    store: Store, tmp_path: Path
+) -> None:
+    request = {"action": "create", "type": "Deal", "data": {"name": "D", "value": 100.0}, "idempotencyKey": "k"}
+    written = store.do(TENANT, AGENT, request)
+    as_given = request_digest(Operation.model_validate(request))  # what the release before kept
+    with sqlite3.connect(tenant_path(tmp_path / "data", TENANT)) as db:
+        assert db.execute("UPDATE idempotency SET request = ? WHERE key = 'k'", (as_given,)).rowcount == 1
+
+    replay = store.do(TENANT, AGENT, request)
+
+    assert replay["replayed"] is True and replay["entity"] == written["entity"]
+    assert event_count(store) == 1
 
 
 def test_a_refused_write_does_not_burn_its_idempotency_key(store: Store) -> None:

@@ -244,12 +244,14 @@ class Mutator:
     def apply(self, op: Operation) -> dict[str, Any]:
         asked = None
         if op.idempotencyKey is not None:
-            asked = request_digest(self._as_stored(self._refs_named(op)))
+            named = self._refs_named(op)
+            asked = request_digest(self._as_stored(named))
             row = self.conn.execute(
                 "SELECT result, request FROM idempotency WHERE actor = ? AND key = ?", (self.actor, op.idempotencyKey)
             ).fetchone()
             if row is not None:
-                if row[1] is not None and row[1] != asked:  # (None: a key kept before requests were)
+                # (None: a key kept before requests were; the request as given: before they were as stored)
+                if row[1] is not None and row[1] != asked and row[1] != request_digest(named):
                     raise ValidationFailed(
                         f"idempotencyKey {op.idempotencyKey!r} was already used by {self.actor} for another request; "
                         "the same key returns the first result only for the same request",
@@ -349,6 +351,8 @@ class Mutator:
         """`op` with its data and times as a write would store them: what an idempotency key stands for, so
         that a retry spelling a value another way (`100.0` for 100, `+00:00` for `Z`) is the same request."""
         data = op.data
+        if data and op.action == "create":  # null is the absent value (an update's null removes a field)
+            data = {k: v for k, v in data.items() if v is not None}
         if data and op.type in self.env.schemas.nouns:
             data = self.env.validators[op.type].normalized(data)
         times = {}
