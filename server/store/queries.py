@@ -230,6 +230,14 @@ def _changed_since(noun: Noun) -> str:
     return f"SELECT target FROM events WHERE entity_type = {noun_literal(noun.name)} AND seq > ?"
 
 
+# An event's row read as the entities row it left behind (each event keeps its entity's whole state).
+_AS_ENTITY = (
+    "e.target AS id, e.entity_type AS type, e.version AS version, "
+    """json_extract(e.state, '$."$createdAt"') AS created_at, e.ts AS updated_at, """
+    """json_extract(e.state, '$."$deletedAt"') AS deleted_at, e.state AS state"""
+)
+
+
 def _source(noun: Noun, seq: int | None) -> tuple[str, list[Any]]:
     """The rows to search: the materialized table, or every entity's last state at `seq`. An entity with no
     event after `seq` is now as it was then, so only the others' states are read from the log (a cursor's
@@ -240,10 +248,8 @@ def _source(noun: Noun, seq: int | None) -> tuple[str, list[Any]]:
     sql = (
         "(SELECT rowid, id, type, version, created_at, updated_at, deleted_at, state FROM entities "
         f"WHERE type = {noun_literal(noun.name)} AND id NOT IN ({changed}) UNION ALL "
-        "SELECT e.rowid, e.target, e.entity_type, e.version, "
-        """json_extract(e.state, '$."$createdAt"'), e.ts, json_extract(e.state, '$."$deletedAt"'), e.state """
-        f"FROM events e WHERE e.seq IN (SELECT max(seq) FROM events WHERE target IN ({changed}) AND seq <= ? "
-        "GROUP BY target))"
+        f"SELECT e.rowid, {_AS_ENTITY} FROM events e "
+        f"WHERE e.seq IN (SELECT max(seq) FROM events WHERE target IN ({changed}) AND seq <= ? GROUP BY target))"
     )
     return sql, [seq, seq, seq]
 
@@ -362,7 +368,7 @@ def find(
             base_where, base_params = " AND ".join(where), params
         page_where, page_params = base_where, list(base_params)
         if cursor is not None:
-            after_sql, after_params = _after(keys, _cursor_values(conn, noun, keys, page), page.keys[-1])
+            after_sql, after_params = _after(keys, _cursor_values(conn, keys, page), page.keys[-1])
             page_where += " AND " + after_sql
             page_params += after_params
         select_keys = ", ".join(f"{k.column.sql}" for k in keys)
@@ -395,14 +401,17 @@ def find(
     return result
 
 
-def _cursor_values(conn: sqlite3.Connection, noun: Noun, keys: list[SortKey], page: cursors.Cursor) -> list[Any]:
+def _cursor_values(conn: sqlite3.Connection, keys: list[SortKey], page: cursors.Cursor) -> list[Any]:
     """The sort values of a cursor's last row: as carried, with the elided ones read from that row as the
     cursor's first page saw it."""
     values = page.keys[:-1]
     if page.elided:
-        source, params = _source(noun, page.seq)
         select = ", ".join(k.column.sql for k in keys)
-        row = conn.execute(f"SELECT {select} FROM {source} WHERE id = ?", [*params, page.keys[-1]]).fetchone()
+        row = conn.execute(
+            f"SELECT {select} FROM (SELECT {_AS_ENTITY} FROM events e WHERE e.target = ? AND e.seq <= ? "
+            "ORDER BY e.seq DESC LIMIT 1)",
+            (page.keys[-1], page.seq),
+        ).fetchone()
         if row is None:
             raise InvalidCursor("the cursor's last row is not in this tenant", hint="Search again from page 1.")
         values = [row[i] if i in page.elided else v for i, v in enumerate(values)]
