@@ -183,6 +183,40 @@ def test_a_ref_to_a_later_or_missing_index_is_refused(store: Store, ops: list[di
     nothing_written(store)
 
 
+@pytest.mark.parametrize(
+    "ref",
+    ["$ref:" + "9" * 4301, "$ref:" + "1" * 10, "$ref:\u0660", "$ref:\U0001d7ce", "$ref:0\n", " $ref:0", "$ref:-0"],
+    ids=[
+        "past-int-digits",
+        "ten-digits",
+        "arabic-indic-zero",
+        "math-zero",
+        "trailing-newline",
+        "leading-space",
+        "minus",
+    ],
+)
+def test_a_ref_that_is_not_ascii_digits_naming_an_earlier_operation_is_a_validation_error(
+    store: Store, ref: str
+) -> None:
+    with pytest.raises(ValidationFailed):
+        batch(
+            store,
+            {"action": "create", "type": "Organization", "data": {"name": "Startup Inc"}},
+            {"action": "create", "type": "Contact", "data": {"name": "Alice", "organization": ref}},
+        )
+    nothing_written(store)
+
+
+def test_a_ref_may_have_leading_zeros(store: Store) -> None:
+    results = batch(
+        store,
+        {"action": "create", "type": "Organization", "data": {"name": "Startup Inc"}},
+        {"action": "create", "type": "Contact", "data": {"name": "Alice", "organization": "$ref:" + "0" * 5000}},
+    )["results"]
+    assert results[1]["entity"]["organization"] == results[0]["entity"]["$id"]
+
+
 def test_a_ref_is_only_read_in_a_relationship_so_text_may_say_dollar_ref(store: Store) -> None:
     result = store.do(
         TENANT,

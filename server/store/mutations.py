@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 MAX_STATE_BYTES = 1_000_000
 MAX_REQUEST_STATE = 64_000_000  # characters of entity state one request (a batch, a revert) may write
 _MISSING = object()
-_REF = re.compile(r"^\$ref:(\d+)$")
+_REF = re.compile(r"\$ref:([0-9]+)")  # ASCII digits only, matched whole
 ID_SHAPE = re.compile(r"^([a-z][a-z0-9]*)_[A-Za-z0-9]{9,64}$")
 
 
@@ -315,10 +315,11 @@ class Mutator:
         return check_id(noun, self._ref(raw))
 
     def _ref(self, value: str) -> str:
-        m = _REF.match(value)
+        m = _REF.fullmatch(value)
         if not m:
             return value
-        index = int(m.group(1))
+        digits = m.group(1).lstrip("0") or "0"
+        index = int(digits) if len(digits) <= 9 else len(self.refs)  # (int() refuses past 4,300 digits)
         if index >= len(self.refs) or self.refs[index] is None:
             raise ValidationFailed(
                 f"{value} does not name an entity created earlier in this batch",
