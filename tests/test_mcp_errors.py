@@ -338,6 +338,12 @@ async def test_an_unknown_tool_is_not_found_naming_the_tools(store: Store) -> No
         ("search", {"type": "Contact", "filter": {"n" * 100_000: 1}}, "invalid_filter", "characters left out"),
         ("do", {"operations": [{"action": "create", "type": "Contact", "data": {"n" * 100_000: 1}}]},
          "validation_error", "(the whole batch was refused; nothing was written)"),
+        ("fetch", {"type": "Contact", **{f"u{i}": 1 for i in range(5_000)}}, "validation_error",
+         "and 4,990 more; valid arguments: "),
+        ("do", {"action": "create", "type": "Contact", "u" * 100_000: 1}, "validation_error", "characters left out"),
+        ("fetch", {"type": "Contact", "include": [1] * 5_000}, "validation_error", "and 4,990 more"),
+        ("do", {"operations": [1] * 5_000}, "validation_error", "and 4,990 more"),
+        ("n" * 100_000, {}, "not_found", "characters left out"),
     ],
 )  # fmt: skip
 async def test_an_error_stays_short_however_large_the_request_that_caused_it(

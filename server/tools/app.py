@@ -36,6 +36,9 @@ T = TypeVar("T")
 READABLE = "headlessly://schema, headlessly://schema/{noun} and headlessly://{noun}/{id}"
 
 
+SHOWN = 10  # unknown arguments, or argument problems, a refusal names one by one
+
+
 def error_text(err: HeadlesslyError) -> str:
     return json.dumps(err.to_dict(), ensure_ascii=False)
 
@@ -83,31 +86,32 @@ class HeadlesslyMCP(MCPServer):
             if tool is None:
                 tools = ", ".join(sorted(t.name for t in self._tool_manager.list_tools()))
                 raise ToolError(
-                    json.dumps(
-                        {
-                            "error": "not_found",
-                            "message": f"unknown tool {name!r}; the tools are: {tools}",
-                            "hint": f"Call one of: {tools} (tools/list describes them).",
-                        }
+                    error_text(
+                        NotFound(
+                            f"unknown tool {name!r}; the tools are: {tools}",
+                            hint=f"Call one of: {tools} (tools/list describes them).",
+                        )
                     )
                 )
             known = self._known_arguments[name] = frozenset((tool.parameters.get("properties") or {}).keys())
         unknown = sorted(set(arguments or {}) - known) if known is not None else []
         if unknown:
-            close = {k: difflib.get_close_matches(k, sorted(known or ()), n=2, cutoff=0.6) for k in unknown}
+            shown = unknown[:SHOWN]
+            more = f" and {len(unknown) - SHOWN:,} more" if len(unknown) > SHOWN else ""
+            close = {k: difflib.get_close_matches(k, sorted(known or ()), n=2, cutoff=0.6) for k in shown}
             meant = "; ".join(f"for {k!r} did you mean {' or '.join(c)}?" for k, c in close.items() if c)
             hint = (
                 "The tenant and the writing actor come from the connection, never from arguments."
                 if "tenant" in unknown
-                else f"Remove {', '.join(unknown)}" + (f" ({meant})" if meant else "") + "."
+                else f"Remove {', '.join(shown)}{more}" + (f" ({meant})" if meant else "") + "."
             )
             raise ToolError(
-                json.dumps(
-                    {
-                        "error": "validation_error",
-                        "message": f"{name}: unknown argument(s) {', '.join(repr(k) for k in unknown)}; valid arguments: {', '.join(sorted(known or ()))}",
-                        "hint": hint,
-                    }
+                error_text(
+                    ValidationFailed(
+                        f"{name}: unknown argument(s) {', '.join(repr(k) for k in shown)}{more}; "
+                        f"valid arguments: {', '.join(sorted(known or ()))}",
+                        hint=hint,
+                    )
                 )
             )
         try:
@@ -117,17 +121,19 @@ class HeadlesslyMCP(MCPServer):
             if not isinstance(cause, ValidationError):
                 raise
             problems = []
-            for err in cause.errors(include_url=False):
+            errors = cause.errors(include_url=False)
+            for err in errors[:SHOWN]:
                 where = ".".join(str(p) for p in err["loc"]) or "(arguments)"
                 problems.append(f"'{where}': {err['msg']}")
+            if len(errors) > SHOWN:
+                problems.append(f"and {len(errors) - SHOWN:,} more")
             keys = sorted(known or ())
             raise ToolError(
-                json.dumps(
-                    {
-                        "error": "validation_error",
-                        "message": f"{name}: invalid arguments: " + "; ".join(problems),
-                        "hint": f"{name} takes: {', '.join(keys)}. See the tool's input schema for each one's type.",
-                    }
+                error_text(
+                    ValidationFailed(
+                        f"{name}: invalid arguments: " + "; ".join(problems),
+                        hint=f"{name} takes: {', '.join(keys)}. See the tool's input schema for each one's type.",
+                    )
                 )
             ) from None
 
