@@ -303,6 +303,10 @@ def test_text_and_a_reason_holding_a_nul_character_are_refused_naming_it(store: 
         ("Contact", {"name": "Ann", "title": "CTO\x00"}, None),
         ("Funnel", {"name": "F", "steps": ["visit", "sign\x00up"]}, None),
         ("Contact", {"name": "Ann"}, "because\x00"),
+        ("Workflow", {"name": "W", "steps": "a\x00b"}, None),  # json: a string, in a list, a key, a value
+        ("Workflow", {"name": "W", "steps": [{"run": ["x", "y\x00"]}]}, None),
+        ("Workflow", {"name": "W", "steps": {"a\x00b": 1}}, None),
+        ("Workflow", {"name": "W", "steps": {"a": {"b": "\x00"}}}, None),
     ]:
         with pytest.raises(ValidationFailed) as exc:
             store.do(TENANT, AGENT, {"action": "create", "type": noun, "data": data, "reason": reason})

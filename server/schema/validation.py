@@ -70,7 +70,8 @@ Text = Annotated[StrictStr, AfterValidator(no_nul)]
 
 
 def _finite_json(value: Any) -> Any:
-    """JSON cannot hold NaN or ±Infinity: refuse them anywhere in a json field."""
+    """JSON cannot hold NaN or ±Infinity: refuse them anywhere in a json field; and text there holds no NUL,
+    as in a text field (SQLite's JSON functions read both)."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -78,7 +79,11 @@ def _finite_json(value: Any) -> Any:
             raise ValueError("NaN and Infinity are not JSON values")
         if isinstance(item, int) and not isinstance(item, bool) and not INT64_MIN <= item <= INT64_MAX:
             raise ValueError("integers must fit in 64 bits")
+        if isinstance(item, str):
+            no_nul(item)
         if isinstance(item, dict):
+            for key in item:
+                no_nul(key)
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
