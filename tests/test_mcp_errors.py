@@ -376,6 +376,8 @@ async def test_an_error_stays_short_however_large_the_request_that_caused_it(
          "validation_error", "only earlier operations can be named (none here)"),
         ("do", {"action": "frob", "type": "Contact", "id": "contact_aaaaaaaaaaaa"}, "unknown_verb",
          "its actions are: create, update, delete, rollback, qualify, capture, assign, merge, enrich (and revert, which takes no type)"),
+        ("do", {"action": "qualfy", "type": "Contact", "id": "contact_aaaaaaaaaaaa", "toVersion": 1}, "unknown_verb",
+         "Contact has no action 'qualfy'"),
     ],
 )  # fmt: skip
 async def test_a_common_slip_gets_an_error_that_names_the_fix(

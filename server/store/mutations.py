@@ -269,21 +269,22 @@ class Mutator:
         return result
 
     def _dispatch(self, op: Operation) -> dict[str, Any]:
-        check_arguments(op)
         if op.action == "revert":
+            check_arguments(op)
             return self.revert(op)
         noun = self.noun(op.type)
-        if op.action == "create":
-            if op.id is not None:
-                raise ValidationFailed("create does not take an id: ids are assigned by the store", hint="Remove 'id'.")
-            return self.create(noun, op)
         verb = noun.verbs.get(op.action)
-        if op.action not in CRUD_ACTIONS and verb is None:
+        if op.action not in CRUD_ACTIONS and verb is None:  # (before its arguments: a typo is not a verb)
             valid = ", ".join([*(a for a in CRUD_ACTIONS if a != "revert"), *noun.verbs])
             raise UnknownVerb(
                 f"{noun.name} has no action {op.action!r}; its actions are: {valid} (and revert, which takes no type)",
                 hint=f'Use one of: {valid}. fetch {{"type": "Schema", "id": "{noun.name}"}} shows what each verb sets.',
             )
+        check_arguments(op)
+        if op.action == "create":
+            if op.id is not None:
+                raise ValidationFailed("create does not take an id: ids are assigned by the store", hint="Remove 'id'.")
+            return self.create(noun, op)
         target = self.resolve_id(noun, op.id, op.action)
         if op.action == "update":
             return self.update(noun, target, op)
