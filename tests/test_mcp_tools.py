@@ -129,6 +129,26 @@ async def test_type_of_fetch_and_search_is_an_enum_of_the_nouns_plus_event_and_s
 
 
 @pytest.mark.anyio
+async def test_dos_text_arguments_publish_the_lengths_the_store_takes(store: Store) -> None:
+    async with connect(store) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        too_long = await client.call_tool("do", {"action": "create", "type": "Contact", "reason": "r" * 2001})
+    bounds = {}
+    for name, prop in tools["do"].input_schema["properties"].items():
+        for kind in prop.get("anyOf", [prop]):
+            if kind.get("type") == "string":
+                bounds[name] = (kind.get("minLength", 0), kind.get("maxLength"))
+
+    assert bounds == {
+        "action": (1, 64), "id": (0, 100), "asOf": (0, 128), "actor": (0, 80), "since": (0, 128),
+        "until": (0, 128), "idempotencyKey": (1, 200), "reason": (0, 2000),
+        "type": (0, None),  # (an enum of the nouns)
+    }  # fmt: skip
+    assert too_long.is_error
+    assert "'reason': String should have at most 2000 characters" in too_long.content[0].text  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
 async def test_versions_are_published_as_64_bit_integers_from_1_and_flags_as_booleans(store: Store) -> None:
     async with connect(store) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}

@@ -27,6 +27,14 @@ Whole = Annotated[int, BeforeValidator(_not_a_bool)]
 # the bounds inside: "minimum"/"maximum" in the schema; past 2**63-1 SQLite could not even look a version up
 Version = Annotated[int, Field(ge=1, le=INT64_MAX), BeforeValidator(_not_a_bool)]
 Flag = Annotated[bool, Strict()]
+# The bounds of an operation's text arguments, shared with the `do` tool's input schema.
+ActionText = Annotated[str, Field(min_length=1, max_length=64)]
+NounText = Annotated[str, Field(max_length=64)]
+IdText = Annotated[str, Field(max_length=100)]
+TimeText = Annotated[str, Field(max_length=128)]
+ActorText = Annotated[str, Field(max_length=80)]
+KeyText = Annotated[str, Field(min_length=1, max_length=200)]
+ReasonText = Annotated[str, Field(max_length=2000), AfterValidator(no_nul)]
 
 
 class Operation(BaseModel):
@@ -34,19 +42,19 @@ class Operation(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    action: str = Field(min_length=1, max_length=64)
-    type: str | None = Field(default=None, max_length=64)
-    id: str | None = Field(default=None, max_length=100)
+    action: ActionText
+    type: NounText | None = None
+    id: IdText | None = None
     data: dict[str, Any] | None = None
     ifVersion: Version | None = None
-    asOf: str | None = Field(default=None, max_length=128)
+    asOf: TimeText | None = None
     toVersion: Version | None = None
-    actor: str | None = Field(default=None, max_length=80)
-    since: str | None = Field(default=None, max_length=128)
-    until: str | None = Field(default=None, max_length=128)
+    actor: ActorText | None = None
+    since: TimeText | None = None
+    until: TimeText | None = None
     force: Flag = False
-    idempotencyKey: str | None = Field(default=None, min_length=1, max_length=200)
-    reason: Annotated[str, AfterValidator(no_nul)] | None = Field(default=None, max_length=2000)
+    idempotencyKey: KeyText | None = None
+    reason: ReasonText | None = None
     dryRun: Flag = False
 
 

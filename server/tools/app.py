@@ -27,7 +27,17 @@ from ..stdio import AnsweringBadLines
 from ..store import Store
 from ..store.events import dumps
 from ..store.filters import LOGICAL, OPERATORS
-from ..store.operations import Flag, Version, Whole
+from ..store.operations import (
+    ActionText,
+    ActorText,
+    Flag,
+    IdText,
+    KeyText,
+    ReasonText,
+    TimeText,
+    Version,
+    Whole,
+)
 from .calls import TenantCalls
 from .models import INSTRUCTIONS, DoOutput, FetchOutput, SearchOutput
 
@@ -364,14 +374,14 @@ def build_server(
     )
     async def do_(
         action: Annotated[
-            str | None,
+            ActionText | None,
             Field(
                 description="create, update, delete, rollback, revert, or a verb of the noun (see fetch Schema), e.g. 'qualify'. Omit when passing operations."
             ),
         ] = None,
         type: NounArg = None,
         id: Annotated[
-            str | None,
+            IdText | None,
             Field(
                 description="The entity's $id, for every action but create and revert. In a batch, '$ref:N' is the entity of operation N."
             ),
@@ -388,18 +398,22 @@ def build_server(
                 description="Only write if the entity is at this $version, else version_conflict (optimistic concurrency).",
             ),
         ] = None,
-        asOf: Annotated[str | None, Field(description="rollback: the time to go back to (RFC 3339 or a date).")] = None,
+        asOf: Annotated[
+            TimeText | None, Field(description="rollback: the time to go back to (RFC 3339 or a date).")
+        ] = None,
         toVersion: Annotated[Version | None, Field(description="rollback: the $version to go back to.")] = None,
         actor: Annotated[
-            str | None,
+            ActorText | None,
             Field(
                 description="revert: the actor whose writes to undo (e.g. 'agent_mR4nVkTw'). It is never who writes: that is always the caller."
             ),
         ] = None,
         since: Annotated[
-            str | None, Field(description="revert: start of the window, inclusive (RFC 3339 or a date).")
+            TimeText | None, Field(description="revert: start of the window, inclusive (RFC 3339 or a date).")
         ] = None,
-        until: Annotated[str | None, Field(description="revert: end of the window, inclusive (default: now).")] = None,
+        until: Annotated[
+            TimeText | None, Field(description="revert: end of the window, inclusive (default: now).")
+        ] = None,
         force: Annotated[
             Flag,
             Field(
@@ -408,12 +422,12 @@ def build_server(
             ),
         ] = False,
         idempotencyKey: Annotated[
-            str | None,
+            KeyText | None,
             Field(
                 description="Retry-safe key: the same key from the same caller returns the first result and writes nothing new."
             ),
         ] = None,
-        reason: Annotated[str | None, Field(description="Why: stored on the event.")] = None,
+        reason: Annotated[ReasonText | None, Field(description="Why: stored on the event.")] = None,
         dryRun: Annotated[
             Flag,
             Field(
