@@ -177,7 +177,10 @@ class Writer:
                 if not all(other.done for other in group):  # the group itself broke (e.g. KeyboardInterrupt)
                     for other in group:
                         if not other.done:
-                            other.error = StorageError("the write was interrupted; nothing was written")
+                            other.error = StorageError(
+                                "the write was interrupted; nothing was written",
+                                hint="Send it again (with an idempotencyKey, a retry never writes twice).",
+                            )
                             other.done = True
                     try:
                         self._recover()
