@@ -18,6 +18,8 @@ MAX_BATCH = 1000
 def _not_a_bool(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("a whole number is needed, not true or false")
+    if isinstance(value, float) and value.is_integer():  # 1e308 is whole too (pydantic would not take it)
+        return int(value)
     return value
 
 

@@ -42,8 +42,9 @@ def check_limit(limit: Any) -> int:
             f"limit must be a whole number from 1 to {MAX_LIMIT}, got {limit!r}", hint=f"Default {DEFAULT_LIMIT}."
         )
     if limit > MAX_LIMIT:
+        shown = str(limit) if limit < 10**20 else f"of {len(str(limit))} digits"
         raise LimitExceeded(
-            f"limit {limit} is above the maximum of {MAX_LIMIT}", hint="Page through with the cursor instead."
+            f"limit {shown} is above the maximum of {MAX_LIMIT}", hint="Page through with the cursor instead."
         )
     return limit
 
