@@ -378,6 +378,8 @@ async def test_an_error_stays_short_however_large_the_request_that_caused_it(
          "its actions are: create, update, delete, rollback, qualify, capture, assign, merge, enrich (and revert, which takes no type)"),
         ("do", {"action": "qualfy", "type": "Contact", "id": "contact_aaaaaaaaaaaa", "toVersion": 1}, "unknown_verb",
          "Contact has no action 'qualfy'"),
+        ("do", {"action": "update", "type": "Contact", "id": "contact_aaaaaaaaaaaa", "reason": "a\x00"},
+         "validation_error", "'reason': text cannot hold a NUL character"),
     ],
 )  # fmt: skip
 async def test_a_common_slip_gets_an_error_that_names_the_fix(

@@ -201,6 +201,16 @@ async def test_a_prompt_that_does_not_exist_is_invalid_params_saying_there_are_n
 
 
 @pytest.mark.anyio
+async def test_a_prompt_of_a_huge_name_is_refused_in_a_short_message(store: Store) -> None:
+    async with connect(store, "auto") as client:
+        with pytest.raises(MCPError) as refused:
+            await client.get_prompt("p" * 200_000)
+    assert refused.value.error.code == -32602
+    assert len(refused.value.error.message) <= 2_000
+    assert refused.value.error.message.endswith("(this server offers no prompts: prompts/list is empty)")
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     "uri",
     [

@@ -610,9 +610,22 @@ def test_an_idempotent_create_sent_again_with_nulls_for_fields_it_left_out_repla
     request = {"action": "create", "type": "Contact", "idempotencyKey": "k"}
     written = store.do(TENANT, AGENT, {**request, "data": {"name": "A"}})
     replay = store.do(TENANT, AGENT, {**request, "data": {"name": "A", "stage": None, "title": None}})
+    with pytest.raises(ValidationFailed):  # a null for a field the noun does not have is not left out
+        store.do(TENANT, AGENT, {**request, "data": {"name": "A", "nickname": None}})
 
     assert replay["replayed"] is True and replay["entity"] == written["entity"]
     assert event_count(store) == 1
+
+
+def test_an_idempotent_create_sent_again_with_empty_data_or_none_replays(store: Store) -> None:
+    request = {"action": "create", "type": "Organization", "idempotencyKey": "k"}
+    store.do(TENANT, AGENT, {**request, "data": {"name": "Acme"}})
+    verb = {"action": "qualify", "type": "Contact", "id": contact(store)["$id"], "idempotencyKey": "q"}
+    qualified = store.do(TENANT, AGENT, {**verb, "data": {}})
+
+    assert store.do(TENANT, AGENT, {**request, "data": {"name": "Acme", "industry": None}})["replayed"] is True
+    assert store.do(TENANT, AGENT, verb) == {**qualified, "replayed": True}
+    assert event_count(store) == 3
 
 
 def test_a_key_kept_before_requests_were_compared_as_stored_still_replays_the_same_request(

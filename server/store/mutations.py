@@ -353,10 +353,12 @@ class Mutator:
         """`op` with its data and times as a write would store them: what an idempotency key stands for, so
         that a retry spelling a value another way (`100.0` for 100, `+00:00` for `Z`) is the same request."""
         data = op.data
-        if data and op.action == "create":  # null is the absent value (an update's null removes a field)
-            data = {k: v for k, v in data.items() if v is not None}
-        if data and op.type in self.env.schemas.nouns:
-            data = self.env.validators[op.type].normalized(data)
+        noun = self.env.schemas.nouns.get(op.type) if op.type else None
+        if data and noun is not None:
+            if op.action == "create":  # a field's null is its absence (an update's null removes the field)
+                data = {k: v for k, v in data.items() if v is not None or k not in noun.fields}
+            data = self.env.validators[noun.name].normalized(data)
+        data = data or None  # no data, or none given
         times = {}
         for name in ("asOf", "since", "until"):
             text = getattr(op, name)

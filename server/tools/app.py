@@ -22,7 +22,7 @@ from pydantic import AnyHttpUrl, Field, ValidationError
 from ..auth.identity import Caller, LocalIdentity, TokenVerifier, resolve_caller
 from ..auth.tokens import TokenStore
 from ..config import CALLS_PER_TENANT
-from ..errors import Forbidden, HeadlesslyError, InvalidId, InvalidType, NotFound, ValidationFailed
+from ..errors import Forbidden, HeadlesslyError, InvalidId, InvalidType, NotFound, ValidationFailed, bounded
 from ..stdio import AnsweringBadLines
 from ..store import Store
 from ..store.events import dumps
@@ -87,7 +87,9 @@ class HeadlesslyMCP(MCPServer):
     async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:
         """The server has no prompts: a request for one is invalid params (the SDK's answer was an internal
         error, or error code 0, with a traceback in the log)."""
-        raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name} (this server offers no prompts: prompts/list is empty)")
+        raise MCPError(
+            INVALID_PARAMS, bounded(f"Unknown prompt: {name} (this server offers no prompts: prompts/list is empty)")
+        )
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         known = self._known_arguments.get(name)
@@ -134,7 +136,7 @@ class HeadlesslyMCP(MCPServer):
             errors = cause.errors(include_url=False)
             for err in errors[:SHOWN]:
                 where = ".".join(str(p) for p in err["loc"]) or "(arguments)"
-                problems.append(f"'{where}': {err['msg']}")
+                problems.append(f"'{where}': {err['msg'].removeprefix('Value error, ')}")
             if len(errors) > SHOWN:
                 problems.append(f"and {len(errors) - SHOWN:,} more")
             keys = sorted(known or ())
