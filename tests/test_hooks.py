@@ -213,6 +213,38 @@ def test_a_before_hook_that_writes_to_its_own_tenant_is_refused_instead_of_hangi
     assert event_count(hooked) == 0
 
 
+def test_before_hooks_of_two_tenants_that_write_to_each_other_are_refused_instead_of_hanging(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    both_inside = threading.Barrier(2, timeout=10)
+
+    @hooks.before("Contact.create")
+    def write_to_the_other(ctx: BeforeContext) -> None:
+        other = "beta" if ctx.data["name"] == "in acme" else TENANT
+        both_inside.wait()  # each tenant's writer is now held by its own hook
+        hooked.do(other, AGENT, {"action": "create", "type": "Organization", "data": {"name": "Side"}})
+
+    hooked = open_store(hooks)
+    outcome: dict[str, BaseException | None] = {}
+
+    def create_in(tenant: str) -> None:
+        try:
+            hooked.do(tenant, AGENT, {"action": "create", "type": "Contact", "data": {"name": f"in {tenant}"}})
+            outcome[tenant] = None
+        except BaseException as exc:  # reported to the test
+            outcome[tenant] = exc
+
+    threads = [threading.Thread(target=create_in, args=(t,), daemon=True) for t in (TENANT, "beta")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert not any(thread.is_alive() for thread in threads), "the two writes waited for each other"
+    assert all(isinstance(exc, HookFailed) for exc in outcome.values()), outcome
+    assert create(hooked, "Organization", {"name": "Later"})["events"]  # the tenants still take writes
+
+
 def test_a_before_hook_that_writes_during_a_dry_run_on_a_tenant_with_no_file_is_refused_and_writes_nothing(
     hooks: Hooks, open_store: Callable[[Hooks], Store], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -239,7 +271,7 @@ def test_a_hook_that_dry_runs_another_tenant_then_writes_to_its_own_during_its_d
     def preview_elsewhere_then_write(ctx: BeforeContext) -> None:
         if ctx.data["name"] == "Alice":
             side = {"action": "create", "type": "Organization", "data": {"name": "Side"}}
-            hooked.do("other", AGENT, {**side, "dryRun": True})  # fine: a preview of another tenant
+            hooked.do("other", AGENT, {**side, "dryRun": True})  # refused too: a preview takes the other's writer
             hooked.do(TENANT, AGENT, side)
 
     hooked = open_store(hooks)

@@ -40,10 +40,16 @@ class Head:
     ts_us: int
 
 
+# Set in a thread while it runs a write group of any tenant: a write it asks for then (a BEFORE hook that writes)
+# would wait for itself, or, to another tenant, for a group whose own hook may be waiting for this one.
+_leading = threading.local()
+
+
 def write_inside_a_write() -> ValidationFailed:
     return ValidationFailed(
-        "a write to this tenant from inside one of its writes (a BEFORE hook that writes?) would wait for itself",
-        hint="BEFORE hooks must not write: change ctx.data, or write from an AFTER hook.",
+        "a write from inside a write (a BEFORE hook that writes?) would wait for itself, or for a write that "
+        "waits for it",
+        hint="BEFORE hooks must not write, to any tenant: change ctx.data, or write from an AFTER hook.",
     )
 
 
@@ -137,7 +143,6 @@ class Writer:
         self._queued = threading.Condition(self._mutex)  # a job was queued (see wait_queued)
         self._pending: list[_Job[Any]] = []
         self._busy = False  # a leader is running a group, or the lead is being handed over
-        self._leader: int | None = None  # the thread running a group (its jobs may not queue more)
         self._gathering = False
         self._last_group = 0
         self.commits = 0  # transactions committed (a group counts once)
@@ -150,7 +155,7 @@ class Writer:
         """Run `fn` inside a write transaction and return its result once committed.
 
         With `dry_run`, everything `fn` wrote is rolled back and its result returned."""
-        if self._leader == threading.get_ident():
+        if getattr(_leading, "group", False):
             raise write_inside_a_write()
         job: _Job[T] = _Job(fn, dry_run)
         with self._mutex:
@@ -168,11 +173,11 @@ class Writer:
                 self._gather()
             group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
             self._last_group = len(group)
-        self._leader = threading.get_ident()
+        _leading.group = True
         try:
             self._run_group(group)
         finally:
-            self._leader = None
+            _leading.group = False
             try:
                 if not all(other.done for other in group):  # the group itself broke (e.g. KeyboardInterrupt)
                     for other in group:
