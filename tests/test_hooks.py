@@ -182,8 +182,9 @@ def test_a_before_hook_cannot_set_meta_fields(hooks: Hooks, open_store: Callable
         ctx.data["$createdBy"] = "user_root"
 
     hooked = open_store(hooks)
-    with pytest.raises(ValidationFailed):
+    with pytest.raises(HookFailed) as refused:
         create(hooked, "Contact", {"name": "Alice"})
+    assert "sneaky tried to set a '$' field" in refused.value.message
     assert event_count(hooked) == 0
 
 
@@ -464,16 +465,56 @@ def test_before_hooks_are_told_whether_the_write_is_a_preview(
     assert event_count(store) == 2
 
 
-def test_data_changed_by_a_before_hook_is_still_validated(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:
+@pytest.mark.parametrize(
+    ("action", "spoil"),
+    [
+        ("create", {"stage": "Boss"}),
+        ("update", {"shoeSize": 44}),
+        ("qualify", {"organization": "org_nOnExIsT"}),
+        ("rollback", {"email": "not an address"}),
+    ],
+)
+def test_data_a_before_hook_makes_invalid_is_an_internal_error_naming_what_is_wrong_and_nothing_is_written(
+    hooks: Hooks, open_store: Callable[[Hooks], Store], action: str, spoil: dict[str, Any]
+) -> None:
+    @hooks.before(f"Contact.{action}")
+    def spoiler(ctx: BeforeContext) -> None:
+        ctx.data.update(spoil)
+
+    store = open_store(hooks)
+    alice = create(store, "Contact", {"name": "Alice"})["entity"] if action != "create" else None
+    op: dict[str, Any] = {"action": action, "type": "Contact", "data": {"name": "Bob", "title": "CTO"}}
+    if alice is not None:
+        op["id"] = alice["$id"]
+    if action == "rollback":
+        store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "CEO"}})
+        op = {"action": "rollback", "type": "Contact", "id": alice["$id"], "toVersion": 1}
+    before = event_count(store)
+
+    with pytest.raises(HookFailed) as refused:
+        store.do(TENANT, AGENT, op)
+    assert refused.value.to_dict()["error"] == "internal_error"
+    assert "BEFORE hooks made this write invalid" in refused.value.message
+    assert next(iter(spoil)) in refused.value.message  # what the hook got wrong, for the operator
+    assert "fault in the server's hooks" in refused.value.hint
+    assert event_count(store) == before
+    if alice is not None:
+        assert store.get(TENANT, "Contact", alice["$id"])["$version"] == before
+
+
+def test_the_agents_own_invalid_data_is_still_its_validation_error_when_a_before_hook_changes_it_too(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
     @hooks.before("Contact.create")
-    def bad(ctx: BeforeContext) -> None:
+    def spoiler(ctx: BeforeContext) -> None:
         ctx.data["stage"] = "Boss"
 
-    hooked = open_store(hooks)
-    with pytest.raises(ValidationFailed) as exc:
-        create(hooked, "Contact", {"name": "Alice"})
-    assert "stage" in exc.value.message
-    assert event_count(hooked) == 0
+    store = open_store(hooks)
+    with pytest.raises(ValidationFailed) as refused:
+        create(store, "Contact", {"name": "Alice", "email": "not an address"})
+    assert refused.value.code == "validation_error" and "email" in refused.value.message
+    assert "Boss" not in refused.value.message  # what the agent sent is what it is told about
+    assert event_count(store) == 0
 
 
 def test_patterns_match_noun_action_past_tense_and_globs(hooks: Hooks, open_store: Callable[[Hooks], Store]) -> None:

@@ -11,10 +11,10 @@ import math
 import re
 import sqlite3
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import (
     HeadlesslyError,
@@ -39,6 +39,7 @@ from .operations import CRUD_ACTIONS, Operation, check_actor
 from .writer import Txn
 
 log = logging.getLogger(__name__)
+Checked = TypeVar("Checked")
 MAX_STATE_BYTES = 1_000_000
 MAX_REQUEST_STATE = 64_000_000  # characters of entity state one request (a batch, a revert) may write
 _MISSING = object()
@@ -422,24 +423,25 @@ class Mutator:
         }
 
     def create(self, noun: Noun, op: Operation) -> dict[str, Any]:
-        patch = self.before_hooks(noun, "create", "Created", None, self.patch_of(noun, op, None), None, op)
-        # null is the absent value: a field given as null gets its default, as one left out does
-        fields = {
-            f.name: f.default for f in noun.fields.values() if f.default is not None and patch.get(f.name) is None
-        }
-        fields.update({k: v for k, v in patch.items() if v is not None})
-        fields = self.validate(noun, fields, None)
+        def checked(patch: dict[str, Any]) -> dict[str, Any]:
+            # null is the absent value: a field given as null gets its default, as one left out does
+            fields = {
+                f.name: f.default for f in noun.fields.values() if f.default is not None and patch.get(f.name) is None
+            }
+            fields.update({k: v for k, v in patch.items() if v is not None})
+            return self.validate(noun, fields, None)
+
+        given = self.patch_of(noun, op, None)
+        fields = self.hooked(given, self.before_hooks(noun, "create", "Created", None, given, None, op), checked)
         entity_id = new_id(noun.prefix)
         event = self.write(noun, entity_id, "Created", None, fields, fields, op, extra_data=None)
         return event.result()
 
     def update(self, noun: Noun, entity_id: str, op: Operation) -> dict[str, Any]:
         current = self.load_live(noun, entity_id, op)
-        patch = self.before_hooks(
-            noun, "update", "Updated", entity_id, self.patch_of(noun, op, current), current.state, op
-        )
-        merged = merge(current.fields, patch)
-        merged = self.validate(noun, merged, list(patch), kept=current.fields)
+        given = self.patch_of(noun, op, current)
+        patch = self.before_hooks(noun, "update", "Updated", entity_id, given, current.state, op)
+        merged = self.hooked(given, patch, lambda p: self.validate_merge(noun, current, p))
         changes = diff(current.fields, merged)
         if not changes:
             return {"entity": current.state, "events": [], "unchanged": True}
@@ -456,14 +458,14 @@ class Mutator:
                     hint=f"Leave {sets} out of data, or use update to set it to another value.",
                 )
             patch[sets] = past
-        patch = self.before_hooks(noun, op.action, past, entity_id, patch, current.state, op)
+        given = patch
+        patch = self.before_hooks(noun, op.action, past, entity_id, given, current.state, op)
         if sets is not None and patch.get(sets) != past:  # the event would say Qualified with another stage
             raise HookFailed(
                 f"a BEFORE hook changed {noun.name}.{sets}, which {op.action} sets to {past!r}, to {patch.get(sets)!r}",
                 hint="This is a fault in the server's hooks: a hook may reject a verb, not change what it sets.",
             )
-        merged = merge(current.fields, patch)
-        merged = self.validate(noun, merged, list(patch), kept=current.fields)
+        merged = self.hooked(given, patch, lambda p: self.validate_merge(noun, current, p))
         event = self.write(noun, entity_id, past, current, merged, None, op)
         return event.result()
 
@@ -524,12 +526,16 @@ class Mutator:
     ) -> dict[str, Any]:
         """The fields a rollback or revert brings `current` back to, after the BEFORE hooks (which see
         the change as a merge patch: each differing field, null where it goes away) and type checks."""
-        patch = {k: target_fields.get(k) for k in diff(current.fields, target_fields)}
-        patch = self.before_hooks(noun, action, "Updated", current.state["$id"], patch, current.state, op)
-        merged = merge(current.fields, patch)
-        changed = list(diff(current.fields, merged))
-        try:
+
+        def checked(patch: dict[str, Any]) -> dict[str, Any]:
+            merged = merge(current.fields, patch)
+            changed = list(diff(current.fields, merged))
             return self.env.validators[noun.name].validate_changed(merged, changed, restoring=True)
+
+        given = {k: target_fields.get(k) for k in diff(current.fields, target_fields)}
+        patch = self.before_hooks(noun, action, "Updated", current.state["$id"], given, current.state, op)
+        try:
+            return self.hooked(given, patch, checked)
         except ValidationFailed as exc:  # most often: that state was written under other schemas
             raise Unrestorable(
                 f"{current.state['$id']} cannot go back to that state: the current schemas do not accept it ({exc.message})",
@@ -812,10 +818,32 @@ class Mutator:
                 )
             patch = ctx.data if replaced is None else replaced
             if any(k.startswith("$") for k in patch):
-                raise ValidationFailed(
-                    f"hook {hook_name(fn)} tried to set a '$' field", hint="Hooks may change fields, not meta fields."
+                raise HookFailed(
+                    f"the server's hook {hook_name(fn)} tried to set a '$' field; nothing was written",
+                    hint="This is a fault in the server's hooks: they may change fields, not meta fields.",
                 )
         return patch
+
+    @staticmethod
+    def hooked(given: dict[str, Any], patch: dict[str, Any], check: Callable[[dict[str, Any]], Checked]) -> Checked:
+        """`check(patch)`, where BEFORE hooks made `patch` of the agent's `given` data. When the check refuses
+        it, the agent is told its own mistake if `given` is refused too, and otherwise that the hooks are at
+        fault: the agent cannot fix data an operator's hook made invalid."""
+        try:
+            return check(patch)
+        except ValidationFailed as exc:
+            if patch == given:
+                raise
+            check(given)
+            raise HookFailed(
+                f"the server's BEFORE hooks made this write invalid ({exc.message}); nothing was written",
+                hint="This is a fault in the server's hooks, not in the request: report it to the operator. "
+                "Retrying will likely fail the same way.",
+            ) from None
+
+    def validate_merge(self, noun: Noun, current: Loaded, patch: dict[str, Any]) -> dict[str, Any]:
+        """`current` with the merge patch applied, checked (the fields the patch names)."""
+        return self.validate(noun, merge(current.fields, patch), list(patch), kept=current.fields)
 
     def find_for_hooks(
         self, type: str, filter: Any = None, query: str | None = None, sort: str | None = None,
