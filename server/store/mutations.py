@@ -40,6 +40,8 @@ from .writer import Txn
 
 log = logging.getLogger(__name__)
 Checked = TypeVar("Checked")
+# a write's links to check once the whole revert is written: entity, noun, fields, names to check, links it kept
+_Links = tuple[str, Noun, dict[str, Any], list[str], dict[str, Any] | None]
 MAX_STATE_BYTES = 1_000_000
 MAX_REQUEST_STATE = 64_000_000  # characters of entity state one request (a batch, a revert) may write
 _MISSING = object()
@@ -161,6 +163,21 @@ class _Restore:
     @property
     def target(self) -> str:
         return str(self.row[0])
+
+    def links(self, current: Loaded) -> _Links:
+        """What to check once the whole revert is written: the links this write makes (see check_relations)."""
+        return (
+            self.target,
+            self.noun,
+            self.fields,
+            links_to_check(current, self.fields, self.deleted),
+            kept_links(current),
+        )
+
+
+def _revert_of(row: Any) -> dict[str, Any]:
+    """A revert event's data: the ids of the events it undoes, from the revert's row of the entity."""
+    return {"revertOf": row[3].split(",")}
 
 
 def _cycle(start: str, holders: dict[str, str]) -> list[str] | None:
@@ -606,30 +623,23 @@ class Mutator:
         conflicts: list[dict[str, Any]] = []
         unchanged: list[str] = []
         events: list[dict[str, Any]] = []
-        links: list[tuple[str, Noun, dict[str, Any], list[str], dict[str, Any] | None]] = []
+        links: list[_Links] = []
         queue = deque(rows)
         pending = {row[0] for row in rows}  # targets not handled yet in this pass
         waiting: dict[str, str] = {}  # put back behind a unique value's holder since the last write: the holder
         tried: dict[str, _Restore] = {}
 
-        def done(restore: _Restore, current: Loaded, event: Written) -> None:
-            pending.discard(restore.target)
-            links.append(
-                (
-                    restore.target,
-                    restore.noun,
-                    restore.fields,
-                    links_to_check(current, restore.fields, restore.deleted),
-                    kept_links(current),
-                )
-            )
+        def done(target: str, event: Written, made: _Links | None = None) -> None:
+            pending.discard(target)
+            if made is not None:
+                links.append(made)
             waiting.clear()
             reverted.append(event.state)
             events.append(event.event)
 
         while queue:
             row = queue.popleft()
-            target, entity_type, first_version, ids = row
+            target, entity_type, first_version = row[:3]
             if target in blocked:
                 conflicts.append(blocked[target])
                 pending.discard(target)
@@ -665,7 +675,6 @@ class Mutator:
                 pending.discard(target)
                 continue
             current = self.load(noun, target)
-            revert_of = {"revertOf": ids.split(",")}
             if first_version == 1:
                 pending.discard(target)
                 if current.deleted:
@@ -676,8 +685,9 @@ class Mutator:
                 if memo[target]:
                     raise gave_a_delete_data(target)
                 event = self.write(
-                    noun, target, "Deleted", current, current.fields, None, op, extra_data=revert_of, deleted=True
+                    noun, target, "Deleted", current, current.fields, None, op, extra_data=_revert_of(row), deleted=True
                 )
+                done(target, event)
             else:
                 (before_text,) = self.conn.execute(
                     "SELECT state FROM events WHERE target = ? AND version = ?", (target, first_version - 1)
@@ -719,7 +729,7 @@ class Mutator:
                                 swapped = self._restore_together([tried[t] for t in cycle], op)
                             if isinstance(swapped, list):
                                 for restore, current, event in swapped:
-                                    done(restore, current, event)
+                                    done(restore.target, event, restore.links(current))
                                 queue = deque(r for r in queue if r[0] not in cycle)
                             else:  # one of them cannot be brought back: so none of them
                                 for t in cycle:
@@ -734,11 +744,7 @@ class Mutator:
                     waiting.pop(target, None)  # (not part of a swap any more)
                     queue.appendleft(row)
                     continue
-                done(restore, current, event)
-                continue
-            waiting.clear()
-            reverted.append(event.state)
-            events.append(event.event)
+                done(target, event, restore.links(current))
         failed = []
         for target, noun, fields, changed, kept in links:
             try:
@@ -750,10 +756,9 @@ class Mutator:
         return {"events": events, "reverted": reverted, "conflicts": conflicts, "unchanged": unchanged}
 
     def _restore(self, restore: _Restore, current: Loaded, op: Operation) -> Written:
-        revert_of = {"revertOf": restore.row[3].split(",")}
         return self.write(
             restore.noun, restore.target, "Updated", current, restore.fields, None, op,
-            extra_data=revert_of, deleted=restore.deleted,
+            extra_data=_revert_of(restore.row), deleted=restore.deleted,
         )  # fmt: skip
 
     def _restore_together(
