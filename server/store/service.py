@@ -8,14 +8,15 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidType, LimitExceeded, ValidationFailed
+from ..errors import InvalidAsOf, InvalidType, LimitExceeded, ValidationFailed
 from ..schema import Noun, SchemaSet, load_schemas
 from ..schema.validation import Validators
+from ..timeutil import parse_as_of
 from . import cursors, queries
 from .events import EVENT_ROW_COLUMNS, EventRow
 from .hooks import AfterContext, Hooks, run_after
@@ -218,19 +219,21 @@ class Store:
     def get(self, tenant: str, type: str, id: str, as_of: str | None = None, version: int | None = None,
             include: list[str] | None = None, fields: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
         noun = self.noun(type)
-        with self._reading(tenant) as conn:
+        with self._reading(tenant, _instant(as_of)) as conn:
             return queries.get_entity(conn, self.schemas, noun, id, as_of, version, include, fields)
 
     def find(self, tenant: str, type: str, filter: Any = None, query: str | None = None, sort: str | None = None,
              limit: int | None = None, cursor: str | None = None, as_of: str | None = None,
              include_deleted: bool = False) -> dict[str, Any]:  # fmt: skip
         noun = self.noun(type)
-        with self._reading(tenant) as conn, refuse_slow_patterns(), time_limit(conn, "the search", _NARROW_SEARCH):
+        reading = self._reading(tenant, _instant(as_of))
+        with reading as conn, refuse_slow_patterns(), time_limit(conn, "the search", _NARROW_SEARCH):
             return queries.find(conn, self.schemas, noun, filter, query, sort, limit, cursor, as_of, include_deleted)
 
     def events(self, tenant: str, filter: Any = None, sort: str | None = None, limit: int | None = None,
                cursor: str | None = None) -> dict[str, Any]:  # fmt: skip
-        with self._reading(tenant) as conn, refuse_slow_patterns(), time_limit(conn, "the search", _NARROW_EVENTS):
+        reading = self._reading(tenant, _latest_timestamp(filter))
+        with reading as conn, refuse_slow_patterns(), time_limit(conn, "the search", _NARROW_EVENTS):
             return queries.find_events(conn, filter, sort, limit, cursor)
 
     def event(self, tenant: str, id: str) -> dict[str, Any]:
@@ -238,14 +241,18 @@ class Store:
             return queries.get_event(conn, id)
 
     @contextmanager
-    def _reading(self, tenant: str) -> Iterator[sqlite3.Connection]:
+    def _reading(self, tenant: str, instant: int | None = None) -> Iterator[sqlite3.Connection]:
         """What a read of `tenant` reads, in one read transaction: its database or, for a tenant never opened
         (no file, no lock file), an empty one in memory, so that the read checks its arguments and answers as
         for an empty tenant without making the tenant's file (a write makes it). A tenant with a lock file but
-        no database (one being restored, say) is opened as before: the lock decides."""
+        no database (one being restored, say) is opened as before: the lock decides. A read of a past `instant`
+        (µs) first waits for a write in flight that may still add events at it, so it reads the same ever after."""
         if self.pool.ever_opened(tenant):
-            with damage_said(tenant), self.pool.lease(tenant) as t, t.snapshot() as conn:
-                yield conn
+            with damage_said(tenant), self.pool.lease(tenant) as t:
+                if instant is not None:
+                    t.writer.settle(instant)
+                with t.snapshot() as conn:
+                    yield conn
             return
         with self._empty() as conn:
             yield conn
@@ -309,3 +316,30 @@ class Store:
         with damage_said(tenant), self.pool.lease(tenant, create=False) as t, t.reader() as conn:
             head = read_head(conn)
         return head.seq, head.hash
+
+
+def _instant(as_of: str | None) -> int | None:
+    """The instant an asOf reads (µs), or None: none given, or one the read refuses."""
+    if as_of is None:
+        return None
+    try:
+        return parse_as_of(as_of)
+    except InvalidAsOf:
+        return None
+
+
+def _latest_timestamp(filter: Any) -> int | None:
+    """The latest time an events filter names in a `timestamp` condition (µs), or None: the instant a read
+    of the log up to a time must wait for (see Writer.settle)."""
+    found: list[int] = []
+    stack: list[tuple[Any, bool]] = [(filter, False)]  # (not recursive: the filter's depth is checked later)
+    while stack:
+        node, under = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((value, under or key == "timestamp") for key, value in node.items())
+        elif isinstance(node, list):
+            stack.extend((value, under) for value in node)
+        elif under and isinstance(node, str):
+            with suppress(InvalidAsOf):
+                found.append(parse_as_of(node))
+    return max(found, default=None)

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from ..errors import HeadlesslyError, StorageError, ValidationFailed
+from ..errors import HeadlesslyError, StorageError, TenantBusy, ValidationFailed
+from ..timeutil import format_us, parse_time
 from .checkpoints import EVERY_COMMITS
 from .events import EVENT_ROW_COLUMNS, GENESIS_HASH, EventRow, chain_hash
 from .sqlite import damaged
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_GROUP = 512
 GATHER_SECONDS = 0.001
+SETTLE_SECONDS = 10.0  # how long a read of a past instant waits for a write group that may still stamp events at it
 INSERT_EVENT = f"INSERT INTO events ({EVENT_ROW_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 
 
@@ -56,13 +58,14 @@ def write_inside_a_write() -> ValidationFailed:
 class Txn:
     """What a write job sees: the writer connection inside an open transaction, and the log head."""
 
-    def __init__(self, conn: sqlite3.Connection, head: Head, clock: Callable[[], int]) -> None:
+    def __init__(self, conn: sqlite3.Connection, head: Head, clock: Callable[[], int], floor: int = 0) -> None:
         self.conn = conn
         self.head = head
         self._clock = clock
+        self._floor = floor  # no stamp of this group is earlier (what reads of the past wait on: Writer.settle)
 
     def next_ts_us(self) -> int:
-        return max(self._clock(), self.head.ts_us + 1)
+        return max(self._clock(), self.head.ts_us + 1, self._floor)
 
     def append(
         self, event_id: str, type_: str, entity_type: str, action: str, target: str, actor: str, ts_us: int,
@@ -110,8 +113,6 @@ class _Job(Generic[T]):
 
 
 def read_head(conn: sqlite3.Connection) -> Head:
-    from ..timeutil import parse_time
-
     row = conn.execute("SELECT seq, hash, ts FROM events ORDER BY seq DESC LIMIT 1").fetchone()
     if row is None:
         return Head(seq=0, hash=GENESIS_HASH, ts_us=0)
@@ -145,6 +146,12 @@ class Writer:
         self._busy = False  # a leader is running a group, or the lead is being handed over
         self._gathering = False
         self._last_group = 0
+        # The earliest stamp the group in flight may give its events (None: no group in flight). Its events are
+        # not visible before it commits, so a read of a past instant at or after it waits (see settle).
+        self._held_from: int | None = None
+        self._settled = threading.Condition(self._mutex)
+        self._held = threading.Condition(self._mutex)  # a read was held (see wait_held)
+        self.held_reads = 0
         self.commits = 0  # transactions committed (a group counts once)
 
     @property
@@ -173,9 +180,10 @@ class Writer:
                 self._gather()
             group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
             self._last_group = len(group)
+            floor = self._held_from = max(self._clock(), self._head.ts_us + 1)
         _leading.group = True
         try:
-            self._run_group(group)
+            self._run_group(group, floor)
         finally:
             _leading.group = False
             try:
@@ -193,6 +201,8 @@ class Writer:
                         log.exception("could not roll back a broken write group")
             finally:  # whatever recovery met (a closed connection, an I/O error), the next writers go on
                 with self._mutex:
+                    self._held_from = None
+                    self._settled.notify_all()
                     leader = self._pending[0] if self._pending else None
                     if leader is None:
                         self._busy = False
@@ -202,6 +212,35 @@ class Writer:
                 if leader is not None:
                     leader.wake.release()
         return _outcome(job)
+
+    def settle(self, as_of_us: int, timeout: float | None = None) -> None:
+        """Wait until no write group in flight may still stamp an event at or before `as_of_us`, so that a read of
+        that instant, once settled, never changes. An instant not yet past (now or later) waits only for the group
+        in flight at the call: later writes may still stamp events at it anyway."""
+        if getattr(_leading, "group", False):  # a BEFORE hook's read: its own group cannot end first
+            return
+        until = min(as_of_us, self._clock())
+        timeout = SETTLE_SECONDS if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        with self._mutex:
+            counted = False
+            while self._held_from is not None and self._held_from <= until:
+                if not counted:
+                    counted, self.held_reads = True, self.held_reads + 1
+                    self._held.notify_all()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TenantBusy(
+                        f"a write has been in progress for over {timeout:g} s (a slow BEFORE hook?) and may still "
+                        f"add events at {format_us(as_of_us)} or before, so that instant cannot be read yet",
+                        hint="Nothing was read. Retry when the write has finished, or read a time before it began.",
+                    )
+                self._settled.wait(remaining)
+
+    def wait_held(self, n: int, timeout: float) -> bool:
+        """Block until `n` reads in all have waited in `settle` (False after `timeout` seconds)."""
+        with self._held:
+            return self._held.wait_for(lambda: self.held_reads >= n, timeout)
 
     def wait_queued(self, n: int, timeout: float) -> bool:
         """Block until at least `n` jobs wait behind the running group (False after `timeout` seconds):
@@ -229,7 +268,7 @@ class Writer:
         finally:
             self._gathering = False
 
-    def _run_group(self, group: list[_Job[Any]]) -> None:
+    def _run_group(self, group: list[_Job[Any]], floor: int) -> None:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -250,7 +289,7 @@ class Writer:
         ok: list[_Job[Any]] = []
         for job in group:
             before = self._head
-            txn = Txn(conn, before, self._clock)
+            txn = Txn(conn, before, self._clock, floor)
             if not single:
                 conn.execute("SAVEPOINT job")
             try:

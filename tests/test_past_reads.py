@@ -1,0 +1,164 @@
+"""A read of a past instant never changes: it waits for a write in flight that may still add events at that
+instant (stamped when its job ran, visible only once its whole group commits)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FakeClock
+
+from server.errors import TenantBusy
+from server.schema import SchemaSet
+from server.store import BeforeContext, Hooks, Store
+from server.store import writer as writer_module
+from server.store.writer import Writer
+from server.timeutil import format_us
+
+TENANT = "acme"
+AGENT = "agent_mR4nVkTw"
+
+
+class SlowBatch:
+    """A batch that updates Alice's title (stamped at once), then waits inside a BEFORE hook on Bob's update."""
+
+    def __init__(self, store: Store, alice: str, bob: str) -> None:
+        self.store, self.alice, self.bob = store, alice, bob
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.outcome: list[Any] = []
+        self.thread = threading.Thread(target=self._run)
+
+    def hook(self, ctx: BeforeContext) -> None:
+        if ctx.id == self.bob:
+            self.inside.set()
+            assert self.release.wait(30), "the test never released the batch"
+
+    def _run(self) -> None:
+        title = {"action": "update", "type": "Contact", "data": {"title": "CTO"}}
+        self.outcome.append(
+            self.store.do(TENANT, AGENT, {"operations": [{**title, "id": self.alice}, {**title, "id": self.bob}]})
+        )
+
+    def __enter__(self) -> SlowBatch:
+        self.thread.start()
+        assert self.inside.wait(30), "the batch never reached its hook"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def setup(tmp_path: Path, schemas: SchemaSet, clock: FakeClock) -> Iterator[tuple[Store, SlowBatch, Writer]]:
+    hooks = Hooks()
+    store = Store(tmp_path / "data", schemas, hooks=hooks, clock=clock)
+    try:
+        alice, bob = (
+            store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": n}})["entity"]["$id"]
+            for n in ("Alice", "Bob")
+        )
+        clock.advance(60)  # the batch stamps Alice's update at 10:01:00
+        batch = SlowBatch(store, alice, bob)
+        hooks.before("Contact.update")(batch.hook)
+        with store.pool.lease(TENANT) as tenant:
+            writer = tenant.writer
+        yield store, batch, writer
+    finally:
+        store.close()
+
+
+def read_in_thread(read: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    got: list[Any] = []
+
+    def run() -> None:
+        try:
+            got.append(read())
+        except Exception as exc:  # recorded for the test to check
+            got.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, got
+
+
+READS: dict[str, Callable[[Store, str, str], Any]] = {
+    "get": lambda s, alice, at: s.get(TENANT, "Contact", alice, as_of=at).get("title"),
+    "search": lambda s, alice, at: [
+        r.get("title") for r in s.find(TENANT, "Contact", {"$id": alice}, as_of=at)["results"]
+    ],
+    "events": lambda s, alice, at: [
+        e["type"] for e in s.events(TENANT, {"target": alice, "timestamp": {"$lte": at}})["results"]
+    ],
+}
+THEN = {"get": "CTO", "search": ["CTO"], "events": ["Contact.Created", "Contact.Updated"]}
+
+
+@pytest.mark.parametrize("read", list(READS))
+def test_a_read_of_a_past_instant_waits_for_the_write_in_flight_and_shows_what_it_stamped_there(
+    setup: tuple[Store, SlowBatch, Writer], clock: FakeClock, read: str
+) -> None:
+    store, batch, writer = setup
+    with batch:
+        clock.advance(60)  # 10:01:30 is past now, and the batch stamped Alice's update before it
+        thread, got = read_in_thread(lambda: READS[read](store, batch.alice, "2026-01-15T10:01:30Z"))
+        assert writer.wait_held(1, 30), "the read did not wait for the batch"
+        assert got == []
+    thread.join(30)
+    assert got == [THEN[read]]  # what every later read of 10:01:30 shows too
+    assert READS[read](store, batch.alice, "2026-01-15T10:01:30Z") == THEN[read]
+
+
+def test_a_read_of_an_instant_before_the_write_in_flight_began_does_not_wait(
+    setup: tuple[Store, SlowBatch, Writer], clock: FakeClock
+) -> None:
+    store, batch, writer = setup
+    with batch:
+        clock.advance(60)
+        earlier = store.get(TENANT, "Contact", batch.alice, as_of="2026-01-15T10:00:59Z")
+        now = store.get(TENANT, "Contact", batch.alice)  # the present does not wait: it is what is committed
+        assert "title" not in earlier and "title" not in now
+        assert writer.held_reads == 0
+    assert store.get(TENANT, "Contact", batch.alice)["title"] == "CTO"
+
+
+def test_a_before_hooks_own_read_of_the_past_does_not_wait_for_its_own_write(
+    tmp_path: Path, schemas: SchemaSet, clock: FakeClock
+) -> None:
+    hooks = Hooks()
+    seen: list[Any] = []
+    with Store(tmp_path / "data", schemas, hooks=hooks, clock=clock) as store:
+
+        @hooks.before("Contact.update")
+        def look_back(ctx: BeforeContext) -> None:
+            seen.append(store.get(TENANT, "Contact", str(ctx.id), as_of=format_us(clock.now)).get("title"))
+
+        alice = store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "A"}})["entity"]
+        clock.advance(1)
+        thread, got = read_in_thread(
+            lambda: store.do(
+                TENANT, AGENT, {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "CTO"}}
+            )
+        )
+        thread.join(30)
+        assert not thread.is_alive() and got[0]["entity"]["title"] == "CTO"
+        assert seen == [None]
+
+
+def test_a_read_held_longer_than_its_limit_is_refused_saying_why_and_reads_nothing(
+    setup: tuple[Store, SlowBatch, Writer], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, batch, _writer = setup
+    monkeypatch.setattr(writer_module, "SETTLE_SECONDS", 0.2)
+    with batch:
+        clock.advance(60)
+        with pytest.raises(TenantBusy) as refused:
+            store.get(TENANT, "Contact", batch.alice, as_of="2026-01-15T10:01:30Z")
+    assert refused.value.code == "storage_error"
+    assert "may still add events at 2026-01-15T10:01:30.000000Z or before" in refused.value.message
+    assert "Retry" in refused.value.hint
