@@ -31,6 +31,7 @@ MAX_GROUP = 512
 GATHER_SECONDS = 0.001
 SETTLE_SECONDS = 10.0  # how long a read of a past instant waits for a write group that may still stamp events at it
 INSERT_EVENT = f"INSERT INTO events ({EVENT_ROW_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+INSERT_SPAN = "INSERT INTO spans (first_seq, last_seq) VALUES (?, ?)"
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,8 @@ class Writer:
                 result = job.fn(txn)
                 if job.dry_run:
                     raise _DryRun(result)
+                if txn.head.seq - before.seq > 1:  # one request, one moment (see seq_at)
+                    conn.execute(INSERT_SPAN, (before.seq + 1, txn.head.seq))
             except _DryRun as dry:
                 job.result = dry.result
                 self._undo_job(single)
