@@ -45,13 +45,16 @@ def between_microseconds(value: object) -> bool:
     return isinstance(value, str) and _PAST_MICROSECONDS.search(value) is not None
 
 
+ASCII_SPACE = " \t\r\n"
+
+
 def parse_time(value: object) -> int:
     """An RFC 3339 time with an offset, or a date (start of that day, UTC), as microseconds.
 
     Raises ValueError saying what is accepted."""
     if not isinstance(value, str):
         raise ValueError(f"expected a time string, got {type(value).__name__}")
-    text = value.strip()
+    text = value.strip(ASCII_SPACE)  # (not other Unicode spaces, as digits are ASCII only)
     if _DATE.fullmatch(text):
         try:
             d = date.fromisoformat(text)

@@ -193,6 +193,20 @@ async def test_an_unknown_argument_is_a_validation_error(store: Store) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_time_over_128_characters_is_refused_alike_by_every_tool_that_takes_one(store: Store) -> None:
+    long = " " * 120 + "2026-01-15T10:00:00Z"
+    async with connect(store) as client:
+        results = [
+            await client.call_tool("fetch", {"type": "Contact", "id": "contact_k7TmPvRxQ2", "asOf": long}),
+            await client.call_tool("search", {"type": "Contact", "asOf": long}),
+            await client.call_tool("do", {"action": "revert", "actor": "agent_x", "since": long}),
+        ]
+    for result in results:
+        body = check_error(result, "validation_error")
+        assert "at most 128 characters" in body["message"]
+
+
+@pytest.mark.anyio
 async def test_an_argument_of_the_wrong_type_is_a_validation_error_naming_it(store: Store) -> None:
     async with connect(store) as client:
         result = await client.call_tool("search", {"type": "Contact", "limit": "abc"})

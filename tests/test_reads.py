@@ -160,6 +160,13 @@ def test_a_garbage_as_of_is_invalid_as_of(store: Store, history: dict[str, Any],
     assert "2026-01-16" in err.value.hint or "RFC 3339" in err.value.message
 
 
+def test_a_time_may_have_ascii_spaces_around_it_but_no_other_spaces(store: Store, history: dict[str, Any]) -> None:
+    assert store.get(TENANT, "Contact", history["id"], as_of=" 2026-01-15T10:01:30Z\n") == history["v2"]
+    for spaced in ("2026-01-15T10:01:30Z\u3000", "\xa02026-01-16"):
+        with pytest.raises(InvalidAsOf):
+            store.get(TENANT, "Contact", history["id"], as_of=spaced)
+
+
 def test_an_as_of_before_year_one_in_utc_is_refused_not_crashed(store: Store, history: dict[str, Any]) -> None:
     # 0001-01-01T00:00:00+01:00 is 0000-12-31T23:00:00Z: before anything, and outside the calendar the API shows.
     with pytest.raises((NotFound, InvalidAsOf)):

@@ -531,6 +531,16 @@ def test_revert_of_an_actor_with_nothing_in_the_window_writes_nothing(store: Sto
     assert event_count(store) == before
 
 
+def test_a_since_and_an_until_inside_the_same_microsecond_are_an_empty_window_not_a_mistake(
+    store: Store, clock: Any
+) -> None:
+    setup_rogue(store, clock)
+    before = event_count(store)
+    result = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15T11:00:00.0000005Z", until="2026-01-15T11:00:00.0000005Z")  # fmt: skip
+    assert result["events"] == [] and result["conflicts"] == []
+    assert event_count(store) == before
+
+
 def test_revert_needs_an_actor_and_a_since(store: Store, clock: Any) -> None:
     setup_rogue(store, clock)
     before = event_count(store)

@@ -28,7 +28,7 @@ from pydantic.types import AllowInfNan
 from typing_extensions import TypedDict
 
 from ..errors import ValidationFailed
-from ..timeutil import normalize_time
+from ..timeutil import ASCII_SPACE, normalize_time
 from .nouns import Field, Noun
 
 ID_PATTERN = re.compile(r"^[a-z][a-z0-9]*_[A-Za-z0-9]{9,64}$")
@@ -40,9 +40,11 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 def _check_date(value: str) -> str:
     try:
-        if not _DATE.fullmatch(value):  # (fromisoformat would also take 20260115 and 2026-W03-4)
+        if not _DATE.fullmatch(
+            value.strip(ASCII_SPACE)
+        ):  # (as times and filters on dates take it)  # (fromisoformat would also take 20260115 and 2026-W03-4)
             raise ValueError
-        return date.fromisoformat(value).isoformat()
+        return date.fromisoformat(value.strip(ASCII_SPACE)).isoformat()
     except ValueError:
         raise ValueError(f"{value!r} is not a date; use YYYY-MM-DD") from None
 

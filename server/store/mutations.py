@@ -569,12 +569,14 @@ class Mutator:
             )
         victim = check_actor(op.actor)
         # A since between two microseconds starts at the next one (stored times are whole microseconds).
-        since_us = parse_as_of(op.since, "since") + (1 if between_microseconds(op.since) else 0)
+        given = parse_as_of(op.since, "since")
+        since_us = given + (1 if between_microseconds(op.since) else 0)
         until_us = parse_as_of(op.until, "until") if op.until is not None else None
         since, until = format_us(since_us), None if until_us is None else format_us(until_us)
-        if until is not None and until < since:
+        # (compared as given: a since and an until inside the same microsecond make an empty window, not a mistake)
+        if until_us is not None and until_us < given:
             raise ValidationFailed(
-                f"'until' ({until}) is before 'since' ({since}): the window is empty",
+                f"'until' ({until}) is before 'since' ({format_us(given)}): the window is empty",
                 hint="Pass an until at or after since, or leave it out to revert up to now.",
             )
         # The window in seqs: a request (a batch, a revert) is in it when its last event is (it is atomic).

@@ -233,7 +233,7 @@ def build_server(
         description="The noun (entity type) to write. Required for every action except revert.",
         json_schema_extra={"enum": [*nouns, None]},
     )]  # fmt: skip
-    AsOf = Annotated[str | None, Field(
+    AsOf = Annotated[TimeText | None, Field(
         description="Read the past: an RFC 3339 time with offset ('2026-01-16T09:30:00Z') or a date ('2026-01-16' = start of day UTC).",
     )]  # fmt: skip
 
