@@ -913,6 +913,17 @@ def test_a_cursor_goes_on_whether_the_sort_is_left_out_or_spelt_out(
     assert store.find(TENANT, "Contact", sort="name", limit=10, cursor=by_name["cursor"])["results"]
 
 
+def test_a_cursor_of_a_search_of_the_past_goes_on_with_that_instant_spelt_another_way(
+    store: Store, many: dict[str, dict[str, Any]]
+) -> None:
+    first = store.find(TENANT, "Contact", as_of="2026-01-15T10:00:40Z", limit=10)
+    for same in ("2026-01-15T15:30:40+05:30", "2026-01-15T10:00:40.000000Z", " 2026-01-15t10:00:40z"):
+        page = store.find(TENANT, "Contact", as_of=same, limit=10, cursor=first["cursor"])
+        assert page["results"] and not {r["$id"] for r in page["results"]} & {r["$id"] for r in first["results"]}
+    with pytest.raises(InvalidCursor):  # another instant is another search
+        store.find(TENANT, "Contact", as_of="2026-01-15T10:00:41Z", limit=10, cursor=first["cursor"])
+
+
 @pytest.mark.parametrize("bad", ["not-a-cursor", "!!!!", "x" * 5000, 12, ["a"], "eyJrIjpbXX0"])
 def test_a_garbage_cursor_is_invalid_cursor(store: Store, many: dict[str, dict[str, Any]], bad: Any) -> None:
     with pytest.raises(InvalidCursor):

@@ -297,7 +297,7 @@ def find(
         "filter": filter,
         "query": query,
         "sort": ",".join(("-" if k.descending else "") + k.column.name for k in keys),  # the default spelt out too
-        "asOf": as_of,
+        "asOf": None if as_of is None else format_us(parse_as_of(as_of)),  # the instant, however it is spelt
         "includeDeleted": include_deleted,
     }
     identity = cursors.sealed_for(conn, identity)
