@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import random
 import sqlite3
 import threading
@@ -16,11 +17,20 @@ from typing import Any
 import pytest
 from conftest import damage_the_actor_index
 
-from server.errors import Conflict, DamagedFile, HeadlesslyError, NotFound, ValidationFailed, VersionConflict
+from server.errors import (
+    Conflict,
+    DamagedFile,
+    HeadlesslyError,
+    NotFound,
+    StorageError,
+    ValidationFailed,
+    VersionConflict,
+)
 from server.schema import SchemaSet, load_schemas
 from server.store import Store, verify
 from server.store.events import EVENT_ROW_COLUMNS, GENESIS_HASH, EventRow, row_hash
 from server.store.reindex import reindex_tenant
+from server.timeutil import MAX_US
 
 TENANT = "acme"
 AGENT = "agent_mR4nVkTw"
@@ -698,6 +708,32 @@ def test_timestamps_strictly_increase_when_the_clock_goes_backwards(store: Store
     # every event's own timestamp is still a precise asOf point
     assert store.get(TENANT, "Contact", alice["$id"], as_of=stamps[0])["stage"] == "Lead"
     assert store.get(TENANT, "Contact", alice["$id"], as_of=stamps[1])["stage"] == "Qualified"
+    assert store.verify(TENANT)["ok"] is True
+
+
+def test_events_stamped_ahead_of_a_clock_that_stepped_back_are_logged(
+    store: Store, clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    create(store, "Contact", {"name": "Alice"})
+    with caplog.at_level(logging.WARNING, logger="server.store.writer"):
+        clock.advance(-0.5)  # within a second: two writes in one microsecond do this all the time
+        create(store, "Contact", {"name": "Bob"})
+        assert "behind" not in caplog.text
+        clock.advance(-30)
+        create(store, "Contact", {"name": "Carol"})
+    assert "tenant acme: the clock is 30.500 s behind the last event's time" in caplog.text
+
+
+def test_a_write_that_would_be_stamped_after_year_9999_is_a_storage_error_and_writes_nothing(
+    store: Store, clock: Any
+) -> None:
+    clock.now = MAX_US  # 9999-12-31T23:59:59.999999Z: the last time the log can hold
+    last = create(store, "Contact", {"name": "Alice"})
+    assert last["$createdAt"] == "9999-12-31T23:59:59.999999Z"
+    with pytest.raises(StorageError) as refused:
+        create(store, "Contact", {"name": "Bob"})
+    assert "after 9999-12-31T23:59:59.999999Z" in refused.value.message and "clock" in refused.value.hint
+    assert len(all_events(store)) == 1
     assert store.verify(TENANT)["ok"] is True
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..errors import HeadlesslyError, StorageError, TenantBusy, ValidationFailed
-from ..timeutil import format_us, parse_time
+from ..timeutil import MAX_US, format_us, parse_time
 from .checkpoints import EVERY_COMMITS
 from .events import EVENT_ROW_COLUMNS, GENESIS_HASH, EventRow, chain_hash
 from .sqlite import damaged
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_GROUP = 512
 GATHER_SECONDS = 0.001
+CLOCK_BEHIND_US = 1_000_000  # events stamped this far ahead of the clock are logged (see _clock_behind)
 SETTLE_SECONDS = 10.0  # how long a read of a past instant waits for a write group that may still stamp events at it
 INSERT_EVENT = f"INSERT INTO events ({EVENT_ROW_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 INSERT_SPAN = "INSERT INTO spans (first_seq, last_seq) VALUES (?, ?)"
@@ -59,14 +60,28 @@ def write_inside_a_write() -> ValidationFailed:
 class Txn:
     """What a write job sees: the writer connection inside an open transaction, and the log head."""
 
-    def __init__(self, conn: sqlite3.Connection, head: Head, clock: Callable[[], int], floor: int = 0) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, head: Head, clock: Callable[[], int], floor: int = 0,
+        behind: Callable[[int], None] | None = None,
+    ) -> None:  # fmt: skip
         self.conn = conn
         self.head = head
         self._clock = clock
         self._floor = floor  # no stamp of this group is earlier (what reads of the past wait on: Writer.settle)
+        self._behind = behind  # told how far ahead of the clock a stamp is, past CLOCK_BEHIND_US
 
     def next_ts_us(self) -> int:
-        return max(self._clock(), self.head.ts_us + 1, self._floor)
+        now = self._clock()
+        ts = max(now, self.head.ts_us + 1, self._floor)
+        if ts - now > CLOCK_BEHIND_US and self._behind is not None:
+            self._behind(ts - now)
+        if ts > MAX_US:
+            raise StorageError(
+                "the next event would be stamped after 9999-12-31T23:59:59.999999Z, the last time the log can hold "
+                "(the server's clock, or an event stamped by a clock that was that far ahead); nothing was written",
+                hint="This is a fault of the server's clock: report it to the operator.",
+            )
+        return ts
 
     def append(
         self, event_id: str, type_: str, entity_type: str, action: str, target: str, actor: str, ts_us: int,
@@ -153,6 +168,7 @@ class Writer:
         self._settled = threading.Condition(self._mutex)
         self._held = threading.Condition(self._mutex)  # a read was held (see wait_held)
         self.held_reads = 0
+        self._warned_at: float | None = None  # when a clock behind the log was last logged (see _clock_behind)
         self.commits = 0  # transactions committed (a group counts once)
 
     @property
@@ -238,6 +254,17 @@ class Writer:
                     )
                 self._settled.wait(remaining)
 
+    def _clock_behind(self, by_us: int) -> None:
+        """Say (at most once a minute) that events are stamped ahead of the clock: it stepped back, or an earlier
+        event was stamped by a clock that ran ahead, and the log's times must still grow."""
+        if self._warned_at is None or time.monotonic() - self._warned_at >= 60:
+            self._warned_at = time.monotonic()
+            log.warning(
+                "tenant %s: the clock is %.3f s behind the last event's time: new events are stamped just after "
+                "it, so their times run ahead of the clock until it catches up (check the machine's clock)",
+                self._tenant, by_us / 1e6,
+            )  # fmt: skip
+
     def wait_held(self, n: int, timeout: float) -> bool:
         """Block until `n` reads in all have waited in `settle` (False after `timeout` seconds)."""
         with self._held:
@@ -290,7 +317,7 @@ class Writer:
         ok: list[_Job[Any]] = []
         for job in group:
             before = self._head
-            txn = Txn(conn, before, self._clock, floor)
+            txn = Txn(conn, before, self._clock, floor, self._clock_behind)
             if not single:
                 conn.execute("SAVEPOINT job")
             try:
