@@ -247,6 +247,8 @@ def test_a_field_may_not_take_the_name_of_an_event_marker(tmp_path: Path, reserv
         ({"name": "string", "meta": "json[]##"}, "meta", ["json", "cannot be unique"]),
         ({"name": "string", "frob": "frobbed"}, "frob", ["unknown type 'frobbed'", "'frob': 'Frobbed'"]),
         ({"name": "string", "Frob": "Frobbed"}, "Frob", ["'frob': 'Frobbed'", "starts lowercase"]),
+        ({"name": "string", "email": "Email"}, "email", ["types are lowercase", "'email': 'email'"]),
+        ({"name": "string", "notes": "Text"}, "notes", ["types are lowercase", "'notes': 'text'"]),
     ],
 )
 def test_a_malformed_field_fails_naming_file_noun_field_and_problem(
@@ -444,6 +446,20 @@ def test_invalid_json_fails_naming_the_file(tmp_path: Path) -> None:
     assert err.value.file == str(extra / "broken.json")
     assert "JSON" in err.value.problem
     assert "broken.json" in str(err.value)
+
+
+def test_a_key_given_twice_fails_naming_the_noun_and_field_it_is_in(tmp_path: Path) -> None:
+    text = '{"Widget": {"name": "string", "size": "int", "name": "text"}, "Gadget": {"name": "string"}}'
+    extra = folder(tmp_path, "extra", {"w.json": text})
+    with pytest.raises(SchemaError) as err:
+        load_schemas([extra])
+    assert (err.value.file, err.value.noun, err.value.field) == (str(extra / "w.json"), "Widget", "name")
+    assert "Widget.name" in str(err.value) and "twice" in err.value.problem
+
+    again = folder(tmp_path, "again", {"w.json": '{"Widget": {"name": "string"}, "Widget": {"name": "text"}}'})
+    with pytest.raises(SchemaError) as err:
+        load_schemas([again])
+    assert "'Widget' appears twice" in err.value.problem
 
 
 def test_a_noun_defined_twice_in_one_folder_fails_naming_both_files(tmp_path: Path) -> None:

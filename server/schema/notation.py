@@ -62,6 +62,11 @@ def parse_entry(key: str, value: object) -> Spec:
             "empty notation; expected a type such as 'string!', an enum 'A | B', '-> Noun', '<- Noun.field' or a verb's past tense"
         )
     if VERB_NAME.fullmatch(key) and PAST_TENSE.fullmatch(text) and "|" not in text:
+        if text.lower() in TYPES:  # read as a verb, the field would silently be gone
+            raise NotationError(
+                f"{text!r} reads as a verb's event name; types are lowercase: for a field of type "
+                f"{text.lower()}, write '{key}': '{text.lower()}'"
+            )
         if key in CRUD:
             raise NotationError(f"'{key}' is a built-in action and cannot be declared as a verb")
         return VerbSpec(past=text)

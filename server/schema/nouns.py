@@ -301,26 +301,40 @@ def _check_prefixes(nouns: dict[str, Noun]) -> None:
             )  # fmt: skip
 
 
-class _DuplicateKey(Exception):
-    pass
+class _Object(dict[str, Any]):
+    """A JSON object as read, with the keys it held twice (the first value of each is kept)."""
+
+    twice: list[str]
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _keep_duplicates(pairs: list[tuple[str, Any]]) -> _Object:
+    out = _Object()
+    out.twice = []
     for key, value in pairs:
         if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
+            out.twice.append(key)
+        else:
+            out[key] = value
     return out
+
+
+def _refuse_duplicates(path: Path, doc: Any) -> None:
+    """A key given twice in the file, or in one noun, named where it is (JSON keeps only the last one)."""
+    if not isinstance(doc, _Object):
+        return
+    if doc.twice:
+        raise SchemaError(str(path), None, None, f"the key {doc.twice[0]!r} appears twice in the file's object")
+    for name, body in doc.items():
+        if isinstance(body, _Object) and body.twice:
+            raise SchemaError(str(path), name, body.twice[0], f"{name} has the key {body.twice[0]!r} twice")
 
 
 def _read_file(path: Path) -> list[tuple[str, str, dict[str, Any]]]:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
+        doc = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_keep_duplicates)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SchemaError(str(path), None, None, f"not readable as JSON: {exc}") from None
-    except _DuplicateKey as exc:
-        raise SchemaError(str(path), None, None, f"the key {exc.args[0]!r} appears twice in one object") from None
+    _refuse_duplicates(path, doc)
     if not isinstance(doc, dict):
         raise SchemaError(str(path), None, None, "expected a JSON object of nouns")
     domain = doc.get("$domain", path.stem)
