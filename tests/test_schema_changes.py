@@ -476,3 +476,22 @@ def test_an_include_leaves_out_a_link_written_before_its_relationship_pointed_at
     with Store(tmp_path / "data", folder("Gizmo")) as s:
         assert s.get(TENANT, "Widget", w)["part"] == gadget  # the stored value is shown as it is
         assert s.get(TENANT, "Widget", w, include=["part"])["part"] is None
+
+
+def test_an_idempotent_request_retried_after_its_field_changed_type_still_replays(tmp_path: Path) -> None:
+    """A deploy between a request and its retry may change how a value is stored (a datetime read as a string
+    now): the very same request is still the same request."""
+    request = {
+        "action": "create",
+        "type": "Widget",
+        "data": {"name": "w", "due": "2026-01-16T15:30:00+05:30"},
+        "idempotencyKey": "k1",
+    }
+    with Store(tmp_path / "data", widgets(tmp_path, '"due": "datetime"')) as s:
+        first = s.do(TENANT, AGENT, request)
+    assert first["entity"]["due"] == "2026-01-16T10:00:00.000000Z"
+
+    with Store(tmp_path / "data", widgets(tmp_path, '"due": "string"')) as s:
+        again = s.do(TENANT, AGENT, request)
+        total = s.events(TENANT)["total"]
+    assert again["replayed"] is True and again["entity"] == first["entity"] and total == 1

@@ -264,13 +264,16 @@ class Mutator:
         asked = None
         if op.idempotencyKey is not None:
             named = self._refs_named(op)
-            asked = request_digest(self._as_stored(named))
+            # The request as a write stores it (a retry may spell a value another way) and as given (the schemas
+            # that tell how a value is stored may change between a request and its retry), kept as one text.
+            as_stored, as_given = request_digest(self._as_stored(named)), request_digest(named)
+            asked = as_stored if as_stored == as_given else f"{as_stored} {as_given}"
             row = self.conn.execute(
                 "SELECT result, request FROM idempotency WHERE actor = ? AND key = ?", (self.actor, op.idempotencyKey)
             ).fetchone()
             if row is not None:
-                # (None: a key kept before requests were; the request as given: before they were as stored)
-                if row[1] is not None and row[1] != asked and row[1] != request_digest(named):
+                # (None: a key kept before requests were; one digest: kept before both were)
+                if row[1] is not None and not {as_stored, as_given} & set(row[1].split()):
                     raise ValidationFailed(
                         f"idempotencyKey {op.idempotencyKey!r} was already used by {self.actor} for another request; "
                         "the same key returns the first result only for the same request",
