@@ -247,6 +247,22 @@ def test_verify_names_only_nouns_with_entities_as_built_for_other_schemas(tmp_pa
     assert report["builtForOtherSchemas"] == ["Widget"]
 
 
+def test_verify_under_schemas_that_make_a_repeated_value_unique_says_a_server_would_refuse_the_tenant(
+    tmp_path: Path,
+) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"code": "string#"')) as s:
+        ids = sorted([make(s, name="one", code="A"), make(s, name="two", code="A")])
+        make(s, name="three", code="B")
+
+    with Store(tmp_path / "data", widgets(tmp_path, '"code": "string##"'), follow_schemas=False) as s:
+        report = s.verify(TENANT)
+
+    assert report["ok"] is False and report["builtForOtherSchemas"] == ["Widget"]
+    (problem,) = report["problems"]
+    assert f"Widget.code is unique in these schemas, but 'A' is used by {ids[0]}, {ids[1]}" in problem
+    assert "refuses to open this tenant" in problem
+
+
 def test_a_new_noun_needs_no_rebuild_while_the_tenant_is_open_elsewhere(
     tmp_path: Path,
 ) -> None:

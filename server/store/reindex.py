@@ -165,7 +165,9 @@ def _any_shape(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT 1 FROM meta WHERE key LIKE 'derived:%' LIMIT 1").fetchone() is not None
 
 
-def _rebuild(conn: sqlite3.Connection, noun: Noun) -> None:
+def _built(conn: sqlite3.Connection, noun: Noun) -> tuple[list[tuple[Any, ...]], list[tuple[int, str]], list[Clash]]:
+    """The noun's key rows and full text as its entities' states make them, and the values that two live
+    entities hold in a field that is unique in `noun` (then the keys cannot be written)."""
     keys: list[tuple[Any, ...]] = []
     texts: list[tuple[int, str]] = []
     holders: dict[tuple[str, Any], list[str]] = defaultdict(list)
@@ -180,18 +182,31 @@ def _rebuild(conn: sqlite3.Connection, noun: Noun) -> None:
                 holders[(field, value)].append(entity_id)  # keys compare as Python does: 7 == 7.0, '7' != 7
         if noun.text_fields:
             texts.append((rowid, search_body(noun, state)))
-    for (field, value), ids in holders.items():
-        if len(ids) > 1:
-            # The operator's schemas, not the request, are at fault: storage_error, and said in the log too.
-            refusal = StorageError(
-                f"this tenant cannot be opened with the server's schemas: {noun.name}.{field} is unique in them, "
-                f"but {value!r} is used by {', '.join(sorted(ids))}",
-                hint=f"For the operator: open the tenant with the schemas it was written with and make {field} "
-                f"distinct, or drop '##' from {noun.name}.{field}. Nothing was changed.",
-                field=field,
-            )
-            log.error("%s", refusal.message)
-            raise refusal
+    clashes = [(field, value, sorted(ids)) for (field, value), ids in holders.items() if len(ids) > 1]
+    return keys, texts, clashes
+
+
+Clash = tuple[str, Any, list[str]]  # a unique field, a value, the live entities holding it
+
+
+def unique_clashes(conn: sqlite3.Connection, noun: Noun) -> list[Clash]:
+    """The values two live entities hold in a field that `noun` makes unique: what refuses a rebuild for it."""
+    return _built(conn, noun)[2]
+
+
+def _rebuild(conn: sqlite3.Connection, noun: Noun) -> None:
+    keys, texts, clashes = _built(conn, noun)
+    for field, value, ids in clashes[:1]:
+        # The operator's schemas, not the request, are at fault: storage_error, and said in the log too.
+        refusal = StorageError(
+            f"this tenant cannot be opened with the server's schemas: {noun.name}.{field} is unique in them, "
+            f"but {value!r} is used by {', '.join(ids)}",
+            hint=f"For the operator: open the tenant with the schemas it was written with and make {field} "
+            f"distinct, or drop '##' from {noun.name}.{field}. Nothing was changed.",
+            field=field,
+        )
+        log.error("%s", refusal.message)
+        raise refusal
     conn.execute("DELETE FROM entity_keys WHERE type = ?", (noun.name,))
     conn.executemany(INSERT_KEY, keys)
     conn.execute("DELETE FROM entities_fts WHERE rowid IN (SELECT rowid FROM entities WHERE type = ?)", (noun.name,))

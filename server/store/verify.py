@@ -14,7 +14,7 @@ from ..schema import Noun, SchemaSet
 from .events import EVENT_ROW_COLUMNS, GENESIS_HASH, EventRow, dumps, row_hash
 from .mutations import key_rows, search_body
 from .queries import iter_events
-from .reindex import checkable
+from .reindex import checkable, unique_clashes
 from .sqlite import ENTITY_COUNTS, KEY_COUNTS, migrate
 
 MAX_PROBLEMS = 100
@@ -143,6 +143,12 @@ def verify_tenant(
         nouns, other = checkable(conn, schemas)
         for text in _keys_and_text_problems(conn, nouns):
             problem(text)
+        for name in other:  # built for other schemas: a server with these rebuilds them, unless it cannot
+            for field, value, ids in unique_clashes(conn, schemas.nouns[name]):
+                problem(
+                    f"{name}.{field} is unique in these schemas, but {value!r} is used by {', '.join(ids)}: a server "
+                    "with them refuses to open this tenant until the values are distinct"
+                )
         if other:
             report["builtForOtherSchemas"] = other
     return {"ok": not problems, **report, "problems": problems}
