@@ -1,5 +1,5 @@
 """A read of a past instant never changes: it waits for a write in flight that may still add events at that
-instant (stamped when its job ran, visible only once its whole group commits)."""
+instant (stamped when its job ran, visible only once its whole group of writes commits)."""
 
 from __future__ import annotations
 
@@ -22,40 +22,55 @@ TENANT = "acme"
 AGENT = "agent_mR4nVkTw"
 
 
-class SlowBatch:
-    """A batch that updates Alice's title (stamped at once), then waits inside a BEFORE hook on Bob's update."""
+class SlowGroup:
+    """Two writes committed as one group: Alice's update (stamped at once), then Bob's, which waits inside a
+    BEFORE hook. A first job holds the writer until both have queued behind it, so they form one group."""
 
-    def __init__(self, store: Store, alice: str, bob: str) -> None:
-        self.store, self.alice, self.bob = store, alice, bob
+    def __init__(self, store: Store, writer: Writer, alice: str, bob: str) -> None:
+        self.store, self.writer, self.alice, self.bob = store, writer, alice, bob
         self.inside = threading.Event()
         self.release = threading.Event()
-        self.outcome: list[Any] = []
-        self.thread = threading.Thread(target=self._run)
+        self.threads: list[threading.Thread] = []
 
     def hook(self, ctx: BeforeContext) -> None:
         if ctx.id == self.bob:
             self.inside.set()
-            assert self.release.wait(30), "the test never released the batch"
+            assert self.release.wait(30), "the test never released the write"
 
-    def _run(self) -> None:
-        title = {"action": "update", "type": "Contact", "data": {"title": "CTO"}}
-        self.outcome.append(
-            self.store.do(TENANT, AGENT, {"operations": [{**title, "id": self.alice}, {**title, "id": self.bob}]})
-        )
+    def _start(self, target: Callable[[], Any]) -> None:
+        thread = threading.Thread(target=target)
+        thread.start()
+        self.threads.append(thread)
 
-    def __enter__(self) -> SlowBatch:
-        self.thread.start()
-        assert self.inside.wait(30), "the batch never reached its hook"
+    def _update(self, entity: str) -> None:
+        self.store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": entity, "data": {"title": "CTO"}})
+
+    def __enter__(self) -> SlowGroup:
+        held, holding = threading.Event(), threading.Event()
+
+        def hold(_txn: Any) -> None:
+            holding.set()
+            assert held.wait(30), "the test never let the writer go"
+
+        self._start(lambda: self.writer.run(hold))
+        assert holding.wait(30)
+        self._start(lambda: self._update(self.alice))
+        assert self.writer.wait_queued(1, 30)
+        self._start(lambda: self._update(self.bob))
+        assert self.writer.wait_queued(2, 30)
+        held.set()  # the next group takes both, Alice's first
+        assert self.inside.wait(30), "Bob's write never reached its hook"
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
+        for thread in self.threads:
+            thread.join(30)
+            assert not thread.is_alive()
 
 
 @pytest.fixture
-def setup(tmp_path: Path, schemas: SchemaSet, clock: FakeClock) -> Iterator[tuple[Store, SlowBatch, Writer]]:
+def setup(tmp_path: Path, schemas: SchemaSet, clock: FakeClock) -> Iterator[tuple[Store, SlowGroup, Writer]]:
     hooks = Hooks()
     store = Store(tmp_path / "data", schemas, hooks=hooks, clock=clock)
     try:
@@ -63,12 +78,12 @@ def setup(tmp_path: Path, schemas: SchemaSet, clock: FakeClock) -> Iterator[tupl
             store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": n}})["entity"]["$id"]
             for n in ("Alice", "Bob")
         )
-        clock.advance(60)  # the batch stamps Alice's update at 10:01:00
-        batch = SlowBatch(store, alice, bob)
-        hooks.before("Contact.update")(batch.hook)
+        clock.advance(60)  # the group stamps Alice's update at 10:01:00
         with store.pool.lease(TENANT) as tenant:
             writer = tenant.writer
-        yield store, batch, writer
+        group = SlowGroup(store, writer, alice, bob)
+        hooks.before("Contact.update")(group.hook)
+        yield store, group, writer
     finally:
         store.close()
 
@@ -101,30 +116,30 @@ THEN = {"get": "CTO", "search": ["CTO"], "events": ["Contact.Created", "Contact.
 
 @pytest.mark.parametrize("read", list(READS))
 def test_a_read_of_a_past_instant_waits_for_the_write_in_flight_and_shows_what_it_stamped_there(
-    setup: tuple[Store, SlowBatch, Writer], clock: FakeClock, read: str
+    setup: tuple[Store, SlowGroup, Writer], clock: FakeClock, read: str
 ) -> None:
-    store, batch, writer = setup
-    with batch:
-        clock.advance(60)  # 10:01:30 is past now, and the batch stamped Alice's update before it
-        thread, got = read_in_thread(lambda: READS[read](store, batch.alice, "2026-01-15T10:01:30Z"))
-        assert writer.wait_held(1, 30), "the read did not wait for the batch"
+    store, group, writer = setup
+    with group:
+        clock.advance(60)  # 10:01:30 is past now, and the group stamped Alice's update before it
+        thread, got = read_in_thread(lambda: READS[read](store, group.alice, "2026-01-15T10:01:30Z"))
+        assert writer.wait_held(1, 30), "the read did not wait for the group"
         assert got == []
     thread.join(30)
     assert got == [THEN[read]]  # what every later read of 10:01:30 shows too
-    assert READS[read](store, batch.alice, "2026-01-15T10:01:30Z") == THEN[read]
+    assert READS[read](store, group.alice, "2026-01-15T10:01:30Z") == THEN[read]
 
 
 def test_a_read_of_an_instant_before_the_write_in_flight_began_does_not_wait(
-    setup: tuple[Store, SlowBatch, Writer], clock: FakeClock
+    setup: tuple[Store, SlowGroup, Writer], clock: FakeClock
 ) -> None:
-    store, batch, writer = setup
-    with batch:
+    store, group, writer = setup
+    with group:
         clock.advance(60)
-        earlier = store.get(TENANT, "Contact", batch.alice, as_of="2026-01-15T10:00:59Z")
-        now = store.get(TENANT, "Contact", batch.alice)  # the present does not wait: it is what is committed
+        earlier = store.get(TENANT, "Contact", group.alice, as_of="2026-01-15T10:00:59Z")
+        now = store.get(TENANT, "Contact", group.alice)  # the present does not wait: it is what is committed
         assert "title" not in earlier and "title" not in now
         assert writer.held_reads == 0
-    assert store.get(TENANT, "Contact", batch.alice)["title"] == "CTO"
+    assert store.get(TENANT, "Contact", group.alice)["title"] == "CTO"
 
 
 def test_a_before_hooks_own_read_of_the_past_does_not_wait_for_its_own_write(
@@ -151,14 +166,14 @@ def test_a_before_hooks_own_read_of_the_past_does_not_wait_for_its_own_write(
 
 
 def test_a_read_held_longer_than_its_limit_is_refused_saying_why_and_reads_nothing(
-    setup: tuple[Store, SlowBatch, Writer], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    setup: tuple[Store, SlowGroup, Writer], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store, batch, _writer = setup
+    store, group, _writer = setup
     monkeypatch.setattr(writer_module, "SETTLE_SECONDS", 0.2)
-    with batch:
+    with group:
         clock.advance(60)
         with pytest.raises(TenantBusy) as refused:
-            store.get(TENANT, "Contact", batch.alice, as_of="2026-01-15T10:01:30Z")
+            store.get(TENANT, "Contact", group.alice, as_of="2026-01-15T10:01:30Z")
     assert refused.value.code == "storage_error"
     assert "may still add events at 2026-01-15T10:01:30.000000Z or before" in refused.value.message
     assert "Retry" in refused.value.hint
