@@ -458,3 +458,60 @@ def test_every_lake_command_on_a_copied_data_dir_refuses_the_originals_table_in_
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in lake.rglob("*") if p.is_file()} == before
     original = run(tmp_path, "verify", "--data-dir", str(data_dir))
     assert original.returncode == 0 and "acme: ok: 3 events, flushed up to seq 3" in original.stdout
+
+
+@pytest.mark.usefixtures("no_pyiceberg_config")
+def test_lake_register_on_a_copied_data_dir_refuses_the_originals_table_and_registers_nothing(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy)
+    (copy / "lakehouse" / "catalog.db").unlink()  # the lost-catalog hint says: lake register
+
+    registered = run(tmp_path, "lake", "register", "--data-dir", str(copy))
+
+    assert registered.returncode == 1
+    assert f"was written in {(data_dir / 'lakehouse' / 'warehouse').resolve()}" in registered.stderr
+    assert "copied or moved; nothing was registered" in registered.stderr
+    again = run(tmp_path, "lake", "register", "--data-dir", str(copy))  # nothing was registered the first time
+    assert again.returncode == 1 and "nothing was registered" in again.stderr
+
+
+def test_flush_counts_a_tenant_it_sent_up_to_an_altered_event_among_those_flushed(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    with Store(data_dir) as store:
+        store.do("beta", "agent_a", {"action": "create", "type": "Contact", "data": {"name": "Bob"}})
+    with closing(sqlite3.connect(data_dir / "tenants" / f"{TENANT}.db", isolation_level=None)) as conn:
+        (guard,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events_refuse_update'").fetchone()
+        conn.execute("DROP TRIGGER events_refuse_update")
+        conn.execute("UPDATE events SET data = json_set(data, '$.name', 'forged') WHERE seq = 3")
+        conn.execute(guard)
+
+    flushed = run(tmp_path, "flush", "--data-dir", str(data_dir))
+
+    assert flushed.returncode == 1 and "seq 3" in flushed.stderr
+    assert "flushed 3 events of 2 tenant(s)" in flushed.stdout  # acme's first two, and beta's one
+
+
+def test_restore_on_a_data_dir_without_a_lakehouse_says_so_and_makes_none(tmp_path: Path, data_dir: Path) -> None:
+    restored = run(tmp_path, "restore", "--tenant", TENANT, "--overwrite", "--data-dir", str(data_dir))
+
+    assert restored.returncode == 2
+    assert f"no lakehouse in {data_dir} to restore from" in restored.stderr
+    assert not (data_dir / "lakehouse").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--retain-days", "1000000"), ("--retain-days", "3e9"), ("--orphan-hours", "100000000")]
+)
+def test_lake_maintain_refuses_an_age_beyond_the_calendar_before_doing_anything(
+    tmp_path: Path, data_dir: Path, flag: str, value: str
+) -> None:
+    assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
+
+    maintained = run(tmp_path, "lake", "maintain", flag, value, "--data-dir", str(data_dir))
+
+    assert maintained.returncode == 2 and flag in maintained.stderr
+    assert "expired" not in maintained.stdout + maintained.stderr

@@ -343,6 +343,37 @@ def test_a_commit_holds_at_most_batch_rows_and_a_tenant_may_span_commits(store: 
         assert_exactly_once(store, tenant)
 
 
+def test_large_events_make_commits_of_fewer_rows_and_each_still_reaches_the_table_once(
+    store: Store, clock: Any
+) -> None:
+    big = store.do(TENANT, ACTOR, {"action": "create", "type": "Contact", "data": {"name": "Big"}})["entity"]["$id"]
+    for i in range(8):  # each update's event holds its title in data, changes and state
+        clock.advance(1)
+        title = f"{i}" + "x" * 20_000
+        store.do(TENANT, ACTOR, {"action": "update", "type": "Contact", "id": big, "data": {"title": title}})
+    write_events(store, clock, 3, "beta")
+
+    report = Flusher(store, batch_chars=150_000).flush()
+
+    # A commit ends with the event by which it holds 150,000 characters: updates hold ~60,000 (the first) and
+    # ~100,000 (the others, whose data and changes hold the old title too); beta's 3 small ones come last.
+    assert rows_per_commit(store.data_dir) == [3, 2, 2, 2, 3]
+    assert report.tenants == {TENANT: 9, "beta": 3}
+    assert_exactly_once(store)
+    assert_exactly_once(store, "beta")
+
+
+def test_an_event_larger_than_a_commit_may_hold_still_goes_in_a_commit_of_its_own(store: Store, clock: Any) -> None:
+    big = store.do(TENANT, ACTOR, {"action": "create", "type": "Contact", "data": {"name": "x" * 50_000}})
+    clock.advance(1)
+    store.do(TENANT, ACTOR, {"action": "update", "type": "Contact", "id": big["entity"]["$id"], "data": {"title": "t"}})
+
+    Flusher(store, batch_chars=1_000).flush()
+
+    assert rows_per_commit(store.data_dir) == [1, 1]
+    assert_exactly_once(store)
+
+
 def test_a_tenant_named_twice_is_flushed_once(store: Store, clock: Any) -> None:
     write_tenants(store, clock, {"acme": 4, "beta": 2})
 

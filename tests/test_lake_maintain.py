@@ -7,6 +7,8 @@ maintenance run that must treat everything as old is given `now` two days after 
 from __future__ import annotations
 
 import os
+import random
+import string
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -188,26 +190,52 @@ def test_a_day_larger_than_a_compacted_file_becomes_files_of_at_most_that_many_r
     assert again.days_compacted == [] and again.files_after == 5  # merging again would change nothing
 
 
-@given(st.lists(st.integers(min_value=1, max_value=150_000), max_size=30))
-def test_runs_to_merge_are_consecutive_files_that_fit_and_leave_nothing_to_merge_again(sizes: list[int]) -> None:
+@given(st.lists(st.tuples(st.integers(min_value=1, max_value=150_000), st.integers(1, 50 << 20)), max_size=30))
+def test_runs_to_merge_are_consecutive_files_that_fit_and_leave_nothing_to_merge_again(
+    files: list[tuple[int, int]],
+) -> None:
     spans, seq = [], 1
-    for n in sizes:  # files of a day in seq order: (first seq, last seq, rows)
-        spans.append((seq, seq + n - 1, n))
+    for n, size in files:  # files of a day in seq order: (first seq, last seq, rows, bytes)
+        spans.append((seq, seq + n - 1, n, size))
         seq += n
 
     runs = maintain_module._runs_to_merge(spans)
 
-    first_of = {first: i for i, (first, _, _) in enumerate(spans)}
-    last_of = {last: i for i, (_, last, _) in enumerate(spans)}
+    first_of = {span[0]: i for i, span in enumerate(spans)}
+    last_of = {span[1]: i for i, span in enumerate(spans)}
     ends = {first_of[a]: last_of[b] for a, b in runs}  # each run starts and ends at a file's boundary
     for i, j in ends.items():
-        assert j > i and sum(n for *_, n in spans[i : j + 1]) <= maintain_module.COMPACT_ROWS
+        assert j > i and sum(span[2] for span in spans[i : j + 1]) <= maintain_module.COMPACT_ROWS
+        assert sum(span[3] for span in spans[i : j + 1]) <= maintain_module.COMPACT_BYTES
     merged, i = [], 0
     while i < len(spans):
         j = ends.get(i, i)
-        merged.append((spans[i][0], spans[j][1], sum(n for *_, n in spans[i : j + 1])))
+        run = spans[i : j + 1]
+        merged.append((spans[i][0], spans[j][1], sum(span[2] for span in run), sum(span[3] for span in run)))
         i = j + 1
     assert maintain_module._runs_to_merge(merged) == []  # a second maintenance run merges nothing
+
+
+def test_files_of_large_events_are_merged_only_up_to_a_compacted_files_bytes(
+    store: Store, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock.now = at("2026-01-15T09:00:00Z")
+    flusher = Flusher(store)
+    for i in range(6):  # 6 files of one event each, of ~30,000 characters of random text (no compression)
+        clock.advance(1)
+        noise = "".join(random.Random(i).choices(string.ascii_letters, k=30_000))
+        store.do(TENANT, "agent_lake", {"action": "create", "type": "Contact", "data": {"name": noise}})
+        flusher.flush()
+    table = lake_table(store.data_dir)
+    sizes = table.inspect.data_files().column("file_size_in_bytes").to_pylist()
+    monkeypatch.setattr(maintain_module, "COMPACT_BYTES", 2 * max(sizes) + min(sizes) // 2)  # 2 files fit, not 3
+
+    report = maintain(table, retain=timedelta(days=1), now=later())
+    table = lake_table(store.data_dir)
+
+    assert (report.files_before, report.files_after) == (6, 3)
+    assert sorted(table.inspect.data_files().column("record_count").to_pylist()) == [2, 2, 2]
+    assert_exactly_once(store, table)
 
 
 def test_maintenance_says_when_each_step_starts_and_what_it_did(store: Store, clock: Any) -> None:

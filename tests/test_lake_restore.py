@@ -23,12 +23,14 @@ from pyiceberg.utils.config import Config
 
 from server.errors import HeadlesslyError, ValidationFailed
 from server.lake import catalog as cat
+from server.lake import restore as restore_module
 from server.lake.flusher import Flusher
 from server.lake.restore import check_tenant, read_tenant, restore_tenant
 from server.lake.scan import CHUNK, TenantRows
 from server.schema import SchemaSet
 from server.store import Store
 from server.store.events import GENESIS_HASH, chain_hash
+from server.store.filelock import TenantLock
 from server.store.tenants import tenant_path
 
 TENANT = "acme"
@@ -240,6 +242,35 @@ def test_restore_with_overwrite_replaces_the_tenant_and_keeps_the_old_file_aside
         last = old.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
     assert names == ["Stranger 0", "Stranger 1", "Stranger 2"]
     assert tuple(last) == stranger_head
+
+
+def test_two_restores_in_one_second_keep_both_replaced_files(
+    store: Store, fresh: Store, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(restore_module.time, "strftime", lambda *_: "20260101T000000")  # one second for both
+    History(fresh, clock).create("Contact", {"name": "Only here"})  # not in the lake: kept only aside
+    restore_tenant(fresh, TENANT, overwrite=True)
+    restore_tenant(fresh, TENANT, overwrite=True)
+
+    aside = sorted(p.name for p in (fresh.data_dir / "tenants").glob(f"{TENANT}.db.replaced-*"))
+    assert aside == [f"{TENANT}.db.replaced-20260101T000000", f"{TENANT}.db.replaced-20260101T000000-2"]
+    with closing(sqlite3.connect(fresh.data_dir / "tenants" / aside[0])) as first:
+        names = [r[0] for r in first.execute("SELECT json_extract(state, '$.name') FROM events")]
+    assert names == ["Only here"]
+
+
+def test_a_restore_while_another_restores_the_tenant_says_so(store: Store, fresh: Store, clock: Any) -> None:
+    path = tenant_path(fresh.data_dir, TENANT)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = TenantLock(path)  # as another process's restore holds it
+    try:
+        assert lock.try_exclusive("restore")
+        with pytest.raises(HeadlesslyError) as exc:
+            restore_tenant(fresh, TENANT, overwrite=True)
+    finally:
+        lock.release()
+    assert exc.value.code == "conflict"
+    assert "is being restored (`headlessly restore`), so it cannot be restored now" in exc.value.message
 
 
 def test_an_overwrite_restore_is_refused_while_another_process_has_the_tenant_open(

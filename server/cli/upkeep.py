@@ -72,7 +72,8 @@ def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...
             click.echo(f"  {name}: {n} events (oldest was {report.lag_seconds[name]:.1f}s old)", err=True)
     finally:
         store.close()
-    click.echo(f"flushed {report.events} events of {len(names) - len(busy) - len(failed)} tenant(s)")
+    left_out = [t for t in failed if t not in report.tenants]  # (one flushed up to an altered event was sent)
+    click.echo(f"flushed {report.events} events of {len(names) - len(busy) - len(left_out)} tenant(s)")
     if busy:
         click.echo(
             f"headlessly: not flushed: {', '.join(busy)} (being restored, reindexed or rebuilt by another "
@@ -96,6 +97,9 @@ def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Pat
     """Rebuild a tenant's database from the Iceberg table (events, hashes and state), then verify it."""
     from ..lake.restore import restore_tenant
 
+    with lake_errors("opening the events table", data_dir):
+        if lake_table_if_any(data_dir) is None:  # (opening it would make an empty one: a typo'd data dir)
+            fail(f"no lakehouse in {data_dir} to restore from: `headlessly flush` (or a running server) fills it")
     store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
     try:
         label = f"restoring {tenant}"
@@ -194,12 +198,12 @@ def lake_register(data_dir: Path) -> None:
     "--retain-days",
     default=7.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=36_500),
     callback=finite,
     help="Expire snapshots, and the tags of the table's state before each run, older than this (snapshots an "
     "append superseded go sooner: they hold nothing more).",
 )
-@click.option("--orphan-hours", default=1.0, show_default=True, type=click.FloatRange(min=0), callback=finite,
+@click.option("--orphan-hours", default=1.0, show_default=True, type=click.FloatRange(min=0, max=876_000), callback=finite,
               help="Remove unreferenced data and metadata files older than this (younger ones may belong to a commit in flight).")  # fmt: skip
 @click.option("--open-day-files", default=OPEN_DAY_FILES, show_default=True, type=click.IntRange(min=2),
               help="Also compact today's files of a tenant once it has this many (one per flush round).")  # fmt: skip

@@ -3,6 +3,7 @@ fetch and one Arrow array per column, no object per event."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,9 @@ LOG_COLUMNS = (
     "seq, id, type, entity_type, target, actor, ts, version, data, changes, state, reason, hash, caused_by, prev_hash"
 )
 SELECT_EVENTS = f"SELECT {LOG_COLUMNS} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
-_SEQ, _TS, _HASH, _PREV_HASH = 0, 6, 12, 14
-READ_CHUNK = 10_000  # rows read from the log and converted to Arrow at a time
+_SEQ, _TS, _DATA, _CHANGES, _STATE, _HASH, _PREV_HASH = 0, 6, 8, 9, 10, 12, 14
+READ_CHUNK = 10_000  # rows read from the log and converted to Arrow at a time, at most
+BATCH_CHARS = 64 << 20  # characters of event text (data, changes, state) a batch holds, past its last event
 
 
 @dataclass(frozen=True)
@@ -31,23 +33,28 @@ class Batch:
     last_hash: str
     first_ts: str
     problem: str | None = None  # what is wrong with the event after the last: the events stop before it
+    chars: int = 0  # of event text (data, changes, state) in its rows
 
     @property
     def size(self) -> int:
         return int(self.rows.num_rows)
 
 
-def read_batch(store: Store, tenant: str, after_seq: int, until_seq: int, limit: int) -> Batch | None:
-    """Up to `limit` events of `tenant` with `after_seq` < seq <= `until_seq` (None when there is none),
-    stopping before the first that is not intact (see `intact`): the batch then says what is wrong with it,
-    and may hold no event. Read and converted READ_CHUNK rows at a time (in one read transaction), so only
-    the Arrow columns of the whole batch are held, not a Python tuple per event."""
+def read_batch(
+    store: Store, tenant: str, after_seq: int, until_seq: int, limit: int, max_chars: int = BATCH_CHARS
+) -> Batch | None:
+    """Up to `limit` events of `tenant` with `after_seq` < seq <= `until_seq` (None when there is none), and
+    no more once they hold `max_chars` characters of event text (memory is bounded by size as well as by
+    count: an event may hold megabytes), stopping before the first that is not intact (see `intact`): the batch
+    then says what is wrong with it, and may hold no event. Read and converted READ_CHUNK rows at a time (in one
+    read transaction), so only the Arrow columns of the whole batch are held, not a Python tuple per event."""
     import pyarrow as pa
 
     tables: list[Any] = []
     first: tuple[Any, ...] | None = None
     problem = None
     seq, prev = after_seq, ""
+    chars = 0
     with (
         store.pool.lease(tenant, create=False) as t,
         t.reader() as conn,
@@ -55,19 +62,41 @@ def read_batch(store: Store, tenant: str, after_seq: int, until_seq: int, limit:
             conn.execute(SELECT_EVENTS, (after_seq, until_seq, limit))
         ) as cursor,
     ):
-        while rows := cursor.fetchmany(READ_CHUNK):
+        for rows in _chunks(cursor, max_chars):
             if first is None:
                 first, prev = rows[0], rows[0][_PREV_HASH]
             good, problem = intact(rows, seq, prev)
             if good:
                 tables.append(arrow_batch(tenant, rows[:good]))
                 seq, prev = rows[good - 1][_SEQ], rows[good - 1][_HASH]
+                chars += sum(_chars(r) for r in rows[:good])
             if problem:
                 break
     if first is None:
         return None
     arrow = pa.concat_tables(tables) if tables else _arrow_schema().empty_table()
-    return Batch(tenant, arrow, first[_PREV_HASH], seq, prev, first[_TS], problem)
+    return Batch(tenant, arrow, first[_PREV_HASH], seq, prev, first[_TS], problem, chars)
+
+
+def _chars(row: tuple[Any, ...]) -> int:
+    return len(row[_DATA]) + len(row[_CHANGES]) + len(row[_STATE])
+
+
+def _chunks(cursor: Any, max_chars: int) -> Iterator[list[tuple[Any, ...]]]:
+    """The cursor's rows in lists of READ_CHUNK at most, up to the row by which they hold `max_chars`
+    characters of event text (taken one by one: how large the next one is cannot be known before)."""
+    chunk: list[tuple[Any, ...]] = []
+    total = 0
+    for row in cursor:
+        chunk.append(row)
+        total += _chars(row)
+        if total >= max_chars:
+            break
+        if len(chunk) == READ_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def intact(rows: list[tuple[Any, ...]], after_seq: int, prev: str) -> tuple[int, str | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import urllib.parse
 from collections.abc import Iterator
@@ -176,6 +177,14 @@ def register(data_dir: Path) -> tuple[Any, Path]:
             raise StorageError(
                 f"no events table in {data_dir / 'lakehouse' / 'warehouse'} to register; nothing was changed",
                 hint="`headlessly flush` makes the table.",
+            )
+        location = json.loads(metadata.read_text(encoding="utf-8")).get("location")
+        if isinstance(location, str) and not inside(location, data_dir / "lakehouse" / "warehouse"):
+            raise StorageError(  # (registered, every command would then refuse it as another data dir's)
+                f"the events table in {metadata.parent.parent} was written in {local_path(location)}: the data dir "
+                "was copied or moved; nothing was registered",
+                hint="Move the data dir back where it was and register it there; or give the copy a lakehouse of "
+                "its own by moving its `lakehouse/` folder aside (its events are then flushed anew from seq 1).",
             )
         _ensure_namespace(catalog)
         table = catalog.register_table(f"{NAMESPACE}.{TABLE}", str(metadata))

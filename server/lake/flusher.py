@@ -25,6 +25,7 @@ from .batches import Batch, read_batch
 
 log = logging.getLogger(__name__)
 BATCH = 100_000  # rows per commit, all its tenants together: what a commit holds in memory
+BATCH_CHARS = 64 << 20  # characters of event text per commit (and so per file), past its last event
 MAX_RACES = 20
 
 # Called at "before_write", "before_commit", "after_commit" and "before_expire": a test's crash point.
@@ -64,6 +65,7 @@ class Flusher:
         data_dir: Path | None = None,
         fault: Fault | None = None,
         batch: int = BATCH,
+        batch_chars: int = BATCH_CHARS,
         expire_at: int = snapshots.EXPIRE_AT,
         grace: timedelta = snapshots.SUPERSEDED_GRACE,
     ) -> None:
@@ -71,6 +73,7 @@ class Flusher:
         self.data_dir = Path(data_dir or store.data_dir)
         self.fault = fault or (lambda _stage: None)
         self.batch = batch
+        self.batch_chars = batch_chars
         self.expire_at = expire_at
         self.grace = grace
         self._table: Any = None
@@ -131,14 +134,15 @@ class Flusher:
     def _gather(
         self, pending: list[str], until: dict[str, int], diverged: dict[str, str], busy: list[str]
     ) -> list[Batch]:
-        """The next commit: the first pending tenants' events after their watermark, `batch` rows at
-        most; drops from `pending` the tenants with nothing (more) to send, and those being restored or
-        rebuilt (into `busy`: the next round takes them)."""
+        """The next commit: the first pending tenants' events after their watermark, `batch` rows and
+        `batch_chars` characters of event text at most (large events make commits of fewer rows); drops from
+        `pending` the tenants with nothing (more) to send, and those being restored or rebuilt (into `busy`:
+        the next round takes them)."""
         table = self.table
         group: list[Batch] = []
-        room = self.batch
+        room, room_chars = self.batch, self.batch_chars
         for tenant in list(pending):
-            if room <= 0:
+            if room <= 0 or room_chars <= 0:
                 break
             seq, h = cat.watermark(table, tenant)
             try:
@@ -146,7 +150,11 @@ class Flusher:
                 if tenant not in until:
                     head = self.store.head(tenant)
                     until[tenant] = head[0]
-                batch = read_batch(self.store, tenant, seq, until[tenant], room) if seq < until[tenant] else None
+                batch = (
+                    read_batch(self.store, tenant, seq, until[tenant], room, room_chars)
+                    if seq < until[tenant]
+                    else None
+                )
             except TenantBusy as exc:
                 log.info("not flushing tenant %s this round: %s", tenant, exc.message)
                 busy.append(tenant)
@@ -181,6 +189,7 @@ class Flusher:
                 continue
             group.append(batch)
             room -= batch.size
+            room_chars -= batch.chars
         return group
 
     def _expire_superseded(self) -> int:

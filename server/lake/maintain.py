@@ -25,6 +25,7 @@ from .scan import TenantRows
 log = logging.getLogger(__name__)
 MAX_RACES = 20  # commits lost in a row by one step
 COMPACT_ROWS = 100_000  # rows a compacted file holds at most: what one compaction commit holds in memory, as a flush's
+COMPACT_BYTES = 32 << 20  # bytes on disk of the files merged into one at most: large events make files of fewer rows
 T = TypeVar("T")
 
 # Called at "before_commit" (of a compaction), "before_untag" and "before_expire": a test's interleaving point.
@@ -172,16 +173,17 @@ def _days_to_compact(table: Any, now: datetime, open_day_files: int) -> list[tup
     if not table.metadata.current_snapshot():
         return []
     files = table.inspect.data_files()
-    days: dict[tuple[str, Any], list[tuple[Any, Any, int]]] = {}
-    for partition, metrics, count in zip(
+    days: dict[tuple[str, Any], list[tuple[Any, Any, int, int]]] = {}
+    for partition, metrics, count, size in zip(
         files.column("partition").to_pylist(),
         files.column("readable_metrics").to_pylist(),
         files.column("record_count").to_pylist(),
+        files.column("file_size_in_bytes").to_pylist(),
         strict=True,
     ):
         seq = metrics["seq"]
         days.setdefault((partition["tenant"], partition["timestamp_day"]), []).append(
-            (seq["lower_bound"], seq["upper_bound"], count)
+            (seq["lower_bound"], seq["upper_bound"], count, size)
         )
     today = now.date()
     out = []
@@ -189,7 +191,7 @@ def _days_to_compact(table: Any, now: datetime, open_day_files: int) -> list[tup
         day_date = day if hasattr(day, "isoformat") else (datetime(1970, 1, 1).date() + timedelta(days=int(day)))
         if len(spans) < 2 or (day_date >= today and len(spans) < open_day_files):
             continue
-        if any(first is None or last is None for first, last, _ in spans):
+        if any(first is None or last is None for first, last, *_ in spans):
             out.append((tenant, day_date))  # (no seq bounds: a file another tool wrote) let the day's read decide
             continue
         spans.sort()
@@ -265,7 +267,7 @@ def _compact_runs(table: Any, tenant: str, day: Any, fault: Fault, done: _Progre
     window = ex.And(ex.GreaterThanOrEqual("timestamp", start.isoformat()), ex.LessThan("timestamp", end.isoformat()))
     rows = TenantRows(table, tenant, window)
     if not rows.streamed:  # (overlapping files, delete files: a table other tools wrote) the whole day at once
-        if len(rows.spans) < 2 and rows.total == sum(n for *_, n in rows.spans):
+        if len(rows.spans) < 2 and rows.total == sum(n for _, _, n, _ in rows.spans):
             return  # (one file, no deletes left to apply)
         whole = ex.And(ex.EqualTo("tenant", tenant), window)
         base = table.metadata.current_snapshot_id
@@ -287,13 +289,16 @@ def _compact_runs(table: Any, tenant: str, day: Any, fault: Fault, done: _Progre
         done.record(table, base)
 
 
-def _runs_to_merge(spans: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+def _runs_to_merge(spans: list[tuple[int, int, int, int]]) -> list[tuple[int, int]]:
     """The (first, last) seqs of each run of two or more consecutive files (spans: first seq, last seq, rows,
-    in seq order) of fewer than COMPACT_ROWS rows together; greedy, so no two runs it leaves (merged or not)
-    fit in COMPACT_ROWS together: merging again changes nothing."""
-    runs: list[list[tuple[int, int, int]]] = [[]]
+    bytes, in seq order) of at most COMPACT_ROWS rows and COMPACT_BYTES bytes together; greedy, so no two runs
+    it leaves (merged or not) fit together: merging again changes nothing."""
+    runs: list[list[tuple[int, int, int, int]]] = [[]]
     for span in spans:
-        if runs[-1] and sum(r for *_, r in runs[-1]) + span[2] > COMPACT_ROWS:
+        if runs[-1] and (
+            sum(r[2] for r in runs[-1]) + span[2] > COMPACT_ROWS
+            or sum(r[3] for r in runs[-1]) + span[3] > COMPACT_BYTES
+        ):
             runs.append([])
         runs[-1].append(span)
     return [(run[0][0], run[-1][1]) for run in runs if len(run) > 1]

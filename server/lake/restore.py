@@ -76,7 +76,7 @@ def restore_tenant(
     lock = TenantLock(path)
     try:
         if not lock.try_exclusive("restore"):
-            raise _open_elsewhere(tenant)
+            raise _open_elsewhere(tenant, None if lock.try_share() else lock.activity())
         store.pool.forget(tenant)
         _refuse(path, tenant, overwrite)  # again, now that nobody of ours can open it
         _remove_leftovers(path)  # of earlier restores, killed (no other restore can run while we hold the lock)
@@ -160,7 +160,13 @@ def _refuse(path: Path, tenant: str, overwrite: bool) -> None:
         )
 
 
-def _open_elsewhere(tenant: str) -> TenantExists:
+def _open_elsewhere(tenant: str, activity: str | None = None) -> TenantExists:
+    """The refusal of a restore while another process has the tenant open, or to itself (`activity`)."""
+    if activity is not None:
+        return TenantExists(
+            f"tenant {tenant!r} is {activity}, so it cannot be restored now",
+            hint="Nothing was changed. Restore when that has finished.",
+        )
     return TenantExists(
         f"tenant {tenant!r} is open in another process (a running `headlessly serve`?)",
         hint="Stop every server and command using this --data-dir, then restore.",
@@ -223,7 +229,11 @@ def _set_aside(path: Path) -> list[tuple[Path, Path]]:
     """Move the tenant's files to `<tenant>.db.replaced-<time>`, its WAL folded into it first (so that only
     that file remains, unless another process holds it open); returns (new, old) paths."""
     _fold_wal(path)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
+    stamp = base = time.strftime("%Y%m%dT%H%M%S")
+    n = 1
+    while any(Path(f"{path}.replaced-{stamp}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
+        n += 1  # a restore within the same second as the last: rename would replace its set-aside file
+        stamp = f"{base}-{n}"
     moved = []
     for suffix in ("", "-wal", "-shm"):
         source = Path(f"{path}{suffix}")

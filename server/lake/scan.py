@@ -26,6 +26,7 @@ class _File:
     rows: int  # of this tenant
     ordered: bool  # seqs strictly increasing through the file
     columns: frozenset[str]
+    size: int = 0  # bytes on disk
 
 
 class TenantRows:
@@ -65,9 +66,9 @@ class TenantRows:
             self.total, self.last_seq = len(seq), pc.max(seq).as_py() if len(seq) else 0
 
     @property
-    def spans(self) -> list[tuple[int, int, int]]:
-        """Each file's first seq, last seq and rows of this tenant, in seq order."""
-        return [(f.first, f.last, f.rows) for f in self._files]
+    def spans(self) -> list[tuple[int, int, int, int]]:
+        """Each file's first seq, last seq, rows of this tenant and bytes on disk, in seq order."""
+        return [(f.first, f.last, f.rows, f.size) for f in self._files]
 
     def batches(self, columns: tuple[str, ...] | None = None) -> Iterator[Any]:
         """The rows as Arrow record batches of at most CHUNK rows, in seq order, with `columns` (default all)."""
@@ -132,11 +133,12 @@ class TenantRows:
             if not {"tenant", "seq"} <= columns:
                 return None
             seq = self._own(parquet.read(columns=["tenant", "seq"])).column("seq")
+        size = int(task.file.file_size_in_bytes)
         if not len(seq):
-            return _File(task, 0, 0, 0, True, columns)
+            return _File(task, 0, 0, 0, True, columns, size)
         ordered = len(seq) < 2 or bool(pc.all(pc.greater(seq[1:], seq[:-1])).as_py())
         bounds = pc.min_max(seq)
-        return _File(task, bounds["min"].as_py(), bounds["max"].as_py(), len(seq), ordered, columns)
+        return _File(task, bounds["min"].as_py(), bounds["max"].as_py(), len(seq), ordered, columns, size)
 
     def _own(self, rows: Any) -> Any:
         """`rows` of this tenant only (a file of a tenant's partition holds only its rows; checked anyway)."""
