@@ -133,8 +133,7 @@ def timed_pair(fa: Callable[[random.Random], Any], fb: Callable[[random.Random],
 
 
 def deal_history(store: Store, tenant: str, did: str, n_updates: int, start: int) -> None:
-    # One request per version, as an agent makes them: a read of the past cuts a batch whole (before or after
-    # it), so versions written in batches would not each be a state that an asOf can show.
+    # One request per version, as an agent makes them (a batch's versions take consecutive microseconds).
     for i in range(n_updates):
         store.do(tenant, ACTORS[0], {"action": "update", "type": "Deal", "id": did, "data": {"value": start + i}})
 

@@ -8,6 +8,7 @@ import pytest
 
 from server.errors import HeadlesslyError, NotFound, ValidationFailed
 from server.store import Store
+from server.timeutil import parse_time
 
 TENANT = "acme"
 AGENT = "agent_mR4nVkTw"
@@ -355,45 +356,14 @@ def test_a_batch_that_would_write_more_than_the_state_budget_is_refused_whole(st
     assert len(batch(store, *updates[:10])["results"]) == 10
 
 
-def deal_values(store: Store, at: str) -> dict[str, Any]:
-    return {d["name"]: d["value"] for d in store.find(TENANT, "Deal", as_of=at)["results"]}
-
-
-def test_a_read_of_the_past_never_shows_half_a_batch(store: Store, clock: Any) -> None:
-    a, b = (
-        store.do(TENANT, AGENT, {"action": "create", "type": "Deal", "data": {"name": n, "value": v}})["entity"]["$id"]
-        for n, v in (("a", 100), ("b", 0))
-    )
-    clock.advance(60)  # the batch's events are stamped 10:01:00.000000 and .000001
-    move = batch(
-        store,
-        {"action": "update", "type": "Deal", "id": a, "data": {"value": 0}},
-        {"action": "update", "type": "Deal", "id": b, "data": {"value": 100}},
-    )
-    inside, done = (r["events"][0]["timestamp"] for r in move["results"])
-    assert inside < done
-
-    assert deal_values(store, inside) == {"a": 100, "b": 0}  # as before the batch: it happened as a whole
-    assert deal_values(store, done) == {"a": 0, "b": 100}
-    assert store.get(TENANT, "Deal", a, as_of=inside)["value"] == 100
-    assert store.get(TENANT, "Deal", a, as_of=done)["value"] == 0
-    # a rollback to that time restores the state before the batch too, not the half of it
-    rolled = store.do(TENANT, "user_admin", {"action": "rollback", "type": "Deal", "id": a, "asOf": inside})
-    assert rolled["entity"]["value"] == 100
-    assert store.verify(TENANT)["ok"] is True
-
-
-def test_a_batch_that_writes_one_entity_twice_is_read_in_the_past_as_before_or_after_it(
-    store: Store, clock: Any
-) -> None:
-    deal = store.do(TENANT, AGENT, {"action": "create", "type": "Deal", "data": {"name": "d", "value": 1}})["entity"]
-    clock.advance(60)
-    twice = batch(
-        store,
-        {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": 2}},
-        {"action": "update", "type": "Deal", "id": deal["$id"], "data": {"value": 3}},
-    )
-    first, last = (r["events"][0]["timestamp"] for r in twice["results"])
-    assert store.get(TENANT, "Deal", deal["$id"], as_of=first)["value"] == 1
-    assert store.get(TENANT, "Deal", deal["$id"], as_of=last)["value"] == 3
-    assert store.get(TENANT, "Deal", deal["$id"], version=2)["value"] == 2  # versions are still each event's
+def test_a_batchs_events_take_consecutive_microseconds_from_its_first(tmp_path: Any, schemas: Any) -> None:
+    """An asOf can fall between a batch's events (it reads the events stamped by then, as CONTRACT §6 defines
+    it) only within those few microseconds, however long the batch took to write."""
+    ticks = iter(range(1_768_471_200_000_000, 1_768_471_300_000_000, 1_000_000))  # a clock a second on at each look
+    with Store(tmp_path / "data", schemas, clock=lambda: next(ticks)) as s:
+        ops = [{"action": "create", "type": "Contact", "data": {"name": n}} for n in ("A", "B", "C")]
+        stamps = [r["events"][0]["timestamp"] for r in s.do(TENANT, AGENT, {"operations": ops})["results"]]
+        after = s.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "D"}})
+    first = parse_time(stamps[0])
+    assert [parse_time(t) for t in stamps] == [first, first + 1, first + 2]
+    assert parse_time(after["events"][0]["timestamp"]) - first >= 1_000_000  # the next request: the clock again

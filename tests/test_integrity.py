@@ -275,19 +275,6 @@ def test_a_key_count_or_key_time_out_of_step_with_the_entities_makes_verify_fail
     assert any(org["entity"]["$id"] in p and "2000-01-01" in p for p in problems), problems
 
 
-@pytest.mark.parametrize("bad", ["(0, 2)", "(3, 3)", "(2, 99)", "(2, 4)"])
-def test_a_request_span_out_of_step_with_the_log_makes_verify_fail(store: Store, clock: Any, bad: str) -> None:
-    ops = [{"action": "create", "type": "Organization", "data": {"name": n}} for n in ("A", "B", "C", "D")]
-    store.do(TENANT, AGENT, {"operations": ops[:2]})
-    store.do(TENANT, AGENT, {"operations": ops[2:]})
-    assert store.verify(TENANT)["ok"] is True  # seqs 1-2 and 3-4
-    with raw_sql(store) as conn:
-        conn.execute("DELETE FROM spans WHERE first_seq = 3")
-        conn.execute(f"INSERT OR REPLACE INTO spans VALUES {bad}")
-    problems = store.verify(TENANT)["problems"]
-    assert any("the request recorded as seqs" in p for p in problems), problems
-
-
 def test_an_entities_row_whose_deletion_differs_from_its_state_makes_verify_fail(store: Store, clock: Any) -> None:
     org = store.do(TENANT, AGENT, {"action": "create", "type": "Organization", "data": {"name": "Acme"}})
     with raw_sql(store) as conn:

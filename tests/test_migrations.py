@@ -105,7 +105,7 @@ def test_a_database_from_before_the_key_count_indexes_gets_them_on_open(tmp_path
         columns = [r[0] for r in conn.execute("SELECT name FROM pragma_index_info('entity_keys_lookup')")]
 
     assert columns == ["type", "field", "value", "live", "updated_at", "id"]
-    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert [e["name"] for e in page["results"]] == ["Acme Inc", "Initech"] and page["total"] == 2
 
 
@@ -122,7 +122,7 @@ def test_a_database_from_before_key_counts_gets_its_keys_dated_and_counted_on_op
     with closing(sqlite3.connect(path)) as conn:
         counts = conn.execute("SELECT field, value, live, n FROM key_counts ORDER BY live").fetchall()
 
-    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert counts == [("industry", "Software", 0, 1), ("industry", "Software", 1, 2)]
     assert [e["name"] for e in live["results"] + rest["results"]] == ["Acme Inc", "Initech"]
     assert (live["total"], everyone["total"]) == (2, 3)
@@ -195,7 +195,7 @@ def test_two_connections_migrating_an_old_file_at_once_apply_each_migration_once
                 c.close()
 
         assert errors == []
-        assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+        assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7, 8]
         with closing(sqlite3.connect(path)) as conn:
             conn.executescript(AS_THE_SECOND_MIGRATION_LEFT_IT)
 
@@ -210,7 +210,7 @@ def test_a_database_from_before_entity_counts_gets_them_on_open(tmp_path: Path, 
     with closing(sqlite3.connect(path)) as conn:
         counts = conn.execute("SELECT type, live, n FROM entity_counts ORDER BY live").fetchall()
 
-    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert counts == [("Organization", 0, 1), ("Organization", 1, 2)]
     assert (live["total"], everyone["total"]) == (2, 3)
     assert report["ok"], report["problems"]
@@ -239,7 +239,7 @@ def test_a_database_from_before_the_append_only_trigger_refuses_insert_or_replac
         else:
             refused = ""
     assert "append-only" in refused
-    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_idempotency_keys_kept_before_requests_were_still_replay_and_new_ones_remember_their_request(
@@ -258,4 +258,4 @@ def test_idempotency_keys_kept_before_requests_were_still_replay_and_new_ones_re
         with pytest.raises(ValidationFailed):
             s.do(TENANT, AGENT, {**request, "idempotencyKey": "k-new", "data": {"name": "Other"}})
     assert again["replayed"] is True and again["entity"] == first["entity"]
-    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert migration_versions(path) == [1, 2, 3, 4, 5, 6, 7, 8]

@@ -177,3 +177,17 @@ def test_a_read_held_longer_than_its_limit_is_refused_saying_why_and_reads_nothi
     assert refused.value.code == "storage_error"
     assert "may still add events at 2026-01-15T10:01:30.000000Z or before" in refused.value.message
     assert "Retry" in refused.value.hint
+
+
+def test_a_clock_that_steps_back_does_not_stamp_an_event_under_an_instant_already_read(
+    tmp_path: Path, schemas: SchemaSet, clock: FakeClock
+) -> None:
+    with Store(tmp_path / "data", schemas, clock=clock) as store:
+        alice = store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "A"}})["entity"]
+        clock.advance(60)  # 10:01:00
+        read = store.get(TENANT, "Contact", alice["$id"], as_of="2026-01-15T10:00:30Z")
+        clock.advance(-50)  # 10:00:10: the clock steps back
+        update = {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "CTO"}}
+        stamped = store.do(TENANT, AGENT, update)["events"][0]["timestamp"]
+        assert stamped > "2026-01-15T10:00:30.000000Z"
+        assert store.get(TENANT, "Contact", alice["$id"], as_of="2026-01-15T10:00:30Z") == read

@@ -499,28 +499,6 @@ def test_since_bounds_the_window(store: Store, clock: Any) -> None:
     assert store.get(TENANT, "Contact", e["spam"]["$id"])["$version"] == 1
 
 
-def test_a_revert_window_takes_a_batch_whole_by_its_last_event(store: Store, clock: Any) -> None:
-    org = do(store, GOOD, action="create", type="Organization", data={"name": "Acme"})["entity"]["$id"]
-    clock.advance(3600)
-    ops = [
-        {"action": "update", "type": "Organization", "id": org, "data": {"industry": "Spam"}},
-        {"action": "create", "type": "Contact", "data": {"name": "Spam"}},
-    ]
-    spam = store.do(TENANT, ROGUE, {"operations": ops})
-    first, last = (r["events"][0]["timestamp"] for r in spam["results"])
-    assert first < last
-    before = event_count(store)
-
-    # an until inside the batch leaves all of it out (it happened at its last event's time)
-    cut = do(store, ADMIN, action="revert", actor=ROGUE, since="2026-01-15", until=first, dryRun=True)
-    assert cut["events"] == [] and cut["reverted"] == []
-    # a since inside it takes all of it in
-    whole = do(store, ADMIN, action="revert", actor=ROGUE, since=last)
-    assert {e["target"] for e in whole["events"]} == {org, spam["results"][1]["entity"]["$id"]}
-    assert "industry" not in store.get(TENANT, "Organization", org)
-    assert event_count(store) == before + 2
-
-
 def test_revert_of_an_actor_with_nothing_in_the_window_writes_nothing(store: Store, clock: Any) -> None:
     setup_rogue(store, clock)
     before = event_count(store)

@@ -36,7 +36,6 @@ from ..timeutil import between_microseconds, format_us, parse_as_of
 from .events import dumps, new_id, render_change
 from .hooks import BeforeContext, HookRejected, Hooks, hook_name
 from .operations import CRUD_ACTIONS, Operation, check_actor
-from .spans import first_seq_from, seq_at
 from .writer import Txn
 
 log = logging.getLogger(__name__)
@@ -512,8 +511,8 @@ class Mutator:
         if op.asOf is not None:
             as_of_us = parse_as_of(op.asOf)
             row = self.conn.execute(
-                "SELECT state FROM events WHERE target = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
-                (entity_id, seq_at(self.conn, as_of_us)),
+                "SELECT state FROM events WHERE target = ? AND ts <= ? ORDER BY seq DESC LIMIT 1",
+                (entity_id, format_us(as_of_us)),
             ).fetchone()
             if row is None:
                 raise InvalidAsOf(
@@ -582,14 +581,11 @@ class Mutator:
                 f"'until' ({until}) is before 'since' ({format_us(given)}): the window is empty",
                 hint="Pass an until at or after since, or leave it out to revert up to now.",
             )
-        # The window in seqs: a request (a batch, a revert) is in it when its last event is (it is atomic).
-        first = first_seq_from(self.conn, since_us)
-        last = None if until_us is None else seq_at(self.conn, until_us)
         rows = self.conn.execute(
             "SELECT target, entity_type, min(version), group_concat(id) FROM events "
-            "WHERE actor = ? AND seq >= ? AND (? IS NULL OR seq <= ?) GROUP BY target, entity_type ORDER BY min(seq)",
-            (victim, first, last, last),
-        ).fetchall() if first is not None else []  # fmt: skip
+            "WHERE actor = ? AND ts >= ? AND (? IS NULL OR ts <= ?) GROUP BY target, entity_type ORDER BY min(seq)",
+            (victim, since, until, until),
+        ).fetchall()
         # An entity whose earlier state cannot be written now (the schemas refuse it, a unique value is
         # held by an entity this revert leaves alone, or a link points at an entity deleted since) is a
         # conflict like one changed by someone else, and the others are still reverted. Links can only be
@@ -600,7 +596,7 @@ class Mutator:
         while True:
             try:
                 with self._savepoint("revert"):
-                    outcome = self._revert_entities(rows, victim, last, op, blocked, memo)
+                    outcome = self._revert_entities(rows, victim, until, op, blocked, memo)
             except _Blocked as exc:
                 blocked.update((conflict["id"], conflict) for conflict in exc.conflicts)
                 continue
@@ -624,7 +620,7 @@ class Mutator:
         self,
         rows: list[Any],
         victim: str,
-        last: int | None,
+        until: str | None,
         op: Operation,
         blocked: dict[str, dict[str, Any]],
         memo: dict[str, Any],
@@ -666,14 +662,13 @@ class Mutator:
                 for r in self.conn.execute(
                     # An earlier revert of this same actor's events is not "someone else's change":
                     # repeating a revert is a no-op. A revert of anyone else's events is a change, and so
-                    # is the actor's own write after `until` (outside the window, it is not undone silently;
-                    # `last` is the window's last seq)
+                    # is the actor's own write after `until` (outside the window, it is not undone silently)
                     # unless a revert has undone it already.
                     "SELECT DISTINCT e.actor FROM events e WHERE e.target = ? AND e.version > ? "
-                    "AND (e.actor != ? OR (e.seq > ? AND NOT EXISTS (SELECT 1 FROM events r, json_each(r.data, "
+                    "AND (e.actor != ? OR (e.ts > ? AND NOT EXISTS (SELECT 1 FROM events r, json_each(r.data, "
                     "'$.revertOf') undone WHERE r.target = e.target AND r.version > e.version AND undone.value = e.id))) "
                     "AND (SELECT r.actor FROM events r WHERE r.id = json_extract(e.data, '$.revertOf[0]')) IS NOT ?",
-                    (target, first_version, victim, last, victim),
+                    (target, first_version, victim, until, victim),
                 )
             ]
             if others and not op.force:

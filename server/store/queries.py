@@ -23,7 +23,6 @@ from .filters import (
     parse_sort,
 )
 from .mutations import check_id
-from .spans import seq_at
 from .sqlite import noun_literal, text_of
 from .words import words
 
@@ -48,6 +47,15 @@ def check_limit(limit: Any) -> int:
             f"limit {shown} is above the maximum of {MAX_LIMIT}", hint="Page through with the cursor instead."
         )
     return limit
+
+
+def seq_at(conn: sqlite3.Connection, as_of_us: int) -> int:
+    """The last seq whose timestamp is <= asOf (timestamps grow with seq)."""
+    # ORDER BY ts ... LIMIT 1 walks the unique ts index; max(seq) with a ts condition would scan the log.
+    row = conn.execute(
+        "SELECT seq FROM events WHERE ts <= ? ORDER BY ts DESC LIMIT 1", (format_us(as_of_us),)
+    ).fetchone()
+    return row[0] if row else 0
 
 
 def head_seq(conn: sqlite3.Connection) -> int:

@@ -250,15 +250,6 @@ _MIGRATIONS: list[tuple[str, str]] = [
         INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_secret', lower(hex(randomblob(16))))
         """,
     ),
-    (
-        "a request's events are one moment to reads of the past",
-        # Each event of a batch or revert has its own time, but the request is atomic: a read of the past
-        # (asOf, rollback, revert's window) cuts before or after the whole request, never inside it.
-        # One row per request of two events or more, written in its transaction; older logs have none.
-        """
-        CREATE TABLE spans (first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL)
-        """,
-    ),
 ]
 
 BUSY_TIMEOUT_MS = 10_000  # how long a statement waits for another connection's lock

@@ -294,15 +294,6 @@ def _derived_problems(conn: sqlite3.Connection) -> list[str]:
         f"the count of {'live' if live else 'deleted'} {noun} entities is wrong or missing"
         for noun, live, _n in conn.execute(_differ(ENTITY_COUNTS, "SELECT * FROM entity_counts WHERE n != 0"))
     ]
-    out += [
-        f"the request recorded as seqs {first} to {last} is not a run of two events or more in the log, "
-        "or overlaps the one before it"
-        for first, last in conn.execute(
-            "SELECT first_seq, last_seq FROM (SELECT first_seq, last_seq, lag(last_seq) OVER (ORDER BY first_seq) "
-            "AS before FROM spans) WHERE first_seq < 1 OR last_seq <= first_seq OR before >= first_seq "
-            "OR last_seq > (SELECT coalesce(max(seq), 0) FROM events) LIMIT 10"
-        )
-    ]
     return out
 
 

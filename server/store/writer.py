@@ -32,7 +32,6 @@ GATHER_SECONDS = 0.001
 CLOCK_BEHIND_US = 1_000_000  # events stamped this far ahead of the clock are logged (see _clock_behind)
 SETTLE_SECONDS = 10.0  # how long a read of a past instant waits for a write group that may still stamp events at it
 INSERT_EVENT = f"INSERT INTO events ({EVENT_ROW_COLUMNS}) VALUES ({', '.join('?' * 16)})"
-INSERT_SPAN = "INSERT INTO spans (first_seq, last_seq) VALUES (?, ?)"
 
 
 @dataclass(frozen=True)
@@ -66,15 +65,21 @@ class Txn:
     ) -> None:  # fmt: skip
         self.conn = conn
         self.head = head
+        self._first_seq = head.seq  # the log's end when the job began: later seqs are its own events
         self._clock = clock
         self._floor = floor  # no stamp of this group is earlier (what reads of the past wait on: Writer.settle)
         self._behind = behind  # told how far ahead of the clock a stamp is, past CLOCK_BEHIND_US
 
     def next_ts_us(self) -> int:
-        now = self._clock()
-        ts = max(now, self.head.ts_us + 1, self._floor)
-        if ts - now > CLOCK_BEHIND_US and self._behind is not None:
-            self._behind(ts - now)
+        """The clock's time for a job's first event; each next event of the job (a batch, a revert) takes the
+        microsecond after the one before, so an asOf can fall between a request's events only within them."""
+        if self.head.seq > self._first_seq:
+            ts = self.head.ts_us + 1
+        else:
+            now = self._clock()
+            ts = max(now, self.head.ts_us + 1, self._floor)
+            if ts - now > CLOCK_BEHIND_US and self._behind is not None:
+                self._behind(ts - now)
         if ts > MAX_US:
             raise StorageError(
                 "the next event would be stamped after 9999-12-31T23:59:59.999999Z, the last time the log can hold "
@@ -167,6 +172,7 @@ class Writer:
         self._held_from: int | None = None
         self._settled = threading.Condition(self._mutex)
         self._held = threading.Condition(self._mutex)  # a read was held (see wait_held)
+        self._read_up_to = 0  # the latest instant a read of the past has settled: no later event goes at or before it
         self.held_reads = 0
         self._warned_at: float | None = None  # when a clock behind the log was last logged (see _clock_behind)
         self.commits = 0  # transactions committed (a group counts once)
@@ -197,7 +203,7 @@ class Writer:
                 self._gather()
             group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
             self._last_group = len(group)
-            floor = self._held_from = max(self._clock(), self._head.ts_us + 1)
+            floor = self._held_from = max(self._clock(), self._head.ts_us + 1, self._read_up_to + 1)
         _leading.group = True
         try:
             self._run_group(group, floor)
@@ -253,6 +259,7 @@ class Writer:
                         hint="Nothing was read. Retry when the write has finished, or read a time before it began.",
                     )
                 self._settled.wait(remaining)
+            self._read_up_to = max(self._read_up_to, until)  # (a clock that steps back cannot stamp under it)
 
     def _clock_behind(self, by_us: int) -> None:
         """Say (at most once a minute) that events are stamped ahead of the clock: it stepped back, or an earlier
@@ -324,8 +331,6 @@ class Writer:
                 result = job.fn(txn)
                 if job.dry_run:
                     raise _DryRun(result)
-                if txn.head.seq - before.seq > 1:  # one request, one moment (see seq_at)
-                    conn.execute(INSERT_SPAN, (before.seq + 1, txn.head.seq))
             except _DryRun as dry:
                 job.result = dry.result
                 self._undo_job(single)
