@@ -515,3 +515,21 @@ def test_lake_maintain_refuses_an_age_beyond_the_calendar_before_doing_anything(
 
     assert maintained.returncode == 2 and flag in maintained.stderr
     assert "expired" not in maintained.stdout + maintained.stderr
+
+
+def test_restore_into_a_fresh_data_dir_reads_a_catalog_named_in_pyiceberg_yaml(tmp_path: Path, data_dir: Path) -> None:
+    """The disaster-recovery path: a new machine whose .pyiceberg.yaml names the catalog the lost one used."""
+    from server.lake.catalog import catalog_properties
+
+    assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
+    props = catalog_properties(data_dir)
+    (tmp_path / ".pyiceberg.yaml").write_text(  # (HOME is tmp_path in run)
+        "catalog:\n  headlessly:\n" + "".join(f"    {k}: '{v}'\n" for k, v in props.items())
+    )
+    fresh = tmp_path / "fresh"
+
+    restored = run(tmp_path, "restore", "--tenant", TENANT, "--data-dir", str(fresh))
+
+    assert restored.returncode == 0, restored.stderr
+    assert "restored 3 events into tenant acme; verify: ok" in restored.stdout
+    assert not (fresh / "lakehouse").exists()  # the catalog named in the yaml was read, no local one made

@@ -216,9 +216,11 @@ def main() -> None:
 
 def lake_table_if_any(data_dir: Path) -> Any:
     """The events table when a lakehouse is configured or exists locally; None otherwise."""
+    from pyiceberg.utils.config import Config
+
     from ..lake import catalog as cat
 
-    configured = any(k.startswith("PYICEBERG_CATALOG__HEADLESSLY__") for k in os.environ)
+    configured = bool(Config().get_catalog_config(cat.CATALOG))  # (its environment, .pyiceberg.yaml: as load reads)
     if not configured and not (data_dir / "lakehouse" / "catalog.db").exists() and not cat.newest_metadata(data_dir):
         return None  # (a warehouse without its catalog is opened, to be refused as such)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..config import OPEN_DAY_FILES, Config
+from ..config import OPEN_DAY_FILES, Config, private_dir
 from .common import (
     data_dir_option,
     existing_data_dir_option,
@@ -97,11 +97,12 @@ def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Pat
     """Rebuild a tenant's database from the Iceberg table (events, hashes and state), then verify it."""
     from ..lake.restore import restore_tenant
 
-    with lake_errors("opening the events table", data_dir):
-        if lake_table_if_any(data_dir) is None:  # (opening it would make an empty one: a typo'd data dir)
-            fail(f"no lakehouse in {data_dir} to restore from: `headlessly flush` (or a running server) fills it")
     store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
     try:
+        with lake_errors("opening the events table", data_dir):
+            private_dir(data_dir)  # (restore makes a missing data dir; one below a file is the data dir's failure)
+            if lake_table_if_any(data_dir) is None:  # (opening it would make an empty one: a typo'd data dir)
+                fail(f"no lakehouse in {data_dir} to restore from: `headlessly flush` (or a running server) fills it")
         label = f"restoring {tenant}"
         lines = not sys.stderr.isatty()  # where a bar cannot be redrawn (a log, CI): a line per tenth of the way
         said = [0]

@@ -25,7 +25,7 @@ from .scan import TenantRows
 log = logging.getLogger(__name__)
 MAX_RACES = 20  # commits lost in a row by one step
 COMPACT_ROWS = 100_000  # rows a compacted file holds at most: what one compaction commit holds in memory, as a flush's
-COMPACT_BYTES = 32 << 20  # bytes on disk of the files merged into one at most: large events make files of fewer rows
+COMPACT_BYTES = 32 << 20  # bytes of column data (uncompressed) merged into one file at most: what reading it takes
 T = TypeVar("T")
 
 # Called at "before_commit" (of a compaction), "before_untag" and "before_expire": a test's interleaving point.
@@ -168,8 +168,9 @@ def _data_file_count(table: Any) -> int:
 
 
 def _days_to_compact(table: Any, now: datetime, open_day_files: int) -> list[tuple[str, Any]]:
-    """The (tenant, day)s with files to merge, told from the table's metadata (each file's rows and seq
-    bounds), so that days already compacted cost nothing to pass over."""
+    """The (tenant, day)s with files to merge, told from the table's metadata (each file's rows, seq bounds and
+    size on disk), so that days already compacted cost nothing to pass over. Sizes on disk are compressed, so
+    this may name a day whose files are too large to merge once read (their footers say so: nothing is done)."""
     if not table.metadata.current_snapshot():
         return []
     files = table.inspect.data_files()
@@ -292,7 +293,8 @@ def _compact_runs(table: Any, tenant: str, day: Any, fault: Fault, done: _Progre
 def _runs_to_merge(spans: list[tuple[int, int, int, int]]) -> list[tuple[int, int]]:
     """The (first, last) seqs of each run of two or more consecutive files (spans: first seq, last seq, rows,
     bytes, in seq order) of at most COMPACT_ROWS rows and COMPACT_BYTES bytes together; greedy, so no two runs
-    it leaves (merged or not) fit together: merging again changes nothing."""
+    it leaves (merged or not) fit together: merging again changes nothing. (Screening a day, bytes are on disk;
+    planning its merges, they are the column data uncompressed.)"""
     runs: list[list[tuple[int, int, int, int]]] = [[]]
     for span in spans:
         if runs[-1] and (

@@ -26,7 +26,7 @@ class _File:
     rows: int  # of this tenant
     ordered: bool  # seqs strictly increasing through the file
     columns: frozenset[str]
-    size: int = 0  # bytes on disk
+    size: int = 0  # bytes of its column data, uncompressed (what reading it takes)
 
 
 class TenantRows:
@@ -67,7 +67,7 @@ class TenantRows:
 
     @property
     def spans(self) -> list[tuple[int, int, int, int]]:
-        """Each file's first seq, last seq, rows of this tenant and bytes on disk, in seq order."""
+        """Each file's first seq, last seq, rows of this tenant and bytes of column data uncompressed, in seq order."""
         return [(f.first, f.last, f.rows, f.size) for f in self._files]
 
     def batches(self, columns: tuple[str, ...] | None = None) -> Iterator[Any]:
@@ -133,7 +133,8 @@ class TenantRows:
             if not {"tenant", "seq"} <= columns:
                 return None
             seq = self._own(parquet.read(columns=["tenant", "seq"])).column("seq")
-        size = int(task.file.file_size_in_bytes)
+            meta = parquet.metadata
+            size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         if not len(seq):
             return _File(task, 0, 0, 0, True, columns, size)
         ordered = len(seq) < 2 or bool(pc.all(pc.greater(seq[1:], seq[:-1])).as_py())
