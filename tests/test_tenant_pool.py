@@ -180,3 +180,19 @@ def test_tenants_opened_by_many_callers_at_once_are_each_opened_once_and_let_go_
         lock = TenantLock(tmp_path / "data" / "tenants" / f"{name}.db")
         assert lock.try_exclusive("test"), f"a second, orphaned open of {name} still holds its lock file"
         lock.release()
+
+
+def test_a_read_under_way_when_its_tenant_closes_closes_its_connection_and_a_later_one_is_refused(
+    store: Store,
+) -> None:
+    store.do("acme", AGENT, {"action": "create", "type": "Contact", "data": {"name": "A"}})
+    with store.pool.lease("acme") as tenant:
+        pass
+    with tenant.reader() as conn:
+        tenant.close()  # (the server shutting down while a read is under way)
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1  # the read goes on
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")  # closed on its way back, not kept by the closed tenant
+    with pytest.raises(StorageError) as refused, tenant.reader():
+        pass
+    assert "was closed while this read waited" in refused.value.message

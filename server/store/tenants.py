@@ -92,6 +92,7 @@ class Tenant:
         self._reader_count = 0
         self._max_readers = max_readers
         self._cv = threading.Condition()
+        self._closed = False  # (a read still under way then closes its connection instead of keeping it)
         self.leases = 0
 
     def _share(self, deadline: float) -> None:
@@ -140,8 +141,14 @@ class Tenant:
     def reader(self) -> Iterator[sqlite3.Connection]:
         """A reader connection (WAL: readers never block the writer nor each other)."""
         with self._cv:
-            while not self._readers and self._reader_count >= self._max_readers:
+            while not self._readers and self._reader_count >= self._max_readers and not self._closed:
                 self._cv.wait()
+            if self._closed:  # (a read that waited, for a reader or for a write, while the server shut down)
+                raise StorageError(
+                    f"tenant {self.name!r} was closed while this read waited (the server is shutting down); "
+                    "nothing was read",
+                    hint="Retry once the server is up again.",
+                )
             if self._readers:
                 conn = self._readers.pop()
             else:
@@ -153,7 +160,10 @@ class Tenant:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             with self._cv:
-                self._readers.append(conn)
+                if self._closed:
+                    conn.close()
+                else:
+                    self._readers.append(conn)
                 self._cv.notify()
 
     @contextmanager
@@ -178,9 +188,11 @@ class Tenant:
         try:
             self.writer.close()
             with self._cv:
+                self._closed = True
                 for conn in self._readers:
                     conn.close()
                 self._readers.clear()
+                self._cv.notify_all()
         finally:
             self._lock.release()
 
