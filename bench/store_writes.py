@@ -398,9 +398,9 @@ def _instrument(writer) -> list[int]:  # type: ignore[no-untyped-def]
     sizes: list[int] = []
     original = writer._run_group
 
-    def run_group(group):  # type: ignore[no-untyped-def]
+    def run_group(group, *rest):  # type: ignore[no-untyped-def]
         sizes.append(len(group))
-        return original(group)
+        return original(group, *rest)
 
     writer._run_group = run_group
     return sizes
