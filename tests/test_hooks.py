@@ -502,6 +502,25 @@ def test_data_a_before_hook_makes_invalid_is_an_internal_error_naming_what_is_wr
         assert store.get(TENANT, "Contact", alice["$id"])["$version"] == before
 
 
+def test_a_unique_value_a_before_hook_sets_that_another_entity_holds_is_the_hooks_fault_not_the_agents(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    @hooks.before("Contact.create")
+    def same_email(ctx: BeforeContext) -> None:
+        if ctx.data.get("name") == "Bob":
+            ctx.data["email"] = "taken@x.com"
+
+    store = open_store(hooks)
+    create(store, "Contact", {"name": "Ann", "email": "taken@x.com"})
+    with pytest.raises(HookFailed) as hooked:
+        create(store, "Contact", {"name": "Bob"})
+    assert "BEFORE hooks made this write invalid" in hooked.value.message and "taken@x.com" in hooked.value.message
+    with pytest.raises(ValidationFailed) as own:  # the agent's own clash stays its validation_error
+        create(store, "Contact", {"name": "Cy", "email": "taken@x.com"})
+    assert own.value.code == "validation_error" and "must be unique" in own.value.message
+    assert event_count(store) == 1
+
+
 def test_the_agents_own_invalid_data_is_still_its_validation_error_when_a_before_hook_changes_it_too(
     hooks: Hooks, open_store: Callable[[Hooks], Store]
 ) -> None:

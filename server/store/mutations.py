@@ -452,9 +452,11 @@ class Mutator:
             return self.validate(noun, fields, None)
 
         given = self.patch_of(noun, op, None)
-        fields = self.hooked(given, self.before_hooks(noun, "create", "Created", None, given, None, op), checked)
+        patch = self.before_hooks(noun, "create", "Created", None, given, None, op)
+        fields = self.hooked(given, patch, checked)
         entity_id = new_id(noun.prefix)
-        event = self.write(noun, entity_id, "Created", None, fields, fields, op, extra_data=None)
+        with hooks_clashes(given, patch):
+            event = self.write(noun, entity_id, "Created", None, fields, fields, op, extra_data=None)
         return event.result()
 
     def update(self, noun: Noun, entity_id: str, op: Operation) -> dict[str, Any]:
@@ -465,7 +467,8 @@ class Mutator:
         changes = diff(current.fields, merged)
         if not changes:
             return {"entity": current.state, "events": [], "unchanged": True}
-        event = self.write(noun, entity_id, "Updated", current, merged, None, op, changes=changes)
+        with hooks_clashes(given, patch):
+            event = self.write(noun, entity_id, "Updated", current, merged, None, op, changes=changes)
         return event.result()
 
     def verb(self, noun: Noun, entity_id: str, op: Operation, past: str, sets: str | None) -> dict[str, Any]:
@@ -486,7 +489,8 @@ class Mutator:
                 hint="This is a fault in the server's hooks: a hook may reject a verb, not change what it sets.",
             )
         merged = self.hooked(given, patch, lambda p: self.validate_merge(noun, current, p))
-        event = self.write(noun, entity_id, past, current, merged, None, op)
+        with hooks_clashes(given, patch):
+            event = self.write(noun, entity_id, past, current, merged, None, op)
         return event.result()
 
     def delete(self, noun: Noun, entity_id: str, op: Operation) -> dict[str, Any]:
@@ -846,11 +850,7 @@ class Mutator:
             if patch == given:
                 raise
             check(given)
-            raise HookFailed(
-                f"the server's BEFORE hooks made this write invalid ({exc.message}); nothing was written",
-                hint="This is a fault in the server's hooks, not in the request: report it to the operator. "
-                "Retrying will likely fail the same way.",
-            ) from None
+            raise hooks_made_invalid(exc) from None
 
     def validate_merge(self, noun: Noun, current: Loaded, patch: dict[str, Any]) -> dict[str, Any]:
         """`current` with the merge patch applied, checked (the fields the patch names)."""
@@ -1140,6 +1140,29 @@ def links_to_check(current: Loaded, fields: dict[str, Any], deleted: bool) -> li
     if current.deleted:
         return list(fields)
     return list(diff(current.fields, fields))
+
+
+def hooks_made_invalid(exc: ValidationFailed) -> HookFailed:
+    return HookFailed(
+        f"the server's BEFORE hooks made this write invalid ({exc.message}); nothing was written",
+        hint="This is a fault in the server's hooks, not in the request: report it to the operator. "
+        "Retrying will likely fail the same way.",
+    )
+
+
+@contextmanager
+def hooks_clashes(given: dict[str, Any], patch: dict[str, Any]) -> Iterator[None]:
+    """A unique value that another entity holds, set by the BEFORE hooks (`patch`) rather than by the agent
+    (`given`): the hooks' fault, as data they made invalid is."""
+    try:
+        yield
+    except ValidationFailed as exc:
+        field = exc.details.get("field")
+        if not isinstance(field, str) or "existing" not in exc.details:
+            raise
+        if given.get(field, _MISSING) == patch.get(field, _MISSING):
+            raise
+        raise hooks_made_invalid(exc) from None
 
 
 def gave_a_delete_data(entity_id: str) -> HookFailed:
