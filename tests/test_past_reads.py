@@ -191,3 +191,17 @@ def test_a_clock_that_steps_back_does_not_stamp_an_event_under_an_instant_alread
         stamped = store.do(TENANT, AGENT, update)["events"][0]["timestamp"]
         assert stamped > "2026-01-15T10:00:30.000000Z"
         assert store.get(TENANT, "Contact", alice["$id"], as_of="2026-01-15T10:00:30Z") == read
+
+
+def test_an_instant_already_read_stays_read_when_its_tenant_is_closed_and_opened_again(
+    tmp_path: Path, schemas: SchemaSet, clock: FakeClock
+) -> None:
+    with Store(tmp_path / "data", schemas, clock=clock) as store:
+        alice = store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "A"}})["entity"]
+        clock.advance(60)
+        read = store.get(TENANT, "Contact", alice["$id"], as_of="2026-01-15T10:00:30Z")
+        store.pool.close_idle()  # (the background flush does this; so does a pool at its limit of open tenants)
+        clock.advance(-50)
+        update = {"action": "update", "type": "Contact", "id": alice["$id"], "data": {"title": "CTO"}}
+        assert store.do(TENANT, AGENT, update)["events"][0]["timestamp"] > "2026-01-15T10:00:30.000000Z"
+        assert store.get(TENANT, "Contact", alice["$id"], as_of="2026-01-15T10:00:30Z") == read

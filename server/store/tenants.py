@@ -22,7 +22,7 @@ from .checkpoints import Checkpointer
 from .filelock import TenantLock, lock_path
 from .reindex import open_elsewhere, rebuild_alone, stale
 from .sqlite import connect, damaged, migrate
-from .writer import Writer
+from .writer import Settled, Writer
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class Tenant:
         max_readers: int,
         checkpoint_due: Callable[[], None] | None = None,
         follow_schemas: bool = True,
+        settled: Settled | None = None,
     ) -> None:
         self.name = name
         self.path = path
@@ -82,7 +83,7 @@ class Tenant:
                         f"tenant {name!r} is being re-indexed for other schemas by another process",
                         hint="Run every server on this --data-dir with the same --schemas.",
                     )
-            self.writer = Writer(conn, clock, checkpoint_due, tenant=name)
+            self.writer = Writer(conn, clock, checkpoint_due, tenant=name, settled=settled)
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -225,6 +226,7 @@ class TenantPool:
         self._opening: dict[str, int] = {}  # names being opened (outside the lock) -> that open's number
         self._opens = itertools.count(1)
         self._busy: dict[str, tuple[int, TenantBusy]] = {}  # the last open of a name refused as busy
+        self._settled: dict[str, Settled] = {}  # per tenant, across its closes and reopens (see Writer.settle)
         self._cv = threading.Condition()
         self.checkpoints = Checkpointer(self._checkpoint)
 
@@ -297,6 +299,7 @@ class TenantPool:
             opened = Tenant(
                 name, path, self.schemas, self.durability, self.clock, self.max_readers,
                 functools.partial(self.checkpoints.request, name), self.follow_schemas,
+                self._settled.setdefault(name, Settled()),
             )  # fmt: skip
         except TenantBusy as exc:
             with self._cv:

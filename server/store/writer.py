@@ -115,6 +115,16 @@ class Txn:
         return event
 
 
+class Settled:
+    """The latest instant (µs) a read of a tenant's past has settled: no later event of this process may be
+    stamped at or before it. Kept by the pool across the tenant's closes and reopens."""
+
+    __slots__ = ("up_to",)
+
+    def __init__(self) -> None:
+        self.up_to = 0
+
+
 class _DryRun(Exception):
     def __init__(self, result: Any) -> None:
         self.result = result
@@ -145,7 +155,7 @@ class Writer:
 
     def __init__(
         self, conn: sqlite3.Connection, clock: Callable[[], int], checkpoint_due: Callable[[], None] | None = None,
-        tenant: str | None = None,
+        tenant: str | None = None, settled: Settled | None = None,
     ) -> None:  # fmt: skip
         self._conn = conn
         self._tenant = tenant  # (named in the errors of a damaged file)
@@ -172,7 +182,7 @@ class Writer:
         self._held_from: int | None = None
         self._settled = threading.Condition(self._mutex)
         self._held = threading.Condition(self._mutex)  # a read was held (see wait_held)
-        self._read_up_to = 0  # the latest instant a read of the past has settled: no later event goes at or before it
+        self._past_read = settled or Settled()  # (see settle: a clock that steps back cannot stamp under it)
         self.held_reads = 0
         self._warned_at: float | None = None  # when a clock behind the log was last logged (see _clock_behind)
         self.commits = 0  # transactions committed (a group counts once)
@@ -203,7 +213,7 @@ class Writer:
                 self._gather()
             group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
             self._last_group = len(group)
-            floor = self._held_from = max(self._clock(), self._head.ts_us + 1, self._read_up_to + 1)
+            floor = self._held_from = max(self._clock(), self._head.ts_us + 1, self._past_read.up_to + 1)
         _leading.group = True
         try:
             self._run_group(group, floor)
@@ -259,7 +269,7 @@ class Writer:
                         hint="Nothing was read. Retry when the write has finished, or read a time before it began.",
                     )
                 self._settled.wait(remaining)
-            self._read_up_to = max(self._read_up_to, until)  # (a clock that steps back cannot stamp under it)
+            self._past_read.up_to = max(self._past_read.up_to, until)  # (a clock that steps back cannot stamp under it)
 
     def _clock_behind(self, by_us: int) -> None:
         """Say (at most once a minute) that events are stamped ahead of the clock: it stepped back, or an earlier
