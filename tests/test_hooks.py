@@ -521,6 +521,38 @@ def test_a_unique_value_a_before_hook_sets_that_another_entity_holds_is_the_hook
     assert event_count(store) == 1
 
 
+def test_a_before_hook_that_only_normalizes_the_agents_clashing_value_leaves_the_clash_the_agents(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    @hooks.before("Contact.create")
+    def lowercase(ctx: BeforeContext) -> None:
+        if isinstance(ctx.data.get("email"), str):
+            ctx.data["email"] = ctx.data["email"].lower()  # as the store lowercases the domain anyway
+
+    store = open_store(hooks)
+    create(store, "Contact", {"name": "Ann", "email": "taken@x.com"})
+    with pytest.raises(ValidationFailed) as own:
+        create(store, "Contact", {"name": "Bob", "email": "taken@X.COM"})
+    assert own.value.code == "validation_error" and "must be unique" in own.value.message
+
+
+def test_a_unique_value_a_rollbacks_before_hook_sets_that_another_entity_holds_is_the_hooks_fault(
+    hooks: Hooks, open_store: Callable[[Hooks], Store]
+) -> None:
+    @hooks.before("Contact.rollback")
+    def taken(ctx: BeforeContext) -> None:
+        ctx.data["email"] = "taken@x.com"
+
+    store = open_store(hooks)
+    create(store, "Contact", {"name": "Ann", "email": "taken@x.com"})
+    bob = create(store, "Contact", {"name": "Bob"})["entity"]["$id"]
+    store.do(TENANT, AGENT, {"action": "update", "type": "Contact", "id": bob, "data": {"title": "CTO"}})
+    with pytest.raises(HookFailed) as hooked:
+        store.do(TENANT, AGENT, {"action": "rollback", "type": "Contact", "id": bob, "toVersion": 1})
+    assert "BEFORE hooks made this write invalid" in hooked.value.message and "must be unique" in hooked.value.message
+    assert store.get(TENANT, "Contact", bob)["$version"] == 2
+
+
 def test_the_agents_own_invalid_data_is_still_its_validation_error_when_a_before_hook_changes_it_too(
     hooks: Hooks, open_store: Callable[[Hooks], Store]
 ) -> None:

@@ -126,6 +126,16 @@ class Written:
         return {"entity": self.state, "events": [self.event]}
 
 
+class UniqueClash(ValidationFailed):
+    """A unique value another live entity holds; `value` is the key that clashed (an element, for a list)."""
+
+    value: Any = None
+
+    def of(self, value: Any) -> UniqueClash:
+        self.value = value
+        return self
+
+
 class Unrestorable(ValidationFailed):
     """An earlier state that cannot be written again now (the schemas changed since it was written)."""
 
@@ -455,7 +465,7 @@ class Mutator:
         patch = self.before_hooks(noun, "create", "Created", None, given, None, op)
         fields = self.hooked(given, patch, checked)
         entity_id = new_id(noun.prefix)
-        with hooks_clashes(given, patch):
+        with self.hooks_clashes(noun, given, patch):
             event = self.write(noun, entity_id, "Created", None, fields, fields, op, extra_data=None)
         return event.result()
 
@@ -467,7 +477,7 @@ class Mutator:
         changes = diff(current.fields, merged)
         if not changes:
             return {"entity": current.state, "events": [], "unchanged": True}
-        with hooks_clashes(given, patch):
+        with self.hooks_clashes(noun, given, patch):
             event = self.write(noun, entity_id, "Updated", current, merged, None, op, changes=changes)
         return event.result()
 
@@ -489,7 +499,7 @@ class Mutator:
                 hint="This is a fault in the server's hooks: a hook may reject a verb, not change what it sets.",
             )
         merged = self.hooked(given, patch, lambda p: self.validate_merge(noun, current, p))
-        with hooks_clashes(given, patch):
+        with self.hooks_clashes(noun, given, patch):
             event = self.write(noun, entity_id, past, current, merged, None, op)
         return event.result()
 
@@ -539,10 +549,11 @@ class Mutator:
         self.check_relations(
             noun, target_fields, links_to_check(current, target_fields, is_deleted(past_state)), kept_links(current)
         )
-        event = self.write(
-            noun, entity_id, "Updated", current, target_fields, None, op,
-            extra_data={"rollbackTo": rollback_to}, deleted=is_deleted(past_state),
-        )  # fmt: skip
+        with self.hooks_clashes(noun, fields_of(past_state), target_fields):
+            event = self.write(
+                noun, entity_id, "Updated", current, target_fields, None, op,
+                extra_data={"rollbackTo": rollback_to}, deleted=is_deleted(past_state),
+            )  # fmt: skip
         return event.result()
 
     def restored(
@@ -852,6 +863,21 @@ class Mutator:
             check(given)
             raise hooks_made_invalid(exc) from None
 
+    @contextmanager
+    def hooks_clashes(self, noun: Noun, given: dict[str, Any], patch: dict[str, Any]) -> Iterator[None]:
+        """A unique value that another entity holds, set by the BEFORE hooks (`patch`) rather than by the agent
+        (`given`, as a write stores it: a hook that only normalizes the agent's value does not take its clash)."""
+        try:
+            yield
+        except UniqueClash as exc:
+            field = exc.details["field"]
+            if given.get(field, _MISSING) == patch.get(field, _MISSING):
+                raise
+            mine = self.env.validators[noun.name].normalized({field: given[field]}) if field in given else {}
+            if (field, exc.value) in index_keys(noun, mine):
+                raise
+            raise hooks_made_invalid(exc) from None
+
     def validate_merge(self, noun: Noun, current: Loaded, patch: dict[str, Any]) -> dict[str, Any]:
         """`current` with the merge patch applied, checked (the fields the patch names)."""
         return self.validate(noun, merge(current.fields, patch), list(patch), kept=current.fields)
@@ -1058,12 +1084,12 @@ class Mutator:
                         (noun.name, field_name, value, entity_id),
                     ).fetchone()
                     if row is not None:
-                        raise ValidationFailed(
+                        raise UniqueClash(
                             f"{noun.name}.{field_name} must be unique: {value!r} is already used by {row[0]}",
                             hint=f"Update {row[0]} instead, or use a different {field_name}.",
                             field=field_name,
                             existing=row[0],
-                        )
+                        ).of(value)
         if old is not None:
             self.conn.execute("DELETE FROM entity_keys WHERE id = ?", (entity_id,))
         self.conn.executemany(INSERT_KEY, key_rows(noun, entity_id, new, new_keys))
@@ -1148,21 +1174,6 @@ def hooks_made_invalid(exc: ValidationFailed) -> HookFailed:
         hint="This is a fault in the server's hooks, not in the request: report it to the operator. "
         "Retrying will likely fail the same way.",
     )
-
-
-@contextmanager
-def hooks_clashes(given: dict[str, Any], patch: dict[str, Any]) -> Iterator[None]:
-    """A unique value that another entity holds, set by the BEFORE hooks (`patch`) rather than by the agent
-    (`given`): the hooks' fault, as data they made invalid is."""
-    try:
-        yield
-    except ValidationFailed as exc:
-        field = exc.details.get("field")
-        if not isinstance(field, str) or "existing" not in exc.details:
-            raise
-        if given.get(field, _MISSING) == patch.get(field, _MISSING):
-            raise
-        raise hooks_made_invalid(exc) from None
 
 
 def gave_a_delete_data(entity_id: str) -> HookFailed:
