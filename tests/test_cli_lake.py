@@ -425,12 +425,18 @@ def test_verify_says_how_far_each_tenant_is_flushed_and_how_many_events_are_not_
     assert "beta: ok: 1 events, flushed up to seq 0 (1 not yet), " in checked.stdout
 
 
-def test_every_lake_command_on_a_copied_data_dir_refuses_the_originals_table_in_one_line_and_writes_nothing(
-    tmp_path: Path, data_dir: Path
-) -> None:
+def flushed_copy(tmp_path: Path, data_dir: Path) -> Path:
+    """The data dir flushed, then copied whole (its catalog still names the original's table)."""
     assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
     copy = tmp_path / "copy"
     shutil.copytree(data_dir, copy)
+    return copy
+
+
+def test_every_lake_command_on_a_copied_data_dir_refuses_the_originals_table_in_one_line_and_writes_nothing(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    copy = flushed_copy(tmp_path, data_dir)
     lake = data_dir / "lakehouse"
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in lake.rglob("*") if p.is_file()}
 
@@ -464,9 +470,7 @@ def test_every_lake_command_on_a_copied_data_dir_refuses_the_originals_table_in_
 def test_lake_register_on_a_copied_data_dir_refuses_the_originals_table_and_registers_nothing(
     tmp_path: Path, data_dir: Path
 ) -> None:
-    assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
-    copy = tmp_path / "copy"
-    shutil.copytree(data_dir, copy)
+    copy = flushed_copy(tmp_path, data_dir)
     (copy / "lakehouse" / "catalog.db").unlink()  # the lost-catalog hint says: lake register
 
     registered = run(tmp_path, "lake", "register", "--data-dir", str(copy))

@@ -62,14 +62,14 @@ def read_batch(
             conn.execute(SELECT_EVENTS, (after_seq, until_seq, limit))
         ) as cursor,
     ):
-        for rows in _chunks(cursor, max_chars):
+        for rows, sizes in _chunks(cursor, max_chars):
             if first is None:
                 first, prev = rows[0], rows[0][_PREV_HASH]
             good, problem = intact(rows, seq, prev)
             if good:
                 tables.append(arrow_batch(tenant, rows[:good]))
                 seq, prev = rows[good - 1][_SEQ], rows[good - 1][_HASH]
-                chars += sum(_chars(r) for r in rows[:good])
+                chars += sum(sizes[:good])
             if problem:
                 break
     if first is None:
@@ -78,25 +78,23 @@ def read_batch(
     return Batch(tenant, arrow, first[_PREV_HASH], seq, prev, first[_TS], problem, chars)
 
 
-def _chars(row: tuple[Any, ...]) -> int:
-    return len(row[_DATA]) + len(row[_CHANGES]) + len(row[_STATE])
-
-
-def _chunks(cursor: Any, max_chars: int) -> Iterator[list[tuple[Any, ...]]]:
-    """The cursor's rows in lists of READ_CHUNK at most, up to the row by which they hold `max_chars`
-    characters of event text (taken one by one: how large the next one is cannot be known before)."""
+def _chunks(cursor: Any, max_chars: int) -> Iterator[tuple[list[tuple[Any, ...]], list[int]]]:
+    """The cursor's rows in lists of READ_CHUNK at most, each with its rows' characters of event text, up to
+    the row by which they hold `max_chars` (taken one by one: how large the next one is cannot be known before)."""
     chunk: list[tuple[Any, ...]] = []
+    sizes: list[int] = []
     total = 0
     for row in cursor:
         chunk.append(row)
-        total += _chars(row)
+        sizes.append(len(row[_DATA]) + len(row[_CHANGES]) + len(row[_STATE]))
+        total += sizes[-1]
         if total >= max_chars:
             break
         if len(chunk) == READ_CHUNK:
-            yield chunk
-            chunk = []
+            yield chunk, sizes
+            chunk, sizes = [], []
     if chunk:
-        yield chunk
+        yield chunk, sizes
 
 
 def intact(rows: list[tuple[Any, ...]], after_seq: int, prev: str) -> tuple[int, str | None]:

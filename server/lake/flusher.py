@@ -21,11 +21,10 @@ from ..store import Store
 from ..timeutil import now_us, parse_time
 from . import catalog as cat
 from . import snapshots
-from .batches import Batch, read_batch
+from .batches import BATCH_CHARS, Batch, read_batch  # (BATCH_CHARS: per commit too, and so per file)
 
 log = logging.getLogger(__name__)
 BATCH = 100_000  # rows per commit, all its tenants together: what a commit holds in memory
-BATCH_CHARS = 64 << 20  # characters of event text per commit (and so per file), past its last event
 MAX_RACES = 20
 
 # Called at "before_write", "before_commit", "after_commit" and "before_expire": a test's crash point.

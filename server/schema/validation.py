@@ -39,12 +39,11 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _check_date(value: str) -> str:
+    text = value.strip(ASCII_SPACE)  # (as times and filters on dates take it)
     try:
-        if not _DATE.fullmatch(
-            value.strip(ASCII_SPACE)
-        ):  # (as times and filters on dates take it)  # (fromisoformat would also take 20260115 and 2026-W03-4)
+        if not _DATE.fullmatch(text):  # (fromisoformat would also take 20260115 and 2026-W03-4)
             raise ValueError
-        return date.fromisoformat(value.strip(ASCII_SPACE)).isoformat()
+        return date.fromisoformat(text).isoformat()
     except ValueError:
         raise ValueError(f"{value!r} is not a date; use YYYY-MM-DD") from None
 

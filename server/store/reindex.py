@@ -165,9 +165,11 @@ def _any_shape(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT 1 FROM meta WHERE key LIKE 'derived:%' LIMIT 1").fetchone() is not None
 
 
-def _built(conn: sqlite3.Connection, noun: Noun) -> tuple[list[tuple[Any, ...]], list[tuple[int, str]], list[Clash]]:
-    """The noun's key rows and full text as its entities' states make them, and the values that two live
-    entities hold in a field that is unique in `noun` (then the keys cannot be written)."""
+def _built(
+    conn: sqlite3.Connection, noun: Noun, text: bool = True
+) -> tuple[list[tuple[Any, ...]], list[tuple[int, str]], list[Clash]]:
+    """The noun's key rows and (with `text`) full text as its entities' states make them, and the values that
+    two live entities hold in a field that is unique in `noun` (then the keys cannot be written)."""
     keys: list[tuple[Any, ...]] = []
     texts: list[tuple[int, str]] = []
     holders: dict[tuple[str, Any], list[str]] = defaultdict(list)
@@ -180,7 +182,7 @@ def _built(conn: sqlite3.Connection, noun: Noun) -> tuple[list[tuple[Any, ...]],
         for _type, field, value, _id, unique, live, _at in rows:
             if unique and live:
                 holders[(field, value)].append(entity_id)  # keys compare as Python does: 7 == 7.0, '7' != 7
-        if noun.text_fields:
+        if text and noun.text_fields:
             texts.append((rowid, search_body(noun, state)))
     clashes = [(field, value, sorted(ids)) for (field, value), ids in holders.items() if len(ids) > 1]
     return keys, texts, clashes
@@ -191,7 +193,7 @@ Clash = tuple[str, Any, list[str]]  # a unique field, a value, the live entities
 
 def unique_clashes(conn: sqlite3.Connection, noun: Noun) -> list[Clash]:
     """The values two live entities hold in a field that `noun` makes unique: what refuses a rebuild for it."""
-    return _built(conn, noun)[2]
+    return _built(conn, noun, text=False)[2]
 
 
 def _rebuild(conn: sqlite3.Connection, noun: Noun) -> None:
