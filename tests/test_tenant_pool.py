@@ -8,12 +8,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import AGENT
 
 from server.errors import StorageError
 from server.store import Store, tenants
+from server.store.hooks import BeforeContext, Hooks
 from server.store.tenants import Tenant
 
 WAIT = 30.0
@@ -196,3 +198,53 @@ def test_a_read_under_way_when_its_tenant_closes_closes_its_connection_and_a_lat
     with pytest.raises(StorageError) as refused, tenant.reader():
         pass
     assert "was closed while this read waited" in refused.value.message
+
+
+def test_closing_the_store_waits_for_a_write_whose_before_hook_reads_its_own_tenant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hooks = Hooks()
+    in_hook, closing = threading.Event(), threading.Event()
+    seen: list[Any] = []
+    store = Store(tmp_path / "data", hooks=hooks)
+    ada = store.do("acme", AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})["entity"]
+
+    @hooks.before("Contact.update")
+    def look(ctx: BeforeContext) -> None:
+        in_hook.set()
+        assert closing.wait(WAIT), "the store never began to close"
+        seen.append(store.get("acme", "Contact", str(ctx.id))["name"])
+
+    writer = store.pool._open["acme"].writer
+    real_close = writer.close
+
+    def close_seen() -> None:  # the pool is closing this tenant: it waits for the write (and its hook)
+        closing.set()
+        real_close()
+
+    monkeypatch.setattr(writer, "close", close_seen)
+    update = {"action": "update", "type": "Contact", "id": ada["$id"], "data": {"title": "CTO"}}
+    wrote: list[Any] = []
+    writing = threading.Thread(target=lambda: wrote.append(store.do("acme", AGENT, update)), daemon=True)
+    writing.start()
+    assert in_hook.wait(WAIT)
+    closer = threading.Thread(target=store.close, daemon=True)
+    closer.start()
+    closer.join(WAIT)
+    writing.join(WAIT)
+
+    assert not closer.is_alive() and not writing.is_alive()
+    assert seen == ["Ada"] and wrote[0]["entity"]["title"] == "CTO"
+
+
+def test_a_tenant_asked_for_after_the_store_closed_is_refused_and_not_opened(tmp_path: Path) -> None:
+    store = Store(tmp_path / "data")
+    store.do("acme", AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
+    store.close()
+
+    with pytest.raises(StorageError, match="'fresh' cannot be opened: the server is shutting down"):
+        store.do("fresh", AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
+    with pytest.raises(StorageError, match="shutting down"):
+        store.find("acme", "Contact")
+
+    assert not store.pool.exists("fresh") and store.pool._open == {}

@@ -227,6 +227,7 @@ class TenantPool:
         self._opens = itertools.count(1)
         self._busy: dict[str, tuple[int, TenantBusy]] = {}  # the last open of a name refused as busy
         self._settled: dict[str, Settled] = {}  # per tenant, across its closes and reopens (see Writer.settle)
+        self._closing: dict[str, Tenant] | None = None  # once close() began: the tenants it closes (see close)
         self._cv = threading.Condition()
         self.checkpoints = Checkpointer(self._checkpoint)
 
@@ -270,6 +271,8 @@ class TenantPool:
                     # The open we waited for found the tenant held by a restore (or the like) until its deadline:
                     # so is ours. Waiting again in turn would make each caller wait the whole limit once more.
                     raise TenantBusy(refused[1].message, hint=refused[1].hint)
+                if self._closing is not None:
+                    return self._lease_closing(name)
                 tenant = self._open.get(name)
                 if tenant is not None:
                     self._open.move_to_end(name)
@@ -363,11 +366,32 @@ class TenantPool:
                 self._cv.notify_all()
 
     def close(self) -> None:
+        """Close every tenant, each once its write in flight has committed, and open none from now on.
+
+        The tenants are closed outside the pool's lock: a write group finishing meanwhile may still need the
+        pool (a BEFORE hook reading its own tenant through the store), and would otherwise wait for good."""
         self.checkpoints.close()
         with self._cv:
-            for tenant in self._open.values():
-                tenant.close()
-            self._open.clear()
+            if self._closing is not None:
+                return
+            self._closing = {}  # from here on, no tenant is opened (see _acquire)
+            self._cv.notify_all()  # (callers waiting for room are refused now, not at their deadline)
+            self._cv.wait_for(lambda: not self._opening)  # (an open under way ends in self._open)
+            self._closing, self._open = dict(self._open), OrderedDict()
+        for tenant in self._closing.values():
+            tenant.close()
+
+    def _lease_closing(self, name: str) -> Tenant:
+        """A lease while the pool closes: on a tenant it is closing (whose write in flight may read it), or none."""
+        assert self._closing is not None
+        tenant = self._closing.get(name)
+        if tenant is None:
+            raise StorageError(
+                f"tenant {name!r} cannot be opened: the server is shutting down; nothing was read or written",
+                hint="Retry once the server is up again.",
+            )
+        tenant.leases += 1
+        return tenant
 
 
 class _Lease:
