@@ -168,6 +168,21 @@ def test_rollback_to_before_creation_is_refused(store: Store, clock: Any) -> Non
     assert store.get(TENANT, "Contact", alice)["$version"] == 3
 
 
+def test_rollback_to_a_time_not_yet_past_is_refused_and_writes_nothing(store: Store, clock: Any) -> None:
+    alice = alice_history(store, clock)  # the clock is now 13:00
+    for as_of in ("2062-01-15T13:00:00Z", "2026-01-15T13:00:00Z", "2026-01-16"):
+        with pytest.raises(
+            InvalidAsOf, match=r"is not in the past: this rollback would be written at 2026-01-15T13:00:00"
+        ):
+            do(store, AGENT, action="rollback", type="Contact", id=alice, asOf=as_of, dryRun=True)
+        with pytest.raises(InvalidAsOf) as exc:
+            do(store, AGENT, action="rollback", type="Contact", id=alice, asOf=as_of)
+        assert "toVersion" in exc.value.hint
+    assert event_count(store) == 3
+    back = do(store, AGENT, action="rollback", type="Contact", id=alice, asOf="2026-01-15T12:59:59.999999Z")
+    assert back["events"][0]["data"] == {"rollbackTo": "2026-01-15T12:59:59.999999Z"}
+
+
 def test_rollback_needs_exactly_one_target_and_a_known_version(store: Store, clock: Any) -> None:
     alice = alice_history(store, clock)
     with pytest.raises(HeadlesslyError):

@@ -524,6 +524,12 @@ class Mutator:
         self.check_version(current, op)
         if op.asOf is not None:
             as_of_us = parse_as_of(op.asOf)
+            if as_of_us >= (stamp := self.txn.next_ts_us()):  # (its state would be the one this rollback writes)
+                raise InvalidAsOf(
+                    f"asOf {format_us(as_of_us)} is not in the past: this rollback would be written at "
+                    f"{format_us(stamp)}, and a rollback goes back to a state the entity had before it",
+                    hint="Pass an earlier time (fetch with that asOf shows the state it restores), or toVersion.",
+                )
             row = self.conn.execute(
                 "SELECT state FROM events WHERE target = ? AND ts <= ? ORDER BY seq DESC LIMIT 1",
                 (entity_id, format_us(as_of_us)),
