@@ -143,7 +143,8 @@ class Conflict(HeadlesslyError):
 
 
 class TenantBusy(StorageError):
-    """Another process has the tenant to itself (a restore, a reindex, a rebuild for new schemas)."""
+    """The tenant cannot be read or written now: another process has it to itself (a restore, a reindex, a
+    rebuild for new schemas), or a write under way has held it past a limit."""
 
 
 class SchemaError(Exception):

@@ -201,3 +201,56 @@ def test_writes_through_a_tenant_closed_under_them_fail_as_storage_errors_and_no
             assert not thread.is_alive(), "a write hung after the tenant was closed"
 
     assert [type(o) for o in outcomes] == [StorageError, StorageError]
+
+
+def test_a_write_queued_past_the_wait_limit_gives_up_unstarted_and_later_writes_go_on(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.errors import TenantBusy
+    from server.store import writer as writer_module
+
+    deal = create_deal(store, "d")
+    monkeypatch.setattr(writer_module, "WRITE_WAIT_SECONDS", 0.2)
+    with HeldWriter(writer_of(store)):
+        threads, outcomes = start_writes(store, [update(deal, 1)])
+        for thread in threads:
+            thread.join(30)
+
+    assert isinstance(outcomes[0], TenantBusy) and "was not started; nothing was written" in str(outcomes[0])
+    assert outcomes[0].code == "storage_error"
+    assert store.get(TENANT, "Deal", deal)["$version"] == 1
+    assert store.do(TENANT, AGENT, update(deal, 2))["entity"]["$version"] == 2
+
+
+def test_a_before_hook_waiting_for_a_write_it_started_in_another_thread_ends_instead_of_holding_the_tenant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.errors import TenantBusy
+    from server.store import writer as writer_module
+    from server.store.hooks import BeforeContext, Hooks
+
+    hooks = Hooks()
+    store = Store(tmp_path / "data", hooks=hooks)
+    deal = create_deal(store, "d")
+    monkeypatch.setattr(writer_module, "WRITE_WAIT_SECONDS", 0.2)
+    side: list[Any] = []
+
+    @hooks.before("Deal.update")
+    def note_elsewhere(ctx: BeforeContext) -> None:  # waits for a write that waits for this hook's group
+        def write() -> None:
+            try:
+                side.append(store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "x"}}))
+            except TenantBusy as exc:
+                side.append(exc)
+
+        thread = threading.Thread(target=write, daemon=True)
+        thread.start()
+        thread.join(30)
+
+    try:
+        updated = store.do(TENANT, AGENT, update(deal, 1))
+        assert updated["entity"]["value"] == 1
+        assert len(side) == 1 and isinstance(side[0], TenantBusy)
+        assert store.find(TENANT, "Contact")["total"] == 0
+    finally:
+        store.close()

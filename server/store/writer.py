@@ -31,6 +31,7 @@ MAX_GROUP = 512
 GATHER_SECONDS = 0.001
 CLOCK_BEHIND_US = 1_000_000  # events stamped this far ahead of the clock are logged (see _clock_behind)
 SETTLE_SECONDS = 10.0  # how long a read of a past instant waits for a write group that may still stamp events at it
+WRITE_WAIT_SECONDS = 30.0  # how long a write waits for the writes before it, past which it gives up unstarted
 INSERT_EVENT = f"INSERT INTO events ({EVENT_ROW_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 
 
@@ -174,6 +175,7 @@ class Writer:
         self._arrived = threading.Condition(self._mutex)
         self._queued = threading.Condition(self._mutex)  # a job was queued (see wait_queued)
         self._pending: list[_Job[Any]] = []
+        self._handed: _Job[Any] | None = None  # the pending job handed the lead, until it takes it (see _give_up)
         self._busy = False  # a leader is running a group, or the lead is being handed over
         self._gathering = False
         self._last_group = 0
@@ -205,10 +207,14 @@ class Writer:
             if follower and self._gathering:
                 self._arrived.notify()
         if follower:
-            job.wake.acquire()  # woken exactly once: with our result, or to lead the next group
+            if not job.wake.acquire(timeout=WRITE_WAIT_SECONDS):
+                self._give_up(job)
+                job.wake.acquire()  # (taken into a group, or handed the lead: either comes)
+            # woken exactly once: with our result, or to lead the next group
             if job.done:
                 return _outcome(job)
         with self._mutex:  # we lead: our job is the first pending one
+            self._handed = None
             if self._last_group > 1 and len(self._pending) < self._last_group:
                 self._gather()
             group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
@@ -236,7 +242,7 @@ class Writer:
                 with self._mutex:
                     self._held_from = None
                     self._settled.notify_all()
-                    leader = self._pending[0] if self._pending else None
+                    leader = self._handed = self._pending[0] if self._pending else None
                     if leader is None:
                         self._busy = False
                         self._idle.notify_all()
@@ -245,6 +251,20 @@ class Writer:
                 if leader is not None:
                     leader.wake.release()
         return _outcome(job)
+
+    def _give_up(self, job: _Job[Any]) -> None:
+        """Withdraw a job that has waited WRITE_WAIT_SECONDS, if no group has taken it and it was not handed the
+        lead: a group that never ends (a BEFORE hook waiting for a write it started in another thread, which
+        waits for that hook's group) then ends when the hook sees this error, instead of holding every write."""
+        with self._mutex:
+            if job is self._handed or job not in self._pending:
+                return
+            self._pending.remove(job)
+        raise TenantBusy(
+            f"the writes before this one have taken over {WRITE_WAIT_SECONDS:g} s (a slow BEFORE hook, or one "
+            "waiting for a write it started in another thread?), so this write was not started; nothing was written",
+            hint="Retry shortly (with an idempotencyKey, a retry never writes twice).",
+        )
 
     def settle(self, as_of_us: int, timeout: float | None = None) -> None:
         """Wait until no write group in flight may still stamp an event at or before `as_of_us`, so that a read of
