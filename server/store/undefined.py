@@ -1,0 +1,35 @@
+"""Entities of types the schemas do not define (a noun removed from them, or renamed).
+
+Nothing is ever deleted from a tenant, so such entities and their events stay in it; but fetch, search
+and do refuse their type, so no tool reaches them until the noun's definition is back. That is not an
+error in the file: it is said, not failed on: `verify` reports them (`undefinedTypes`).
+
+The counts come from `entity_counts` (kept by triggers, one row per noun and live flag: reading it
+scans a handful of rows, whatever the tenant's size), or from the entities themselves for verify."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from ..schema import SchemaSet
+
+KEPT_COUNTS = "SELECT type, live, n FROM entity_counts WHERE n > 0"
+Held = dict[str, int]  # {"live": n, "deleted": n}
+
+
+def undefined_types(conn: sqlite3.Connection, schemas: SchemaSet, counts: str = KEPT_COUNTS) -> dict[str, Held]:
+    """The types of the tenant's entities, live or deleted, that `schemas` do not define, by name, with their
+    counts. `counts` gives rows of (type, live, n): the kept counts, or `sqlite.ENTITY_COUNTS` to count rows."""
+    found: dict[str, Held] = {}
+    for type_, live, n in conn.execute(counts):
+        if type_ not in schemas and n:
+            held = found.setdefault(type_, {"live": 0, "deleted": 0})
+            held["live" if live else "deleted"] += n
+    return dict(sorted(found.items()))
+
+
+def describe(found: dict[str, Held]) -> str:
+    """`Widget (2 live, 1 deleted), Gadget (1 deleted)`."""
+    return ", ".join(
+        f"{name} ({', '.join(f'{n} {how}' for how, n in held.items() if n)})" for name, held in found.items()
+    )
