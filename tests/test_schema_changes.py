@@ -539,3 +539,27 @@ def test_verify_reports_entities_of_a_noun_the_schemas_no_longer_define_with_the
     assert report["ok"] is True and report["problems"] == []
     assert report["undefinedTypes"] == {"Widget": {"live": 2, "deleted": 1}}
     assert defined["ok"] is True and "undefinedTypes" not in defined  # (Contact is built in: defined in both)
+
+
+def test_a_server_opening_a_tenant_that_holds_entities_of_a_removed_noun_warns_once_naming_them_and_the_remedy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    widgets_then_removed(tmp_path)
+
+    def undefined() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "do not define" in r.message]
+
+    with caplog.at_level("WARNING"), Store(tmp_path / "data", load_schemas()) as s:
+        s.find(TENANT, "Contact")
+        s.find(TENANT, "Contact")
+        s.do("other", AGENT, {"action": "create", "type": "Contact", "data": {"name": "Bo"}})
+    serving = undefined()
+    caplog.clear()
+    with caplog.at_level("WARNING"), Store(tmp_path / "data", load_schemas(), follow_schemas=False) as s:
+        s.find(TENANT, "Contact")  # (a store that does not serve: the background flush, the CLI's commands)
+
+    (warning,) = serving  # one for the tenant's open, none for the other tenant
+    held = f"tenant {TENANT} holds entities of types the server's schemas do not define: Widget (2 live, 1 deleted)"
+    assert held in warning
+    assert "kept" in warning and "restore each noun's definition" in warning
+    assert undefined() == []

@@ -2,16 +2,20 @@
 
 Nothing is ever deleted from a tenant, so such entities and their events stay in it; but fetch, search
 and do refuse their type, so no tool reaches them until the noun's definition is back. That is not an
-error in the file: it is said, not failed on: `verify` reports them (`undefinedTypes`).
+error in the file: it is said, not failed on. `verify` reports them (`undefinedTypes`), and a server logs a
+warning when it opens the tenant.
 
 The counts come from `entity_counts` (kept by triggers, one row per noun and live flag: reading it
 scans a handful of rows, whatever the tenant's size), or from the entities themselves for verify."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
 from ..schema import SchemaSet
+
+log = logging.getLogger(__name__)
 
 KEPT_COUNTS = "SELECT type, live, n FROM entity_counts WHERE n > 0"
 Held = dict[str, int]  # {"live": n, "deleted": n}
@@ -33,3 +37,16 @@ def describe(found: dict[str, Held]) -> str:
     return ", ".join(
         f"{name} ({', '.join(f'{n} {how}' for how, n in held.items() if n)})" for name, held in found.items()
     )
+
+
+def warn_undefined(conn: sqlite3.Connection, tenant: str, schemas: SchemaSet) -> None:
+    """Log, as a tenant is opened, the entities it holds of types `schemas` do not define."""
+    found = undefined_types(conn, schemas)
+    if found:
+        log.warning(
+            "tenant %s holds entities of types the server's schemas do not define: %s. fetch, search and do "
+            "refuse these types, but the entities and their events are kept: restore each noun's definition "
+            "(schemas/ or a --schemas folder) to reach them again, or leave it if they were removed on purpose",
+            tenant,
+            describe(found),
+        )
