@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import AGENT, TENANT, held_open, widget_folder, widgets
 
-from server.errors import InvalidId, StorageError, ValidationFailed
+from server.errors import InvalidId, InvalidType, StorageError, ValidationFailed
 from server.schema import SchemaSet, load_schemas
 from server.store import Store, tenants
 from server.store.reindex import rebuild_alone, shape, stale
@@ -563,3 +563,31 @@ def test_a_server_opening_a_tenant_that_holds_entities_of_a_removed_noun_warns_o
     assert held in warning
     assert "kept" in warning and "restore each noun's definition" in warning
     assert undefined() == []
+
+
+def test_fetch_search_and_do_of_a_removed_noun_say_how_many_entities_the_tenant_still_holds(tmp_path: Path) -> None:
+    ids = widgets_then_removed(tmp_path)
+
+    with Store(tmp_path / "data", load_schemas()) as s:
+        refusals = []
+        for call in (
+            lambda: s.get(TENANT, "Widget", ids[0]),
+            lambda: s.find(TENANT, "Widget", filter={"color": "red"}),
+            lambda: s.do(TENANT, AGENT, {"action": "update", "type": "Widget", "id": ids[0], "data": {"color": "x"}}),
+            lambda: s.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": "w"}, "dryRun": True}),
+        ):
+            with pytest.raises(InvalidType) as refused:
+                call()
+            refusals.append(refused.value.message)
+        with pytest.raises(InvalidType) as never_held:
+            s.find(TENANT, "Gizmo")
+        with pytest.raises(InvalidType) as other_tenant:
+            s.find("other", "Widget")
+        their_events = s.events(TENANT, {"type": "Widget.*"})
+
+    for message in refusals:
+        assert message.startswith("unknown type 'Widget': this tenant still holds 3 Widget entities (live or deleted)")
+        assert "schemas no longer define Widget" in message and "valid types: " in message
+    assert never_held.value.message.startswith("unknown type 'Gizmo'; valid types: ")
+    assert other_tenant.value.message.startswith("unknown type 'Widget'; valid types: ")
+    assert their_events["total"] == 4  # as the refusal says: their events are still there to read

@@ -2,8 +2,8 @@
 
 Nothing is ever deleted from a tenant, so such entities and their events stay in it; but fetch, search
 and do refuse their type, so no tool reaches them until the noun's definition is back. That is not an
-error in the file: it is said, not failed on. `verify` reports them (`undefinedTypes`), and a server logs a
-warning when it opens the tenant.
+error in the file: it is said, not failed on. `verify` reports them (`undefinedTypes`), a server logs a
+warning when it opens the tenant, and the refusal of such a type says how many the tenant still holds.
 
 The counts come from `entity_counts` (kept by triggers, one row per noun and live flag: reading it
 scans a handful of rows, whatever the tenant's size), or from the entities themselves for verify."""
@@ -50,3 +50,15 @@ def warn_undefined(conn: sqlite3.Connection, tenant: str, schemas: SchemaSet) ->
             tenant,
             describe(found),
         )
+
+
+def still_held(conn: sqlite3.Connection, name: str) -> str:
+    """For the refusal of an unknown type: what the tenant still holds of it (nothing: '')."""
+    (n,) = conn.execute("SELECT coalesce(sum(n), 0) FROM entity_counts WHERE type = ?", (name,)).fetchone()
+    if not n:
+        return ""
+    return (
+        f": this tenant still holds {n} {name} {'entity' if n == 1 else 'entities'} (live or deleted), but the "
+        f"server's schemas no longer define {name}; they are kept, with their events (search Event with type "
+        f"'{name}.*'), and reachable again once the server's operator restores the noun"
+    )
