@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import damage_the_actor_index
+from conftest import damage_the_actor_index, widget_folder
 
-from server.schema import SchemaSet
+from server.schema import SchemaSet, load_schemas
 from server.store import Store
 
 TENANT = "acme"
@@ -533,6 +533,30 @@ def test_verify_points_at_reindex_for_broken_lookup_keys_and_reindex_repairs_the
     assert f"{TENANT}: rebuilding the lookup keys and full text of every noun..." in repaired.err
     assert after.code == 0 and f"{TENANT}: ok" in after.out
     assert missing.code == 2 and "does not exist" in missing.err
+
+
+def test_verify_warns_of_entities_of_nouns_its_schemas_do_not_define_and_still_exits_0(
+    tmp_path: Path, data_dir: Path, history: History
+) -> None:
+    folder = widget_folder(tmp_path, '"color": "string#"')
+    with Store(data_dir, load_schemas([folder])) as store:
+        for name in ("one", "two"):
+            store.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": name}})
+
+    without = run("verify", "--tenant", TENANT, "--no-lake", cwd=tmp_path, data_dir=data_dir)
+    as_json = run("verify", "--tenant", TENANT, "--no-lake", "--json", cwd=tmp_path, data_dir=data_dir)
+    given = run("verify", "--tenant", TENANT, "--no-lake", "--schemas", folder, cwd=tmp_path, data_dir=data_dir)
+
+    assert without.code == 0, without.out + without.err
+    assert f"{TENANT}: ok: 7 events" in without.out
+    assert (
+        "  warning: entities of types these schemas do not define are kept, but no tool reaches them: " in without.out
+    )
+    assert "Widget (2 live)" in without.out and "give verify the same ones" in without.out
+    (report,) = as_json.json_lines()
+    assert as_json.code == 0 and report["ok"] is True and report["problems"] == []
+    assert report["undefinedTypes"] == {"Widget": {"live": 2, "deleted": 0}}
+    assert given.code == 0 and f"{TENANT}: ok" in given.out and "warning" not in given.out
 
 
 def test_verify_of_every_tenant_reports_one_being_restored_as_not_checked_checks_the_others_and_exits_1(

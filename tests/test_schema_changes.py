@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import AGENT, TENANT, held_open, widget_folder, widgets
 
-from server.errors import InvalidId, StorageError, ValidationFailed
+from server.errors import InvalidId, InvalidType, StorageError, ValidationFailed
 from server.schema import SchemaSet, load_schemas
 from server.store import Store, tenants
 from server.store.reindex import rebuild_alone, shape, stale
@@ -511,3 +511,83 @@ def test_an_idempotent_request_retried_after_its_field_changed_type_still_replay
         again = s.do(TENANT, AGENT, request)
         total = s.events(TENANT)["total"]
     assert again["replayed"] is True and again["entity"] == first["entity"] and total == 1
+
+
+# ---- a noun removed from the schemas: its entities are kept, unreachable, and said so ---------------------
+
+
+def widgets_then_removed(tmp_path: Path) -> list[str]:
+    """Three Widgets (one deleted) and a Contact in the tenant, written under schemas that define Widget; the
+    Widgets' ids. Opened afterwards with the built-in schemas alone, Widget is a noun they do not define."""
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string#"')) as s:
+        ids = [make(s, name="one", color="red"), make(s, name="two", color="blue"), make(s, name="three")]
+        s.do(TENANT, AGENT, {"action": "delete", "type": "Widget", "id": ids[2]})
+        s.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})
+    return ids
+
+
+def test_verify_reports_entities_of_a_noun_the_schemas_no_longer_define_with_their_counts_and_still_passes(
+    tmp_path: Path,
+) -> None:
+    widgets_then_removed(tmp_path)
+
+    with Store(tmp_path / "data", load_schemas(), follow_schemas=False) as s:
+        report = s.verify(TENANT)
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string#"'), follow_schemas=False) as s:
+        defined = s.verify(TENANT)
+
+    assert report["ok"] is True and report["problems"] == []
+    assert report["undefinedTypes"] == {"Widget": {"live": 2, "deleted": 1}}
+    assert defined["ok"] is True and "undefinedTypes" not in defined  # (Contact is built in: defined in both)
+
+
+def test_a_server_opening_a_tenant_that_holds_entities_of_a_removed_noun_warns_once_naming_them_and_the_remedy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    widgets_then_removed(tmp_path)
+
+    def undefined() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "do not define" in r.message]
+
+    with caplog.at_level("WARNING"), Store(tmp_path / "data", load_schemas()) as s:
+        s.find(TENANT, "Contact")
+        s.find(TENANT, "Contact")
+        s.do("other", AGENT, {"action": "create", "type": "Contact", "data": {"name": "Bo"}})
+    serving = undefined()
+    caplog.clear()
+    with caplog.at_level("WARNING"), Store(tmp_path / "data", load_schemas(), follow_schemas=False) as s:
+        s.find(TENANT, "Contact")  # (a store that does not serve: the background flush, the CLI's commands)
+
+    (warning,) = serving  # one for the tenant's open, none for the other tenant
+    held = f"tenant {TENANT} holds entities of types the server's schemas do not define: Widget (2 live, 1 deleted)"
+    assert held in warning
+    assert "kept" in warning and "restore each noun's definition" in warning
+    assert undefined() == []
+
+
+def test_fetch_search_and_do_of_a_removed_noun_say_how_many_entities_the_tenant_still_holds(tmp_path: Path) -> None:
+    ids = widgets_then_removed(tmp_path)
+
+    with Store(tmp_path / "data", load_schemas()) as s:
+        refusals = []
+        for call in (
+            lambda: s.get(TENANT, "Widget", ids[0]),
+            lambda: s.find(TENANT, "Widget", filter={"color": "red"}),
+            lambda: s.do(TENANT, AGENT, {"action": "update", "type": "Widget", "id": ids[0], "data": {"color": "x"}}),
+            lambda: s.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": "w"}, "dryRun": True}),
+        ):
+            with pytest.raises(InvalidType) as refused:
+                call()
+            refusals.append(refused.value.message)
+        with pytest.raises(InvalidType) as never_held:
+            s.find(TENANT, "Gizmo")
+        with pytest.raises(InvalidType) as other_tenant:
+            s.find("other", "Widget")
+        their_events = s.events(TENANT, {"type": "Widget.*"})
+
+    for message in refusals:
+        assert message.startswith("unknown type 'Widget': this tenant still holds 3 Widget entities (live or deleted)")
+        assert "schemas no longer define Widget" in message and "valid types: " in message
+    assert never_held.value.message.startswith("unknown type 'Gizmo'; valid types: ")
+    assert other_tenant.value.message.startswith("unknown type 'Widget'; valid types: ")
+    assert their_events["total"] == 4  # as the refusal says: their events are still there to read

@@ -142,6 +142,17 @@ def _why(event: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def undefined_warning(found: dict[str, dict[str, int]]) -> str:
+    """What verify says of entities of types its schemas do not define (not a failure: nothing is damaged)."""
+    from ..store.undefined import describe
+
+    return (
+        f"entities of types these schemas do not define are kept, but no tool reaches them: {describe(found)}; "
+        "if the server runs with --schemas, give verify the same ones; otherwise restore each noun's definition "
+        "to reach them again (or leave it, if they were removed on purpose)"
+    )
+
+
 def _rebuild(name: str, table: Any, in_table: dict[str, Any]) -> str:
     """What can be done about a tenant whose file is damaged, as far as the lakehouse (if read) can tell."""
     if table is not None and name not in in_table:
@@ -262,6 +273,8 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                     f"  (lookup keys and full text of {', '.join(report['builtForOtherSchemas'])} were built for other "
                     "schemas: not checked; `serve` rebuilds them when it opens the tenant)"
                 )
+            if report.get("undefinedTypes"):
+                click.echo(f"  warning: {undefined_warning(report['undefinedTypes'])}")
             if any("lookup key" in p or "full text" in p for p in report["problems"]):
                 click.echo(
                     f"  lookup keys and full text can be rebuilt from the states: headlessly reindex --tenant {name}"

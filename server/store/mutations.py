@@ -36,6 +36,7 @@ from ..timeutil import between_microseconds, format_us, parse_as_of
 from .events import dumps, new_id, render_change
 from .hooks import BeforeContext, HookRejected, Hooks, hook_name
 from .operations import CRUD_ACTIONS, Operation, check_actor
+from .undefined import still_held
 from .writer import Txn
 
 log = logging.getLogger(__name__)
@@ -331,9 +332,13 @@ class Mutator:
     def noun(self, name: str | None) -> Noun:
         if name is None or name not in self.env.schemas:
             valid = ", ".join(self.env.schemas.names())
+            what = (
+                "'type' is required for this action"
+                if name is None
+                else f"unknown type {name!r}{still_held(self.conn, name)}"  # (a noun removed from the schemas)
+            )
             raise InvalidType(
-                (f"unknown type {name!r}" if name is not None else "'type' is required for this action")
-                + f"; valid types: {valid}",
+                f"{what}; valid types: {valid}",
                 hint='Pass one of the nouns as type; fetch {"type": "Schema"} describes them.',
             )
         return self.env.schemas[name]

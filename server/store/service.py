@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidAsOf, InvalidType, LimitExceeded, ValidationFailed
+from ..errors import HeadlesslyError, InvalidAsOf, InvalidType, LimitExceeded, ValidationFailed
 from ..schema import Noun, SchemaSet, load_schemas
 from ..schema.validation import Validators
 from ..timeutil import parse_as_of
@@ -25,6 +25,7 @@ from .operations import MAX_BATCH, Operation, check_actor, parse_operation
 from .patterns import refuse_slow_patterns
 from .sqlite import connect, damage_said, migrate, time_limit
 from .tenants import TenantPool, check_tenant
+from .undefined import still_held
 from .verify import verify_tenant
 from .writer import Txn, Writer, read_head, write_inside_a_write
 
@@ -208,24 +209,38 @@ class Store:
 
     # ---- reads --------------------------------------------------------------------------------
 
-    def noun(self, name: Any) -> Noun:
+    def noun(self, name: Any, tenant: str | None = None) -> Noun:
+        """The noun `name`; refused as unknown, saying what `tenant` still holds of it (a noun removed from the schemas)."""
         if not isinstance(name, str) or name not in self.schemas:
             valid = ", ".join([*self.schemas.names(), "Event", "Schema"])
+            held = self._still_held(tenant, name) if tenant is not None and isinstance(name, str) else ""
             raise InvalidType(
-                f"unknown type {name!r}; valid types: {valid}", hint='fetch {"type": "Schema"} describes every noun.'
+                f"unknown type {name!r}{held}; valid types: {valid}",
+                hint='fetch {"type": "Schema"} describes every noun.',
             )
         return self.schemas[name]
 
+    def _still_held(self, tenant: str, name: str) -> str:
+        """`undefined.still_held` of a tenant that exists; '' when it does not, or cannot be read now (the
+        refusal of the type stands either way)."""
+        try:
+            if not self.pool.exists(tenant):
+                return ""
+            with self._reading(tenant) as conn:
+                return still_held(conn, name)
+        except (HeadlesslyError, sqlite3.Error):
+            return ""
+
     def get(self, tenant: str, type: str, id: str, as_of: str | None = None, version: int | None = None,
             include: list[str] | None = None, fields: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
-        noun = self.noun(type)
+        noun = self.noun(type, tenant)
         with self._reading(tenant, _instant(as_of)) as conn:
             return queries.get_entity(conn, self.schemas, noun, id, as_of, version, include, fields)
 
     def find(self, tenant: str, type: str, filter: Any = None, query: str | None = None, sort: str | None = None,
              limit: int | None = None, cursor: str | None = None, as_of: str | None = None,
              include_deleted: bool = False) -> dict[str, Any]:  # fmt: skip
-        noun = self.noun(type)
+        noun = self.noun(type, tenant)
         reading = self._reading(tenant, _instant(as_of))
         with reading as conn, refuse_slow_patterns(), time_limit(conn, "the search", _NARROW_SEARCH):
             return queries.find(conn, self.schemas, noun, filter, query, sort, limit, cursor, as_of, include_deleted)

@@ -22,6 +22,7 @@ from .checkpoints import Checkpointer
 from .filelock import TenantLock, lock_path
 from .reindex import open_elsewhere, rebuild_alone, stale
 from .sqlite import connect, damaged, migrate
+from .undefined import warn_undefined
 from .writer import Settled, Writer
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class Tenant:
                         f"tenant {name!r} is being re-indexed for other schemas by another process",
                         hint="Run every server on this --data-dir with the same --schemas.",
                     )
+            if follow_schemas:  # (a serving store: not the flush child, which reopens tenants every round)
+                warn_undefined(conn, name, schemas)
             self.writer = Writer(conn, clock, checkpoint_due, tenant=name, settled=settled)
         except BaseException:
             if conn is not None:

@@ -16,6 +16,7 @@ from .mutations import key_rows, search_body
 from .queries import iter_events
 from .reindex import checkable, unique_clashes
 from .sqlite import ENTITY_COUNTS, KEY_COUNTS, migrate
+from .undefined import undefined_types
 
 MAX_PROBLEMS = 100
 PROGRESS_EVERY = 10_000  # events between progress calls
@@ -94,7 +95,8 @@ def verify_tenant(
     conn: sqlite3.Connection, progress: Callable[[int, str], None] | None = None, schemas: SchemaSet | None = None
 ) -> dict[str, Any]:
     """A report: counts, the head hash, and every problem found (at most 100 listed). With `schemas`,
-    also the lookup keys and full text of every noun built for them, re-derived from the states.
+    also the lookup keys and full text of every noun built for them, re-derived from the states, and the
+    types of entities they do not define (`undefinedTypes`, with counts: kept, but no tool reaches them).
 
     Two passes over the log, each holding one event or one entity at a time (memory stays flat however
     large the tenant): the chain in seq order, then each entity's events in version order.
@@ -151,6 +153,9 @@ def verify_tenant(
                 )
         if other:
             report["builtForOtherSchemas"] = other
+        # Not a problem (the log and the states are intact), but no tool reaches them: said, as a warning.
+        if undefined := undefined_types(conn, schemas, ENTITY_COUNTS):
+            report["undefinedTypes"] = undefined
     return {"ok": not problems, **report, "problems": problems}
 
 

@@ -286,7 +286,7 @@ def build_server(
                     )
                 return store.event(caller.tenant, id)
             if id is None:
-                store.noun(type)
+                store.noun(type, caller.tenant)
                 raise InvalidId(f"fetch needs an id: the $id of the {type} to read", hint=f"Search {type} to find ids.")
             return store.get(caller.tenant, type, id, as_of=asOf, version=version, include=include, fields=fields)
 
