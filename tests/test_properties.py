@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 import tempfile
 from collections.abc import Iterator
-from contextlib import closing, contextmanager, suppress
+from contextlib import ExitStack, closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from server.errors import HeadlesslyError, InvalidFilter, NotFound, ValidationFailed
-from server.schema import SchemaSet
+from server.schema import SchemaSet, load_schemas
 from server.store import Store
 
 TENANT = "acme"
@@ -875,3 +875,67 @@ def test_a_search_of_the_past_finds_exactly_the_entities_fetch_shows_as_of_that_
             assert {e["$id"] for e in worded["results"]} == {
                 i for i, e in then.items() if e["title"] == word or e["name"].startswith(word)
             }
+
+
+# ---- (5) values written under another shape of their field -------------------------------------------------
+
+SCALAR_TAGS: list[Any] = ["a", "b", "", '["a","b"]', None]  # (None: no tag)
+LIST_TAGS: list[Any] = [["a", "b"], ["b"], [], ["a", "a"], ['["a","b"]']]
+TAG_VALUES = ["a", "b", "c", "", '["a","b"]', '["b"]']
+TAG_SHAPES = ["string", "string#", "string##", "string[]", "string[]#"]
+
+
+def tag_schemas(root: Path, tag: str) -> SchemaSet:
+    """Widget: a required name and `tag` of the type given (compact notation)."""
+    folder = root / f"schemas-{tag.replace('[]', '-list').replace('#', '-key')}"
+    folder.mkdir(exist_ok=True)
+    (folder / "widgets.json").write_text(f'{{"$domain": "Widgets", "Widget": {{"name": "string!", "tag": "{tag}"}}}}')
+    return load_schemas([folder])
+
+
+@pytest.fixture(scope="module")
+def reshaped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Store, dict[str, Any]]]]:
+    """Per shape of `tag`: a store whose Widgets were written with scalar tags, then with list tags (each under
+    schemas that take them), opened under that shape; and each Widget's tag by name."""
+    root = tmp_path_factory.mktemp("reshaped")
+    with ExitStack() as stack:
+        stores: dict[str, tuple[Store, dict[str, Any]]] = {}
+        for shape in TAG_SHAPES:
+            data, tags = root / shape.replace("[]", "-list").replace("#", "-key"), {}
+            for written, values in (("string", SCALAR_TAGS), ("string[]", LIST_TAGS)):
+                with Store(data, tag_schemas(root, written)) as store:
+                    for tag in values:
+                        name = f"w{len(tags)}"
+                        fields = {"name": name} | ({} if tag is None else {"tag": tag})
+                        store.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": fields})
+                        tags[name] = tag
+            stores[shape] = (stack.enter_context(Store(data, tag_schemas(root, shape))), tags)
+        yield stores
+
+
+def holds_tag(shape: str, tag: Any, value: str) -> bool:
+    """`tag` equals `value` as a field of `shape` reads it: a list field by any element (a lone value is a list
+    of one), a scalar field by its scalar (a list equals nothing)."""
+    if "[]" in shape:
+        return value in (tag if isinstance(tag, list) else [tag])
+    return bool(tag == value)
+
+
+@budget(60)
+@given(shape=st.sampled_from(TAG_SHAPES), values=st.lists(st.sampled_from(TAG_VALUES), min_size=1, max_size=2))
+def test_eq_and_ne_of_a_value_split_the_entities_whatever_shape_their_values_were_written_in(
+    reshaped: dict[str, tuple[Store, dict[str, Any]]], shape: str, values: list[str]
+) -> None:
+    """And $in and $nin of the same values, in a current search and an asOf one alike."""
+    store, tags = reshaped[shape]
+    at = store.events(TENANT, sort="-seq", limit=1)["results"][0]["timestamp"]
+
+    def found(condition: dict[str, Any], **options: Any) -> set[str]:
+        return {e["name"] for e in store.find(TENANT, "Widget", {"tag": condition}, limit=100, **options)["results"]}
+
+    for yes, no, wanted in (("$eq", "$ne", values[:1]), ("$in", "$nin", values)):
+        arg = wanted[0] if yes == "$eq" else wanted
+        expected = {name for name, tag in tags.items() if any(holds_tag(shape, tag, v) for v in wanted)}
+        for options in ({}, {"as_of": at}):
+            assert found({yes: arg}, **options) == expected, (yes, options)
+            assert found({no: arg}, **options) == set(tags) - expected, (no, options)

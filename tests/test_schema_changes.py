@@ -591,3 +591,71 @@ def test_fetch_search_and_do_of_a_removed_noun_say_how_many_entities_the_tenant_
     assert never_held.value.message.startswith("unknown type 'Gizmo'; valid types: ")
     assert other_tenant.value.message.startswith("unknown type 'Widget'; valid types: ")
     assert their_events["total"] == 4  # as the refusal says: their events are still there to read
+
+
+# ---- values written under an older shape of their field (a list where it is a scalar now, or the reverse) ---
+
+
+def matching(store: Store, filter: dict[str, Any], **options: Any) -> list[str]:
+    return sorted(names(store.find(TENANT, "Widget", filter=filter, limit=100, **options)))
+
+
+def every_operator(store: Store, **options: Any) -> dict[str, list[str]]:
+    """What each operator on `tag` finds for the value "a" (now, or `asOf`)."""
+    ops: dict[str, Any] = {"$eq": "a", "$ne": "a", "$in": ["a"], "$nin": ["a"], "$regex": "^a$", "$gte": "a"}
+    found = {op: matching(store, {"tag": {op: arg}}, **options) for op, arg in ops.items()}
+    found["$not $regex"] = matching(store, {"tag": {"$not": {"$regex": "^a$"}}}, **options)
+    found["$eq its text"] = matching(store, {"tag": '["a","b"]'}, **options)  # as SQLite renders a JSON list
+    return found
+
+
+def test_a_list_written_before_its_field_became_an_indexed_scalar_matches_ne_and_never_eq(tmp_path: Path) -> None:
+    """A scalar field's keys and filters see only scalar values: an old list in it equals no value, now or asOf."""
+    with Store(tmp_path / "data", widgets(tmp_path, '"tag": "string[]"')) as s:
+        make(s, name="listed", tag=["a", "b"])
+    with Store(tmp_path / "data", widgets(tmp_path, '"tag": "string##"')) as s:
+        make(s, name="plain", tag="a")  # the list does not hold "a" as a unique value
+        make(s, name="other", tag="c")
+        now = every_operator(s)
+        at = s.events(TENANT, sort="-seq", limit=1)["results"][0]["timestamp"]
+        past = every_operator(s, as_of=at)
+        report = s.verify(TENANT)
+
+    assert now == {
+        "$eq": ["plain"],
+        "$ne": ["listed", "other"],
+        "$in": ["plain"],
+        "$nin": ["listed", "other"],
+        "$regex": ["plain"],
+        "$gte": ["other", "plain"],
+        "$not $regex": ["listed", "other"],
+        "$eq its text": [],
+    }
+    assert past == now
+    assert report["ok"], report["problems"]
+
+
+def test_an_indexed_field_changed_between_list_and_scalar_rebuilds_its_keys_for_the_shape_it_has_now(
+    tmp_path: Path,
+) -> None:
+    """A list field takes a lone value as a list of one; a scalar field takes no list as any of its values."""
+    scalar, listed = widgets(tmp_path, '"tag": "string#"'), widgets(tmp_path, '"tag": "string[]#"')
+    with Store(tmp_path / "data", scalar) as s:
+        make(s, name="single", tag="a")
+    with Store(tmp_path / "data", listed) as s:
+        make(s, name="listed", tag=["a", "b"])
+        as_list = every_operator(s)
+    with Store(tmp_path / "data", scalar) as s:
+        as_scalar = every_operator(s)
+        scalar_ok = s.verify(TENANT)["ok"]
+    with Store(tmp_path / "data", listed) as s:
+        again = every_operator(s)
+        at = s.events(TENANT, sort="-seq", limit=1)["results"][0]["timestamp"]
+        past = every_operator(s, as_of=at)
+        list_ok = s.verify(TENANT)["ok"]
+
+    assert as_list["$eq"] == as_list["$in"] == ["listed", "single"] and as_list["$ne"] == as_list["$nin"] == []
+    assert as_scalar["$eq"] == as_scalar["$in"] == ["single"]
+    assert as_scalar["$ne"] == as_scalar["$nin"] == ["listed"]
+    assert again == past == as_list
+    assert scalar_ok and list_ok

@@ -240,7 +240,7 @@ class FilterCompiler:
             types = "('integer', 'real')" if isinstance(value, (int, float)) else "('text')"
             if col.indexed and self.keys_noun and self._keyable(col, [value]):
                 return self._keyed(col, f"{sql_op} ? AND typeof(value) IN {types}", [value])
-            return self._typed(col, f"{sql_op} ? AND typeof({{x}}) IN {types}", [value])
+            return self._typed(col, f"{sql_op} ? AND typeof({{x}}) IN {types}", [value], equal=False)
         if op != "$ne" and col.indexed and self.keys_noun and self._keyable(col, [value]):
             return self._keyed(col, f"{sql_op} ?", [value])
         inner = self._typed(col, f"{sql_op} ?", [value])
@@ -274,13 +274,15 @@ class FilterCompiler:
         """Lookup keys hold a json field's strings and numbers, not its true/false (SQLite stores those as 1/0)."""
         return col.kind != "json" or not any(isinstance(v, bool) for v in values)
 
-    def _typed(self, col: Column, condition: str, values: list[Any]) -> str:
+    def _typed(self, col: Column, condition: str, values: list[Any], equal: bool = True) -> str:
         """`{field} <condition>` with `values` bound. A json field's condition is equality (`= ?` or
         `IN (...)`) by JSON type too (SQLite reads true and false as 1 and 0, JSON does not), on its
         value or on any element of a list it holds, as its lookup keys answer it."""
         if col.kind != "json":
             self.params.extend(values)
-            return self._scalar(col, f"{{x}} {condition}")
+            # (a list's or an object's JSON text, which json_extract gives for it, starts with [ or {)
+            text_of_a_list = not equal or any(isinstance(v, str) and v.startswith(("[", "{")) for v in values)
+            return self._scalar(col, f"{{x}} {condition}", text_of_a_list)
         if col.array:
             return self._scalar(col, self._json_equal("value", "type", values))
         path = f"'{col.json_path}'"
@@ -309,11 +311,22 @@ class FilterCompiler:
         self.params.extend([self.keys_noun, col.name, *values])
         return f"(id IN (SELECT id FROM entity_keys WHERE type = ? AND field = ? AND value {condition}))"
 
-    def _scalar(self, col: Column, template: str) -> str:
-        """Apply a condition to the field, or to any element of an array field."""
-        if col.array and col.json_path:
-            return f"EXISTS (SELECT 1 FROM json_each(state, '{col.json_path}') WHERE {template.format(x='value')})"
-        return "(" + template.format(x=col.sql) + ")"
+    def _scalar(self, col: Column, template: str, text_of_a_list: bool = True) -> str:
+        """Apply a condition to the field, or to any element of an array field (a lone value is a list of one).
+        A value of another shape (a list where the field is a scalar now, an object) meets no condition: the
+        values compared are the ones its lookup keys list (mutations.field_values), so `$ne` is `$eq`'s opposite.
+        `text_of_a_list`: False when the condition cannot hold for the JSON text of a list or an object."""
+        if col.json_path is None:  # a meta column: one type, never a list
+            return "(" + template.format(x=col.sql) + ")"
+        path = f"'{col.json_path}'"
+        if col.array:
+            return (
+                f"EXISTS (SELECT 1 FROM json_each(state, {path}) WHERE ({template.format(x='value')}) "
+                f"AND type NOT IN ('array', 'object') AND json_type(state, {path}) != 'object')"
+            )
+        if not text_of_a_list:
+            return "(" + template.format(x=col.sql) + ")"
+        return f"(({template.format(x=col.sql)}) AND json_type(state, {path}) NOT IN ('array', 'object'))"
 
     def _glob(self, pattern: str) -> str:
         m = re.fullmatch(r"([A-Z][A-Za-z0-9]*)\.\*", pattern)

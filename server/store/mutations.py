@@ -30,7 +30,7 @@ from ..errors import (
     VersionConflict,
     bounded,
 )
-from ..schema import Noun, SchemaSet
+from ..schema import Field, Noun, SchemaSet
 from ..schema.validation import Validators
 from ..timeutil import between_microseconds, format_us, parse_as_of
 from .events import dumps, new_id, render_change
@@ -1155,17 +1155,20 @@ def key_rows(
 
 
 def index_keys(noun: Noun, state: dict[str, Any]) -> set[tuple[str, Any]]:
-    """`(field, value)` for every string or number of an indexed field of the state (each element of a
-    list). Not a json field's true/false, which SQLite would keep as the numbers 1 and 0."""
-    out: set[tuple[str, Any]] = set()
-    for f in noun.indexed_fields:
-        value = state.get(f.name)
-        if value is None:
-            continue
-        for v in value if isinstance(value, list) else (value,):
-            if isinstance(v, (str, int, float)) and not (f.type == "json" and isinstance(v, bool)):
-                out.add((f.name, v))
-    return out
+    """`(field, value)` for every value an indexed field of the state holds (`field_values`)."""
+    return {(f.name, v) for f in noun.indexed_fields for v in field_values(f, state.get(f.name))}
+
+
+def field_values(field: Field, value: Any) -> list[Any]:
+    """The strings and numbers a stored value holds as the field's current type reads it, which its lookup keys
+    list and its filters compare (filters.FilterCompiler._scalar): a list field's elements (a lone value is a list
+    of one), a scalar field's value, a json field's value or its list's elements. A value of another shape (a list
+    written before the field became a scalar, an object) holds none; nor do a json field's true/false (SQLite
+    would keep them as the numbers 1 and 0)."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list) and (field.array or field.type == "json") else [value]
+    return [v for v in items if isinstance(v, (str, int, float)) and not (field.type == "json" and isinstance(v, bool))]
 
 
 def links_to_check(current: Loaded, fields: dict[str, Any], deleted: bool) -> list[str]:

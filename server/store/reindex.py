@@ -32,7 +32,12 @@ def shape(noun: Noun) -> str:
     """What a noun's key rows and full text are made of (independent of the order of its fields)."""
     # A json field's keys no longer hold true/false (as 1/0, which matched the numbers): the mark makes
     # nouns with an indexed json field rebuild their keys once.
-    keys = sorted([f.name, f.unique, *(["no-flags"] if f.type == "json" else [])] for f in noun.indexed_fields)
+    # A list field keys each element and a scalar field no list (mutations.field_values): the "list" mark makes a
+    # field changed from one to the other rebuild its keys.
+    keys = sorted(
+        [f.name, f.unique, *(["no-flags"] if f.type == "json" else []), *(["list"] if f.array else [])]
+        for f in noun.indexed_fields
+    )
     return json.dumps({"keys": keys, "text": sorted(noun.text_fields)}, separators=(",", ":"))
 
 
