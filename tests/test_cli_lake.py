@@ -20,9 +20,9 @@ HEADLESSLY = str(Path(sys.executable).parent / "headlessly")
 TENANT = "acme"
 
 
-def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real console script, isolated from any pyiceberg configuration of this machine."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYICEBERG_", "HEADLESSLY_"))}
+def run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real console script, isolated from any pyiceberg configuration of this machine (but `env`'s)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYICEBERG_", "HEADLESSLY_"))} | (env or {})
     env["HOME"] = str(tmp_path)
     return subprocess.run([HEADLESSLY, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
@@ -537,3 +537,41 @@ def test_restore_into_a_fresh_data_dir_reads_a_catalog_named_in_pyiceberg_yaml(t
     assert restored.returncode == 0, restored.stderr
     assert "restored 3 events into tenant acme; verify: ok" in restored.stdout
     assert not (fresh / "lakehouse").exists()  # the catalog named in the yaml was read, no local one made
+
+
+def test_restore_refused_for_a_missing_data_dir_without_a_lakehouse_leaves_no_folder_behind(tmp_path: Path) -> None:
+    """A mistyped --data-dir: the refusal makes nothing, and the folder that was there stays as it was."""
+    typo = tmp_path / "typo"
+    typo.mkdir()
+    missing = typo / "data" / "dir"
+
+    restored = run(tmp_path, "restore", "--tenant", TENANT, "--data-dir", str(missing))
+
+    assert restored.returncode == 2
+    assert f"no lakehouse in {missing} to restore from" in restored.stderr
+    assert list(typo.iterdir()) == []
+
+
+def test_restore_of_a_tenant_a_configured_catalog_lacks_leaves_no_data_dir_behind(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    from server.lake.catalog import catalog_properties
+
+    assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
+    env = pyiceberg_configuration(tmp_path, catalog_properties(data_dir), "pyiceberg_yaml")
+    fresh = tmp_path / "fresh"
+
+    restored = run(tmp_path, "restore", "--tenant", "nobody", "--data-dir", str(fresh), env=env)
+
+    assert restored.returncode == 2 and "the table has no events for tenant 'nobody'" in restored.stderr
+    assert not fresh.exists()
+
+
+def pyiceberg_configuration(tmp_path: Path, properties: dict[str, str], way: str) -> dict[str, str]:
+    """Name pyiceberg's catalog `headlessly` in .pyiceberg.yaml (HOME is tmp_path in run) or in environment
+    variables; returns the environment to run with."""
+    if way == "pyiceberg_yaml":
+        yaml = "".join(f"    {k}: '{v}'\n" for k, v in properties.items())
+        (tmp_path / ".pyiceberg.yaml").write_text("catalog:\n  headlessly:\n" + yaml)
+        return {}
+    return {f"PYICEBERG_CATALOG__HEADLESSLY__{k.upper()}": v for k, v in properties.items()}
