@@ -15,8 +15,8 @@ from .common import (
     fail,
     finite,
     lake_errors,
-    lake_table_if_any,
     main,
+    no_lake_table,
     open_store,
     schemas_option,
     tenant_flag,
@@ -96,14 +96,15 @@ def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...
 @schemas_option
 def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
     """Rebuild a tenant's database from the Iceberg table (events, hashes and state), then verify it."""
+    from ..lake import catalog as cat
     from ..lake.restore import restore_tenant
 
     store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
     try:
         with lake_errors("opening the events table", data_dir):
             _refuse_below_a_file(data_dir)
-            if lake_table_if_any(data_dir) is None:  # (a typo'd data dir: refused with nothing made, not even it)
-                fail(f"no lakehouse in {data_dir} to restore from: `headlessly flush` (or a running server) fills it")
+            if cat.existing_table(data_dir) is None:  # (a typo'd data dir: refused with nothing made, not even it)
+                fail(f"{no_lake_table(data_dir)} to restore from: `headlessly flush` (or a running server) fills it")
         label = f"restoring {tenant}"
         lines = not sys.stderr.isatty()  # where a bar cannot be redrawn (a log, CI): a line per tenth of the way
         said = [0]
@@ -222,12 +223,13 @@ def lake_maintain(retain_days: float, orphan_hours: float, open_day_files: int, 
     and superseded snapshots, prune old metadata, remove orphan files."""
     from datetime import timedelta
 
+    from ..lake import catalog as cat
     from ..lake.maintain import maintain
 
     with lake_errors("maintaining the events table", data_dir):
-        table = lake_table_if_any(data_dir)
+        table = cat.existing_table(data_dir)
         if table is None:
-            fail(f"no lakehouse in {data_dir}: `headlessly flush` (or a running server) makes and fills it")
+            fail(f"{no_lake_table(data_dir)}: `headlessly flush` (or a running server) makes and fills it")
         report = maintain(
             table,
             timedelta(days=retain_days),
