@@ -10,6 +10,7 @@ import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,9 +21,9 @@ HEADLESSLY = str(Path(sys.executable).parent / "headlessly")
 TENANT = "acme"
 
 
-def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real console script, isolated from any pyiceberg configuration of this machine."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYICEBERG_", "HEADLESSLY_"))}
+def run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real console script, isolated from any pyiceberg configuration of this machine (but `env`'s)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYICEBERG_", "HEADLESSLY_"))} | (env or {})
     env["HOME"] = str(tmp_path)
     return subprocess.run([HEADLESSLY, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
@@ -537,3 +538,126 @@ def test_restore_into_a_fresh_data_dir_reads_a_catalog_named_in_pyiceberg_yaml(t
     assert restored.returncode == 0, restored.stderr
     assert "restored 3 events into tenant acme; verify: ok" in restored.stdout
     assert not (fresh / "lakehouse").exists()  # the catalog named in the yaml was read, no local one made
+
+
+def test_restore_refused_for_a_missing_data_dir_without_a_lakehouse_leaves_no_folder_behind(tmp_path: Path) -> None:
+    """A mistyped --data-dir: the refusal makes nothing, and the folder that was there stays as it was."""
+    typo = tmp_path / "typo"
+    typo.mkdir()
+    missing = typo / "data" / "dir"
+
+    restored = run(tmp_path, "restore", "--tenant", TENANT, "--data-dir", str(missing))
+
+    assert restored.returncode == 2
+    assert f"no lakehouse in {missing} to restore from" in restored.stderr
+    assert list(typo.iterdir()) == []
+
+
+def test_restore_of_a_tenant_a_configured_catalog_lacks_leaves_no_data_dir_behind(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    from server.lake.catalog import catalog_properties
+
+    assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
+    env = pyiceberg_configuration(tmp_path, catalog_properties(data_dir), "pyiceberg_yaml")
+    fresh = tmp_path / "fresh"
+
+    restored = run(tmp_path, "restore", "--tenant", "nobody", "--data-dir", str(fresh), env=env)
+
+    assert restored.returncode == 2 and "the table has no events for tenant 'nobody'" in restored.stderr
+    assert not fresh.exists()
+
+
+def pyiceberg_configuration(tmp_path: Path, properties: dict[str, str], way: str) -> dict[str, str]:
+    """Name pyiceberg's catalog `headlessly` in .pyiceberg.yaml (HOME is tmp_path in run) or in environment
+    variables; returns the environment to run with."""
+    if way == "pyiceberg_yaml":
+        yaml = "".join(f"    {k}: '{v}'\n" for k, v in properties.items())
+        (tmp_path / ".pyiceberg.yaml").write_text("catalog:\n  headlessly:\n" + yaml)
+        return {}
+    return {f"PYICEBERG_CATALOG__HEADLESSLY__{k.upper()}": v for k, v in properties.items()}
+
+
+def an_empty_catalog(lake: Path) -> Any:
+    """A SQL catalog on SQLite under `lake`, with its own tables but no namespace or table (one nothing was
+    flushed to yet, or another tool's)."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from server.lake.catalog import catalog_properties
+
+    (lake / "lakehouse" / "warehouse").mkdir(parents=True)
+    return SqlCatalog("headlessly", **catalog_properties(lake))
+
+
+@pytest.mark.parametrize("way", ["pyiceberg_yaml", "environment"])
+def test_verify_with_a_configured_catalog_without_the_events_table_compares_nothing_and_creates_nothing(
+    tmp_path: Path, data_dir: Path, way: str
+) -> None:
+    from server.lake.catalog import catalog_properties
+
+    shared = tmp_path / "shared"
+    catalog = an_empty_catalog(shared)
+    env = pyiceberg_configuration(tmp_path, catalog_properties(shared), way)
+
+    checked = run(tmp_path, "verify", "--data-dir", str(data_dir), env=env)
+
+    assert catalog.list_namespaces() == []
+    assert not (data_dir / "lakehouse").exists()
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "acme: ok: 3 events, 2 entities, head " in checked.stdout  # as with no lakehouse: no "flushed up to"
+
+
+def test_verify_with_a_configured_sqlite_catalog_whose_file_is_not_there_makes_no_catalog(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    from server.lake.catalog import catalog_properties
+
+    shared = tmp_path / "shared"
+    (shared / "lakehouse" / "warehouse").mkdir(parents=True)
+    env = pyiceberg_configuration(tmp_path, catalog_properties(shared), "pyiceberg_yaml")
+
+    checked = run(tmp_path, "verify", "--data-dir", str(data_dir), env=env)
+
+    assert not (shared / "lakehouse" / "catalog.db").exists()
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "acme: ok: 3 events, 2 entities, head " in checked.stdout
+
+
+@pytest.mark.parametrize("way", ["pyiceberg_yaml", "environment"])
+def test_events_from_the_lake_restore_and_maintain_refuse_a_configured_catalog_without_the_events_table_and_create_none(
+    tmp_path: Path, data_dir: Path, way: str
+) -> None:
+    from server.lake.catalog import catalog_properties
+
+    shared = tmp_path / "shared"
+    catalog = an_empty_catalog(shared)
+    env = pyiceberg_configuration(tmp_path, catalog_properties(shared), way)
+    fresh = tmp_path / "fresh"
+
+    results = {
+        "events": run(tmp_path, "events", "--tenant", TENANT, "--from-lake", "--data-dir", str(data_dir), env=env),
+        "restore": run(tmp_path, "restore", "--tenant", TENANT, "--data-dir", str(fresh), env=env),
+        "maintain": run(tmp_path, "lake", "maintain", "--data-dir", str(data_dir), env=env),
+    }
+
+    assert catalog.list_namespaces() == []
+    assert not fresh.exists() and not (data_dir / "lakehouse").exists()
+    for name, result in results.items():
+        assert result.returncode == 2, (name, result.stdout, result.stderr)
+        assert "no events table in the catalog `headlessly` that pyiceberg's configuration names" in result.stderr
+        assert "`headlessly flush`" in result.stderr and "Traceback" not in result.stderr, name
+
+
+def test_verify_events_from_the_lake_and_restore_leave_a_local_catalog_without_the_events_table_without_one(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    catalog = an_empty_catalog(data_dir)  # as `lake register` with nothing to register leaves it
+
+    checked = run(tmp_path, "verify", "--data-dir", str(data_dir))
+    listed = run(tmp_path, "events", "--tenant", TENANT, "--from-lake", "--data-dir", str(data_dir))
+    restored = run(tmp_path, "restore", "--tenant", "beta", "--data-dir", str(data_dir))
+
+    assert catalog.list_namespaces() == []
+    assert checked.returncode == 0 and "acme: ok: 3 events, 2 entities, head " in checked.stdout
+    assert listed.returncode == 2 and f"no lakehouse in {data_dir}: `headlessly flush`" in listed.stderr
+    assert restored.returncode == 2 and f"no lakehouse in {data_dir} to restore from" in restored.stderr

@@ -412,6 +412,23 @@ def test_restoring_a_tenant_the_table_does_not_have_is_refused_and_creates_nothi
     assert not fresh.pool.exists("nobody")
 
 
+def test_restoring_from_a_catalog_without_the_events_table_is_refused_and_creates_none(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    empty = tmp_path / "empty"
+    (empty / "lakehouse" / "warehouse").mkdir(parents=True)
+    catalog = SqlCatalog(cat.CATALOG, **cat.catalog_properties(empty))  # its own tables, no namespace or table
+    use_the_lake_of(empty, monkeypatch)
+
+    with pytest.raises(ValidationFailed) as exc:
+        restore_tenant(store, TENANT)
+
+    assert catalog.list_namespaces() == []
+    assert "no events table" in exc.value.message
+
+
 def lose_the_last_event(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return []
 

@@ -17,9 +17,9 @@ from .common import (
     fail,
     lake_errors,
     lake_failure,
-    lake_table_if_any,
     log,
     main,
+    no_lake_table,
     open_store,
     print_table,
     schemas_option,
@@ -77,9 +77,9 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
         from ..lake.history import lake_events
 
         with lake_errors("reading the events table", data_dir):
-            table = lake_table_if_any(data_dir)
+            table = cat.existing_table(data_dir)
             if table is None:
-                fail(f"no lakehouse in {data_dir}: `headlessly flush` (or a running server) fills it")
+                fail(f"{no_lake_table(data_dir)}: `headlessly flush` (or a running server) fills it")
             in_table = cat.watermarks(table)
             if tenant not in in_table:
                 fail(
@@ -183,11 +183,11 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
         in_table: dict[str, tuple[int, str]] = {}
         table = None
         try:
-            table = None if no_lake else lake_table_if_any(data_dir)
-            if table is not None:
+            if not no_lake:
                 from ..lake import catalog as cat
 
-                in_table = cat.watermarks(table)
+                table = cat.existing_table(data_dir)  # (none: nothing to compare, and none is made)
+                in_table = cat.watermarks(table) if table is not None else {}
         except Exception as exc:  # the logs are still checked: say why the table is not
             log.debug("opening the lakehouse failed", exc_info=True)
             table, ok = None, False

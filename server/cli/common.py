@@ -214,17 +214,16 @@ def main() -> None:
     os.umask(0o077)  # tenant files, tokens and the lakehouse are this user's alone, whatever folder they are in
 
 
-def lake_table_if_any(data_dir: Path) -> Any:
-    """The events table when a lakehouse is configured or exists locally; None otherwise."""
-    from pyiceberg.utils.config import Config
-
+def no_lake_table(data_dir: Path) -> str:
+    """Where a command that only reads the events table found none (and made none)."""
     from ..lake import catalog as cat
 
-    configured = bool(Config().get_catalog_config(cat.CATALOG))  # (its environment, .pyiceberg.yaml: as load reads)
-    if not configured and not (data_dir / "lakehouse" / "catalog.db").exists() and not cat.newest_metadata(data_dir):
-        return None  # (a warehouse without its catalog is opened, to be refused as such)
-
-    return cat.open_table(data_dir)
+    if cat.configured():
+        return (
+            "no events table in the catalog `headlessly` that pyiceberg's configuration names "
+            "(.pyiceberg.yaml or PYICEBERG_CATALOG__HEADLESSLY__*)"
+        )
+    return f"no lakehouse in {data_dir}"
 
 
 def short(value: Any, width: int = 60) -> str:

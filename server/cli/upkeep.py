@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 import click
 
-from ..config import OPEN_DAY_FILES, Config, private_dir
+from ..config import OPEN_DAY_FILES, Config
 from .common import (
     data_dir_option,
     existing_data_dir_option,
     fail,
     finite,
     lake_errors,
-    lake_table_if_any,
     main,
+    no_lake_table,
     open_store,
     schemas_option,
     tenant_flag,
@@ -95,14 +96,15 @@ def flush(tenants: tuple[str, ...], data_dir: Path, schema_dirs: tuple[Path, ...
 @schemas_option
 def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
     """Rebuild a tenant's database from the Iceberg table (events, hashes and state), then verify it."""
+    from ..lake import catalog as cat
     from ..lake.restore import restore_tenant
 
     store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
     try:
         with lake_errors("opening the events table", data_dir):
-            private_dir(data_dir)  # (restore makes a missing data dir; one below a file is the data dir's failure)
-            if lake_table_if_any(data_dir) is None:  # (opening it would make an empty one: a typo'd data dir)
-                fail(f"no lakehouse in {data_dir} to restore from: `headlessly flush` (or a running server) fills it")
+            _refuse_below_a_file(data_dir)
+            if cat.existing_table(data_dir) is None:  # (a typo'd data dir: refused with nothing made, not even it)
+                fail(f"{no_lake_table(data_dir)} to restore from: `headlessly flush` (or a running server) fills it")
         label = f"restoring {tenant}"
         lines = not sys.stderr.isatty()  # where a bar cannot be redrawn (a log, CI): a line per tenth of the way
         said = [0]
@@ -129,6 +131,13 @@ def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Pat
         store.close()
     click.echo(f"restored {count} events into tenant {tenant}; verify: {'ok' if report['ok'] else 'FAILED'}")
     sys.exit(0 if report["ok"] else 1)
+
+
+def _refuse_below_a_file(path: Path) -> None:
+    """Raise the NotADirectoryError that making `path` would meet below a file (the data dir's failure, not
+    the lakehouse's), without making it: restore makes a missing data dir only when it has events to write."""
+    with suppress(FileNotFoundError):
+        path.stat()
 
 
 @main.command()
@@ -214,12 +223,13 @@ def lake_maintain(retain_days: float, orphan_hours: float, open_day_files: int, 
     and superseded snapshots, prune old metadata, remove orphan files."""
     from datetime import timedelta
 
+    from ..lake import catalog as cat
     from ..lake.maintain import maintain
 
     with lake_errors("maintaining the events table", data_dir):
-        table = lake_table_if_any(data_dir)
+        table = cat.existing_table(data_dir)
         if table is None:
-            fail(f"no lakehouse in {data_dir}: `headlessly flush` (or a running server) makes and fills it")
+            fail(f"{no_lake_table(data_dir)}: `headlessly flush` (or a running server) makes and fills it")
         report = maintain(
             table,
             timedelta(days=retain_days),

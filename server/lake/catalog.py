@@ -54,15 +54,20 @@ def catalog_properties(data_dir: Path) -> dict[str, str]:
     }
 
 
-def load(data_dir: Path) -> Any:
-    """The `headlessly` catalog: pyiceberg's own configuration (.pyiceberg.yaml,
-    PYICEBERG_CATALOG__HEADLESSLY__*) when it names one, else the local SQL catalog."""
-    from pyiceberg.catalog import load_catalog
+def configured() -> dict[str, Any] | None:
+    """The `headlessly` catalog's properties in pyiceberg's own configuration (.pyiceberg.yaml,
+    PYICEBERG_CATALOG__HEADLESSLY__*), read now, not as of pyiceberg's import; None when it names none."""
     from pyiceberg.utils.config import Config
 
-    configured = Config().get_catalog_config(CATALOG)  # read now, not as of pyiceberg's import
-    if configured:
-        return load_catalog(CATALOG, **cast(dict[str, Any], configured))
+    return cast(dict[str, Any] | None, Config().get_catalog_config(CATALOG)) or None
+
+
+def load(data_dir: Path) -> Any:
+    """The `headlessly` catalog: pyiceberg's own configuration when it names one, else the local SQL catalog."""
+    from pyiceberg.catalog import load_catalog
+
+    if properties := configured():
+        return load_catalog(CATALOG, **properties)
     lake = data_dir / "lakehouse"
     private_dir(lake / "warehouse")
     with _local_lock(lake):  # the SQL catalog creates its tables on first use: one process at a time
@@ -73,9 +78,7 @@ def open_table(data_dir: Path) -> Any:
     """The events table of this data dir's catalog, created on first use; with the local catalog,
     first use is serialized across processes by a file lock (its SQL has check-then-create races), and a
     table outside this data dir's warehouse (the data dir was copied or moved) is refused before it is read."""
-    from pyiceberg.utils.config import Config
-
-    if Config().get_catalog_config(CATALOG):
+    if configured():
         return events_table(load(data_dir))
     if not (data_dir / "lakehouse" / "catalog.db").exists() and (left := newest_metadata(data_dir)) is not None:
         _refuse_lost(data_dir, left)  # (before load, which would make an empty catalog)
@@ -91,6 +94,91 @@ def open_table(data_dir: Path) -> Any:
         return table
 
 
+def existing_table(data_dir: Path) -> Any | None:
+    """The events table when the catalog has it, else None. Unlike open_table it makes nothing (no catalog
+    database, none of a SQL catalog's own tables, no namespace, no table): for the commands that only read
+    the table. A local catalog is refused as open_table refuses it (lost, or another data dir's)."""
+    if properties := configured():
+        catalog = _configured_to_read(properties)
+        return None if catalog is None else _table_if_any(catalog)
+    catalog = _local_to_read(data_dir)
+    stored = None if catalog is None else _stored_metadata_location(catalog)
+    if catalog is None or stored is None:
+        if (left := newest_metadata(data_dir)) is not None:
+            _refuse_lost(data_dir, left)
+        return None
+    _refuse_foreign(data_dir, stored, stored)
+    table = catalog.load_table(f"{NAMESPACE}.{TABLE}")
+    _refuse_foreign(data_dir, table.metadata_location, table.location())
+    return table
+
+
+_READ_ONLY = {"init_catalog_tables": "false"}  # a SQL catalog without its own tables is left without them
+
+
+def _local_to_read(data_dir: Path) -> Any | None:
+    """The local catalog opened to read; None when it has no database (opening it would make one)."""
+    from pyiceberg.catalog import load_catalog
+
+    if not (data_dir / "lakehouse" / "catalog.db").exists():
+        return None
+    return load_catalog(CATALOG, **catalog_properties(data_dir), **_READ_ONLY)
+
+
+def _configured_to_read(properties: dict[str, Any]) -> Any | None:
+    """The configured catalog opened to read; None for a SQLite one whose file is not there (opening it would
+    make one)."""
+    from pyiceberg.catalog import load_catalog
+
+    if _is_sql(properties):
+        file = _sqlite_file(str(properties.get("uri", "")))
+        if file is not None and not Path(file).exists():
+            return None
+        properties = {**properties, **_READ_ONLY}
+    return load_catalog(CATALOG, **properties)
+
+
+def _is_sql(properties: dict[str, Any]) -> bool:
+    """Whether pyiceberg makes these properties a SQL catalog (a type given, or one it infers from the URI)."""
+    kind = properties.get("type")
+    if kind or properties.get("py-catalog-impl"):
+        return str(kind).lower() == "sql"
+    return str(properties.get("uri", "")).startswith(("sqlite", "postgresql"))
+
+
+def _sqlite_file(uri: str) -> str | None:
+    """The file a SQLite URI names (a plain path, or a `file:` URI's); None for another database or memory."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    name = url.database
+    if url.get_backend_name() != "sqlite" or not name or name == ":memory:" or url.query.get("mode") == "memory":
+        return None
+    if url.query.get("uri") and name.startswith("file:"):
+        return urllib.parse.unquote(urllib.parse.urlparse(name).path)
+    return name
+
+
+def _table_if_any(catalog: Any) -> Any | None:
+    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+    if _without_its_own_tables(catalog):
+        return None
+    try:
+        return catalog.load_table(f"{NAMESPACE}.{TABLE}")
+    except (NoSuchTableError, NoSuchNamespaceError):
+        return None
+
+
+def _without_its_own_tables(catalog: Any) -> bool:
+    """Whether this is a SQL catalog whose database lacks the SQL tables it lists its own tables in (one
+    opened with _READ_ONLY, which does not make them)."""
+    from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
+    from sqlalchemy import inspect
+
+    return isinstance(catalog, SqlCatalog) and not inspect(catalog.engine).has_table(IcebergTables.__tablename__)
+
+
 def _stored_metadata_location(catalog: Any) -> str | None:
     """Where the local catalog says the events table's current metadata file is, without reading it (the
     file may be gone with the data dir it was written in); None when the catalog has no such table."""
@@ -98,6 +186,8 @@ def _stored_metadata_location(catalog: Any) -> str | None:
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
+    if _without_its_own_tables(catalog):
+        return None
     with Session(catalog.engine) as session:
         found: str | None = session.scalar(
             select(IcebergTables.metadata_location).where(
@@ -156,9 +246,7 @@ def _refuse_lost(data_dir: Path, metadata: Path) -> None:
 def register(data_dir: Path) -> tuple[Any, Path]:
     """Register the events table left in this data dir's warehouse (its newest metadata file) with a local
     catalog that has none; StorageError when there is nothing to register or the catalog has a table."""
-    from pyiceberg.utils.config import Config
-
-    if Config().get_catalog_config(CATALOG):
+    if configured():
         raise StorageError(
             "pyiceberg's configuration names the catalog here: register works on the local catalog "
             "(lakehouse/catalog.db) only; nothing was changed",

@@ -61,7 +61,13 @@ def restore_tenant(
     The database is built and checked beside the live file and only then moved into place; the replaced
     file is kept beside it as `<tenant>.db.replaced-<time>`. From the build on, the tenant's lock file is
     held exclusive, so no server can open the file being replaced."""
-    table = cat.open_table(store.data_dir)
+    table = cat.existing_table(store.data_dir)  # (opened to read: a catalog without it is not given one)
+    if table is None:
+        raise ValidationFailed(
+            f"there is no events table to restore tenant {tenant!r} from",
+            hint="Check the catalog (<data-dir>/lakehouse, or the one pyiceberg's configuration names); "
+            "`headlessly flush` (or a running server) makes and fills the table.",
+        )
     path = tenant_path(store.data_dir, tenant)
     store.pool.forget(tenant)  # our own connections
     _refuse(path, tenant, overwrite)  # early, before reading the table
