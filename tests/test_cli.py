@@ -559,6 +559,21 @@ def test_verify_warns_of_entities_of_nouns_its_schemas_do_not_define_and_still_e
     assert given.code == 0 and f"{TENANT}: ok" in given.out and "warning" not in given.out
 
 
+def test_reindex_says_verifys_warning_of_entities_of_nouns_its_schemas_do_not_define(
+    tmp_path: Path, data_dir: Path, history: History
+) -> None:
+    folder = widget_folder(tmp_path, '"color": "string#"')
+    with Store(data_dir, load_schemas([folder])) as store:
+        store.do(TENANT, AGENT, {"action": "create", "type": "Widget", "data": {"name": "one"}})
+
+    result = run("reindex", "--tenant", TENANT, cwd=tmp_path, data_dir=data_dir)
+
+    assert result.code == 0, result.out + result.err
+    assert f"nouns in tenant {TENANT}; verify: ok\n" in result.out
+    assert "  warning: entities of types these schemas do not define are kept" in result.out
+    assert "Widget (1 live)" in result.out
+
+
 def test_verify_of_every_tenant_reports_one_being_restored_as_not_checked_checks_the_others_and_exits_1(
     data_dir: Path, schemas: SchemaSet, clock: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,6 +26,7 @@ from .common import (
     short,
     tenant_flag,
     time_flag,
+    undefined_warning,
     verify_progress,
 )
 
@@ -140,17 +141,6 @@ def _why(event: dict[str, Any]) -> str:
     if event.get("causedBy"):
         parts.append(f"caused by {event['causedBy']}")
     return "; ".join(parts)
-
-
-def undefined_warning(found: dict[str, dict[str, int]]) -> str:
-    """What verify says of entities of types its schemas do not define (not a failure: nothing is damaged)."""
-    from ..store.undefined import describe
-
-    return (
-        f"entities of types these schemas do not define are kept, but no tool reaches them: {describe(found)}; "
-        "if the server runs with --schemas, give verify the same ones; otherwise restore each noun's definition "
-        "to reach them again (or leave it, if they were removed on purpose)"
-    )
 
 
 def _rebuild(name: str, table: Any, in_table: dict[str, Any]) -> str:

@@ -258,3 +258,22 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 def verify_progress(tenant: str) -> Callable[[int, str], None]:
     """What `store.verify` reports as it goes: a line on stderr as it starts, and every 10,000 events of each pass."""
     return lambda n, what: click.echo(f"  {tenant}: {f'{n} events ' if n else ''}{what}", err=True)
+
+
+def undefined_warning(found: dict[str, dict[str, int]]) -> str:
+    """What verify says of entities of types its schemas do not define (not a failure: nothing is damaged)."""
+    from ..store.undefined import describe
+
+    return (
+        f"entities of types these schemas do not define are kept, but no tool reaches them: {describe(found)}; "
+        "if the server runs with --schemas, give verify the same ones; otherwise restore each noun's definition "
+        "to reach them again (or leave it, if they were removed on purpose)"
+    )
+
+
+def echo_verify(report: dict[str, Any]) -> None:
+    """The problems and warnings of a verify run after a command (each on its own line, indented)."""
+    for problem in report["problems"]:
+        click.echo(f"  - {problem}")
+    if report.get("undefinedTypes"):
+        click.echo(f"  warning: {undefined_warning(report['undefinedTypes'])}")

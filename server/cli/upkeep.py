@@ -11,6 +11,7 @@ import click
 from ..config import OPEN_DAY_FILES, Config
 from .common import (
     data_dir_option,
+    echo_verify,
     existing_data_dir_option,
     fail,
     finite,
@@ -130,6 +131,7 @@ def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Pat
     finally:
         store.close()
     click.echo(f"restored {count} events into tenant {tenant}; verify: {'ok' if report['ok'] else 'FAILED'}")
+    echo_verify(report)
     sys.exit(0 if report["ok"] else 1)
 
 
@@ -180,8 +182,7 @@ def reindex(tenant: str, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
     click.echo(
         f"rebuilt the lookup keys and full text of {len(nouns)} nouns in tenant {tenant}; verify: {'ok' if report['ok'] else 'FAILED'}"
     )
-    for problem in report["problems"]:
-        click.echo(f"  - {problem}")
+    echo_verify(report)
     sys.exit(0 if report["ok"] else 1)
 
 
