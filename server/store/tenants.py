@@ -387,7 +387,7 @@ class TenantPool:
     def _lease_closing(self, name: str) -> Tenant:
         """A lease while the pool closes: on a tenant it is closing (whose write in flight may read it), or none."""
         assert self._closing is not None
-        tenant = self._closing.get(name)
+        tenant = self._closing.get(name) or self._open.get(name)  # (the latter while close waits for opens)
         if tenant is None:
             raise StorageError(
                 f"tenant {name!r} cannot be opened: the server is shutting down; nothing was read or written",
