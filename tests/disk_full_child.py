@@ -130,9 +130,26 @@ def group_failing_at_commit(data_dir: Path) -> dict[str, Any]:
                 "seqs": seqs(store), "verify": store.verify(TENANT)}  # fmt: skip
 
 
+def group_undone_whole_mid_statement(data_dir: Path) -> dict[str, Any]:
+    """A group whose second job changes so many pages that its savepoint journal spills to a temporary file,
+    which cannot grow: SQLite then undoes the whole transaction, not only that job."""
+    with Store(data_dir) as store:
+        small = [create(store, f"small{i}")["entity"]["$id"] for i in range(2)]
+        many = store.do(TENANT, AGENT, {"operations": [
+            {"action": "create", "type": "Contact", "data": {"name": f"m{i} " + "x" * 200}} for i in range(300)
+        ]})["results"]  # fmt: skip
+        big = {"operations": [update(r["entity"]["$id"], "during") for r in many]}
+        # Far below the log's size: no commit can append to it, and the spilled journal fails at this size.
+        failed = in_one_group(store, [update(small[0], "during"), big, update(small[1], "during")], 90_000)
+        titles = [store.get(TENANT, "Contact", i).get("title") for i in [small[0], many[0]["entity"]["$id"], small[1]]]
+        later = outcome(lambda: store.do(TENANT, AGENT, update(small[0], "after")))
+        return {"failed": failed, "titles_after_failure": titles, "later": later, "verify": store.verify(TENANT)}
+
+
 SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "single_write": single_write,
     "group_failing_at_commit": group_failing_at_commit,
+    "group_undone_whole_mid_statement": group_undone_whole_mid_statement,
 }
 
 if __name__ == "__main__":

@@ -64,3 +64,12 @@ def test_every_write_of_a_group_whose_commit_finds_the_disk_full_is_told_so_and_
     assert all("ok" in later for later in seen["later"]), seen["later"]
     assert seen["seqs"] == list(range(1, 9)), "the four creates, then the four later updates: no gap"
     assert_verified(seen["verify"])
+
+
+def test_a_group_that_sqlite_undoes_whole_for_lack_of_room_tells_every_write_in_it_so(tmp_path: Path) -> None:
+    seen = run_child("group_undone_whole_mid_statement", tmp_path / "data")
+    for failed in seen["failed"]:
+        assert_no_room(failed)
+    assert seen["titles_after_failure"] == [None] * 3
+    assert "ok" in seen["later"], seen["later"]
+    assert_verified(seen["verify"])

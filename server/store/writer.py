@@ -367,9 +367,12 @@ class Writer:
                 job.done = True
                 continue
             except BaseException as exc:
-                job.error = _translate(exc, self._tenant)
+                job.error, job.done = _translate(exc, self._tenant), True
+                if not conn.in_transaction:  # SQLite undid the whole group (a full disk, an I/O error mid-statement)
+                    self._head = start
+                    _fail_all([other for other in group if not other.done], exc, self._tenant)
+                    return
                 self._undo_job(single)
-                job.done = True
                 if single:
                     return
                 continue
