@@ -7,6 +7,7 @@ hard one, in the same process, is space coming back. Each scenario prints one JS
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import sys
 import threading
@@ -146,10 +147,71 @@ def group_undone_whole_mid_statement(data_dir: Path) -> dict[str, Any]:
         return {"failed": failed, "titles_after_failure": titles, "later": later, "verify": store.verify(TENANT)}
 
 
+def batch_and_idempotency_key(data_dir: Path) -> dict[str, Any]:
+    """A batch, and a write with an idempotencyKey, that find the disk full: retried once there is room, each is
+    written then (the key kept nothing of the failed try), and the keyed one replays after that."""
+    batch = {"operations": [{"action": "create", "type": "Contact", "data": {"name": f"b{i}"}} for i in range(3)]}
+    keyed = {"action": "create", "type": "Contact", "data": {"name": "keyed"}, "idempotencyKey": "k1"}
+    with Store(data_dir) as store:
+        create(store, "before")
+        with no_room(largest_file(data_dir)):
+            failed = [outcome(lambda: store.do(TENANT, AGENT, batch)), outcome(lambda: store.do(TENANT, AGENT, keyed))]
+            names_while_full = contact_names(store)
+        later = [outcome(lambda: store.do(TENANT, AGENT, batch)), outcome(lambda: store.do(TENANT, AGENT, keyed))]
+        replayed = store.do(TENANT, AGENT, keyed)
+        return {"failed": failed, "names_while_full": names_while_full, "later": later, "replayed": replayed,
+                "names": contact_names(store), "seqs": seqs(store), "verify": store.verify(TENANT)}  # fmt: skip
+
+
+def first_open(data_dir: Path) -> dict[str, Any]:
+    """A new tenant's first write with no room for its file (0), or for only part of its tables."""
+    seen: dict[str, Any] = {}
+    for limit in (0, 20_000):
+        with Store(data_dir / str(limit)) as store:
+            with no_room(limit):
+                failed = outcome(lambda: create(store, "first"))
+            later = outcome(lambda: create(store, "second"))
+            seen[str(limit)] = {"failed": failed, "later": later, "names": contact_names(store),
+                                "verify": store.verify(TENANT)}  # fmt: skip
+    return seen
+
+
+class Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def checkpoint(data_dir: Path) -> dict[str, Any]:
+    """The background checkpoint (copying the log's pages into the database file) with no room to grow that file."""
+    warnings = Warnings()
+    logging.getLogger("server").addHandler(warnings)
+    with Store(data_dir) as store:
+        create(store, "before")
+        db_size = (data_dir / "tenants" / f"{TENANT}.db").stat().st_size
+        with no_room(db_size):
+            store.pool.checkpoints.request(TENANT)
+            idle = store.pool.checkpoints.wait_idle(WAIT)
+            names_while_full = contact_names(store)
+        create(store, "after")
+        store.pool.checkpoints.request(TENANT)
+        store.pool.checkpoints.wait_idle(WAIT)
+        grown = (data_dir / "tenants" / f"{TENANT}.db").stat().st_size > db_size
+    with Store(data_dir) as store:  # (reopened: reads the database file, and the log's rest)
+        return {"idle": idle, "warnings": warnings.lines, "names_while_full": names_while_full, "grown": grown,
+                "names": contact_names(store), "verify": store.verify(TENANT)}  # fmt: skip
+
+
 SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "single_write": single_write,
     "group_failing_at_commit": group_failing_at_commit,
     "group_undone_whole_mid_statement": group_undone_whole_mid_statement,
+    "batch_and_idempotency_key": batch_and_idempotency_key,
+    "first_open": first_open,
+    "checkpoint": checkpoint,
 }
 
 if __name__ == "__main__":

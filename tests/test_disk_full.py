@@ -73,3 +73,44 @@ def test_a_group_that_sqlite_undoes_whole_for_lack_of_room_tells_every_write_in_
     assert seen["titles_after_failure"] == [None] * 3
     assert "ok" in seen["later"], seen["later"]
     assert_verified(seen["verify"])
+
+
+def test_a_batch_and_a_keyed_write_that_find_the_disk_full_are_written_whole_when_sent_again_with_room(
+    tmp_path: Path,
+) -> None:
+    seen = run_child("batch_and_idempotency_key", tmp_path / "data")
+    for failed in seen["failed"]:
+        assert_no_room(failed)
+    assert seen["names_while_full"] == ["before"]
+    batch, keyed = seen["later"]
+    assert [r["entity"]["name"] for r in batch["ok"]["results"]] == ["b0", "b1", "b2"]
+    assert "replayed" not in keyed["ok"], "the failed try kept no idempotency key"
+    assert seen["replayed"]["replayed"] is True
+    assert seen["replayed"]["entity"]["$id"] == keyed["ok"]["entity"]["$id"]
+    assert seen["names"] == ["b0", "b1", "b2", "before", "keyed"]
+    assert seen["seqs"] == [1, 2, 3, 4, 5]
+    assert_verified(seen["verify"])
+
+
+def test_a_new_tenant_whose_first_open_finds_the_disk_full_says_so_and_opens_whole_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    for limit, seen in run_child("first_open", tmp_path / "data").items():
+        error = seen["failed"]["error"]
+        assert error["error"] == "storage_error" and "cannot be opened: the disk is full" in error["message"], limit
+        assert "free disk space" in error["hint"], (limit, error)
+        assert "ok" in seen["later"], (limit, seen["later"])
+        assert seen["names"] == ["second"], limit
+        assert_verified(seen["verify"])
+
+
+def test_a_background_checkpoint_that_finds_the_disk_full_is_logged_and_a_later_one_catches_up(
+    tmp_path: Path,
+) -> None:
+    seen = run_child("checkpoint", tmp_path / "data")
+    assert seen["idle"] is True
+    assert any("background checkpoint of tenant acme failed" in line for line in seen["warnings"]), seen["warnings"]
+    assert seen["names_while_full"] == ["before"]
+    assert seen["grown"] is True, "the later checkpoint copied the pages into the database file"
+    assert seen["names"] == ["after", "before"]
+    assert_verified(seen["verify"])

@@ -64,18 +64,21 @@ _NO_ROOM = frozenset(
 )
 
 
-def out_of_space(exc: BaseException, tenant: str | None) -> StorageError | None:
-    """The error to give when `exc` is SQLite failing to write a tenant's file for lack of room (else None): the
-    write was undone whole, reads go on, and writes resume by themselves once there is room again."""
+def out_of_space(exc: BaseException, tenant: str | None, opening: bool = False) -> StorageError | None:
+    """The error to give when `exc` is SQLite failing to write a tenant's file for lack of room (else None): a write
+    is undone whole and reads go on; an open (which makes the -wal and -shm files, and a new tenant's tables) fails.
+    Either way the next try succeeds once there is room again."""
     code = getattr(exc, "sqlite_errorcode", None)
     if not isinstance(exc, sqlite3.Error) or code not in _NO_ROOM:
         return None
     which = f"tenant {tenant!r}" if tenant else "the tenant"
+    what = f"{which} cannot be opened" if opening else f"the write to {which} found no room"
     return StorageError(
-        f"the write to {which} found no room: the disk is full, or a file reached its size limit or quota (or the "
-        f"disk failed a write: SQLite said {getattr(exc, 'sqlite_errorname', 'SQLITE_FULL')}); nothing was written",
-        hint="Reads still work. The server's operator must free disk space in the data dir (or raise the limit); "
-        "then send the write again, with no restart needed (with an idempotencyKey, a retry never writes twice).",
+        f"{what}: the disk is full, or a file reached its size limit or quota (or the disk failed a write: SQLite "
+        f"said {getattr(exc, 'sqlite_errorname', 'SQLITE_FULL')}); nothing was written",
+        hint=("" if opening else "Reads still work. ")
+        + "The server's operator must free disk space in the data dir (or raise the limit); then send the request "
+        "again, with no restart needed (with an idempotencyKey, a retry never writes twice).",
     )
 
 
