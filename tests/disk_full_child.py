@@ -205,6 +205,26 @@ def checkpoint(data_dir: Path) -> dict[str, Any]:
                 "names": contact_names(store), "verify": store.verify(TENANT)}  # fmt: skip
 
 
+def lake_flush(data_dir: Path) -> dict[str, Any]:
+    """Background flush rounds with no room for the catalog's file (0), for the Parquet and metadata files (the
+    others), each followed by a round with room: every event must reach the table once."""
+    from server.lake import catalog as cat
+    from server.lake.background import flush_once
+
+    warnings = Warnings()
+    logging.getLogger("server").addHandler(warnings)
+    failed: list[bool] = []
+    with Store(data_dir) as store:
+        for limit in (0, 1_000, 5_000, 8_000):
+            create(store, f"c{limit}")
+            with no_room(limit):
+                failed.append(flush_once(store, None, "background flush")[0] is None)
+            flush_once(store, None, "background flush")
+        table = cat.open_table(data_dir)
+        in_table = sorted(table.scan(selected_fields=("seq",)).to_arrow()["seq"].to_pylist())
+        return {"failed": failed, "warnings": warnings.lines, "in_table": in_table, "head": store.head(TENANT)[0]}
+
+
 SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "single_write": single_write,
     "group_failing_at_commit": group_failing_at_commit,
@@ -212,6 +232,7 @@ SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "batch_and_idempotency_key": batch_and_idempotency_key,
     "first_open": first_open,
     "checkpoint": checkpoint,
+    "lake_flush": lake_flush,
 }
 
 if __name__ == "__main__":

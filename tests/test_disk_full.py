@@ -19,10 +19,15 @@ CHILD_TIMEOUT = 60.0
 
 
 def run_child(scenario: str, data_dir: Path) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    """Run a scenario of disk_full_child.py, with no pyiceberg configuration (.pyiceberg.yaml in ~ or the working
+    directory, PYICEBERG_* variables) to send its lakehouse elsewhere."""
+    home = data_dir.parent / "home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PYICEBERG_")}
+    env |= {"HOME": str(home), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
         [sys.executable, str(CHILD), scenario, str(data_dir)],
-        capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env,
+        capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env, cwd=home,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     seen: dict[str, Any] = json.loads(done.stdout)
@@ -114,3 +119,12 @@ def test_a_background_checkpoint_that_finds_the_disk_full_is_logged_and_a_later_
     assert seen["grown"] is True, "the later checkpoint copied the pages into the database file"
     assert seen["names"] == ["after", "before"]
     assert_verified(seen["verify"])
+
+
+def test_a_lake_flush_that_finds_the_disk_full_is_logged_and_the_next_round_sends_every_event_once(
+    tmp_path: Path,
+) -> None:
+    seen = run_child("lake_flush", tmp_path / "data")
+    assert seen["failed"] == [True] * 4, "each round with no room failed, saying so in the log"
+    assert sum("background flush failed; the next round retries" in line for line in seen["warnings"]) == 4
+    assert seen["in_table"] == list(range(1, seen["head"] + 1)), "every event once: none lost, none twice"
