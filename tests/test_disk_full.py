@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import anyio
+import pytest
+from e2e_helpers import error_of, payload, pipe_transport, stdio_process, verify
+from mcp import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("disk_full_child.py")
@@ -128,3 +134,32 @@ def test_a_lake_flush_that_finds_the_disk_full_is_logged_and_the_next_round_send
     assert seen["failed"] == [True] * 4, "each round with no room failed, saying so in the log"
     assert sum("background flush failed; the next round retries" in line for line in seen["warnings"]) == 4
     assert seen["in_table"] == list(range(1, seen["head"] + 1)), "every event once: none lost, none twice"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_an_agent_over_stdio_is_told_the_disk_is_full_keeps_reading_and_writes_again_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    create = {"action": "create", "type": "Contact", "data": {"name": "x" * 3000}}
+    with anyio.fail_after(60):
+        args = ("--tenant", "acme", "--actor", "agent_disk", "--no-flush")
+        async with stdio_process(data_dir, *args) as process, Client(pipe_transport(process)) as client:
+            first = payload(await client.call_tool("do", create))["entity"]
+            tenants = data_dir / "tenants"
+            size = max(p.stat().st_size for p in tenants.iterdir())
+            _, hard = resource.prlimit(process.pid, resource.RLIMIT_FSIZE)
+            resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (size, hard))  # (CPython ignores SIGXFSZ)
+            assert_no_room({"error": error_of(await client.call_tool("do", create))})
+            read = payload(await client.call_tool("search", {"type": "Contact"}))
+            assert [c["$id"] for c in read["results"]] == [first["$id"]]
+            resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (hard, hard))
+            second = payload(await client.call_tool("do", create))
+            assert second["events"][0]["seq"] == 2
+    done = verify(data_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
