@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import DamagedFile, LimitExceeded
+from ..errors import DamagedFile, LimitExceeded, StorageError
 from .patterns import regexp
 from .words import words_match
 
@@ -54,6 +54,31 @@ def damaged(exc: BaseException, tenant: str | None, writing: bool = False) -> Da
         hint=("Nothing was written. " if writing else "")
         + f"Retrying will not help: the server's operator can check the file with `headlessly verify{flag}` and "
         f"rebuild the tenant from the lakehouse with `headlessly restore{flag} --overwrite`.",
+    )
+
+
+# What SQLite answers when a file cannot grow: SQLITE_FULL for a full disk (ENOSPC), and an I/O error writing,
+# extending or mapping a file for a file size limit (EFBIG), a quota (EDQUOT) or a disk full under the -shm.
+_NO_ROOM = frozenset(
+    {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_WRITE, sqlite3.SQLITE_IOERR_TRUNCATE, sqlite3.SQLITE_IOERR_SHMSIZE}
+)
+
+
+def out_of_space(exc: BaseException, tenant: str | None, opening: bool = False) -> StorageError | None:
+    """The error to give when `exc` is SQLite failing to write a tenant's file for lack of room (else None): a write
+    is undone whole and reads go on; an open (which makes the -wal and -shm files, and a new tenant's tables) fails.
+    Either way the next try succeeds once there is room again."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.Error) or code not in _NO_ROOM:
+        return None
+    which = f"tenant {tenant!r}" if tenant else "the tenant"
+    what = f"{which} cannot be opened" if opening else f"the write to {which} found no room"
+    return StorageError(
+        f"{what}: the disk is full, or a file reached its size limit or quota (or the disk failed a write: SQLite "
+        f"said {getattr(exc, 'sqlite_errorname', 'SQLITE_FULL')}); nothing was written",
+        hint=("" if opening else "Reads still work. ")
+        + "The server's operator must free disk space in the data dir (or raise the limit); then send the request "
+        "again, with no restart needed (with an idempotencyKey, a retry never writes twice).",
     )
 
 

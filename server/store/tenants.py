@@ -21,7 +21,7 @@ from ..schema import SchemaSet
 from .checkpoints import Checkpointer
 from .filelock import TenantLock, lock_path
 from .reindex import open_elsewhere, rebuild_alone, stale
-from .sqlite import connect, damaged, migrate
+from .sqlite import connect, damaged, migrate, out_of_space
 from .undefined import warn_undefined
 from .writer import Settled, Writer
 
@@ -312,7 +312,7 @@ class TenantPool:
                 self._busy[name] = (attempt, exc)
             raise
         except (sqlite3.Error, OSError) as exc:  # OSError: making its folder or its lock file
-            if (damage := damaged(exc, name)) is not None:
+            if (damage := damaged(exc, name) or out_of_space(exc, name, opening=True)) is not None:
                 raise damage from None
             raise StorageError(
                 f"cannot open tenant {name!r} in {path.parent}: {exc}",

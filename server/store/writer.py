@@ -22,7 +22,7 @@ from ..errors import HeadlesslyError, StorageError, TenantBusy, ValidationFailed
 from ..timeutil import MAX_US, format_us, parse_time
 from .checkpoints import EVERY_COMMITS
 from .events import EVENT_ROW_COLUMNS, GENESIS_HASH, EventRow, chain_hash
-from .sqlite import damaged
+from .sqlite import damaged, out_of_space
 
 log = logging.getLogger(__name__)
 
@@ -367,9 +367,12 @@ class Writer:
                 job.done = True
                 continue
             except BaseException as exc:
-                job.error = _translate(exc, self._tenant)
+                job.error, job.done = _translate(exc, self._tenant), True
+                if not conn.in_transaction:  # SQLite undid the whole group (a full disk, an I/O error mid-statement)
+                    self._head = start
+                    _fail_all([other for other in group if not other.done], exc, self._tenant)
+                    return
                 self._undo_job(single)
-                job.done = True
                 if single:
                     return
                 continue
@@ -416,7 +419,7 @@ def _fail_all(jobs: list[_Job[Any]], exc: BaseException, tenant: str | None) -> 
 def _translate(exc: BaseException, tenant: str | None) -> BaseException:
     if isinstance(exc, HeadlesslyError) or not isinstance(exc, sqlite3.Error):
         return exc
-    if (damage := damaged(exc, tenant, writing=True)) is not None:
+    if (damage := damaged(exc, tenant, writing=True) or out_of_space(exc, tenant)) is not None:
         return damage
     return StorageError(
         f"the tenant database refused the write: {exc}",
