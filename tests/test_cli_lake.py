@@ -479,8 +479,26 @@ def test_lake_register_on_a_copied_data_dir_refuses_the_originals_table_and_regi
     assert registered.returncode == 1
     assert f"was written in {(data_dir / 'lakehouse' / 'warehouse').resolve()}" in registered.stderr
     assert "copied or moved; nothing was registered" in registered.stderr
+    assert not (copy / "lakehouse" / "catalog.db").exists()  # refused before a catalog was made
     again = run(tmp_path, "lake", "register", "--data-dir", str(copy))  # nothing was registered the first time
     assert again.returncode == 1 and "nothing was registered" in again.stderr
+
+
+@pytest.mark.usefixtures("no_pyiceberg_config")
+@pytest.mark.parametrize("lakehouse", ["none", "an empty warehouse"])
+def test_lake_register_with_no_table_in_the_warehouse_refuses_and_makes_nothing(
+    tmp_path: Path, data_dir: Path, lakehouse: str
+) -> None:
+    if lakehouse == "an empty warehouse":
+        (data_dir / "lakehouse" / "warehouse").mkdir(parents=True)
+    before = sorted(data_dir.rglob("*"))
+
+    registered = run(tmp_path, "lake", "register", "--data-dir", str(data_dir))
+
+    assert registered.returncode == 1, registered.stdout + registered.stderr
+    warehouse = data_dir / "lakehouse" / "warehouse"
+    assert f"no events table in {warehouse} to register; nothing was changed" in registered.stderr
+    assert sorted(data_dir.rglob("*")) == before  # no lakehouse/, warehouse/ nor catalog.db
 
 
 def test_flush_counts_a_tenant_it_sent_up_to_an_altered_event_among_those_flushed(
