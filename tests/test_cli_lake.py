@@ -586,6 +586,37 @@ def test_restore_of_a_tenant_a_configured_catalog_lacks_leaves_no_data_dir_behin
     assert not fresh.exists()
 
 
+@pytest.mark.usefixtures("no_pyiceberg_config")
+@pytest.mark.parametrize("target", ["missing", "an empty folder"])
+def test_restore_refused_for_an_altered_event_leaves_the_data_dir_as_it_found_it(
+    tmp_path: Path, data_dir: Path, target: str
+) -> None:
+    import pyarrow as pa
+    import pyiceberg.expressions as ex
+
+    from server.lake import catalog as cat
+    from server.lake.restore import read_tenant
+
+    assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
+    table = cat.events_table(cat.load(data_dir))
+    rows = read_tenant(table, TENANT)
+    actors = rows.column("actor").to_pylist()
+    actors[1] = "agent_mallory"  # seq 2 said to be someone else's: its hash no longer follows
+    at = rows.schema.get_field_index("actor")
+    forged = rows.set_column(at, rows.schema.field(at), pa.array(actors, type=rows.schema.field(at).type))
+    table.overwrite(forged, overwrite_filter=ex.EqualTo("tenant", TENANT))
+    env = pyiceberg_configuration(tmp_path, cat.catalog_properties(data_dir), "environment")
+    fresh = tmp_path / "fresh"
+    if target == "an empty folder":
+        fresh.mkdir()
+
+    restored = run(tmp_path, "restore", "--tenant", TENANT, "--data-dir", str(fresh), env=env)
+
+    assert restored.returncode == 2, restored.stdout + restored.stderr
+    assert "(seq 2) was altered" in restored.stderr and "Traceback" not in restored.stderr
+    assert (list(fresh.iterdir()) == []) if target == "an empty folder" else not fresh.exists()
+
+
 def pyiceberg_configuration(tmp_path: Path, properties: dict[str, str], way: str) -> dict[str, str]:
     """Name pyiceberg's catalog `headlessly` in .pyiceberg.yaml (HOME is tmp_path in run) or in environment
     variables; returns the environment to run with."""
