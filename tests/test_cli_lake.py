@@ -710,3 +710,54 @@ def test_verify_events_from_the_lake_and_restore_leave_a_local_catalog_without_t
     assert checked.returncode == 0 and "acme: ok: 3 events, 2 entities, head " in checked.stdout
     assert listed.returncode == 2 and f"no lakehouse in {data_dir}: `headlessly flush`" in listed.stderr
     assert restored.returncode == 2 and f"no lakehouse in {data_dir} to restore from" in restored.stderr
+
+
+@pytest.mark.parametrize("way", ["pyiceberg_yaml", "environment"])
+def test_verify_names_a_configured_sqlite_catalog_file_that_is_not_there_and_still_checks_the_logs(
+    tmp_path: Path, data_dir: Path, way: str
+) -> None:
+    from server.lake.catalog import catalog_properties
+
+    mistyped = tmp_path / "shraed"  # the folder exists, the catalog file in it does not
+    (mistyped / "lakehouse").mkdir(parents=True)
+    env = pyiceberg_configuration(tmp_path, catalog_properties(mistyped), way)
+    file = (mistyped / "lakehouse" / "catalog.db").resolve()
+
+    checked = run(tmp_path, "verify", "--data-dir", str(data_dir), env=env)
+    as_json = run(tmp_path, "verify", "--json", "--data-dir", str(data_dir), env=env)
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    said = (
+        f"lake: not compared with the logs: the catalog file {file} that pyiceberg's configuration names is not there"
+    )
+    assert said in checked.stdout and "PYICEBERG_CATALOG__HEADLESSLY__URI" in checked.stdout
+    assert "acme: ok: 3 events, 2 entities, head " in checked.stdout
+    assert as_json.returncode == 0, as_json.stdout + as_json.stderr
+    lake, acme = (json.loads(line) for line in as_json.stdout.splitlines())
+    assert lake["lake"]["missingCatalogFile"] == str(file) and lake["lake"]["ok"] is True
+    assert str(file) in lake["lake"]["notChecked"]
+    assert acme["tenant"] == TENANT and acme["ok"] is True and "lake" not in acme
+    assert not file.exists()
+
+
+def test_events_from_the_lake_restore_and_maintain_name_a_configured_sqlite_catalog_file_that_is_not_there(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    from server.lake.catalog import catalog_properties
+
+    mistyped = tmp_path / "shraed"
+    env = pyiceberg_configuration(tmp_path, catalog_properties(mistyped), "environment")
+    file = (mistyped / "lakehouse" / "catalog.db").resolve()
+    fresh = tmp_path / "fresh"
+
+    results = {
+        "events": run(tmp_path, "events", "--tenant", TENANT, "--from-lake", "--data-dir", str(data_dir), env=env),
+        "restore": run(tmp_path, "restore", "--tenant", TENANT, "--data-dir", str(fresh), env=env),
+        "maintain": run(tmp_path, "lake", "maintain", "--data-dir", str(data_dir), env=env),
+    }
+
+    for name, result in results.items():
+        assert result.returncode == 2, (name, result.stdout, result.stderr)
+        assert f"the catalog file {file} that pyiceberg's configuration names is not there" in result.stderr, name
+        assert "no events table in the catalog" not in result.stderr and "Traceback" not in result.stderr, name
+    assert not mistyped.exists() and not fresh.exists()

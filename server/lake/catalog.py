@@ -131,11 +131,23 @@ def _configured_to_read(properties: dict[str, Any]) -> Any | None:
     from pyiceberg.catalog import load_catalog
 
     if _is_sql(properties):
-        file = _sqlite_file(str(properties.get("uri", "")))
-        if file is not None and not Path(file).exists():
+        if _missing_file(properties) is not None:
             return None
         properties = {**properties, **_READ_ONLY}
     return load_catalog(CATALOG, **properties)
+
+
+def missing_catalog_file() -> str | None:
+    """The file of the SQLite catalog pyiceberg's configuration names, when it is not there (a mistyped path?):
+    existing_table then finds no table, and the read commands say which file they looked for."""
+    properties = configured()
+    return None if properties is None else _missing_file(properties)
+
+
+def _missing_file(properties: dict[str, Any]) -> str | None:
+    """The absolute path of a SQL catalog's SQLite file when it is not there; None for another catalog."""
+    file = _sqlite_file(str(properties.get("uri", ""))) if _is_sql(properties) else None
+    return None if file is None or Path(file).exists() else os.path.abspath(file)
 
 
 def _is_sql(properties: dict[str, Any]) -> bool:
