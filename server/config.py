@@ -16,15 +16,24 @@ SESSION_IDLE_SECONDS = 1800.0  # how long a session with no request in flight is
 OPEN_DAY_FILES = 100  # files of today (one per flush round with events) that make `lake maintain` compact it
 
 
-def private_dir(path: Path) -> None:
+def private_dir(path: Path) -> list[Path]:
     """Make `path` and any missing parents readable by this user only (0700, less any umask): tenant data,
-    tokens and the lake are not other local users' to read. A directory that exists keeps its mode."""
+    tokens and the lake are not other local users' to read. A directory that exists keeps its mode. Returns
+    the directories this call made, outermost first (not one another process made meanwhile)."""
     missing = []
     while not path.exists():
         missing.append(path)
         path = path.parent
+    made = []
     for directory in reversed(missing):
-        directory.mkdir(mode=0o700, exist_ok=True)
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue
+        made.append(directory)
+    return made
 
 
 def default_data_dir() -> Path:

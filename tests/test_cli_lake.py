@@ -479,8 +479,26 @@ def test_lake_register_on_a_copied_data_dir_refuses_the_originals_table_and_regi
     assert registered.returncode == 1
     assert f"was written in {(data_dir / 'lakehouse' / 'warehouse').resolve()}" in registered.stderr
     assert "copied or moved; nothing was registered" in registered.stderr
+    assert not (copy / "lakehouse" / "catalog.db").exists()  # refused before a catalog was made
     again = run(tmp_path, "lake", "register", "--data-dir", str(copy))  # nothing was registered the first time
     assert again.returncode == 1 and "nothing was registered" in again.stderr
+
+
+@pytest.mark.usefixtures("no_pyiceberg_config")
+@pytest.mark.parametrize("lakehouse", ["none", "an empty warehouse"])
+def test_lake_register_with_no_table_in_the_warehouse_refuses_and_makes_nothing(
+    tmp_path: Path, data_dir: Path, lakehouse: str
+) -> None:
+    if lakehouse == "an empty warehouse":
+        (data_dir / "lakehouse" / "warehouse").mkdir(parents=True)
+    before = sorted(data_dir.rglob("*"))
+
+    registered = run(tmp_path, "lake", "register", "--data-dir", str(data_dir))
+
+    assert registered.returncode == 1, registered.stdout + registered.stderr
+    warehouse = data_dir / "lakehouse" / "warehouse"
+    assert f"no events table in {warehouse} to register; nothing was changed" in registered.stderr
+    assert sorted(data_dir.rglob("*")) == before  # no lakehouse/, warehouse/ nor catalog.db
 
 
 def test_flush_counts_a_tenant_it_sent_up_to_an_altered_event_among_those_flushed(
@@ -566,6 +584,37 @@ def test_restore_of_a_tenant_a_configured_catalog_lacks_leaves_no_data_dir_behin
 
     assert restored.returncode == 2 and "the table has no events for tenant 'nobody'" in restored.stderr
     assert not fresh.exists()
+
+
+@pytest.mark.usefixtures("no_pyiceberg_config")
+@pytest.mark.parametrize("target", ["missing", "an empty folder"])
+def test_restore_refused_for_an_altered_event_leaves_the_data_dir_as_it_found_it(
+    tmp_path: Path, data_dir: Path, target: str
+) -> None:
+    import pyarrow as pa
+    import pyiceberg.expressions as ex
+
+    from server.lake import catalog as cat
+    from server.lake.restore import read_tenant
+
+    assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
+    table = cat.events_table(cat.load(data_dir))
+    rows = read_tenant(table, TENANT)
+    actors = rows.column("actor").to_pylist()
+    actors[1] = "agent_mallory"  # seq 2 said to be someone else's: its hash no longer follows
+    at = rows.schema.get_field_index("actor")
+    forged = rows.set_column(at, rows.schema.field(at), pa.array(actors, type=rows.schema.field(at).type))
+    table.overwrite(forged, overwrite_filter=ex.EqualTo("tenant", TENANT))
+    env = pyiceberg_configuration(tmp_path, cat.catalog_properties(data_dir), "environment")
+    fresh = tmp_path / "fresh"
+    if target == "an empty folder":
+        fresh.mkdir()
+
+    restored = run(tmp_path, "restore", "--tenant", TENANT, "--data-dir", str(fresh), env=env)
+
+    assert restored.returncode == 2, restored.stdout + restored.stderr
+    assert "(seq 2) was altered" in restored.stderr and "Traceback" not in restored.stderr
+    assert (list(fresh.iterdir()) == []) if target == "an empty folder" else not fresh.exists()
 
 
 def pyiceberg_configuration(tmp_path: Path, properties: dict[str, str], way: str) -> dict[str, str]:
@@ -661,3 +710,54 @@ def test_verify_events_from_the_lake_and_restore_leave_a_local_catalog_without_t
     assert checked.returncode == 0 and "acme: ok: 3 events, 2 entities, head " in checked.stdout
     assert listed.returncode == 2 and f"no lakehouse in {data_dir}: `headlessly flush`" in listed.stderr
     assert restored.returncode == 2 and f"no lakehouse in {data_dir} to restore from" in restored.stderr
+
+
+@pytest.mark.parametrize("way", ["pyiceberg_yaml", "environment"])
+def test_verify_names_a_configured_sqlite_catalog_file_that_is_not_there_and_still_checks_the_logs(
+    tmp_path: Path, data_dir: Path, way: str
+) -> None:
+    from server.lake.catalog import catalog_properties
+
+    mistyped = tmp_path / "shraed"  # the folder exists, the catalog file in it does not
+    (mistyped / "lakehouse").mkdir(parents=True)
+    env = pyiceberg_configuration(tmp_path, catalog_properties(mistyped), way)
+    file = (mistyped / "lakehouse" / "catalog.db").resolve()
+
+    checked = run(tmp_path, "verify", "--data-dir", str(data_dir), env=env)
+    as_json = run(tmp_path, "verify", "--json", "--data-dir", str(data_dir), env=env)
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    said = (
+        f"lake: not compared with the logs: the catalog file {file} that pyiceberg's configuration names is not there"
+    )
+    assert said in checked.stdout and "PYICEBERG_CATALOG__HEADLESSLY__URI" in checked.stdout
+    assert "acme: ok: 3 events, 2 entities, head " in checked.stdout
+    assert as_json.returncode == 0, as_json.stdout + as_json.stderr
+    lake, acme = (json.loads(line) for line in as_json.stdout.splitlines())
+    assert lake["lake"]["missingCatalogFile"] == str(file) and lake["lake"]["ok"] is True
+    assert str(file) in lake["lake"]["notChecked"]
+    assert acme["tenant"] == TENANT and acme["ok"] is True and "lake" not in acme
+    assert not file.exists()
+
+
+def test_events_from_the_lake_restore_and_maintain_name_a_configured_sqlite_catalog_file_that_is_not_there(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    from server.lake.catalog import catalog_properties
+
+    mistyped = tmp_path / "shraed"
+    env = pyiceberg_configuration(tmp_path, catalog_properties(mistyped), "environment")
+    file = (mistyped / "lakehouse" / "catalog.db").resolve()
+    fresh = tmp_path / "fresh"
+
+    results = {
+        "events": run(tmp_path, "events", "--tenant", TENANT, "--from-lake", "--data-dir", str(data_dir), env=env),
+        "restore": run(tmp_path, "restore", "--tenant", TENANT, "--data-dir", str(fresh), env=env),
+        "maintain": run(tmp_path, "lake", "maintain", "--data-dir", str(data_dir), env=env),
+    }
+
+    for name, result in results.items():
+        assert result.returncode == 2, (name, result.stdout, result.stderr)
+        assert f"the catalog file {file} that pyiceberg's configuration names is not there" in result.stderr, name
+        assert "no events table in the catalog" not in result.stderr and "Traceback" not in result.stderr, name
+    assert not mistyped.exists() and not fresh.exists()

@@ -736,8 +736,72 @@ def test_restore_refuses_a_log_whose_latest_states_share_a_unique_value(
     assert "Contact.email must be unique" in exc.value.message
     assert original["alice"] in exc.value.message and original["bob"] in exc.value.message
     assert fresh.tenants() == []
-    # nothing but the tenant's lock file, which is never deleted (that would race with its next user)
-    assert [p.name for p in (fresh.data_dir / "tenants").iterdir()] == [f"{FORGED}.db-lock"]
+    assert not fresh.data_dir.exists()  # it made the data dir, its tenants/ and the lock file: all gone
+
+
+def test_a_restore_refused_for_a_broken_chain_leaves_no_data_dir_tenants_folder_or_lock_file_behind(
+    store: Store, fresh: Store
+) -> None:
+    forge(store, a_broken_chain)
+    assert not fresh.data_dir.exists()
+
+    with pytest.raises(ValidationFailed) as exc:
+        restore_tenant(fresh, FORGED)
+
+    assert "(seq 7) does not chain to the hash of seq 6" in exc.value.message
+    assert not fresh.data_dir.exists()
+
+
+def test_a_restore_refused_in_an_existing_data_dir_removes_the_lock_file_it_made_and_nothing_it_found(
+    store: Store, original: dict[str, str]
+) -> None:
+    forge(store, a_broken_chain)
+    tenants = store.data_dir / "tenants"
+    before = sorted(p.name for p in tenants.iterdir())
+
+    with pytest.raises(ValidationFailed):
+        restore_tenant(store, FORGED)
+
+    assert sorted(p.name for p in tenants.iterdir()) == before
+    assert f"{FORGED}.db-lock" not in before and f"{TENANT}.db-lock" in before
+
+
+def test_a_refused_restore_keeps_the_folders_another_process_wrote_into_meanwhile(
+    store: Store, fresh: Store, original: dict[str, str]
+) -> None:
+    def bob_takes_alices_email(rows: list[dict[str, Any]]) -> None:  # refused once the log is in: at indexing
+        last = max(i for i, r in enumerate(rows) if r["target"] == original["bob"])
+        rows[last]["state"] = rows[last]["state"].replace("bob@stone.dev", "alice@acme.com")
+        rehash(rows, last)
+
+    forge(store, bob_takes_alices_email)
+    note = fresh.data_dir / "tenants" / "note.txt"
+
+    with pytest.raises(ValidationFailed):
+        restore_tenant(fresh, FORGED, indexing=lambda: note.write_text("another process's"))
+
+    assert [p.name for p in note.parent.iterdir()] == ["note.txt"]  # the lock file it made is gone
+    assert note.read_text() == "another process's"
+
+
+def test_a_lock_file_opened_before_a_refused_restore_deleted_it_still_keeps_out_the_next_restore(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / f"{TENANT}.db"
+    restoring = TenantLock(path)
+    assert restoring.made and restoring.try_exclusive("restore")
+    opening = TenantLock(path)  # a server opening the tenant meanwhile: it waits for the restore
+    restoring.discard()
+    assert not Path(f"{path}-lock").exists()
+
+    assert opening.try_share()  # the server goes on, holding the lock file the path names now
+    later = TenantLock(path)
+    try:
+        assert not later.try_exclusive("restore")
+        assert Path(f"{path}-lock").exists()
+    finally:
+        opening.release()
+        later.release()
 
 
 def test_restore_keeps_entities_of_a_noun_its_schemas_no_longer_define_as_the_live_file_does(

@@ -19,6 +19,7 @@ from .common import (
     lake_failure,
     log,
     main,
+    missing_catalog,
     no_lake_table,
     open_store,
     print_table,
@@ -80,7 +81,7 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
         with lake_errors("reading the events table", data_dir):
             table = cat.existing_table(data_dir)
             if table is None:
-                fail(f"{no_lake_table(data_dir)}: `headlessly flush` (or a running server) fills it")
+                fail(no_lake_table(data_dir, ": `headlessly flush` (or a running server) fills it"))
             in_table = cat.watermarks(table)
             if tenant not in in_table:
                 fail(
@@ -143,6 +144,16 @@ def _why(event: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _echo_missing_catalog(file: str, as_json: bool) -> None:
+    """verify's line on a configured SQLite catalog whose file is not there: the logs are checked, the table
+    is not compared with them."""
+    said = f"not compared with the logs: {missing_catalog(file)}"
+    if as_json:
+        click.echo(json.dumps({"lake": {"ok": True, "notChecked": said, "missingCatalogFile": file}}))
+    else:
+        click.echo(f"lake: {said}")
+
+
 def _rebuild(name: str, table: Any, in_table: dict[str, Any]) -> str:
     """What can be done about a tenant whose file is damaged, as far as the lakehouse (if read) can tell."""
     if table is not None and name not in in_table:
@@ -178,6 +189,8 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
 
                 table = cat.existing_table(data_dir)  # (none: nothing to compare, and none is made)
                 in_table = cat.watermarks(table) if table is not None else {}
+                if table is None and (file := cat.missing_catalog_file()) is not None:
+                    _echo_missing_catalog(file, as_json)  # (not a failure: as with no lakehouse, but said)
         except Exception as exc:  # the logs are still checked: say why the table is not
             log.debug("opening the lakehouse failed", exc_info=True)
             table, ok = None, False

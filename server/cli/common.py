@@ -214,16 +214,28 @@ def main() -> None:
     os.umask(0o077)  # tenant files, tokens and the lakehouse are this user's alone, whatever folder they are in
 
 
-def no_lake_table(data_dir: Path) -> str:
-    """Where a command that only reads the events table found none (and made none)."""
+def no_lake_table(data_dir: Path, then: str) -> str:
+    """Where a command that only reads the events table found none (and made none), followed by `then` (what
+    it was for, and what makes the table); or which file a configured SQLite catalog lacks."""
     from ..lake import catalog as cat
 
+    if (file := cat.missing_catalog_file()) is not None:
+        return missing_catalog(file)
     if cat.configured():
         return (
             "no events table in the catalog `headlessly` that pyiceberg's configuration names "
-            "(.pyiceberg.yaml or PYICEBERG_CATALOG__HEADLESSLY__*)"
+            f"(.pyiceberg.yaml or PYICEBERG_CATALOG__HEADLESSLY__*){then}"
         )
-    return f"no lakehouse in {data_dir}"
+    return f"no lakehouse in {data_dir}{then}"
+
+
+def missing_catalog(file: str) -> str:
+    """What the read commands say of a configured SQLite catalog whose file is not there."""
+    return (
+        f"the catalog file {file} that pyiceberg's configuration names is not there, so there is no events table "
+        "to read: check the uri of the catalog `headlessly` in .pyiceberg.yaml or PYICEBERG_CATALOG__HEADLESSLY__URI "
+        "(a mistyped path, or one relative to another working directory?)"
+    )
 
 
 def short(value: Any, width: int = 60) -> str:

@@ -105,7 +105,7 @@ def restore(tenant: str, overwrite: bool, data_dir: Path, schema_dirs: tuple[Pat
         with lake_errors("opening the events table", data_dir):
             _refuse_below_a_file(data_dir)
             if cat.existing_table(data_dir) is None:  # (a typo'd data dir: refused with nothing made, not even it)
-                fail(f"{no_lake_table(data_dir)} to restore from: `headlessly flush` (or a running server) fills it")
+                fail(no_lake_table(data_dir, " to restore from: `headlessly flush` (or a running server) fills it"))
         label = f"restoring {tenant}"
         lines = not sys.stderr.isatty()  # where a bar cannot be redrawn (a log, CI): a line per tenth of the way
         said = [0]
@@ -230,7 +230,7 @@ def lake_maintain(retain_days: float, orphan_hours: float, open_day_files: int, 
     with lake_errors("maintaining the events table", data_dir):
         table = cat.existing_table(data_dir)
         if table is None:
-            fail(f"{no_lake_table(data_dir)}: `headlessly flush` (or a running server) makes and fills it")
+            fail(no_lake_table(data_dir, ": `headlessly flush` (or a running server) makes and fills it"))
         report = maintain(
             table,
             timedelta(days=retain_days),

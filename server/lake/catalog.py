@@ -131,11 +131,23 @@ def _configured_to_read(properties: dict[str, Any]) -> Any | None:
     from pyiceberg.catalog import load_catalog
 
     if _is_sql(properties):
-        file = _sqlite_file(str(properties.get("uri", "")))
-        if file is not None and not Path(file).exists():
+        if _missing_file(properties) is not None:
             return None
         properties = {**properties, **_READ_ONLY}
     return load_catalog(CATALOG, **properties)
+
+
+def missing_catalog_file() -> str | None:
+    """The file of the SQLite catalog pyiceberg's configuration names, when it is not there (a mistyped path?):
+    existing_table then finds no table, and the read commands say which file they looked for."""
+    properties = configured()
+    return None if properties is None else _missing_file(properties)
+
+
+def _missing_file(properties: dict[str, Any]) -> str | None:
+    """The absolute path of a SQL catalog's SQLite file when it is not there; None for another catalog."""
+    file = _sqlite_file(str(properties.get("uri", ""))) if _is_sql(properties) else None
+    return None if file is None or Path(file).exists() else os.path.abspath(file)
 
 
 def _is_sql(properties: dict[str, Any]) -> bool:
@@ -245,38 +257,54 @@ def _refuse_lost(data_dir: Path, metadata: Path) -> None:
 
 def register(data_dir: Path) -> tuple[Any, Path]:
     """Register the events table left in this data dir's warehouse (its newest metadata file) with a local
-    catalog that has none; StorageError when there is nothing to register or the catalog has a table."""
+    catalog that has none; StorageError when there is nothing to register or the catalog has a table. Each
+    refusal is made before anything is (no catalog database, none of its SQL tables), and again once the
+    catalog is open."""
     if configured():
         raise StorageError(
             "pyiceberg's configuration names the catalog here: register works on the local catalog "
             "(lakehouse/catalog.db) only; nothing was changed",
             hint="Register the table with that catalog's own tools.",
         )
+    _refuse_registered(_local_to_read(data_dir))
+    _registrable(data_dir)
     catalog = load(data_dir)
     with _local_lock(data_dir / "lakehouse"):
-        stored = _stored_metadata_location(catalog)
-        if stored is not None:
-            raise StorageError(
-                f"the lakehouse catalog already has the events table ({local_path(stored)}); nothing was changed",
-                hint="register is for a catalog that lost its table: `headlessly verify` checks this one.",
-            )
-        metadata = newest_metadata(data_dir)
-        if metadata is None:
-            raise StorageError(
-                f"no events table in {data_dir / 'lakehouse' / 'warehouse'} to register; nothing was changed",
-                hint="`headlessly flush` makes the table.",
-            )
-        location = json.loads(metadata.read_text(encoding="utf-8")).get("location")
-        if isinstance(location, str) and not inside(location, data_dir / "lakehouse" / "warehouse"):
-            raise StorageError(  # (registered, every command would then refuse it as another data dir's)
-                f"the events table in {metadata.parent.parent} was written in {local_path(location)}: the data dir "
-                "was copied or moved; nothing was registered",
-                hint="Move the data dir back where it was and register it there; or give the copy a lakehouse of "
-                "its own by moving its `lakehouse/` folder aside (its events are then flushed anew from seq 1).",
-            )
+        _refuse_registered(catalog)
+        metadata = _registrable(data_dir)
         _ensure_namespace(catalog)
         table = catalog.register_table(f"{NAMESPACE}.{TABLE}", str(metadata))
     return table, metadata
+
+
+def _refuse_registered(catalog: Any | None) -> None:
+    """Refuse to register a table with a catalog that has one."""
+    stored = None if catalog is None else _stored_metadata_location(catalog)
+    if stored is not None:
+        raise StorageError(
+            f"the lakehouse catalog already has the events table ({local_path(stored)}); nothing was changed",
+            hint="register is for a catalog that lost its table: `headlessly verify` checks this one.",
+        )
+
+
+def _registrable(data_dir: Path) -> Path:
+    """The newest metadata file of the table in this data dir's warehouse, to register; refused when there is
+    none, or when the table was written in another data dir's warehouse."""
+    metadata = newest_metadata(data_dir)
+    if metadata is None:
+        raise StorageError(
+            f"no events table in {data_dir / 'lakehouse' / 'warehouse'} to register; nothing was changed",
+            hint="`headlessly flush` makes the table.",
+        )
+    location = json.loads(metadata.read_text(encoding="utf-8")).get("location")
+    if isinstance(location, str) and not inside(location, data_dir / "lakehouse" / "warehouse"):
+        raise StorageError(  # (registered, every command would then refuse it as another data dir's)
+            f"the events table in {metadata.parent.parent} was written in {local_path(location)}: the data dir "
+            "was copied or moved; nothing was registered",
+            hint="Move the data dir back where it was and register it there; or give the copy a lakehouse of "
+            "its own by moving its `lakehouse/` folder aside (its events are then flushed anew from seq 1).",
+        )
+    return metadata
 
 
 def _ensure_namespace(catalog: Any) -> None:

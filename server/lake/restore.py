@@ -60,7 +60,9 @@ def restore_tenant(
     Refuses a tenant that already has events unless `overwrite`, and a tenant open in another process.
     The database is built and checked beside the live file and only then moved into place; the replaced
     file is kept beside it as `<tenant>.db.replaced-<time>`. From the build on, the tenant's lock file is
-    held exclusive, so no server can open the file being replaced."""
+    held exclusive, so no server can open the file being replaced. A restore that is refused (or fails)
+    leaves what was there before it: it removes the data dir, its `tenants/` folder and the tenant's lock
+    file when it made them (a folder only while empty), never what it found."""
     table = cat.existing_table(store.data_dir)  # (opened to read: a catalog without it is not given one)
     if table is None:
         raise ValidationFailed(
@@ -78,11 +80,13 @@ def restore_tenant(
         raise ValidationFailed(
             f"the table has no events for tenant {tenant!r}", hint="Check the tenant name and the catalog."
         )
-    private_dir(path.parent)
+    made = private_dir(path.parent)  # (the data dir too, when it was not there)
     lock = TenantLock(path)
+    held = placed = False
     try:
         if not lock.try_exclusive("restore"):
             raise _open_elsewhere(tenant, None if lock.try_share() else lock.activity())
+        held = True
         store.pool.forget(tenant)
         _refuse(path, tenant, overwrite)  # again, now that nobody of ours can open it
         _remove_leftovers(path)  # of earlier restores, killed (no other restore can run while we hold the lock)
@@ -104,13 +108,29 @@ def restore_tenant(
                 for moved, original in aside:
                     moved.rename(original)  # the tenant as it was, back in place
                 raise
+            placed = True
         except BaseException:
             for suffix in ("", "-journal", "-wal", "-shm"):
                 Path(f"{building}{suffix}").unlink(missing_ok=True)
             raise
     finally:
-        lock.release()
+        if placed or not held:
+            lock.release()
+        else:
+            lock.discard()
+        if not placed:
+            _remove_empty(made)
     return restored
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove these folders, innermost first, each only while it is empty: one another process wrote into
+    meanwhile stays, with the folders around it."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _refuse_lost_events(rows: TenantRows, tenant: str, watermark: tuple[int, str]) -> None:

@@ -1,12 +1,16 @@
-"""A tenant's lock file (`<tenant>.db-lock`, never moved nor deleted): every process that has the tenant open
-holds it shared. Whoever must have the tenant to itself holds it exclusive and writes why into it:
+"""A tenant's lock file (`<tenant>.db-lock`, never moved; deleted only by a refused restore that made it, while
+holding it exclusive): every process that has the tenant open holds it shared. Whoever must have the tenant to itself holds it exclusive and writes why into it:
 `headlessly restore` from its first look at the tenant until the rebuilt file is in place (so no server opens
 the file about to be set aside and writes where nobody reads), `headlessly reindex`, and a server rebuilding
 the tenant's keys for new schemas.
 
 flock(2) locks belong to one open file, not to the process: two pools of one process exclude each other
 just as two processes do. Where there is no flock (Windows) nothing is locked: there a file that is open
-cannot be renamed, so a restore fails to set the tenant aside instead."""
+cannot be renamed, so a restore fails to set the tenant aside instead.
+
+Whoever takes the lock checks that the path still names the file it holds, and otherwise opens the one there
+now: a process that opened the file before a refused restore deleted it then locks the tenant's lock file,
+not a deleted one that keeps nobody out."""
 
 from __future__ import annotations
 
@@ -34,17 +38,42 @@ class TenantLock:
 
     def __init__(self, db_path: Path) -> None:
         self.path = lock_path(db_path)
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.made = False  # whether this lock created the file (only then may `discard` delete it)
+        self._fd: int | None = self._open()
+
+    def _open(self) -> int:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.made = True
+        return fd
 
     def _take(self, how: int) -> bool:
         assert self._fd is not None, "the lock was released"
         if fcntl is None:  # pragma: no cover - Windows
             return True
+        while True:
+            try:
+                fcntl.flock(self._fd, how | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            if self._still_named():
+                return True
+            os.close(self._fd)  # a deleted file (a refused restore's): lock the one the path names now
+            self._fd = None
+            self.made = False
+            self._fd = self._open()
+
+    def _still_named(self) -> bool:
+        """Whether the lock file's path still names the file this lock has open."""
+        assert self._fd is not None
         try:
-            fcntl.flock(self._fd, how | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
+            named = os.stat(self.path)
+        except FileNotFoundError:
             return False
+        held = os.fstat(self._fd)
+        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
     def try_share(self) -> bool:
         """Hold it shared (from exclusive, or from nothing); False while another holds it exclusive."""
@@ -71,6 +100,14 @@ class TenantLock:
         assert self._fd is not None, "the lock was released"
         reason = os.pread(self._fd, 32, 0).decode(errors="replace")
         return ACTIVITIES.get(reason, "being restored or rebuilt by another process")
+
+    def discard(self) -> None:
+        """Delete the lock file if this lock made it, then release it. Only while holding it exclusive (so that
+        nobody holds it; whoever takes it later opens a new one): for a restore refused before it wrote the
+        tenant, which leaves nothing it made behind."""
+        if self.made and self._fd is not None and self._still_named():
+            self.path.unlink()
+        self.release()
 
     def release(self) -> None:
         if self._fd is not None:
