@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +255,39 @@ def test_a_before_hook_waiting_for_a_write_it_started_in_another_thread_ends_ins
         assert store.find(TENANT, "Contact")["total"] == 0
     finally:
         store.close()
+
+
+def test_writers_giving_up_while_groups_run_and_hand_on_the_lead_lose_no_write_and_leave_none_waiting(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.errors import TenantBusy
+    from server.store import writer as writer_module
+
+    deals = [create_deal(store, f"D{i}") for i in range(16)]
+    monkeypatch.setattr(writer_module, "WRITE_WAIT_SECONDS", 0.0001)  # most followers give up: races with hand-offs
+    written: dict[str, list[int]] = {d: [] for d in deals}
+    refused: list[TenantBusy] = []
+
+    def work(deal: str) -> None:
+        for i in range(1, 41):
+            try:
+                written[deal].append(store.do(TENANT, AGENT, update(deal, i))["entity"]["value"])
+            except TenantBusy as exc:
+                refused.append(exc)
+
+    threads = [threading.Thread(target=work, args=(d,), daemon=True) for d in deals]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+
+    assert not any(t.is_alive() for t in threads), "a writer was left waiting"
+    assert refused, "no writer gave up: the race was not exercised"
+    assert sum(map(len, written.values())) + len(refused) == 16 * 40
+    for deal, values in written.items():
+        entity = store.get(TENANT, "Deal", deal)
+        assert values == sorted(values) and entity["$version"] == 1 + len(values)
+        assert entity["value"] == (values[-1] if values else 0)
+    assert store.events(TENANT)["total"] == 16 + sum(map(len, written.values()))
+    assert store.verify(TENANT)["ok"] is True
