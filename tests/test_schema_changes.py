@@ -408,6 +408,53 @@ def test_a_rollback_to_a_state_the_current_schemas_refuse_says_so_and_how_to_go_
     assert "'sku' is required and that state has no value for it" in exc.value.message
 
 
+def test_a_deleted_entity_whose_earlier_state_lacks_a_field_now_required_comes_back_by_a_rollback_given_it(
+    tmp_path: Path,
+) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string"')) as s:
+        w = make(s, name="w", color="red")
+        s.do(TENANT, AGENT, {"action": "delete", "type": "Widget", "id": w})
+
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string", "sku": "string!"')) as s:
+        rollback = {"action": "rollback", "type": "Widget", "id": w, "toVersion": 1}
+        with pytest.raises(ValidationFailed) as exc:  # no update reaches a deleted entity: the hint says how
+            s.do(TENANT, AGENT, rollback)
+        assert "roll back with data" in exc.value.hint
+        back = s.do(TENANT, AGENT, {**rollback, "data": {"sku": "W-1", "color": None}})
+
+        assert back["entity"]["$version"] == 3 and "$deletedAt" not in back["entity"]
+        assert {k: v for k, v in back["entity"].items() if not k.startswith("$")} == {"name": "w", "sku": "W-1"}
+        (event,) = back["events"]
+        assert event["type"] == "Widget.Updated"
+        assert event["data"]["rollbackTo"] == 1 and event["changes"]["sku"] == {"from": None, "to": "W-1"}
+        assert event["changes"]["color"] == {"from": "red", "to": None}
+        assert s.get(TENANT, "Widget", w)["sku"] == "W-1"
+        assert s.verify(TENANT)["ok"] is True
+
+
+def test_a_rollbacks_data_is_checked_as_an_updates_and_refused_where_the_rollback_leaves_the_entity_deleted(
+    tmp_path: Path,
+) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string", "size": "number"')) as s:
+        w = make(s, name="w", color="red")
+        s.do(TENANT, AGENT, {"action": "delete", "type": "Widget", "id": w})
+        rollback = {"action": "rollback", "type": "Widget", "id": w}
+        refused = {
+            "a value of the wrong type": ({"toVersion": 1, "data": {"size": "big"}}, "size"),
+            "an unknown field": ({"toVersion": 1, "data": {"weight": 3}}, "unknown field 'weight'"),
+            "a meta field": ({"toVersion": 1, "data": {"$id": "widget_x"}}, "set by the store"),
+            "data to a deleted state": ({"toVersion": 2, "data": {"color": "blue"}}, "so it takes no data"),
+        }
+        for why, (args, said) in refused.items():
+            with pytest.raises(ValidationFailed) as exc:
+                s.do(TENANT, AGENT, {**rollback, **args})
+            assert said in exc.value.message, why
+        assert s.events(TENANT)["total"] == 2
+
+        back = s.do(TENANT, AGENT, {**rollback, "toVersion": 1, "data": {"size": 3}})
+        assert (back["entity"]["color"], back["entity"]["size"]) == ("red", 3)
+
+
 def test_a_revert_reports_an_entity_whose_earlier_state_the_schemas_now_refuse_and_reverts_the_rest(
     tmp_path: Path,
 ) -> None:

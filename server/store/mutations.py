@@ -523,8 +523,6 @@ class Mutator:
                 "rollback needs exactly one of 'asOf' or 'toVersion'",
                 hint='e.g. {"asOf": "2026-01-15T15:00:00Z"} or {"toVersion": 2}.',
             )
-        if op.data:
-            raise ValidationFailed("rollback takes no data", hint="Roll back first, then update.")
         current = self.load(noun, entity_id)
         self.check_version(current, op)
         if op.asOf is not None:
@@ -556,16 +554,34 @@ class Mutator:
                 )
             rollback_to = op.toVersion
         past_state = json.loads(row[0])
-        target_fields = self.restored(noun, "rollback", current, fields_of(past_state), op)
+        wanted = self.with_data(noun, entity_id, current, past_state, op)
+        target_fields = self.restored(noun, "rollback", current, wanted, op)
         self.check_relations(
             noun, target_fields, links_to_check(current, target_fields, is_deleted(past_state)), kept_links(current)
         )
-        with self.hooks_clashes(noun, fields_of(past_state), target_fields):
+        with self.hooks_clashes(noun, wanted, target_fields):
             event = self.write(
                 noun, entity_id, "Updated", current, target_fields, None, op,
                 extra_data={"rollbackTo": rollback_to}, deleted=is_deleted(past_state),
             )  # fmt: skip
         return event.result()
+
+    def with_data(
+        self, noun: Noun, entity_id: str, current: Loaded, past_state: dict[str, Any], op: Operation
+    ) -> dict[str, Any]:
+        """The fields a rollback brings back, with its `data` merged over them (a value the current schemas
+        require that the earlier state lacks, or one they now refuse): how an entity whose earlier state no
+        longer fits the schemas comes back, even a deleted one, which no update can reach."""
+        fields = fields_of(past_state)
+        if not op.data:
+            return fields
+        if is_deleted(past_state):
+            raise ValidationFailed(
+                f"{entity_id} was deleted in the state this rollback goes back to, so it takes no data",
+                hint="Leave data out, or roll back to a time (or version) when the entity existed to restore it "
+                "with that data.",
+            )
+        return merge(fields, self.patch_of(noun, op, current))
 
     def restored(
         self, noun: Noun, action: str, current: Loaded, target_fields: dict[str, Any], op: Operation
@@ -585,8 +601,12 @@ class Mutator:
         except ValidationFailed as exc:  # most often: that state was written under other schemas
             raise Unrestorable(
                 f"{current.state['$id']} cannot go back to that state: the current schemas do not accept it ({exc.message})",
-                hint="A rollback or revert restores a whole earlier state, and this one no longer fits the "
-                "schemas: update the entity to the values you want instead.",
+                hint="A rollback restores a whole earlier state, and this one no longer fits the schemas: roll back "
+                "with data giving the values to use instead (a required field it lacks, a value now refused), or "
+                "update the entity to the values you want."
+                if action == "rollback"
+                else "A revert restores a whole earlier state, and this one no longer fits the schemas: roll the "
+                "entity back with data giving the values to use instead, or update it to the values you want.",
             ) from None
 
     def revert(self, op: Operation) -> dict[str, Any]:
@@ -1114,7 +1134,7 @@ ACTION_KEYS: dict[str, frozenset[str]] = {
     "create": frozenset({"type", "data"}),
     "update": frozenset({"type", "id", "data", "ifVersion"}),
     "delete": frozenset({"type", "id", "ifVersion"}),
-    "rollback": frozenset({"type", "id", "asOf", "toVersion", "ifVersion"}),
+    "rollback": frozenset({"type", "id", "asOf", "toVersion", "ifVersion", "data"}),
     "revert": frozenset({"actor", "since", "until", "force"}),
 }
 COMMON_KEYS = frozenset({"action", "idempotencyKey", "reason", "dryRun"})

@@ -391,7 +391,7 @@ def build_server(
         data: Annotated[
             dict[str, Any] | None,
             Field(
-                description="Fields to set (create, update, verbs). update merges; null removes a field. '$' fields cannot be set."
+                description="Fields to set (create, update, verbs; rollback: over the state it restores). update merges; null removes a field. '$' fields cannot be set."
             ),
         ] = None,
         ifVersion: Annotated[
@@ -454,7 +454,7 @@ def build_server(
         {"operations": [{"action": "create", "type": "Organization", "data": {"name": "Acme"}},
         {"action": "create", "type": "Contact", "data": {"name": "Bob", "organization": "$ref:0"}}]}.
         Keys per action (others are refused): create type, data; update and verbs type, id, data, ifVersion; delete
-        type, id, ifVersion; rollback type, id, asOf or toVersion, ifVersion; revert actor, since, until, force; all
+        type, id, ifVersion; rollback type, id, asOf or toVersion, ifVersion, data; revert actor, since, until, force; all
         also reason, idempotencyKey, dryRun. A verb sets the field shown in fetch Schema (verbs.<verb>.sets, often
         none) and applies data in the same event."""
         single = {
