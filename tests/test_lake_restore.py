@@ -1063,3 +1063,25 @@ def test_restore_refuses_a_table_whose_last_events_another_engine_deleted_row_by
 
     assert problem in exc.value.message
     assert fresh.tenants() == [] and not fresh.pool.exists(TENANT)
+
+
+def test_a_tenant_lock_whose_folder_a_refused_restore_removed_makes_it_again_and_locks(tmp_path: Path) -> None:
+    from server.store.filelock import TenantLock
+
+    db = tmp_path / "data" / "tenants" / "acme.db"
+    db.parent.mkdir(parents=True)
+    restoring = TenantLock(db)  # made the file, as a restore into a data dir it made does
+    opening = TenantLock(db)  # a server opening the tenant meanwhile: its file is the same one
+    assert restoring.try_exclusive("restore")
+    restoring.discard()
+    db.parent.rmdir()
+    (tmp_path / "data").rmdir()
+
+    try:
+        assert opening.try_share()
+        assert db.parent.is_dir() and (tmp_path / "data" / "tenants" / "acme.db-lock").exists()
+        again = TenantLock(db)
+        assert not again.try_exclusive("restore"), "the reopened lock file keeps out a restore"
+        again.release()
+    finally:
+        opening.release()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config import private_dir
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -46,6 +48,9 @@ class TenantLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # its folder is gone: removed by a refused restore that made it (restore.py)
+            private_dir(self.path.parent)
+            return self._open()
         self.made = True
         return fd
 
