@@ -202,6 +202,7 @@ def test_writes_through_a_tenant_closed_under_them_fail_as_storage_errors_and_no
             assert not thread.is_alive(), "a write hung after the tenant was closed"
 
     assert [type(o) for o in outcomes] == [StorageError, StorageError]
+    assert all("the server is shutting down" in str(o) for o in outcomes), outcomes
 
 
 def test_a_write_queued_past_the_wait_limit_gives_up_unstarted_and_later_writes_go_on(

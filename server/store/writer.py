@@ -188,6 +188,7 @@ class Writer:
         self.held_reads = 0
         self._warned_at: float | None = None  # when a clock behind the log was last logged (see _clock_behind)
         self.commits = 0  # transactions committed (a group counts once)
+        self._closed = False  # (see close)
 
     @property
     def head(self) -> Head:
@@ -201,6 +202,11 @@ class Writer:
             raise write_inside_a_write()
         job: _Job[T] = _Job(fn, dry_run)
         with self._mutex:
+            if self._closed:
+                raise StorageError(
+                    f"tenant {self._tenant!r} was closed (the server is shutting down); nothing was written",
+                    hint="Retry once the server is up again (with an idempotencyKey, a retry never writes twice).",
+                )
             self._pending.append(job)
             self._queued.notify_all()
             follower, self._busy = self._busy, True
@@ -404,9 +410,12 @@ class Writer:
             self._conn.execute("RELEASE job")
 
     def close(self) -> None:
+        """Close the connection once the write in flight (and every one queued behind it) has committed; a
+        write asked for later is refused as the server shutting down."""
         with self._idle:
             while self._busy:
                 self._idle.wait()
+            self._closed = True
             self._conn.close()
 
 
