@@ -455,6 +455,25 @@ def test_a_rollbacks_data_is_checked_as_an_updates_and_refused_where_the_rollbac
         assert (back["entity"]["color"], back["entity"]["size"]) == ("red", 3)
 
 
+def test_a_rollbacks_data_may_remove_a_field_the_schemas_dropped_that_the_state_it_restores_holds(
+    tmp_path: Path,
+) -> None:
+    with Store(tmp_path / "data", widgets(tmp_path, '"color": "string", "size": "number"')) as s:
+        w = make(s, name="w", color="red", size=1)
+        s.do(TENANT, AGENT, {"action": "update", "type": "Widget", "id": w, "data": {"color": None, "size": 2}})
+
+    with Store(tmp_path / "data", widgets(tmp_path, '"size": "number"')) as s:
+        rollback = {"action": "rollback", "type": "Widget", "id": w, "toVersion": 1}
+        with pytest.raises(ValidationFailed):  # v1 holds color, which the schemas no longer define
+            s.do(TENANT, AGENT, rollback)
+        with pytest.raises(ValidationFailed, match="unknown field 'color'"):  # only removing it is let through
+            s.do(TENANT, AGENT, {**rollback, "data": {"color": "blue"}})
+        back = s.do(TENANT, AGENT, {**rollback, "data": {"color": None}})
+
+        assert {k: v for k, v in back["entity"].items() if not k.startswith("$")} == {"name": "w", "size": 1}
+        assert back["events"][0]["data"]["rollbackTo"] == 1
+
+
 def test_a_revert_reports_an_entity_whose_earlier_state_the_schemas_now_refuse_and_reverts_the_rest(
     tmp_path: Path,
 ) -> None:

@@ -439,10 +439,12 @@ class Mutator:
 
     # ---- the operations -----------------------------------------------------------------
 
-    def patch_of(self, noun: Noun, op: Operation, current: Loaded | None) -> dict[str, Any]:
+    def patch_of(
+        self, noun: Noun, op: Operation, current: Loaded | None, held: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The caller's data as a merge patch: no '$' keys, no unknown fields (not even to remove
-        one, unless the entity still holds it from an older schema), `$ref:N` resolved in
-        relationships."""
+        one, unless the entity still holds it from an older schema, or `held`, the state a rollback
+        restores, does and data removes it), `$ref:N` resolved in relationships."""
         data = op.data or {}
         bad = [k for k in data if k.startswith("$")]
         if bad:
@@ -450,7 +452,13 @@ class Mutator:
                 f"{', '.join(repr(k) for k in bad)}: fields starting with '$' are set by the store and cannot be written",
                 hint="Remove the $ keys from data; $id, $version and the other meta fields are managed for you.",
             )
-        unknown = [k for k in data if k not in noun.fields and (current is None or k not in current.fields)]
+        unknown = [
+            k
+            for k in data
+            if k not in noun.fields
+            and (current is None or k not in current.fields)
+            and not (held is not None and k in held and data[k] is None)
+        ]
         if unknown:
             self.env.validators[noun.name].refuse_unknown(unknown)
         return {
@@ -581,7 +589,7 @@ class Mutator:
                 hint="Leave data out, or roll back to a time (or version) when the entity existed to restore it "
                 "with that data.",
             )
-        return merge(fields, self.patch_of(noun, op, current))
+        return merge(fields, self.patch_of(noun, op, current, held=fields))
 
     def restored(
         self, noun: Noun, action: str, current: Loaded, target_fields: dict[str, Any], op: Operation
