@@ -240,7 +240,9 @@ class FilterCompiler:
             types = "('integer', 'real')" if isinstance(value, (int, float)) else "('text')"
             if col.indexed and self.keys_noun and self._keyable(col, [value]):
                 return self._keyed(col, f"{sql_op} ? AND typeof(value) IN {types}", [value])
-            return self._typed(col, f"{sql_op} ? AND typeof({{x}}) IN {types}", [value], equal=False)
+            return self._typed(
+                col, f"{sql_op} ? AND typeof({{x}}) IN {types}", [value], any_text=isinstance(value, str)
+            )
         if op != "$ne" and col.indexed and self.keys_noun and self._keyable(col, [value]):
             return self._keyed(col, f"{sql_op} ?", [value])
         inner = self._typed(col, f"{sql_op} ?", [value])
@@ -274,14 +276,15 @@ class FilterCompiler:
         """Lookup keys hold a json field's strings and numbers, not its true/false (SQLite stores those as 1/0)."""
         return col.kind != "json" or not any(isinstance(v, bool) for v in values)
 
-    def _typed(self, col: Column, condition: str, values: list[Any], equal: bool = True) -> str:
+    def _typed(self, col: Column, condition: str, values: list[Any], any_text: bool = False) -> str:
         """`{field} <condition>` with `values` bound. A json field's condition is equality (`= ?` or
         `IN (...)`) by JSON type too (SQLite reads true and false as 1 and 0, JSON does not), on its
-        value or on any element of a list it holds, as its lookup keys answer it."""
+        value or on any element of a list it holds, as its lookup keys answer it. `any_text`: the condition
+        may hold for text other than `values` (a range over text), so for a list's JSON text too."""
         if col.kind != "json":
             self.params.extend(values)
             # (a list's or an object's JSON text, which json_extract gives for it, starts with [ or {)
-            text_of_a_list = not equal or any(isinstance(v, str) and v.startswith(("[", "{")) for v in values)
+            text_of_a_list = any_text or any(isinstance(v, str) and v.startswith(("[", "{")) for v in values)
             return self._scalar(col, f"{{x}} {condition}", text_of_a_list)
         if col.array:
             return self._scalar(col, self._json_equal("value", "type", values))
@@ -319,10 +322,10 @@ class FilterCompiler:
         if col.json_path is None:  # a meta column: one type, never a list
             return "(" + template.format(x=col.sql) + ")"
         path = f"'{col.json_path}'"
-        if col.array:
+        if col.array:  # (an object's members have text keys; a list's elements numbers, a lone value none)
             return (
                 f"EXISTS (SELECT 1 FROM json_each(state, {path}) WHERE ({template.format(x='value')}) "
-                f"AND type NOT IN ('array', 'object') AND json_type(state, {path}) != 'object')"
+                "AND type NOT IN ('array', 'object') AND typeof(key) != 'text')"
             )
         if not text_of_a_list:
             return "(" + template.format(x=col.sql) + ")"
