@@ -338,6 +338,13 @@ class StoreModel(RuleBasedStateMachine):
         snap = self.at(eid, us)
         if snap is None:
             self.refused(op, InvalidAsOf)
+        elif us >= max(self.clock.now, to_us(self.times[-1]) + 1):  # the rollback's own stamp is at least that
+            # Not yet past, so refused; unless a read of the past since pushed the stamp later (see Writer.settle)
+            before = len(self.times)
+            try:
+                self.rollback_to(eid, op, snap)
+            except InvalidAsOf as exc:
+                assert "is not in the past" in exc.message and len(self.times) == before
         else:
             self.rollback_to(eid, op, snap)
 
