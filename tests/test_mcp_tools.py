@@ -413,6 +413,25 @@ async def test_a_batch_links_operations_with_ref_and_returns_one_result_each(sto
 
 
 @pytest.mark.anyio
+async def test_a_rollback_through_do_brings_a_deleted_contact_back_with_the_data_given(store: Store) -> None:
+    async with connect(store) as client:
+        ada = (await ok(client, "do", {"action": "create", "type": "Contact", "data": {"name": "Ada"}}))["entity"]
+        await ok(client, "do", {"action": "delete", "type": "Contact", "id": ada["$id"]})
+        back = await ok(
+            client,
+            "do",
+            {"action": "rollback", "type": "Contact", "id": ada["$id"], "toVersion": 1, "data": {"title": "CEO"}},
+        )
+        refused = await client.call_tool(
+            "do", {"action": "rollback", "type": "Contact", "id": ada["$id"], "toVersion": 2, "data": {"title": "x"}}
+        )
+    assert (back["entity"]["$version"], back["entity"]["title"], "$deletedAt" in back["entity"]) == (3, "CEO", False)
+    assert back["events"][0]["data"]["rollbackTo"] == 1
+    assert error_of(refused)["error"] == "validation_error"
+    assert store.get(TENANT, "Contact", ada["$id"])["$version"] == 3
+
+
+@pytest.mark.anyio
 async def test_a_failing_batch_writes_nothing(store: Store) -> None:
     async with connect(store) as client:
         failed = await client.call_tool(
