@@ -248,3 +248,49 @@ def test_a_tenant_asked_for_after_the_store_closed_is_refused_and_not_opened(tmp
         store.find("acme", "Contact")
 
     assert not store.pool.exists("fresh") and store.pool._open == {}
+
+
+def test_a_second_close_while_the_first_waits_for_a_write_returns_only_once_the_tenants_are_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hooks = Hooks()
+    in_hook, go, first_closing, second_waits = (threading.Event() for _ in range(4))
+    store = Store(tmp_path / "data", hooks=hooks)
+    ada = store.do("acme", AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})["entity"]
+
+    @hooks.before("Contact.update")
+    def hold(ctx: BeforeContext) -> None:
+        in_hook.set()
+        assert go.wait(WAIT), "the test never let the write go on"
+
+    tenant = store.pool._open["acme"]
+    real_close, real_wait = tenant.writer.close, store.pool._closed.wait
+
+    def close_seen() -> None:  # the first close has its list of tenants, and waits for the write
+        first_closing.set()
+        real_close()
+
+    def wait_seen(timeout: float | None = None) -> bool:  # the second close, waiting for the first
+        second_waits.set()
+        return real_wait(timeout)
+
+    monkeypatch.setattr(tenant.writer, "close", close_seen)
+    monkeypatch.setattr(store.pool._closed, "wait", wait_seen)
+    update = {"action": "update", "type": "Contact", "id": ada["$id"], "data": {"title": "CTO"}}
+    writing = threading.Thread(target=lambda: store.do("acme", AGENT, update), daemon=True)
+    writing.start()
+    assert in_hook.wait(WAIT)
+    first = threading.Thread(target=store.close, daemon=True)
+    first.start()
+    assert first_closing.wait(WAIT)
+    returned: list[bool] = []
+    second = threading.Thread(target=lambda: returned.append(store.close() is None), daemon=True)
+    second.start()
+    waited = second_waits.wait(WAIT)
+    returned_before_the_write_ended = bool(returned)
+    go.set()
+    for thread in (writing, first, second):
+        thread.join(WAIT)
+
+    assert waited and not returned_before_the_write_ended
+    assert returned == [True] and tenant._closed

@@ -231,6 +231,7 @@ class TenantPool:
         self._busy: dict[str, tuple[int, TenantBusy]] = {}  # the last open of a name refused as busy
         self._settled: dict[str, Settled] = {}  # per tenant, across its closes and reopens (see Writer.settle)
         self._closing: dict[str, Tenant] | None = None  # once close() began: the tenants it closes (see close)
+        self._closed = threading.Event()  # set once close() has closed them all
         self._cv = threading.Condition()
         self.checkpoints = Checkpointer(self._checkpoint)
 
@@ -375,14 +376,20 @@ class TenantPool:
         pool (a BEFORE hook reading its own tenant through the store), and would otherwise wait for good."""
         self.checkpoints.close()
         with self._cv:
-            if self._closing is not None:
-                return
-            self._closing = {}  # from here on, no tenant is opened (see _acquire)
-            self._cv.notify_all()  # (callers waiting for room are refused now, not at their deadline)
-            self._cv.wait_for(lambda: not self._opening)  # (an open under way ends in self._open)
-            self._closing, self._open = dict(self._open), OrderedDict()
-        for tenant in self._closing.values():
-            tenant.close()
+            first = self._closing is None
+            if first:
+                self._closing = {}  # from here on, no tenant is opened (see _acquire)
+                self._cv.notify_all()  # (callers waiting for room are refused now, not at their deadline)
+                self._cv.wait_for(lambda: not self._opening)  # (an open under way ends in self._open)
+                self._closing, self._open = dict(self._open), OrderedDict()
+        if not first:  # another thread is closing them: returning before it has would say they are closed
+            self._closed.wait()
+            return
+        try:
+            for tenant in list((self._closing or {}).values()):
+                tenant.close()
+        finally:
+            self._closed.set()
 
     def _lease_closing(self, name: str) -> Tenant:
         """A lease while the pool closes: on a tenant it is closing (whose write in flight may read it), or none."""
