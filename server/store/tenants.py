@@ -375,18 +375,19 @@ class TenantPool:
         The tenants are closed outside the pool's lock: a write group finishing meanwhile may still need the
         pool (a BEFORE hook reading its own tenant through the store), and would otherwise wait for good."""
         self.checkpoints.close()
+        closing: dict[str, Tenant] | None = None  # (None: another thread closes them)
         with self._cv:
-            first = self._closing is None
-            if first:
+            if self._closing is None:
                 self._closing = {}  # from here on, no tenant is opened (see _acquire)
                 self._cv.notify_all()  # (callers waiting for room are refused now, not at their deadline)
                 self._cv.wait_for(lambda: not self._opening)  # (an open under way ends in self._open)
-                self._closing, self._open = dict(self._open), OrderedDict()
-        if not first:  # another thread is closing them: returning before it has would say they are closed
+                closing = self._closing = dict(self._open)
+                self._open = OrderedDict()
+        if closing is None:  # returning before the other thread has closed them would say they are closed
             self._closed.wait()
             return
         try:
-            for tenant in list((self._closing or {}).values()):
+            for tenant in closing.values():
                 tenant.close()
         finally:
             self._closed.set()
