@@ -200,14 +200,28 @@ def test_a_read_under_way_when_its_tenant_closes_closes_its_connection_and_a_lat
     assert "was closed while this read waited" in refused.value.message
 
 
+def called(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> threading.Event:
+    """An event set when `owner.name` is called (it then runs as before): how a test knows a thread got there."""
+    seen, real = threading.Event(), getattr(owner, name)
+
+    def calling(*args: Any, **kwargs: Any) -> Any:
+        seen.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, calling)
+    return seen
+
+
 def test_closing_the_store_waits_for_a_write_whose_before_hook_reads_its_own_tenant(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hooks = Hooks()
-    in_hook, closing = threading.Event(), threading.Event()
+    in_hook = threading.Event()
     seen: list[Any] = []
     store = Store(tmp_path / "data", hooks=hooks)
     ada = store.do("acme", AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})["entity"]
+    # the pool is closing this tenant: it waits for the write (and its hook)
+    closing = called(monkeypatch, store.pool._open["acme"].writer, "close")
 
     @hooks.before("Contact.update")
     def look(ctx: BeforeContext) -> None:
@@ -215,14 +229,6 @@ def test_closing_the_store_waits_for_a_write_whose_before_hook_reads_its_own_ten
         assert closing.wait(WAIT), "the store never began to close"
         seen.append(store.get("acme", "Contact", str(ctx.id))["name"])
 
-    writer = store.pool._open["acme"].writer
-    real_close = writer.close
-
-    def close_seen() -> None:  # the pool is closing this tenant: it waits for the write (and its hook)
-        closing.set()
-        real_close()
-
-    monkeypatch.setattr(writer, "close", close_seen)
     update = {"action": "update", "type": "Contact", "id": ada["$id"], "data": {"title": "CTO"}}
     wrote: list[Any] = []
     writing = threading.Thread(target=lambda: wrote.append(store.do("acme", AGENT, update)), daemon=True)
@@ -254,28 +260,18 @@ def test_a_second_close_while_the_first_waits_for_a_write_returns_only_once_the_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hooks = Hooks()
-    in_hook, go, first_closing, second_waits = (threading.Event() for _ in range(4))
+    in_hook, go = threading.Event(), threading.Event()
     store = Store(tmp_path / "data", hooks=hooks)
     ada = store.do("acme", AGENT, {"action": "create", "type": "Contact", "data": {"name": "Ada"}})["entity"]
+    tenant = store.pool._open["acme"]
+    first_closing = called(monkeypatch, tenant.writer, "close")  # the first close has its list, and waits
+    second_waits = called(monkeypatch, store.pool._closed, "wait")  # the second close, waiting for the first
 
     @hooks.before("Contact.update")
     def hold(ctx: BeforeContext) -> None:
         in_hook.set()
         assert go.wait(WAIT), "the test never let the write go on"
 
-    tenant = store.pool._open["acme"]
-    real_close, real_wait = tenant.writer.close, store.pool._closed.wait
-
-    def close_seen() -> None:  # the first close has its list of tenants, and waits for the write
-        first_closing.set()
-        real_close()
-
-    def wait_seen(timeout: float | None = None) -> bool:  # the second close, waiting for the first
-        second_waits.set()
-        return real_wait(timeout)
-
-    monkeypatch.setattr(tenant.writer, "close", close_seen)
-    monkeypatch.setattr(store.pool._closed, "wait", wait_seen)
     update = {"action": "update", "type": "Contact", "id": ada["$id"], "data": {"title": "CTO"}}
     writing = threading.Thread(target=lambda: store.do("acme", AGENT, update), daemon=True)
     writing.start()
