@@ -245,10 +245,12 @@ async def http_mcp_client(
 
 async def raw_request(server: HttpServer, token: str | None = None) -> httpx2.Response:
     """One plain HTTP request, no SDK: an initialize POST to /mcp, or the GET that opens /sse
-    (closed as soon as the status line is in)."""
+    (closed as soon as the status line is in, unless it is a refusal: then its body is read)."""
     async with httpx2.AsyncClient(timeout=httpx2.Timeout(10.0)) as http:
         if server.url.endswith("/sse"):
             async with http.stream("GET", server.url, headers=bearer(token)) as response:
+                if response.status_code != 200:
+                    await response.aread()
                 return response
         return await http.post(server.url, json=INITIALIZE, headers={**MCP_HEADERS, **bearer(token)})
 

@@ -83,9 +83,18 @@ async def sdk_client_is_refused(server: HttpServer, token: str | None) -> list[i
 
 
 async def assert_refused_with_401(server: HttpServer, token: str | None) -> None:
+    """Refused with a challenge that fits (RFC 6750 section 3.1: no error code without credentials), by the
+    plain HTTP request and by the SDK's client alike."""
     response = await raw_request(server, token)
     assert response.status_code == 401
-    assert response.headers.get("www-authenticate", "").startswith("Bearer")
+    challenge = response.headers.get("www-authenticate", "")
+    if token is None:
+        assert challenge == 'Bearer realm="headlessly"'
+        assert "Authorization: Bearer <token>" in response.json()["error_description"]
+    else:
+        assert challenge.startswith('Bearer realm="headlessly", error="invalid_token", error_description="')
+        assert response.json()["error"] == "invalid_token"
+    assert "headlessly token create" in response.json()["hint"]
     statuses = await sdk_client_is_refused(server, token)
     assert 401 in statuses
     assert not [s for s in statuses if 200 <= s < 300]
@@ -103,6 +112,23 @@ def rows(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 async def test_a_request_without_authorization_gets_http_401(server: HttpServer) -> None:
     with anyio.fail_after(TIMEOUT):
         await assert_refused_with_401(server, None)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("header", ["Basic YWxpY2U6c2VjcmV0", "Bearer"])
+async def test_credentials_that_are_not_a_bearer_token_get_a_challenge_that_asks_for_one(
+    server: HttpServer, header: str
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with httpx2.AsyncClient(timeout=httpx2.Timeout(10.0)) as http:
+            # over SSE, the endpoint that takes the client's messages (a Mount, where /sse is a Route)
+            url = server.url if server.transport == "http" else server.url.removesuffix("/sse") + "/messages/"
+            response = await http.post(url, json=INITIALIZE, headers={**MCP_HEADERS, "Authorization": header})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="headlessly"'
+    description = response.json()["error_description"]
+    assert "Authorization: Bearer <token>" in description
+    assert ("not 'basic'" in description) == header.startswith("Basic")
 
 
 @pytest.mark.anyio

@@ -355,6 +355,7 @@ def _serve_http(
 ) -> None:
     """`per_token`: the most sessions one token may hold; `idle_seconds`: how long an idle one is kept;
     `calls_per_tenant`: the most calls of one tenant that run at once."""
+    from ..auth.challenge import explain_refusals
     from ..auth.identity import LocalIdentity
     from ..auth.sessions import limit_sessions_per_token
     from ..auth.tokens import TokenStore
@@ -373,6 +374,8 @@ def _serve_http(
             limit_sessions_per_token(app, server.session_manager, per_token, idle_seconds)
     else:
         app = server.sse_app(host=host, transport_security=security)
+    if tokens is not None:
+        explain_refusals(app)
     path = "/mcp" if transport == "http" else "/sse"
     auth = "no auth (loopback only)" if no_auth else "bearer tokens required"
 
