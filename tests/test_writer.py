@@ -4,6 +4,7 @@ checkpoints that run in the background instead of inside a writer's commit."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -203,6 +204,64 @@ def test_writes_through_a_tenant_closed_under_them_fail_as_storage_errors_and_no
 
     assert [type(o) for o in outcomes] == [StorageError, StorageError]
     assert all("the server is shutting down" in str(o) for o in outcomes), outcomes
+
+
+def test_a_write_whose_commit_and_then_rollback_fail_is_a_storage_error_and_the_next_write_goes_on(
+    store: Store,
+) -> None:
+    from server.errors import StorageError
+
+    deal = create_deal(store, "d")
+    conn: sqlite3.Connection = writer_of(store).run(lambda txn: txn.conn, dry_run=True)
+    refused = {"COMMIT", "ROLLBACK"}  # SQLite refuses these (as a failing disk might) until the test lets it
+
+    def authorize(action: int, arg1: str | None, *_: object) -> int:
+        return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_TRANSACTION and arg1 in refused else sqlite3.SQLITE_OK
+
+    conn.set_authorizer(authorize)
+    try:
+        with pytest.raises(StorageError, match="refused the write") as failed:
+            store.do(TENANT, AGENT, update(deal, 1))
+        refused.clear()
+        assert failed.value.code == "storage_error"
+        assert store.do(TENANT, AGENT, update(deal, 2))["entity"]["$version"] == 2
+    finally:
+        conn.set_authorizer(None)
+    assert [e["version"] for e in store.events(TENANT, {"target": deal})["results"]] == [1, 2]
+    assert store.verify(TENANT)["ok"] is True
+
+
+@pytest.mark.anyio
+async def test_when_sqlite_refuses_to_undo_a_failed_write_in_a_group_the_whole_group_fails_as_storage_errors(
+    store: Store,
+) -> None:
+    from server.errors import StorageError
+
+    deals = [create_deal(store, f"D{i}") for i in range(3)]
+    writer = writer_of(store)
+    conn: sqlite3.Connection = writer.run(lambda txn: txn.conn, dry_run=True)
+
+    def authorize(action: int, arg1: str | None, *_: object) -> int:  # ROLLBACK TO <savepoint> is refused
+        return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_SAVEPOINT and arg1 == "ROLLBACK" else sqlite3.SQLITE_OK
+
+    # the middle write is a batch whose second operation fails after its first one has written
+    batch = {"operations": [update(deals[1], 5), update(deals[2], 6, if_version=7)]}
+    try:
+        with HeldWriter(writer):
+            conn.set_authorizer(authorize)
+            threads, outcomes = start_writes(store, [update(deals[0], 1), batch, update(deals[2], 3)])
+            await wait_until_queued(writer, 3)
+        for t in threads:
+            t.join(30)
+    finally:
+        conn.set_authorizer(None)
+
+    assert isinstance(outcomes[1], VersionConflict)
+    for i in (0, 2):
+        assert isinstance(outcomes[i], StorageError) and "not authorized" in str(outcomes[i]), outcomes[i]
+    assert [store.get(TENANT, "Deal", d)["$version"] for d in deals] == [1, 1, 1]
+    assert store.do(TENANT, AGENT, update(deals[1], 9))["entity"]["$version"] == 2
+    assert store.verify(TENANT)["ok"] is True
 
 
 def test_a_write_queued_past_the_wait_limit_gives_up_unstarted_and_later_writes_go_on(

@@ -342,6 +342,8 @@ class Writer:
     def _run_group(self, group: list[_Job[Any]], floor: int) -> None:
         conn = self._conn
         try:
+            if conn.in_transaction:  # left open by a ROLLBACK that failed after a failed COMMIT
+                conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             # Another process (a second `headlessly serve` on the same data dir) may have written
             # since our last commit. data_version changes exactly when another connection has
@@ -358,56 +360,68 @@ class Writer:
         start = self._head
         single = len(group) == 1
         ok: list[_Job[Any]] = []
+        broken: BaseException | None
         for job in group:
-            before = self._head
-            txn = Txn(conn, before, self._clock, floor, self._clock_behind)
-            if not single:
-                conn.execute("SAVEPOINT job")
+            txn = Txn(conn, self._head, self._clock, floor, self._clock_behind)
             try:
+                if not single:
+                    conn.execute("SAVEPOINT job")
                 result = job.fn(txn)
                 if job.dry_run:
                     raise _DryRun(result)
+                if not single:
+                    conn.execute("RELEASE job")
             except _DryRun as dry:
-                job.result = dry.result
-                self._undo_job(single)
-                job.done = True
-                continue
+                job.result, job.done = dry.result, True
+                broken = self._undo_job(single)
             except BaseException as exc:
                 job.error, job.done = _translate(exc, self._tenant), True
-                if not conn.in_transaction:  # SQLite undid the whole group (a full disk, an I/O error mid-statement)
-                    self._head = start
-                    _fail_all([other for other in group if not other.done], exc, self._tenant)
+                # SQLite may have undone the whole group itself (a full disk, an I/O error mid-statement)
+                broken = self._undo_job(single) if conn.in_transaction else exc
+                if broken is None and single:
                     return
-                self._undo_job(single)
-                if single:
-                    return
+            else:
+                self._head = txn.head
+                job.result = result
+                ok.append(job)
                 continue
-            if not single:
-                conn.execute("RELEASE job")
-            self._head = txn.head
-            job.result = result
-            ok.append(job)
+            if broken is not None:  # the group's transaction is gone, and with it what the others wrote
+                self._head = start
+                _fail_all([other for other in group if not other.done], broken, self._tenant)
+                return
         try:
             if conn.in_transaction:
                 conn.execute("COMMIT")
                 self.commits += 1
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._head = start
+            with contextlib.suppress(sqlite3.Error):  # (if this fails too, the next group rolls back first)
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            self._head, self._data_version = start, None
             _fail_all(ok, exc, self._tenant)
         for job in ok:
             job.done = True
         if self._checkpoint_due is not None and self.commits % EVERY_COMMITS == 0:
             self._checkpoint_due()
 
-    def _undo_job(self, single: bool) -> None:
-        if single:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-        else:
-            self._conn.execute("ROLLBACK TO job")
-            self._conn.execute("RELEASE job")
+    def _undo_job(self, single: bool) -> sqlite3.Error | None:
+        """Undo the job that just ran (alone: the transaction; in a group: its savepoint). If SQLite refuses, the
+        whole transaction is rolled back instead (or by the next group, if that fails too) and the error returned:
+        the group's other jobs then fail with it, since what they wrote is gone with it."""
+        try:
+            if single:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+            else:
+                self._conn.execute("ROLLBACK TO job")
+                self._conn.execute("RELEASE job")
+            return None
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+            self._data_version = None
+            return exc
 
     def close(self) -> None:
         """Close the connection once the write in flight (and every one queued behind it) has committed; a
