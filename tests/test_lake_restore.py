@@ -804,6 +804,23 @@ def test_a_lock_file_opened_before_a_refused_restore_deleted_it_still_keeps_out_
         later.release()
 
 
+def test_discarding_a_lock_file_another_process_took_first_leaves_it_to_them(tmp_path: Path) -> None:
+    path = tmp_path / f"{TENANT}.db"
+    mine = TenantLock(path)  # made, not yet taken (as where there are no hard links to make it held)
+    theirs = TenantLock(path)  # a server opening the tenant in between
+    assert mine.made and theirs.try_share()
+
+    mine.discard()
+
+    later = TenantLock(path)
+    try:
+        assert Path(f"{path}-lock").exists()
+        assert not later.try_exclusive("restore"), "the server's lock file still keeps out a restore"
+    finally:
+        theirs.release()
+        later.release()
+
+
 def test_restore_keeps_entities_of_a_noun_its_schemas_no_longer_define_as_the_live_file_does(
     store: Store, original: dict[str, str], schemas: SchemaSet, tmp_path: Path, clock: Any,
     monkeypatch: pytest.MonkeyPatch,
