@@ -6,6 +6,8 @@ names the original's catalog, as an operator restoring on another machine would 
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import pytest
 from conftest import held_open
 from pyiceberg.utils.config import Config
 
+from server.config import private_dir
 from server.errors import HeadlesslyError, ValidationFailed
 from server.lake import catalog as cat
 from server.lake import restore as restore_module
@@ -271,6 +274,7 @@ def test_a_restore_while_another_restores_the_tenant_says_so(store: Store, fresh
         lock.release()
     assert exc.value.code == "conflict"
     assert "is being restored (`headlessly restore`), so it cannot be restored now" in exc.value.message
+    assert [p.name for p in path.parent.iterdir()] == [f"{TENANT}.db-lock"]  # the lock file it found stays
 
 
 def test_an_overwrite_restore_is_refused_while_another_process_has_the_tenant_open(
@@ -802,6 +806,102 @@ def test_a_lock_file_opened_before_a_refused_restore_deleted_it_still_keeps_out_
     finally:
         opening.release()
         later.release()
+
+
+_LOOK_AT_THE_LOCK = (
+    "import sys\nfrom pathlib import Path\nfrom server.store.filelock import TenantLock\n"
+    "lock = TenantLock(Path(sys.argv[1]))\nprint('taken' if lock.try_share() else lock.activity())\n"
+)
+
+
+def test_another_process_opening_the_lock_file_a_restore_just_made_finds_the_restore_already_holding_it(
+    store: Store, fresh: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+
+    def made_then_looked_at(db_path: Path, *args: Any, **kwargs: Any) -> TenantLock:
+        lock = TenantLock(db_path, *args, **kwargs)  # the lock file is there; the restore has not taken it yet
+        look = [sys.executable, "-c", _LOOK_AT_THE_LOCK, str(db_path)]  # a server opening the tenant just now
+        run = subprocess.run(look, capture_output=True, text=True, timeout=60)
+        seen.append(run.stdout.strip() or run.stderr)
+        return lock
+
+    monkeypatch.setattr(restore_module, "TenantLock", made_then_looked_at)
+    restored = restore_tenant(fresh, TENANT)
+
+    assert seen == ["being restored (`headlessly restore`)"]  # not 'taken': it cannot get in first
+    assert restored == store.head(TENANT)[0]
+
+
+def test_a_restore_refused_at_the_lock_removes_a_lock_file_and_folders_it_made_as_the_holder_let_go(
+    store: Store, fresh: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tenant_path(fresh.data_dir, TENANT)
+    theirs = private_dir(path.parent)  # another restore into this missing data dir, holding the lock file it made
+    other = TenantLock(path)
+    assert other.made and other.try_exclusive("restore")
+    share = TenantLock.try_share
+    let_go: list[bool] = []
+
+    def the_holder_is_refused_first(lock: TenantLock) -> bool:  # as the restore looks who holds the tenant
+        if not let_go:  # the other restore is refused (a broken chain): it removes what it made
+            let_go.append(True)
+            other.discard()
+            for folder in reversed(theirs):
+                folder.rmdir()
+        return share(lock)  # (it finds its lock file deleted, and makes the folders and the file again)
+
+    monkeypatch.setattr(TenantLock, "try_share", the_holder_is_refused_first)
+    with pytest.raises(HeadlesslyError) as refused:
+        restore_tenant(fresh, TENANT)
+
+    assert let_go and refused.value.code == "conflict"
+    assert not fresh.data_dir.exists()
+
+
+def test_discarding_a_lock_file_another_process_took_first_leaves_it_to_them(tmp_path: Path) -> None:
+    path = tmp_path / f"{TENANT}.db"
+    mine = TenantLock(path)  # made, not yet taken (as where there are no hard links to make it held)
+    theirs = TenantLock(path)  # a server opening the tenant in between
+    assert mine.made and theirs.try_share()
+
+    mine.discard()
+
+    later = TenantLock(path)
+    try:
+        assert Path(f"{path}-lock").exists()
+        assert not later.try_exclusive("restore"), "the server's lock file still keeps out a restore"
+    finally:
+        theirs.release()
+        later.release()
+
+
+def test_a_restore_deletes_the_lock_file_half_made_by_a_restore_killed_while_making_it(
+    store: Store, fresh: Store
+) -> None:
+    tenants = fresh.data_dir / "tenants"
+    tenants.mkdir(parents=True)
+    half_made = tenants / f"{TENANT}.db-lock.making-4242-0badf00d"
+    half_made.write_text("restore")
+
+    restore_tenant(fresh, TENANT)
+
+    assert sorted(p.name for p in tenants.iterdir() if ".db-lock" in p.name) == [f"{TENANT}.db-lock"]
+
+
+def test_a_restore_makes_its_lock_file_where_the_file_system_has_no_hard_links(
+    store: Store, fresh: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_hard_links(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")  # as a FAT file system says
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    restored = restore_tenant(fresh, TENANT)
+
+    assert restored == store.head(TENANT)[0]
+    assert sorted(p.name for p in (fresh.data_dir / "tenants").iterdir() if ".db-lock" in p.name) == [
+        f"{TENANT}.db-lock"
+    ]
 
 
 def test_restore_keeps_entities_of_a_noun_its_schemas_no_longer_define_as_the_live_file_does(

@@ -15,7 +15,7 @@ from ..errors import Conflict, StorageError, ValidationFailed
 from ..store import Store
 from ..store.bulk import EVENT_COLUMNS, EventTuple, bulk_load
 from ..store.events import EventRow, misnamed, row_hash
-from ..store.filelock import TenantLock
+from ..store.filelock import MAKING, TenantLock, lock_path
 from ..store.tenants import tenant_path
 from . import catalog as cat
 from .scan import TenantRows
@@ -62,7 +62,9 @@ def restore_tenant(
     file is kept beside it as `<tenant>.db.replaced-<time>`. From the build on, the tenant's lock file is
     held exclusive, so no server can open the file being replaced. A restore that is refused (or fails)
     leaves what was there before it: it removes the data dir, its `tenants/` folder and the tenant's lock
-    file when it made them (a folder only while empty), never what it found."""
+    file when it made them (a folder only while empty), never what it found: also when it is refused because
+    another process holds the tenant's lock, whose lock file then is one it did not make (the lock file a
+    restore makes is held by it from the moment it is there, so no other process can take it first)."""
     table = cat.existing_table(store.data_dir)  # (opened to read: a catalog without it is not given one)
     if table is None:
         raise ValidationFailed(
@@ -81,12 +83,11 @@ def restore_tenant(
             f"the table has no events for tenant {tenant!r}", hint="Check the tenant name and the catalog."
         )
     made = private_dir(path.parent)  # (the data dir too, when it was not there)
-    lock = TenantLock(path)
-    held = placed = False
+    lock = TenantLock(path, making="restore")  # a lock file it makes is held from the moment it is there
+    placed = False
     try:
-        if not lock.try_exclusive("restore"):
+        if not lock.try_exclusive("restore"):  # (a lock file it made it holds already: this is another's)
             raise _open_elsewhere(tenant, None if lock.try_share() else lock.activity())
-        held = True
         store.pool.forget(tenant)
         _refuse(path, tenant, overwrite)  # again, now that nobody of ours can open it
         _remove_leftovers(path)  # of earlier restores, killed (no other restore can run while we hold the lock)
@@ -114,12 +115,11 @@ def restore_tenant(
                 Path(f"{building}{suffix}").unlink(missing_ok=True)
             raise
     finally:
-        if placed or not held:
+        if placed:
             lock.release()
-        else:
+        else:  # refused or failed: also a lock file it made while it looked who held the tenant (who deleted theirs)
             lock.discard()
-        if not placed:
-            _remove_empty(made)
+            _remove_empty(made + lock.folders)
     return restored
 
 
@@ -222,10 +222,15 @@ SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
 
 def _remove_leftovers(path: Path) -> None:
     """With the tenant held exclusive: delete the `<tenant>.db.restoring-*` files (and their journals) of
-    restores that were killed while building, and fold the -wal/-shm files left beside files set aside
-    earlier into those files."""
+    restores that were killed while building, and the `<tenant>.db-lock.making-*` files of those killed while
+    making the lock file (one that a live restore is making meanwhile, it makes again), and fold the
+    -wal/-shm files left beside files set aside earlier into those files."""
     prefix = f"{path.name}."
+    making = f"{lock_path(path).name}{MAKING}"
     for entry in list(path.parent.iterdir()):
+        if entry.name.startswith(making):
+            with suppress(OSError):  # best effort, as below
+                entry.unlink(missing_ok=True)
         if not entry.name.startswith(prefix):
             continue
         rest = entry.name[len(prefix) :]

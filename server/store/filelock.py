@@ -10,11 +10,15 @@ cannot be renamed, so a restore fails to set the tenant aside instead.
 
 Whoever takes the lock checks that the path still names the file it holds, and otherwise opens the one there
 now: a process that opened the file before a refused restore deleted it then locks the tenant's lock file,
-not a deleted one that keeps nobody out."""
+not a deleted one that keeps nobody out. A restore makes a missing lock file already held exclusive (under
+another name, `<tenant>.db-lock.making-*`, then linked to its own): nobody can open a lock file a restore made
+and take it before the restore does, so a refused restore can always delete the one it made."""
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 from pathlib import Path
 
 from ..config import private_dir
@@ -31,6 +35,9 @@ ACTIVITIES = {
 }
 
 
+MAKING = ".making-"  # a lock file being made held (`<tenant>.db-lock.making-<pid>-<random>`), for a moment
+
+
 def lock_path(db_path: Path) -> Path:
     return Path(f"{db_path}-lock")
 
@@ -38,20 +45,51 @@ def lock_path(db_path: Path) -> Path:
 class TenantLock:
     """A tenant's lock file, opened; held shared, exclusive or not at all. `release()` closes it."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, making: str | None = None) -> None:
+        """`making`: a reason (a key of ACTIVITIES) to make a missing lock file with, already held exclusive."""
         self.path = lock_path(db_path)
         self.made = False  # whether this lock created the file (only then may `discard` delete it)
+        self.folders: list[Path] = []  # folders it made again for its file (a refused restore removed), outermost first
+        self._making = making
         self._fd: int | None = self._open()
 
     def _open(self) -> int:
+        while True:
+            try:
+                fd = self._make()
+            except FileExistsError:
+                try:
+                    return os.open(self.path, os.O_RDWR)
+                except FileNotFoundError:  # deleted just now (by a refused restore that made it): make it
+                    continue
+            except FileNotFoundError:  # its folder is gone: removed by a refused restore that made it (restore.py)
+                self.folders += private_dir(self.path.parent)
+                continue
+            self.made = True
+            return fd
+
+    def _make(self) -> int:
+        """Create the lock file (FileExistsError when there is one); with `making`, it is held exclusive for
+        that reason from the moment it appears: made under a name of its own, locked, then linked to the
+        lock file's name. Where there are no hard links (FAT) it is made unheld, and taken after."""
+        if self._making is None or fcntl is None:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        making = Path(f"{self.path}{MAKING}{os.getpid()}-{secrets.token_hex(4)}")
+        fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # its folder is gone: removed by a refused restore that made it (restore.py)
-            private_dir(self.path.parent)
-            return self._open()
-        self.made = True
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (nobody else has opened it)
+            os.pwrite(fd, self._making.encode(), 0)
+            os.link(making, self.path)  # FileNotFoundError also when a restore removed `making` (restore.py)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):  # no hard links here
+                return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            making.unlink(missing_ok=True)
         return fd
 
     def _take(self, how: int) -> bool:
@@ -107,12 +145,24 @@ class TenantLock:
         return ACTIVITIES.get(reason, "being restored or rebuilt by another process")
 
     def discard(self) -> None:
-        """Delete the lock file if this lock made it, then release it. Only while holding it exclusive (so that
-        nobody holds it; whoever takes it later opens a new one): for a restore refused before it wrote the
-        tenant, which leaves nothing it made behind."""
-        if self.made and self._fd is not None and self._still_named():
+        """Delete the lock file if this lock made it, then release it: for a restore refused before it wrote
+        the tenant, which leaves nothing it made behind. Only while it holds the file exclusive (taking it
+        now if it does not), so that nobody holds it and whoever takes it later opens a new one; a file
+        another process holds (one it opened before this lock took it) stays, theirs."""
+        if self.made and self._fd is not None and self._alone() and self._still_named():
             self.path.unlink()
         self.release()
+
+    def _alone(self) -> bool:
+        """Hold the file exclusive (without noting why): False while another holds it at all."""
+        assert self._fd is not None
+        if fcntl is None:  # pragma: no cover - Windows
+            return True
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
 
     def release(self) -> None:
         if self._fd is not None:
