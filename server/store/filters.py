@@ -11,7 +11,7 @@ import regex
 
 from ..errors import InvalidFilter, InvalidSort
 from ..schema import Noun
-from ..schema.validation import whole_as_int
+from ..schema.validation import normalized_email, whole_as_int
 from ..timeutil import between_microseconds, format_us, parse_time
 from .patterns import compile_pattern
 from .sqlite import json_path
@@ -24,9 +24,6 @@ MAX_DEPTH = 8
 MAX_TERMS = 64
 MAX_REGEX = 256
 _ORDERABLE = {"number", "int", "date", "datetime", "string", "text", "email", "url", "id"}
-_EMAIL: Any = None  # pydantic's EmailStr adapter, built on first use
-# An ASCII address with nothing around it (no "Name <...>", no spaces) and no punycode domain.
-_PLAIN_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 
 
 @dataclass(frozen=True)
@@ -373,7 +370,7 @@ class FilterCompiler:
         elif kind == "json":
             bad = value is None
         elif kind == "email" and isinstance(value, str) and op != "$regex":
-            return _normalized_email(value)
+            return normalized_email(value)
         else:
             bad = not isinstance(value, str)
         if not bad and isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
@@ -403,22 +400,6 @@ def within_a_day(value: Any) -> bool:
         return between_microseconds(value) or not day_of(value)[1]
     except ValueError:
         return False
-
-
-def _normalized_email(value: str) -> str:
-    """An email as writes store it (pydantic's EmailStr: the domain lowercased); other text as it is."""
-    global _EMAIL
-    local, _, domain = value.rpartition("@")
-    if _PLAIN_EMAIL.fullmatch(value) and "xn--" not in domain.lower():
-        return f"{local}@{domain.lower()}"  # all the validator changes in such an email
-    if _EMAIL is None:
-        from pydantic import EmailStr, TypeAdapter
-
-        _EMAIL = TypeAdapter(EmailStr)
-    try:
-        return str(_EMAIL.validate_python(value))
-    except ValueError:
-        return value
 
 
 @dataclass(frozen=True)
