@@ -108,8 +108,10 @@ def whole_as_int(value: Any) -> Any:
     return value
 
 
-# An ASCII address with nothing around it (no "Name <...>", no spaces) and no punycode domain.
+# An ASCII address with nothing around it (no "Name <...>", no spaces) and no punycode domain; and one whose
+# domain is lowercase already, as a write stores it (the filters of email fields read every value they scan).
 _PLAIN_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+_STORED_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9.-]+")
 _EMAIL: Any = None  # pydantic's EmailStr adapter, built on first use
 
 
@@ -118,7 +120,7 @@ def normalized_email(value: Any) -> Any:
     text, as it is. An email field's lookup keys and filters read its values so (mutations.field_values,
     filters.FilterCompiler._scalar), values written before the field became an email too."""
     global _EMAIL
-    if not isinstance(value, str):
+    if not isinstance(value, str) or (_STORED_EMAIL.fullmatch(value) and "xn--" not in value):
         return value
     local, _, domain = value.rpartition("@")
     if _PLAIN_EMAIL.fullmatch(value) and "xn--" not in domain.lower():

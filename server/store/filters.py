@@ -315,18 +315,23 @@ class FilterCompiler:
         """Apply a condition to the field, or to any element of an array field (a lone value is a list of one).
         A value of another shape (a list where the field is a scalar now, an object) meets no condition: the
         values compared are the ones its lookup keys list (mutations.field_values), so `$ne` is `$eq`'s opposite.
-        `text_of_a_list`: False when the condition cannot hold for the JSON text of a list or an object."""
+        `text_of_a_list`: False when the condition cannot hold for the JSON text of a list or an object.
+        An email field's value is compared as a write stores it, as its keys list it: one written while the field
+        was a string (`Bob@EXAMPLE.com`) too (a function call per row, on email fields only)."""
         if col.json_path is None:  # a meta column: one type, never a list
             return "(" + template.format(x=col.sql) + ")"
         path = f"'{col.json_path}'"
+        whole, element = (
+            (f"email_value({col.sql})", "email_value(value)") if col.kind == "email" else (col.sql, "value")
+        )
         if col.array:  # (an object's members have text keys; a list's elements numbers, a lone value none)
             return (
-                f"EXISTS (SELECT 1 FROM json_each(state, {path}) WHERE ({template.format(x='value')}) "
+                f"EXISTS (SELECT 1 FROM json_each(state, {path}) WHERE ({template.format(x=element)}) "
                 "AND type NOT IN ('array', 'object') AND typeof(key) != 'text')"
             )
         if not text_of_a_list:
-            return "(" + template.format(x=col.sql) + ")"
-        return f"(({template.format(x=col.sql)}) AND json_type(state, {path}) NOT IN ('array', 'object'))"
+            return "(" + template.format(x=whole) + ")"
+        return f"(({template.format(x=whole)}) AND json_type(state, {path}) NOT IN ('array', 'object'))"
 
     def _glob(self, pattern: str) -> str:
         m = re.fullmatch(r"([A-Z][A-Za-z0-9]*)\.\*", pattern)
