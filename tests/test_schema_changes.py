@@ -725,3 +725,150 @@ def test_an_indexed_field_changed_between_list_and_scalar_rebuilds_its_keys_for_
     assert as_scalar["$ne"] == as_scalar["$nin"] == ["listed"]
     assert again == past == as_list
     assert scalar_ok and list_ok
+
+
+# ---- values written before their field became an email (`Bob@EXAMPLE.com` in a string field) ---------------
+
+BOB = "Bob@example.com"  # as a write to an email field stores "Bob@EXAMPLE.com": the domain lowercased
+
+
+def every_email_operator(store: Store, **options: Any) -> dict[str, list[str]]:
+    """What each operator on `mail` finds for Bob's address (now, or `asOf`)."""
+    ops: dict[str, Any] = {
+        "$eq": BOB,
+        "$eq as written": "Bob@EXAMPLE.com",
+        "$ne": BOB,
+        "$in": [BOB],
+        "$nin": [BOB],
+        "$gte": BOB,  # "Bob@EXAMPLE.com" is below it as written ("E" < "e"), not as an email
+        "$regex": "^Bob@example",
+    }
+    found = {op: matching(store, {"mail": {op.split()[0]: arg}}, **options) for op, arg in ops.items()}
+    found["$not $eq"] = matching(store, {"mail": {"$not": {"$eq": BOB}}}, **options)
+    return found
+
+
+def old_mails(tmp_path: Path, fields: str) -> Path:
+    """A tenant whose Widgets `old` and `other` were written while `mail` was a string (`fields`)."""
+    data = tmp_path / "data"
+    with Store(data, widgets(tmp_path, fields)) as s:
+        make(s, name="old", mail="Bob@EXAMPLE.com")
+        make(s, name="other", mail="carol@example.com")
+    return data
+
+
+EMAIL_FOUND = {
+    "$eq": ["old"],
+    "$eq as written": ["old"],
+    "$ne": ["other"],
+    "$in": ["old"],
+    "$nin": ["other"],
+    "$gte": ["old", "other"],
+    "$regex": ["old"],
+    "$not $eq": ["other"],
+}
+
+
+def test_a_field_that_became_an_email_filters_values_written_before_as_emails_now_and_as_of(tmp_path: Path) -> None:
+    for indexed in ("", "#", "##"):
+        (tmp_path / indexed).mkdir(exist_ok=True)  # ("" is tmp_path itself)
+        data = old_mails(tmp_path / indexed, f'"mail": "string{indexed}"')
+        with Store(data, widgets(tmp_path, f'"mail": "email{indexed}"')) as s:
+            now = every_email_operator(s)
+            at = s.events(TENANT, sort="-seq", limit=1)["results"][0]["timestamp"]
+            past = every_email_operator(s, as_of=at)
+            report = s.verify(TENANT)
+
+        assert now == EMAIL_FOUND, indexed
+        assert past == now, indexed
+        assert report["ok"], report["problems"]
+
+
+def test_a_field_that_became_a_unique_email_refuses_a_new_value_equal_to_one_written_before(tmp_path: Path) -> None:
+    data = old_mails(tmp_path, '"mail": "string##"')
+
+    with Store(data, widgets(tmp_path, '"mail": "email##"')) as s:
+        with pytest.raises(ValidationFailed) as refused:
+            make(s, name="new", mail="Bob@Example.COM")
+        after = matching(s, {"mail": BOB})
+
+    assert "Widget.mail must be unique: 'Bob@example.com' is already used by" in refused.value.message
+    assert after == ["old"]
+
+
+def test_a_field_that_became_a_unique_email_over_two_values_equal_as_emails_refuses_the_tenant_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    with Store(data, widgets(tmp_path, '"mail": "string##"')) as s:
+        ids = sorted([make(s, name="upper", mail="Bob@EXAMPLE.com"), make(s, name="lower", mail=BOB)])
+
+    with Store(data, widgets(tmp_path, '"mail": "email##"'), follow_schemas=False) as s:
+        report = s.verify(TENANT)
+    with Store(data, widgets(tmp_path, '"mail": "email##"')) as s, pytest.raises(StorageError) as refused:
+        s.find(TENANT, "Widget")
+    with Store(data, widgets(tmp_path, '"mail": "string##"')) as s:
+        still = [matching(s, {"mail": m}) for m in ("Bob@EXAMPLE.com", BOB)]
+
+    assert report["ok"] is False and report["builtForOtherSchemas"] == ["Widget"]
+    assert f"Widget.mail is unique in these schemas, but {BOB!r} is used by {ids[0]}, {ids[1]}" in report["problems"][0]
+    assert f"Widget.mail is unique in them, but {BOB!r} is used by {ids[0]}, {ids[1]}" in refused.value.message
+    assert still == [["upper"], ["lower"]]
+
+
+def test_an_indexed_field_changed_to_an_email_and_back_rebuilds_its_keys_for_the_type_it_has_now(
+    tmp_path: Path,
+) -> None:
+    data = old_mails(tmp_path, '"mail": "string##"')
+    path = data / "tenants" / f"{TENANT}.db"
+    email, string = widgets(tmp_path, '"mail": "email##"'), widgets(tmp_path, '"mail": "string##"')
+
+    with Store(data, email, follow_schemas=False) as s:
+        before = s.verify(TENANT)
+    with Store(data, email) as s:
+        as_email = every_email_operator(s)
+        email_ok = s.verify(TENANT)
+    with closing(connect(path)) as conn:
+        keys_as_email = conn.execute("SELECT value FROM entity_keys ORDER BY value").fetchall()
+    with Store(data, string) as s:
+        as_string = [matching(s, {"mail": m}) for m in ("Bob@EXAMPLE.com", BOB)]
+        string_ok = s.verify(TENANT)
+    with closing(connect(path)) as conn:
+        keys_as_string = conn.execute("SELECT value FROM entity_keys ORDER BY value").fetchall()
+
+    assert before["builtForOtherSchemas"] == ["Widget"]
+    assert as_email == EMAIL_FOUND
+    assert keys_as_email == [(BOB,), ("carol@example.com",)]
+    assert as_string == [["old"], []]
+    assert keys_as_string == [("Bob@EXAMPLE.com",), ("carol@example.com",)]
+    assert email_ok["ok"] and string_ok["ok"], (email_ok["problems"], string_ok["problems"])
+
+
+def test_email_keys_built_before_shapes_marked_emails_are_kept_when_they_hold_emails_as_writes_store_them(
+    tmp_path: Path,
+) -> None:
+    """An upgrade from a version whose shapes did not mark email fields: no rebuild where none is needed."""
+    email = widgets(tmp_path, '"mail": "email##", "note": "string"')
+    with Store(tmp_path / "data", email) as s:
+        make(s, name="old", mail="Bob@EXAMPLE.com", note="first")
+    path = tmp_path / "data" / "tenants" / f"{TENANT}.db"
+    unmarked = shape(email.nouns["Widget"]).replace(',"email"', "")
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'derived:Widget'", (unmarked,))
+        conn.commit()
+
+    with closing(connect(path)) as conn:
+        first = [n.name for n in stale(conn, email)]
+    rebuilt = rebuild_alone(path, email)
+    with closing(connect(path)) as conn:
+        again = [n.name for n in stale(conn, email)]
+        recorded = conn.execute("SELECT value FROM meta WHERE key = 'derived:Widget'").fetchone()
+    with Store(tmp_path / "data", email) as s:
+        found = matching(s, {"mail": "Bob@EXAMPLE.com"})
+        report = s.verify(TENANT)
+
+    assert unmarked != shape(email.nouns["Widget"])
+    assert (first, rebuilt, again) == (["Widget"], [], [])
+    assert recorded == (shape(email.nouns["Widget"]),)
+    assert found == ["old"]
+    assert report["ok"], report["problems"]

@@ -108,6 +108,31 @@ def whole_as_int(value: Any) -> Any:
     return value
 
 
+# An ASCII address with nothing around it (no "Name <...>", no spaces) and no punycode domain; and one whose
+# domain is lowercase already, as a write stores it (the filters of email fields read every value they scan).
+_PLAIN_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+_STORED_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9.-]+")
+_EMAIL: Any = None  # pydantic's EmailStr adapter, built on first use
+
+
+def normalized_email(value: Any) -> Any:
+    """An email as writes store it (pydantic's EmailStr: the domain lowercased); other text, and what is no
+    text, as it is. An email field's lookup keys and filters read its values so (mutations.field_values,
+    filters.FilterCompiler._scalar), values written before the field became an email too."""
+    global _EMAIL
+    if not isinstance(value, str) or (_STORED_EMAIL.fullmatch(value) and "xn--" not in value):
+        return value
+    local, _, domain = value.rpartition("@")
+    if _PLAIN_EMAIL.fullmatch(value) and "xn--" not in domain.lower():
+        return f"{local}@{domain.lower()}"  # all the validator changes in such an email
+    if _EMAIL is None:
+        _EMAIL = TypeAdapter(EmailStr)
+    try:
+        return str(_EMAIL.validate_python(value))
+    except ValueError:
+        return value
+
+
 def _int64_or_float(value: Any) -> Any:
     """A number field keeps integers exact: one past 64 bits is refused, not rounded to a float."""
     value = whole_as_int(value)

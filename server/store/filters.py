@@ -11,7 +11,7 @@ import regex
 
 from ..errors import InvalidFilter, InvalidSort
 from ..schema import Noun
-from ..schema.validation import whole_as_int
+from ..schema.validation import normalized_email, whole_as_int
 from ..timeutil import between_microseconds, format_us, parse_time
 from .patterns import compile_pattern
 from .sqlite import json_path
@@ -24,9 +24,6 @@ MAX_DEPTH = 8
 MAX_TERMS = 64
 MAX_REGEX = 256
 _ORDERABLE = {"number", "int", "date", "datetime", "string", "text", "email", "url", "id"}
-_EMAIL: Any = None  # pydantic's EmailStr adapter, built on first use
-# An ASCII address with nothing around it (no "Name <...>", no spaces) and no punycode domain.
-_PLAIN_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 
 
 @dataclass(frozen=True)
@@ -318,18 +315,23 @@ class FilterCompiler:
         """Apply a condition to the field, or to any element of an array field (a lone value is a list of one).
         A value of another shape (a list where the field is a scalar now, an object) meets no condition: the
         values compared are the ones its lookup keys list (mutations.field_values), so `$ne` is `$eq`'s opposite.
-        `text_of_a_list`: False when the condition cannot hold for the JSON text of a list or an object."""
+        `text_of_a_list`: False when the condition cannot hold for the JSON text of a list or an object.
+        An email field's value is compared as a write stores it, as its keys list it: one written while the field
+        was a string (`Bob@EXAMPLE.com`) too (a function call per row, on email fields only)."""
         if col.json_path is None:  # a meta column: one type, never a list
             return "(" + template.format(x=col.sql) + ")"
         path = f"'{col.json_path}'"
+        whole, element = (
+            (f"email_value({col.sql})", "email_value(value)") if col.kind == "email" else (col.sql, "value")
+        )
         if col.array:  # (an object's members have text keys; a list's elements numbers, a lone value none)
             return (
-                f"EXISTS (SELECT 1 FROM json_each(state, {path}) WHERE ({template.format(x='value')}) "
+                f"EXISTS (SELECT 1 FROM json_each(state, {path}) WHERE ({template.format(x=element)}) "
                 "AND type NOT IN ('array', 'object') AND typeof(key) != 'text')"
             )
         if not text_of_a_list:
-            return "(" + template.format(x=col.sql) + ")"
-        return f"(({template.format(x=col.sql)}) AND json_type(state, {path}) NOT IN ('array', 'object'))"
+            return "(" + template.format(x=whole) + ")"
+        return f"(({template.format(x=whole)}) AND json_type(state, {path}) NOT IN ('array', 'object'))"
 
     def _glob(self, pattern: str) -> str:
         m = re.fullmatch(r"([A-Z][A-Za-z0-9]*)\.\*", pattern)
@@ -373,7 +375,7 @@ class FilterCompiler:
         elif kind == "json":
             bad = value is None
         elif kind == "email" and isinstance(value, str) and op != "$regex":
-            return _normalized_email(value)
+            return normalized_email(value)
         else:
             bad = not isinstance(value, str)
         if not bad and isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
@@ -403,22 +405,6 @@ def within_a_day(value: Any) -> bool:
         return between_microseconds(value) or not day_of(value)[1]
     except ValueError:
         return False
-
-
-def _normalized_email(value: str) -> str:
-    """An email as writes store it (pydantic's EmailStr: the domain lowercased); other text as it is."""
-    global _EMAIL
-    local, _, domain = value.rpartition("@")
-    if _PLAIN_EMAIL.fullmatch(value) and "xn--" not in domain.lower():
-        return f"{local}@{domain.lower()}"  # all the validator changes in such an email
-    if _EMAIL is None:
-        from pydantic import EmailStr, TypeAdapter
-
-        _EMAIL = TypeAdapter(EmailStr)
-    try:
-        return str(_EMAIL.validate_python(value))
-    except ValueError:
-        return value
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from ..errors import (
     bounded,
 )
 from ..schema import Field, Noun, SchemaSet
-from ..schema.validation import Validators
+from ..schema.validation import Validators, normalized_email
 from ..timeutil import between_microseconds, format_us, parse_as_of
 from .events import dumps, new_id, render_change
 from .hooks import BeforeContext, HookRejected, Hooks, hook_name
@@ -1190,12 +1190,15 @@ def index_keys(noun: Noun, state: dict[str, Any]) -> set[tuple[str, Any]]:
 def field_values(field: Field, value: Any) -> list[Any]:
     """The strings and numbers a stored value holds as the field's current type reads it, which its lookup keys
     list and its filters compare (filters.FilterCompiler._scalar): a list field's elements (a lone value is a list
-    of one), a scalar field's value, a json field's value or its list's elements. A value of another shape (a list
-    written before the field became a scalar, an object) holds none; nor do a json field's true/false (SQLite
-    would keep them as the numbers 1 and 0)."""
+    of one), a scalar field's value, a json field's value or its list's elements; an email field's text as a write
+    stores it (the domain lowercased, as in one written while the field was a string). A value of another shape
+    (a list written before the field became a scalar, an object) holds none; nor do a json field's true/false
+    (SQLite would keep them as the numbers 1 and 0)."""
     if value is None:
         return []
     items = value if isinstance(value, list) and (field.array or field.type == "json") else [value]
+    if field.type == "email":  # (a write stores emails so already; one written before the field was an email not)
+        return [normalized_email(v) for v in items if isinstance(v, (str, int, float))]
     return [v for v in items if isinstance(v, (str, int, float)) and not (field.type == "json" and isinstance(v, bool))]
 
 

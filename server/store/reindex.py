@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import Conflict, NotFound, StorageError
 from ..schema import Noun, SchemaSet
+from ..schema.validation import normalized_email
 from .filelock import TenantLock
 from .mutations import INSERT_KEY, key_rows, search_body
 from .sqlite import in_tx
@@ -34,8 +35,16 @@ def shape(noun: Noun) -> str:
     # nouns with an indexed json field rebuild their keys once.
     # A list field keys each element and a scalar field no list (mutations.field_values): the "list" mark makes a
     # field changed from one to the other rebuild its keys.
+    # An email field keys its values as a write stores them (mutations.field_values), one written while it was a
+    # string too: the "email" mark makes a field changed to an email, or from one, rebuild its keys.
     keys = sorted(
-        [f.name, f.unique, *(["no-flags"] if f.type == "json" else []), *(["list"] if f.array else [])]
+        [
+            f.name,
+            f.unique,
+            *(["no-flags"] if f.type == "json" else []),
+            *(["list"] if f.array else []),
+            *(["email"] if f.type == "email" else []),
+        ]
         for f in noun.indexed_fields
     )
     return json.dumps({"keys": keys, "text": sorted(noun.text_fields)}, separators=(",", ":"))
@@ -105,10 +114,12 @@ def open_elsewhere(name: str, why: str = "") -> StorageError:
 
 def rebuild_alone(path: Path, schemas: SchemaSet, every: bool = False) -> list[str]:
     """Rebuild the stale nouns (with `every`, all nouns, and drop keys and text of no entity) of the
-    tenant file `path` through a connection that holds it alone; the names rebuilt. Raises StorageError
+    tenant file `path` through a connection that holds it alone: of each, its keys or its full text, or both,
+    as far as they differ from what the schemas make (`_differ`); the names of those rebuilt. Raises StorageError
     when another process has the file open, or when a unique field holds the same value on two live
     entities (then nothing is changed)."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+    conn.create_function("email_value", 1, normalized_email, deterministic=True)
     try:
         conn.execute("PRAGMA locking_mode = EXCLUSIVE")
         try:
@@ -117,8 +128,12 @@ def rebuild_alone(path: Path, schemas: SchemaSet, every: bool = False) -> list[s
             raise open_elsewhere(path.stem) from None
         try:
             nouns = list(schemas.nouns.values()) if every else changed(conn, schemas)
+            rebuilt = []
             for noun in nouns:
-                _rebuild(conn, noun)
+                keys, text = (True, True) if every else _differ(conn, noun)
+                if keys or text:
+                    _rebuild(conn, noun, keys, text)
+                    rebuilt.append(noun.name)
             if every:
                 conn.execute("DELETE FROM entity_keys WHERE id NOT IN (SELECT id FROM entities)")
                 conn.execute("DELETE FROM entities_fts WHERE rowid NOT IN (SELECT rowid FROM entities)")
@@ -127,7 +142,7 @@ def rebuild_alone(path: Path, schemas: SchemaSet, every: bool = False) -> list[s
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        return [noun.name for noun in nouns]
+        return rebuilt
     finally:
         conn.close()
 
@@ -166,6 +181,40 @@ def checkable(conn: sqlite3.Connection, schemas: SchemaSet) -> tuple[list[Noun],
     return [n for n in schemas.nouns.values() if n.name not in differ], other
 
 
+def _differ(conn: sqlite3.Connection, noun: Noun) -> tuple[bool, bool]:
+    """Whether the key rows, and the full text, of a noun whose shape changed differ from what its states make now.
+    The keys of a field that only became an email need no rebuild when they hold no text a write to an email
+    stores otherwise: a tenant whose keys were built before shapes marked emails (their values were written as
+    emails) is not rebuilt for the mark alone."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_PREFIX + noun.name,)).fetchone()
+    if row is None:
+        return True, True
+    try:
+        was, now = json.loads(row[0]), json.loads(shape(noun))
+        text = was["text"] != now["text"]
+        same = _unmarked(was["keys"]) == _unmarked(now["keys"])
+        marked = {key[0] for key in was["keys"] if "email" in key[2:]}
+    except (ValueError, TypeError, KeyError, IndexError):  # (a shape recorded otherwise than this version does)
+        return True, True
+    emails = {key[0] for key in now["keys"] if "email" in key[2:]}
+    if not same or marked - emails:  # (a field no longer an email keys its values as they were written)
+        return True, text
+    keys = any(
+        conn.execute(
+            "SELECT 1 FROM entity_keys WHERE type = ? AND field = ? AND typeof(value) = 'text' "
+            "AND email_value(value) != value LIMIT 1",
+            (noun.name, field),
+        ).fetchone()
+        for field in sorted(emails - marked)
+    )
+    return keys, text
+
+
+def _unmarked(keys: list[list[Any]]) -> list[list[Any]]:
+    """A shape's keys ([name, unique, marks...]) without their "email" marks."""
+    return sorted([*key[:2], *(mark for mark in key[2:] if mark != "email")] for key in keys)
+
+
 def _any_shape(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT 1 FROM meta WHERE key LIKE 'derived:%' LIMIT 1").fetchone() is not None
 
@@ -201,9 +250,10 @@ def unique_clashes(conn: sqlite3.Connection, noun: Noun) -> list[Clash]:
     return _built(conn, noun, text=False)[2]
 
 
-def _rebuild(conn: sqlite3.Connection, noun: Noun) -> None:
-    keys, texts, clashes = _built(conn, noun)
-    for field, value, ids in clashes[:1]:
+def _rebuild(conn: sqlite3.Connection, noun: Noun, keys_too: bool = True, text_too: bool = True) -> None:
+    """Rewrite the noun's key rows (`keys_too`) and full text (`text_too`) from its entities' states."""
+    keys, texts, clashes = _built(conn, noun, text=text_too)
+    for field, value, ids in clashes[:1] if keys_too else []:
         # The operator's schemas, not the request, are at fault: storage_error, and said in the log too.
         refusal = StorageError(
             f"this tenant cannot be opened with the server's schemas: {noun.name}.{field} is unique in them, "
@@ -214,7 +264,11 @@ def _rebuild(conn: sqlite3.Connection, noun: Noun) -> None:
         )
         log.error("%s", refusal.message)
         raise refusal
-    conn.execute("DELETE FROM entity_keys WHERE type = ?", (noun.name,))
-    conn.executemany(INSERT_KEY, keys)
-    conn.execute("DELETE FROM entities_fts WHERE rowid IN (SELECT rowid FROM entities WHERE type = ?)", (noun.name,))
-    conn.executemany("INSERT INTO entities_fts (rowid, body) VALUES (?, ?)", texts)
+    if keys_too:
+        conn.execute("DELETE FROM entity_keys WHERE type = ?", (noun.name,))
+        conn.executemany(INSERT_KEY, keys)
+    if text_too:
+        conn.execute(
+            "DELETE FROM entities_fts WHERE rowid IN (SELECT rowid FROM entities WHERE type = ?)", (noun.name,)
+        )
+        conn.executemany("INSERT INTO entities_fts (rowid, body) VALUES (?, ?)", texts)

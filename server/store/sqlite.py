@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import DamagedFile, LimitExceeded, StorageError
+from ..schema.validation import normalized_email
 from .patterns import regexp
 from .words import words_match
 
@@ -282,7 +283,8 @@ _SAFE_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 def connect(path: Path, durability: str = "normal", readonly: bool = False) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), WAL, foreign-free, with `regexp`."""
+    """A connection in autocommit mode (transactions are explicit), WAL, foreign-free, with `regexp` (and the
+    other functions filters call: `words_match`, `email_value`)."""
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
     else:
@@ -300,6 +302,7 @@ def connect(path: Path, durability: str = "normal", readonly: bool = False) -> s
     conn.execute("PRAGMA cache_size = -16000")
     conn.create_function("regexp", 2, regexp, deterministic=True)
     conn.create_function("words_match", 2, words_match, deterministic=True)
+    conn.create_function("email_value", 1, normalized_email, deterministic=True)
     return conn
 
 
