@@ -139,7 +139,7 @@ async def test_a_server_with_new_schemas_rebuilds_a_tenant_its_flush_process_has
                 found = await client.call_tool("search", {"type": "Widget", "filter": {"color": "red"}})
 
     assert sorted(e["name"] for e in payload(found)["results"]) == ["first", "second"]
-    assert "rebuilt the lookup keys and full text of Widget" in server.log()
+    assert "rebuilt what the schemas changed (lookup keys, full text or both) of Widget" in server.log()
 
 
 @pytest.mark.anyio

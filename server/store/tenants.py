@@ -129,7 +129,11 @@ class Tenant:
         if not shared:  # (flock(2) does not promise that nobody comes between)
             raise self._busy()
         if rebuilt:  # (none when another process rebuilt it for these schemas just before)
-            log.info("tenant %s: rebuilt the lookup keys and full text of %s", self.name, ", ".join(rebuilt))
+            log.info(
+                "tenant %s: rebuilt what the schemas changed (lookup keys, full text or both) of %s",
+                self.name,
+                ", ".join(rebuilt),
+            )
 
     def _busy(self) -> TenantBusy:
         return TenantBusy(
