@@ -522,6 +522,40 @@ def test_a_value_of_the_wrong_type_is_invalid_filter(store: Store, deals: dict[s
     assert next(iter(bad)) in err.value.message
 
 
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [
+        ({"name": {"$gt": None}}, "name: $gt got null, which"),
+        ({"name": {"$eq": ["A"]}}, 'name: $eq got ["A"], which'),
+        ({"name": True}, "name: $eq got true, which"),
+        ({"name": {"$lt": {"a": 1}}}, 'name: $lt got {"a": 1}, which'),
+        ({"value": {"$gte": False}}, "value: $gte got false, which"),
+        ({"value": {"$ne": float("nan")}}, "value: $ne got NaN, which"),
+        ({"name": {"$in": ["A", None, True]}}, "name: $in got true, which"),
+    ],
+    ids=["null", "list", "true", "object", "false", "nan", "true-in-a-list"],
+)
+def test_a_value_of_the_wrong_type_is_shown_in_the_message_as_the_json_it_came_as(
+    store: Store, deals: dict[str, str], bad: Any, said: str
+) -> None:
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, "Deal", filter=bad)
+
+    assert said in err.value.message
+
+
+@pytest.mark.parametrize("bad", [{"name": {}}, {"$or": [{"value": {}}, {"name": "A"}]}, {"variants": {}}])
+def test_an_empty_operator_object_is_invalid_filter_saying_what_an_operator_object_holds(
+    store: Store, bad: Any
+) -> None:
+    noun = "Experiment" if "variants" in bad else "Deal"
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, noun, filter=bad)
+
+    assert ": {} is an empty operator object; an operator object holds one or more of $eq, $ne," in err.value.message
+    assert '{"$ne": null}' in err.value.message
+
+
 @pytest.mark.parametrize("bad", [{"stage": "Pending"}, {"stage": {"$in": ["Won", "Nope"]}}, {"stage": {"$ne": "won"}}])
 def test_an_enum_value_that_is_not_a_member_is_invalid_filter_naming_the_members(
     store: Store, deals: dict[str, str], bad: Any

@@ -127,6 +127,26 @@ def test_values_of_the_wrong_type_or_outside_the_enum_are_refused(store: Store) 
     assert event_count(store) == 0
 
 
+@pytest.mark.parametrize(
+    ("noun", "data", "said"),
+    [
+        ("Contact", {"title": True}, "'title' must be a string (got true;"),
+        ("Contact", {"title": ["A"]}, "'title' must be a string (got [\"A\"];"),
+        ("Contact", {"title": {"a": 1}}, "'title' must be a string (got {\"a\": 1};"),
+        ("Pipeline", {"stages": ["A", None]}, "'stages' Input should be a valid string (got null;"),
+        ("Pipeline", {"isDefault": None, "stages": "A"}, "'stages' must be a string array (got 'A';"),
+    ],
+    ids=["true", "list", "object", "null-in-a-list", "a-string-stays-quoted"],
+)
+def test_a_value_of_the_wrong_type_in_data_is_shown_in_the_message_as_the_json_it_came_as(
+    store: Store, noun: str, data: dict[str, Any], said: str
+) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create(store, noun, {"name": "A", **data})
+    assert said in exc.value.message
+    assert event_count(store) == 0
+
+
 # ---- update ---------------------------------------------------------------------------------------
 
 
@@ -322,6 +342,18 @@ def test_a_verb_refuses_data_that_sets_its_own_field_to_another_value(store: Sto
 
     assert "win sets Deal.stage to 'Won'" in exc.value.message
     assert won["entity"]["stage"] == "Won" and won["entity"]["$version"] == 2
+
+
+@pytest.mark.parametrize(("value", "said"), [(None, "null"), (True, "true"), (["Archived"], '["Archived"]')])
+def test_a_verb_refusing_data_for_the_field_it_sets_shows_that_data_as_json(
+    store: Store, value: Any, said: str
+) -> None:
+    pipeline = create(store, "Pipeline", {"name": "Sales"})["entity"]
+    with pytest.raises(ValidationFailed) as exc:
+        store.do(
+            TENANT, AGENT, {"action": "archive", "type": "Pipeline", "id": pipeline["$id"], "data": {"status": value}}
+        )
+    assert exc.value.message == f"archive sets Pipeline.status to 'Archived'; data may not set it to {said}"
 
 
 def test_removing_a_required_field_is_refused(store: Store) -> None:

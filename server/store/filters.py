@@ -9,7 +9,7 @@ from typing import Any
 
 import regex
 
-from ..errors import InvalidFilter, InvalidSort
+from ..errors import InvalidFilter, InvalidSort, shown
 from ..schema import Noun
 from ..schema.validation import whole_as_int
 from ..timeutil import between_microseconds, format_us, parse_time
@@ -180,6 +180,11 @@ class FilterCompiler:
             raise self._too_deep()
         if isinstance(cond, dict) and col.kind != "json" and (bare := [k for k in cond if f"${k}" in OPERATORS]):
             raise self._fail(f"{col.name}: operator keys start with '$' (did you mean ${bare[0]}?)")
+        if isinstance(cond, dict) and not cond:
+            raise self._fail(
+                f"{col.name}: {{}} is an empty operator object; an operator object holds one or more of "
+                f'{", ".join(OPERATORS)}, such as {{"$ne": null}}'
+            )
         if isinstance(cond, dict) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond):
             return "(" + " AND ".join(self._op(col, op, arg, depth) for op, arg in cond.items()) + ")"
         return self._op(col, "$eq", cond, depth)
@@ -381,7 +386,7 @@ class FilterCompiler:
         if isinstance(value, float) and value != value:
             bad = True
         if bad:
-            raise self._fail(f"{col.name}: {op} got {value!r}, which is not a valid {kind} value")
+            raise self._fail(f"{col.name}: {op} got {shown(value)}, which is not a valid {kind} value")
         if col.enum and op in ("$eq", "$ne", "$in", "$nin") and value not in col.enum:
             raise self._fail(f"{col.name}: {value!r} is not one of {', '.join(col.enum)}")
         return value

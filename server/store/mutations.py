@@ -29,6 +29,7 @@ from ..errors import (
     ValidationFailed,
     VersionConflict,
     bounded,
+    shown,
 )
 from ..schema import Field, Noun, SchemaSet
 from ..schema.validation import Validators
@@ -500,7 +501,7 @@ class Mutator:
         if sets is not None:
             if patch.get(sets, past) != past:
                 raise ValidationFailed(
-                    f"{op.action} sets {noun.name}.{sets} to {past!r}; data may not set it to {patch[sets]!r}",
+                    f"{op.action} sets {noun.name}.{sets} to {past!r}; data may not set it to {shown(patch[sets])}",
                     hint=f"Leave {sets} out of data, or use update to set it to another value.",
                 )
             patch[sets] = past
@@ -508,7 +509,7 @@ class Mutator:
         patch = self.before_hooks(noun, op.action, past, entity_id, given, current.state, op)
         if sets is not None and patch.get(sets) != past:  # the event would say Qualified with another stage
             raise HookFailed(
-                f"a BEFORE hook changed {noun.name}.{sets}, which {op.action} sets to {past!r}, to {patch.get(sets)!r}",
+                f"a BEFORE hook changed {noun.name}.{sets}, which {op.action} sets to {past!r}, to {shown(patch.get(sets))}",
                 hint="This is a fault in the server's hooks: a hook may reject a verb, not change what it sets.",
             )
         merged = self.hooked(given, patch, lambda p: self.validate_merge(noun, current, p))
