@@ -34,6 +34,11 @@ def shown(value: Any, limit: int = SHOWN) -> str:
     return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
 
 
+def a_or_an(word: str) -> str:
+    """`word` after the article it takes, by its first letter: "an Organization", "an int", "a User", "a url"."""
+    return f"{'an' if word[:1].lower() in ('a', 'e', 'i', 'o') else 'a'} {word}"
+
+
 class HeadlesslyError(Exception):
     """A refusal the caller can understand and act on: `code`, `message` and `hint`."""
 

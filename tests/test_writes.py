@@ -923,6 +923,20 @@ def test_an_id_of_another_noun_is_invalid_id(store: Store) -> None:
     assert store.get(TENANT, "Deal", deal["$id"])["$version"] == 1
 
 
+def test_messages_put_an_before_a_noun_or_type_that_starts_with_a_vowel_and_a_before_others(store: Store) -> None:
+    alice = contact(store)
+    with pytest.raises(ValidationFailed) as exc:
+        contact(store, organization="acme")
+    assert "'organization' must be the $id of an Organization (organization_...)" in exc.value.message
+    with pytest.raises(ValidationFailed) as exc:
+        create(store, "Organization", {"name": "Acme", "website": 5, "employeeCount": "many"})
+    assert "'website' must be a url" in exc.value.message
+    assert "'employeeCount' must be an int" in exc.value.message
+    with pytest.raises(InvalidId) as invalid:
+        store.do(TENANT, AGENT, {"action": "update", "type": "Organization", "id": alice["$id"], "data": {}})
+    assert f"{alice['$id']} is not an Organization id" in invalid.value.message
+
+
 def test_an_unknown_key_in_an_operation_is_a_validation_error_naming_it(store: Store) -> None:
     with pytest.raises(ValidationFailed) as exc:
         store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "A"}, "colour": "red"})

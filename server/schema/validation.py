@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.types import AllowInfNan
 from typing_extensions import TypedDict
 
-from ..errors import SHOWN, ValidationFailed, shown
+from ..errors import SHOWN, ValidationFailed, a_or_an, shown
 from ..timeutil import ASCII_SPACE, normalize_time
 from .nouns import Field, Noun
 
@@ -241,13 +241,13 @@ class NounValidator:
         if f and f.enum and kind == "literal_error":
             msg = f"must be one of {', '.join(f.enum)}"
         elif f and f.relation and kind == "string_pattern_mismatch":
-            msg = f"must be the $id of a {f.relation} ({f.relation.lower()}_...)"
+            msg = f"must be the $id of {a_or_an(f.relation)} ({f.relation.lower()}_...)"
         elif (
             f and f.type == "number" and not f.array and (kind.endswith("_type") or kind.startswith(("int_", "float_")))
         ):
             msg = "must be a number, such as 12 or 1.5"
         elif f and kind.endswith("_type") and (len(err["loc"]) == 1 or not f.array):
-            msg = f"must be {'an' if f.type[0] in 'aeiou' else 'a'} {f.type}" + (" array" if f.array else "")
+            msg = f"must be {a_or_an(f.type)}" + (" array" if f.array else "")
         elif kind.startswith("value_error"):
             msg = msg.removeprefix("Value error, ")
         return f"'{loc}' {msg} (got {got}; expected {expected})"

@@ -28,6 +28,7 @@ from ..errors import (
     UnknownVerb,
     ValidationFailed,
     VersionConflict,
+    a_or_an,
     bounded,
     shown,
 )
@@ -416,7 +417,9 @@ class Mutator:
         if row is None:
             raise NotFound(f"{noun.name} {entity_id} does not exist", hint=f"Search {noun.name} to find existing ids.")
         if row[1] != noun.name:
-            raise InvalidId(f"{entity_id} is a {row[1]}, not a {noun.name}", hint=f'Use "type": "{row[1]}" for it.')
+            raise InvalidId(
+                f"{entity_id} is {a_or_an(row[1])}, not {a_or_an(noun.name)}", hint=f'Use "type": "{row[1]}" for it.'
+            )
         return Loaded(rowid=row[0], state=json.loads(row[2]))
 
     def load_live(self, noun: Noun, entity_id: str, op: Operation) -> Loaded:
@@ -1263,7 +1266,7 @@ def check_id(noun: Noun, raw: object) -> str:
     if not raw.startswith(noun.prefix):
         other = raw.split("_", 1)[0]
         raise InvalidId(
-            f"{raw} is not a {noun.name} id (it starts with '{other}_')",
+            f"{raw} is not {a_or_an(noun.name)} id (it starts with '{other}_')",
             hint=f"{noun.name} ids start with '{noun.prefix}'.",
         )
     return raw
