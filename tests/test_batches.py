@@ -232,6 +232,14 @@ def test_a_near_miss_of_a_ref_is_a_validation_error_giving_the_form_and_the_refs
     nothing_written(store)
 
 
+@pytest.mark.parametrize(("op", "said"), [(5, "got 5"), (None, "got null"), (["create"], 'got ["create"]')])
+def test_an_operation_that_is_not_an_object_is_refused_showing_it_as_json(store: Store, op: Any, said: str) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        batch(store, {"action": "create", "type": "Organization", "data": {"name": "Startup Inc"}}, op)
+    assert exc.value.message == f"operations[1]: an operation must be an object, {said}"
+    nothing_written(store)
+
+
 def test_a_ref_to_a_revert_says_the_revert_names_no_entity_and_which_refs_can_be_named(store: Store) -> None:
     with pytest.raises(ValidationFailed) as exc:
         batch(

@@ -145,7 +145,7 @@ class FilterCompiler:
         if depth > MAX_DEPTH:
             raise self._too_deep()
         if not isinstance(doc, dict):
-            raise self._fail(f"a filter must be an object of field conditions, got {type(doc).__name__}")
+            raise self._fail(f"a filter must be an object of field conditions, got {shown(doc)}")
         parts = []
         for key, value in doc.items():
             if key in LOGICAL:
@@ -211,7 +211,7 @@ class FilterCompiler:
             if col.kind not in TEXT_KINDS:
                 raise self._fail(f"{col.name}: $regex applies to text fields ({', '.join(TEXT_KINDS)}), not {col.kind}")
             if not isinstance(arg, str):
-                raise self._fail(f"{col.name}: $regex takes a pattern string, got {type(arg).__name__}")
+                raise self._fail(f"{col.name}: $regex takes a pattern string, got {shown(arg)}")
             if len(arg) > MAX_REGEX:
                 raise self._fail(f"{col.name}: a $regex pattern is at most {MAX_REGEX} characters, got {len(arg)}")
             try:
@@ -354,7 +354,7 @@ class FilterCompiler:
         if isinstance(value, (dict, list)):
             if kind == "json":  # a json field is compared by its scalars (or a list's elements)
                 raise self._fail(
-                    f"{col.name}: {op} takes a string, number or boolean on a json field, not {type(value).__name__}"
+                    f"{col.name}: {op} takes a string, number or boolean on a json field, not {shown(value)}"
                     " (objects and whole lists are not compared)"
                 )
             bad = True
