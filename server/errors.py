@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 MAX_TEXT = 2_000  # characters of a message or hint: whatever the request held, an error fits in an agent's context
+SHOWN = 80  # characters of a caller's value (not a string) a message shows
 
 
 def bounded(text: str) -> str:
@@ -14,6 +16,27 @@ def bounded(text: str) -> str:
         return text
     keep = MAX_TEXT // 2 - 40
     return f"{text[:keep]} ... ({len(text) - 2 * keep:,} characters left out) ... {text[-keep:]}"
+
+
+def shown(value: Any, limit: int = SHOWN) -> str:
+    """A value the caller sent, as a message shows it. Callers speak JSON: anything but a string is shown as
+    the JSON it came as (`null`, `true`, `["A"]`, `{"a": 1}`), its first `limit` characters and "..." past
+    them; a string is quoted as messages always quoted one ('Acme'), whole (`bounded` bounds the message)."""
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=repr)
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (\ud800) inside: escaped, as JSON writes it
+        text = json.dumps(value, default=repr)
+    except (TypeError, ValueError, RecursionError):  # not JSON at all (a hook's value): at least what it is
+        text = type(value).__name__
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
+
+def a_or_an(word: str) -> str:
+    """`word` after the article it takes, by its first letter: "an Organization", "an int", "a User", "a url"."""
+    return f"{'an' if word[:1].lower() in ('a', 'e', 'i', 'o') else 'a'} {word}"
 
 
 class HeadlesslyError(Exception):

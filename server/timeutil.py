@@ -6,7 +6,7 @@ import re
 import time
 from datetime import UTC, date, datetime, timedelta
 
-from .errors import InvalidAsOf
+from .errors import InvalidAsOf, shown
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
@@ -53,7 +53,7 @@ def parse_time(value: object) -> int:
 
     Raises ValueError saying what is accepted."""
     if not isinstance(value, str):
-        raise ValueError(f"expected a time string, got {type(value).__name__}")
+        raise ValueError(f"expected a time string, got {shown(value)}")
     text = value.strip(ASCII_SPACE)  # (not other Unicode spaces, as digits are ASCII only)
     if _DATE.fullmatch(text):
         try:

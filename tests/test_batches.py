@@ -209,13 +209,82 @@ def test_a_ref_that_is_not_ascii_digits_naming_an_earlier_operation_is_a_validat
     nothing_written(store)
 
 
-def test_a_ref_may_have_leading_zeros(store: Store) -> None:
-    results = batch(
-        store,
-        {"action": "create", "type": "Organization", "data": {"name": "Startup Inc"}},
-        {"action": "create", "type": "Contact", "data": {"name": "Alice", "organization": "$ref:" + "0" * 5000}},
-    )["results"]
-    assert results[1]["entity"]["organization"] == results[0]["entity"]["$id"]
+@pytest.mark.parametrize(
+    "ref",
+    ["$ref:00", "$ref:01", "$ref:-1", "$ref:+0", "$ref: 0", "$ref:0 ", "$REF:0", "$ref0", "$ref", "$ref:", " $ref:0"],
+)
+@pytest.mark.parametrize("where", ["data", "id"])
+def test_a_near_miss_of_a_ref_is_a_validation_error_giving_the_form_and_the_refs_that_can_be_named(
+    store: Store, ref: str, where: str
+) -> None:
+    second = (
+        {"action": "create", "type": "Contact", "data": {"name": "Alice", "organization": ref}}
+        if where == "data"
+        else {"action": "update", "type": "Organization", "id": ref, "data": {"name": "Acme"}}
+    )
+    with pytest.raises(ValidationFailed) as exc:
+        batch(store, {"action": "create", "type": "Organization", "data": {"name": "Startup Inc"}}, second)
+    assert exc.value.message.startswith(f"operations[1] ({second['action']}): {ref!r} is not a $ref: a $ref is ")
+    assert '"$ref:N", N the index of an earlier operation in digits (0, 1, 2, ...: no sign, space or leading zero)' in (
+        exc.value.message
+    )
+    assert "; this operation can name $ref:0 (the whole batch was refused" in exc.value.message
+    nothing_written(store)
+
+
+@pytest.mark.parametrize(("op", "said"), [(5, "got 5"), (None, "got null"), (["create"], 'got ["create"]')])
+def test_an_operation_that_is_not_an_object_is_refused_showing_it_as_json(store: Store, op: Any, said: str) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        batch(store, {"action": "create", "type": "Organization", "data": {"name": "Startup Inc"}}, op)
+    assert exc.value.message == f"operations[1]: an operation must be an object, {said}"
+    nothing_written(store)
+
+
+def test_a_ref_to_a_revert_says_the_revert_names_no_entity_and_which_refs_can_be_named(store: Store) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        batch(
+            store,
+            {"action": "create", "type": "Organization", "data": {"name": "Startup Inc"}},
+            {"action": "revert", "actor": "agent_nobody", "since": "2026-01-01"},
+            {"action": "create", "type": "Organization", "data": {"name": "Acme"}},
+            {"action": "update", "type": "Organization", "id": "$ref:1", "data": {"name": "Acme 2"}},
+        )
+    assert exc.value.message == (
+        "operations[3] (update): $ref:1 names operations[1], a revert, which acts on no single entity: a $ref names "
+        "an operation whose result has an entity (not a revert); this operation can name $ref:0, $ref:2 "
+        "(the whole batch was refused; nothing was written)"
+    )
+    nothing_written(store)
+
+
+def test_a_ref_to_a_revert_when_no_earlier_operation_has_an_entity_says_so(store: Store) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        batch(
+            store,
+            {"action": "revert", "actor": "agent_nobody", "since": "2026-01-01"},
+            {"action": "update", "type": "Contact", "id": "$ref:0", "data": {"title": "CTO"}},
+        )
+    assert "$ref:0 names operations[0], a revert, which acts on no single entity" in exc.value.message
+    assert "no operation before this one has an entity to name" in exc.value.message
+    assert "$ref:0 to $ref:0" not in exc.value.message + exc.value.hint
+    nothing_written(store)
+
+
+def test_a_ref_past_the_earlier_operations_lists_the_refs_that_can_be_named_in_runs(store: Store) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        batch(
+            store,
+            {"action": "create", "type": "Organization", "data": {"name": "A"}},
+            {"action": "create", "type": "Organization", "data": {"name": "B"}},
+            {"action": "revert", "actor": "agent_nobody", "since": "2026-01-01"},
+            {"action": "create", "type": "Organization", "data": {"name": "C"}},
+            {"action": "create", "type": "Contact", "data": {"name": "Alice", "organization": "$ref:4"}},
+        )
+    assert exc.value.message.startswith(
+        "operations[4] (create): $ref:4 does not name an earlier operation: a $ref names the entity of an operation "
+        "before this one; this operation can name $ref:0 to $ref:1, $ref:3 ("
+    )
+    nothing_written(store)
 
 
 def test_a_ref_is_only_read_in_a_relationship_so_text_may_say_dollar_ref(store: Store) -> None:

@@ -293,10 +293,10 @@ def test_regex_matches_text_fields(store: Store, deals: dict[str, str]) -> None:
     [
         ("Deal", {"value": {"$regex": "1"}}, "applies to text fields"),
         ("Contact", {"$createdAt": {"$regex": "2026"}}, "not datetime"),
-        ("Contact", {"name": {"$regex": 5}}, "takes a pattern string, got int"),
+        ("Contact", {"name": {"$regex": 5}}, "takes a pattern string, got 5"),
         ("Contact", {"name": {"$regex": "a" * 257}}, "at most 256 characters, got 257"),
-        ("Experiment", {"variants": {"$eq": ["a", "b"]}}, "string, number or boolean on a json field, not list"),
-        ("Experiment", {"variants": {"a": 1}}, "not dict"),
+        ("Experiment", {"variants": {"$eq": ["a", "b"]}}, 'string, number or boolean on a json field, not ["a", "b"]'),
+        ("Experiment", {"variants": {"a": 1}}, '$eq takes a string, number or boolean on a json field, not {"a": 1}'),
     ],
 )
 def test_an_unusable_regex_or_json_condition_says_which_part_is_wrong(
@@ -304,6 +304,24 @@ def test_an_unusable_regex_or_json_condition_says_which_part_is_wrong(
 ) -> None:
     with pytest.raises(InvalidFilter) as err:
         store.find(TENANT, noun, flt)
+    assert said in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("flt", "said"),
+    [
+        ({"$createdAt": {"$gt": None}}, "$createdAt: expected a time string, got null"),
+        ({"$updatedAt": {"$lt": 2026}}, "$updatedAt: expected a time string, got 2026"),
+        ({"closedAt": True}, "closedAt: expected a time string, got true"),
+        ([{"name": "A"}], 'a filter must be an object of field conditions, got [{"name": "A"}]'),
+        ({"$or": [None]}, "a filter must be an object of field conditions, got null"),
+    ],
+)
+def test_a_time_or_a_filter_that_is_not_what_it_should_be_is_shown_as_the_json_it_came_as(
+    store: Store, flt: Any, said: str
+) -> None:
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, "Deal", flt)
     assert said in err.value.message
 
 
@@ -520,6 +538,40 @@ def test_a_value_of_the_wrong_type_is_invalid_filter(store: Store, deals: dict[s
         store.find(TENANT, "Deal", filter=bad)
 
     assert next(iter(bad)) in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [
+        ({"name": {"$gt": None}}, "name: $gt got null, which"),
+        ({"name": {"$eq": ["A"]}}, 'name: $eq got ["A"], which'),
+        ({"name": True}, "name: $eq got true, which"),
+        ({"name": {"$lt": {"a": 1}}}, 'name: $lt got {"a": 1}, which'),
+        ({"value": {"$gte": False}}, "value: $gte got false, which"),
+        ({"value": {"$ne": float("nan")}}, "value: $ne got NaN, which"),
+        ({"name": {"$in": ["A", None, True]}}, "name: $in got true, which"),
+    ],
+    ids=["null", "list", "true", "object", "false", "nan", "true-in-a-list"],
+)
+def test_a_value_of_the_wrong_type_is_shown_in_the_message_as_the_json_it_came_as(
+    store: Store, deals: dict[str, str], bad: Any, said: str
+) -> None:
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, "Deal", filter=bad)
+
+    assert said in err.value.message
+
+
+@pytest.mark.parametrize("bad", [{"name": {}}, {"$or": [{"value": {}}, {"name": "A"}]}, {"variants": {}}])
+def test_an_empty_operator_object_is_invalid_filter_saying_what_an_operator_object_holds(
+    store: Store, bad: Any
+) -> None:
+    noun = "Experiment" if "variants" in bad else "Deal"
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, noun, filter=bad)
+
+    assert ": {} is an empty operator object; an operator object holds one or more of $eq, $ne," in err.value.message
+    assert '{"$ne": null}' in err.value.message
 
 
 @pytest.mark.parametrize("bad", [{"stage": "Pending"}, {"stage": {"$in": ["Won", "Nope"]}}, {"stage": {"$ne": "won"}}])

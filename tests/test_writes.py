@@ -127,6 +127,26 @@ def test_values_of_the_wrong_type_or_outside_the_enum_are_refused(store: Store) 
     assert event_count(store) == 0
 
 
+@pytest.mark.parametrize(
+    ("noun", "data", "said"),
+    [
+        ("Contact", {"title": True}, "'title' must be a string (got true;"),
+        ("Contact", {"title": ["A"]}, "'title' must be a string (got [\"A\"];"),
+        ("Contact", {"title": {"a": 1}}, "'title' must be a string (got {\"a\": 1};"),
+        ("Pipeline", {"stages": ["A", None]}, "'stages' Input should be a valid string (got null;"),
+        ("Pipeline", {"isDefault": None, "stages": "A"}, "'stages' must be a string array (got 'A';"),
+    ],
+    ids=["true", "list", "object", "null-in-a-list", "a-string-stays-quoted"],
+)
+def test_a_value_of_the_wrong_type_in_data_is_shown_in_the_message_as_the_json_it_came_as(
+    store: Store, noun: str, data: dict[str, Any], said: str
+) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        create(store, noun, {"name": "A", **data})
+    assert said in exc.value.message
+    assert event_count(store) == 0
+
+
 # ---- update ---------------------------------------------------------------------------------------
 
 
@@ -322,6 +342,18 @@ def test_a_verb_refuses_data_that_sets_its_own_field_to_another_value(store: Sto
 
     assert "win sets Deal.stage to 'Won'" in exc.value.message
     assert won["entity"]["stage"] == "Won" and won["entity"]["$version"] == 2
+
+
+@pytest.mark.parametrize(("value", "said"), [(None, "null"), (True, "true"), (["Archived"], '["Archived"]')])
+def test_a_verb_refusing_data_for_the_field_it_sets_shows_that_data_as_json(
+    store: Store, value: Any, said: str
+) -> None:
+    pipeline = create(store, "Pipeline", {"name": "Sales"})["entity"]
+    with pytest.raises(ValidationFailed) as exc:
+        store.do(
+            TENANT, AGENT, {"action": "archive", "type": "Pipeline", "id": pipeline["$id"], "data": {"status": value}}
+        )
+    assert exc.value.message == f"archive sets Pipeline.status to 'Archived'; data may not set it to {said}"
 
 
 def test_removing_a_required_field_is_refused(store: Store) -> None:
@@ -889,6 +921,20 @@ def test_an_id_of_another_noun_is_invalid_id(store: Store) -> None:
     with pytest.raises(InvalidId):
         store.get(TENANT, "Contact", deal["$id"])
     assert store.get(TENANT, "Deal", deal["$id"])["$version"] == 1
+
+
+def test_messages_put_an_before_a_noun_or_type_that_starts_with_a_vowel_and_a_before_others(store: Store) -> None:
+    alice = contact(store)
+    with pytest.raises(ValidationFailed) as exc:
+        contact(store, organization="acme")
+    assert "'organization' must be the $id of an Organization (organization_...)" in exc.value.message
+    with pytest.raises(ValidationFailed) as exc:
+        create(store, "Organization", {"name": "Acme", "website": 5, "employeeCount": "many"})
+    assert "'website' must be a url" in exc.value.message
+    assert "'employeeCount' must be an int" in exc.value.message
+    with pytest.raises(InvalidId) as invalid:
+        store.do(TENANT, AGENT, {"action": "update", "type": "Organization", "id": alice["$id"], "data": {}})
+    assert f"{alice['$id']} is not an Organization id" in invalid.value.message
 
 
 def test_an_unknown_key_in_an_operation_is_a_validation_error_naming_it(store: Store) -> None:

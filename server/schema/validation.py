@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.types import AllowInfNan
 from typing_extensions import TypedDict
 
-from ..errors import ValidationFailed
+from ..errors import SHOWN, ValidationFailed, a_or_an, shown
 from ..timeutil import ASCII_SPACE, normalize_time
 from .nouns import Field, Noun
 
@@ -258,25 +258,24 @@ class NounValidator:
             return f"unknown field '{name}' (known fields: {', '.join(self.noun.fields)})"
         if kind == "missing":
             return f"'{name}' is required"
-        got = err.get("input")
-        shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
+        got = shown(err.get("input"))
+        if len(got) > SHOWN:  # (a string too)
+            got = got[: SHOWN - 3] + "..."
         expected = f.describe() if f else ""
         msg = err["msg"]
         if f and f.enum and kind == "literal_error":
             msg = f"must be one of {', '.join(f.enum)}"
         elif f and f.relation and kind == "string_pattern_mismatch":
-            msg = f"must be the $id of a {f.relation} ({f.relation.lower()}_...)"
+            msg = f"must be the $id of {a_or_an(f.relation)} ({f.relation.lower()}_...)"
         elif (
             f and f.type == "number" and not f.array and (kind.endswith("_type") or kind.startswith(("int_", "float_")))
         ):
             msg = "must be a number, such as 12 or 1.5"
         elif f and kind.endswith("_type") and (len(err["loc"]) == 1 or not f.array):
-            msg = f"must be {'an' if f.type[0] in 'aeiou' else 'a'} {f.type}" + (" array" if f.array else "")
+            msg = f"must be {a_or_an(f.type)}" + (" array" if f.array else "")
         elif kind.startswith("value_error"):
             msg = msg.removeprefix("Value error, ")
-        return f"'{loc}' {msg} (got {shown}; expected {expected})"
+        return f"'{loc}' {msg} (got {got}; expected {expected})"
 
 
 def _first_per_field(exc: ValidationError) -> list[Any]:

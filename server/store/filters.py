@@ -9,7 +9,7 @@ from typing import Any
 
 import regex
 
-from ..errors import InvalidFilter, InvalidSort
+from ..errors import InvalidFilter, InvalidSort, shown
 from ..schema import Noun
 from ..schema.validation import normalized_email, whole_as_int
 from ..timeutil import between_microseconds, format_us, parse_time
@@ -142,7 +142,7 @@ class FilterCompiler:
         if depth > MAX_DEPTH:
             raise self._too_deep()
         if not isinstance(doc, dict):
-            raise self._fail(f"a filter must be an object of field conditions, got {type(doc).__name__}")
+            raise self._fail(f"a filter must be an object of field conditions, got {shown(doc)}")
         parts = []
         for key, value in doc.items():
             if key in LOGICAL:
@@ -177,6 +177,11 @@ class FilterCompiler:
             raise self._too_deep()
         if isinstance(cond, dict) and col.kind != "json" and (bare := [k for k in cond if f"${k}" in OPERATORS]):
             raise self._fail(f"{col.name}: operator keys start with '$' (did you mean ${bare[0]}?)")
+        if isinstance(cond, dict) and not cond:
+            raise self._fail(
+                f"{col.name}: {{}} is an empty operator object; an operator object holds one or more of "
+                f'{", ".join(OPERATORS)}, such as {{"$ne": null}}'
+            )
         if isinstance(cond, dict) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond):
             return "(" + " AND ".join(self._op(col, op, arg, depth) for op, arg in cond.items()) + ")"
         return self._op(col, "$eq", cond, depth)
@@ -203,7 +208,7 @@ class FilterCompiler:
             if col.kind not in TEXT_KINDS:
                 raise self._fail(f"{col.name}: $regex applies to text fields ({', '.join(TEXT_KINDS)}), not {col.kind}")
             if not isinstance(arg, str):
-                raise self._fail(f"{col.name}: $regex takes a pattern string, got {type(arg).__name__}")
+                raise self._fail(f"{col.name}: $regex takes a pattern string, got {shown(arg)}")
             if len(arg) > MAX_REGEX:
                 raise self._fail(f"{col.name}: a $regex pattern is at most {MAX_REGEX} characters, got {len(arg)}")
             try:
@@ -351,7 +356,7 @@ class FilterCompiler:
         if isinstance(value, (dict, list)):
             if kind == "json":  # a json field is compared by its scalars (or a list's elements)
                 raise self._fail(
-                    f"{col.name}: {op} takes a string, number or boolean on a json field, not {type(value).__name__}"
+                    f"{col.name}: {op} takes a string, number or boolean on a json field, not {shown(value)}"
                     " (objects and whole lists are not compared)"
                 )
             bad = True
@@ -383,7 +388,7 @@ class FilterCompiler:
         if isinstance(value, float) and value != value:
             bad = True
         if bad:
-            raise self._fail(f"{col.name}: {op} got {value!r}, which is not a valid {kind} value")
+            raise self._fail(f"{col.name}: {op} got {shown(value)}, which is not a valid {kind} value")
         if col.enum and op in ("$eq", "$ne", "$in", "$nin") and value not in col.enum:
             raise self._fail(f"{col.name}: {value!r} is not one of {', '.join(col.enum)}")
         return value

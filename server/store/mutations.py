@@ -28,7 +28,9 @@ from ..errors import (
     UnknownVerb,
     ValidationFailed,
     VersionConflict,
+    a_or_an,
     bounded,
+    shown,
 )
 from ..schema import Field, Noun, SchemaSet
 from ..schema.validation import Validators, normalized_email
@@ -46,7 +48,10 @@ _Links = tuple[str, Noun, dict[str, Any], list[str], dict[str, Any] | None]
 MAX_STATE_BYTES = 1_000_000
 MAX_REQUEST_STATE = 64_000_000  # characters of entity state one request (a batch, a revert) may write
 _MISSING = object()
-_REF = re.compile(r"\$ref:([0-9]+)")  # ASCII digits only, matched whole
+_REF = re.compile(r"\$ref:(0|[1-9][0-9]*)")  # ASCII digits, no leading zero, matched whole: one spelling per index
+_REF_LIKE = re.compile(r"\s*\$ref", re.IGNORECASE)  # meant as a $ref, but not one (no id starts with '$')
+REF_FORM = '"$ref:N", N the index of an earlier operation in digits (0, 1, 2, ...: no sign, space or leading zero)'
+REF_RUNS_SHOWN = 10  # runs of nameable operations a refusal lists
 ID_SHAPE = re.compile(r"^([a-z][a-z0-9]*)_[A-Za-z0-9]{9,64}$")
 
 
@@ -246,7 +251,8 @@ class Mutator:
         self.env = env
         self.actor = actor  # checked by the caller
         self.caused_by = caused_by
-        self.refs: list[str | None] = []
+        self.refs: list[str | None] = []  # per operation run: the $id of its entity, for $ref:N (None: it has none)
+        self.ref_actions: list[str] = []  # per operation run: its action
         self.state_written = 0  # characters of state this run has written, against MAX_REQUEST_STATE
         self.keys_let_go: set[str] = set()  # entities whose lookup keys a revert removed before writing them
 
@@ -267,6 +273,7 @@ class Mutator:
                 raise
             entity = result.get("entity")
             self.refs.append(entity.get("$id") if isinstance(entity, dict) else None)
+            self.ref_actions.append(op.action)
             results.append(result)
         return results
 
@@ -354,16 +361,54 @@ class Mutator:
     def _ref(self, value: str) -> str:
         m = _REF.fullmatch(value)
         if not m:
+            if _REF_LIKE.match(value):
+                raise ValidationFailed(
+                    f"{shown(value[:40] + '...' if len(value) > 40 else value)} is not a $ref: a $ref is {REF_FORM}; "
+                    f"{self._nameable()}",
+                    hint=self._ref_hint(),
+                )
             return value
-        digits = m.group(1).lstrip("0") or "0"
+        digits = m.group(1)
         index = int(digits) if len(digits) <= 9 else len(self.refs)  # (int() refuses past 4,300 digits)
-        if index >= len(self.refs) or self.refs[index] is None:
+        named = value if len(value) <= 40 else value[:40] + "..."
+        if index >= len(self.refs):
             raise ValidationFailed(
-                f"{value} does not name an entity created earlier in this batch",
-                hint="$ref:N names the entity operations[N] created; only earlier operations can be named "
-                + (f"(here $ref:0 to $ref:{len(self.refs) - 1})." if self.refs else "(none here)."),
+                f"{named} does not name an earlier operation: a $ref names the entity of an operation before this "
+                f"one; {self._nameable()}",
+                hint=self._ref_hint(),
+            )
+        if self.refs[index] is None:
+            raise ValidationFailed(
+                f"{named} names operations[{index}], {a_or_an(self.ref_actions[index])}, which acts on no single "
+                f"entity: a $ref names an operation whose result has an entity (not a revert); {self._nameable()}",
+                hint=self._ref_hint(),
             )
         return self.refs[index]  # type: ignore[return-value]
+
+    def _nameable(self) -> str:
+        """The $refs this operation can use, as runs ("$ref:0 to $ref:2, $ref:4"), or why there are none."""
+        if not self.refs:
+            return "there is no operation before this one to name"
+        runs: list[list[int]] = []
+        for i, ref in enumerate(self.refs):
+            if ref is None:
+                continue
+            if runs and runs[-1][1] == i - 1:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i])
+        if not runs:
+            return "no operation before this one has an entity to name"
+        shown_runs = [f"$ref:{a}" if a == b else f"$ref:{a} to $ref:{b}" for a, b in runs[:REF_RUNS_SHOWN]]
+        more = f" and {len(runs) - REF_RUNS_SHOWN:,} more runs" if len(runs) > REF_RUNS_SHOWN else ""
+        return f"this operation can name {', '.join(shown_runs)}{more}"
+
+    @staticmethod
+    def _ref_hint() -> str:
+        return (
+            "In a batch, $ref:N (in id, or in a relationship field of data) is the $id of the entity operations[N] "
+            "created or changed; pass an entity's own $id to name one written before the batch."
+        )
 
     def _refs_named(self, op: Operation) -> Operation:
         """`op` with each `$ref:N` this batch can already name replaced by that entity's id: what an
@@ -415,7 +460,9 @@ class Mutator:
         if row is None:
             raise NotFound(f"{noun.name} {entity_id} does not exist", hint=f"Search {noun.name} to find existing ids.")
         if row[1] != noun.name:
-            raise InvalidId(f"{entity_id} is a {row[1]}, not a {noun.name}", hint=f'Use "type": "{row[1]}" for it.')
+            raise InvalidId(
+                f"{entity_id} is {a_or_an(row[1])}, not {a_or_an(noun.name)}", hint=f'Use "type": "{row[1]}" for it.'
+            )
         return Loaded(rowid=row[0], state=json.loads(row[2]))
 
     def load_live(self, noun: Noun, entity_id: str, op: Operation) -> Loaded:
@@ -500,7 +547,7 @@ class Mutator:
         if sets is not None:
             if patch.get(sets, past) != past:
                 raise ValidationFailed(
-                    f"{op.action} sets {noun.name}.{sets} to {past!r}; data may not set it to {patch[sets]!r}",
+                    f"{op.action} sets {noun.name}.{sets} to {past!r}; data may not set it to {shown(patch[sets])}",
                     hint=f"Leave {sets} out of data, or use update to set it to another value.",
                 )
             patch[sets] = past
@@ -508,7 +555,7 @@ class Mutator:
         patch = self.before_hooks(noun, op.action, past, entity_id, given, current.state, op)
         if sets is not None and patch.get(sets) != past:  # the event would say Qualified with another stage
             raise HookFailed(
-                f"a BEFORE hook changed {noun.name}.{sets}, which {op.action} sets to {past!r}, to {patch.get(sets)!r}",
+                f"a BEFORE hook changed {noun.name}.{sets}, which {op.action} sets to {past!r}, to {shown(patch.get(sets))}",
                 hint="This is a fault in the server's hooks: a hook may reject a verb, not change what it sets.",
             )
         merged = self.hooked(given, patch, lambda p: self.validate_merge(noun, current, p))
@@ -1265,7 +1312,7 @@ def check_id(noun: Noun, raw: object) -> str:
     if not raw.startswith(noun.prefix):
         other = raw.split("_", 1)[0]
         raise InvalidId(
-            f"{raw} is not a {noun.name} id (it starts with '{other}_')",
+            f"{raw} is not {a_or_an(noun.name)} id (it starts with '{other}_')",
             hint=f"{noun.name} ids start with '{noun.prefix}'.",
         )
     return raw

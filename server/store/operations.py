@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
-from ..errors import InvalidActor, ValidationFailed
+from ..errors import InvalidActor, ValidationFailed, shown
 from ..schema.validation import INT64_MAX, no_nul
 
 ACTOR = re.compile(r"^(agent|user|system)_[A-Za-z0-9_-]{1,64}$")
@@ -68,7 +68,7 @@ def parse_operation(raw: Operation | dict[str, Any], where: str = "") -> Operati
         return raw
     if not isinstance(raw, dict):
         raise ValidationFailed(
-            f"{where}an operation must be an object, got {type(raw).__name__}",
+            f"{where}an operation must be an object, got {shown(raw)}",
             hint=f"Keys: {', '.join(OPERATION_KEYS)}.",
         )
     try:
