@@ -130,7 +130,7 @@ def test_two_servers_opening_a_tenant_under_the_same_new_schemas_at_once_both_op
 
     assert failed == []
     assert found == [["first"], ["first"]]
-    assert len([r for r in caplog.records if "rebuilt the lookup keys" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "rebuilt what the schemas changed" in r.getMessage()]) == 1
 
 
 def test_callers_waiting_on_a_tenant_being_restored_share_one_wait_and_its_refusal(
