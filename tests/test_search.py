@@ -688,6 +688,51 @@ def test_an_unknown_or_malformed_sort_is_invalid_sort(store: Store, deals: dict[
     assert "name" in err.value.hint and "value" in err.value.hint
 
 
+# ---- enums: their declared order -------------------------------------------------------------
+
+DEAL_STAGES = ["Prospecting", "Qualification", "Proposal", "Negotiation", "Closed", "Won", "Lost"]  # as declared
+
+
+def test_a_range_on_an_enum_follows_its_declared_order(store: Store, deals: dict[str, str]) -> None:
+    # Tiny Stall is Prospecting (the default), Corner Shop Proposal, Big Box Negotiation, Big Bank Won, Small Cafe Lost.
+    assert found(store, "Deal", {"stage": {"$gte": "Proposal"}}) == {"Corner Shop", "Big Box", "Big Bank", "Small Cafe"}
+    assert found(store, "Deal", {"stage": {"$gt": "Proposal"}}) == {"Big Box", "Big Bank", "Small Cafe"}
+    assert found(store, "Deal", {"stage": {"$lt": "Proposal"}}) == {"Tiny Stall"}
+    assert found(store, "Deal", {"stage": {"$lte": "Won"}}) == {"Tiny Stall", "Corner Shop", "Big Box", "Big Bank"}
+    assert found(store, "Deal", {"stage": {"$gt": "Qualification", "$lt": "Won"}}) == {"Corner Shop", "Big Box"}
+    assert found(store, "Deal", {"stage": {"$gt": "Lost"}}) == found(store, "Deal", {"stage": {"$lt": "Prospecting"}})
+    assert found(store, "Deal", {"stage": {"$gt": "Lost"}}) == set()
+    assert found(store, "Deal", {"stage": {"$not": {"$gte": "Won"}}}) == {"Tiny Stall", "Corner Shop", "Big Box"}
+    assert found(store, "Deal", {"$or": [{"stage": {"$lt": "Proposal"}}, {"value": {"$gt": 4000}}]}) == {
+        "Tiny Stall",
+        "Big Bank",
+    }
+
+
+def test_a_range_on_an_enum_leaves_out_entities_without_the_field(store: Store) -> None:
+    for name, stage in [("Lee", "Lead"), ("Quinn", "Qualified"), ("Cass", "Customer"), ("Pat", "Partner")]:
+        create(store, "Contact", name=name, stage=stage)
+    gone = create(store, "Contact", name="Nobody")
+    write(store, "update", "Contact", gone["$id"], stage=None)  # no stage at all
+
+    assert found(store, "Contact", {"stage": {"$gt": "Lead"}}) == {"Quinn", "Cass", "Pat"}
+    assert found(store, "Contact", {"stage": {"$lt": "Customer"}}) == {"Lee", "Quinn"}
+    assert found(store, "Contact", {"stage": {"$not": {"$gt": "Lead"}}}) == {"Lee", "Nobody"}
+    assert found(store, "Contact", {"stage": {"$exists": False}}) == {"Nobody"}
+
+
+@pytest.mark.parametrize("bad", [{"$gte": "Pending"}, {"$lt": "won"}, {"$gt": "Prospecting ", "$lt": "Won"}])
+def test_a_range_bound_that_is_not_a_member_of_the_enum_is_invalid_filter_naming_the_members_in_order(
+    store: Store, deals: dict[str, str], bad: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, "Deal", filter={"stage": bad})
+
+    assert err.value.code == "invalid_filter"
+    assert ", ".join(DEAL_STAGES) in err.value.message
+    assert "declared order" in err.value.message
+
+
 # ---- limits and totals -----------------------------------------------------------------------
 
 
