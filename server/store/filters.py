@@ -437,6 +437,26 @@ class SortKey:
     column: Column
     descending: bool
 
+    @property
+    def sql(self) -> str:
+        """SQL whose order is the field's, with `params` bound in it. An enum's is its value's position among
+        the declared members; an absent value, or one that is no longer a member, takes the position past the
+        last one in the sort's direction: after every member (as absent values of other fields sort last)."""
+        enum = self.column.enum
+        if not enum:
+            return self.column.sql
+        whens = " ".join(f"WHEN ? THEN {i}" for i in range(len(enum)))
+        return f"(CASE {self.column.sql} {whens} ELSE {-1 if self.descending else len(enum)} END)"
+
+    @property
+    def params(self) -> list[Any]:
+        return list(self.column.enum or ())
+
+    @property
+    def nullable(self) -> bool:
+        """Whether `sql` may be NULL (an enum's position never is)."""
+        return self.column.nullable and not self.column.enum
+
 
 def parse_sort(sort: Any, columns: dict[str, Column], what: str, default: str) -> list[SortKey]:
     text = default if sort is None else sort
