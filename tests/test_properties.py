@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -400,6 +400,11 @@ WELL_TYPED = {
     },
 }
 TIME_FIELDS = ("closedAt", "$createdAt")
+# An enum compares in its declared order (CONTRACT §3), not as text: on Deal, Proposal < Negotiation < Won.
+DECLARED = {
+    "Contact": {"stage": ["Lead", "Qualified", "Customer", "Churned", "Partner"]},
+    "Deal": {"stage": ["Prospecting", "Qualification", "Proposal", "Negotiation", "Closed", "Won", "Lost"]},
+}
 
 
 def well_typed_conditions(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -423,25 +428,34 @@ def as_utc(text: str) -> datetime:
     return datetime.fromisoformat(text + "T00:00:00+00:00" if len(text) == 10 else text.replace("Z", "+00:00"))
 
 
-def holds(op: str, have: Any, want: Any, time: bool) -> bool:
-    """The contract's meaning of `{field: {op: want}}` for a field whose value is `have` (None: absent)."""
+def holds(op: str, have: Any, want: Any, order: Callable[[Any], Any]) -> bool:
+    """The contract's meaning of `{field: {op: want}}` for a field whose value is `have` (None: absent), whose
+    values compare as `order` gives them."""
     if op == "$exists":
         return (have is not None) is want
     if op in ("$ne", "$nin"):  # an absent field is not equal to anything, so it matches $ne and $nin
-        return not holds("$eq" if op == "$ne" else "$in", have, want, time)
+        return not holds("$eq" if op == "$ne" else "$in", have, want, order)
     if op == "$in":
-        return any(holds("$eq", have, one, time) for one in want)
+        return any(holds("$eq", have, one, order) for one in want)
     if have is None:
         return False
-    if time:
-        have, want = as_utc(have), as_utc(want)
+    have, want = order(have), order(want)
     compare = {"$eq": operator.eq, "$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
     return bool(compare[op](have, want))
 
 
+def order_of(noun: str, name: str) -> Callable[[Any], Any]:
+    """How a field's values compare: times as instants, an enum by its members' declared positions."""
+    if name in TIME_FIELDS:
+        return as_utc
+    if name in DECLARED[noun]:
+        return DECLARED[noun][name].index
+    return lambda value: value
+
+
 def matches(entity: dict[str, Any], doc: dict[str, Any]) -> bool:
     return all(
-        holds(op, entity.get(name), want, name in TIME_FIELDS)
+        holds(op, entity.get(name), want, order_of(entity["$type"], name))
         for name, condition in doc.items()
         for op, want in (condition.items() if isinstance(condition, dict) else [("$eq", condition)])
     )
@@ -494,6 +508,8 @@ well_typed_searches = st.sampled_from(["Contact", "Deal"]).flatmap(
 @example(search=("Deal", {"value": {"$gt": 2**62}, "name": {"$in": ["Bo", "Zed"]}}), include_deleted=False)
 @example(search=("Contact", {"stage": {"$ne": "Qualified"}, "email": {"$exists": True}}), include_deleted=False)
 @example(search=("Contact", {"name": {"$nin": ["Ann"]}, "$version": {"$lte": 1}}), include_deleted=True)
+@example(search=("Deal", {"stage": {"$gte": "Won"}}), include_deleted=False)  # Won and Lost: the declared order
+@example(search=("Contact", {"stage": {"$gt": "Lead", "$lt": "Churned"}}), include_deleted=True)
 def test_a_well_typed_filter_finds_exactly_the_entities_it_holds_for(
     searched: tuple[Store, list[dict[str, Any]]], search: tuple[str, dict[str, Any]], include_deleted: bool
 ) -> None:

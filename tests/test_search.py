@@ -740,6 +740,169 @@ def test_an_unknown_or_malformed_sort_is_invalid_sort(store: Store, deals: dict[
     assert "name" in err.value.hint and "value" in err.value.hint
 
 
+# ---- enums: their declared order -------------------------------------------------------------
+
+DEAL_STAGES = ["Prospecting", "Qualification", "Proposal", "Negotiation", "Closed", "Won", "Lost"]  # as declared
+
+
+def test_a_range_on_an_enum_follows_its_declared_order(store: Store, deals: dict[str, str]) -> None:
+    # Tiny Stall is Prospecting (the default), Corner Shop Proposal, Big Box Negotiation, Big Bank Won, Small Cafe Lost.
+    assert found(store, "Deal", {"stage": {"$gte": "Proposal"}}) == {"Corner Shop", "Big Box", "Big Bank", "Small Cafe"}
+    assert found(store, "Deal", {"stage": {"$gt": "Proposal"}}) == {"Big Box", "Big Bank", "Small Cafe"}
+    assert found(store, "Deal", {"stage": {"$lt": "Proposal"}}) == {"Tiny Stall"}
+    assert found(store, "Deal", {"stage": {"$lte": "Won"}}) == {"Tiny Stall", "Corner Shop", "Big Box", "Big Bank"}
+    assert found(store, "Deal", {"stage": {"$gt": "Qualification", "$lt": "Won"}}) == {"Corner Shop", "Big Box"}
+    assert found(store, "Deal", {"stage": {"$gt": "Lost"}}) == found(store, "Deal", {"stage": {"$lt": "Prospecting"}})
+    assert found(store, "Deal", {"stage": {"$gt": "Lost"}}) == set()
+    assert found(store, "Deal", {"stage": {"$not": {"$gte": "Won"}}}) == {"Tiny Stall", "Corner Shop", "Big Box"}
+    assert found(store, "Deal", {"$or": [{"stage": {"$lt": "Proposal"}}, {"value": {"$gt": 4000}}]}) == {
+        "Tiny Stall",
+        "Big Bank",
+    }
+
+
+def test_a_range_on_an_enum_leaves_out_entities_without_the_field(store: Store) -> None:
+    for name, stage in [("Lee", "Lead"), ("Quinn", "Qualified"), ("Cass", "Customer"), ("Pat", "Partner")]:
+        create(store, "Contact", name=name, stage=stage)
+    gone = create(store, "Contact", name="Nobody")
+    write(store, "update", "Contact", gone["$id"], stage=None)  # no stage at all
+
+    assert found(store, "Contact", {"stage": {"$gt": "Lead"}}) == {"Quinn", "Cass", "Pat"}
+    assert found(store, "Contact", {"stage": {"$lt": "Customer"}}) == {"Lee", "Quinn"}
+    assert found(store, "Contact", {"stage": {"$not": {"$gt": "Lead"}}}) == {"Lee", "Nobody"}
+    assert found(store, "Contact", {"stage": {"$exists": False}}) == {"Nobody"}
+
+
+@pytest.mark.parametrize("bad", [{"$gte": "Pending"}, {"$lt": "won"}, {"$gt": "Prospecting ", "$lt": "Won"}])
+def test_a_range_bound_that_is_not_a_member_of_the_enum_is_invalid_filter_naming_the_members_in_order(
+    store: Store, deals: dict[str, str], bad: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidFilter) as err:
+        store.find(TENANT, "Deal", filter={"stage": bad})
+
+    assert err.value.code == "invalid_filter"
+    assert ", ".join(DEAL_STAGES) in err.value.message
+    assert "declared order" in err.value.message
+
+
+def test_sort_by_an_enum_follows_its_declared_order_with_absent_values_last_both_ways(
+    store: Store, deals: dict[str, str]
+) -> None:
+    order = ["Tiny Stall", "Corner Shop", "Big Box", "Big Bank", "Small Cafe"]  # Prospecting .. Lost
+    assert names(store.find(TENANT, "Deal", sort="stage")) == order
+    assert names(store.find(TENANT, "Deal", sort="-stage")) == order[::-1]
+    create(store, "Deal", name="Also Proposal", value=5, stage="Proposal")
+    assert names(store.find(TENANT, "Deal", sort="stage,-value")) == [
+        "Tiny Stall",
+        "Corner Shop",
+        "Also Proposal",
+        "Big Box",
+        "Big Bank",
+        "Small Cafe",
+    ]
+    for name, stage in [("Cass", "Customer"), ("Lee", "Lead"), ("Pat", "Partner"), ("Nobody", None)]:
+        contact = create(store, "Contact", name=name)
+        write(store, "update", "Contact", contact["$id"], stage=stage)
+    assert names(store.find(TENANT, "Contact", sort="stage")) == ["Lee", "Cass", "Pat", "Nobody"]
+    assert names(store.find(TENANT, "Contact", sort="-stage")) == ["Pat", "Cass", "Lee", "Nobody"]
+
+
+@pytest.mark.parametrize("sort", ["stage", "-stage", "stage,-value", "-stage,name"])
+def test_a_cursor_walk_over_an_enum_sort_gives_each_entity_once_in_declared_order_while_others_write(
+    store: Store, clock: Any, sort: str
+) -> None:
+    made = [create(store, "Deal", name=f"D{i:02d}", value=i % 5, stage=DEAL_STAGES[(i * 3) % 7]) for i in range(40)]
+    snapshot = {e["$id"]: e for e in made}
+    first = store.find(TENANT, "Deal", sort=sort, limit=6)
+    seen = list(first["results"])
+    cursor, step, deleted = first["cursor"], 0, set()
+    while cursor:  # between every two pages, others move deals seen and unseen, delete some and create some
+        step += 1
+        clock.advance(1)
+        unseen = [i for i in snapshot if i not in {e["$id"] for e in seen} | deleted]
+        live = [e["$id"] for e in seen if e["$id"] not in deleted]  # (pages show deals deleted since, as they were)
+        moves = [(live[0], "Lost"), (live[-1], "Prospecting")]
+        moves += [(unseen[0], "Prospecting"), (unseen[-1], "Lost")] if unseen else []
+        for entity_id, stage in moves:
+            store.do(TENANT, OTHER, {"action": "update", "type": "Deal", "id": entity_id, "data": {"stage": stage}})
+        if len(unseen) > 2:
+            store.do(TENANT, OTHER, {"action": "delete", "type": "Deal", "id": unseen[1]})
+            deleted.add(unseen[1])
+        create(store, "Deal", actor=OTHER, name=f"New {step}", value=1, stage="Proposal")
+        page = store.find(TENANT, "Deal", sort=sort, limit=6, cursor=cursor)
+        assert page["total"] == 40
+        seen.extend(page["results"])
+        cursor = page["cursor"]
+
+    first_key, *_ = sort.split(",")
+    second = sort.split(",")[1] if "," in sort else None
+
+    def position(entity: dict[str, Any]) -> tuple[Any, ...]:
+        at = DEAL_STAGES.index(entity["stage"])
+        key: list[Any] = [-at if first_key.startswith("-") else at]
+        if second == "-value":
+            key.append(-entity["value"])
+        elif second == "name":
+            key.append(entity["name"])
+        return (*key, entity["$id"])
+
+    assert seen == sorted(snapshot.values(), key=position)  # each once, as the first page saw them, in that order
+
+
+def test_an_as_of_search_compares_and_sorts_an_enum_in_its_declared_order(store: Store, clock: Any) -> None:
+    advance_to(clock, "2026-01-15T10:00:00Z")
+    ids = {
+        name: create(store, "Deal", name=name, value=1, stage=stage)["$id"]
+        for name, stage in [("A", "Qualification"), ("B", "Proposal"), ("C", "Won"), ("D", "Lost"), ("E", "Closed")]
+    }
+    advance_to(clock, "2026-01-15T11:00:00Z")
+    write(store, "update", "Deal", ids["A"], stage="Negotiation")
+    write(store, "update", "Deal", ids["C"], stage="Prospecting")
+    write(store, "delete", "Deal", ids["D"])
+    create(store, "Deal", name="F", value=1, stage="Won")
+    then = "2026-01-15T10:30:00Z"
+
+    assert found(store, "Deal", {"stage": {"$gte": "Proposal"}}, as_of=then) == {"B", "C", "D", "E"}
+    assert found(store, "Deal", {"stage": {"$lt": "Closed"}}, as_of=then) == {"A", "B"}
+    assert found(store, "Deal", {"stage": {"$gte": "Proposal"}}) == {"A", "B", "E", "F"}  # and now
+    assert names(store.find(TENANT, "Deal", sort="stage", as_of=then)) == ["A", "B", "E", "C", "D"]
+    assert [e["name"] for e in walk(store, "Deal", 2, sort="-stage", as_of=then)] == ["D", "C", "E", "B", "A"]
+    assert [e["name"] for e in walk(store, "Deal", 2, sort="-stage")] == ["F", "E", "A", "B", "C"]
+
+
+LEVELS_THEN: list[Any] = ["Low", "High", "Extreme", ["High"], 3]
+
+
+def test_values_that_are_no_longer_members_of_an_enum_are_in_no_range_and_sort_after_every_member(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    with Store(data, widgets(tmp_path, '"level": "json"')) as s:  # what a json field held, another shape included
+        ids = {str(level): create(s, "Widget", name=str(level), level=level)["$id"] for level in LEVELS_THEN}
+        ids["none"] = create(s, "Widget", name="none")["$id"]
+    rest = sorted(["Extreme", "['High']", "3", "none"], key=lambda n: ids[n])  # not members, or absent: by id
+
+    with Store(data, widgets(tmp_path, '"level": "Low | Medium | High"')) as s:
+        in_range = s.find(TENANT, "Widget", filter={"level": {"$gte": "Low"}}, limit=100)
+        below = s.find(TENANT, "Widget", filter={"level": {"$not": {"$gt": "Low"}}}, limit=100)
+        up = s.find(TENANT, "Widget", sort="level", limit=100)
+        down = s.find(TENANT, "Widget", sort="-level", limit=100)
+        first = s.find(TENANT, "Widget", sort="level", limit=2)
+        walked = [e["name"] for e in walk(s, "Widget", 2, sort="level")]
+
+    assert sorted(names(in_range)) == ["High", "Low"] and in_range["total"] == 2
+    assert sorted(names(below)) == sorted(["Low", *rest])  # $not takes what no range does, as for other fields
+    assert names(up) == ["Low", "High", *rest]
+    assert names(down) == ["High", "Low", *rest]
+    assert walked == names(up)
+
+    with Store(data, widgets(tmp_path, '"level": "High | Medium | Low"')) as s:  # the order declared anew
+        assert sorted(names(s.find(TENANT, "Widget", filter={"level": {"$gte": "Medium"}}))) == ["Low"]
+        assert names(s.find(TENANT, "Widget", sort="level", limit=100)) == ["High", "Low", *rest]
+        with pytest.raises(InvalidCursor):  # it carries a position in the order it was made under
+            s.find(TENANT, "Widget", sort="level", limit=2, cursor=first["cursor"])
+
+
 # ---- limits and totals -----------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ stand still, move by a microsecond or by hours, or go backwards, and the store p
 from __future__ import annotations
 
 import itertools
+import operator
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -79,7 +80,8 @@ INVALID: dict[str, list[Any]] = {
     "organization": [GONE, "organization_AAAAAAAAAAAA", "contact_AAAAAAAAAAAA"],
 }
 FIELDS = frozenset(VALID)
-STAGES = VALID["stage"]
+STAGES = VALID["stage"]  # in the enum's declared order
+RANGES = {"$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
 
 
 def is_valid(key: str, value: Any) -> bool:
@@ -375,11 +377,16 @@ class StoreModel(RuleBasedStateMachine):
         assert_state(self.store.get(TENANT, "Contact", eid, version=version), history[version - 1])
 
     @rule(
-        filter=st.one_of(st.sampled_from(STAGES).map(lambda s: {"stage": s}), st.just({"title": {"$exists": False}})),
+        filter=st.one_of(
+            st.sampled_from(STAGES).map(lambda s: {"stage": s}),
+            st.just({"title": {"$exists": False}}),
+            st.tuples(st.sampled_from(sorted(RANGES)), st.sampled_from(STAGES)).map(lambda r: {"stage": {r[0]: r[1]}}),
+        ),
+        sort=st.sampled_from([None, "stage", "-stage"]),
         past=st.booleans(),
         data=st.data(),
     )
-    def find(self, filter: dict[str, Any], past: bool, data: st.DataObject) -> None:
+    def find(self, filter: dict[str, Any], sort: str | None, past: bool, data: st.DataObject) -> None:
         (key, condition) = next(iter(filter.items()))
         text, us = self.a_time(data) if past else (None, None)
         expected: dict[str, Snap] = {}
@@ -387,10 +394,26 @@ class StoreModel(RuleBasedStateMachine):
             snap = history[-1] if us is None else self.at(eid, us)
             if snap is None or snap.deleted:
                 continue
-            if (key not in snap.fields) if isinstance(condition, dict) else snap.fields.get(key) == condition:
+            if not isinstance(condition, dict):
+                hit = snap.fields.get(key) == condition
+            elif "$exists" in condition:
+                hit = key not in snap.fields
+            else:  # a range on the stage: in the enum's declared order
+                ((op, bound),) = condition.items()
+                hit = key in snap.fields and RANGES[op](STAGES.index(snap.fields[key]), STAGES.index(bound))
+            if hit:
                 expected[eid] = snap
-        found = self.store.find(TENANT, "Contact", filter=filter, limit=100, as_of=text)
+        found = self.store.find(TENANT, "Contact", filter=filter, sort=sort, limit=100, as_of=text)
         assert {e["$id"] for e in found["results"]} == set(expected), (filter, text, found)
+        if sort is not None:  # declared order, absent stages last, then by id
+            desc = sort.startswith("-")
+
+            def position(eid: str) -> int:
+                stage = expected[eid].fields.get("stage")
+                at = len(STAGES) if stage is None else STAGES.index(stage)
+                return -at if desc and stage is not None else at
+
+            assert [e["$id"] for e in found["results"]] == sorted(expected, key=lambda i: (position(i), i))
         assert found["total"] == len(expected)
         assert found["hasMore"] is False
         for state in found["results"]:

@@ -228,6 +228,8 @@ class FilterCompiler:
         value = self._value(col, arg, op)
         if op in ("$gt", "$gte", "$lt", "$lte") and (col.kind not in _ORDERABLE or isinstance(value, bool)):
             raise self._fail(f"{col.name}: {op} needs an orderable field (numbers, dates, times, text)")
+        if col.enum and op in ("$gt", "$gte", "$lt", "$lte"):
+            return self._enum_range(col, op, value)
         if (col.kind == "datetime" and between_microseconds(arg)) or (col.kind == "date" and within_a_day(arg)):
             # Every stored time is a whole microsecond, and a date is the start of its day: a time between
             # them equals none, and is compared as the one before it (X < t  <=>  trunc(X) < t, and so on).
@@ -249,6 +251,14 @@ class FilterCompiler:
             return self._keyed(col, f"{sql_op} ?", [value])
         inner = self._typed(col, f"{sql_op} ?", [value])
         return f"NOT coalesce({inner}, 0)" if op == "$ne" else inner
+
+    def _enum_range(self, col: Column, op: str, value: str) -> str:
+        """A range on an enum follows its declared order: `$gte: "Proposal"` is `$in` the members from Proposal
+        on. A value that is no longer a member (the enum changed since it was written) is in no range."""
+        enum = col.enum or ()
+        at = enum.index(value)  # (`_value` refused a bound that is not a member)
+        members = {"$gt": enum[at + 1 :], "$gte": enum[at:], "$lt": enum[:at], "$lte": enum[: at + 1]}
+        return self._any_of(col, list(members[op]), "$in")
 
     def _is_glob(self, col: Column, value: Any) -> bool:
         return self.glob_type and col.name == "type" and isinstance(value, str) and any(c in value for c in "*?[")
@@ -389,8 +399,9 @@ class FilterCompiler:
             bad = True
         if bad:
             raise self._fail(f"{col.name}: {op} got {shown(value)}, which is not a valid {kind} value")
-        if col.enum and op in ("$eq", "$ne", "$in", "$nin") and value not in col.enum:
-            raise self._fail(f"{col.name}: {value!r} is not one of {', '.join(col.enum)}")
+        if col.enum and value not in col.enum:
+            order = f" ({op} follows that declared order)" if op in ("$gt", "$gte", "$lt", "$lte") else ""
+            raise self._fail(f"{col.name}: {value!r} is not one of {', '.join(col.enum)}{order}")
         return value
 
 
@@ -416,6 +427,26 @@ def within_a_day(value: Any) -> bool:
 class SortKey:
     column: Column
     descending: bool
+
+    @property
+    def sql(self) -> str:
+        """SQL whose order is the field's, with `params` bound in it. An enum's is its value's position among
+        the declared members; an absent value, or one that is no longer a member, takes the position past the
+        last one in the sort's direction: after every member (as absent values of other fields sort last)."""
+        enum = self.column.enum
+        if not enum:
+            return self.column.sql
+        whens = " ".join(f"WHEN ? THEN {i}" for i in range(len(enum)))
+        return f"(CASE {self.column.sql} {whens} ELSE {-1 if self.descending else len(enum)} END)"
+
+    @property
+    def params(self) -> list[Any]:
+        return list(self.column.enum or ())
+
+    @property
+    def nullable(self) -> bool:
+        """Whether `sql` may be NULL (an enum's position never is)."""
+        return self.column.nullable and not self.column.enum
 
 
 def parse_sort(sort: Any, columns: dict[str, Column], what: str, default: str) -> list[SortKey]:

@@ -255,32 +255,36 @@ def _source(noun: Noun, seq: int | None) -> tuple[str, list[Any]]:
     return sql, [seq, seq, seq]
 
 
-def _order(keys: list[SortKey]) -> str:
+def _order(keys: list[SortKey]) -> tuple[str, list[Any]]:
     """Nulls last. Meta columns are never null, so they get no null term and the (type, updated_at)
-    index can give the default order without sorting every row."""
-    parts = []
+    index can give the default order without sorting every row. An enum sorts by its declared order."""
+    parts, params = [], []
     for k in keys:
-        if k.column.nullable:
-            parts.append(f"({k.column.sql} IS NULL)")
-        parts.append(f"{k.column.sql} {'DESC' if k.descending else 'ASC'}")
-    return ", ".join([*parts, "id ASC"])
+        if k.nullable:
+            parts.append(f"({k.sql} IS NULL)")
+            params += k.params
+        parts.append(f"{k.sql} {'DESC' if k.descending else 'ASC'}")
+        params += k.params
+    return ", ".join([*parts, "id ASC"]), params
 
 
 def _after(keys: list[SortKey], values: list[Any], last_id: str) -> tuple[str, list[Any]]:
-    """Keyset condition: rows strictly after (values, last_id) in the sort order, nulls last."""
+    """Keyset condition: rows strictly after (values, last_id) in the sort order, nulls last. `values` are
+    the sort keys' own (`SortKey.sql`: for an enum, its position)."""
     sql = "(id > ?)"
     params: list[Any] = [last_id]
     for key, value in reversed(list(zip(keys, values, strict=True))):
-        col = key.column.sql
+        col, bound = key.sql, key.params
         cmp = "<" if key.descending else ">"
         if value is None:
             sql = f"(({col} IS NULL) AND {sql})"
-        elif key.column.nullable:
+            params = [*bound, *params]
+        elif key.nullable:
             sql = f"(({col} IS NULL) OR ({col} {cmp} ?) OR (({col} = ?) AND {sql}))"
-            params = [value, value, *params]
+            params = [*bound, *bound, value, *bound, value, *params]
         else:
             sql = f"(({col} {cmp} ?) OR (({col} = ?) AND {sql}))"
-            params = [value, value, *params]
+            params = [*bound, value, *bound, value, *params]
     return sql, params
 
 
@@ -308,6 +312,9 @@ def find(
         "asOf": None if as_of is None else format_us(parse_as_of(as_of)),  # the instant, however it is spelt
         "includeDeleted": include_deleted,
     }
+    if enums := {k.column.name: list(k.column.enum) for k in keys if k.column.enum}:
+        # A cursor carries an enum's position: it goes on only under the order it was made with.
+        identity["enumOrder"] = enums
     identity = cursors.sealed_for(conn, identity)
     head = head_seq(conn)
     pinned: int | None
@@ -372,10 +379,11 @@ def find(
             after_sql, after_params = _after(keys, _cursor_values(conn, keys, page), page.keys[-1])
             page_where += " AND " + after_sql
             page_params += after_params
-        select_keys = ", ".join(f"{k.column.sql}" for k in keys)
+        select_keys = ", ".join(k.sql for k in keys)
+        order, order_params = _order(keys)
         rows = conn.execute(
-            f"SELECT id, state, {select_keys} FROM {source} WHERE {page_where} ORDER BY {_order(keys)} LIMIT {n + 1}",
-            page_params,
+            f"SELECT id, state, {select_keys} FROM {source} WHERE {page_where} ORDER BY {order} LIMIT {n + 1}",
+            [*(p for k in keys for p in k.params), *page_params, *order_params],
         ).fetchall()
     has_more = len(rows) > n
     rows = rows[:n]
@@ -407,11 +415,11 @@ def _cursor_values(conn: sqlite3.Connection, keys: list[SortKey], page: cursors.
     cursor's first page saw it."""
     values = page.keys[:-1]
     if page.elided:
-        select = ", ".join(k.column.sql for k in keys)
+        select = ", ".join(k.sql for k in keys)
         row = conn.execute(
             f"SELECT {select} FROM (SELECT {_AS_ENTITY} FROM events e WHERE e.target = ? AND e.seq <= ? "
             "ORDER BY e.seq DESC LIMIT 1)",
-            (page.keys[-1], page.seq),
+            [*(p for k in keys for p in k.params), page.keys[-1], page.seq],
         ).fetchone()
         if row is None:
             raise InvalidCursor("the cursor's last row is not in this tenant", hint="Search again from page 1.")

@@ -305,7 +305,8 @@ def build_server(
             Field(
                 description=(
                     "Conditions on fields (the noun's fields and $ meta fields such as $createdAt, $updatedBy). A bare value means $eq. "
-                    f"Operators: {', '.join(OPERATORS + LOGICAL)}. Dates and datetimes compare as times. "
+                    f"Operators: {', '.join(OPERATORS + LOGICAL)}. Dates and datetimes compare as times; enum fields in their "
+                    'declared order (on Deal, {"stage": {"$gte": "Proposal"}} is Proposal or a later stage). '
                     'Examples: {"stage": "Lead"}; {"value": {"$gte": 1000}, "stage": {"$in": ["Proposal", "Negotiation"]}}; '
                     '{"$or": [{"title": {"$regex": "^VP"}}, {"title": {"$exists": false}}]}. '
                     'An email matches as stored (its domain lowercased; for any case use {"$regex": "(?i)^bob@acme\\\\.com$"}). '
@@ -323,7 +324,8 @@ def build_server(
         sort: Annotated[
             str | None,
             Field(
-                description="'field' ascending or '-field' descending, comma-separated ('-value,name'). Default '-$updatedAt'; events default 'seq' ('-seq' for newest first)."
+                description="'field' ascending or '-field' descending, comma-separated ('-value,name'); an enum field sorts "
+                "in its declared order. Default '-$updatedAt'; events default 'seq' ('-seq' for newest first)."
             ),
         ] = None,
         limit: Annotated[
