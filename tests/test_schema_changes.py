@@ -796,6 +796,30 @@ def test_a_field_that_became_a_unique_email_refuses_a_new_value_equal_to_one_wri
     assert after == ["old"]
 
 
+@pytest.mark.parametrize("fields", ['"mail": "string#"', '"mail": "string##"'])
+def test_text_that_is_no_email_in_a_field_that_became_an_email_keeps_its_case(tmp_path: Path, fields: str) -> None:
+    # No validator accepts these (a double dot, a domain without a dot), so no write lowercases their domains:
+    # neither may a filter or a unique check, or two texts that differ in case would become one.
+    data = tmp_path / "data"
+    with Store(data, widgets(tmp_path, fields)) as s:
+        make(s, name="upper", mail="a..b@EXAMPLE.COM")
+        make(s, name="lower", mail="a..b@example.com")
+        make(s, name="host", mail="bob@LOCALHOST")
+        make(s, name="localhost", mail="bob@localhost")
+
+    with Store(data, widgets(tmp_path, fields.replace("string", "email"))) as s:
+        found = [
+            matching(s, {"mail": "a..b@EXAMPLE.COM"}),
+            matching(s, {"mail": {"$regex": "EXAMPLE"}}),
+            matching(s, {"mail": {"$ne": "a..b@example.com"}}),
+            matching(s, {"mail": "bob@LOCALHOST"}),
+        ]
+        report = s.verify(TENANT)
+
+    assert found == [["upper"], ["upper"], ["host", "localhost", "upper"], ["host"]]
+    assert report["ok"], report["problems"]
+
+
 def test_a_field_that_became_a_unique_email_over_two_values_equal_as_emails_refuses_the_tenant_and_changes_nothing(
     tmp_path: Path,
 ) -> None:

@@ -264,6 +264,39 @@ async def test_when_sqlite_refuses_to_undo_a_failed_write_in_a_group_the_whole_g
     assert store.verify(TENANT)["ok"] is True
 
 
+@pytest.mark.anyio
+async def test_a_write_in_a_group_whose_savepoint_sqlite_refuses_fails_alone_and_the_others_commit(
+    store: Store,
+) -> None:
+    from server.errors import StorageError
+
+    deals = [create_deal(store, f"D{i}") for i in range(3)]
+    writer = writer_of(store)
+    conn: sqlite3.Connection = writer.run(lambda txn: txn.conn, dry_run=True)
+    refusals = [1]  # SQLite refuses the next SAVEPOINT once
+
+    def authorize(action: int, arg1: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_SAVEPOINT and arg1 == "BEGIN" and refusals[0]:
+            refusals[0] -= 1
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    try:
+        with HeldWriter(writer):
+            conn.set_authorizer(authorize)
+            threads, outcomes = start_writes(store, [update(d, 5) for d in deals])
+            await wait_until_queued(writer, 3)
+        for t in threads:
+            t.join(30)
+    finally:
+        conn.set_authorizer(None)
+
+    failed = [i for i in range(3) if isinstance(outcomes[i], StorageError)]
+    assert len(failed) == 1 and "not authorized" in str(outcomes[failed[0]]), outcomes
+    assert [store.get(TENANT, "Deal", d)["$version"] for d in deals] == [1 if i in failed else 2 for i in range(3)]
+    assert store.verify(TENANT)["ok"] is True
+
+
 def test_a_write_queued_past_the_wait_limit_gives_up_unstarted_and_later_writes_go_on(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

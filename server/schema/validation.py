@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 from datetime import date
@@ -108,9 +109,8 @@ def whole_as_int(value: Any) -> Any:
     return value
 
 
-# An ASCII address with nothing around it (no "Name <...>", no spaces) and no punycode domain; and one whose
-# domain is lowercase already, as a write stores it (the filters of email fields read every value they scan).
-_PLAIN_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+# An ASCII address whose domain is lowercase already, as a write stores it: what the filters of email fields
+# meet in almost every row they scan. The validator gives such a value back as it is, an email or not.
 _STORED_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9.-]+")
 _EMAIL: Any = None  # pydantic's EmailStr adapter, built on first use
 
@@ -119,12 +119,16 @@ def normalized_email(value: Any) -> Any:
     """An email as writes store it (pydantic's EmailStr: the domain lowercased); other text, and what is no
     text, as it is. An email field's lookup keys and filters read its values so (mutations.field_values,
     filters.FilterCompiler._scalar), values written before the field became an email too."""
-    global _EMAIL
-    if not isinstance(value, str) or (_STORED_EMAIL.fullmatch(value) and "xn--" not in value):
+    if not isinstance(value, str) or "@" not in value or (_STORED_EMAIL.fullmatch(value) and "xn--" not in value):
         return value
-    local, _, domain = value.rpartition("@")
-    if _PLAIN_EMAIL.fullmatch(value) and "xn--" not in domain.lower():
-        return f"{local}@{domain.lower()}"  # all the validator changes in such an email
+    return _validated_email(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _validated_email(value: str) -> str:
+    """The validator's reading of a value that may be an email (cached: a filter scans the same old values on
+    every search). Text it refuses (`bob@LOCALHOST`, `a..b@EXAMPLE.COM`) stays as written, its case too."""
+    global _EMAIL
     if _EMAIL is None:
         _EMAIL = TypeAdapter(EmailStr)
     try:

@@ -363,9 +363,11 @@ class Writer:
         broken: BaseException | None
         for job in group:
             txn = Txn(conn, self._head, self._clock, floor, self._clock_behind)
+            undo = single  # what there is to undo: alone, the transaction; in a group, the savepoint once made
             try:
                 if not single:
                     conn.execute("SAVEPOINT job")
+                    undo = True
                 result = job.fn(txn)
                 if job.dry_run:
                     raise _DryRun(result)
@@ -377,7 +379,7 @@ class Writer:
             except BaseException as exc:
                 job.error, job.done = _translate(exc, self._tenant), True
                 # SQLite may have undone the whole group itself (a full disk, an I/O error mid-statement)
-                broken = self._undo_job(single) if conn.in_transaction else exc
+                broken = (self._undo_job(single) if undo else None) if conn.in_transaction else exc
                 if broken is None and single:
                     return
             else:
