@@ -740,6 +740,14 @@ def test_an_unknown_or_malformed_sort_is_invalid_sort(store: Store, deals: dict[
     assert "name" in err.value.hint and "value" in err.value.hint
 
 
+@pytest.mark.parametrize("sort", ["name,-name", "-value,name,value", "$updatedAt, $updatedAt"])
+def test_a_sort_that_names_a_field_twice_is_invalid_sort(store: Store, deals: dict[str, str], sort: str) -> None:
+    with pytest.raises(InvalidSort) as err:
+        store.find(TENANT, "Deal", sort=sort)
+
+    assert "twice" in err.value.message and "each field may be sorted by once" in err.value.message
+
+
 # ---- enums: their declared order -------------------------------------------------------------
 
 DEAL_STAGES = ["Prospecting", "Qualification", "Proposal", "Negotiation", "Closed", "Won", "Lost"]  # as declared

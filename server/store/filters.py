@@ -467,6 +467,11 @@ def parse_sort(sort: Any, columns: dict[str, Column], what: str, default: str) -
             raise InvalidSort(
                 f"cannot sort by {name!r}: arrays and json fields have no order", hint=_sort_hint(columns)
             )
+        if any(key.column.name == name for key in keys):  # (the second could never order anything)
+            raise InvalidSort(
+                f"sort names {name!r} twice ({text.strip()!r}); each field may be sorted by once",
+                hint=_sort_hint(columns),
+            )
         keys.append(SortKey(col, desc))
     if len(keys) > 4:
         raise InvalidSort("sort takes at most 4 fields", hint=_sort_hint(columns))
