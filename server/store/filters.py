@@ -453,7 +453,7 @@ def parse_sort(sort: Any, columns: dict[str, Column], what: str, default: str) -
     text = default if sort is None else sort
     if not isinstance(text, str) or not text.strip():
         raise InvalidSort('sort must be a string such as "-$updatedAt" or "name,-value"', hint=_sort_hint(columns))
-    keys = []
+    keys: list[SortKey] = []
     for part in text.split(","):
         part = part.strip()
         desc = part.startswith("-")
