@@ -178,7 +178,7 @@ def test_token_revoke_on_a_data_dir_without_tokens_and_create_with_a_bad_actor_m
     data_dir.mkdir()
     revoked = run("token", "revoke", "tok_abc", cwd=tmp_path, data_dir=data_dir)
     created = run("token", "create", "--tenant", "acme", "--actor", "bot", cwd=tmp_path, data_dir=tmp_path / "new")
-    assert revoked.code == 2 and "no active token with id 'tok_abc'" in revoked.err
+    assert revoked.code == 2 and "no token with id 'tok_abc'" in revoked.err
     assert created.code == 2 and "Invalid value for '--actor': invalid actor 'bot'" in created.err
     assert list(data_dir.iterdir()) == [] and not (tmp_path / "new").exists()
 
@@ -265,9 +265,28 @@ def test_a_token_can_be_revoked_by_pasting_the_whole_token_and_its_secret_is_nev
     for pasted in (token, f"Bearer {token}", f"  {token}\n"):
         again = run("token", "revoke", pasted, cwd=tmp_path, data_dir=data_dir)
         assert again.code != 0
-        assert "no active token" in again.err and secret not in again.out + again.err
+        assert "was already revoked, at " in again.err and secret not in again.out + again.err
     (other,) = run("token", "create", "--tenant", TENANT, "--actor", AGENT, cwd=tmp_path, data_dir=data_dir).lines()
+    mistyped = other[:-4] + ("AAAA" if not other.endswith("AAAA") else "BBBB")
+    refused = run("token", "revoke", mistyped, cwd=tmp_path, data_dir=data_dir)
+    assert (
+        refused.code == 2
+        and "the rest of the token does not match" in refused.err
+        and "nothing was revoked" in refused.err
+    )
+    assert mistyped.split("_", 2)[2] not in refused.out + refused.err
+    assert len(run("token", "list", "--json", cwd=tmp_path, data_dir=data_dir).json_lines()) == 1  # still active
     assert run("token", "revoke", f"Bearer {other}", cwd=tmp_path, data_dir=data_dir).code == 0
+
+
+def test_revoking_a_whole_token_on_a_data_dir_without_tokens_does_not_echo_its_secret(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    data_dir.mkdir()
+    token = "hly_0123456789ab_" + "s" * 43
+    revoked = run("token", "revoke", token, cwd=tmp_path, data_dir=data_dir)
+    assert revoked.code == 2 and "no token with id '0123456789ab'" in revoked.err
+    assert "s" * 43 not in revoked.out + revoked.err
 
 
 @pytest.mark.parametrize(

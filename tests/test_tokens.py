@@ -147,11 +147,20 @@ def test_revoking_an_unknown_id_is_not_found(tokens: TokenStore) -> None:
     assert "nosuchtoken" in exc.value.message
 
 
-def test_revoking_twice_is_not_found(tokens: TokenStore) -> None:
+def test_revoking_twice_is_not_found_and_says_when_it_was_revoked(tokens: TokenStore) -> None:
     _, info = tokens.create("acme", "agent_a")
-    tokens.revoke(info.id)
-    with pytest.raises(NotFound):
+    first = tokens.revoke(info.id)
+    with pytest.raises(NotFound) as again:
         tokens.revoke(info.id)
+    assert f"token {info.id} was already revoked, at {first.revoked_at}" in again.value.message
+
+
+def test_a_whole_token_whose_secret_does_not_match_revokes_nothing(tokens: TokenStore) -> None:
+    secret, _ = tokens.create("acme", "agent_a")
+    with pytest.raises(NotFound) as refused:
+        tokens.revoke(secret[:-1] + ("A" if not secret.endswith("A") else "B"))
+    assert "nothing was revoked" in refused.value.message and secret.split("_", 2)[2] not in refused.value.message
+    assert tokens.verify(secret) is not None
 
 
 @pytest.mark.parametrize("tenant", ["", "Acme", "../etc", "a b", "-acme", "a" * 64, "acme/x"])

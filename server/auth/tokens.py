@@ -96,17 +96,25 @@ class TokenStore:
     def revoke(self, token_id: str) -> TokenInfo:
         """Revoke by the id `token list` shows, or by the whole token (what someone holding a leaked
         one has at hand); only its id part is ever echoed."""
-        token_id = token_id.strip()
-        if token_id[:7].lower() == "bearer ":  # pasted from an Authorization header
-            token_id = token_id[7:].strip()
-        if token_id.startswith(PREFIX):
-            token_id = token_id[len(PREFIX) :].partition("_")[0]
+        token_id, secret = token_parts(token_id)
         with self._lock:
-            cur = self._conn.execute(
+            row = self._conn.execute("SELECT salt, digest, revoked_at FROM tokens WHERE id = ?", (token_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no token with id {token_id!r}", hint="`headlessly token list` shows the ids.")
+            if secret and not hmac.compare_digest(row[1], _digest(row[0], secret)):
+                raise NotFound(
+                    f"the token given is not token {token_id}: that id is there, but the rest of the token does not match "
+                    "(mistyped, or a token of another data dir); nothing was revoked",
+                    hint=f"Revoke by the id alone (`headlessly token revoke {token_id}`) if that is the token you mean.",
+                )
+            if row[2] is not None:
+                raise NotFound(
+                    f"token {token_id} was already revoked, at {row[2]}",
+                    hint="`headlessly token list --all` shows revoked tokens too.",
+                )
+            self._conn.execute(
                 "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (format_us(now_us()), token_id)
             )
-            if cur.rowcount == 0:
-                raise NotFound(f"no active token with id {token_id!r}", hint="`headlessly token list` shows the ids.")
         return next(t for t in self.list(include_revoked=True) if t.id == token_id)
 
     def verify(self, token: str) -> TokenInfo | None:
@@ -128,6 +136,18 @@ class TokenStore:
         if not hmac.compare_digest(row[1], _digest(row[0], secret)):
             return None
         return TokenInfo(token_id, row[2], row[3], bool(row[4]), row[5], row[6], row[7])
+
+
+def token_parts(text: str) -> tuple[str, str]:
+    """(id, secret) of what `token revoke` was given: an id, or a whole token (the secret then too, else ''),
+    also as pasted from an Authorization header."""
+    text = text.strip()
+    if text[:7].lower() == "bearer ":
+        text = text[7:].strip()
+    if text.startswith(PREFIX):
+        token_id, _, secret = text[len(PREFIX) :].partition("_")
+        return token_id, secret
+    return text, ""
 
 
 def _digest(salt: bytes, secret: str) -> bytes:

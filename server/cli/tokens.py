@@ -70,11 +70,11 @@ def token_list(tenant: str | None, include_revoked: bool, as_json: bool, data_di
 @existing_data_dir_option
 def token_revoke(token_id: str, data_dir: Path) -> None:
     """Revoke a token by its id (or the whole token): every later request with it gets HTTP 401."""
-    from ..auth.tokens import TokenStore, tokens_path
+    from ..auth.tokens import TokenStore, token_parts, tokens_path
     from ..errors import HeadlesslyError
 
     if not tokens_path(data_dir).exists():  # (no token was ever made here: nothing to revoke, nothing to make)
-        fail(f"no active token with id {token_id!r}: there are no tokens in {data_dir}")
+        fail(f"no token with id {token_parts(token_id)[0]!r}: there are no tokens in {data_dir}")
     tokens = TokenStore(data_dir)
     try:
         info = tokens.revoke(token_id)
