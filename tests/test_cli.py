@@ -495,7 +495,7 @@ def test_verify_names_a_damaged_file_and_how_to_rebuild_it_checks_the_other_tena
 
     assert result.code == 1 and as_json.code == 1
     assert "acme: FAILED: its database file is damaged" in result.out
-    assert "headlessly restore --tenant acme --overwrite" in result.out
+    assert "there is no lakehouse table to rebuild acme from" in result.out  # (this data dir never flushed)
     assert re.search(r"^globex: ok: 1 events", result.out, re.MULTILINE)
     reports = {r["tenant"]: r for r in as_json.json_lines()}
     assert reports["acme"]["damaged"] is True and reports["acme"]["ok"] is False
@@ -552,6 +552,26 @@ def test_verify_points_at_reindex_for_broken_lookup_keys_and_reindex_repairs_the
     assert f"{TENANT}: rebuilding the lookup keys and full text of every noun..." in repaired.err
     assert after.code == 0 and f"{TENANT}: ok" in after.out
     assert missing.code == 2 and "does not exist" in missing.err
+
+
+def test_verify_points_at_restore_not_reindex_for_states_the_log_does_not_give(
+    tmp_path: Path, data_dir: Path, history: History
+) -> None:
+    db = data_dir / "tenants" / f"{TENANT}.db"
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("DELETE FROM entities")  # (what reindex rebuilds from: it cannot give them back)
+        conn.commit()
+
+    unlooked = run("verify", "--tenant", TENANT, "--no-lake", cwd=tmp_path, data_dir=data_dir)
+    looked = run("verify", "--tenant", TENANT, cwd=tmp_path, data_dir=data_dir)
+
+    assert unlooked.code == 1 and "has events but no materialized row" in unlooked.out
+    assert (
+        f"the tenant can be rebuilt from the lakehouse: headlessly restore --tenant {TENANT} --overwrite"
+        in unlooked.out
+    )
+    assert looked.code == 1 and f"there is no lakehouse table to rebuild {TENANT} from" in looked.out
+    assert "headlessly restore" not in looked.out
 
 
 def test_verify_warns_of_entities_of_nouns_its_schemas_do_not_define_and_still_exits_0(

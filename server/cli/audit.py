@@ -154,8 +154,11 @@ def _echo_missing_catalog(file: str, as_json: bool) -> None:
         click.echo(f"lake: {said}")
 
 
-def _rebuild(name: str, table: Any, in_table: dict[str, Any]) -> str:
-    """What can be done about a tenant whose file is damaged, as far as the lakehouse (if read) can tell."""
+def _rebuild(name: str, table: Any, in_table: dict[str, Any], no_table: bool = False) -> str:
+    """What can be done about a tenant whose file is damaged, as far as the lakehouse (if read) can tell.
+    `no_table`: the lakehouse was looked at and has no events table (nothing was ever flushed to it)."""
+    if no_table:
+        return f"  there is no lakehouse table to rebuild {name} from (no events were ever flushed from this data dir)"
     if table is not None and name not in in_table:
         return f"  the lakehouse holds no events of {name} to rebuild it from (it was never flushed)"
     return (
@@ -182,7 +185,7 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
     try:
         here = store.tenants()
         in_table: dict[str, tuple[int, str]] = {}
-        table = None
+        table, no_table = None, False
         try:
             if not no_lake:
                 from ..lake import catalog as cat
@@ -191,6 +194,8 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                 in_table = cat.watermarks(table) if table is not None else {}
                 if table is None and (file := cat.missing_catalog_file()) is not None:
                     _echo_missing_catalog(file, as_json)  # (not a failure: as with no lakehouse, but said)
+                else:
+                    no_table = table is None
         except Exception as exc:  # the logs are still checked: say why the table is not
             log.debug("opening the lakehouse failed", exc_info=True)
             table, ok = None, False
@@ -232,7 +237,7 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                 else:
                     click.echo(f"{name}: FAILED: {exc.message}")
                     if damage:
-                        click.echo(_rebuild(name, table, in_table))
+                        click.echo(_rebuild(name, table, in_table, no_table))
                 continue
             if report.get("damaged"):  # nothing more to check in it: the remedy is a restore
                 ok = False
@@ -242,7 +247,7 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                 click.echo(f"{name}: FAILED: its database file is damaged (SQLite's own check); not read further")
                 for problem in report["problems"]:
                     click.echo(f"  - {problem}")
-                click.echo(_rebuild(name, table, in_table))
+                click.echo(_rebuild(name, table, in_table, no_table))
                 continue
             if table is not None:
                 from ..lake import catalog as cat
@@ -278,10 +283,13 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                 )
             if report.get("undefinedTypes"):
                 click.echo(f"  warning: {undefined_warning(report['undefinedTypes'])}")
-            if any("lookup key" in p or "full text" in p for p in report["problems"]):
+            derived = [p for p in report["problems"] if "lookup key" in p or "full text" in p]
+            if derived:
                 click.echo(
                     f"  lookup keys and full text can be rebuilt from the states: headlessly reindex --tenant {name}"
                 )
+            if len(derived) < len(report["problems"]):  # the log, the states or the file's own rules: not reindex's
+                click.echo(_rebuild(name, table, in_table, no_table))
     finally:
         store.close()
     sys.exit(0 if ok else 1)
