@@ -695,7 +695,7 @@ def test_serve_over_sse_says_that_the_streamable_http_session_flags_are_ignored(
         cwd=tmp_path,
         data_dir=data_dir,
     )  # (the bad host ends it before it serves; the warning comes first)
-    assert refused.code == 2 and "--sessions-per-token ignored: they apply to --transport http" in refused.err
+    assert refused.code == 2 and "--sessions-per-token ignored: it applies to --transport http" in refused.err
 
 
 @pytest.mark.parametrize("tenant", ["Bad_Tenant", "../etc", "-x"])

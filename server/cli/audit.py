@@ -90,7 +90,10 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
             found = lake_events(table, tenant, type_, target, actor, since, until, limit + 1, newest_first)
         _print_events(found[:limit], as_json)
         if len(found) > limit:
-            click.echo(f"(the first {limit:,} events; more are in the table: raise --limit to see them)", err=True)
+            click.echo(
+                f"(the first {limit:,} {'event' if limit == 1 else 'events'}; more are in the table: raise --limit to see them)",
+                err=True,
+            )
         return
 
     flags: dict[str, Any] = {

@@ -131,7 +131,9 @@ def serve(transport: str, host: str, port: int, no_auth: bool, data_dir: Path, t
     if flags := [
         f"--{n.replace('_', '-')}" for n in unused if given(n) not in (click.core.ParameterSource.DEFAULT, None)
     ]:
-        log.warning("%s ignored: they apply to %s", ", ".join(flags), applies_to)
+        log.warning(
+            "%s ignored: %s to %s", ", ".join(flags), "they apply" if len(flags) > 1 else "it applies", applies_to
+        )
     if transport == "stdio" or no_auth:
         try:
             check_tenant(tenant)
