@@ -17,7 +17,7 @@ from ..store.bulk import EVENT_COLUMNS, EventTuple, bulk_load
 from ..store.events import EventRow, misnamed, row_hash
 from ..store.filelock import MAKING, TenantLock, lock_path
 from ..store.sqlite import damaged
-from ..store.tenants import tenant_path
+from ..store.tenants import empty_file, tenant_path
 from . import catalog as cat
 from .scan import TenantRows
 
@@ -176,7 +176,7 @@ def _refuse(path: Path, tenant: str, overwrite: bool) -> None:
     if overwrite:
         return
     aside = "Pass --overwrite to replace it: the current file is set aside as <tenant>.db.replaced-<time>."
-    if _empty(path):  # (connecting to read it would not write it; its events table is simply not there)
+    if empty_file(path):  # (connecting to read it would not write it; its events table is simply not there)
         raise StorageError(
             f"the database file of tenant {tenant!r} is empty: it holds no database ({path})",
             hint=f"{aside} (A crash before a new tenant's first write can leave such a file.)",
@@ -202,14 +202,6 @@ def _refuse(path: Path, tenant: str, overwrite: bool) -> None:
                 f"--tenant {tenant} --data-dir {path.parent.parent}` lists what the table holds, to compare first."
             ),
         )
-
-
-def _empty(path: Path) -> bool:
-    """Whether the tenant's file holds no database at all: 0 bytes, and no WAL with a first commit in it."""
-    try:
-        return path.stat().st_size == 0 and not Path(f"{path}-wal").stat().st_size
-    except FileNotFoundError:  # (no -wal)
-        return path.stat().st_size == 0
 
 
 def _read_only(path: Path) -> sqlite3.Connection:
