@@ -159,6 +159,12 @@ class DamagedFile(StorageError):
     """SQLite says a tenant's database file is damaged: retrying cannot help; a restore can."""
 
 
+class EmptyFile(StorageError):
+    """A tenant's database file is there but empty (0 bytes): it holds no database. A crash between SQLite making
+    a new tenant's file and its first commit leaves one (harmless: the first write makes the database); so does
+    a file emptied since (its events lost: a restore brings them back)."""
+
+
 class Conflict(HeadlesslyError):
     """A command refused because of the state things are in (a tenant that has events, or is open elsewhere)."""
 

@@ -867,3 +867,41 @@ def test_serve_on_a_port_in_use_says_so_and_exits_1_without_a_traceback(tmp_path
         result = run("serve", "--transport", "http", "--no-auth", "--no-flush", "--port", port, cwd=tmp_path, data_dir=data_dir)  # fmt: skip
     assert result.code == 1
     assert "address already in use" in result.err and "Traceback" not in result.err
+
+
+def test_verify_of_one_tenant_whose_file_is_damaged_reports_it_as_every_tenant_with_the_restore_advice(
+    tmp_path: Path, data_dir: Path, history: History
+) -> None:
+    os.truncate(data_dir / "tenants" / f"{TENANT}.db", 2048)
+
+    as_json = run("verify", "--tenant", TENANT, "--json", "--no-lake", cwd=tmp_path, data_dir=data_dir)
+    as_text = run("verify", "--tenant", TENANT, "--no-lake", cwd=tmp_path, data_dir=data_dir)
+    every = run("verify", "--json", "--no-lake", cwd=tmp_path, data_dir=data_dir)
+
+    assert as_json.code == 1 and as_text.code == 1
+    assert json.loads(as_json.out) == json.loads(every.out)
+    assert json.loads(as_json.out)["damaged"] is True and json.loads(as_json.out)["ok"] is False
+    assert f"{TENANT}: FAILED: the database file of tenant 'acme' is damaged" in as_text.out
+    assert f"headlessly restore --tenant {TENANT} --overwrite" in as_text.out
+
+
+def test_verify_and_events_say_an_emptied_tenant_file_holds_no_database_and_leave_it_empty(
+    tmp_path: Path, data_dir: Path, history: History, schemas: SchemaSet
+) -> None:
+    db = data_dir / "tenants" / f"{TENANT}.db"
+    os.truncate(db, 0)
+
+    every = run("verify", "--no-lake", cwd=tmp_path, data_dir=data_dir)
+    one = run("verify", "--tenant", TENANT, "--json", "--no-lake", cwd=tmp_path, data_dir=data_dir)
+    events = run("events", "--tenant", TENANT, cwd=tmp_path, data_dir=data_dir)
+
+    assert every.code == 1
+    assert f"{TENANT}: FAILED: the database file of tenant 'acme' is empty: it holds no database" in every.out
+    assert "first write" in every.out and f"headlessly restore --tenant {TENANT} --overwrite" in every.out
+    assert one.code == 1 and json.loads(one.out)["empty"] is True and json.loads(one.out)["ok"] is False
+    assert events.code == 1 and "is empty: it holds no database" in events.err
+    assert db.stat().st_size == 0  # nothing wrote an empty database into it
+    with Store(data_dir, schemas) as store:  # a write opens it as a new tenant's, as after a crash before its first
+        store.do(TENANT, AGENT, {"action": "create", "type": "Contact", "data": {"name": "Bob"}})
+    after = run("verify", "--tenant", TENANT, "--no-lake", cwd=tmp_path, data_dir=data_dir)
+    assert after.code == 0 and f"{TENANT}: ok: 1 events" in after.out

@@ -274,6 +274,23 @@ def test_restore_rebuilds_a_lost_tenant_and_refuses_a_live_one(tmp_path: Path, d
     assert after == before
 
 
+def test_the_restore_verify_advises_for_a_truncated_file_rebuilds_the_tenant(tmp_path: Path, data_dir: Path) -> None:
+    run(tmp_path, "flush", "--data-dir", str(data_dir))
+    before = run(tmp_path, "events", "--tenant", TENANT, "--json", "--data-dir", str(data_dir)).stdout
+    os.truncate(data_dir / "tenants" / f"{TENANT}.db", 20_000)
+    checked = run(tmp_path, "verify", "--data-dir", str(data_dir))
+    refused = run(tmp_path, "restore", "--tenant", TENANT, "--data-dir", str(data_dir))
+    restored = run(tmp_path, "restore", "--tenant", TENANT, "--overwrite", "--data-dir", str(data_dir))
+    after = run(tmp_path, "events", "--tenant", TENANT, "--json", "--data-dir", str(data_dir)).stdout
+
+    assert f"headlessly restore --tenant {TENANT} --overwrite" in checked.stdout
+    assert refused.returncode == 1 and "is damaged" in refused.stderr and "--overwrite" in refused.stderr
+    assert restored.returncode == 0, restored.stderr
+    assert "restored 3 events into tenant acme; verify: ok" in restored.stdout
+    assert after == before
+    assert len(list((data_dir / "tenants").glob(f"{TENANT}.db.replaced-*"))) == 1
+
+
 def test_restore_into_a_log_says_how_far_it_got_in_lines(tmp_path: Path, data_dir: Path) -> None:
     """Where a progress bar cannot be redrawn (stderr is a file or pipe), restore still shows progress."""
     run(tmp_path, "flush", "--data-dir", str(data_dir))

@@ -294,6 +294,89 @@ def test_an_overwrite_restore_is_refused_while_another_process_has_the_tenant_op
     assert restore_tenant(fresh, TENANT, overwrite=True) == store.head(TENANT)[0]  # once it has let go
 
 
+def a_tenant_file_of_strangers(fresh: Store, clock: Any) -> Path:
+    """`fresh`'s tenant with a history of its own (not the lake's), closed: a file of ~40 KB to damage."""
+    other = History(fresh, clock)
+    for i in range(3):
+        other.create("Contact", {"name": f"Stranger {i}"})
+    fresh.pool.forget(TENANT)  # (the last connection folds the WAL into the file and deletes it)
+    path = tenant_path(fresh.data_dir, TENANT)
+    assert path.stat().st_size > 20_000
+    return path
+
+
+def set_aside(fresh: Store) -> list[Path]:
+    return [
+        p for p in (fresh.data_dir / "tenants").glob(f"{TENANT}.db.replaced-*") if not p.name.endswith(("-wal", "-shm"))
+    ]
+
+
+@pytest.mark.parametrize("size", [100, 1024, 2048, 20_000])
+def test_an_overwrite_restore_sets_a_truncated_file_aside_and_rebuilds_the_tenant(
+    store: Store, fresh: Store, clock: Any, size: int
+) -> None:
+    path = a_tenant_file_of_strangers(fresh, clock)
+    os.truncate(path, size)
+    cut = path.read_bytes()
+
+    restored = restore_tenant(fresh, TENANT, overwrite=True)
+
+    assert restored == store.head(TENANT)[0]
+    assert log_of(fresh) == log_of(store)
+    assert fresh.verify(TENANT)["ok"] is True
+    kept = set_aside(fresh)
+    assert len(kept) == 1 and kept[0].read_bytes() == cut  # the damaged file, as it was
+
+
+def test_a_restore_without_overwrite_refuses_a_truncated_file_as_damaged_and_leaves_it_as_it_was(
+    store: Store, fresh: Store, clock: Any
+) -> None:
+    path = a_tenant_file_of_strangers(fresh, clock)
+    os.truncate(path, 20_000)
+
+    with pytest.raises(HeadlesslyError) as exc:
+        restore_tenant(fresh, TENANT)
+
+    assert "the database file of tenant 'acme' is damaged" in exc.value.message
+    assert "--overwrite" in exc.value.hint and "set aside" in exc.value.hint
+    assert path.stat().st_size == 20_000
+    assert set_aside(fresh) == []
+
+
+def test_an_overwrite_restore_refuses_a_file_damaged_while_another_process_has_it_open(
+    store: Store, fresh: Store, clock: Any
+) -> None:
+    """SQLite says "not a database" for an overwritten header before it tries its locks: the locks are looked
+    at without it, and the file is not moved from under the process that has it open."""
+    path = a_tenant_file_of_strangers(fresh, clock)
+    with held_open(path):
+        with path.open("r+b") as file:
+            file.write(b"x" * 100)  # the header
+        with pytest.raises(HeadlesslyError) as exc:
+            restore_tenant(fresh, TENANT, overwrite=True)
+        assert exc.value.code == "conflict" and "another process" in exc.value.message
+        assert set_aside(fresh) == []
+
+    assert restore_tenant(fresh, TENANT, overwrite=True) == store.head(TENANT)[0]  # once it has let go
+    assert len(set_aside(fresh)) == 1
+
+
+def test_a_restore_refuses_an_empty_tenant_file_without_overwrite_and_sets_it_aside_with_it(
+    store: Store, fresh: Store, clock: Any
+) -> None:
+    path = a_tenant_file_of_strangers(fresh, clock)
+    os.truncate(path, 0)
+
+    with pytest.raises(HeadlesslyError) as exc:
+        restore_tenant(fresh, TENANT)
+    assert "is empty: it holds no database" in exc.value.message and "--overwrite" in exc.value.hint
+    assert path.stat().st_size == 0  # read, not written
+    assert sorted(p.name for p in path.parent.iterdir()) == [f"{TENANT}.db", f"{TENANT}.db-lock"]
+
+    assert restore_tenant(fresh, TENANT, overwrite=True) == store.head(TENANT)[0]
+    assert [p.stat().st_size for p in set_aside(fresh)] == [0]
+
+
 def test_no_store_can_open_a_tenant_while_it_is_being_restored_and_all_see_the_restored_one_after(
     store: Store, fresh: Store, schemas: SchemaSet, clock: Any
 ) -> None:

@@ -68,6 +68,7 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
            filter_json: str | None, limit: int, newest_first: bool, from_lake: bool, as_json: bool, data_dir: Path,
            schema_dirs: tuple[Path, ...]) -> None:  # fmt: skip
     """Audit from the shell: a tenant's events, filtered as in search."""
+    from ..store.tenants import empty_file, empty_file_error, tenant_path
     from ..timeutil import parse_time
 
     if since and until and parse_time(until) < parse_time(since):
@@ -113,6 +114,9 @@ def events(tenant: str, type_: str | None, target: str | None, actor: str | None
     try:
         if not store.pool.exists(tenant):
             fail(f"tenant {tenant!r} does not exist in {data_dir}")
+        if empty_file(path := tenant_path(data_dir, tenant)):  # (reading it as the server does would write into it)
+            error = empty_file_error(tenant, path)
+            fail(f"{error.message}; {error.hint}", 1)
         cursor = None
         while len(rows) < limit:
             page = store.events(tenant, flt, "-seq" if newest_first else "seq", min(100, limit - len(rows)), cursor)
@@ -170,6 +174,20 @@ def _rebuild(name: str, table: Any, in_table: dict[str, Any], no_table: bool = F
     )
 
 
+def _refill(name: str, table: Any, in_table: dict[str, Any]) -> str:
+    """What can be done about a tenant whose file is empty (0 bytes), as far as the lakehouse (if read) can tell."""
+    if table is not None and name in in_table:
+        return (
+            f"  it had events: {in_table[name][0]} are in the lakehouse; rebuild it from there: headlessly restore "
+            f"--tenant {name} --overwrite (the empty file is kept aside)"
+        )
+    return (
+        "  a crash between making a new tenant's file and its first write leaves such a file (its first write then "
+        f"makes the database); if it had events, `headlessly restore --tenant {name} --overwrite` rebuilds it from "
+        "the lakehouse, if they were flushed"
+    )
+
+
 @main.command()
 @click.option(
     "--tenant", default=None, callback=tenant_flag, help="One tenant (default: every tenant in the data dir)."
@@ -181,7 +199,7 @@ def _rebuild(name: str, table: Any, in_table: dict[str, Any], no_table: bool = F
 def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, schema_dirs: tuple[Path, ...]) -> None:
     """Recompute every hash chain, re-derive every entity from its events, and compare the Iceberg
     table with the log (no gaps, no duplicates, same hashes up to the watermark); exit 1 on any problem."""
-    from ..errors import DamagedFile, HeadlesslyError, StorageError, TenantBusy
+    from ..errors import DamagedFile, EmptyFile, HeadlesslyError, StorageError, TenantBusy
 
     store = open_store(Config(data_dir=data_dir, schema_dirs=list(schema_dirs)))
     ok = True
@@ -231,16 +249,19 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                     click.echo(f"{name}: NOT CHECKED: {exc.message}")
                 continue
             except HeadlesslyError as exc:
-                if tenant is not None:  # (a failing file is status 1, as every command's)
-                    fail(exc.message, 1 if isinstance(exc, StorageError) else 2)
-                ok = False  # (an unreadable file): said, and the other tenants are still checked
-                damage = isinstance(exc, DamagedFile)
+                if tenant is not None and not isinstance(exc, StorageError):  # (a bad --tenant: status 2)
+                    fail(exc.message, 2)
+                ok = False  # (an unreadable file): said as for every tenant, and the other tenants are still checked
+                damage, empty = isinstance(exc, DamagedFile), isinstance(exc, EmptyFile)
                 if as_json:
-                    click.echo(json.dumps({"tenant": name, "ok": False, "problems": [exc.message], "damaged": damage}))
+                    said = {"tenant": name, "ok": False, "problems": [exc.message], "damaged": damage}
+                    click.echo(json.dumps(said | ({"empty": True} if empty else {})))
                 else:
                     click.echo(f"{name}: FAILED: {exc.message}")
                     if damage:
                         click.echo(_rebuild(name, table, in_table, no_table))
+                    elif empty:
+                        click.echo(_refill(name, table, in_table))
                 continue
             if report.get("damaged"):  # nothing more to check in it: the remedy is a restore
                 ok = False

@@ -16,9 +16,15 @@ from ..store import Store
 from ..store.bulk import EVENT_COLUMNS, EventTuple, bulk_load
 from ..store.events import EventRow, misnamed, row_hash
 from ..store.filelock import MAKING, TenantLock, lock_path
-from ..store.tenants import tenant_path
+from ..store.sqlite import damaged
+from ..store.tenants import empty_file, tenant_path
 from . import catalog as cat
 from .scan import TenantRows
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 
 class TenantExists(Conflict):
@@ -162,19 +168,31 @@ def _refuse_lost_events(rows: TenantRows, tenant: str, watermark: tuple[int, str
 
 
 def _refuse(path: Path, tenant: str, overwrite: bool) -> None:
-    """Refuse a tenant that has events (unless `overwrite`) or is open in another process."""
+    """Refuse a tenant that has events (unless `overwrite`) or is open in another process. Reads the file
+    only: an empty or damaged one is left as it is (with `overwrite` it is then set aside as any other)."""
     if not path.exists():
         return
     _refuse_open_elsewhere(path, tenant)
     if overwrite:
         return
+    aside = "Pass --overwrite to replace it: the current file is set aside as <tenant>.db.replaced-<time>."
+    if empty_file(path):  # (connecting to read it would not write it; its events table is simply not there)
+        raise StorageError(
+            f"the database file of tenant {tenant!r} is empty: it holds no database ({path})",
+            hint=f"{aside} (A crash before a new tenant's first write can leave such a file.)",
+        )
     try:
-        with closing(sqlite3.connect(path, timeout=10)) as conn:
+        with closing(_read_only(path)) as conn:
             (has_events,) = conn.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchone()
     except sqlite3.Error as exc:
+        if damaged(exc, tenant) is not None:
+            raise StorageError(
+                f"the database file of tenant {tenant!r} is damaged: {exc}",
+                hint=f"{aside} `headlessly verify --tenant {tenant} --data-dir {path.parent.parent}` checks it.",
+            ) from None
         raise StorageError(
             f"cannot read tenant {tenant!r} to see whether it has events: {exc}",
-            hint="Pass --overwrite to replace it (the current file is kept aside).",
+            hint=aside,
         ) from None
     if has_events:
         raise TenantExists(
@@ -184,6 +202,11 @@ def _refuse(path: Path, tenant: str, overwrite: bool) -> None:
                 f"--tenant {tenant} --data-dir {path.parent.parent}` lists what the table holds, to compare first."
             ),
         )
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write the file (a read that finds no WAL would make none either)."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
 
 
 def _open_elsewhere(tenant: str, activity: str | None = None) -> TenantExists:
@@ -213,8 +236,43 @@ def _refuse_open_elsewhere(path: Path, tenant: str) -> None:
         probe.execute("ROLLBACK")
     except sqlite3.OperationalError:
         raise _open_elsewhere(tenant) from None
+    except sqlite3.DatabaseError as exc:  # the file is damaged: SQLite can say so before it tries the locks
+        if damaged(exc, tenant) is None:
+            raise
+        if _locked_elsewhere(path):
+            raise _open_elsewhere(tenant) from None
     finally:
         probe.close()
+
+
+# The bytes SQLite's unix VFS locks (POSIX advisory locks): in the database file, its pending, reserved and shared
+# bytes (from 1 GiB on, whatever the file's size); in the -shm file of WAL mode, its 8 lock slots and the byte
+# every open connection holds a shared lock on for as long as it is open.
+_DB_LOCK_BYTES = (0x40000000, 512)
+_SHM_LOCK_BYTES = (120, 9)
+
+
+def _locked_elsewhere(path: Path) -> bool:
+    """Whether another process holds one of SQLite's locks on the tenant's file or its -shm, told without SQLite
+    (which refuses to go as far as its locks in a damaged file). Each lock is taken and let go at once; this
+    process has no connection to the file then (closing a file releases every POSIX lock the process holds on
+    it). Where there are no POSIX locks (Windows), it cannot be told: False (a file open elsewhere cannot be
+    moved aside there)."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return False
+    for file, (start, length) in ((path, _DB_LOCK_BYTES), (Path(f"{path}-shm"), _SHM_LOCK_BYTES)):
+        try:
+            fd = os.open(file, os.O_RDWR)
+        except OSError:  # (no -shm: nobody has the file open in WAL mode; unwritable: cannot be told)
+            continue
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
+            fcntl.lockf(fd, fcntl.LOCK_UN, length, start)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+    return False
 
 
 SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")

@@ -16,7 +16,7 @@ from pathlib import Path
 from time import monotonic, sleep
 
 from ..config import private_dir
-from ..errors import InvalidTenant, LimitExceeded, NotFound, StorageError, TenantBusy
+from ..errors import EmptyFile, InvalidTenant, LimitExceeded, NotFound, StorageError, TenantBusy
 from ..schema import SchemaSet
 from .checkpoints import Checkpointer
 from .filelock import TenantLock, lock_path
@@ -42,6 +42,31 @@ def check_tenant(name: object) -> str:
             hint="Use lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters.",
         )
     return name
+
+
+def empty_file(path: Path) -> bool:
+    """Whether the tenant's file is there but holds no database: 0 bytes, and no WAL with a commit in it."""
+    try:
+        if path.stat().st_size:
+            return False
+    except FileNotFoundError:
+        return False
+    try:
+        return Path(f"{path}-wal").stat().st_size == 0
+    except FileNotFoundError:
+        return True
+
+
+def empty_file_error(name: str, path: Path) -> EmptyFile:
+    """The refusal to read (or check) a tenant whose file is empty, which opening would turn into an empty
+    database: a write to the tenant opens it as a new one."""
+    return EmptyFile(
+        f"the database file of tenant {name!r} is empty: it holds no database ({path})",
+        hint="Nothing was read or written. A crash between making a new tenant's file and its first write leaves "
+        "such a file (the tenant's first write then makes its database); a tenant that had events lost them: "
+        f"`headlessly restore --tenant {name} --overwrite` rebuilds it from the lakehouse (the empty file is set "
+        "aside).",
+    )
 
 
 def tenant_path(data_dir: Path, name: str) -> Path:
@@ -292,6 +317,8 @@ class TenantPool:
                         f"tenant {name!r} does not exist in {self.data_dir}",
                         hint="Check --data-dir and the tenant name.",
                     )
+                if not create and empty_file(path):  # (opening it would write a new, empty database into it)
+                    raise empty_file_error(name, path)
                 if self._make_room():
                     break
                 deadline = deadline or time.monotonic() + self.wait_seconds
