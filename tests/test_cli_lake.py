@@ -221,6 +221,22 @@ def test_flush_names_a_tenant_it_cannot_read_exits_1_and_still_flushes_the_other
     assert "acme: ok:" in checked.stdout
 
 
+def test_flush_passes_over_an_empty_tenant_file_without_events_in_the_table_and_names_one_that_had_some(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    (data_dir / "tenants" / "fresh.db").touch()  # as a crash before a new tenant's first commit leaves it
+    first = run(tmp_path, "flush", "--data-dir", str(data_dir))
+    (data_dir / "tenants" / f"{TENANT}.db").write_bytes(b"")  # its 3 events are in the table
+    second = run(tmp_path, "flush", "--data-dir", str(data_dir))
+
+    assert first.returncode == 0, first.stderr
+    assert "flushed 3 events of 2 tenant(s)" in first.stdout and "fresh" not in first.stderr
+    assert second.returncode == 1
+    assert f"not flushed: tenant {TENANT}:" in second.stderr and "is empty: it holds no database" in second.stderr
+    assert "fresh" not in second.stderr
+    assert (data_dir / "tenants" / "fresh.db").stat().st_size == 0
+
+
 def test_verify_fails_for_a_tenant_in_the_table_whose_database_is_gone(tmp_path: Path, data_dir: Path) -> None:
     run(tmp_path, "flush", "--data-dir", str(data_dir))
     for path in (data_dir / "tenants").glob(f"{TENANT}.db*"):

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ..errors import HeadlesslyError, TenantBusy
+from ..errors import EmptyFile, HeadlesslyError, TenantBusy
 from ..store import Store
 from ..timeutil import now_us, parse_time
 from . import catalog as cat
@@ -160,7 +160,8 @@ class Flusher:
                 pending.remove(tenant)
                 continue
             except HeadlesslyError as exc:  # (an unreadable file): the other tenants still go
-                diverged[tenant] = exc.message
+                if not (isinstance(exc, EmptyFile) and seq == 0):  # (a file a crash left empty: nothing to send)
+                    diverged[tenant] = exc.message
                 pending.remove(tenant)
                 continue
             if head is not None and head[0] <= seq and head != (seq, h) and seq > 0:
