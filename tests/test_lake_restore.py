@@ -343,6 +343,19 @@ def test_a_restore_without_overwrite_refuses_a_truncated_file_as_damaged_and_lea
     assert set_aside(fresh) == []
 
 
+def test_a_restore_refused_for_a_tenant_that_has_events_leaves_its_folder_as_it_was(
+    store: Store, fresh: Store, clock: Any
+) -> None:
+    path = a_tenant_file_of_strangers(fresh, clock)
+    before = sorted(p.name for p in path.parent.iterdir())
+
+    with pytest.raises(HeadlesslyError) as exc:
+        restore_tenant(fresh, TENANT)
+
+    assert "already has events" in exc.value.message
+    assert sorted(p.name for p in path.parent.iterdir()) == before  # (no -wal or -shm left by its look inside)
+
+
 def test_an_overwrite_restore_refuses_a_file_damaged_while_another_process_has_it_open(
     store: Store, fresh: Store, clock: Any
 ) -> None:

@@ -155,12 +155,24 @@ def test_revoking_twice_is_not_found_and_says_when_it_was_revoked(tokens: TokenS
     assert f"token {info.id} was already revoked, at {first.revoked_at}" in again.value.message
 
 
-def test_a_whole_token_whose_secret_does_not_match_revokes_nothing(tokens: TokenStore) -> None:
-    secret, _ = tokens.create("acme", "agent_a")
+@pytest.mark.parametrize("cut", ["wrong last letter", "cut after the id", "no secret at all"])
+def test_a_whole_token_whose_secret_does_not_match_revokes_nothing(tokens: TokenStore, cut: str) -> None:
+    secret, info = tokens.create("acme", "agent_a")
+    pasted = {
+        "wrong last letter": secret[:-1] + ("A" if not secret.endswith("A") else "B"),
+        "cut after the id": f"hly_{info.id}_",
+        "no secret at all": f"hly_{info.id}",
+    }[cut]
     with pytest.raises(NotFound) as refused:
-        tokens.revoke(secret[:-1] + ("A" if not secret.endswith("A") else "B"))
+        tokens.revoke(pasted)
     assert "nothing was revoked" in refused.value.message and secret.split("_", 2)[2] not in refused.value.message
     assert tokens.verify(secret) is not None
+
+
+def test_a_token_pasted_with_its_authorization_header_is_revoked_by_it(tokens: TokenStore) -> None:
+    secret, info = tokens.create("acme", "agent_a")
+    assert tokens.revoke(f"Authorization: Bearer {secret}").id == info.id
+    assert tokens.verify(secret) is None
 
 
 @pytest.mark.parametrize("tenant", ["", "Acme", "../etc", "a b", "-acme", "a" * 64, "acme/x"])

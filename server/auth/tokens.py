@@ -101,7 +101,7 @@ class TokenStore:
             row = self._conn.execute("SELECT salt, digest, revoked_at FROM tokens WHERE id = ?", (token_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no token with id {token_id!r}", hint="`headlessly token list` shows the ids.")
-            if secret and not hmac.compare_digest(row[1], _digest(row[0], secret)):
+            if secret is not None and not hmac.compare_digest(row[1], _digest(row[0], secret)):
                 raise NotFound(
                     f"the token given is not token {token_id}: that id is there, but the rest of the token does not match "
                     "(mistyped, or a token of another data dir); nothing was revoked",
@@ -138,16 +138,18 @@ class TokenStore:
         return TokenInfo(token_id, row[2], row[3], bool(row[4]), row[5], row[6], row[7])
 
 
-def token_parts(text: str) -> tuple[str, str]:
-    """(id, secret) of what `token revoke` was given: an id, or a whole token (the secret then too, else ''),
-    also as pasted from an Authorization header."""
+def token_parts(text: str) -> tuple[str, str | None]:
+    """(id, secret) of what `token revoke` was given: an id (secret None), or a whole token, also as pasted from
+    an Authorization header (its secret, '' when it was cut off after the id)."""
     text = text.strip()
+    if text[:14].lower() == "authorization:":
+        text = text[14:].strip()
     if text[:7].lower() == "bearer ":
         text = text[7:].strip()
     if text.startswith(PREFIX):
         token_id, _, secret = text[len(PREFIX) :].partition("_")
         return token_id, secret
-    return text, ""
+    return text, None
 
 
 def _digest(salt: bytes, secret: str) -> bytes:

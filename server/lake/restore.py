@@ -182,7 +182,9 @@ def _refuse(path: Path, tenant: str, overwrite: bool) -> None:
             hint=f"{aside} (A crash before a new tenant's first write can leave such a file.)",
         )
     try:
-        with closing(_read_only(path)) as conn:
+        # (read-write, as a server opens it: the last connection to close removes the -wal and -shm it made, which
+        # a read-only one cannot; reading a file that is not empty writes nothing into it)
+        with closing(sqlite3.connect(path, timeout=10)) as conn:
             (has_events,) = conn.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchone()
     except sqlite3.Error as exc:
         if damaged(exc, tenant) is not None:
@@ -202,11 +204,6 @@ def _refuse(path: Path, tenant: str, overwrite: bool) -> None:
                 f"--tenant {tenant} --data-dir {path.parent.parent}` lists what the table holds, to compare first."
             ),
         )
-
-
-def _read_only(path: Path) -> sqlite3.Connection:
-    """A connection that cannot write the file (a read that finds no WAL would make none either)."""
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
 
 
 def _open_elsewhere(tenant: str, activity: str | None = None) -> TenantExists:
@@ -263,8 +260,10 @@ def _locked_elsewhere(path: Path) -> bool:
     for file, (start, length) in ((path, _DB_LOCK_BYTES), (Path(f"{path}-shm"), _SHM_LOCK_BYTES)):
         try:
             fd = os.open(file, os.O_RDWR)
-        except OSError:  # (no -shm: nobody has the file open in WAL mode; unwritable: cannot be told)
+        except FileNotFoundError:  # (no -shm: nobody has the file open in WAL mode)
             continue
+        except OSError:  # unwritable by this user: who holds it cannot be told, so it is taken as held
+            return True
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
             fcntl.lockf(fd, fcntl.LOCK_UN, length, start)
