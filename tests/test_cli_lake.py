@@ -237,6 +237,25 @@ def test_flush_passes_over_an_empty_tenant_file_without_events_in_the_table_and_
     assert (data_dir / "tenants" / "fresh.db").stat().st_size == 0
 
 
+def test_verify_says_to_flush_before_the_restore_it_names_for_a_wrong_state_when_events_are_not_in_the_table_yet(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    assert run(tmp_path, "flush", "--data-dir", str(data_dir)).returncode == 0
+    with Store(data_dir) as store:
+        store.do(TENANT, "agent_a", {"action": "create", "type": "Contact", "data": {"name": "Late"}})
+    with closing(sqlite3.connect(data_dir / "tenants" / f"{TENANT}.db")) as conn:
+        conn.execute("UPDATE entities SET state = replace(state, '\"Alice\"', '\"Mallory\"')")
+        conn.commit()
+
+    checked = run(tmp_path, "verify", "--data-dir", str(data_dir))
+
+    assert checked.returncode == 1
+    assert "the materialized state differs from the replay of its events" in checked.stdout
+    assert f"headlessly restore --tenant {TENANT} --overwrite" in checked.stdout
+    assert "but 1 of its events are not in the table yet: flush them first" in checked.stdout
+    assert "headlessly reindex" not in checked.stdout and "damaged" not in checked.stdout
+
+
 def test_verify_fails_for_a_tenant_in_the_table_whose_database_is_gone(tmp_path: Path, data_dir: Path) -> None:
     run(tmp_path, "flush", "--data-dir", str(data_dir))
     for path in (data_dir / "tenants").glob(f"{TENANT}.db*"):

@@ -174,6 +174,29 @@ def _rebuild(name: str, table: Any, in_table: dict[str, Any], no_table: bool = F
     )
 
 
+def _restore(name: str, table: Any, in_table: dict[str, Any], no_table: bool, report: dict[str, Any]) -> str:
+    """What can be done about a tenant whose file opens, but whose log or states are not what its events give: a
+    restore from the table, which rebuilds only what the table holds, so the events not yet flushed go first."""
+    if no_table or (table is not None and name not in in_table):
+        return _rebuild(name, table, in_table, no_table)  # (nothing to restore from: said so)
+    advice = (
+        f"  the tenant can be rebuilt from its events in the lakehouse: headlessly restore --tenant {name} "
+        "--overwrite (this file is kept aside)"
+    )
+    if "lake" not in report:  # (not compared with the table: how far it holds this log is not known here)
+        return (
+            f"{advice}; a restore rebuilds only what the table holds: if the log has events not yet flushed, "
+            f"flush them first (headlessly flush --tenant {name})"
+        )
+    behind = report["events"] - report["lake"]["watermark"]
+    if behind > 0:
+        return (
+            f"{advice}; but {behind} of its events are not in the table yet: flush them first (headlessly flush "
+            f"--tenant {name}), or the restore leaves them only in the file set aside"
+        )
+    return advice
+
+
 def _refill(name: str, table: Any, in_table: dict[str, Any]) -> str:
     """What can be done about a tenant whose file is empty (0 bytes), as far as the lakehouse (if read) can tell."""
     if table is not None and name in in_table:
@@ -273,6 +296,7 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                     click.echo(f"  - {problem}")
                 click.echo(_rebuild(name, table, in_table, no_table))
                 continue
+            lake_problems: list[str] = []
             if table is not None:
                 from ..lake import catalog as cat
                 from ..lake.restore import check_tenant as check_lake
@@ -307,13 +331,14 @@ def verify(tenant: str | None, as_json: bool, no_lake: bool, data_dir: Path, sch
                 )
             if report.get("undefinedTypes"):
                 click.echo(f"  warning: {undefined_warning(report['undefinedTypes'])}")
-            derived = [p for p in report["problems"] if "lookup key" in p or "full text" in p]
-            if derived:
+            local = [p for p in report["problems"] if p not in lake_problems]  # (a restore reads the table)
+            derived = [p for p in local if "lookup key" in p or "full text" in p]
+            if len(derived) < len(local):  # the log, the states or the file's own rules: not reindex's to mend
+                click.echo(_restore(name, table, in_table, no_table, report))
+            elif derived:  # (not with the above: keys rebuilt from a state that is wrong would only agree with it)
                 click.echo(
                     f"  lookup keys and full text can be rebuilt from the states: headlessly reindex --tenant {name}"
                 )
-            if len(derived) < len(report["problems"]):  # the log, the states or the file's own rules: not reindex's
-                click.echo(_rebuild(name, table, in_table, no_table))
     finally:
         store.close()
     sys.exit(0 if ok else 1)
