@@ -635,6 +635,7 @@ def test_restore_of_a_tenant_a_configured_catalog_lacks_leaves_no_data_dir_behin
     restored = run(tmp_path, "restore", "--tenant", "nobody", "--data-dir", str(fresh), env=env)
 
     assert restored.returncode == 2 and "the table has no events for tenant 'nobody'" in restored.stderr
+    assert f"its tenants: {TENANT}" in restored.stderr  # (as events --from-lake names them)
     assert not fresh.exists()
 
 

@@ -85,8 +85,10 @@ def restore_tenant(
     total = rows.total
     _refuse_lost_events(rows, tenant, cat.watermark(table, tenant))
     if total == 0:
+        held = ", ".join(sorted(cat.watermarks(table))) or "none"
         raise ValidationFailed(
-            f"the table has no events for tenant {tenant!r}", hint="Check the tenant name and the catalog."
+            f"the table has no events for tenant {tenant!r}; its tenants: {held}",
+            hint="Check the tenant name and the catalog.",
         )
     made = private_dir(path.parent)  # (the data dir too, when it was not there)
     lock = TenantLock(path, making="restore")  # a lock file it makes is held from the moment it is there
