@@ -7,6 +7,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,29 @@ def start_writes(store: Store, ops: list[dict[str, Any]]) -> tuple[list[threadin
     return threads, outcomes
 
 
+async def in_one_group(store: Store, ops: list[dict[str, Any]]) -> dict[int, Any]:
+    """Write `ops` from threads queued behind a held writer, so that they commit as one group: their outcomes."""
+    writer = writer_of(store)
+    with HeldWriter(writer):
+        threads, outcomes = start_writes(store, ops)
+        await wait_until_queued(writer, len(ops))
+    for t in threads:
+        t.join(30)
+    return outcomes
+
+
+@contextmanager
+def sqlite_refusing(store: Store, refused: Callable[[int, str | None], bool]) -> Iterator[None]:
+    """SQLite's authorizer on the tenant's writer connection denies the statements `refused(action, arg1)` names,
+    until the block ends: SQLite itself refusing (as a failing disk might), not a mock of the writer."""
+    conn: sqlite3.Connection = writer_of(store).run(lambda txn: txn.conn, dry_run=True)
+    conn.set_authorizer(lambda action, arg1, *_: sqlite3.SQLITE_DENY if refused(action, arg1) else sqlite3.SQLITE_OK)
+    try:
+        yield
+    finally:
+        conn.set_authorizer(None)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -107,13 +132,7 @@ async def test_writes_queued_behind_a_busy_writer_commit_together_in_one_transac
 @pytest.mark.anyio
 async def test_a_failing_write_in_a_group_is_undone_alone_and_the_others_commit(store: Store) -> None:
     deals = [create_deal(store, f"D{i}") for i in range(3)]
-    writer = writer_of(store)
-    with HeldWriter(writer):
-        ops = [update(deals[0], 1), update(deals[1], 2, if_version=7), update(deals[2], 3)]
-        threads, outcomes = start_writes(store, ops)
-        await wait_until_queued(writer, 3)
-    for t in threads:
-        t.join(30)
+    outcomes = await in_one_group(store, [update(deals[0], 1), update(deals[1], 2, if_version=7), update(deals[2], 3)])
     assert isinstance(outcomes[1], VersionConflict)
     assert outcomes[0]["entity"]["value"] == 1 and outcomes[2]["entity"]["value"] == 3
     assert store.get(TENANT, "Deal", deals[1])["$version"] == 1
@@ -212,21 +231,14 @@ def test_a_write_whose_commit_and_then_rollback_fail_is_a_storage_error_and_the_
     from server.errors import StorageError
 
     deal = create_deal(store, "d")
-    conn: sqlite3.Connection = writer_of(store).run(lambda txn: txn.conn, dry_run=True)
-    refused = {"COMMIT", "ROLLBACK"}  # SQLite refuses these (as a failing disk might) until the test lets it
+    refused = {"COMMIT", "ROLLBACK"}  # SQLite refuses these until the test lets it
 
-    def authorize(action: int, arg1: str | None, *_: object) -> int:
-        return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_TRANSACTION and arg1 in refused else sqlite3.SQLITE_OK
-
-    conn.set_authorizer(authorize)
-    try:
+    with sqlite_refusing(store, lambda action, arg1: action == sqlite3.SQLITE_TRANSACTION and arg1 in refused):
         with pytest.raises(StorageError, match="refused the write") as failed:
             store.do(TENANT, AGENT, update(deal, 1))
         refused.clear()
         assert failed.value.code == "storage_error"
         assert store.do(TENANT, AGENT, update(deal, 2))["entity"]["$version"] == 2
-    finally:
-        conn.set_authorizer(None)
     assert [e["version"] for e in store.events(TENANT, {"target": deal})["results"]] == [1, 2]
     assert store.verify(TENANT)["ok"] is True
 
@@ -238,23 +250,12 @@ async def test_when_sqlite_refuses_to_undo_a_failed_write_in_a_group_the_whole_g
     from server.errors import StorageError
 
     deals = [create_deal(store, f"D{i}") for i in range(3)]
-    writer = writer_of(store)
-    conn: sqlite3.Connection = writer.run(lambda txn: txn.conn, dry_run=True)
-
-    def authorize(action: int, arg1: str | None, *_: object) -> int:  # ROLLBACK TO <savepoint> is refused
-        return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_SAVEPOINT and arg1 == "ROLLBACK" else sqlite3.SQLITE_OK
-
     # the middle write is a batch whose second operation fails after its first one has written
     batch = {"operations": [update(deals[1], 5), update(deals[2], 6, if_version=7)]}
-    try:
-        with HeldWriter(writer):
-            conn.set_authorizer(authorize)
-            threads, outcomes = start_writes(store, [update(deals[0], 1), batch, update(deals[2], 3)])
-            await wait_until_queued(writer, 3)
-        for t in threads:
-            t.join(30)
-    finally:
-        conn.set_authorizer(None)
+
+    # (ROLLBACK TO <savepoint> is refused)
+    with sqlite_refusing(store, lambda action, arg1: action == sqlite3.SQLITE_SAVEPOINT and arg1 == "ROLLBACK"):
+        outcomes = await in_one_group(store, [update(deals[0], 1), batch, update(deals[2], 3)])
 
     assert isinstance(outcomes[1], VersionConflict)
     for i in (0, 2):
@@ -271,25 +272,16 @@ async def test_a_write_in_a_group_whose_savepoint_sqlite_refuses_fails_alone_and
     from server.errors import StorageError
 
     deals = [create_deal(store, f"D{i}") for i in range(3)]
-    writer = writer_of(store)
-    conn: sqlite3.Connection = writer.run(lambda txn: txn.conn, dry_run=True)
     refusals = [1]  # SQLite refuses the next SAVEPOINT once
 
-    def authorize(action: int, arg1: str | None, *_: object) -> int:
+    def refused(action: int, arg1: str | None) -> bool:
         if action == sqlite3.SQLITE_SAVEPOINT and arg1 == "BEGIN" and refusals[0]:
             refusals[0] -= 1
-            return sqlite3.SQLITE_DENY
-        return sqlite3.SQLITE_OK
+            return True
+        return False
 
-    try:
-        with HeldWriter(writer):
-            conn.set_authorizer(authorize)
-            threads, outcomes = start_writes(store, [update(d, 5) for d in deals])
-            await wait_until_queued(writer, 3)
-        for t in threads:
-            t.join(30)
-    finally:
-        conn.set_authorizer(None)
+    with sqlite_refusing(store, refused):
+        outcomes = await in_one_group(store, [update(d, 5) for d in deals])
 
     failed = [i for i in range(3) if isinstance(outcomes[i], StorageError)]
     assert len(failed) == 1 and "not authorized" in str(outcomes[failed[0]]), outcomes

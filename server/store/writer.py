@@ -9,7 +9,6 @@ concurrency, commits (and fsyncs under `synchronous=FULL`) are shared by the who
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 import threading
@@ -240,10 +239,8 @@ class Writer:
                                 hint="Send it again (with an idempotencyKey, a retry never writes twice).",
                             )
                             other.done = True
-                    try:
-                        self._recover()
-                    except sqlite3.Error:  # e.g. the connection was closed under us: its writers were told
-                        log.exception("could not roll back a broken write group")
+                    if (failed := self._roll_back()) is not None:  # e.g. the connection was closed under us
+                        log.error("could not roll back a broken write group", exc_info=failed)
             finally:  # whatever recovery met (a closed connection, an I/O error), the next writers go on
                 with self._mutex:
                     self._held_from = None
@@ -319,11 +316,16 @@ class Writer:
         with self._queued:
             return self._queued.wait_for(lambda: len(self._pending) >= n, timeout)
 
-    def _recover(self) -> None:
-        """After a group broke off mid-way: undo its open transaction; the next group re-reads the head."""
+    def _roll_back(self) -> sqlite3.Error | None:
+        """Undo the open transaction, whatever it held; the next group re-reads the head. SQLite's refusal is
+        returned, not raised: the next group then rolls back first (a closed connection cannot even say)."""
         self._data_version = None
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            return exc
+        return None
 
     def _gather(self) -> None:
         """Under concurrency, wait (briefly) for the writers just answered to queue their next jobs:
@@ -352,9 +354,7 @@ class Writer:
             if version != self._data_version:
                 self._head, self._data_version = read_head(conn), version
         except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):  # (a closed connection cannot even say)
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+            self._roll_back()
             _fail_all(group, exc, self._tenant)
             return
         start = self._head
@@ -396,10 +396,8 @@ class Writer:
                 conn.execute("COMMIT")
                 self.commits += 1
         except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):  # (if this fails too, the next group rolls back first)
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            self._head, self._data_version = start, None
+            self._roll_back()
+            self._head = start
             _fail_all(ok, exc, self._tenant)
         for job in ok:
             job.done = True
@@ -419,10 +417,7 @@ class Writer:
                 self._conn.execute("RELEASE job")
             return None
         except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-            self._data_version = None
+            self._roll_back()
             return exc
 
     def close(self) -> None:
