@@ -92,17 +92,26 @@ class TenantLock:
             making.unlink(missing_ok=True)
         return fd
 
-    def _take(self, how: int) -> bool:
+    def _flock(self, how: int) -> bool:
+        """flock(2) the file as `how` says, without waiting: False while another holds it against that."""
         assert self._fd is not None, "the lock was released"
         if fcntl is None:  # pragma: no cover - Windows
             return True
+        try:
+            fcntl.flock(self._fd, how | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _take(self, how: int) -> bool:
+        if fcntl is None:  # pragma: no cover - Windows
+            return True
         while True:
-            try:
-                fcntl.flock(self._fd, how | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not self._flock(how):
                 return False
             if self._still_named():
                 return True
+            assert self._fd is not None
             os.close(self._fd)  # a deleted file (a refused restore's): lock the one the path names now
             self._fd = None
             self.made = False
@@ -149,20 +158,9 @@ class TenantLock:
         the tenant, which leaves nothing it made behind. Only while it holds the file exclusive (taking it
         now if it does not), so that nobody holds it and whoever takes it later opens a new one; a file
         another process holds (one it opened before this lock took it) stays, theirs."""
-        if self.made and self._fd is not None and self._alone() and self._still_named():
+        if self.made and self._fd is not None and self._flock(fcntl.LOCK_EX if fcntl else 0) and self._still_named():
             self.path.unlink()
         self.release()
-
-    def _alone(self) -> bool:
-        """Hold the file exclusive (without noting why): False while another holds it at all."""
-        assert self._fd is not None
-        if fcntl is None:  # pragma: no cover - Windows
-            return True
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
 
     def release(self) -> None:
         if self._fd is not None:
