@@ -31,6 +31,11 @@ def shown(value: Any, limit: int = SHOWN) -> str:
         text = json.dumps(value, default=repr)
     except (TypeError, ValueError, RecursionError):  # not JSON at all (a hook's value): at least what it is
         text = type(value).__name__
+    return clipped(text, limit)
+
+
+def clipped(text: str, limit: int = SHOWN) -> str:
+    """`text`, or its first `limit` characters with "..." for the last three of them."""
     return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
 
 

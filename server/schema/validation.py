@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic.types import AllowInfNan
 from typing_extensions import TypedDict
 
-from ..errors import SHOWN, ValidationFailed, a_or_an, shown
+from ..errors import ValidationFailed, a_or_an, clipped, shown
 from ..timeutil import ASCII_SPACE, normalize_time
 from .nouns import Field, Noun
 
@@ -262,9 +262,7 @@ class NounValidator:
             return f"unknown field '{name}' (known fields: {', '.join(self.noun.fields)})"
         if kind == "missing":
             return f"'{name}' is required"
-        got = shown(err.get("input"))
-        if len(got) > SHOWN:  # (a string too)
-            got = got[: SHOWN - 3] + "..."
+        got = clipped(shown(err.get("input")))  # (a string too)
         expected = f.describe() if f else ""
         msg = err["msg"]
         if f and f.enum and kind == "literal_error":

@@ -55,6 +55,11 @@ REF_RUNS_SHOWN = 10  # runs of nameable operations a refusal lists
 ID_SHAPE = re.compile(r"^([a-z][a-z0-9]*)_[A-Za-z0-9]{9,64}$")
 
 
+def _ref_named(value: str) -> str:
+    """A $ref (or what was meant as one) as a refusal names it: its first 40 characters, and "..." past them."""
+    return value if len(value) <= 40 else value[:40] + "..."
+
+
 @dataclass(frozen=True)
 class Env:
     """What every write needs besides the transaction: the nouns, their validators, the hooks."""
@@ -363,14 +368,13 @@ class Mutator:
         if not m:
             if _REF_LIKE.match(value):
                 raise ValidationFailed(
-                    f"{shown(value[:40] + '...' if len(value) > 40 else value)} is not a $ref: a $ref is {REF_FORM}; "
-                    f"{self._nameable()}",
+                    f"{shown(_ref_named(value))} is not a $ref: a $ref is {REF_FORM}; {self._nameable()}",
                     hint=self._ref_hint(),
                 )
             return value
         digits = m.group(1)
         index = int(digits) if len(digits) <= 9 else len(self.refs)  # (int() refuses past 4,300 digits)
-        named = value if len(value) <= 40 else value[:40] + "..."
+        named = _ref_named(value)
         if index >= len(self.refs):
             raise ValidationFailed(
                 f"{named} does not name an earlier operation: a $ref names the entity of an operation before this "
