@@ -17,7 +17,7 @@ from ..store.bulk import EVENT_COLUMNS, EventTuple, bulk_load
 from ..store.events import EventRow, misnamed, row_hash
 from ..store.filelock import MAKING, TenantLock, lock_path
 from ..store.sqlite import damaged
-from ..store.tenants import empty_file, tenant_path
+from ..store.tenants import empty_file, empty_file_error, tenant_path
 from . import catalog as cat
 from .scan import TenantRows
 
@@ -179,9 +179,8 @@ def _refuse(path: Path, tenant: str, overwrite: bool) -> None:
         return
     aside = "Pass --overwrite to replace it: the current file is set aside as <tenant>.db.replaced-<time>."
     if empty_file(path):  # (connecting to read it would not write it; its events table is simply not there)
-        raise StorageError(
-            f"the database file of tenant {tenant!r} is empty: it holds no database ({path})",
-            hint=f"{aside} (A crash before a new tenant's first write can leave such a file.)",
+        raise empty_file_error(
+            tenant, path, f"{aside} (A crash before a new tenant's first write can leave such a file.)"
         )
     try:
         # (read-write, as a server opens it: the last connection to close removes the -wal and -shm it made, which
@@ -189,9 +188,9 @@ def _refuse(path: Path, tenant: str, overwrite: bool) -> None:
         with closing(sqlite3.connect(path, timeout=10)) as conn:
             (has_events,) = conn.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchone()
     except sqlite3.Error as exc:
-        if damaged(exc, tenant) is not None:
+        if (damage := damaged(exc, tenant)) is not None:
             raise StorageError(
-                f"the database file of tenant {tenant!r} is damaged: {exc}",
+                damage.message,
                 hint=f"{aside} `headlessly verify --tenant {tenant} --data-dir {path.parent.parent}` checks it.",
             ) from None
         raise StorageError(

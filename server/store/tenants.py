@@ -57,12 +57,13 @@ def empty_file(path: Path) -> bool:
         return True
 
 
-def empty_file_error(name: str, path: Path) -> EmptyFile:
+def empty_file_error(name: str, path: Path, hint: str | None = None) -> EmptyFile:
     """The refusal to read (or check) a tenant whose file is empty, which opening would turn into an empty
-    database: a write to the tenant opens it as a new one."""
+    database: a write to the tenant opens it as a new one. `hint`: what the refusing command advises instead."""
     return EmptyFile(
         f"the database file of tenant {name!r} is empty: it holds no database ({path})",
-        hint="Nothing was read or written. A crash between making a new tenant's file and its first write leaves "
+        hint=hint
+        or "Nothing was read or written. A crash between making a new tenant's file and its first write leaves "
         "such a file (the tenant's first write then makes its database); a tenant that had events lost them: "
         f"`headlessly restore --tenant {name} --overwrite` rebuilds it from the lakehouse (the empty file is set "
         "aside).",
